@@ -1,0 +1,69 @@
+"""The exception hierarchy. Every error the daemon raises on purpose is an EdgeError."""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class of the errors edge raises on purpose."""
+
+
+class ConfigError(EdgeError):
+    """A configuration key is missing, unknown or has a bad value.
+
+    ``key`` is the dotted name of the offending key (``server.port``) so that the
+    message an operator sees always names it.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config: {key}: {message}")
+        self.key = key
+
+
+class AuthError(EdgeError):
+    """A token was refused.
+
+    ``status`` is the HTTP status for a refused handshake, ``close_code`` the
+    WebSocket close code for clients that asked for errors in-band, ``code`` the
+    machine-readable ``error.code`` sent in the JSON body.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 401,
+        close_code: int = 1002,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.close_code = close_code
+        self.retry_after = retry_after
+
+
+class ProtocolError(EdgeError):
+    """A client broke the session protocol; carries the close code to use."""
+
+    def __init__(self, code: str, message: str, *, close_code: int = 1008) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+class AudioFormatError(ProtocolError):
+    """Audio the server cannot decode (bad or unsupported WAV header)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unsupported_audio", message, close_code=1003)
+
+
+class RecognizerError(EdgeError):
+    """The Vosk model could not be loaded or a recognizer failed."""
+
+
+class AudioSourceError(EdgeError):
+    """A capture device failed or disappeared."""
