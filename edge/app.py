@@ -1,0 +1,101 @@
+"""The composition root: turns a :class:`Config` into a running daemon, in order.
+
+Order matters and is the contract with systemd and with clients: keys first (a bad
+key is a config error, exit 2), then the model (seconds; a broken model is exit 1),
+then the socket. "Ready" means the model is loaded and the socket accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import trio
+
+from edge.auth import AuthSettings, RevocationFile
+from edge.config import Config, state_dir
+from edge.errors import ConfigError
+from edge.recognizer import LoadedModel, load_model
+from edge.server import Server
+
+logger = logging.getLogger(__name__)
+
+DEV_SECRET_NAME = "dev-jwt-secret"
+CREDENTIAL_NAME = "jwt-secret"
+
+
+def dev_secret_path(config: Config) -> Path:
+    return state_dir(config) / DEV_SECRET_NAME
+
+
+def ensure_dev_secret(config: Config) -> str:
+    """The development secret, created (0600, random 256 bits) on first use. Blocking."""
+    path = dev_secret_path(config)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def signing_key(config: Config, *, dev: bool = False) -> str:
+    """The HS256 secret or RS256 public key the server verifies with. Blocking (files).
+
+    HS256 looks, in order, at ``auth.secret`` (or ``EDGE_JWT_SECRET``),
+    ``auth.secret_file``, the systemd credential ``jwt-secret``, and, with ``dev``,
+    the generated development secret. Raises :class:`ConfigError` naming the key.
+    """
+    a = config.auth
+    if a.algorithm == "RS256":
+        if not a.public_key_file:
+            raise ConfigError("auth.public_key_file", "RS256 needs a PEM public key file")
+        return _read_key_file("auth.public_key_file", a.public_key_file)
+    if a.secret:
+        secret = a.secret
+    elif a.secret_file:
+        secret = _read_key_file("auth.secret_file", a.secret_file).strip()
+    elif os.environ.get("CREDENTIALS_DIRECTORY") and (
+            Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME).is_file():
+        secret = (Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME).read_text().strip()
+    elif dev:
+        secret = ensure_dev_secret(config)
+    else:
+        raise ConfigError("auth.secret", "no JWT secret configured: set EDGE_JWT_SECRET, "
+                          "auth.secret_file, or run `edge serve --dev` for a development secret")
+    if len(secret.encode()) < 32:
+        raise ConfigError("auth.secret", "the HS256 secret must be at least 32 bytes")
+    return secret
+
+
+def _read_key_file(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
+
+
+def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
+    a = config.auth
+    return AuthSettings(algorithm=a.algorithm, key=signing_key(config, dev=dev),
+                        issuer=a.issuer or None, audience=a.audience or None,
+                        leeway=a.leeway, max_lifetime=a.max_token_lifetime)
+
+
+async def run(config: Config, *, dev: bool = False,
+              task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until cancelled. Raises ConfigError / RecognizerError before ready."""
+    auth = auth_settings(config, dev=dev)
+    revocations = None
+    if config.auth.revocation_file:
+        revocations = RevocationFile(config.auth.revocation_file)
+        await trio.to_thread.run_sync(revocations.reload_if_changed)
+    logger.info("loading model %s", config.recognizer.model or "(default package)")
+    model: LoadedModel = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
+    logger.info("model %s loaded from %s", model.name, model.path)
+    server = Server(config, model, auth, revocations=revocations)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        task_status.started(server)

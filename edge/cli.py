@@ -1,0 +1,292 @@
+"""The ``edge`` command: ``serve``, ``token``, ``transcribe``, ``client``.
+
+``main(argv) -> int`` is the whole interface (tests call it). Exit codes: 0 success,
+1 runtime failure (model, network, refused handshake), 2 usage or configuration
+error (the message names the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from edge import __version__, app, protocol
+from edge.config import Config, load_config
+from edge.errors import AudioFormatError, ConfigError, EdgeError, RecognizerError
+
+logger = logging.getLogger("edge")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RecognizerError, AudioFormatError) as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    _config_args(serve)
+    serve.add_argument("--host", help="address to bind (server.host)")
+    serve.add_argument("--port", type=int, help="port to bind (server.port)")
+    serve.add_argument("--model", help="Vosk model directory (recognizer.model)")
+    serve.add_argument("--dev", action="store_true",
+                       help="without a configured secret, generate and use a development "
+                            "secret in the state directory")
+    serve.set_defaults(func=_serve)
+
+    token = sub.add_parser("token", help="print a signed JWT (for operators and tests)")
+    _config_args(token)
+    token.add_argument("--sub", required=True, help="subject (user or device id)")
+    token.add_argument("--scope", default="transcription:read transcription:write")
+    token.add_argument("--user-type", default="doctor")
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    token.add_argument("--claim", action="append", default=[], metavar="K=V",
+                       help="extra claim; V is parsed as JSON when it is valid JSON")
+    token.add_argument("--private-key", help="PEM private key: sign with RS256")
+    token.add_argument("--dev", action="store_true", help="sign with the development secret")
+    token.set_defaults(func=_token)
+
+    transcribe = sub.add_parser("transcribe", help="transcribe a WAV file offline")
+    transcribe.add_argument("file", type=Path)
+    transcribe.add_argument("--model", help="Vosk model directory")
+    transcribe.add_argument("--phrases", type=Path,
+                            help="JSON file with a list of phrases (a Vosk grammar)")
+    transcribe.add_argument("--partials", action="store_true", help="print partials too")
+    _config_args(transcribe)
+    transcribe.set_defaults(func=_transcribe)
+
+    client = sub.add_parser("client", help="stream a file to a server, print its messages")
+    client.add_argument("url", help="e.g. ws://127.0.0.1:8000/ws/transcribe")
+    client.add_argument("file", help="WAV or raw s16le PCM file, or - for stdin")
+    client.add_argument("--token", default=os.environ.get("EDGE_TOKEN"),
+                        help="JWT (default: $EDGE_TOKEN)")
+    client.add_argument("--fast", action="store_true", help="send as fast as possible")
+    client.add_argument("--sample-rate", type=int, default=16000,
+                        help="rate of raw PCM input (WAV files carry their own)")
+    client.add_argument("--phrases", type=Path, help="JSON list of phrases to send as config")
+    client.add_argument("--cafile", help="CA certificate to trust for wss://")
+    client.set_defaults(func=_client)
+    return parser
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("EDGE_CONFIG"),
+                        help="TOML config file (default: $EDGE_CONFIG)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _load(args: argparse.Namespace, **overrides: Any) -> Config:
+    overrides["log.level"] = getattr(args, "log_level", None)
+    return load_config(args.config, overrides=overrides)
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd, journald adds time and unit: a line is "LEVEL logger: message".
+    journald = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not journald:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+# --- serve ---------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args, **{"server.host": args.host, "server.port": args.port,
+                            "recognizer.model": args.model})
+    setup_logging(config.log.level)
+    if args.dev:
+        _print_dev_hint(config)
+    try:
+        trio.run(functools.partial(app.run, config, dev=args.dev))
+    except BaseExceptionGroup as group:
+        # Start-up failures surface from inside the app's nurseries: report the first
+        # one we have words for, and let anything else keep its traceback.
+        failure = _find(group, (EdgeError, OSError))
+        if failure is None:
+            raise
+        if isinstance(failure, EdgeError):
+            raise failure from None
+        print(f"edge: cannot listen on {config.server.host}:{config.server.port}: {failure}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _find(group: BaseExceptionGroup[Any], kinds: tuple[type[BaseException], ...]
+          ) -> BaseException | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _find(exc, kinds)
+            if found is not None:
+                return found
+        elif isinstance(exc, kinds):
+            return exc
+    return None
+
+
+def _print_dev_hint(config: Config) -> None:
+    if config.auth.secret or config.auth.secret_file or config.auth.algorithm != "HS256":
+        return
+    app.ensure_dev_secret(config)
+    cfg = f" --config {os.environ['EDGE_CONFIG']}" if os.environ.get("EDGE_CONFIG") else ""
+    print(f"edge: development secret in {app.dev_secret_path(config)}\n"
+          f"edge: get a token with: edge token --dev{cfg} --sub me", file=sys.stderr)
+
+
+# --- token ---------------------------------------------------------------------------
+
+def _token(args: argparse.Namespace) -> int:
+    from edge.auth import mint
+
+    config = _load(args)
+    extra: dict[str, Any] = {}
+    for item in args.claim:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--claim", f"expected K=V, got {item!r}")
+        try:
+            extra[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            extra[key] = raw
+    if args.private_key:
+        algorithm, key_text = "RS256", Path(args.private_key).read_text()
+    else:
+        algorithm, key_text = "HS256", app.signing_key(config, dev=args.dev)
+    if args.ttl <= 0:
+        raise ConfigError("--ttl", "must be greater than 0")
+    token = mint(algorithm=algorithm, key=key_text, sub=args.sub, scope=args.scope,
+                 user_type=args.user_type, ttl=args.ttl, now=time.time(),
+                 issuer=config.auth.issuer or None, audience=config.auth.audience or None,
+                 extra=extra)
+    print(token)
+    return EXIT_OK
+
+
+# --- transcribe ----------------------------------------------------------------------
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from edge.audio import PcmDecoder
+    from edge.recognizer import load_model
+
+    config = _load(args, **{"recognizer.model": args.model})
+    setup_logging(config.log.level)
+    phrases = _read_phrases(args.phrases)
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"edge: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAIL
+    decoder = PcmDecoder(config.recognizer.sample_rate)
+    pcm, notices = decoder.feed(data)
+    for notice in notices:
+        logger.warning("%s", notice.message)
+    assert decoder.format is not None  # set by the first feed
+    model = load_model(config.recognizer.model or None)
+    recognizer = model.recognizer(decoder.format.sample_rate, phrases)
+    session_id = str(uuid.uuid4())
+    seq = 0
+    step = decoder.format.sample_rate * 2 // 10  # 100 ms, as a streaming client sends
+    results = []
+    for i in range(0, len(pcm), step):
+        results.extend(recognizer.accept(pcm[i:i + step]))
+    final = recognizer.flush()
+    if final is not None:
+        results.append(final)
+    for utterance in results:
+        if utterance.is_final or args.partials:
+            seq += 1
+            print(protocol.encode(protocol.transcription(session_id, seq, utterance)))
+    return EXIT_OK
+
+
+def _read_phrases(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        phrases = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError("--phrases", f"cannot read a JSON list from {path}: {exc}") from exc
+    if isinstance(phrases, dict):
+        phrases = phrases.get("grammar") or phrases.get("phrases")
+    if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+        raise ConfigError("--phrases", f"{path} must hold a JSON list of strings")
+    return [p for p in phrases if p != "[unk]"]
+
+
+# --- client --------------------------------------------------------------------------
+
+def _client(args: argparse.Namespace) -> int:
+    import ssl
+
+    from trio_websocket import ConnectionRejected, HandshakeError
+
+    from edge.client import stream_file
+
+    if not args.token:
+        raise ConfigError("--token", "a token is required (or set EDGE_TOKEN)")
+    phrases = _read_phrases(args.phrases)
+    context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+
+    def show(message: dict[str, Any]) -> None:
+        print(json.dumps(message, ensure_ascii=False), flush=True)
+
+    try:
+        if args.file == "-":
+            source = sys.stdin.buffer
+        else:
+            source = open(args.file, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        print(f"edge: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        result = trio.run(lambda: stream_file(
+            args.url, args.token, source, realtime=not args.fast,
+            sample_rate=args.sample_rate, phrases=phrases, on_message=show,
+            ssl_context=context))
+    except ConnectionRejected as exc:
+        body = (exc.body or b"").decode(errors="replace")
+        print(f"edge: handshake refused: HTTP {exc.status_code} {body}", file=sys.stderr)
+        return EXIT_FAIL
+    except (HandshakeError, OSError) as exc:
+        print(f"edge: cannot connect to {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    if result.close_code != protocol.CLOSE_NORMAL:
+        print(f"edge: connection closed with {result.close_code} {result.close_reason or ''}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

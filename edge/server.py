@@ -1,0 +1,331 @@
+"""The network front: TCP/TLS listener, HTTP head, WebSocket handshake, auth, admission.
+
+Thin glue over trio-websocket. The server reads each request head itself (bounded by
+``server.handshake_timeout``), answers plain HTTP requests (``/healthz``) on the same
+port, and hands WebSocket upgrades to ``trio_websocket.wrap_server_stream`` with the
+bytes it read replayed. Every connection is handled inside a boundary that catches
+exceptions, so one client can never take the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
+
+from edge import __version__, http, protocol
+from edge.admission import Admission
+from edge.auth import (
+    SCOPE_WRITE,
+    AuthSettings,
+    Claims,
+    RevocationFile,
+    extract_token,
+    require_scope,
+    verify,
+)
+from edge.config import Config
+from edge.errors import AuthError, ProtocolError
+from edge.recognizer import LoadedModel, RecognizerFactory
+from edge.session import Session, SessionInfo
+from edge.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+_WS_MESSAGE_QUEUE = 4  # frames trio-websocket buffers before TCP pushes back
+_REVOCATION_POLL = 2.0
+_INTERNAL_CLOSE_TIMEOUT = 2.0
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first yields ``prefix`` (bytes already read), then reads ``stream``."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+            return bytes(chunk)
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class Server:
+    """Serves the Live API; start with ``await nursery.start(server.run)``.
+
+    ``recognizer_factory`` defaults to the loaded model's recognisers; tests and
+    benchmarks pass stand-ins. ``health`` may add fields to ``/healthz``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        model: LoadedModel,
+        auth: AuthSettings,
+        *,
+        revocations: RevocationFile | None = None,
+        recognizer_factory: RecognizerFactory | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.auth = auth
+        self.revocations = revocations
+        self.recognizer_factory = recognizer_factory or model.recognizer
+        self.stats = stats or Stats()
+        threads = config.recognizer.threads or os.cpu_count() or 1
+        self.limiter = trio.CapacityLimiter(threads)
+        self.admission = Admission(config.server.max_sessions, config.server.retry_after)
+        self.port: int | None = None
+        self.extra_health: Callable[[], dict[str, Any]] | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Bind, report ready (the socket accepts), serve until cancelled."""
+        s = self.config.server
+        listeners: list[trio.abc.Listener[Any]] = list(
+            await trio.open_tcp_listeners(s.port, host=s.host or None))
+        self.port = listeners[0].socket.getsockname()[1]  # type: ignore[attr-defined]
+        if s.tls_cert:
+            context = _ssl_context(s.tls_cert, s.tls_key)
+            listeners = [trio.SSLListener(listener, context) for listener in listeners]
+        scheme = "wss" if s.tls_cert else "ws"
+        logger.info("listening on %s://%s:%d%s", scheme, s.host, self.port, s.path)
+        async with trio.open_nursery() as nursery:
+            if self.revocations is not None:
+                nursery.start_soon(self._watch_revocations)
+            task_status.started(self)
+            await trio.serve_listeners(self._handle_stream, listeners)
+
+    async def _watch_revocations(self) -> None:
+        assert self.revocations is not None
+        while True:
+            changed = await trio.to_thread.run_sync(self.revocations.reload_if_changed)
+            if changed:
+                closed = self.admission.revoke_matching(self.revocations.current)
+                logger.info("revocation list reloaded; closing %d live session(s)", closed)
+            await trio.sleep(_REVOCATION_POLL)
+
+    # --- connection boundary ---------------------------------------------------------
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        try:
+            await self._handle(stream)
+        except Exception:
+            logger.exception("connection from %s failed", _peer(stream))
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        deadline = trio.current_time() + self.config.server.handshake_timeout
+        with trio.move_on_at(deadline):
+            raw = await self._read_head(stream)
+            if raw is None:
+                return
+            try:
+                head = http.parse_head(raw[:http.head_complete(raw)])
+            except http.BadRequest as exc:
+                await stream.send_all(http.response(400, str(exc)))
+                return
+            if not head.is_websocket_upgrade:
+                await self._http(stream, head)
+                return
+            await self._websocket(ReplayStream(stream, raw), head, deadline)
+            return
+        self.stats.refused["handshake_timeout"] += 1
+        logger.info("connection from %s: no complete handshake within %gs; dropped",
+                    _peer(stream), self.config.server.handshake_timeout)
+
+    async def _read_head(self, stream: trio.abc.Stream) -> bytes | None:
+        buffer = b""
+        while not http.head_complete(buffer):
+            if len(buffer) > http.MAX_HEAD_BYTES:
+                await stream.send_all(http.response(431, "request head too large"))
+                return None
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return None
+            buffer += chunk
+        return buffer
+
+    async def _http(self, stream: trio.abc.Stream, head: http.RequestHead) -> None:
+        if head.method not in ("GET", "HEAD"):
+            await stream.send_all(http.response(405, {"type": "error", "code": "method",
+                                                      "message": "only GET is served"},
+                                                headers=[("Allow", "GET, HEAD")]))
+            return
+        head_only = head.method == "HEAD"
+        if head.path == "/healthz":
+            status, body = self.health()
+            await stream.send_all(http.response(status, body, head_only=head_only))
+        elif head.path == self.config.server.path:
+            await stream.send_all(http.response(
+                426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
+                headers=[("Upgrade", "websocket")], head_only=head_only))
+        else:
+            await stream.send_all(http.response(
+                404, protocol.error("not_found", "no such endpoint"), head_only=head_only))
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {
+            "status": "ok",
+            "version": __version__,
+            "model": self.model.name,
+            "sessions": self.admission.current,
+            "max_sessions": self.config.server.max_sessions,
+        }
+        if self.extra_health is not None:
+            body.update(self.extra_health())
+        return 200, body
+
+    # --- WebSocket handshake ---------------------------------------------------------
+
+    async def _websocket(self, stream: trio.abc.Stream, head: http.RequestHead,
+                         deadline: float) -> None:
+        s = self.config.server
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_at(deadline):
+                request = await wrap_server_stream(
+                    nursery, stream, message_queue_size=_WS_MESSAGE_QUEUE,
+                    max_message_size=s.max_frame_bytes)
+            if trio.current_time() >= deadline:
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await self._serve_request(request, head, deadline)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _serve_request(self, request: WebSocketRequest, head: http.RequestHead,
+                             deadline: float) -> None:
+        in_band = False
+        try:
+            try:
+                params = protocol.parse_connect_params(head.query)
+            except ProtocolError as exc:
+                raise AuthError(exc.code, exc.message, status=400,
+                                close_code=protocol.CLOSE_POLICY) from None
+            in_band = params.errors_in_band
+            if head.path != self.config.server.path:
+                raise AuthError("not_found", "no such endpoint", status=404,
+                                close_code=protocol.CLOSE_POLICY)
+            token = extract_token(request.path, request.headers)
+            revoked = self.revocations.current if self.revocations else None
+            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            require_scope(claims, SCOPE_WRITE)
+        except AuthError as exc:
+            with trio.move_on_at(deadline + 1.0):
+                await self._refuse(request, exc, in_band)
+            return
+        await self._admit_and_run(request, claims, params, in_band, deadline)
+
+    async def _admit_and_run(self, request: WebSocketRequest, claims: Claims,
+                             params: protocol.ConnectParams, in_band: bool,
+                             deadline: float) -> None:
+        session_id = str(uuid.uuid4())
+        session: Session | None = None
+
+        def revoke() -> None:
+            if session is not None:
+                session.revoke()
+
+        try:
+            ticket = self.admission.admit(session_id, claims, revoke)
+        except AuthError as exc:
+            with trio.move_on_at(deadline + 1.0):
+                await self._refuse(request, exc, in_band)
+            return
+        with ticket:
+            ws: WebSocketConnection | None = None
+            with trio.move_on_at(deadline + 1.0):
+                ws = await request.accept()
+            if ws is None:
+                return
+            info = SessionInfo(session_id=session_id, claims=claims,
+                               model_name=self.model.name,
+                               default_rate=self.config.recognizer.sample_rate,
+                               declared_rate=params.sample_rate)
+            session = Session(ws, info, self.config, self.recognizer_factory, self.limiter,
+                              self.stats)
+            await self._run_session(session, claims)
+
+    async def _run_session(self, session: Session, claims: Claims) -> None:
+        self.stats.sessions_total += 1
+        self.stats.sessions_current += 1
+        logger.info("session %s started: sub=%s user_type=%s organization=%s department=%s",
+                    session.id, claims.sub, claims.user_type, claims.organization or "-",
+                    claims.department or "-")
+        try:
+            stop = await session.run()
+        except Exception:
+            logger.exception("session %s failed", session.id)
+            self.stats.closes["internal_error"] += 1
+            with trio.move_on_after(_INTERNAL_CLOSE_TIMEOUT):
+                await session.ws.send_message(protocol.encode(protocol.error(
+                    "internal_error", "the server failed this session; please reconnect",
+                    session_id=session.id)))
+                await session.ws.aclose(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+            return
+        finally:
+            self.stats.sessions_current -= 1
+        self.stats.closes[stop.reason] += 1
+        logger.info("session %s ended: %s (close %d)", session.id, stop.reason, stop.close_code)
+
+    async def _refuse(self, request: WebSocketRequest, exc: AuthError, in_band: bool) -> None:
+        """Refuse a handshake: an HTTP status, or (opt-in) an error message and a close code."""
+        self.stats.refused[exc.code] += 1
+        logger.info("handshake refused: %s (%d)", exc.code, exc.status)
+        body = protocol.error(exc.code, exc.message)
+        if in_band:
+            ws = await request.accept()
+            await ws.send_message(protocol.encode(body))
+            await ws.aclose(exc.close_code, exc.code)
+            return
+        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        if exc.status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="edge", error="invalid_token"'))
+        elif exc.status == 403:
+            headers.append((b"www-authenticate", b'Bearer realm="edge", '
+                            b'error="insufficient_scope", scope="' + SCOPE_WRITE.encode() + b'"'))
+        elif exc.status == 400 and exc.code == "invalid_request":
+            headers.append((b"www-authenticate", b'Bearer realm="edge", error="invalid_request"'))
+        if exc.retry_after is not None:
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
+        await request.reject(exc.status, extra_headers=headers,
+                             body=json.dumps(body).encode())
+
+
+def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    inner: Any = stream
+    while hasattr(inner, "transport_stream"):
+        inner = inner.transport_stream
+    try:
+        host, port = inner.socket.getpeername()[:2]
+    except (AttributeError, OSError):
+        return "?"
+    return f"{host}:{port}"

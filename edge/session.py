@@ -1,0 +1,446 @@
+"""One client session: WebSocket frames <-> protocol state <-> recogniser.
+
+A session runs four kinds of work in one nursery:
+
+* the *receiver* reads client frames, decodes audio and queues it (bounded: when the
+  recogniser falls behind, the receiver stops reading and TCP pushes back on the
+  client; nothing is dropped);
+* the *recogniser loop* feeds queued audio to Vosk in a worker thread and turns
+  results into ``transcription`` messages;
+* the *watchdogs* enforce the idle timeout, the maximum session length, token expiry
+  and keepalive pings;
+* the *sender* is the only task that writes to the socket, each send bounded by
+  ``server.send_timeout`` so a client that stops reading cannot hold the session.
+
+Every way a session ends goes through :meth:`Session.stop`, which records why (the
+first reason wins) and closes the audio queue; the recogniser loop then flushes (or
+not), the closing message is queued, and the sender closes the socket with the
+reason's close code after the last message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from edge import protocol
+from edge.audio import LevelMeter, PcmDecoder
+from edge.auth import SCOPE_READ, Claims
+from edge.config import Config
+from edge.errors import ProtocolError
+from edge.protocol import (
+    CLOSE_AUTH,
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN_LATER,
+    Configure,
+    End,
+    KeepAlive,
+    Utterance,
+)
+from edge.recognizer import Recognizer, RecognizerFactory
+from edge.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+_AUDIO_QUEUE_FRAMES = 16
+_OUTBOX_MESSAGES = 64
+_CLOSE_TIMEOUT = 5.0
+
+_WARNING_TEXT = {
+    "clipping": "the audio is clipping (samples at full scale); lower the input gain",
+    "silence": "no sound above the silence level; check the microphone",
+}
+
+
+@dataclass
+class Stop:
+    """Why a session ends, and what the client is told."""
+
+    close_code: int
+    reason: str
+    error: tuple[str, str] | None = None  # (code, message) of the final ``error`` message
+    flush: bool = True  # decode queued audio and send the last final first
+    notify: bool = True  # the socket is still usable
+
+
+@dataclass
+class SessionInfo:
+    session_id: str
+    claims: Claims
+    model_name: str
+    default_rate: int
+    declared_rate: int | None
+    speaker_identification: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Session:
+    """Runs one accepted WebSocket until it ends; never raises for client behaviour.
+
+    The caller owns ``ws`` (it accepted it) and keeps ownership: :meth:`run` sends the
+    close frame when the session ends, and the caller closes whatever is left.
+    Exceptions other than the client's doing propagate, for the connection boundary
+    to turn into a 1011 close.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        info: SessionInfo,
+        config: Config,
+        recognizer_factory: RecognizerFactory,
+        limiter: trio.CapacityLimiter,
+        stats: Stats,
+    ) -> None:
+        self.ws = ws
+        self.info = info
+        self.id = info.session_id
+        self._cfg = config
+        self._factory = recognizer_factory
+        self._limiter = limiter
+        self._stats = stats
+        self._stop: Stop | None = None
+        self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
+        a = config.audio
+        self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
+                                 a.warning_interval)
+        self._phrases: tuple[str, ...] | None = None
+        self._partials = config.recognizer.partial_results
+        self._send_transcripts = info.claims.has_scope(SCOPE_READ)
+        self._audio_send, self._audio_recv = trio.open_memory_channel[bytes](_AUDIO_QUEUE_FRAMES)
+        self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_MESSAGES)
+        self._seq = 0
+        self._finals = 0
+        self._audio_bytes = 0  # mono s16 bytes received
+        self._queued_ms = 0.0
+        self._last_lag_warning = -math.inf
+        self._started = trio.current_time()
+        self._last_audio = self._started
+        self._last_client_message = self._started
+        self._message_times: deque[float] = deque()
+        self._last_partial = ""
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def run(self) -> Stop:
+        """Serve the session to its end; returns why it ended."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sender)
+            self._queue(self._session_init())
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._receiver)
+                inner.start_soon(self._watchdogs)
+                await self._recognize()
+                inner.cancel_scope.cancel()
+            stop = self._stop or Stop(CLOSE_INTERNAL, "no_reason")
+            if stop.notify:
+                if stop.error is not None:
+                    self._queue(protocol.error(*stop.error, session_id=self.id))
+                else:
+                    self._queue(self._summary(stop))
+            self._out_send.close()
+        return stop
+
+    def stop(self, stop: Stop) -> None:
+        """End the session for ``stop``'s reason (idempotent: the first reason wins)."""
+        if self._stop is not None:
+            if not stop.notify:
+                self._stop.notify = False
+            return
+        self._stop = stop
+        self._audio_send.close()
+
+    def revoke(self) -> None:
+        """Called when the session's token is revoked: close at once, no more transcripts."""
+        self.stop(Stop(CLOSE_AUTH, "revoked", ("token_revoked", "the token was revoked"),
+                       flush=False))
+
+    # --- receiving -----------------------------------------------------------------
+
+    async def _receiver(self) -> None:
+        while self._stop is None:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed as exc:
+                code = exc.reason.code if exc.reason else None
+                self.stop(Stop(code or CLOSE_GOING_AWAY, "client_closed", notify=False))
+                return
+            now = trio.current_time()
+            self._last_client_message = now
+            if not self._rate_ok(now):
+                limit = self.info.claims.rate_limit
+                self.stop(Stop(CLOSE_TRY_AGAIN_LATER, "rate_limited", (
+                    "rate_limited", f"more than {limit} messages per minute")))
+                return
+            try:
+                if isinstance(message, bytes):
+                    await self._on_audio(message)
+                else:
+                    self._on_text(message)
+            except ProtocolError as exc:
+                self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message), flush=True))
+                return
+            except trio.ClosedResourceError:
+                return  # stopped while waiting for room in the audio queue
+
+    def _rate_ok(self, now: float) -> bool:
+        limit = self.info.claims.rate_limit
+        if limit is None:
+            return True
+        times = self._message_times
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        if len(times) >= limit:
+            return False
+        times.append(now)
+        return True
+
+    async def _on_audio(self, frame: bytes) -> None:
+        pcm, notices = self._decoder.feed(frame)
+        for notice in notices:
+            self._warn(notice.code, notice.message)
+        fmt = self._decoder.format
+        if not pcm or fmt is None:
+            return
+        self._last_audio = trio.current_time()
+        for code in self._meter.feed(pcm, fmt.sample_rate):
+            self._warn(code, _WARNING_TEXT[code])
+        self._audio_bytes += len(pcm)
+        self._queued_ms += 1000 * len(pcm) / (2 * fmt.sample_rate)
+        self._check_lag()
+        await self._audio_send.send(pcm)
+
+    def _on_text(self, text: str) -> None:
+        try:
+            message = protocol.parse_client_text(
+                text, protocol.Limits(max_phrases=self._cfg.recognizer.max_phrases))
+        except ProtocolError as exc:
+            self._warn("bad_message", exc.message)
+            return
+        if isinstance(message, End):
+            self.stop(Stop(CLOSE_NORMAL, "end"))
+        elif isinstance(message, Configure):
+            self._configure(message)
+        elif isinstance(message, KeepAlive):
+            pass
+
+    def _configure(self, message: Configure) -> None:
+        if self._decoder.format is not None:
+            self._warn("bad_message", "config must be sent before the first audio frame; "
+                       "ignored")
+            return
+        if message.phrases is not None:
+            self._phrases = message.phrases
+        if message.sample_rate is not None:
+            self._decoder = PcmDecoder(self._cfg.recognizer.sample_rate, message.sample_rate)
+        if message.partial_results is not None:
+            self._partials = message.partial_results
+
+    # --- recognising ---------------------------------------------------------------
+
+    async def _recognize(self) -> None:
+        recognizer: Recognizer | None = None
+        async with self._audio_recv:
+            async for pcm in self._audio_recv:
+                if self._stop is not None and not self._stop.flush:
+                    break
+                if recognizer is None:
+                    recognizer = await self._open_recognizer()
+                started = time.perf_counter()
+                results = await trio.to_thread.run_sync(
+                    recognizer.accept, pcm, limiter=self._limiter)
+                self._stats.observe_decode(len(pcm) / 2 / self._rate,
+                                           time.perf_counter() - started)
+                self._queued_ms = max(0.0, self._queued_ms - 1000 * len(pcm) / (2 * self._rate))
+                for utterance in results:
+                    self._emit(utterance)
+        if recognizer is not None and (self._stop is None or self._stop.flush):
+            final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+            if final is not None:
+                self._emit(final)
+
+    @property
+    def _rate(self) -> int:
+        fmt = self._decoder.format
+        return fmt.sample_rate if fmt else self._cfg.recognizer.sample_rate
+
+    async def _open_recognizer(self) -> Recognizer:
+        rate, phrases = self._rate, self._phrases
+        return await trio.to_thread.run_sync(self._factory, rate, phrases, limiter=self._limiter)
+
+    def _emit(self, utterance: Utterance) -> None:
+        if utterance.is_final:
+            self._finals += 1
+            self._last_partial = ""
+            self._stats.finals += 1
+        else:
+            if not self._partials or utterance.text == self._last_partial:
+                return
+            self._last_partial = utterance.text
+            self._stats.partials += 1
+        if not self._send_transcripts:
+            return
+        self._seq += 1
+        self._queue(protocol.transcription(self.id, self._seq, utterance))
+
+    def _check_lag(self) -> None:
+        lag_limit_ms = 1000 * self._cfg.recognizer.lag_warning
+        now = trio.current_time()
+        if (self._queued_ms > lag_limit_ms
+                and now - self._last_lag_warning >= self._cfg.audio.warning_interval):
+            self._last_lag_warning = now
+            self._warn("realtime_lag",
+                       "recognition is behind the audio received; results are delayed, "
+                       "nothing is dropped", lag_ms=round(self._queued_ms))
+
+    # --- watchdogs -----------------------------------------------------------------
+
+    async def _watchdogs(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._idle_and_length)
+            nursery.start_soon(self._token_expiry)
+            nursery.start_soon(self._keepalive)
+
+    async def _idle_and_length(self) -> None:
+        s = self._cfg.server
+        deadline_length = self._started + s.max_session_seconds
+        while True:
+            idle_deadline = self._last_audio + s.idle_timeout
+            await trio.sleep_until(min(idle_deadline, deadline_length))
+            now = trio.current_time()
+            if now >= deadline_length:
+                self.stop(Stop(CLOSE_POLICY, "max_session_length", (
+                    "session_too_long",
+                    f"sessions are limited to {s.max_session_seconds:g} seconds; reconnect "
+                    "to continue")))
+                return
+            if now >= self._last_audio + s.idle_timeout:
+                self.stop(Stop(CLOSE_GOING_AWAY, "idle", (
+                    "idle_timeout", f"no audio for {s.idle_timeout:g} seconds")))
+                return
+
+    async def _token_expiry(self) -> None:
+        a = self._cfg.auth
+        remaining = self.info.claims.expires_at + a.leeway - time.time()
+        end = trio.current_time() + remaining
+        warn_at = end - a.expiry_warning
+        if a.expiry_warning > 0 and warn_at > trio.current_time():
+            await trio.sleep_until(warn_at)
+            self._warn("token_expiring", "the token expires soon; the session will end "
+                       "then. Reconnect with a fresh token to continue.",
+                       expires_at=int(self.info.claims.expires_at))
+        elif a.expiry_warning > 0:
+            self._warn("token_expiring", "the token expires soon",
+                       expires_at=int(self.info.claims.expires_at))
+        await trio.sleep_until(end)
+        self.stop(Stop(CLOSE_AUTH, "token_expired", ("token_expired", "the token expired")))
+
+    async def _keepalive(self) -> None:
+        s = self._cfg.server
+        while True:
+            await trio.sleep(s.ping_interval)
+            sent_at = trio.current_time()
+            with trio.move_on_after(s.ping_timeout):
+                try:
+                    await self.ws.ping()
+                except ConnectionClosed:
+                    return
+                continue
+            # A client busy sending (its frames queued behind a slow recogniser) may not
+            # get to answer a ping: only silence in both directions counts as dead.
+            if self._last_client_message < sent_at:
+                logger.info("session %s: no pong within %gs, closing", self.id, s.ping_timeout)
+                self.stop(Stop(CLOSE_GOING_AWAY, "dead_peer", notify=False))
+                return
+
+    # --- sending -------------------------------------------------------------------
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        """Queue a message for the sender without blocking.
+
+        A full outbox means the client has not read ``_OUTBOX_MESSAGES`` messages:
+        it is stalled, and the session ends rather than buffer without bound.
+        """
+        try:
+            self._out_send.send_nowait(protocol.encode(message))
+        except trio.WouldBlock:
+            logger.warning("session %s: client is not reading; closing", self.id)
+            self.stop(Stop(CLOSE_POLICY, "client_stalled", notify=False))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the sender is gone; the socket is closing
+
+    def _warn(self, code: str, message: str, **details: Any) -> None:
+        self._stats.count_warning(code)
+        self._queue(protocol.warning(self.id, code, message, **details))
+
+    async def _sender(self) -> None:
+        timeout = self._cfg.server.send_timeout
+        async with self._out_recv:
+            async for text in self._out_recv:
+                if self._stop is not None and not self._stop.notify:
+                    break
+                try:
+                    with trio.fail_after(timeout):
+                        await self.ws.send_message(text)
+                except ConnectionClosed:
+                    self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
+                    break
+                except trio.TooSlowError:
+                    logger.warning("session %s: a send took over %gs; closing", self.id, timeout)
+                    self.stop(Stop(CLOSE_POLICY, "client_stalled", notify=False))
+                    break
+        stop = self._stop
+        if stop is not None and stop.notify:
+            with trio.move_on_after(_CLOSE_TIMEOUT):
+                await self.ws.aclose(stop.close_code, stop.reason)
+
+    # --- messages ------------------------------------------------------------------
+
+    def _session_init(self) -> dict[str, Any]:
+        info, claims, cfg = self.info, self.info.claims, self._cfg
+        from edge import __version__
+
+        return {
+            "type": "session_init",
+            "session_id": self.id,
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "server": "edge",
+            "version": __version__,
+            "model": info.model_name,
+            "sample_rate": info.declared_rate or info.default_rate,
+            "audio_formats": ["wav", "pcm_s16le"],
+            "max_frame_bytes": cfg.server.max_frame_bytes,
+            "partial_results": self._partials,
+            "transcripts": self._send_transcripts,
+            "speaker_identification": info.speaker_identification,
+            "expires_at": int(claims.expires_at),
+            "idle_timeout": cfg.server.idle_timeout,
+            "max_session_seconds": cfg.server.max_session_seconds,
+            "rate_limit": claims.rate_limit,
+            **info.extra,
+        }
+
+    def _summary(self, stop: Stop) -> dict[str, Any]:
+        rate = self._rate
+        return {
+            "type": "session_end",
+            "session_id": self.id,
+            "reason": stop.reason,
+            "audio_ms": round(1000 * self._audio_bytes / (2 * rate)),
+            "finals": self._finals,
+            "last_seq": self._seq,
+            "duration_ms": round(1000 * (trio.current_time() - self._started)),
+        }
+
+
+CLOSE_INTERNAL = protocol.CLOSE_INTERNAL_ERROR
