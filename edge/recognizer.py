@@ -135,7 +135,8 @@ class VoskRecognizer:
         except Exception as exc:
             raise RecognizerError("cannot create a recogniser for this stream") from exc
         self._rec.SetWords(True)
-        self._rec.SetPartialWords(True)
+        # SetPartialWords(True) is not used: with the small models it leaves partials
+        # empty for most of an utterance. Partials carry text only; finals carry words.
         self._rate = sample_rate
         self._slice = max(2, int(sample_rate * _SLICE_MS / 1000) * 2)
         self._samples = 0  # fed so far: the session's audio clock
@@ -176,10 +177,8 @@ class VoskRecognizer:
         text = data.get("partial", "")
         if not text:
             return None
-        words = _words(data.get("partial_result", []))
-        start = words[0].start_ms if words else self._ms(self._utterance_start)
-        return Utterance(is_final=False, text=text, start_ms=start,
-                         end_ms=self._ms(self._samples), words=words)
+        return Utterance(is_final=False, text=text, start_ms=self._ms(self._utterance_start),
+                         end_ms=self._ms(self._samples))
 
 
 def final_from_json(raw: str, *, fallback_start_ms: int, fallback_end_ms: int) -> Utterance | None:

@@ -1,0 +1,74 @@
+"""Helpers for tests: tokens signed like a real issuer would, test configs, and a
+small WebSocket client over real sockets."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from edge.auth import mint
+from edge.config import Config, load_config
+from edge.server import Server
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SECRET = "test-secret-that-is-long-enough-for-hs256!"
+READ_WRITE = "transcription:read transcription:write"
+
+
+def make_token(
+    *, sub: str = "user-1", scope: str = READ_WRITE, user_type: str = "doctor",
+    ttl: float = 600, secret: str = SECRET, **extra: Any,
+) -> str:
+    return mint(algorithm="HS256", key=secret, sub=sub, scope=scope, user_type=user_type,
+                ttl=ttl, now=time.time(), extra=extra)
+
+
+def make_config(**sections: dict[str, Any]) -> Config:
+    """A config for tests: loopback, port 0, plus the given overrides by section."""
+    overrides = {"server.host": "127.0.0.1", "server.port": 0}
+    for section, values in sections.items():
+        for key, value in values.items():
+            overrides[f"{section}.{key}"] = value
+    return load_config(None, environ={}, overrides=overrides)
+
+
+def url(server: Server, query: str = "") -> str:
+    return f"ws://127.0.0.1:{server.port}{server.config.server.path}{query}"
+
+
+async def receive_json(ws: WebSocketConnection, timeout: float = 30) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        message = await ws.get_message()
+    assert isinstance(message, str)
+    data: dict[str, Any] = json.loads(message)
+    return data
+
+
+async def receive_until_closed(ws: WebSocketConnection, timeout: float = 60
+                               ) -> list[dict[str, Any]]:
+    """Every message up to the server's close."""
+    messages = []
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                text = await ws.get_message()
+            except ConnectionClosed:
+                return messages
+            messages.append(json.loads(text))
+
+
+async def stream(ws: WebSocketConnection, audio: bytes, chunk: int = 3200) -> None:
+    """Send ``audio`` in chunks as fast as the server takes them."""
+    for i in range(0, len(audio), chunk):
+        await ws.send_message(audio[i:i + chunk])
+
+
+def connect(server: Server, token: str | None = None, query: str = "",
+            **kwargs: Any) -> Any:
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    return open_websocket_url(url(server, query), extra_headers=headers, **kwargs)
