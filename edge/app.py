@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
+import threading
 from pathlib import Path
 
 import trio
@@ -18,6 +20,7 @@ from edge.auth import AuthSettings, RevocationFile
 from edge.config import Config, state_dir
 from edge.errors import ConfigError
 from edge.recognizer import LoadedModel, load_model
+from edge.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.server import Server
 
 logger = logging.getLogger(__name__)
@@ -98,4 +101,21 @@ async def run(config: Config, *, dev: bool = False,
     server = Server(config, model, auth, revocations=revocations)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
+        notify("READY=1")
+        logger.info("ready")
+        interval = watchdog_interval()
+        if interval is not None:
+            nursery.start_soon(keep_watchdog_fed, interval)
+        if threading.current_thread() is threading.main_thread():
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         task_status.started(server)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    """SIGTERM (systemd's stop) and SIGINT end the daemon cleanly, exit code 0."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("stopping on %s", signal.Signals(signum).name)
+            notify("STOPPING=1")
+            scope.cancel()
+            return

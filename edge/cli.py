@@ -259,10 +259,7 @@ def _client(args: argparse.Namespace) -> int:
         print(json.dumps(message, ensure_ascii=False), flush=True)
 
     try:
-        if args.file == "-":
-            source = sys.stdin.buffer
-        else:
-            source = open(args.file, "rb")  # noqa: SIM115 - closed below
+        source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     except OSError as exc:
         print(f"edge: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAIL

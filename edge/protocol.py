@@ -202,22 +202,22 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     if "sample_rate" in query:
         raw = _single(query, "sample_rate")
         if not raw.isdigit() or not 8000 <= int(raw) <= 192000:
-            raise ProtocolError("invalid_request",
+            raise ProtocolError("invalid_parameter",
                                 "sample_rate must be an integer between 8000 and 192000")
         rate = int(raw)
     in_band = False
     if "errors" in query:
         raw = _single(query, "errors")
         if raw not in ("http", "message"):
-            raise ProtocolError("invalid_request", 'errors must be "http" or "message"')
+            raise ProtocolError("invalid_parameter", 'errors must be "http" or "message"')
         in_band = raw == "message"
     if "encoding" in query and _single(query, "encoding") not in ("pcm_s16le", "wav"):
-        raise ProtocolError("invalid_request", 'encoding must be "pcm_s16le" or "wav"')
+        raise ProtocolError("invalid_parameter", 'encoding must be "pcm_s16le" or "wav"')
     return ConnectParams(sample_rate=rate, errors_in_band=in_band)
 
 
 def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
     values = query[name]
     if len(values) != 1:
-        raise ProtocolError("invalid_request", f"{name} given more than once")
+        raise ProtocolError("invalid_parameter", f"{name} given more than once")
     return values[0]

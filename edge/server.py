@@ -52,11 +52,11 @@ class ReplayStream(trio.abc.Stream):
         self._stream = stream
         self._prefix = prefix
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             n = len(self._prefix) if max_bytes is None else max_bytes
             chunk, self._prefix = self._prefix[:n], self._prefix[n:]
-            return bytes(chunk)
+            return chunk
         return await self._stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -219,15 +219,15 @@ class Server:
                              deadline: float) -> None:
         in_band = False
         try:
+            if head.path != self.config.server.path:
+                raise AuthError("not_found", "no such endpoint", status=404,
+                                close_code=protocol.CLOSE_POLICY)
             try:
                 params = protocol.parse_connect_params(head.query)
             except ProtocolError as exc:
                 raise AuthError(exc.code, exc.message, status=400,
                                 close_code=protocol.CLOSE_POLICY) from None
             in_band = params.errors_in_band
-            if head.path != self.config.server.path:
-                raise AuthError("not_found", "no such endpoint", status=404,
-                                close_code=protocol.CLOSE_POLICY)
             token = extract_token(request.path, request.headers)
             revoked = self.revocations.current if self.revocations else None
             claims = verify(token, self.auth, now=time.time(), revoked=revoked)
@@ -243,9 +243,13 @@ class Server:
                              deadline: float) -> None:
         session_id = str(uuid.uuid4())
         session: Session | None = None
+        revoked_before_start = False
 
         def revoke() -> None:
-            if session is not None:
+            nonlocal revoked_before_start
+            if session is None:
+                revoked_before_start = True  # the list changed while we were accepting
+            else:
                 session.revoke()
 
         try:
@@ -266,6 +270,8 @@ class Server:
                                declared_rate=params.sample_rate)
             session = Session(ws, info, self.config, self.recognizer_factory, self.limiter,
                               self.stats)
+            if revoked_before_start:
+                session.revoke()
             await self._run_session(session, claims)
 
     async def _run_session(self, session: Session, claims: Claims) -> None:
