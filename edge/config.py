@@ -96,6 +96,7 @@ ENVIRONMENT: Mapping[str, str] = {
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
 
 
 def load_config(
@@ -114,14 +115,17 @@ def load_config(
     values: dict[str, dict[str, Any]] = {}
     if path is not None:
         values = _read_toml(Path(path))
+    from_text: set[str] = set()
     env = os.environ if environ is None else environ
     for name, key in ENVIRONMENT.items():
         if env.get(name):
             _set(values, key, env[name])
+            from_text.add(key)
     for key, value in (overrides or {}).items():
         if value is not None:
             _set(values, key, value)
-    config = _build(values)
+            from_text.add(key)
+    config = _build(values, from_text)
     _validate(config)
     return config
 
@@ -147,30 +151,38 @@ def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:
     values.setdefault(section, {})[name] = value
 
 
-def _build(values: Mapping[str, Mapping[str, Any]]) -> Config:
+def _build(values: Mapping[str, Mapping[str, Any]], from_text: set[str]) -> Config:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     built: dict[str, Any] = {}
     for section, body in values.items():
         if section not in sections:
             raise ConfigError(section, f"unknown section (known: {', '.join(sections)})")
         cls = get_type_hints(Config)[section]
-        built[section] = _build_section(section, cls, body)
+        built[section] = _build_section(section, cls, body, from_text)
     return Config(**built)
 
 
-def _build_section(section: str, cls: type, body: Mapping[str, Any]) -> Any:
+def _build_section(section: str, cls: type, body: Mapping[str, Any],
+                   from_text: set[str]) -> Any:
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in body.items():
         key = f"{section}.{name}"
         if name not in hints:
             raise ConfigError(key, "unknown key")
-        kwargs[name] = _coerce(key, hints[name], value)
+        kwargs[name] = _coerce(key, hints[name], value, from_text=key in from_text)
     return cls(**kwargs)
 
 
-def _coerce(key: str, kind: Any, value: Any) -> Any:
-    """Check ``value`` against the field type; strings (environment, CLI) are parsed."""
+def _coerce(key: str, kind: Any, value: Any, *, from_text: bool) -> Any:
+    """Check ``value`` against the field type.
+
+    Strings from the environment and the command line (``from_text``) are parsed; in
+    the TOML file a value must already have the right type (``port = "8000"`` is an
+    error, as TOML has integers).
+    """
+    if isinstance(value, str) and kind is not str and not from_text:
+        raise ConfigError(key, f"expected {_KIND_NAMES[kind]}, got the string {value!r}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -194,9 +206,13 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                 raise ConfigError(key, f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(key, f"number too large: {value!r}") from None
+        if not math.isfinite(number):
             raise ConfigError(key, f"expected a finite number, got {value!r}")
-        return float(value)
+        return number
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")

@@ -9,6 +9,7 @@ GET with 400).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 MAX_HEAD_BYTES = 16384
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
 
 class BadRequest(Exception):
@@ -45,7 +47,7 @@ class RequestHead:
     @property
     def is_websocket_upgrade(self) -> bool:
         upgrade = (self.header(b"upgrade") or b"").lower()
-        return b"websocket" in upgrade
+        return b"websocket" in (token.strip() for token in upgrade.split(b","))
 
 
 def head_complete(buffer: bytes) -> int:
@@ -69,7 +71,7 @@ def parse_head(head: bytes) -> RequestHead:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
+        if not sep or not name or not _TOKEN.fullmatch(name):
             raise BadRequest("malformed header line")
         headers.append((name.lower().encode("latin-1"), value.strip().encode("latin-1")))
     return RequestHead(method=method, target=target, headers=tuple(headers))

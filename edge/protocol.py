@@ -101,7 +101,7 @@ class End:
 
 @dataclass(frozen=True)
 class KeepAlive:
-    """Does nothing; lets a client show it is alive between audio chunks."""
+    """Resets the idle timeout: a client pausing its audio on purpose keeps the session."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,8 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     rate: int | None = None
     if "sample_rate" in query:
         raw = _single(query, "sample_rate")
-        if not raw.isdigit() or not 8000 <= int(raw) <= 192000:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
+                8000 <= int(raw) <= 192000):
             raise ProtocolError("invalid_parameter",
                                 "sample_rate must be an integer between 8000 and 192000")
         rate = int(raw)

@@ -15,13 +15,12 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
 
-from edge import __version__, http, protocol
+from edge import __version__, health, http, protocol
 from edge.admission import Admission
 from edge.auth import (
     SCOPE_WRITE,
@@ -96,7 +95,6 @@ class Server:
         self.limiter = trio.CapacityLimiter(threads)
         self.admission = Admission(config.server.max_sessions, config.server.retry_after)
         self.port: int | None = None
-        self.extra_health: Callable[[], dict[str, Any]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -177,6 +175,10 @@ class Server:
         if head.path == "/healthz":
             status, body = self.health()
             await stream.send_all(http.response(status, body, head_only=head_only))
+        elif head.path == "/metrics":
+            await stream.send_all(http.response(
+                200, self.metrics(), content_type="text/plain; version=0.0.4; charset=utf-8",
+                head_only=head_only))
         elif head.path == self.config.server.path:
             await stream.send_all(http.response(
                 426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
@@ -186,16 +188,17 @@ class Server:
                 404, protocol.error("not_found", "no such endpoint"), head_only=head_only))
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        body: dict[str, Any] = {
-            "status": "ok",
-            "version": __version__,
-            "model": self.model.name,
-            "sessions": self.admission.current,
-            "max_sessions": self.config.server.max_sessions,
-        }
-        if self.extra_health is not None:
-            body.update(self.extra_health())
-        return 200, body
+        """``/healthz``: 200 when serving, 503 with reasons when degraded."""
+        return health.health(
+            version=__version__, model=self.model.name, sessions=self.admission.current,
+            max_sessions=self.config.server.max_sessions, clock=health.clock_status())
+
+    def metrics(self) -> str:
+        """``/metrics`` in the Prometheus text format."""
+        return health.render_metrics(
+            self.stats, version=__version__, model=self.model.name,
+            sessions_current=self.admission.current,
+            max_sessions=self.config.server.max_sessions, clock=health.clock_status())
 
     # --- WebSocket handshake ---------------------------------------------------------
 
@@ -294,7 +297,11 @@ class Server:
         finally:
             self.stats.sessions_current -= 1
         self.stats.closes[stop.reason] += 1
-        logger.info("session %s ended: %s (close %d)", session.id, stop.reason, stop.close_code)
+        if stop.notify:
+            logger.info("session %s ended: %s (close %d)", session.id, stop.reason,
+                        stop.close_code)
+        else:
+            logger.info("session %s ended: %s", session.id, stop.reason)
 
     async def _refuse(self, request: WebSocketRequest, exc: AuthError, in_band: bool) -> None:
         """Refuse a handshake: an HTTP status, or (opt-in) an error message and a close code."""

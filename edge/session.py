@@ -41,6 +41,7 @@ from edge.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
+    CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     Configure,
     End,
@@ -117,7 +118,9 @@ class Session:
         self._phrases: tuple[str, ...] | None = None
         self._partials = config.recognizer.partial_results
         self._send_transcripts = info.claims.has_scope(SCOPE_READ)
-        self._audio_send, self._audio_recv = trio.open_memory_channel[bytes](_AUDIO_QUEUE_FRAMES)
+        # Items are (pcm, time received): latency is measured from the moment audio arrives.
+        self._audio_send, self._audio_recv = trio.open_memory_channel[tuple[bytes, float]](
+            _AUDIO_QUEUE_FRAMES)
         self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_MESSAGES)
         self._seq = 0
         self._finals = 0
@@ -173,10 +176,16 @@ class Session:
                 message = await self.ws.get_message()
             except ConnectionClosed as exc:
                 code = exc.reason.code if exc.reason else None
-                self.stop(Stop(code or CLOSE_GOING_AWAY, "client_closed", notify=False))
+                # trio-websocket itself closes with 1009 on an oversized frame. Either
+                # way, the audio already received is still decoded (flush) so that the
+                # session ends complete on the server's side.
+                reason = "frame_too_big" if code == CLOSE_TOO_BIG else "client_closed"
+                self.stop(Stop(code or CLOSE_GOING_AWAY, reason, notify=False))
                 return
             now = trio.current_time()
             self._last_client_message = now
+            if self._stop is not None:
+                return  # stopped while this message was on its way
             if not self._rate_ok(now):
                 limit = self.info.claims.rate_limit
                 self.stop(Stop(CLOSE_TRY_AGAIN_LATER, "rate_limited", (
@@ -218,7 +227,7 @@ class Session:
         self._audio_bytes += len(pcm)
         self._queued_ms += 1000 * len(pcm) / (2 * fmt.sample_rate)
         self._check_lag()
-        await self._audio_send.send(pcm)
+        await self._audio_send.send((pcm, self._last_audio))
 
     def _on_text(self, text: str) -> None:
         try:
@@ -232,7 +241,7 @@ class Session:
         elif isinstance(message, Configure):
             self._configure(message)
         elif isinstance(message, KeepAlive):
-            pass
+            self._last_audio = trio.current_time()  # a deliberate pause is not idleness
 
     def _configure(self, message: Configure) -> None:
         if self._decoder.format is not None:
@@ -251,23 +260,23 @@ class Session:
     async def _recognize(self) -> None:
         recognizer: Recognizer | None = None
         async with self._audio_recv:
-            async for pcm in self._audio_recv:
+            async for pcm, received in self._audio_recv:
                 if self._stop is not None and not self._stop.flush:
                     break
                 if recognizer is None:
                     recognizer = await self._open_recognizer()
-                started = time.perf_counter()
+                started = trio.current_time()
                 results = await trio.to_thread.run_sync(
                     recognizer.accept, pcm, limiter=self._limiter)
-                self._stats.observe_decode(len(pcm) / 2 / self._rate,
-                                           time.perf_counter() - started)
-                self._queued_ms = max(0.0, self._queued_ms - 1000 * len(pcm) / (2 * self._rate))
+                seconds = len(pcm) / 2 / self._rate
+                self._stats.observe_decode(seconds, trio.current_time() - started)
+                self._queued_ms = max(0.0, self._queued_ms - 1000 * seconds)
                 for utterance in results:
-                    self._emit(utterance)
+                    self._emit(utterance, received)
         if recognizer is not None and (self._stop is None or self._stop.flush):
             final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
             if final is not None:
-                self._emit(final)
+                self._emit(final, None)
 
     @property
     def _rate(self) -> int:
@@ -278,16 +287,22 @@ class Session:
         rate, phrases = self._rate, self._phrases
         return await trio.to_thread.run_sync(self._factory, rate, phrases, limiter=self._limiter)
 
-    def _emit(self, utterance: Utterance) -> None:
+    def _emit(self, utterance: Utterance, received: float | None) -> None:
+        """Number and queue a result; ``received`` is when its last audio arrived."""
+        latency = None if received is None else trio.current_time() - received
         if utterance.is_final:
             self._finals += 1
             self._last_partial = ""
             self._stats.finals += 1
+            if latency is not None:
+                self._stats.final_latency.observe(latency)
         else:
             if not self._partials or utterance.text == self._last_partial:
                 return
             self._last_partial = utterance.text
             self._stats.partials += 1
+            if latency is not None:
+                self._stats.partial_latency.observe(latency)
         if not self._send_transcripts:
             return
         self._seq += 1
@@ -326,7 +341,7 @@ class Session:
                 return
             if now >= self._last_audio + s.idle_timeout:
                 self.stop(Stop(CLOSE_GOING_AWAY, "idle", (
-                    "idle_timeout", f"no audio for {s.idle_timeout:g} seconds")))
+                    "idle_timeout", f"no audio or keepalive for {s.idle_timeout:g} seconds")))
                 return
 
     async def _token_expiry(self) -> None:

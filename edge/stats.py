@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+
+#: Latency buckets in seconds: a partial is useful within ~1 s, a final within ~2 s.
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+@dataclass
+class Histogram:
+    """A cumulative histogram in the Prometheus sense (upper bounds, plus +Inf)."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count) pairs, the last one ``+Inf``."""
+        running, out = 0, []
+        for bound, n in zip([*map(repr, self.bounds), "+Inf"], self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
 
 
 @dataclass
@@ -17,17 +48,19 @@ class Stats:
     partials: int = 0
     audio_seconds: float = 0.0
     decode_seconds: float = 0.0
+    partial_latency: Histogram = field(default_factory=Histogram)
+    final_latency: Histogram = field(default_factory=Histogram)
 
-    def observe_decode(self, audio_seconds: float, cpu_seconds: float) -> None:
+    def observe_decode(self, audio_seconds: float, decode_seconds: float) -> None:
         self.audio_seconds += audio_seconds
-        self.decode_seconds += cpu_seconds
+        self.decode_seconds += decode_seconds
 
     def count_warning(self, code: str) -> None:
         self.warnings[code] += 1
 
     @property
     def real_time_factor(self) -> float | None:
-        """Wall time spent decoding per second of audio (lower is faster)."""
+        """Seconds spent decoding per second of audio (lower is faster)."""
         if not self.audio_seconds:
             return None
         return self.decode_seconds / self.audio_seconds

@@ -26,13 +26,13 @@ import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import SECRET, connect, make_config, make_token, receive_json, url
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from edge import __version__
 from edge.auth import SCOPE_READ, AuthSettings
 from edge.recognizer import LoadedModel
 from edge.server import Server
+from helpers import SECRET, connect, make_config, make_token, receive_json, url
 
 ISSUER = "https://auth.example.test"
 AUDIENCE = "edge-live-api"

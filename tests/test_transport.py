@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers import make_token, receive_json
 from trio_websocket import open_websocket_url
+
+from helpers import make_token, receive_json
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:

@@ -1,0 +1,111 @@
+"""/healthz and /metrics over real HTTP, on the same port as live WebSocket sessions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.health import ClockStatus, health
+from helpers import FIXTURES, connect, make_token, receive_json, stream
+
+
+async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 GET over a raw socket (the server closes after answering)."""
+    sock = await trio.open_tcp_stream("127.0.0.1", port)
+    await sock.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    data = b""
+    with trio.fail_after(10):
+        while chunk := await sock.receive_some(65536):
+            data += chunk
+    await sock.aclose()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_health_and_metrics_alongside_a_live_session(start_server: Any) -> None:
+    server = await start_server()
+    status, headers, body = await http_get(server.port, "/healthz")
+    assert status == 200 and headers["content-type"] == "application/json"
+    idle = json.loads(body)
+    assert idle["status"] == "ok" and idle["sessions"] == 0 and idle["model"]
+    assert set(idle) >= {"version", "clock", "microphone", "relay", "max_sessions"}
+
+    _, _, before_text = await http_get(server.port, "/metrics")
+    before = samples(before_text.decode())
+    assert before[("edge_sessions", ())] == 0
+
+    token = make_token()
+    async with connect(server, token) as ws:
+        await receive_json(ws)
+        await stream(ws, (FIXTURES / "speech_ko.wav").read_bytes())
+        await ws.send_message(json.dumps({"type": "end"}))
+        status, _, body = await http_get(server.port, "/healthz")
+        assert status == 200 and json.loads(body)["sessions"] == 1
+        with trio.fail_after(30):
+            while (await receive_json(ws))["type"] != "session_end":
+                pass
+
+    with trio.fail_after(5):
+        while server.admission.current:
+            await trio.sleep(0.05)
+    status, headers, text = await http_get(server.port, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    after = samples(text.decode())
+    assert after[("edge_sessions_total", ())] == before[("edge_sessions_total", ())] + 1
+    assert after[("edge_audio_seconds_total", ())] > 6.5
+    assert after[("edge_transcriptions_total", (("kind", "final"),))] >= 3
+    assert after[("edge_final_latency_seconds_count", ())] >= 1
+    assert after[("edge_partial_latency_seconds_count", ())] >= 1
+    assert after[("edge_sessions_closed_total", (("reason", "end"),))] == 1
+    assert 0 < after[("edge_real_time_factor", ())] < 5
+    assert token.encode() not in text and "머리" not in text.decode()
+
+
+async def test_refusals_are_counted_by_reason(start_server: Any) -> None:
+    server = await start_server()
+    from trio_websocket import ConnectionRejected
+
+    try:
+        async with connect(server, "garbage"):
+            raise AssertionError("a garbage token was accepted")
+    except ConnectionRejected as exc:
+        assert exc.status_code == 401
+    _, _, text = await http_get(server.port, "/metrics")
+    assert samples(text.decode())[
+        ("edge_sessions_refused_total", (("reason", "invalid_token"),))] == 1
+
+
+async def test_unknown_paths_and_methods(start_server: Any) -> None:
+    server = await start_server()
+    status, _, body = await http_get(server.port, "/nope")
+    assert status == 404 and json.loads(body)["code"] == "not_found"
+    sock = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await sock.send_all(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    with trio.fail_after(5):
+        reply = await sock.receive_some(4096)
+    assert reply.startswith(b"HTTP/1.1 405")
+    await sock.aclose()
+
+
+def test_an_unset_clock_degrades_health() -> None:
+    status, body = health(version="1", model="m", sessions=0, max_sessions=1,
+                          clock=ClockStatus(synchronized=False, sane=False))
+    assert status == 503 and body["status"] == "degraded"
+    assert "clock" in body["reasons"][0]
+    status, body = health(version="1", model="m", sessions=0, max_sessions=1,
+                          clock=ClockStatus(synchronized=False, sane=True))
+    assert status == 200 and body["notes"]
