@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs edge as a systemd service on Debian / Raspberry Pi OS, in one go:
+#   sudo bash systemd/install.sh
+# - system packages it needs (python3-venv, PortAudio, ALSA plugins);
+# - the package and its dependencies (the default model included) into $PREFIX/venv;
+# - /etc/edge/edge.toml (kept if present) and /etc/edge/jwt-secret (generated once,
+#   root-only; systemd hands it to the service as the credential "jwt-secret");
+# - the unit, enabled and started.
+# Re-running upgrades the package and the unit and keeps config and secret.
+# For packaging and tests: PREFIX, ETC, UNIT_DIR move the files; SKIP_APT=1 and
+# NO_SYSTEMCTL=1 leave the system's packages and systemd alone.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=${PREFIX:-/opt/edge}
+ETC=${ETC:-/etc/edge}
+UNIT_DIR=${UNIT_DIR:-/etc/systemd/system}
+
+if [ -z "${SKIP_APT:-}" ]; then
+    missing=()
+    for pkg in python3-venv portaudio19-dev libasound2-plugins alsa-utils; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+fi
+
+install -d -m 0755 "$PREFIX"
+[ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
+"$PREFIX/venv/bin/pip" install -q --upgrade ${PIP_ARGS:-} "$SRC"
+install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
+
+install -d -m 0755 "$ETC"
+[ -f "$ETC/edge.toml" ] || install -m 0644 "$SRC/config/edge.toml" "$ETC/edge.toml"
+if [ ! -f "$ETC/jwt-secret" ]; then
+    (umask 077 && "$PREFIX/venv/bin/python" -c \
+        'import secrets; print(secrets.token_urlsafe(48))' > "$ETC/jwt-secret")
+fi
+chmod 0600 "$ETC/jwt-secret"
+
+install -d -m 0755 "$UNIT_DIR"
+sed -e "s#/opt/edge#$PREFIX#g" -e "s#/etc/edge#$ETC#g" "$SRC/systemd/edge.service" \
+    > "$UNIT_DIR/edge.service"
+chmod 0644 "$UNIT_DIR/edge.service"
+
+if [ -z "${NO_SYSTEMCTL:-}" ]; then
+    systemctl daemon-reload
+    systemctl enable --now edge.service
+    echo "edge is running: systemctl status edge; curl http://127.0.0.1:8000/healthz"
+fi
+echo "tokens: sudo EDGE_JWT_SECRET_FILE=$ETC/jwt-secret $PREFIX/venv/bin/edge token --sub NAME"

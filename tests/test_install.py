@@ -1,0 +1,57 @@
+"""The one-command installer, run into a temporary root (no apt, no systemctl)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_install_into_a_temporary_root(tmp_path: Path) -> None:
+    prefix, etc, units = tmp_path / "opt", tmp_path / "etc", tmp_path / "units"
+    env = {**os.environ, "PREFIX": str(prefix), "ETC": str(etc), "UNIT_DIR": str(units),
+           "SKIP_APT": "1", "NO_SYSTEMCTL": "1"}
+    run = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], env=env,
+                         capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+    edge = prefix / "venv" / "bin" / "edge"
+    version = subprocess.run([str(edge), "--version"], capture_output=True, text=True,
+                             check=True)
+    assert version.stdout.startswith("edge ")
+    secret = etc / "jwt-secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(secret.read_text().strip()) >= 32
+    assert tomllib.loads((etc / "edge.toml").read_text())["server"]["port"] == 8000
+    unit = (units / "edge.service").read_text()
+    assert f"ExecStart={edge} serve --config {etc}/edge.toml" in unit
+    assert f"LoadCredential=jwt-secret:{secret}" in unit
+    assert shutil.which("systemd-analyze"), "systemd-analyze missing: run .ci/setup"
+    verify = subprocess.run(["systemd-analyze", "verify", str(units / "edge.service")],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+    # Re-running keeps the operator's config and secret.
+    (etc / "edge.toml").write_text('[server]\nport = 9000\n')
+    before = secret.read_text()
+    again = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], env=env,
+                           capture_output=True, text=True, timeout=900, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert secret.read_text() == before
+    assert "9000" in (etc / "edge.toml").read_text()
+
+    # The installed daemon reads the credential the unit hands it.
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    shutil.copy(secret, creds / "jwt-secret")
+    check = subprocess.run(
+        [str(edge), "check", "--config", str(etc / "edge.toml"), "--no-load"],
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds),
+             "EDGE_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True, text=True, check=False)
+    assert "ok   keys: HS256 secret present" in check.stdout, check.stdout
