@@ -82,6 +82,20 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(transcribe)
     transcribe.set_defaults(func=_transcribe)
 
+    models = sub.add_parser("models", help="list and install Vosk models")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    models_list = models_sub.add_parser("list", help="known models and what is installed")
+    _config_args(models_list)
+    models_list.set_defaults(func=_models_list)
+    models_install = models_sub.add_parser(
+        "install", help="download (or unpack), verify and install a model")
+    models_install.add_argument("source", help="catalogue name, http(s) URL or .zip file")
+    models_install.add_argument("--sha256", help="expected SHA-256 of the archive")
+    models_install.add_argument("--set-config", action="store_true",
+                                help="point the --config file at the installed model")
+    _config_args(models_install)
+    models_install.set_defaults(func=_models_install)
+
     check = sub.add_parser("check", help="check config, keys, model, clock, port; exit 1 "
                            "if anything must be fixed")
     _config_args(check)
@@ -247,6 +261,39 @@ def _read_phrases(path: Path | None) -> list[str] | None:
     if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
         raise ConfigError("--phrases", f"{path} must hold a JSON list of strings")
     return [p for p in phrases if p != "[unk]"]
+
+
+# --- models --------------------------------------------------------------------------
+
+def _models_list(args: argparse.Namespace) -> int:
+    from edge import models
+    from edge.config import state_dir
+
+    config = _load(args)
+    print(models.format_table(models.list_models(state_dir(config))))
+    return EXIT_OK
+
+
+def _models_install(args: argparse.Namespace) -> int:
+    from edge import models
+    from edge.config import state_dir
+
+    config = _load(args)
+    setup_logging(config.log.level)
+    if args.set_config and not args.config:
+        raise ConfigError("--config", "--set-config needs the config file to change")
+    try:
+        path = models.install(args.source, state_dir(config), sha256=args.sha256,
+                              progress=models.progress_bar(sys.stderr))
+    except models.ModelInstallError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(path)
+    if args.set_config:
+        kind = models.detect_kind(path) or "asr"
+        models.set_config_model(Path(args.config), models.CONFIG_KEYS[kind], str(path))
+        print(f"edge: {args.config}: {models.CONFIG_KEYS[kind]} = {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 # --- check ---------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class AuthConfig:
 @dataclass(frozen=True)
 class RecognizerConfig:
     model: str = ""
+    speaker_model: str = ""
     sample_rate: int = 16000
     threads: int = 0
     partial_results: bool = True
