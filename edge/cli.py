@@ -186,6 +186,8 @@ def _print_dev_hint(config: Config) -> None:
 # --- token ---------------------------------------------------------------------------
 
 def _token(args: argparse.Namespace) -> int:
+    import jwt
+
     from edge.auth import mint
 
     config = _load(args)
@@ -199,15 +201,25 @@ def _token(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             extra[key] = raw
     if args.private_key:
-        algorithm, key_text = "RS256", Path(args.private_key).read_text()
+        try:
+            algorithm, key_text = "RS256", Path(args.private_key).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("--private-key", f"cannot read {args.private_key}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
     else:
         algorithm, key_text = "HS256", app.signing_key(config, dev=args.dev)
     if args.ttl <= 0:
         raise ConfigError("--ttl", "must be greater than 0")
-    token = mint(algorithm=algorithm, key=key_text, sub=args.sub, scope=args.scope,
-                 user_type=args.user_type, ttl=args.ttl, now=time.time(),
-                 issuer=config.auth.issuer or None, audience=config.auth.audience or None,
-                 extra=extra)
+    try:
+        token = mint(algorithm=algorithm, key=key_text, sub=args.sub, scope=args.scope,
+                     user_type=args.user_type, ttl=args.ttl, now=time.time(),
+                     issuer=config.auth.issuer or None,
+                     audience=config.auth.audience or None, extra=extra)
+    except (jwt.PyJWTError, ValueError) as exc:
+        if args.private_key:
+            raise ConfigError("--private-key", f"{args.private_key} is not a PEM RSA private "
+                              "key") from exc
+        raise ConfigError("auth.secret", f"cannot sign with this secret: {exc}") from exc
     print(token)
     return EXIT_OK
 
@@ -215,7 +227,7 @@ def _token(args: argparse.Namespace) -> int:
 # --- transcribe ----------------------------------------------------------------------
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from edge.audio import PcmDecoder
+    from edge.audio import PcmDecoder, is_wav
     from edge.recognizer import load_model
 
     config = _load(args, **{"recognizer.model": args.model})
@@ -225,6 +237,12 @@ def _transcribe(args: argparse.Namespace) -> int:
         data = args.file.read_bytes()
     except OSError as exc:
         print(f"edge: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAIL
+    if not data:
+        print(f"edge: {args.file} is empty", file=sys.stderr)
+        return EXIT_FAIL
+    if args.file.suffix.lower() == ".wav" and not is_wav(data):
+        print(f"edge: {args.file} is not a WAV file (no RIFF/WAVE header)", file=sys.stderr)
         return EXIT_FAIL
     decoder = PcmDecoder(config.recognizer.sample_rate)
     pcm, notices = decoder.feed(data)
@@ -342,8 +360,12 @@ def _client(args: argparse.Namespace) -> int:
         print(f"edge: handshake refused: HTTP {exc.status_code} {body}", file=sys.stderr)
         return EXIT_FAIL
     except (HandshakeError, OSError) as exc:
-        print(f"edge: cannot connect to {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+        reason = exc.__cause__ or exc
+        print(f"edge: cannot connect to {args.url}: {str(reason) or type(reason).__name__}",
+              file=sys.stderr)
         return EXIT_FAIL
+    except ValueError as exc:
+        raise ConfigError("URL", f"cannot use {args.url!r}: {exc}") from None
     finally:
         if source is not sys.stdin.buffer:
             source.close()
