@@ -31,7 +31,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from edge import protocol
+from edge import __version__, protocol
 from edge.audio import LevelMeter, PcmDecoder
 from edge.auth import SCOPE_READ, Claims
 from edge.config import Config
@@ -145,7 +145,8 @@ class Session:
                 inner.start_soon(self._watchdogs)
                 await self._recognize()
                 inner.cancel_scope.cancel()
-            stop = self._stop or Stop(CLOSE_INTERNAL, "no_reason")
+            stop = self._stop
+            assert stop is not None  # the audio queue only closes through stop()
             if stop.notify:
                 if stop.error is not None:
                     self._queue(protocol.error(*stop.error, session_id=self.id))
@@ -423,8 +424,6 @@ class Session:
 
     def _session_init(self) -> dict[str, Any]:
         info, claims, cfg = self.info, self.info.claims, self._cfg
-        from edge import __version__
-
         return {
             "type": "session_init",
             "session_id": self.id,
@@ -457,5 +456,3 @@ class Session:
             "duration_ms": round(1000 * (trio.current_time() - self._started)),
         }
 
-
-CLOSE_INTERNAL = protocol.CLOSE_INTERNAL_ERROR
