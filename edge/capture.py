@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -236,6 +237,31 @@ class _Run:
         self.token = token
         self.started = False  # written by the thread
         self.closed = trio.Event()
+
+
+class _RealTimePace:
+    """Never hands on audio faster than real time.
+
+    A sound card's read blocks until the samples exist, so this never waits for one.
+    Devices without a clock (ALSA ``file``/``null`` plugins, some virtual devices)
+    return at once and would flood the recogniser; this holds them to the wall clock.
+    When reads fall behind (a stalled driver), the schedule restarts instead of
+    letting the device catch up in a burst.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self._rate = rate
+        self._start = time.monotonic()
+        self._frames = 0
+
+    def wait(self, frames: int) -> None:
+        self._frames += frames
+        due = self._start + self._frames / self._rate
+        now = time.monotonic()
+        if now < due:
+            time.sleep(due - now)
+        elif now - due > 1.0:
+            self._start, self._frames = now, 0
 
 
 class MicSource:
@@ -570,6 +596,7 @@ class MicSource:
                     f"{channels} channel(s): {exc}") from exc
             self._stream_open = True
             trio.from_thread.run_sync(self._opened, run.gen, device, rate, channels)
+            pace = _RealTimePace(rate)
             while True:
                 trio.from_thread.check_cancelled()
                 try:
@@ -582,6 +609,7 @@ class MicSource:
                     raise AudioSourceError(
                         f"reading from input device {device.name!r} failed: {exc}") from exc
                 trio.from_thread.check_cancelled()  # paused or stopped during the read
+                pace.wait(len(data) // (2 * channels))
                 if channels > 1:
                     data = _downmix(data, channels)
                 if not trio.from_thread.run_sync(self._deliver, run.gen, data):

@@ -34,7 +34,8 @@ from edge.auth import (
 from edge.config import Config
 from edge.errors import AuthError, ProtocolError
 from edge.recognizer import LoadedModel, RecognizerFactory
-from edge.session import Session, SessionInfo
+from edge.connection import SessionInfo
+from edge.session import Session
 from edge.stats import Stats
 
 logger = logging.getLogger(__name__)

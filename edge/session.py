@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -33,11 +30,11 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from edge import __version__, protocol
 from edge.audio import LevelMeter, PcmDecoder
-from edge.auth import SCOPE_READ, Claims
+from edge.auth import SCOPE_READ
 from edge.config import Config
+from edge.connection import Connection, SessionInfo, Stop
 from edge.errors import ProtocolError
 from edge.protocol import (
-    CLOSE_AUTH,
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -54,8 +51,6 @@ from edge.stats import Stats
 logger = logging.getLogger(__name__)
 
 _AUDIO_QUEUE_FRAMES = 16
-_OUTBOX_MESSAGES = 64
-_CLOSE_TIMEOUT = 5.0
 
 _WARNING_TEXT = {
     "clipping": "the audio is clipping (samples at full scale); lower the input gain",
@@ -63,29 +58,7 @@ _WARNING_TEXT = {
 }
 
 
-@dataclass
-class Stop:
-    """Why a session ends, and what the client is told."""
-
-    close_code: int
-    reason: str
-    error: tuple[str, str] | None = None  # (code, message) of the final ``error`` message
-    flush: bool = True  # decode queued audio and send the last final first
-    notify: bool = True  # the socket is still usable
-
-
-@dataclass
-class SessionInfo:
-    session_id: str
-    claims: Claims
-    model_name: str
-    default_rate: int
-    declared_rate: int | None
-    speaker_identification: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-class Session:
+class Session(Connection):
     """Runs one accepted WebSocket until it ends; never raises for client behaviour.
 
     The caller owns ``ws`` (it accepted it) and keeps ownership: :meth:`run` sends the
@@ -103,14 +76,9 @@ class Session:
         limiter: trio.CapacityLimiter,
         stats: Stats,
     ) -> None:
-        self.ws = ws
-        self.info = info
-        self.id = info.session_id
-        self._cfg = config
+        super().__init__(ws, info, config, stats)
         self._factory = recognizer_factory
         self._limiter = limiter
-        self._stats = stats
-        self._stop: Stop | None = None
         self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
         a = config.audio
         self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
@@ -121,15 +89,12 @@ class Session:
         # Items are (pcm, time received): latency is measured from the moment audio arrives.
         self._audio_send, self._audio_recv = trio.open_memory_channel[tuple[bytes, float]](
             _AUDIO_QUEUE_FRAMES)
-        self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_MESSAGES)
         self._seq = 0
         self._finals = 0
         self._audio_bytes = 0  # mono s16 bytes received
         self._queued_ms = 0.0
         self._last_lag_warning = -math.inf
-        self._started = trio.current_time()
         self._last_audio = self._started
-        self._last_client_message = self._started
         self._message_times: deque[float] = deque()
         self._last_partial = ""
 
@@ -145,29 +110,12 @@ class Session:
                 inner.start_soon(self._watchdogs)
                 await self._recognize()
                 inner.cancel_scope.cancel()
-            stop = self._stop
-            assert stop is not None  # the audio queue only closes through stop()
-            if stop.notify:
-                if stop.error is not None:
-                    self._queue(protocol.error(*stop.error, session_id=self.id))
-                else:
-                    self._queue(self._summary(stop))
-            self._out_send.close()
-        return stop
+            self._finish()  # the audio queue only closes through stop(): _stop is set
+        assert self._stop is not None
+        return self._stop
 
-    def stop(self, stop: Stop) -> None:
-        """End the session for ``stop``'s reason (idempotent: the first reason wins)."""
-        if self._stop is not None:
-            if not stop.notify:
-                self._stop.notify = False
-            return
-        self._stop = stop
+    def _on_stop(self, stop: Stop) -> None:
         self._audio_send.close()
-
-    def revoke(self) -> None:
-        """Called when the session's token is revoked: close at once, no more transcripts."""
-        self.stop(Stop(CLOSE_AUTH, "revoked", ("token_revoked", "the token was revoked"),
-                       flush=False))
 
     # --- receiving -----------------------------------------------------------------
 
@@ -345,81 +293,6 @@ class Session:
                     "idle_timeout", f"no audio or keepalive for {s.idle_timeout:g} seconds")))
                 return
 
-    async def _token_expiry(self) -> None:
-        a = self._cfg.auth
-        remaining = self.info.claims.expires_at + a.leeway - time.time()
-        end = trio.current_time() + remaining
-        warn_at = end - a.expiry_warning
-        if a.expiry_warning > 0 and warn_at > trio.current_time():
-            await trio.sleep_until(warn_at)
-            self._warn("token_expiring", "the token expires soon; the session will end "
-                       "then. Reconnect with a fresh token to continue.",
-                       expires_at=int(self.info.claims.expires_at))
-        elif a.expiry_warning > 0:
-            self._warn("token_expiring", "the token expires soon",
-                       expires_at=int(self.info.claims.expires_at))
-        await trio.sleep_until(end)
-        self.stop(Stop(CLOSE_AUTH, "token_expired", ("token_expired", "the token expired")))
-
-    async def _keepalive(self) -> None:
-        s = self._cfg.server
-        while True:
-            await trio.sleep(s.ping_interval)
-            sent_at = trio.current_time()
-            with trio.move_on_after(s.ping_timeout):
-                try:
-                    await self.ws.ping()
-                except ConnectionClosed:
-                    return
-                continue
-            # A client busy sending (its frames queued behind a slow recogniser) may not
-            # get to answer a ping: only silence in both directions counts as dead.
-            if self._last_client_message < sent_at:
-                logger.info("session %s: no pong within %gs, closing", self.id, s.ping_timeout)
-                self.stop(Stop(CLOSE_GOING_AWAY, "dead_peer", notify=False))
-                return
-
-    # --- sending -------------------------------------------------------------------
-
-    def _queue(self, message: dict[str, Any]) -> None:
-        """Queue a message for the sender without blocking.
-
-        A full outbox means the client has not read ``_OUTBOX_MESSAGES`` messages:
-        it is stalled, and the session ends rather than buffer without bound.
-        """
-        try:
-            self._out_send.send_nowait(protocol.encode(message))
-        except trio.WouldBlock:
-            logger.warning("session %s: client is not reading; closing", self.id)
-            self.stop(Stop(CLOSE_POLICY, "client_stalled", notify=False))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # the sender is gone; the socket is closing
-
-    def _warn(self, code: str, message: str, **details: Any) -> None:
-        self._stats.count_warning(code)
-        self._queue(protocol.warning(self.id, code, message, **details))
-
-    async def _sender(self) -> None:
-        timeout = self._cfg.server.send_timeout
-        async with self._out_recv:
-            async for text in self._out_recv:
-                if self._stop is not None and not self._stop.notify:
-                    break
-                try:
-                    with trio.fail_after(timeout):
-                        await self.ws.send_message(text)
-                except ConnectionClosed:
-                    self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
-                    break
-                except trio.TooSlowError:
-                    logger.warning("session %s: a send took over %gs; closing", self.id, timeout)
-                    self.stop(Stop(CLOSE_POLICY, "client_stalled", notify=False))
-                    break
-        stop = self._stop
-        if stop is not None and stop.notify:
-            with trio.move_on_after(_CLOSE_TIMEOUT):
-                await self.ws.aclose(stop.close_code, stop.reason)
-
     # --- messages ------------------------------------------------------------------
 
     def _session_init(self) -> dict[str, Any]:
@@ -445,14 +318,10 @@ class Session:
         }
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
-        rate = self._rate
         return {
-            "type": "session_end",
-            "session_id": self.id,
-            "reason": stop.reason,
-            "audio_ms": round(1000 * self._audio_bytes / (2 * rate)),
+            **super()._summary(stop),
+            "audio_ms": round(1000 * self._audio_bytes / (2 * self._rate)),
             "finals": self._finals,
             "last_seq": self._seq,
-            "duration_ms": round(1000 * (trio.current_time() - self._started)),
         }
 

@@ -505,7 +505,7 @@ async def test_client_that_never_reads_is_dropped(
     assert normal.finals, normal.messages
     assert [m for m in session_ends_logged(caplog) if m.endswith("ended: client_stalled")]
     assert any("a send took over 1s" in r.getMessage() for r in caplog.records
-               if r.name == "edge.session")
+               if r.name == "edge.connection")
 
 
 # --- 10-12. audio formats and levels ---------------------------------------------------
