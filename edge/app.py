@@ -20,6 +20,7 @@ from edge.auth import AuthSettings, RevocationFile
 from edge.config import Config, state_dir
 from edge.errors import ConfigError
 from edge.recognizer import LoadedModel, load_model
+from edge.room import Room
 from edge.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.server import Server
 
@@ -100,6 +101,14 @@ async def run(config: Config, *, dev: bool = False,
     logger.info("model %s loaded from %s", model.name, model.path)
     server = Server(config, model, auth, revocations=revocations)
     async with trio.open_nursery() as nursery:
+        if config.microphone.enabled:
+            room = Room(config, model.recognizer, server.limiter, server.stats)
+            await nursery.start(room.run)
+            server.room = room
+            logger.info("room microphone %r: %s", config.microphone.device, room.state)
+        else:
+            logger.info("no room microphone configured (microphone.enabled = false): serving "
+                        "client-streamed sessions only")
         await nursery.start(server.run)
         notify("READY=1")
         logger.info("ready")

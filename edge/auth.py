@@ -489,6 +489,7 @@ def require_scope(claims: Claims, scope: str) -> None:
             f"token lacks the {scope!r} scope",
             status=403,
             close_code=1008,
+            scope=scope,
         )
 
 

@@ -74,6 +74,18 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class MicrophoneConfig:
+    enabled: bool = False
+    device: str = "default"
+    sample_rate: int = 16000
+    chunk_ms: int = 100
+    max_listeners: int = 100
+    listener_queue: int = 256
+    replay_size: int = 512
+    retry_max: float = 30.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -84,6 +96,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -270,6 +283,17 @@ def _validate(c: Config) -> None:
     if not 0 < au.clipping_ratio <= 1:
         raise ConfigError("audio.clipping_ratio", f"must be in (0, 1], got {au.clipping_ratio}")
     _positive("audio.warning_interval", au.warning_interval)
+    m = c.microphone
+    if not m.device:
+        raise ConfigError("microphone.device", 'must name a device ("default", a name or '
+                          "an index from `edge devices`)")
+    if not 8000 <= m.sample_rate <= 192000:
+        raise ConfigError("microphone.sample_rate",
+                          f"must be between 8000 and 192000, got {m.sample_rate}")
+    if not 10 <= m.chunk_ms <= 1000:
+        raise ConfigError("microphone.chunk_ms", f"must be between 10 and 1000, got {m.chunk_ms}")
+    for name in ("max_listeners", "listener_queue", "replay_size", "retry_max"):
+        _positive(f"microphone.{name}", getattr(m, name))
     if c.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError("log.level", f"must be one of {', '.join(_LOG_LEVELS)}")
 

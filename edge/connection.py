@@ -10,6 +10,7 @@ to the room microphone) build on it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -159,10 +160,8 @@ class Connection:
 
     async def _queue_wait(self, message: Mapping[str, Any]) -> None:
         """Queue a message, waiting for room: back-pressure for a forwarding loop."""
-        try:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self._out_send.send(protocol.encode(message))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
 
     def _warn(self, code: str, message: str, **details: Any) -> None:
         self._stats.count_warning(code)

@@ -35,6 +35,7 @@ class AuthError(EdgeError):
         status: int = 401,
         close_code: int = 1002,
         retry_after: int | None = None,
+        scope: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -42,6 +43,7 @@ class AuthError(EdgeError):
         self.status = status
         self.close_code = close_code
         self.retry_after = retry_after
+        self.scope = scope  # the scope that was missing (403)
 
 
 class ProtocolError(EdgeError):

@@ -91,6 +91,7 @@ def health(
 def render_metrics(
     stats: Stats, *, version: str, model: str, sessions_current: int, max_sessions: int,
     clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
+    listeners: int = 0,
 ) -> str:
     """Prometheus text exposition format 0.0.4."""
     out: list[str] = []
@@ -141,6 +142,8 @@ def render_metrics(
               stats.final_latency)
     metric("edge_microphone_state", "gauge", "Room microphone state (1 for the current one).",
            [({"state": microphone_state}, 1)])
+    metric("edge_room_listeners", "gauge", "Clients listening to the room stream.",
+           [({}, listeners)])
     metric("edge_relay_backlog_events", "gauge", "Journal events waiting for the upstream.",
            [({}, relay_backlog)])
     metric("edge_clock_synchronized", "gauge", "1 when the kernel clock is NTP-synchronised.",

@@ -113,7 +113,17 @@ class Configure:
     partial_results: bool | None = None
 
 
-ClientMessage = End | KeepAlive | Configure
+@dataclass(frozen=True)
+class Pause:
+    """Room listeners with ``transcription:write``: stop capturing the room (privacy)."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Room listeners with ``transcription:write``: capture the room again."""
+
+
+ClientMessage = End | KeepAlive | Configure | Pause | Resume
 
 _CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results"})
 
@@ -146,9 +156,15 @@ def parse_client_text(text: str, limits: Limits = Limits()) -> ClientMessage:
         return KeepAlive()
     if kind == "config":
         return _parse_config(data, limits)
+    if kind == "pause":
+        return Pause()
+    if kind == "resume":
+        return Resume()
     if not isinstance(kind, str):
-        raise _bad('missing "type"; expected one of "config", "end", "keepalive"')
-    raise _bad(f'unknown message type {kind[:40]!r}; expected "config", "end" or "keepalive"')
+        raise _bad('missing "type"; expected one of "config", "end", "keepalive", "pause", '
+                   '"resume"')
+    raise _bad(f'unknown message type {kind[:40]!r}; expected "config", "end", "keepalive", '
+               '"pause" or "resume"')
 
 
 def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
@@ -194,6 +210,8 @@ class ConnectParams:
 
     sample_rate: int | None = None
     errors_in_band: bool = False
+    source: str = "client"  # "client": the client streams audio; "room": the microphone
+    since_seq: int | None = None  # room listeners: resume after this seq
 
 
 def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
@@ -214,7 +232,21 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
         in_band = raw == "message"
     if "encoding" in query and _single(query, "encoding") not in ("pcm_s16le", "wav"):
         raise ProtocolError("invalid_parameter", 'encoding must be "pcm_s16le" or "wav"')
-    return ConnectParams(sample_rate=rate, errors_in_band=in_band)
+    source = "client"
+    if "source" in query:
+        source = _single(query, "source")
+        if source not in ("client", "room"):
+            raise ProtocolError("invalid_parameter", 'source must be "client" or "room"')
+    since: int | None = None
+    if "since_seq" in query:
+        raw = _single(query, "since_seq")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+            raise ProtocolError("invalid_parameter", "since_seq must be a non-negative integer")
+        if source != "room":
+            raise ProtocolError("invalid_parameter", "since_seq applies to source=room")
+        since = int(raw)
+    return ConnectParams(sample_rate=rate, errors_in_band=in_band, source=source,
+                         since_seq=since)
 
 
 def _single(query: Mapping[str, Sequence[str]], name: str) -> str:

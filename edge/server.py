@@ -23,6 +23,7 @@ from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_st
 from edge import __version__, health, http, protocol
 from edge.admission import Admission
 from edge.auth import (
+    SCOPE_READ,
     SCOPE_WRITE,
     AuthSettings,
     Claims,
@@ -32,9 +33,11 @@ from edge.auth import (
     verify,
 )
 from edge.config import Config
+from edge.connection import Connection, SessionInfo
 from edge.errors import AuthError, ProtocolError
+from edge.listener import RoomListener
 from edge.recognizer import LoadedModel, RecognizerFactory
-from edge.connection import SessionInfo
+from edge.room import Room
 from edge.session import Session
 from edge.stats import Stats
 
@@ -85,6 +88,7 @@ class Server:
         revocations: RevocationFile | None = None,
         recognizer_factory: RecognizerFactory | None = None,
         stats: Stats | None = None,
+        room: Room | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -95,6 +99,8 @@ class Server:
         threads = config.recognizer.threads or os.cpu_count() or 1
         self.limiter = trio.CapacityLimiter(threads)
         self.admission = Admission(config.server.max_sessions, config.server.retry_after)
+        self.listeners = Admission(config.microphone.max_listeners, config.server.retry_after)
+        self.room = room
         self.port: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
@@ -120,7 +126,9 @@ class Server:
         while True:
             changed = await trio.to_thread.run_sync(self.revocations.reload_if_changed)
             if changed:
-                closed = self.admission.revoke_matching(self.revocations.current)
+                current = self.revocations.current
+                closed = (self.admission.revoke_matching(current)
+                          + self.listeners.revoke_matching(current))
                 logger.info("revocation list reloaded; closing %d live session(s)", closed)
             await trio.sleep(_REVOCATION_POLL)
 
@@ -135,21 +143,28 @@ class Server:
             await trio.aclose_forcefully(stream)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
+        # The handshake deadline covers the request head here and the WebSocket
+        # handshake in _websocket; never the session that follows.
         deadline = trio.current_time() + self.config.server.handshake_timeout
-        with trio.move_on_at(deadline):
+        raw: bytes | None = None
+        with trio.move_on_at(deadline) as scope:
             raw = await self._read_head(stream)
-            if raw is None:
-                return
-            try:
-                head = http.parse_head(raw[:http.head_complete(raw)])
-            except http.BadRequest as exc:
-                await stream.send_all(http.response(400, str(exc)))
-                return
-            if not head.is_websocket_upgrade:
-                await self._http(stream, head)
-                return
-            await self._websocket(ReplayStream(stream, raw), head, deadline)
+        if scope.cancelled_caught:
+            self._handshake_timed_out(stream)
             return
+        if raw is None:
+            return
+        try:
+            head = http.parse_head(raw[:http.head_complete(raw)])
+        except http.BadRequest as exc:
+            await stream.send_all(http.response(400, str(exc)))
+            return
+        if not head.is_websocket_upgrade:
+            await self._http(stream, head)
+            return
+        await self._websocket(ReplayStream(stream, raw), head, deadline)
+
+    def _handshake_timed_out(self, stream: trio.abc.Stream) -> None:
         self.stats.refused["handshake_timeout"] += 1
         logger.info("connection from %s: no complete handshake within %gs; dropped",
                     _peer(stream), self.config.server.handshake_timeout)
@@ -192,14 +207,17 @@ class Server:
         """``/healthz``: 200 when serving, 503 with reasons when degraded."""
         return health.health(
             version=__version__, model=self.model.name, sessions=self.admission.current,
-            max_sessions=self.config.server.max_sessions, clock=health.clock_status())
+            max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
+            microphone=self.room.status() if self.room else None)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
         return health.render_metrics(
             self.stats, version=__version__, model=self.model.name,
             sessions_current=self.admission.current,
-            max_sessions=self.config.server.max_sessions, clock=health.clock_status())
+            max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
+            microphone_state=self.room.state if self.room else "not_configured",
+            listeners=self.listeners.current)
 
     # --- WebSocket handshake ---------------------------------------------------------
 
@@ -207,11 +225,12 @@ class Server:
                          deadline: float) -> None:
         s = self.config.server
         async with trio.open_nursery() as nursery:
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(deadline) as scope:
                 request = await wrap_server_stream(
                     nursery, stream, message_queue_size=_WS_MESSAGE_QUEUE,
                     max_message_size=s.max_frame_bytes)
-            if trio.current_time() >= deadline:
+            if scope.cancelled_caught:
+                self._handshake_timed_out(stream)
                 nursery.cancel_scope.cancel()
                 return
             try:
@@ -235,7 +254,14 @@ class Server:
             token = extract_token(request.path, request.headers)
             revoked = self.revocations.current if self.revocations else None
             claims = verify(token, self.auth, now=time.time(), revoked=revoked)
-            require_scope(claims, SCOPE_WRITE)
+            if params.source == "room":
+                require_scope(claims, SCOPE_READ)
+                if self.room is None:
+                    raise AuthError("no_room", "this device has no room microphone "
+                                    "(microphone.enabled is false)", status=404,
+                                    close_code=protocol.CLOSE_POLICY)
+            else:
+                require_scope(claims, SCOPE_WRITE)
         except AuthError as exc:
             with trio.move_on_at(deadline + 1.0):
                 await self._refuse(request, exc, in_band)
@@ -246,8 +272,9 @@ class Server:
                              params: protocol.ConnectParams, in_band: bool,
                              deadline: float) -> None:
         session_id = str(uuid.uuid4())
-        session: Session | None = None
+        session: Connection | None = None
         revoked_before_start = False
+        admission = self.listeners if params.source == "room" else self.admission
 
         def revoke() -> None:
             nonlocal revoked_before_start
@@ -257,7 +284,7 @@ class Server:
                 session.revoke()
 
         try:
-            ticket = self.admission.admit(session_id, claims, revoke)
+            ticket = admission.admit(session_id, claims, revoke)
         except AuthError as exc:
             with trio.move_on_at(deadline + 1.0):
                 await self._refuse(request, exc, in_band)
@@ -272,18 +299,24 @@ class Server:
                                model_name=self.model.name,
                                default_rate=self.config.recognizer.sample_rate,
                                declared_rate=params.sample_rate)
-            session = Session(ws, info, self.config, self.recognizer_factory, self.limiter,
-                              self.stats)
+            if params.source == "room":
+                assert self.room is not None
+                session = RoomListener(ws, info, self.config, self.stats, self.room,
+                                       params.since_seq)
+            else:
+                session = Session(ws, info, self.config, self.recognizer_factory,
+                                  self.limiter, self.stats)
             if revoked_before_start:
                 session.revoke()
             await self._run_session(session, claims)
 
-    async def _run_session(self, session: Session, claims: Claims) -> None:
+    async def _run_session(self, session: Connection, claims: Claims) -> None:
         self.stats.sessions_total += 1
         self.stats.sessions_current += 1
-        logger.info("session %s started: sub=%s user_type=%s organization=%s department=%s",
-                    session.id, claims.sub, claims.user_type, claims.organization or "-",
-                    claims.department or "-")
+        kind = "room listener" if isinstance(session, RoomListener) else "session"
+        logger.info("%s %s started: sub=%s user_type=%s organization=%s department=%s",
+                    kind, session.id, claims.sub, claims.user_type,
+                    claims.organization or "-", claims.department or "-")
         try:
             stop = await session.run()
         except Exception:
@@ -318,8 +351,9 @@ class Server:
         if exc.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="edge", error="invalid_token"'))
         elif exc.status == 403:
+            scope = (exc.scope or SCOPE_WRITE).encode()
             headers.append((b"www-authenticate", b'Bearer realm="edge", '
-                            b'error="insufficient_scope", scope="' + SCOPE_WRITE.encode() + b'"'))
+                            b'error="insufficient_scope", scope="' + scope + b'"'))
         elif exc.status == 400 and exc.code == "invalid_request":
             headers.append((b"www-authenticate", b'Bearer realm="edge", error="invalid_request"'))
         if exc.retry_after is not None:

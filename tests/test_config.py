@@ -15,6 +15,7 @@ from edge.config import (
     AuthConfig,
     Config,
     LogConfig,
+    MicrophoneConfig,
     RecognizerConfig,
     ServerConfig,
     load_config,
@@ -83,10 +84,10 @@ def test_config_is_frozen() -> None:
 
 def test_sections_lists_every_field_with_its_default() -> None:
     s = sections()
-    assert list(s) == ["server", "auth", "recognizer", "audio", "log"]
+    assert list(s) == ["server", "auth", "recognizer", "audio", "microphone", "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
                       ("recognizer", RecognizerConfig), ("audio", AudioConfig),
-                      ("log", LogConfig)]:
+                      ("microphone", MicrophoneConfig), ("log", LogConfig)]:
         assert s[name] == {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
 
 

@@ -103,3 +103,20 @@ async def test_a_peer_that_answers_pings_is_kept(start_server: Any) -> None:
         await trio.sleep(2.0)  # several ping rounds, answered by the client library
         assert server.admission.current == 1
         assert ws.closed is None
+
+
+async def test_the_handshake_deadline_does_not_limit_the_session(start_server: Any) -> None:
+    """handshake_timeout bounds the handshake only; sessions live past it."""
+    server = await start_server(server={"handshake_timeout": 1.0})
+    headers = [(b"authorization", f"Bearer {make_token()}".encode())]
+    url = f"ws://127.0.0.1:{server.port}/ws/transcribe"
+    async with open_websocket_url(url, extra_headers=headers) as ws:
+        await receive_json(ws)
+        for _ in range(25):  # 2.5 s of silence at real-time pace
+            await ws.send_message(bytes(3200))
+            await trio.sleep(0.1)
+        await ws.send_message('{"type": "end"}')
+        with trio.fail_after(10):
+            while (await receive_json(ws))["type"] != "session_end":
+                pass
+    assert server.stats.refused["handshake_timeout"] == 0

@@ -1,0 +1,192 @@
+"""The room stream: one microphone, one recogniser, every listener.
+
+:class:`Room` consumes the :class:`~edge.capture.MicSource`'s chunks and events,
+decodes the audio in a worker thread (one recogniser for the room) and publishes
+``transcription``, ``warning`` and ``room_state`` messages to a :class:`~edge.hub.Hub`
+that fans them out to listeners. The microphone never waits for recognition: the
+source drops chunks (and says ``mic_overrun``) when the room falls behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from typing import Any, Protocol
+
+import trio
+
+from edge import protocol
+from edge.audio import LevelMeter
+from edge.capture import Chunk, MicEvent, MicSource, MicStatistics
+from edge.config import Config
+from edge.hub import Hub
+from edge.protocol import Utterance
+from edge.recognizer import Recognizer, RecognizerFactory
+from edge.stats import Stats
+
+logger = logging.getLogger(__name__)
+
+_QUEUE_CHUNKS = 50  # 5 s of 100 ms chunks between capture and recognition
+
+_MIC_WARNINGS = {"mic_lost", "mic_overrun"}
+_MIC_STATES = {"mic_lost": "mic_lost", "mic_restored": "listening", "mic_paused": "paused",
+               "mic_resumed": "listening"}
+_LEVEL_TEXT = {
+    "clipping": "the room microphone is clipping; lower its gain",
+    "silence": "the room microphone hears nothing; check that it is connected and unmuted",
+}
+
+
+class Source(Protocol):
+    """What the room needs of a capture source (a MicSource; stand-ins in tests)."""
+
+    async def run(self, send_channel: trio.MemorySendChannel[Chunk | MicEvent], *,
+                  task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def statistics(self) -> MicStatistics: ...
+
+
+class Room:
+    """Start with ``await nursery.start(room.run)``; listeners use :attr:`hub`."""
+
+    def __init__(self, config: Config, recognizer_factory: RecognizerFactory,
+                 limiter: trio.CapacityLimiter, stats: Stats,
+                 source: Source | None = None) -> None:
+        m = config.microphone
+        self.id = str(uuid.uuid4())
+        self.hub = Hub(replay_size=m.replay_size)
+        self.source: Source = source or MicSource(
+            m.device, sample_rate=m.sample_rate, chunk_ms=m.chunk_ms, backoff_max=m.retry_max)
+        self.state = "starting"
+        self._factory = recognizer_factory
+        self._limiter = limiter
+        self._stats = stats
+        self._partials = config.recognizer.partial_results
+        a = config.audio
+        self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
+                                 a.warning_interval)
+        self._recognizer: Recognizer | None = None
+        self._rate: int | None = None
+        self._offset_ms = 0  # room audio decoded by earlier recognisers
+        self._audio_ms = 0.0  # room audio decoded so far
+        self._last_partial = ""
+
+    async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Capture and recognise until cancelled; ready once capture has started."""
+        send, receive = trio.open_memory_channel[Chunk | MicEvent](_QUEUE_CHUNKS)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.source.run, send)
+                if self.state == "starting":
+                    self._set_state(_initial_state(self.source.statistics().state))
+                task_status.started(self)
+                async with receive:
+                    async for item in receive:
+                        if isinstance(item, MicEvent):
+                            await self._on_event(item)
+                        else:
+                            await self._on_chunk(item)
+        finally:
+            self.hub.close()
+
+    def pause(self) -> None:
+        """Stop capturing (the device is closed: privacy). Listeners see ``paused``."""
+        self.source.pause()
+
+    def resume(self) -> None:
+        self.source.resume()
+
+    def status(self) -> dict[str, Any]:
+        """For ``/healthz``: state and device, no audio and no text."""
+        mic = self.source.statistics()
+        hub = self.hub.statistics()
+        return {"state": self.state, "device": mic.device, "sample_rate": mic.sample_rate,
+                "listeners": hub.listeners, "last_seq": hub.last_seq,
+                "dropped_chunks": mic.dropped_chunks, "restarts": mic.restarts}
+
+    # --- events and audio ----------------------------------------------------------
+
+    async def _on_event(self, event: MicEvent) -> None:
+        if event.code in ("mic_lost", "mic_paused"):
+            await self._flush()  # speech in progress becomes a final
+        if event.code in _MIC_WARNINGS:
+            self._stats.count_warning(event.code)
+            self.hub.publish(protocol.warning(self.id, event.code, event.message,
+                                              **event.details))
+        if event.code in _MIC_STATES:
+            self._set_state(_MIC_STATES[event.code])
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        logger.info("room %s: %s", self.id, state)
+        self.hub.publish({"type": "room_state", "session_id": self.id, "state": state})
+
+    async def _on_chunk(self, chunk: Chunk) -> None:
+        if self.state == "starting":
+            self._set_state("listening")
+        if self._recognizer is None or chunk.sample_rate != self._rate:
+            await self._flush()
+            self._rate = chunk.sample_rate
+            self._recognizer = await trio.to_thread.run_sync(
+                self._factory, chunk.sample_rate, None, limiter=self._limiter)
+        for code in self._meter.feed(chunk.pcm, chunk.sample_rate):
+            self._stats.count_warning(code)
+            self.hub.publish(protocol.warning(self.id, code, _LEVEL_TEXT[code]))
+        started = trio.current_time()
+        results = await trio.to_thread.run_sync(self._recognizer.accept, chunk.pcm,
+                                                limiter=self._limiter)
+        seconds = len(chunk.pcm) / 2 / chunk.sample_rate
+        self._stats.observe_decode(seconds, trio.current_time() - started)
+        self._audio_ms += 1000 * seconds
+        for utterance in results:
+            self._publish(utterance, chunk.t)
+
+    async def _flush(self) -> None:
+        """End the current recogniser's stream: its last final, then a fresh clock offset."""
+        recognizer, self._recognizer = self._recognizer, None
+        if recognizer is None:
+            return
+        final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+        if final is not None:
+            self._publish(final, None)
+        self._offset_ms = round(self._audio_ms)
+
+    def _publish(self, utterance: Utterance, received: float | None) -> None:
+        latency = None if received is None else trio.current_time() - received
+        if utterance.is_final:
+            self._last_partial = ""
+            self._stats.finals += 1
+            if latency is not None:
+                self._stats.final_latency.observe(latency)
+        else:
+            if not self._partials or utterance.text == self._last_partial:
+                return
+            self._last_partial = utterance.text
+            self._stats.partials += 1
+            if latency is not None:
+                self._stats.partial_latency.observe(latency)
+        shifted = _shift(utterance, self._offset_ms)
+        self.hub.publish(protocol.transcription(self.id, 0, shifted))
+
+
+def _initial_state(mic_state: str) -> str:
+    return {"running": "listening", "paused": "paused", "lost": "mic_lost"}.get(mic_state,
+                                                                               mic_state)
+
+
+def _shift(utterance: Utterance, offset_ms: int) -> Utterance:
+    """Times on the room's clock: recognisers restart at 0 after a loss or a pause."""
+    if not offset_ms:
+        return utterance
+    words = tuple(dataclasses.replace(w, start_ms=w.start_ms + offset_ms,
+                                      end_ms=w.end_ms + offset_ms) for w in utterance.words)
+    return dataclasses.replace(utterance, start_ms=utterance.start_ms + offset_ms,
+                               end_ms=utterance.end_ms + offset_ms, words=words)
