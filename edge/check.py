@@ -135,4 +135,17 @@ def check_port(config: Config) -> Finding:
 
 
 def check_microphone(config: Config) -> Finding:
-    return Finding(OK, "microphone", "room capture is not configured; clients stream audio")
+    m = config.microphone
+    if not m.enabled:
+        return Finding(OK, "microphone", "room capture is off; clients stream their own audio")
+    from edge.capture import resolve_device
+
+    try:
+        device = resolve_device(m.device)
+    except EdgeError as exc:
+        return Finding(FAIL, "microphone", f"{exc}; see `edge devices` and set "
+                       "microphone.device")
+    except OSError as exc:
+        return Finding(FAIL, "microphone", f"cannot query audio devices: {exc}")
+    return Finding(OK, "microphone", f"{device.name} ({device.max_input_channels} channel(s), "
+                   f"{round(device.default_sample_rate)} Hz)")

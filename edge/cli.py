@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(models_install)
     models_install.set_defaults(func=_models_install)
 
+    devices = sub.add_parser("devices", help="list audio input devices (for microphone.device)")
+    devices.set_defaults(func=_devices)
+
     check = sub.add_parser("check", help="check config, keys, model, clock, port; exit 1 "
                            "if anything must be fixed")
     _config_args(check)
@@ -311,6 +314,27 @@ def _models_install(args: argparse.Namespace) -> int:
         kind = models.detect_kind(path) or "asr"
         models.set_config_model(Path(args.config), models.CONFIG_KEYS[kind], str(path))
         print(f"edge: {args.config}: {models.CONFIG_KEYS[kind]} = {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- devices -------------------------------------------------------------------------
+
+def _devices(args: argparse.Namespace) -> int:
+    from edge.capture import list_input_devices
+
+    try:
+        found = list_input_devices()
+    except OSError as exc:
+        print(f"edge: cannot list audio devices: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if not found:
+        print("no audio input devices (is the microphone plugged in? is this user in the "
+              "audio group?)")
+        return EXIT_FAIL
+    print(f"{'INDEX':<6}{'CHANNELS':<10}{'RATE':<8}{'API':<8}NAME")
+    for d in found:
+        print(f"{d.index:<6}{d.max_input_channels:<10}{round(d.default_sample_rate):<8}"
+              f"{d.host_api:<8}{d.name}")
     return EXIT_OK
 
 

@@ -1,0 +1,169 @@
+"""The daemon capturing a real ALSA device (ALSA -> PortAudio -> PyAudio) from a
+file-backed PCM defined in a test .asoundrc, serving two listeners over real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from alsa_file_device import FileDevice, child_env, make_home, write_atomically
+from trio_websocket import open_websocket_url
+
+from edge.auth import SCOPE_READ
+from helpers import FIXTURES, SECRET, make_token, receive_json
+
+SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Daemon:
+    def __init__(self, tmp_path: Path, infile: Path) -> None:
+        self.port = free_port()
+        home = make_home(tmp_path / "home", [FileDevice("edgemic", infile)])
+        config = tmp_path / "edge.toml"
+        config.write_text(
+            f'[server]\nhost = "127.0.0.1"\nport = {self.port}\n'
+            '[microphone]\nenabled = true\ndevice = "edgemic"\nretry_max = 0.5\n'
+            '[audio]\nsilence_seconds = 60.0\n')
+        env = {**child_env(home), "EDGE_JWT_SECRET": SECRET,
+               "EDGE_STATE_DIR": str(tmp_path / "state")}
+        self.log = (tmp_path / "daemon.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "serve", "--config", str(config)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def wait_ready(self) -> None:
+        with trio.fail_after(60):
+            while True:
+                assert self.proc.poll() is None, "the daemon exited"
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                except OSError:
+                    await trio.sleep(0.2)
+                    continue
+                await stream.aclose()
+                return
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+
+    def url(self, query: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/transcribe{query}"
+
+
+async def collect(url: str, done: Any, out: list[dict[str, Any]], timeout: float = 60) -> None:
+    headers = [(b"authorization", f"Bearer {make_token(scope=SCOPE_READ)}".encode())]
+    async with open_websocket_url(url, extra_headers=headers) as ws:
+        with trio.fail_after(timeout):
+            while not done(out):
+                out.append(await receive_json(ws, timeout))
+
+
+def finals(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == "transcription" and m["is_final"]]
+
+
+async def test_room_speech_reaches_two_listeners(tmp_path: Path) -> None:
+    infile = tmp_path / "mic.raw"
+    infile.write_bytes(SPEECH)
+    daemon = Daemon(tmp_path, infile)
+    try:
+        await daemon.wait_ready()
+        a: list[dict[str, Any]] = []
+        b: list[dict[str, Any]] = []
+        three = lambda out: len(finals(out)) >= 3  # noqa: E731
+        async with trio.open_nursery() as nursery:
+            # since_seq=0: what was said before the listener connected is replayed.
+            nursery.start_soon(collect, daemon.url("?source=room&since_seq=0"), three, a)
+            nursery.start_soon(collect, daemon.url("?source=room&since_seq=0"), three, b)
+        assert a[0]["type"] == "session_init" and a[0]["room_id"] == b[0]["room_id"]
+        texts_a = [(m["seq"], m["text"]) for m in finals(a)][:3]
+        texts_b = [(m["seq"], m["text"]) for m in finals(b)][:3]
+        assert texts_a == texts_b and all(text for _, text in texts_a)
+        # The three phrases, in order, at about their places in the recording.
+        starts = [m["start_ms"] for m in finals(a)][:3]
+        assert starts == sorted(starts) and starts[0] >= 300 and starts[2] <= 6000
+    finally:
+        assert daemon.stop() == 0
+
+
+async def test_a_lost_device_is_reported_and_capture_resumes(tmp_path: Path) -> None:
+    infile = tmp_path / "mic.raw"  # absent at start: the device cannot be opened
+    daemon = Daemon(tmp_path, infile)
+    try:
+        await daemon.wait_ready()
+        seen: list[dict[str, Any]] = []
+
+        def lost_then_speech(out: list[dict[str, Any]]) -> bool:
+            states = [m.get("state") for m in out if m["type"] in ("room_state",
+                                                                    "session_init")]
+            if "mic_lost" in states and not infile.exists():
+                write_atomically(infile, SPEECH)  # plug the microphone back in
+            return len(finals(out)) >= 2
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, daemon.url("?source=room&since_seq=0"),
+                               lost_then_speech, seen, 90)
+        init = seen[0]
+        assert init["type"] == "session_init"
+        warnings = [m["code"] for m in seen if m["type"] == "warning"]
+        assert init["state"] == "mic_lost" or "mic_lost" in warnings
+        states = [m["state"] for m in seen if m["type"] == "room_state"]
+        assert "listening" in states
+        assert len(finals(seen)) >= 2
+        health = json.loads(await http_get(daemon.port, "/healthz"))
+        assert health["microphone"]["state"] == "listening"
+        assert health["microphone"]["restarts"] >= 1
+    finally:
+        assert daemon.stop() == 0
+
+
+async def http_get(port: int, path: str) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    await stream.aclose()
+    return data.partition(b"\r\n\r\n")[2]
+
+
+def test_devices_and_check_see_the_alsa_device(tmp_path: Path) -> None:
+    infile = tmp_path / "mic.raw"
+    infile.write_bytes(SPEECH)
+    home = make_home(tmp_path / "home", [FileDevice("edgemic", infile)])
+    env = {**child_env(home), "EDGE_JWT_SECRET": SECRET,
+           "EDGE_STATE_DIR": str(tmp_path / "state")}
+    listing = subprocess.run([sys.executable, "-m", "edge", "devices"], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert listing.returncode == 0 and "edgemic" in listing.stdout
+
+    for device, expected in [("edgemic", "ok   microphone: edgemic"),
+                             ("no-such-mic", "FAIL microphone:")]:
+        config = tmp_path / f"{device}.toml"
+        config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+                          f'[microphone]\nenabled = true\ndevice = "{device}"\n')
+        check = subprocess.run(
+            [sys.executable, "-m", "edge", "check", "--config", str(config), "--no-load"],
+            env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert expected in check.stdout, check.stdout
+        assert check.returncode == (0 if device == "edgemic" else 1)
