@@ -7,22 +7,26 @@ then the socket. "Ready" means the model is loaded and the socket accepts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 from pathlib import Path
 
 import trio
 
 from edge.auth import AuthSettings, RevocationFile
-from edge.config import Config, state_dir
+from edge.config import Config, journal_path, state_dir
 from edge.errors import ConfigError
+from edge.journal import Journal, JournalError
 from edge.recognizer import LoadedModel, load_model
 from edge.room import Room
 from edge.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.server import Server
+from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +103,14 @@ async def run(config: Config, *, dev: bool = False,
     logger.info("loading model %s", config.recognizer.model or "(default package)")
     model: LoadedModel = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
     logger.info("model %s loaded from %s", model.name, model.path)
-    server = Server(config, model, auth, revocations=revocations)
+    journal = await open_journal(config, model.name) if config.journal.enabled else None
+    server = Server(config, model, auth, revocations=revocations, journal=journal)
     async with trio.open_nursery() as nursery:
+        if journal is not None:
+            await nursery.start(journal.run)
         if config.microphone.enabled:
-            room = Room(config, model.recognizer, server.limiter, server.stats)
+            room = Room(config, model.recognizer, server.limiter, server.stats,
+                        journal=journal)
             await nursery.start(room.run)
             server.room = room
             logger.info("room microphone %r: %s", config.microphone.device, room.state)
@@ -118,6 +126,30 @@ async def run(config: Config, *, dev: bool = False,
         if threading.current_thread() is threading.main_thread():
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         task_status.started(server)
+
+
+def device_id() -> str:
+    """This device's id in journals (and upstream): its host name."""
+    return socket.gethostname() or "edge"
+
+
+async def open_journal(config: Config, model_name: str) -> JournalService:
+    """Open the journal (setting a damaged one aside) and close what a crash left open."""
+    path = journal_path(config)
+    try:
+        journal = await trio.to_thread.run_sync(
+            functools.partial(Journal.open, path, device_id=device_id()))
+    except JournalError as exc:
+        raise ConfigError("journal.path", str(exc)) from exc
+    interrupted = await trio.to_thread.run_sync(journal.end_open_sessions)
+    if interrupted:
+        logger.warning("journal: %d session(s) were cut off by the last stop; marked "
+                       "interrupted", interrupted)
+    logger.info("journal %s", path)
+    j = config.journal
+    return JournalService(journal, retention_days=j.retention_days,
+                          purge_interval=j.purge_interval, keep_unrelayed=False,
+                          model=model_name)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

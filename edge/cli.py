@@ -96,6 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(models_install)
     models_install.set_defaults(func=_models_install)
 
+    scripts = sub.add_parser("transcripts", help="read the journal of sessions")
+    scripts_sub = scripts.add_subparsers(dest="transcripts_command", required=True,
+                                         metavar="ACTION")
+    scripts_list = scripts_sub.add_parser("list", help="sessions in the journal")
+    scripts_list.add_argument("--since", help="e.g. 12h, 7d, or 2026-11-01T08:00")
+    _config_args(scripts_list)
+    scripts_list.set_defaults(func=_transcripts_list)
+    scripts_show = scripts_sub.add_parser("show", help="one session's transcript")
+    scripts_show.add_argument("session_id")
+    scripts_show.add_argument("--format", choices=["json", "text", "vtt"], default="text")
+    _config_args(scripts_show)
+    scripts_show.set_defaults(func=_transcripts_show)
+
     devices = sub.add_parser("devices", help="list audio input devices (for microphone.device)")
     devices.set_defaults(func=_devices)
 
@@ -314,6 +327,54 @@ def _models_install(args: argparse.Namespace) -> int:
         kind = models.detect_kind(path) or "asr"
         models.set_config_model(Path(args.config), models.CONFIG_KEYS[kind], str(path))
         print(f"edge: {args.config}: {models.CONFIG_KEYS[kind]} = {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- transcripts -----------------------------------------------------------------------
+
+def _open_journal_readonly(args: argparse.Namespace) -> Any:
+    from edge.app import device_id
+    from edge.config import journal_path
+    from edge.journal import Journal, JournalError
+
+    config = _load(args)
+    try:
+        return Journal.open(journal_path(config), device_id=device_id(), readonly=True)
+    except JournalError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return None
+
+
+def _transcripts_list(args: argparse.Namespace) -> int:
+    from edge import transcripts
+
+    since = None
+    if args.since:
+        try:
+            since = transcripts.parse_since(args.since)
+        except ValueError as exc:
+            raise ConfigError("--since", str(exc)) from None
+    journal = _open_journal_readonly(args)
+    if journal is None:
+        return EXIT_FAIL
+    with journal:
+        print(transcripts.list_table(journal.sessions(since)))
+    return EXIT_OK
+
+
+def _transcripts_show(args: argparse.Namespace) -> int:
+    from edge import transcripts
+
+    journal = _open_journal_readonly(args)
+    if journal is None:
+        return EXIT_FAIL
+    with journal:
+        row = journal.session(args.session_id)
+        if row is None:
+            print(f"edge: no session {args.session_id} in the journal", file=sys.stderr)
+            return EXIT_FAIL
+        sys.stdout.write(transcripts.render(args.format, row,
+                                            journal.finals(row.session_id, row.device_id)))
     return EXIT_OK
 
 

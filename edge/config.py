@@ -86,6 +86,15 @@ class MicrophoneConfig:
 
 
 @dataclass(frozen=True)
+class JournalConfig:
+    enabled: bool = True
+    path: str = ""
+    retention_days: float = 30.0
+    purge_interval: float = 3600.0
+    room_segment_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -97,6 +106,7 @@ class Config:
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -294,6 +304,8 @@ def _validate(c: Config) -> None:
         raise ConfigError("microphone.chunk_ms", f"must be between 10 and 1000, got {m.chunk_ms}")
     for name in ("max_listeners", "listener_queue", "replay_size", "retry_max"):
         _positive(f"microphone.{name}", getattr(m, name))
+    for name in ("retention_days", "purge_interval", "room_segment_seconds"):
+        _positive(f"journal.{name}", getattr(c.journal, name))
     if c.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError("log.level", f"must be one of {', '.join(_LOG_LEVELS)}")
 
@@ -308,6 +320,11 @@ def state_dir(config: Config) -> Path:
         return Path(systemd_dir.split(":")[0])
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "edge"
+
+
+def journal_path(config: Config) -> Path:
+    """The journal's SQLite file: ``journal.path`` or ``<state dir>/journal.db``."""
+    return Path(config.journal.path) if config.journal.path else state_dir(config) / "journal.db"
 
 
 def sections() -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from edge.hub import Hub
 from edge.protocol import Utterance
 from edge.recognizer import Recognizer, RecognizerFactory
 from edge.stats import Stats
+from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class Room:
 
     def __init__(self, config: Config, recognizer_factory: RecognizerFactory,
                  limiter: trio.CapacityLimiter, stats: Stats,
-                 source: Source | None = None) -> None:
+                 source: Source | None = None, journal: JournalService | None = None,
+                 ) -> None:
         m = config.microphone
         self.id = str(uuid.uuid4())
         self.hub = Hub(replay_size=m.replay_size)
@@ -75,6 +77,10 @@ class Room:
         self._offset_ms = 0  # room audio decoded by earlier recognisers
         self._audio_ms = 0.0  # room audio decoded so far
         self._last_partial = ""
+        self._journal = journal
+        self._segment: str | None = None  # the journal session of the current capture run
+        self._segment_started = 0.0
+        self._segment_seconds = config.journal.room_segment_seconds
 
     async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -94,6 +100,8 @@ class Room:
                             await self._on_chunk(item)
         finally:
             self.hub.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._end_segment("stopped")
 
     def pause(self) -> None:
         """Stop capturing (the device is closed: privacy). Listeners see ``paused``."""
@@ -115,6 +123,7 @@ class Room:
     async def _on_event(self, event: MicEvent) -> None:
         if event.code in ("mic_lost", "mic_paused"):
             await self._flush()  # speech in progress becomes a final
+            await self._end_segment(event.code.removeprefix("mic_"))
         if event.code in _MIC_WARNINGS:
             self._stats.count_warning(event.code)
             self.hub.publish(protocol.warning(self.id, event.code, event.message,
@@ -147,7 +156,7 @@ class Room:
         self._stats.observe_decode(seconds, trio.current_time() - started)
         self._audio_ms += 1000 * seconds
         for utterance in results:
-            self._publish(utterance, chunk.t)
+            await self._publish(utterance, chunk.t)
 
     async def _flush(self) -> None:
         """End the current recogniser's stream: its last final, then a fresh clock offset."""
@@ -156,10 +165,10 @@ class Room:
             return
         final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
         if final is not None:
-            self._publish(final, None)
+            await self._publish(final, None)
         self._offset_ms = round(self._audio_ms)
 
-    def _publish(self, utterance: Utterance, received: float | None) -> None:
+    async def _publish(self, utterance: Utterance, received: float | None) -> None:
         latency = None if received is None else trio.current_time() - received
         if utterance.is_final:
             self._last_partial = ""
@@ -173,8 +182,29 @@ class Room:
             self._stats.partials += 1
             if latency is not None:
                 self._stats.partial_latency.observe(latency)
-        shifted = _shift(utterance, self._offset_ms)
-        self.hub.publish(protocol.transcription(self.id, 0, shifted))
+        message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))
+        if utterance.is_final and self._journal is not None:
+            await self._journal_final(message)
+        self.hub.publish(message)
+
+    async def _journal_final(self, message: dict[str, Any]) -> None:
+        """Journal a room final in the current segment (a journal session per capture run,
+        cut every ``journal.room_segment_seconds`` so that retention can expire it)."""
+        assert self._journal is not None
+        now = trio.current_time()
+        if self._segment is not None and now - self._segment_started >= self._segment_seconds:
+            await self._end_segment("segment")
+        if self._segment is None:
+            self._segment, self._segment_started = str(uuid.uuid4()), now
+            await self._journal.start_session(self._segment, None, source="room")
+        if not await self._journal.append_final(self._segment, message):
+            self.hub.publish(protocol.warning(self.id, "journal_error", "a room final could "
+                                              "not be saved on the device"))
+
+    async def _end_segment(self, reason: str) -> None:
+        segment, self._segment = self._segment, None
+        if segment is not None and self._journal is not None:
+            await self._journal.end_session(segment, reason)
 
 
 def _initial_state(mic_state: str) -> str:

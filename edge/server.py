@@ -20,7 +20,7 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
 
-from edge import __version__, health, http, protocol
+from edge import __version__, health, http, protocol, transcripts
 from edge.admission import Admission
 from edge.auth import (
     SCOPE_READ,
@@ -40,8 +40,14 @@ from edge.recognizer import LoadedModel, RecognizerFactory
 from edge.room import Room
 from edge.session import Session
 from edge.stats import Stats
+from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
+
+TRANSCRIPTS_PATH = "/transcripts/"
+SCOPE_TRANSCRIPTS = "transcripts:read"  # any session's transcript, not only one's own
+TRANSCRIPT_TYPES = {"json": "application/json; charset=utf-8",
+                    "text": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
 
 _WS_MESSAGE_QUEUE = 4  # frames trio-websocket buffers before TCP pushes back
 _REVOCATION_POLL = 2.0
@@ -89,6 +95,7 @@ class Server:
         recognizer_factory: RecognizerFactory | None = None,
         stats: Stats | None = None,
         room: Room | None = None,
+        journal: JournalService | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -101,6 +108,7 @@ class Server:
         self.admission = Admission(config.server.max_sessions, config.server.retry_after)
         self.listeners = Admission(config.microphone.max_listeners, config.server.retry_after)
         self.room = room
+        self.journal = journal
         self.port: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
@@ -195,6 +203,11 @@ class Server:
             await stream.send_all(http.response(
                 200, self.metrics(), content_type="text/plain; version=0.0.4; charset=utf-8",
                 head_only=head_only))
+        elif head.path.startswith(TRANSCRIPTS_PATH):
+            status, body, content_type, headers = await self._transcript(head)
+            await stream.send_all(http.response(status, body, headers=headers,
+                                                content_type=content_type,
+                                                head_only=head_only))
         elif head.path == self.config.server.path:
             await stream.send_all(http.response(
                 426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
@@ -202,6 +215,44 @@ class Server:
         else:
             await stream.send_all(http.response(
                 404, protocol.error("not_found", "no such endpoint"), head_only=head_only))
+
+    async def _transcript(self, head: http.RequestHead
+                          ) -> tuple[int, Any, str | None, list[tuple[str, str]]]:
+        """``GET /transcripts/<session_id>?format=json|text|vtt``: a finished session.
+
+        Same tokens as the WebSocket (header or ``?token=``): ``transcription:read`` for
+        one's own sessions (same ``sub``), ``transcripts:read`` for any session.
+        """
+        session_id = head.path[len(TRANSCRIPTS_PATH):]
+        fmt = (head.query.get("format") or ["json"])[-1]
+        try:
+            token = extract_token(head.target, head.headers)
+            revoked = self.revocations.current if self.revocations else None
+            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            if not claims.has_scope(SCOPE_TRANSCRIPTS):
+                require_scope(claims, SCOPE_READ)
+        except AuthError as exc:
+            self.stats.refused[exc.code] += 1
+            headers = [("WWW-Authenticate", 'Bearer realm="edge", error="invalid_token"')]
+            return (exc.status, protocol.error(exc.code, exc.message), None,
+                    headers if exc.status == 401 else [])
+        if fmt not in transcripts.FORMATS:
+            return 400, protocol.error("invalid_parameter", "format must be json, text or "
+                                       "vtt"), None, []
+        if self.journal is None:
+            return 404, protocol.error("no_journal", "this device keeps no journal"), None, []
+        row = await self.journal.call(self.journal.journal.session, session_id)
+        allowed = row is not None and (claims.has_scope(SCOPE_TRANSCRIPTS)
+                                       or row.sub == claims.sub)
+        if row is None or not allowed:
+            # The same answer for "absent" and "not yours": ids are not probed.
+            return 404, protocol.error("not_found", "no such session"), None, []
+        if row.ended_at is None:
+            return 409, protocol.error("in_progress", "the session has not ended yet"), None, []
+        finals = await self.journal.call(self.journal.journal.finals, session_id,
+                                         row.device_id)
+        text = transcripts.render(fmt, row, finals)
+        return 200, text, TRANSCRIPT_TYPES[fmt], []
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """``/healthz``: 200 when serving, 503 with reasons when degraded."""
@@ -305,7 +356,7 @@ class Server:
                                        params.since_seq)
             else:
                 session = Session(ws, info, self.config, self.recognizer_factory,
-                                  self.limiter, self.stats)
+                                  self.limiter, self.stats, self.journal)
             if revoked_before_start:
                 session.revoke()
             await self._run_session(session, claims)

@@ -47,6 +47,7 @@ from edge.protocol import (
 )
 from edge.recognizer import Recognizer, RecognizerFactory
 from edge.stats import Stats
+from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ class Session(Connection):
         recognizer_factory: RecognizerFactory,
         limiter: trio.CapacityLimiter,
         stats: Stats,
+        journal: JournalService | None = None,
     ) -> None:
         super().__init__(ws, info, config, stats)
+        self._journal = journal
         self._factory = recognizer_factory
         self._limiter = limiter
         self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
@@ -101,16 +104,30 @@ class Session(Connection):
     # --- lifecycle -----------------------------------------------------------------
 
     async def run(self) -> Stop:
-        """Serve the session to its end; returns why it ended."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sender)
-            self._queue(self._session_init())
-            async with trio.open_nursery() as inner:
-                inner.start_soon(self._receiver)
-                inner.start_soon(self._watchdogs)
-                await self._recognize()
-                inner.cancel_scope.cancel()
-            self._finish()  # the audio queue only closes through stop(): _stop is set
+        """Serve the session to its end; returns why it ended.
+
+        The session is journaled before ``session_init`` goes out, each final before
+        it is sent, and the end however the session ends (shielded from cancellation
+        for a few seconds; a daemon killed outright marks it ``interrupted`` at its
+        next start).
+        """
+        if self._journal is not None:
+            await self._journal.start_session(self.id, self.info.claims, source="client")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender)
+                self._queue(self._session_init())
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(self._receiver)
+                    inner.start_soon(self._watchdogs)
+                    await self._recognize()
+                    inner.cancel_scope.cancel()
+                self._finish()  # the audio queue only closes through stop(): _stop is set
+        finally:
+            if self._journal is not None:
+                reason = self._stop.reason if self._stop else "internal_error"
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._journal.end_session(self.id, reason)
         assert self._stop is not None
         return self._stop
 
@@ -221,11 +238,11 @@ class Session(Connection):
                 self._stats.observe_decode(seconds, trio.current_time() - started)
                 self._queued_ms = max(0.0, self._queued_ms - 1000 * seconds)
                 for utterance in results:
-                    self._emit(utterance, received)
+                    await self._emit(utterance, received)
         if recognizer is not None and (self._stop is None or self._stop.flush):
             final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
             if final is not None:
-                self._emit(final, None)
+                await self._emit(final, None)
 
     @property
     def _rate(self) -> int:
@@ -236,8 +253,8 @@ class Session(Connection):
         rate, phrases = self._rate, self._phrases
         return await trio.to_thread.run_sync(self._factory, rate, phrases, limiter=self._limiter)
 
-    def _emit(self, utterance: Utterance, received: float | None) -> None:
-        """Number and queue a result; ``received`` is when its last audio arrived."""
+    async def _emit(self, utterance: Utterance, received: float | None) -> None:
+        """Number, journal (finals) and queue a result; ``received``: when its audio came."""
         latency = None if received is None else trio.current_time() - received
         if utterance.is_final:
             self._finals += 1
@@ -252,10 +269,14 @@ class Session(Connection):
             self._stats.partials += 1
             if latency is not None:
                 self._stats.partial_latency.observe(latency)
-        if not self._send_transcripts:
-            return
         self._seq += 1
-        self._queue(protocol.transcription(self.id, self._seq, utterance))
+        message = protocol.transcription(self.id, self._seq, utterance)
+        if (utterance.is_final and self._journal is not None
+                and not await self._journal.append_final(self.id, message)):
+            self._warn("journal_error", "this final could not be saved on the device; "
+                       "keep your own copy")
+        if self._send_transcripts:
+            self._queue(message)
 
     def _check_lag(self) -> None:
         lag_limit_ms = 1000 * self._cfg.recognizer.lag_warning

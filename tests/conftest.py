@@ -13,6 +13,7 @@ import trio
 from edge.auth import AuthSettings, RevocationFile
 from edge.recognizer import LoadedModel, RecognizerFactory, load_model
 from edge.server import Server
+from edge.store import JournalService
 from helpers import FIXTURES, SECRET, make_config
 
 
@@ -42,7 +43,8 @@ async def start_server(
 
     async def start(
         *, recognizer_factory: RecognizerFactory | None = None,
-        revocation_file: Path | None = None, **sections: dict[str, Any],
+        revocation_file: Path | None = None, journal: JournalService | None = None,
+        **sections: dict[str, Any],
     ) -> Server:
         config = make_config(**sections)
         a = config.auth
@@ -51,7 +53,7 @@ async def start_server(
                             max_lifetime=a.max_token_lifetime)
         revocations = RevocationFile(revocation_file) if revocation_file else None
         server = Server(config, model, auth, revocations=revocations,
-                        recognizer_factory=recognizer_factory)
+                        recognizer_factory=recognizer_factory, journal=journal)
         started: Server = await nursery.start(server.run)
         return started
 

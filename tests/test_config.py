@@ -14,6 +14,7 @@ from edge.config import (
     AudioConfig,
     AuthConfig,
     Config,
+    JournalConfig,
     LogConfig,
     MicrophoneConfig,
     RecognizerConfig,
@@ -84,10 +85,12 @@ def test_config_is_frozen() -> None:
 
 def test_sections_lists_every_field_with_its_default() -> None:
     s = sections()
-    assert list(s) == ["server", "auth", "recognizer", "audio", "microphone", "log"]
+    assert list(s) == ["server", "auth", "recognizer", "audio", "microphone", "journal",
+                       "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
                       ("recognizer", RecognizerConfig), ("audio", AudioConfig),
-                      ("microphone", MicrophoneConfig), ("log", LogConfig)]:
+                      ("microphone", MicrophoneConfig), ("journal", JournalConfig),
+                      ("log", LogConfig)]:
         assert s[name] == {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
 
 
