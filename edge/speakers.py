@@ -40,7 +40,8 @@ from edge.errors import EdgeError
 logger = logging.getLogger(__name__)
 
 DEFAULT_DIARIZE_THRESHOLD = 0.55
-DEFAULT_IDENTIFY_THRESHOLD = 0.6
+# Higher than the diarizer's: a wrong name on a transcript is worse than "Speaker N".
+DEFAULT_IDENTIFY_THRESHOLD = 0.7
 DEFAULT_MAX_SPEAKERS = 8
 DEFAULT_MIN_NEW_SPEAKER_MS = 1000
 MAX_NAME_CHARS = 200

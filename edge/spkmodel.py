@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -50,13 +49,12 @@ import numpy as np
 
 from edge.errors import EdgeError
 
-logger = logging.getLogger(__name__)
-
 FEATURE_DIM = 30  # --num-ceps below; the network's input dimension
 
-# The MFCC options of vosk-model-spk-0.4's family of models (16 kHz, 30 cepstra from 30
-# mel bins, 20 Hz to Nyquist - 400 Hz). Dither is off so that the same audio always
-# gives the same vector; upsampling is allowed so that 8 kHz streams do not fail.
+# 16 kHz MFCCs, 30 cepstra from 30 mel bins between 20 Hz and Nyquist - 400 Hz, as in
+# Kaldi's x-vector front ends. Dither is off so that the same audio always gives the
+# same vector. Upsampling must be allowed: Vosk feeds the speaker features the stream's
+# own audio, and without it every 8 kHz stream fails once a speaker model is set.
 MFCC_CONF = """\
 --sample-frequency=16000
 --frame-length=25
@@ -314,8 +312,9 @@ def fit_lda(stats: np.ndarray, labels: Sequence[str], dim: int,
     """An LDA projection ``(W, b)``: ``W @ x + b`` separates the labelled speakers.
 
     Each statistic is standardised first; the within-speaker scatter is shrunk towards
-    its average variance by ``regularization`` (there are fewer utterances than
-    statistics). The projection whitens the within-speaker scatter.
+    its average variance by ``regularization`` (the statistics are many and strongly
+    correlated). The projection whitens the within-speaker scatter; at most
+    ``speakers - 1`` directions are kept.
     """
     x = np.asarray(stats, dtype=np.float64)
     y = np.asarray(labels)
