@@ -23,6 +23,7 @@ from edge.config import Config, journal_path, state_dir
 from edge.errors import ConfigError
 from edge.journal import Journal, JournalError
 from edge.recognizer import LoadedModel, load_model
+from edge.relay import Relay, RelaySettings
 from edge.room import Room
 from edge.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.server import Server
@@ -108,6 +109,18 @@ async def run(config: Config, *, dev: bool = False,
     async with trio.open_nursery() as nursery:
         if journal is not None:
             await nursery.start(journal.run)
+        if config.relay.enabled:
+            assert journal is not None  # the config requires it
+            r = config.relay
+            relay = Relay(RelaySettings(
+                url=r.url, token=relay_token(config), batch_events=r.batch_events,
+                batch_bytes=r.batch_bytes, max_backlog_bytes=r.max_backlog_bytes,
+                ack_timeout=r.ack_timeout, backoff_max=r.backoff_max,
+                cafile=r.cafile or None), journal)
+            await nursery.start(relay.run)
+            server.relay = relay
+            logger.info("relaying the journal to %s as %s", _without_query(r.url),
+                        device_id(config))
         if config.microphone.enabled:
             room = Room(config, model.recognizer, server.limiter, server.stats,
                         journal=journal)
@@ -128,9 +141,20 @@ async def run(config: Config, *, dev: bool = False,
         task_status.started(server)
 
 
-def device_id() -> str:
-    """This device's id in journals (and upstream): its host name."""
-    return socket.gethostname() or "edge"
+def device_id(config: Config) -> str:
+    """This device's id in journals (and upstream): ``relay.device_id`` or the host name."""
+    return config.relay.device_id or socket.gethostname() or "edge"
+
+
+def relay_token(config: Config) -> str:
+    r = config.relay
+    if r.token:
+        return r.token
+    try:
+        return Path(r.token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError("relay.token_file", f"cannot read {r.token_file}: "
+                          f"{exc.strerror}") from exc
 
 
 async def open_journal(config: Config, model_name: str) -> JournalService:
@@ -138,7 +162,7 @@ async def open_journal(config: Config, model_name: str) -> JournalService:
     path = journal_path(config)
     try:
         journal = await trio.to_thread.run_sync(
-            functools.partial(Journal.open, path, device_id=device_id()))
+            functools.partial(Journal.open, path, device_id=device_id(config)))
     except JournalError as exc:
         raise ConfigError("journal.path", str(exc)) from exc
     interrupted = await trio.to_thread.run_sync(journal.end_open_sessions)
@@ -148,8 +172,12 @@ async def open_journal(config: Config, model_name: str) -> JournalService:
     logger.info("journal %s", path)
     j = config.journal
     return JournalService(journal, retention_days=j.retention_days,
-                          purge_interval=j.purge_interval, keep_unrelayed=False,
-                          model=model_name)
+                          purge_interval=j.purge_interval,
+                          keep_unrelayed=config.relay.enabled, model=model_name)
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]  # a token in the query string must not reach the log
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -339,7 +339,7 @@ def _open_journal_readonly(args: argparse.Namespace) -> Any:
 
     config = _load(args)
     try:
-        return Journal.open(journal_path(config), device_id=device_id(), readonly=True)
+        return Journal.open(journal_path(config), device_id=device_id(config), readonly=True)
     except JournalError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return None

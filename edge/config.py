@@ -95,6 +95,22 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class RelayConfig:
+    enabled: bool = False
+    url: str = ""
+    token: str = ""
+    token_file: str = ""
+    device_id: str = ""
+    batch_events: int = 200
+    batch_bytes: int = 262144
+    max_backlog_bytes: int = 268435456
+    ack_timeout: float = 30.0
+    backoff_max: float = 60.0
+    cafile: str = ""
+    accept_ingest: bool = True
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -107,6 +123,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -117,6 +134,8 @@ ENVIRONMENT: Mapping[str, str] = {
     "EDGE_JWT_PUBLIC_KEY_FILE": "auth.public_key_file",
     "EDGE_MODEL": "recognizer.model",
     "EDGE_STATE_DIR": "server.state_dir",
+    "EDGE_RELAY_TOKEN": "relay.token",
+    "EDGE_DEVICE_ID": "relay.device_id",
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -306,6 +325,21 @@ def _validate(c: Config) -> None:
         _positive(f"microphone.{name}", getattr(m, name))
     for name in ("retention_days", "purge_interval", "room_segment_seconds"):
         _positive(f"journal.{name}", getattr(c.journal, name))
+    rl = c.relay
+    if rl.enabled:
+        if not rl.url.startswith(("ws://", "wss://")):
+            raise ConfigError("relay.url", f"must be a ws:// or wss:// URL, got {rl.url!r}")
+        if not (rl.token or rl.token_file):
+            raise ConfigError("relay.token_file", "the relay needs credentials: set "
+                              "relay.token_file (or EDGE_RELAY_TOKEN)")
+        if not c.journal.enabled:
+            raise ConfigError("relay.enabled", "the relay sends the journal: set "
+                              "journal.enabled = true")
+    if rl.token and rl.token_file:
+        raise ConfigError("relay.token_file", "set relay.token or relay.token_file, not both")
+    for name in ("batch_events", "batch_bytes", "max_backlog_bytes", "ack_timeout",
+                 "backoff_max"):
+        _positive(f"relay.{name}", getattr(rl, name))
     if c.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError("log.level", f"must be one of {', '.join(_LOG_LEVELS)}")
 

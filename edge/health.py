@@ -81,6 +81,9 @@ def health(
         "microphone": dict(microphone) if microphone else {"state": "not_configured"},
         "relay": dict(relay) if relay else {"state": "not_configured", "backlog": 0},
     }
+    if relay and relay.get("circuit_open"):
+        notes.append("the relay cannot reach its upstream; transcripts are kept locally "
+                     "and sent when it is back")
     if problems:
         body["reasons"] = problems
     if notes:
@@ -91,7 +94,7 @@ def health(
 def render_metrics(
     stats: Stats, *, version: str, model: str, sessions_current: int, max_sessions: int,
     clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
-    listeners: int = 0,
+    listeners: int = 0, relay_circuit_open: bool = False, relay_shed: int = 0,
 ) -> str:
     """Prometheus text exposition format 0.0.4."""
     out: list[str] = []
@@ -146,6 +149,12 @@ def render_metrics(
            [({}, listeners)])
     metric("edge_relay_backlog_events", "gauge", "Journal events waiting for the upstream.",
            [({}, relay_backlog)])
+    metric("edge_relay_circuit_open", "gauge",
+           "1 while the relay has failed to reach its upstream several times in a row.",
+           [({}, 1 if relay_circuit_open else 0)])
+    metric("edge_relay_shed_events_total", "counter",
+           "Events left out of the relay because the outbox was full (kept locally).",
+           [({}, relay_shed)])
     metric("edge_clock_synchronized", "gauge", "1 when the kernel clock is NTP-synchronised.",
            [({}, 1 if clock.synchronized else 0)])
     return "\n".join(out) + "\n"

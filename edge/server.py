@@ -35,8 +35,10 @@ from edge.auth import (
 from edge.config import Config
 from edge.connection import Connection, SessionInfo
 from edge.errors import AuthError, ProtocolError
+from edge.ingest import SCOPE_RELAY, RelayIngest
 from edge.listener import RoomListener
 from edge.recognizer import LoadedModel, RecognizerFactory
+from edge.relay import Relay
 from edge.room import Room
 from edge.session import Session
 from edge.stats import Stats
@@ -45,6 +47,8 @@ from edge.store import JournalService
 logger = logging.getLogger(__name__)
 
 TRANSCRIPTS_PATH = "/transcripts/"
+RELAY_PATH = "/ws/relay"
+_MAX_RELAYING_DEVICES = 64
 SCOPE_TRANSCRIPTS = "transcripts:read"  # any session's transcript, not only one's own
 TRANSCRIPT_TYPES = {"json": "application/json; charset=utf-8",
                     "text": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
@@ -109,6 +113,8 @@ class Server:
         self.listeners = Admission(config.microphone.max_listeners, config.server.retry_after)
         self.room = room
         self.journal = journal
+        self.relay: Relay | None = None  # set by the app when relaying upstream
+        self.relays = Admission(_MAX_RELAYING_DEVICES, config.server.retry_after)
         self.port: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
@@ -136,7 +142,8 @@ class Server:
             if changed:
                 current = self.revocations.current
                 closed = (self.admission.revoke_matching(current)
-                          + self.listeners.revoke_matching(current))
+                          + self.listeners.revoke_matching(current)
+                          + self.relays.revoke_matching(current))
                 logger.info("revocation list reloaded; closing %d live session(s)", closed)
             await trio.sleep(_REVOCATION_POLL)
 
@@ -259,7 +266,8 @@ class Server:
         return health.health(
             version=__version__, model=self.model.name, sessions=self.admission.current,
             max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
-            microphone=self.room.status() if self.room else None)
+            microphone=self.room.status() if self.room else None,
+            relay=self.relay.status() if self.relay else None)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
@@ -268,7 +276,10 @@ class Server:
             sessions_current=self.admission.current,
             max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
             microphone_state=self.room.state if self.room else "not_configured",
-            listeners=self.listeners.current)
+            listeners=self.listeners.current,
+            relay_backlog=self.relay.backlog.events if self.relay else 0,
+            relay_circuit_open=bool(self.relay and self.relay.circuit_open),
+            relay_shed=self.relay.shed_events if self.relay else 0)
 
     # --- WebSocket handshake ---------------------------------------------------------
 
@@ -293,6 +304,9 @@ class Server:
                              deadline: float) -> None:
         in_band = False
         try:
+            if head.path == RELAY_PATH:
+                await self._relay_ingest(request, head, deadline)
+                return
             if head.path != self.config.server.path:
                 raise AuthError("not_found", "no such endpoint", status=404,
                                 close_code=protocol.CLOSE_POLICY)
@@ -318,6 +332,35 @@ class Server:
                 await self._refuse(request, exc, in_band)
             return
         await self._admit_and_run(request, claims, params, in_band, deadline)
+
+    async def _relay_ingest(self, request: WebSocketRequest, head: http.RequestHead,
+                            deadline: float) -> None:
+        """``/ws/relay``: a downstream device pushing its journal into ours."""
+        try:
+            if self.journal is None or not self.config.relay.accept_ingest:
+                raise AuthError("not_found", "this server does not accept relayed journals",
+                                status=404, close_code=protocol.CLOSE_POLICY)
+            token = extract_token(request.path, request.headers)
+            revoked = self.revocations.current if self.revocations else None
+            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            require_scope(claims, SCOPE_RELAY)
+            ticket = self.relays.admit(str(uuid.uuid4()), claims, lambda: None)
+        except AuthError as exc:
+            with trio.move_on_at(deadline + 1.0):
+                await self._refuse(request, exc, False)
+            return
+        with ticket:
+            ws: WebSocketConnection | None = None
+            with trio.move_on_at(deadline + 1.0):
+                ws = await request.accept()
+            if ws is None:
+                return
+            info = SessionInfo(session_id=ticket.session_id, claims=claims,
+                               model_name=self.model.name,
+                               default_rate=self.config.recognizer.sample_rate)
+            ingest = RelayIngest(ws, info, self.config, self.stats, self.journal)
+            ticket.revoke = ingest.revoke
+            await self._run_session(ingest, claims)
 
     async def _admit_and_run(self, request: WebSocketRequest, claims: Claims,
                              params: protocol.ConnectParams, in_band: bool,
@@ -364,7 +407,8 @@ class Server:
     async def _run_session(self, session: Connection, claims: Claims) -> None:
         self.stats.sessions_total += 1
         self.stats.sessions_current += 1
-        kind = "room listener" if isinstance(session, RoomListener) else "session"
+        kind = ("room listener" if isinstance(session, RoomListener)
+                else "relay from device" if isinstance(session, RelayIngest) else "session")
         logger.info("%s %s started: sub=%s user_type=%s organization=%s department=%s",
                     kind, session.id, claims.sub, claims.user_type,
                     claims.organization or "-", claims.department or "-")

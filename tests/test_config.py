@@ -18,6 +18,7 @@ from edge.config import (
     LogConfig,
     MicrophoneConfig,
     RecognizerConfig,
+    RelayConfig,
     ServerConfig,
     load_config,
     sections,
@@ -86,11 +87,11 @@ def test_config_is_frozen() -> None:
 def test_sections_lists_every_field_with_its_default() -> None:
     s = sections()
     assert list(s) == ["server", "auth", "recognizer", "audio", "microphone", "journal",
-                       "log"]
+                       "relay", "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
                       ("recognizer", RecognizerConfig), ("audio", AudioConfig),
                       ("microphone", MicrophoneConfig), ("journal", JournalConfig),
-                      ("log", LogConfig)]:
+                      ("relay", RelayConfig), ("log", LogConfig)]:
         assert s[name] == {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
 
 
