@@ -554,3 +554,27 @@ async def test_level_warnings(start_server: Any, pcm: bytes, audio: dict[str, An
     outcome = await run_session(server, [*chunks(pcm), END])
     assert outcome.codes("warning") == expected
     assert_ended_normally(outcome)
+
+
+class SlowRecognizer:
+    """Takes longer than real time: recognition falls behind the audio."""
+
+    def accept(self, pcm: bytes) -> list[Utterance]:
+        time.sleep(len(pcm) / 2 / RATE * 3)  # three times slower than real time
+        return []
+
+    def flush(self) -> Utterance | None:
+        return None
+
+
+async def test_recognition_falling_behind_is_warned_and_nothing_is_dropped(
+    start_server: Any,
+) -> None:
+    server = await start_server(recognizer_factory=lambda rate, phrases: SlowRecognizer(),
+                                recognizer={"lag_warning": 0.5})
+    audio = silence(2.0)
+    outcome = await run_session(server, [*chunks(audio), END])
+    assert_ended_normally(outcome)
+    [lag] = [m for m in outcome.of_type("warning") if m["code"] == "realtime_lag"]
+    assert lag["lag_ms"] > 500
+    assert outcome.last["audio_ms"] == 2000  # every chunk was decoded, late
