@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge.errors import ProtocolError
@@ -35,28 +35,39 @@ class Word:
 
 
 @dataclass(frozen=True)
+class Speaker:
+    """Who said an utterance: a label ("Speaker 2", or an enrolled name), an id stable
+    within the session, the confidence (0-1) and, for enrolled speakers, their role."""
+
+    label: str | None = None
+    id: str | None = None
+    confidence: float | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
 class Utterance:
-    """A recognition result, before it is numbered and addressed to a session."""
+    """A recognition result, before it is numbered and addressed to a session.
+
+    ``speaker_vector`` is the recogniser's speaker vector (finals only, when a speaker
+    model is loaded). It is biometric data: it never goes on the wire and is kept out of
+    the repr, so that no log line can carry it. ``speaker`` is the label decided for it.
+    """
 
     is_final: bool
     text: str
     start_ms: int
     end_ms: int
     words: tuple[Word, ...] = ()
-    speaker_vector: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Speaker:
-    label: str | None = None
-    id: str | None = None
-    confidence: float | None = None
+    speaker_vector: tuple[float, ...] | None = field(default=None, repr=False)
+    speaker: Speaker | None = None
 
 
 def transcription(
     session_id: str, seq: int, utterance: Utterance, speaker: Speaker | None = None
 ) -> dict[str, Any]:
-    speaker = speaker or Speaker()
+    """A ``transcription`` message; ``speaker`` defaults to the utterance's own."""
+    speaker = speaker or utterance.speaker or Speaker()
     return {
         "type": "transcription",
         "session_id": session_id,
@@ -73,6 +84,7 @@ def transcription(
         "speaker": speaker.label,
         "speaker_id": speaker.id,
         "speaker_confidence": speaker.confidence,
+        "speaker_role": speaker.role,
     }
 
 
@@ -212,6 +224,8 @@ class ConnectParams:
     errors_in_band: bool = False
     source: str = "client"  # "client": the client streams audio; "room": the microphone
     since_seq: int | None = None  # room listeners: resume after this seq
+    enroll: str | None = None  # enrol this session's voice under this name at ``end``
+    role: str | None = None  # the enrolled speaker's role (with ``enroll`` only)
 
 
 def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
@@ -245,8 +259,29 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
         if source != "room":
             raise ProtocolError("invalid_parameter", "since_seq applies to source=room")
         since = int(raw)
+    enroll = _name_param(query, "enroll")
+    role = _name_param(query, "role")
+    if enroll is not None and source != "client":
+        raise ProtocolError("invalid_parameter", "enroll applies to client sessions, not to "
+                            "source=room")
+    if role is not None and enroll is None:
+        raise ProtocolError("invalid_parameter", "role applies only with enroll")
     return ConnectParams(sample_rate=rate, errors_in_band=in_band, source=source,
-                         since_seq=since)
+                         since_seq=since, enroll=enroll, role=role)
+
+
+MAX_NAME_CHARS = 200  # enrolled names and roles (as edge.speakers.MAX_NAME_CHARS)
+
+
+def _name_param(query: Mapping[str, Sequence[str]], name: str) -> str | None:
+    if name not in query:
+        return None
+    value = _single(query, name).strip()
+    if not value or len(value) > MAX_NAME_CHARS or any(ord(ch) < 32 or ord(ch) == 127
+                                                       for ch in value):
+        raise ProtocolError("invalid_parameter", f"{name} must be 1 to {MAX_NAME_CHARS} "
+                            "characters without control characters")
+    return value
 
 
 def _single(query: Mapping[str, Sequence[str]], name: str) -> str:

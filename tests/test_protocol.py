@@ -183,6 +183,7 @@ def test_transcription_shape() -> None:
         "speaker": None,
         "speaker_id": None,
         "speaker_confidence": None,
+        "speaker_role": None,
     }
 
 
@@ -204,6 +205,43 @@ def test_transcription_with_speaker() -> None:
 def test_transcription_omits_speaker_vector() -> None:
     body = transcription("s", 1, Utterance(True, "네", 0, 10, speaker_vector=(0.1, 0.2)))
     assert "speaker_vector" not in json.dumps(body)
+
+
+def test_speaker_vector_is_not_in_the_repr() -> None:
+    # Biometric data: a log line that prints an utterance must not carry it.
+    assert "0.123" not in repr(Utterance(True, "네", 0, 10, speaker_vector=(0.123, 0.2)))
+
+
+def test_transcription_takes_the_utterance_speaker_and_role() -> None:
+    who = Speaker(label="Dr. Lee", id="enrolled:Dr. Lee", confidence=0.91, role="doctor")
+    body = transcription("s", 1, Utterance(True, "네", 0, 10, speaker=who))
+    assert (body["speaker"], body["speaker_id"], body["speaker_confidence"],
+            body["speaker_role"]) == ("Dr. Lee", "enrolled:Dr. Lee", 0.91, "doctor")
+    # An explicit speaker wins over the utterance's.
+    assert transcription("s", 1, Utterance(True, "네", 0, 10, speaker=who),
+                         Speaker(label="Speaker 1"))["speaker_role"] is None
+
+
+def test_enroll_parameters() -> None:
+    params = parse_connect_params({"enroll": [" Dr. Lee "], "role": ["doctor"]})
+    assert (params.enroll, params.role) == ("Dr. Lee", "doctor")
+    assert parse_connect_params({"enroll": ["김 선생님"]}).role is None
+
+
+@pytest.mark.parametrize(("query", "fragment"), [
+    ({"enroll": [""]}, "enroll must be"),
+    ({"enroll": ["   "]}, "enroll must be"),
+    ({"enroll": ["a\nb"]}, "enroll must be"),
+    ({"enroll": ["x" * 201]}, "enroll must be"),
+    ({"enroll": ["a", "b"]}, "more than once"),
+    ({"role": ["doctor"]}, "role applies only with enroll"),
+    ({"enroll": ["Lee"], "role": ["\x7f"]}, "role must be"),
+    ({"enroll": ["Lee"], "source": ["room"]}, "not to source=room"),
+])
+def test_bad_enroll_parameters(query: dict[str, list[str]], fragment: str) -> None:
+    with pytest.raises(ProtocolError, match=fragment) as info:
+        parse_connect_params(query)
+    assert info.value.code == "invalid_parameter"
 
 
 def test_warning_and_error_shapes() -> None:
