@@ -66,6 +66,14 @@ class RecognizerConfig:
 
 
 @dataclass(frozen=True)
+class SpeakersConfig:
+    diarization_threshold: float = 0.55
+    identification_threshold: float = 0.7
+    max_speakers: int = 8
+    store: str = ""
+
+
+@dataclass(frozen=True)
 class AudioConfig:
     silence_seconds: float = 15.0
     silence_dbfs: float = -55.0
@@ -120,6 +128,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
+    speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
@@ -306,6 +315,14 @@ def _validate(c: Config) -> None:
         raise ConfigError("recognizer.threads", f"must not be negative, got {r.threads}")
     _positive("recognizer.lag_warning", r.lag_warning)
     _positive("recognizer.max_phrases", r.max_phrases)
+    for name in ("diarization_threshold", "identification_threshold"):
+        value = getattr(c.speakers, name)
+        if not 0 < value < 1:
+            raise ConfigError(f"speakers.{name}", f"must be a cosine similarity between 0 "
+                              f"and 1 (exclusive), got {value}")
+    if not 1 <= c.speakers.max_speakers <= 100:
+        raise ConfigError("speakers.max_speakers",
+                          f"must be between 1 and 100, got {c.speakers.max_speakers}")
     _positive("audio.silence_seconds", au.silence_seconds)
     if au.silence_dbfs >= 0:
         raise ConfigError("audio.silence_dbfs", f"must be below 0 dBFS, got {au.silence_dbfs}")
@@ -359,6 +376,12 @@ def state_dir(config: Config) -> Path:
 def journal_path(config: Config) -> Path:
     """The journal's SQLite file: ``journal.path`` or ``<state dir>/journal.db``."""
     return Path(config.journal.path) if config.journal.path else state_dir(config) / "journal.db"
+
+
+def voiceprints_path(config: Config) -> Path:
+    """The enrolled voiceprints: ``speakers.store`` or ``<state dir>/voiceprints.json``."""
+    s = config.speakers
+    return Path(s.store) if s.store else state_dir(config) / "voiceprints.json"
 
 
 def sections() -> dict[str, dict[str, Any]]:

@@ -8,18 +8,20 @@ One :class:`LoadedModel` is shared by every session; each session owns one
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import vosk
 
 from edge.errors import RecognizerError
-from edge.protocol import Utterance, Word
+from edge.protocol import Speaker, Utterance, Word
+from edge.speakers import SpeakerTrack
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,30 @@ class Recognizer(Protocol):
 
 RecognizerFactory = Callable[[int, Sequence[str] | None], Recognizer]
 
+#: Files Vosk's ``SpkModel`` reads from a speaker model directory.
+SPEAKER_MODEL_FILES = ("mfcc.conf", "final.ext.raw", "mean.vec", "transform.mat")
+
+
+@dataclass(frozen=True)
+class SpeakerModel:
+    """A loaded Vosk speaker-vector model (``vosk.SpkModel``), shared like the model.
+
+    ``sample_rate`` is the rate of its features. Vosk downsamples faster streams for it
+    but upsamples slower ones only when its ``mfcc.conf`` allows (``--allow-upsample``):
+    otherwise every result of such a stream fails, so those streams go without speaker
+    vectors (:attr:`min_stream_rate`).
+    """
+
+    model: vosk.SpkModel = field(repr=False)
+    path: Path
+    name: str
+    sample_rate: int
+    allow_upsample: bool
+
+    @property
+    def min_stream_rate(self) -> int:
+        return 0 if self.allow_upsample else self.sample_rate
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -51,11 +77,17 @@ class LoadedModel:
     path: Path
     name: str
     sample_rate: int
-    speaker_model: Any = None
+    speaker_model: SpeakerModel | None = None
 
     def recognizer(self, sample_rate: int, phrases: Sequence[str] | None = None) -> Recognizer:
-        """A new recogniser for one stream (blocking: compiles a grammar if given)."""
+        """A new recogniser for one stream (blocking: compiles a grammar if given).
+
+        With a speaker model, its finals carry speaker vectors (``speaker_vector``).
+        """
         return VoskRecognizer(self, sample_rate, phrases)
+
+    def with_speaker_model(self, speaker_model: SpeakerModel | None) -> LoadedModel:
+        return dataclasses.replace(self, speaker_model=speaker_model)
 
 
 def default_model_path() -> Path:
@@ -112,13 +144,59 @@ def _model_rate(path: Path) -> int:
     """The model's own rate, from conf/mfcc.conf (16000 when not stated)."""
     for conf in (path / "conf" / "mfcc.conf", path / "mfcc.conf"):
         if conf.is_file():
-            for line in conf.read_text(errors="replace").splitlines():
-                if line.strip().startswith("--sample-frequency="):
-                    try:
-                        return int(float(line.split("=", 1)[1]))
-                    except ValueError:
-                        break
+            return _conf_rate(_read_conf(conf))
     return 16000
+
+
+def _read_conf(path: Path) -> dict[str, str]:
+    """``--key=value`` lines of a Kaldi config file."""
+    options = {}
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("--") and "=" in line:
+            key, _, value = line[2:].partition("=")
+            options[key.strip()] = value.strip()
+    return options
+
+
+def _conf_rate(options: dict[str, str]) -> int:
+    try:
+        return int(float(options.get("sample-frequency", "16000")))
+    except ValueError:
+        return 16000
+
+
+def check_speaker_model_dir(path: Path) -> None:
+    """Fail fast, in words, on directories that are not Vosk speaker models."""
+    if not path.exists():
+        raise RecognizerError(f"speaker model directory {path} does not exist")
+    if not path.is_dir():
+        raise RecognizerError(f"speaker model path {path} is not a directory")
+    missing = [f for f in SPEAKER_MODEL_FILES if not (path / f).is_file()]
+    if missing:
+        raise RecognizerError(f"{path} is not a Vosk speaker model: {', '.join(missing)} "
+                              "missing")
+
+
+def load_speaker_model(path: str | Path) -> SpeakerModel:
+    """Load a Vosk speaker-vector model (blocking). Raises :class:`RecognizerError`
+    with one line saying what is wrong with the directory."""
+    model_path = Path(path)
+    check_speaker_model_dir(model_path)
+    vosk.SetLogLevel(-1)
+    try:
+        options = _read_conf(model_path / "mfcc.conf")
+        spk = vosk.SpkModel(str(model_path))
+    except OSError as exc:
+        raise RecognizerError(f"cannot read the speaker model in {model_path}: "
+                              f"{exc.strerror or exc}") from exc
+    except Exception as exc:  # vosk: a bare Exception("Failed to create a speaker model")
+        raise RecognizerError(f"cannot load the speaker model in {model_path}: the files are "
+                              "damaged or not a Vosk speaker model") from exc
+    return SpeakerModel(model=spk, path=model_path, name=model_path.name,
+                        sample_rate=_conf_rate(options),
+                        allow_upsample=options.get("allow-upsample", "false").lower()
+                        in ("true", "1"))
 
 
 class VoskRecognizer:
@@ -135,6 +213,13 @@ class VoskRecognizer:
         except Exception as exc:
             raise RecognizerError("cannot create a recogniser for this stream") from exc
         self._rec.SetWords(True)
+        spk = model.speaker_model
+        self.speaker_vectors = spk is not None and sample_rate >= spk.min_stream_rate
+        if spk is not None and self.speaker_vectors:
+            self._rec.SetSpkModel(spk.model)
+        elif spk is not None:
+            logger.info("a %d Hz stream gets no speaker labels: the speaker model works at "
+                        "%d Hz and does not allow upsampling", sample_rate, spk.sample_rate)
         # SetPartialWords(True) is not used: with the small models it leaves partials
         # empty for most of an utterance. Partials carry text only; finals carry words.
         self._rate = sample_rate
@@ -179,6 +264,38 @@ class VoskRecognizer:
             return None
         return Utterance(is_final=False, text=text, start_ms=self._ms(self._utterance_start),
                          end_ms=self._ms(self._samples))
+
+
+class LabelingRecognizer:
+    """A recogniser whose finals carry a speaker label.
+
+    The label is decided in the call that produced the final, so in the same worker
+    thread: the labeler's arithmetic (a few dot products) and its occasional stat of the
+    voiceprint file never run on the event loop. Partials are passed through unlabelled
+    (Vosk computes vectors for finals only).
+    """
+
+    def __init__(self, inner: Recognizer, track: SpeakerTrack) -> None:
+        self.inner = inner
+        self.track = track
+
+    def accept(self, pcm: bytes) -> list[Utterance]:
+        return [self._label(u) for u in self.inner.accept(pcm)]
+
+    def flush(self) -> Utterance | None:
+        final = self.inner.flush()
+        return None if final is None else self._label(final)
+
+    def _label(self, utterance: Utterance) -> Utterance:
+        if not utterance.is_final:
+            return utterance
+        decision = self.track.label(utterance.speaker_vector,
+                                    duration_ms=max(0, utterance.end_ms - utterance.start_ms))
+        if decision.label is None:
+            return utterance
+        return dataclasses.replace(utterance, speaker=Speaker(
+            label=decision.label, id=decision.speaker_id, confidence=decision.confidence,
+            role=decision.role))
 
 
 def final_from_json(raw: str, *, fallback_start_ms: int, fallback_end_ms: int) -> Utterance | None:

@@ -9,6 +9,9 @@ this module turns those vectors into labels.
 - :class:`VoiceprintStore` keeps enrolled, named voiceprints in a JSON file.
 - :class:`SpeakerLabeler` puts both together for one session: an enrolled name when a
   voiceprint matches, the session's "Speaker N" otherwise.
+- :class:`SpeakerIdentification` is the daemon's side: the settings, the store (reloaded
+  when another process changes it, names switched off while it is damaged) and
+  enrolment; :class:`SpeakerTrack` is one stream's labels (a session, a room segment).
 
 Similarities are cosines. What counts as "the same voice" depends on the speaker model,
 so the thresholds are settings; the defaults suit the test model built by
@@ -27,6 +30,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -240,8 +244,11 @@ class VoiceprintStore:
 
     The file is written whole on every change, atomically (a temporary file in the same
     directory, fsync, rename) and with mode 0600. A missing file is an empty store.
-    ``load``, ``enroll`` and ``remove`` do blocking file I/O; ``identify`` and ``list``
-    only read memory. Not thread-safe: call from one thread or task at a time.
+    ``load``, ``changed``, ``enroll`` and ``remove`` do blocking file I/O; ``identify``
+    and ``list`` only read memory. Changes never alter the voiceprints in place, they
+    swap in a new set: ``identify`` may run in other threads while one thread loads,
+    enrols or removes. Two changes at once are not safe (:class:`SpeakerIdentification`
+    serialises them).
 
     All voiceprints in a store have one dimension, the speaker model's. After a change
     of speaker model, ``identify`` matches nobody (and warns once) until the old
@@ -257,6 +264,7 @@ class VoiceprintStore:
         self._clock = clock
         self._prints: dict[str, Voiceprint] = {}
         self._warned_dim = False
+        self._signature: tuple[int, int, int] | None = None  # of the file last read or written
 
     def __len__(self) -> int:
         return len(self._prints)
@@ -284,19 +292,38 @@ class VoiceprintStore:
         an empty store: enrolling into it would destroy the voiceprints it holds.
         """
         try:
-            raw = self.path.read_bytes()
-            mode = self.path.stat().st_mode
+            with self.path.open("rb") as f:
+                st = os.fstat(f.fileno())
+                raw = f.read()
         except FileNotFoundError:
             self._prints = {}
+            self._signature = None
             return
         except OSError as exc:
             raise VoiceprintStoreError(
                 f"cannot read voiceprints from {self.path}: {exc.strerror or exc}") from exc
+        mode = st.st_mode
         if mode & 0o077:
             logger.warning("voiceprint file %s is accessible to other users (mode %03o); "
                            "it should be 0600", self.path, mode & 0o777)
+        # Taken before parsing: a damaged file is not read again until it changes.
+        self._signature = _signature(st)
         self._prints = _parse_store(raw, self.path)
         self._warned_dim = False
+
+    def changed(self) -> bool:
+        """Whether the file differs from the one last read or written (blocking: a stat).
+
+        Every write replaces the file (a new inode), so another process's enrolment is
+        seen even within the same second.
+        """
+        try:
+            current: tuple[int, int, int] | None = _signature(self.path.stat())
+        except FileNotFoundError:
+            current = None
+        except OSError:
+            return True  # let load() report it
+        return current != self._signature
 
     def _save(self, prints: dict[str, Voiceprint]) -> None:
         dims = {p.vector.size for p in prints.values()}
@@ -311,7 +338,7 @@ class VoiceprintStore:
         }
         data = json.dumps(body, ensure_ascii=False, allow_nan=False, indent=1).encode()
         try:
-            _write_atomic(self.path, data + b"\n")
+            self._signature = _signature(_write_atomic(self.path, data + b"\n"))
         except OSError as exc:
             raise VoiceprintStoreError(
                 f"cannot write voiceprints to {self.path}: {exc.strerror or exc}") from exc
@@ -326,7 +353,7 @@ class VoiceprintStore:
         whose dimension differs from the store's; :class:`VoiceprintStoreError` when
         the file cannot be written (the store is then unchanged).
         """
-        name = _check_name(name)
+        name = check_name(name)
         if role is not None and (not isinstance(role, str) or len(role) > MAX_NAME_CHARS):
             raise ValueError(f"role must be a string of at most {MAX_NAME_CHARS} characters")
         units = []
@@ -388,7 +415,8 @@ class VoiceprintStore:
         return best
 
 
-def _check_name(name: Any) -> str:
+def check_name(name: Any) -> str:
+    """``name`` stripped, or ``ValueError`` if it cannot name a voiceprint."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a voiceprint needs a non-empty name")
     name = name.strip()
@@ -456,12 +484,16 @@ def _parse_store(raw: bytes, path: Path) -> dict[str, Voiceprint]:
     return prints
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _signature(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _write_atomic(path: Path, data: bytes) -> os.stat_result:
     """Replace ``path`` with ``data``: readers see the old file or the new, never half.
 
     The new file is created with mode 0600 (and chmod-ed so, whatever the umask),
     fsync-ed, renamed over the old one, and the directory fsync-ed so that the rename
-    survives a power cut.
+    survives a power cut. Returns the new file's stat.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -471,6 +503,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -481,6 +514,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return st
 
 
 # --- both together ------------------------------------------------------------------------
@@ -511,3 +545,148 @@ class SpeakerLabeler:
 
     def statistics(self) -> dict[str, int]:
         return {"identified": self._identified, **self.diarizer.statistics()}
+
+
+# --- the daemon's view ----------------------------------------------------------------------
+
+NO_SPEAKER_MODEL = "no speaker model configured"
+
+
+@dataclass(frozen=True)
+class SpeakerStatus:
+    """What sessions are told in ``session_init``.
+
+    ``enabled``: finals carry speaker labels. ``names``: enrolled voiceprints are in use.
+    ``reason``: why either is off, in words for a client (no paths, no names).
+    """
+
+    enabled: bool
+    names: bool
+    reason: str | None = None
+    enrolled: int = 0
+
+
+UNAVAILABLE = SpeakerStatus(enabled=False, names=False, reason=NO_SPEAKER_MODEL)
+
+
+class SpeakerIdentification:
+    """Speaker labelling for the daemon: the settings and the voiceprint store.
+
+    One per daemon, shared by every session and the room; it exists only when a speaker
+    model is loaded. :meth:`refresh`, :meth:`enroll` and :meth:`remove` do blocking
+    file I/O and hold a lock, so worker threads may call them at once; labelers read
+    the store without it (see :class:`VoiceprintStore`).
+
+    The file may change under the daemon (``edge speakers enroll`` / ``remove`` from
+    another process): :meth:`refresh` reloads it when it has. A damaged file switches
+    names off, with the reason logged (once per version of the file) and reported in
+    :attr:`status`; diarization goes on.
+    """
+
+    def __init__(self, store: VoiceprintStore, *,
+                 diarization_threshold: float = DEFAULT_DIARIZE_THRESHOLD,
+                 max_speakers: int = DEFAULT_MAX_SPEAKERS) -> None:
+        Diarizer(threshold=diarization_threshold, max_speakers=max_speakers)  # validates
+        self.store = store
+        self.diarization_threshold = diarization_threshold
+        self.max_speakers = max_speakers
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._error: str | None = None
+
+    @property
+    def status(self) -> SpeakerStatus:
+        """As of the last :meth:`refresh` (or change)."""
+        if self._error is not None:
+            return SpeakerStatus(enabled=True, names=False, reason=(
+                "the voiceprint store is damaged: enrolled speakers are not named until an "
+                "administrator repairs it; speakers are told apart as Speaker 1, 2, ..."))
+        return SpeakerStatus(enabled=True, names=True, enrolled=len(self.store))
+
+    @property
+    def error(self) -> str | None:
+        """Why the store could not be read (for logs and ``edge check``), or None."""
+        return self._error
+
+    def refresh(self) -> SpeakerStatus:
+        """Reload the voiceprints if their file changed (blocking: a stat, or a read)."""
+        with self._lock:
+            self._refresh_locked()
+        return self.status
+
+    def _refresh_locked(self) -> None:
+        if self._loaded and not self.store.changed():
+            return
+        self._loaded = True
+        try:
+            self.store.load()
+        except VoiceprintStoreError as exc:
+            self._error = str(exc)
+            logger.error("%s; enrolled speakers will not be named until it is repaired "
+                         "or removed (diarization goes on)", exc)
+            return
+        if self._error is not None:
+            logger.info("voiceprints in %s are readable again", self.store.path)
+        self._error = None
+
+    def labeler(self) -> SpeakerLabeler:
+        """A labeler for one stream: a fresh diarizer, and the store unless damaged."""
+        store = self.store if self._error is None else None
+        return SpeakerLabeler(Diarizer(threshold=self.diarization_threshold,
+                                       max_speakers=self.max_speakers), store)
+
+    def track(self) -> SpeakerTrack:
+        return SpeakerTrack(self)
+
+    def enroll(self, name: str, role: str | None, vectors: Iterable[Vector]) -> Voiceprint:
+        """Enrol ``name`` (blocking; see :meth:`VoiceprintStore.enroll`).
+
+        Refuses (:class:`VoiceprintStoreError`) while the file is damaged: writing would
+        replace the voiceprints it still holds. Creates the store's directory (0700).
+        """
+        with self._lock:
+            self._refresh_locked()
+            if self._error is not None:
+                raise VoiceprintStoreError(
+                    f"{self._error}; not enrolling, so that the voiceprints it holds are "
+                    "not overwritten: repair or remove the file first")
+            try:
+                self.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise VoiceprintStoreError(f"cannot create {self.store.path.parent}: "
+                                           f"{exc.strerror or exc}") from exc
+            return self.store.enroll(name, role, vectors)
+
+    def remove(self, name: str) -> bool:
+        """Forget ``name`` (blocking); False if not enrolled. Refuses on a damaged file."""
+        with self._lock:
+            self._refresh_locked()
+            if self._error is not None:
+                raise VoiceprintStoreError(self._error)
+            return self.store.remove(name)
+
+
+class SpeakerTrack:
+    """Speaker labels for one stream: a client session, or a segment of the room's.
+
+    :meth:`label` runs where the speaker vectors come from, in the recogniser's worker
+    thread; the first label of a stream refreshes the store (a stat). :meth:`reset`
+    starts a new stream ("Speaker 1" again); call it only while no :meth:`label` call
+    is running (the owner awaits each recogniser call before anything else).
+    """
+
+    def __init__(self, identification: SpeakerIdentification) -> None:
+        self._identification = identification
+        self._labeler: SpeakerLabeler | None = None
+
+    def label(self, vector: Vector | None, *, duration_ms: int) -> SpeakerDecision:
+        if self._labeler is None:
+            self._identification.refresh()
+            self._labeler = self._identification.labeler()
+        return self._labeler.label(vector, duration_ms=duration_ms)
+
+    def reset(self) -> None:
+        self._labeler = None
+
+    def statistics(self) -> dict[str, int]:
+        return self._labeler.statistics() if self._labeler is not None else {}

@@ -20,9 +20,11 @@ from edge.config import (
     RecognizerConfig,
     RelayConfig,
     ServerConfig,
+    SpeakersConfig,
     load_config,
     sections,
     state_dir,
+    voiceprints_path,
 )
 from edge.errors import ConfigError, EdgeError
 
@@ -86,10 +88,11 @@ def test_config_is_frozen() -> None:
 
 def test_sections_lists_every_field_with_its_default() -> None:
     s = sections()
-    assert list(s) == ["server", "auth", "recognizer", "audio", "microphone", "journal",
-                       "relay", "log"]
+    assert list(s) == ["server", "auth", "recognizer", "speakers", "audio", "microphone",
+                       "journal", "relay", "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
-                      ("recognizer", RecognizerConfig), ("audio", AudioConfig),
+                      ("recognizer", RecognizerConfig), ("speakers", SpeakersConfig),
+                      ("audio", AudioConfig),
                       ("microphone", MicrophoneConfig), ("journal", JournalConfig),
                       ("relay", RelayConfig), ("log", LogConfig)]:
         assert s[name] == {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
@@ -509,3 +512,28 @@ def test_state_dir_empty_environment_values_fall_through(
     monkeypatch.setenv("XDG_STATE_HOME", "")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert state_dir(Config()) == tmp_path / ".local" / "state" / "edge"
+
+
+# --- speakers ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"speakers.diarization_threshold": 0.0}, "speakers.diarization_threshold"),
+    ({"speakers.diarization_threshold": 1.0}, "speakers.diarization_threshold"),
+    ({"speakers.identification_threshold": -0.5}, "speakers.identification_threshold"),
+    ({"speakers.identification_threshold": "high"}, "speakers.identification_threshold"),
+    ({"speakers.max_speakers": 0}, "speakers.max_speakers"),
+    ({"speakers.max_speakers": 101}, "speakers.max_speakers"),
+])
+def test_bad_speaker_settings_name_their_key(overrides: dict[str, Any], key: str) -> None:
+    exc = override_error(**overrides)
+    assert exc.key == key
+    assert key in str(exc)
+
+
+def test_voiceprints_live_in_the_state_dir_unless_configured(tmp_path: Path) -> None:
+    c = load_config(None, environ={}, overrides={"server.state_dir": str(tmp_path)})
+    assert voiceprints_path(c) == tmp_path / "voiceprints.json"
+    c = load_text(tmp_path, '[speakers]\nstore = "/srv/v.json"\nmax_speakers = 3\n')
+    assert voiceprints_path(c) == Path("/srv/v.json")
+    assert c.speakers.max_speakers == 3
+    assert c.speakers.diarization_threshold == 0.55

@@ -19,7 +19,9 @@ from edge.speakers import (
     Diarizer,
     Match,
     SpeakerDecision,
+    SpeakerIdentification,
     SpeakerLabeler,
+    SpeakerStatus,
     VoiceprintStore,
     VoiceprintStoreError,
     cosine,
@@ -508,3 +510,91 @@ def test_labeler_without_store_or_voiceprints_only_diarizes(tmp_path: Path) -> N
     for labeler in (SpeakerLabeler(), SpeakerLabeler(store=store_at(tmp_path / "v.json"))):
         assert labeler.label(voice(1), duration_ms=2000).label == "Speaker 1"
         assert labeler.label(voice(2), duration_ms=2000).label == "Speaker 2"
+
+
+# --- the daemon's view: reload, damage, tracks ----------------------------------------------
+
+def identification_at(path: Path, **kwargs: Any) -> SpeakerIdentification:
+    return SpeakerIdentification(VoiceprintStore(path, threshold=0.7), **kwargs)
+
+
+def test_changed_notices_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "v.json"
+    mine, theirs = store_at(path), store_at(path)
+    mine.load()
+    assert not mine.changed()
+    theirs.enroll("Kim", None, [voice(1)])
+    assert mine.changed()
+    mine.load()
+    assert not mine.changed() and mine.get("Kim") is not None
+    mine.enroll("Park", None, [voice(2)])
+    assert not mine.changed()  # its own write
+    path.unlink()
+    assert mine.changed()
+
+
+def test_identification_follows_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "v.json"
+    ident = identification_at(path)
+    assert ident.refresh() == SpeakerStatus(enabled=True, names=True, enrolled=0)
+    other = store_at(path)
+    other.enroll("Kim", "doctor", [voice(1)])
+    assert ident.refresh().enrolled == 1
+    labeler = ident.labeler()
+    assert labeler.label(utterance(voice(1), 1), duration_ms=2000).label == "Kim"
+    other.remove("Kim")
+    ident.refresh()
+    assert labeler.label(utterance(voice(1), 2), duration_ms=2000).label == "Speaker 1"
+
+
+def test_a_damaged_file_turns_names_off_and_is_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "v.json"
+    ident = identification_at(path)
+    ident.enroll("Kim", None, [voice(1)])
+    path.write_text("{broken")
+    for _ in range(3):
+        status = ident.refresh()
+    assert status.enabled and not status.names
+    assert status.reason is not None and "damaged" in status.reason
+    assert str(path) not in status.reason  # said to clients: no paths
+    assert ident.error is not None and str(path) in ident.error
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "damaged" in errors[0].getMessage()
+    # Diarization only, even for a voice that was enrolled.
+    decision = ident.labeler().label(voice(1), duration_ms=2000)
+    assert decision.label == "Speaker 1"
+    with pytest.raises(VoiceprintStoreError, match="not enrolling"):
+        ident.enroll("Park", None, [voice(2)])
+    with pytest.raises(VoiceprintStoreError, match="damaged"):
+        ident.remove("Kim")
+    assert path.read_text() == "{broken"
+    # Repaired (here: removed) -> names again.
+    path.unlink()
+    assert ident.refresh().names
+
+
+def test_enroll_creates_a_private_directory(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "v.json"
+    identification_at(path).enroll("Kim", None, [voice(1)])
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_track_labels_lazily_and_resets(tmp_path: Path) -> None:
+    ident = identification_at(tmp_path / "v.json", max_speakers=2)
+    track = ident.track()
+    assert track.statistics() == {}
+    labels = [track.label(utterance(voice(i), i), duration_ms=2000).label for i in (1, 2, 3)]
+    assert labels[:2] == ["Speaker 1", "Speaker 2"]
+    assert labels[2] in ("Speaker 1", "Speaker 2")  # max_speakers: the nearest
+    assert track.statistics()["forced"] == 1
+    track.reset()
+    assert track.label(voice(2), duration_ms=2000).label == "Speaker 1"
+
+
+def test_identification_rejects_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        identification_at(tmp_path / "v.json", diarization_threshold=2.0)
+    with pytest.raises(ValueError):
+        identification_at(tmp_path / "v.json", max_speakers=0)
