@@ -19,14 +19,15 @@ from pathlib import Path
 import trio
 
 from edge.auth import AuthSettings, RevocationFile
-from edge.config import Config, journal_path, state_dir
+from edge.config import Config, journal_path, state_dir, voiceprints_path
 from edge.errors import ConfigError
 from edge.journal import Journal, JournalError
-from edge.recognizer import LoadedModel, load_model
+from edge.recognizer import LoadedModel, load_model, load_speaker_model
 from edge.relay import Relay, RelaySettings
 from edge.room import Room
 from edge.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.server import Server
+from edge.speakers import SpeakerIdentification, VoiceprintStore
 from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,10 @@ async def run(config: Config, *, dev: bool = False,
     logger.info("loading model %s", config.recognizer.model or "(default package)")
     model: LoadedModel = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
     logger.info("model %s loaded from %s", model.name, model.path)
+    model, speakers = await open_speakers(config, model)
     journal = await open_journal(config, model.name) if config.journal.enabled else None
-    server = Server(config, model, auth, revocations=revocations, journal=journal)
+    server = Server(config, model, auth, revocations=revocations, journal=journal,
+                    speakers=speakers)
     async with trio.open_nursery() as nursery:
         if journal is not None:
             await nursery.start(journal.run)
@@ -123,7 +126,7 @@ async def run(config: Config, *, dev: bool = False,
                         device_id(config))
         if config.microphone.enabled:
             room = Room(config, model.recognizer, server.limiter, server.stats,
-                        journal=journal)
+                        journal=journal, speakers=speakers)
             await nursery.start(room.run)
             server.room = room
             logger.info("room microphone %r: %s", config.microphone.device, room.state)
@@ -178,6 +181,31 @@ async def open_journal(config: Config, model_name: str) -> JournalService:
 
 def _without_query(url: str) -> str:
     return url.split("?", 1)[0]  # a token in the query string must not reach the log
+
+
+async def open_speakers(config: Config, model: LoadedModel
+                        ) -> tuple[LoadedModel, SpeakerIdentification | None]:
+    """Load the speaker model (if configured) and the voiceprints.
+
+    A broken speaker model stops the start (RecognizerError, exit 1) as a broken model
+    does; a damaged voiceprint file does not: it is logged, and the daemon serves
+    without enrolled names.
+    """
+    path = config.recognizer.speaker_model
+    if not path:
+        logger.info("no speaker model configured (recognizer.speaker_model): transcripts "
+                    "carry no speaker labels")
+        return model, None
+    spk = await trio.to_thread.run_sync(load_speaker_model, path)
+    s = config.speakers
+    speakers = SpeakerIdentification(
+        VoiceprintStore(voiceprints_path(config), threshold=s.identification_threshold),
+        diarization_threshold=s.diarization_threshold, max_speakers=s.max_speakers)
+    status = await trio.to_thread.run_sync(speakers.refresh)
+    logger.info("speaker model %s loaded; %s", spk.path,
+                f"{status.enrolled} enrolled speaker(s)" if status.names
+                else "enrolled names off (see the error above)")
+    return model.with_speaker_model(spk), speakers
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 SCOPE_READ = "transcription:read"
 SCOPE_WRITE = "transcription:write"
+SCOPE_ENROLL = "speakers:enroll"  # enrol one's voice (?enroll=NAME)
 ALGORITHMS = ("HS256", "RS256")
 
 #: Tokens longer than this are refused before any parsing.

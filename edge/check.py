@@ -17,10 +17,16 @@ from pathlib import Path
 
 from edge import app
 from edge.auth import RevocationFile
-from edge.config import Config, state_dir
+from edge.config import Config, state_dir, voiceprints_path
 from edge.errors import EdgeError
 from edge.health import clock_status
-from edge.recognizer import check_model_dir, default_model_path, load_model
+from edge.recognizer import (
+    check_model_dir,
+    check_speaker_model_dir,
+    default_model_path,
+    load_model,
+    load_speaker_model,
+)
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -38,8 +44,9 @@ class Finding:
 def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
     """All checks, in the order an operator would fix them."""
     checks: list[Callable[[Config], Finding]] = [
-        check_keys, lambda c: check_model(c, load=load), check_clock, check_state_dir,
-        check_tls, check_revocations, check_port, check_microphone,
+        check_keys, lambda c: check_model(c, load=load),
+        lambda c: check_speaker_model(c, load=load), check_voiceprints, check_clock,
+        check_state_dir, check_tls, check_revocations, check_port, check_microphone,
     ]
     return [check(config) for check in checks]
 
@@ -67,6 +74,48 @@ def check_model(config: Config, *, load: bool = True) -> Finding:
         return Finding(FAIL, "model", f"{exc}; install one with `edge models install` or "
                        "fix recognizer.model")
     return Finding(OK, "model", f"{path} looks like a Vosk model (not loaded)")
+
+
+def check_speaker_model(config: Config, *, load: bool = True) -> Finding:
+    path = config.recognizer.speaker_model
+    if not path:
+        return Finding(OK, "speakers", "no speaker model: transcripts carry no speaker "
+                       "labels (set recognizer.speaker_model to label them)")
+    try:
+        check_speaker_model_dir(Path(path))
+        if load:
+            spk = load_speaker_model(path)
+            note = "" if spk.allow_upsample else (
+                f"; streams below {spk.sample_rate} Hz get no speaker labels (its "
+                "mfcc.conf does not allow upsampling)")
+            return Finding(OK, "speakers", f"speaker model {spk.name} loads ({path}){note}")
+    except EdgeError as exc:
+        return Finding(FAIL, "speakers", f"{exc}; the daemon will not start: install one "
+                       "with `edge models install vosk-model-spk-0.4` or fix "
+                       "recognizer.speaker_model")
+    return Finding(OK, "speakers", f"{path} looks like a speaker model (not loaded)")
+
+
+def check_voiceprints(config: Config) -> Finding:
+    """The enrolled voiceprints (only with a speaker model). Never prints voice data."""
+    if not config.recognizer.speaker_model:
+        return Finding(OK, "voiceprints", "not used without a speaker model")
+    from edge.speakers import VoiceprintStore, VoiceprintStoreError
+
+    store = VoiceprintStore(voiceprints_path(config))
+    try:
+        store.load()
+    except VoiceprintStoreError as exc:
+        return Finding(WARN, "voiceprints", f"{exc}; the daemon labels speakers without "
+                       "enrolled names: move the file aside and enrol again with "
+                       "`edge speakers enroll`")
+    if not store.path.exists():
+        return Finding(OK, "voiceprints", f"none enrolled yet ({store.path})")
+    mode = stat.S_IMODE(store.path.stat().st_mode)
+    if mode & 0o077:
+        return Finding(WARN, "voiceprints", f"{store.path} is readable by others (mode "
+                       f"{mode:o}); it holds biometric data: chmod 600")
+    return Finding(OK, "voiceprints", f"{len(store)} enrolled speaker(s) in {store.path}")
 
 
 def check_clock(config: Config) -> Finding:

@@ -109,6 +109,27 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(scripts_show)
     scripts_show.set_defaults(func=_transcripts_show)
 
+    speakers = sub.add_parser("speakers", help="enrol, list and remove named voiceprints")
+    speakers_sub = speakers.add_subparsers(dest="speakers_command", required=True,
+                                           metavar="ACTION")
+    speakers_enroll = speakers_sub.add_parser(
+        "enroll", help="enrol a speaker from WAV recordings of their voice alone")
+    speakers_enroll.add_argument("--name", required=True, help='e.g. "Dr. Lee"')
+    speakers_enroll.add_argument("--role", help="e.g. doctor (sent as speaker_role)")
+    speakers_enroll.add_argument("--model", help="Vosk model directory (recognizer.model)")
+    speakers_enroll.add_argument("--phrases", type=Path,
+                                 help="JSON list of the phrases spoken (a Vosk grammar)")
+    speakers_enroll.add_argument("files", nargs="+", type=Path, metavar="FILE.wav")
+    _config_args(speakers_enroll)
+    speakers_enroll.set_defaults(func=_speakers_enroll)
+    speakers_list = speakers_sub.add_parser("list", help="enrolled speakers (no voice data)")
+    _config_args(speakers_list)
+    speakers_list.set_defaults(func=_speakers_list)
+    speakers_remove = speakers_sub.add_parser("remove", help="forget an enrolled speaker")
+    speakers_remove.add_argument("name")
+    _config_args(speakers_remove)
+    speakers_remove.set_defaults(func=_speakers_remove)
+
     devices = sub.add_parser("devices", help="list audio input devices (for microphone.device)")
     devices.set_defaults(func=_devices)
 
@@ -375,6 +396,134 @@ def _transcripts_show(args: argparse.Namespace) -> int:
             return EXIT_FAIL
         sys.stdout.write(transcripts.render(args.format, row,
                                             journal.finals(row.session_id, row.device_id)))
+    return EXIT_OK
+
+
+# --- speakers ------------------------------------------------------------------------
+
+def _voiceprints(config: Config) -> Any:
+    """The daemon's voiceprints (a SpeakerIdentification), or None with a message when
+    no speaker model is configured."""
+    from edge.config import voiceprints_path
+    from edge.speakers import SpeakerIdentification, VoiceprintStore
+
+    if not config.recognizer.speaker_model:
+        print("edge: no speaker model configured: set recognizer.speaker_model (e.g. "
+              "`edge models install vosk-model-spk-0.4 --config FILE --set-config`)",
+              file=sys.stderr)
+        return None
+    s = config.speakers
+    return SpeakerIdentification(
+        VoiceprintStore(voiceprints_path(config), threshold=s.identification_threshold),
+        diarization_threshold=s.diarization_threshold, max_speakers=s.max_speakers)
+
+
+def _speakers_enroll(args: argparse.Namespace) -> int:
+    """Decode each file with the model and the speaker model, enrol the mean of the
+    utterances' speaker vectors. The vectors are never printed or logged."""
+    from edge.audio import PcmDecoder, is_wav
+    from edge.recognizer import load_model, load_speaker_model
+    from edge.speakers import VoiceprintStoreError, check_name
+
+    config = _load(args, **{"recognizer.model": args.model})
+    setup_logging(config.log.level)
+    try:
+        name = check_name(args.name)
+    except ValueError as exc:
+        raise ConfigError("--name", str(exc)) from None
+    phrases = _read_phrases(args.phrases)
+    identification = _voiceprints(config)
+    if identification is None:
+        return EXIT_FAIL
+    audio = []
+    for path in args.files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(f"edge: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return EXIT_FAIL
+        if not is_wav(data):
+            print(f"edge: {path} is not a WAV file (no RIFF/WAVE header)", file=sys.stderr)
+            return EXIT_FAIL
+        decoder = PcmDecoder(config.recognizer.sample_rate)
+        pcm, _ = decoder.feed(data)
+        assert decoder.format is not None  # set by the first feed of a WAV header
+        audio.append((path, pcm, decoder.format.sample_rate))
+    model = load_model(config.recognizer.model or None).with_speaker_model(
+        load_speaker_model(config.recognizer.speaker_model))
+    vectors: list[tuple[float, ...]] = []
+    for path, pcm, rate in audio:
+        found = _speaker_vectors(model, pcm, rate, phrases)
+        if not found:
+            print(f"edge: {path}: no utterance with half a second of speech or more; "
+                  "skipped", file=sys.stderr)
+        vectors.extend(found)
+    if not vectors:
+        print("edge: nothing to enrol: the recordings hold no usable speech",
+              file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        voiceprint = identification.enroll(name, args.role, vectors)
+    except (ValueError, VoiceprintStoreError) as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    role = f" ({voiceprint.role})" if voiceprint.role else ""
+    print(f"enrolled {voiceprint.name}{role} from {voiceprint.count} utterance(s) in "
+          f"{len(audio)} file(s) into {identification.store.path}")
+    return EXIT_OK
+
+
+def _speaker_vectors(model: Any, pcm: bytes, rate: int, phrases: list[str] | None
+                     ) -> list[tuple[float, ...]]:
+    """The speaker vectors of a recording's finals, fed in 100 ms chunks as a client
+    streams (blocking)."""
+    recognizer = model.recognizer(rate, phrases)
+    step = rate * 2 // 10
+    results = [u for i in range(0, len(pcm), step) for u in recognizer.accept(pcm[i:i + step])]
+    final = recognizer.flush()
+    if final is not None:
+        results.append(final)
+    return [u.speaker_vector for u in results if u.is_final and u.speaker_vector is not None]
+
+
+def _speakers_list(args: argparse.Namespace) -> int:
+    from edge.speakers import VoiceprintStoreError
+
+    identification = _voiceprints(_load(args))
+    if identification is None:
+        return EXIT_FAIL
+    try:
+        identification.store.load()
+    except VoiceprintStoreError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    prints = identification.store.list()
+    if not prints:
+        print(f"no speakers enrolled ({identification.store.path})")
+        return EXIT_OK
+    print(f"{'NAME':<30}{'ROLE':<16}{'UTTERANCES':<12}ENROLLED")
+    for p in prints:
+        print(f"{p.name:<30}{p.role or '-':<16}{p.count:<12}{p.created}")
+    return EXIT_OK
+
+
+def _speakers_remove(args: argparse.Namespace) -> int:
+    from edge.speakers import VoiceprintStoreError
+
+    config = _load(args)
+    setup_logging(config.log.level)
+    identification = _voiceprints(config)
+    if identification is None:
+        return EXIT_FAIL
+    try:
+        removed = identification.remove(args.name)
+    except VoiceprintStoreError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if not removed:
+        print(f"edge: no speaker named {args.name!r} is enrolled", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"removed {args.name}")
     return EXIT_OK
 
 

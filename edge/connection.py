@@ -51,6 +51,7 @@ class SessionInfo:
     default_rate: int
     declared_rate: int | None = None
     speaker_identification: bool = False
+    speaker_reason: str | None = None  # why speaker labels (or names) are off
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -135,6 +135,7 @@ class RoomListener(Connection):
             "model": self.info.model_name,
             "can_pause": claims.has_scope(SCOPE_WRITE),
             "speaker_identification": self.info.speaker_identification,
+            "speaker_identification_reason": self.info.speaker_reason,
             "expires_at": int(claims.expires_at),
         }
 

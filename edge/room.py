@@ -5,6 +5,11 @@ decodes the audio in a worker thread (one recogniser for the room) and publishes
 ``transcription``, ``warning`` and ``room_state`` messages to a :class:`~edge.hub.Hub`
 that fans them out to listeners. The microphone never waits for recognition: the
 source drops chunks (and says ``mic_overrun``) when the room falls behind.
+
+The room's stream is cut into *segments*: a capture run (until the microphone is lost
+or paused), cut again every ``journal.room_segment_seconds``. Each segment is a journal
+session and, with a speaker model, a diarization of its own ("Speaker 1" starts again),
+so that labels never link voices across a pause or across hours.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from edge.capture import Chunk, MicEvent, MicSource, MicStatistics
 from edge.config import Config
 from edge.hub import Hub
 from edge.protocol import Utterance
-from edge.recognizer import Recognizer, RecognizerFactory
+from edge.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
+from edge.speakers import SpeakerIdentification
 from edge.stats import Stats
 from edge.store import JournalService
 
@@ -58,7 +64,7 @@ class Room:
     def __init__(self, config: Config, recognizer_factory: RecognizerFactory,
                  limiter: trio.CapacityLimiter, stats: Stats,
                  source: Source | None = None, journal: JournalService | None = None,
-                 ) -> None:
+                 speakers: SpeakerIdentification | None = None) -> None:
         m = config.microphone
         self.id = str(uuid.uuid4())
         self.hub = Hub(replay_size=m.replay_size)
@@ -78,9 +84,10 @@ class Room:
         self._audio_ms = 0.0  # room audio decoded so far
         self._last_partial = ""
         self._journal = journal
-        self._segment: str | None = None  # the journal session of the current capture run
+        self._segment: str | None = None  # the current segment (its journal session id)
         self._segment_started = 0.0
         self._segment_seconds = config.journal.room_segment_seconds
+        self._speakers = speakers.track() if speakers is not None else None
 
     async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -141,11 +148,19 @@ class Room:
     async def _on_chunk(self, chunk: Chunk) -> None:
         if self.state == "starting":
             self._set_state("listening")
+        if (self._segment is not None
+                and trio.current_time() - self._segment_started >= self._segment_seconds):
+            # Cut before decoding, so that every final's speaker label and journal session
+            # belong to the same segment.
+            await self._end_segment("segment")
         if self._recognizer is None or chunk.sample_rate != self._rate:
             await self._flush()
             self._rate = chunk.sample_rate
-            self._recognizer = await trio.to_thread.run_sync(
+            recognizer = await trio.to_thread.run_sync(
                 self._factory, chunk.sample_rate, None, limiter=self._limiter)
+            if self._speakers is not None:
+                recognizer = LabelingRecognizer(recognizer, self._speakers)
+            self._recognizer = recognizer
         for code in self._meter.feed(chunk.pcm, chunk.sample_rate):
             self._stats.count_warning(code)
             self.hub.publish(protocol.warning(self.id, code, _LEVEL_TEXT[code]))
@@ -183,26 +198,31 @@ class Room:
             if latency is not None:
                 self._stats.partial_latency.observe(latency)
         message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))
-        if utterance.is_final and self._journal is not None:
-            await self._journal_final(message)
+        if utterance.is_final:
+            if self._segment is None:
+                await self._start_segment()
+            if self._journal is not None:
+                await self._journal_final(message)
         self.hub.publish(message)
 
-    async def _journal_final(self, message: dict[str, Any]) -> None:
-        """Journal a room final in the current segment (a journal session per capture run,
-        cut every ``journal.room_segment_seconds`` so that retention can expire it)."""
-        assert self._journal is not None
-        now = trio.current_time()
-        if self._segment is not None and now - self._segment_started >= self._segment_seconds:
-            await self._end_segment("segment")
-        if self._segment is None:
-            self._segment, self._segment_started = str(uuid.uuid4()), now
+    async def _start_segment(self) -> None:
+        """A segment starts with its first final (a journal session per segment, so that
+        retention can expire the room's transcripts piece by piece)."""
+        self._segment, self._segment_started = str(uuid.uuid4()), trio.current_time()
+        if self._journal is not None:
             await self._journal.start_session(self._segment, None, source="room")
+
+    async def _journal_final(self, message: dict[str, Any]) -> None:
+        assert self._journal is not None and self._segment is not None
         if not await self._journal.append_final(self._segment, message):
             self.hub.publish(protocol.warning(self.id, "journal_error", "a room final could "
                                               "not be saved on the device"))
 
     async def _end_segment(self, reason: str) -> None:
         segment, self._segment = self._segment, None
+        if self._speakers is not None:
+            # Safe here: the room awaits every recogniser call, so none is running.
+            self._speakers.reset()
         if segment is not None and self._journal is not None:
             await self._journal.end_session(segment, reason)
 

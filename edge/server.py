@@ -23,6 +23,7 @@ from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_st
 from edge import __version__, health, http, protocol, transcripts
 from edge.admission import Admission
 from edge.auth import (
+    SCOPE_ENROLL,
     SCOPE_READ,
     SCOPE_WRITE,
     AuthSettings,
@@ -41,6 +42,7 @@ from edge.recognizer import LoadedModel, RecognizerFactory
 from edge.relay import Relay
 from edge.room import Room
 from edge.session import Session
+from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
 from edge.stats import Stats
 from edge.store import JournalService
 
@@ -100,6 +102,7 @@ class Server:
         stats: Stats | None = None,
         room: Room | None = None,
         journal: JournalService | None = None,
+        speakers: SpeakerIdentification | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -113,6 +116,7 @@ class Server:
         self.listeners = Admission(config.microphone.max_listeners, config.server.retry_after)
         self.room = room
         self.journal = journal
+        self.speakers = speakers  # None: no speaker model
         self.relay: Relay | None = None  # set by the app when relaying upstream
         self.relays = Admission(_MAX_RELAYING_DEVICES, config.server.retry_after)
         self.port: int | None = None
@@ -327,6 +331,9 @@ class Server:
                                     close_code=protocol.CLOSE_POLICY)
             else:
                 require_scope(claims, SCOPE_WRITE)
+                if params.enroll is not None:
+                    require_scope(claims, SCOPE_ENROLL)
+                    self._check_enrollment()
         except AuthError as exc:
             with trio.move_on_at(deadline + 1.0):
                 await self._refuse(request, exc, in_band)
@@ -389,20 +396,42 @@ class Server:
                 ws = await request.accept()
             if ws is None:
                 return
+            speakers = await self._speaker_status()
             info = SessionInfo(session_id=session_id, claims=claims,
                                model_name=self.model.name,
                                default_rate=self.config.recognizer.sample_rate,
-                               declared_rate=params.sample_rate)
+                               declared_rate=params.sample_rate,
+                               speaker_identification=speakers.enabled,
+                               speaker_reason=speakers.reason)
             if params.source == "room":
                 assert self.room is not None
                 session = RoomListener(ws, info, self.config, self.stats, self.room,
                                        params.since_seq)
             else:
                 session = Session(ws, info, self.config, self.recognizer_factory,
-                                  self.limiter, self.stats, self.journal)
+                                  self.limiter, self.stats, self.journal,
+                                  speakers=self.speakers,
+                                  enroll=(params.enroll, params.role) if params.enroll else None)
             if revoked_before_start:
                 session.revoke()
             await self._run_session(session, claims)
+
+    async def _speaker_status(self) -> SpeakerStatus:
+        """Speaker labelling as a new session will get it (re-reads changed voiceprints)."""
+        if self.speakers is None:
+            return UNAVAILABLE
+        return await trio.to_thread.run_sync(self.speakers.refresh)
+
+    def _check_enrollment(self) -> None:
+        """``?enroll=``: refused at the handshake when it could not succeed at the end."""
+        if self.speakers is None:
+            raise AuthError("no_speaker_model", "this device has no speaker model "
+                            "(recognizer.speaker_model is empty): nothing can be enrolled",
+                            status=404, close_code=protocol.CLOSE_POLICY)
+        if self.speakers.error is not None:
+            raise AuthError("voiceprints_unavailable", "the voiceprint store is damaged; "
+                            "enrolment is off until an administrator repairs it",
+                            status=503, close_code=protocol.CLOSE_TRY_AGAIN_LATER)
 
     async def _run_session(self, session: Connection, claims: Claims) -> None:
         self.stats.sessions_total += 1

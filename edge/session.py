@@ -12,6 +12,11 @@ A session runs four kinds of work in one nursery:
 * the *sender* is the only task that writes to the socket, each send bounded by
   ``server.send_timeout`` so a client that stops reading cannot hold the session.
 
+With a speaker model, finals are labelled by speaker inside the recogniser's worker
+thread (:class:`~edge.recognizer.LabelingRecognizer`). A session opened with
+``?enroll=NAME`` also keeps its finals' speaker vectors and, when the client ends it
+with ``end``, enrols their mean under that name.
+
 Every way a session ends goes through :meth:`Session.stop`, which records why (the
 first reason wins) and closes the audio queue; the recogniser loop then flushes (or
 not), the closing message is queued, and the sender closes the socket with the
@@ -45,7 +50,8 @@ from edge.protocol import (
     KeepAlive,
     Utterance,
 )
-from edge.recognizer import Recognizer, RecognizerFactory
+from edge.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
+from edge.speakers import SpeakerIdentification, VoiceprintStoreError
 from edge.stats import Stats
 from edge.store import JournalService
 
@@ -77,9 +83,15 @@ class Session(Connection):
         limiter: trio.CapacityLimiter,
         stats: Stats,
         journal: JournalService | None = None,
+        *,
+        speakers: SpeakerIdentification | None = None,
+        enroll: tuple[str, str | None] | None = None,
     ) -> None:
         super().__init__(ws, info, config, stats)
         self._journal = journal
+        self._speakers = speakers
+        self._enroll = enroll if speakers is not None else None  # (name, role)
+        self._enroll_vectors: list[tuple[float, ...]] = []
         self._factory = recognizer_factory
         self._limiter = limiter
         self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
@@ -122,6 +134,9 @@ class Session(Connection):
                     inner.start_soon(self._watchdogs)
                     await self._recognize()
                     inner.cancel_scope.cancel()
+                if self._enroll is not None and self._stop is not None \
+                        and self._stop.reason == "end":
+                    await self._enroll_voice(*self._enroll)
                 self._finish()  # the audio queue only closes through stop(): _stop is set
         finally:
             if self._journal is not None:
@@ -251,7 +266,37 @@ class Session(Connection):
 
     async def _open_recognizer(self) -> Recognizer:
         rate, phrases = self._rate, self._phrases
-        return await trio.to_thread.run_sync(self._factory, rate, phrases, limiter=self._limiter)
+        recognizer = await trio.to_thread.run_sync(self._factory, rate, phrases,
+                                                   limiter=self._limiter)
+        if self._speakers is not None:
+            recognizer = LabelingRecognizer(recognizer, self._speakers.track())
+        return recognizer
+
+    async def _enroll_voice(self, name: str, role: str | None) -> None:
+        """Enrol the session's speaker vectors under ``name`` (a worker thread: file I/O).
+
+        The client gets ``enrolled`` before ``session_end``, or an ``enrollment_failed``
+        warning saying why not; either way the session ends normally.
+        """
+        assert self._speakers is not None
+        vectors, self._enroll_vectors = self._enroll_vectors, []
+        if not vectors:
+            self._warn("enrollment_failed", "no utterance was long enough for a speaker "
+                       "vector (at least half a second of speech each); nothing enrolled")
+            return
+        try:
+            voiceprint = await trio.to_thread.run_sync(self._speakers.enroll, name, role,
+                                                       vectors)
+        except (ValueError, VoiceprintStoreError) as exc:
+            logger.error("session %s: enrolment failed: %s", self.id, exc)
+            message = (str(exc) if isinstance(exc, ValueError) else
+                       "the voiceprint store cannot be written; ask an administrator")
+            self._warn("enrollment_failed", f"nothing enrolled: {message}")
+            return
+        logger.info("session %s: enrolled a voiceprint for %r from %d utterance(s)",
+                    self.id, voiceprint.name, voiceprint.count)
+        self._queue({"type": "enrolled", "session_id": self.id, "name": voiceprint.name,
+                     "role": voiceprint.role, "utterances": voiceprint.count})
 
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
@@ -259,6 +304,8 @@ class Session(Connection):
         if utterance.is_final:
             self._finals += 1
             self._last_partial = ""
+            if self._enroll is not None and utterance.speaker_vector is not None:
+                self._enroll_vectors.append(utterance.speaker_vector)
             self._stats.finals += 1
             if latency is not None:
                 self._stats.final_latency.observe(latency)
@@ -331,6 +378,9 @@ class Session(Connection):
             "partial_results": self._partials,
             "transcripts": self._send_transcripts,
             "speaker_identification": info.speaker_identification,
+            "speaker_identification_reason": info.speaker_reason,
+            **({"enroll": {"name": self._enroll[0], "role": self._enroll[1]}}
+               if self._enroll is not None else {}),
             "expires_at": int(claims.expires_at),
             "idle_timeout": cfg.server.idle_timeout,
             "max_session_seconds": cfg.server.max_session_seconds,

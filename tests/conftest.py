@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 
+from edge.app import open_speakers
 from edge.auth import AuthSettings, RevocationFile
 from edge.recognizer import LoadedModel, RecognizerFactory, load_model
 from edge.server import Server
@@ -38,7 +39,9 @@ async def start_server(
 ) -> AsyncIterator[StartServer]:
     """``await start_server(server={...}, auth={...}, recognizer_factory=...)`` -> Server.
 
-    The server runs in the test's nursery and is cancelled when the test ends.
+    The server runs in the test's nursery and is cancelled when the test ends. With
+    ``recognizer={"speaker_model": DIR}`` the speaker model and the voiceprints are
+    opened as the daemon opens them.
     """
 
     async def start(
@@ -52,8 +55,10 @@ async def start_server(
                             audience=a.audience or None, leeway=a.leeway,
                             max_lifetime=a.max_token_lifetime)
         revocations = RevocationFile(revocation_file) if revocation_file else None
-        server = Server(config, model, auth, revocations=revocations,
-                        recognizer_factory=recognizer_factory, journal=journal)
+        served, speakers = await open_speakers(config, model)
+        server = Server(config, served, auth, revocations=revocations,
+                        recognizer_factory=recognizer_factory, journal=journal,
+                        speakers=speakers)
         started: Server = await nursery.start(server.run)
         return started
 
