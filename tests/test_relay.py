@@ -79,7 +79,11 @@ async def run_session(server: Any, grammar: list[str]) -> tuple[str, list[dict[s
 
 
 async def drained(a: Node, relay: Relay, timeout: float = 30) -> None:
+    """Every session on A has ended (its end is journaled just after the client is
+    told), and everything A journaled has been acknowledged upstream."""
     with trio.fail_after(timeout):
+        while any(row.ended_at is None for row in a.journal.sessions()):
+            await trio.sleep(0.05)
         while (await a.service.backlog()).events or relay.state not in ("idle",):
             await trio.sleep(0.05)
 
@@ -125,7 +129,8 @@ async def test_b_down_a_keeps_serving_then_drains_in_order(
     _, received = await run_session(server_a, grammar_of(phrases))
     assert [m["text"] for m in received] == phrases["utterances"]  # A unaffected
     with trio.fail_after(10):
-        while not relay.circuit_open:
+        while not relay.circuit_open or any(row.ended_at is None
+                                            for row in a.journal.sessions()):
             await trio.sleep(0.05)
     backlog = await a.service.backlog()
     assert backlog.events == len(received) + 2  # start, finals, end
