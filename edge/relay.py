@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import ssl
 from dataclasses import dataclass
@@ -33,11 +34,14 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from edge.journal import Backlog, JournalError, RelayEvent
+from edge.protocol import CLOSE_TOO_BIG
 from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0
+_SHED_CHECK_INTERVAL = 5.0
+_MIN_BATCH_BYTES = 16 * 1024
 _CIRCUIT_OPEN_AFTER = 3  # consecutive failures before health calls the link down
 
 
@@ -74,6 +78,8 @@ class Relay:
         self._unreported_shed = (0, 0)
         self._batch = 0
         self.backlog = Backlog(0, 0)  # refreshed as the relay works
+        self._batch_bytes = settings.batch_bytes  # halved if the upstream finds it too big
+        self._next_shed_check = -math.inf
 
     @property
     def circuit_open(self) -> bool:
@@ -97,6 +103,10 @@ class Relay:
             except Exception as exc:  # the link's boundary: anything else is a bug
                 if not _is_link_error(exc):
                     raise
+                if _closed_with(exc, CLOSE_TOO_BIG) and self._batch_bytes > _MIN_BATCH_BYTES:
+                    self._batch_bytes = max(_MIN_BATCH_BYTES, self._batch_bytes // 2)
+                    logger.warning("relay: the upstream refused a batch as too big; sending "
+                                   "at most %d bytes per batch", self._batch_bytes)
                 self.failures += 1
                 self.last_error = _describe(exc)
                 level = logging.WARNING if self.failures <= _CIRCUIT_OPEN_AFTER else logging.DEBUG
@@ -136,10 +146,14 @@ class Relay:
     async def _pump(self, ws: Any) -> None:
         journal = self._journal
         while True:
-            await self._shed_if_full()
+            if trio.current_time() >= self._next_shed_check:
+                # Scanning the whole outbox costs milliseconds per thousand events: do
+                # it every few seconds, not before every batch of a long drain.
+                self._next_shed_check = trio.current_time() + _SHED_CHECK_INTERVAL
+                await self._shed_if_full()
             changed = journal.changed
             events = await journal.call(journal.journal.pending, self._s.batch_events,
-                                        self._s.batch_bytes)
+                                        self._batch_bytes)
             if not events:
                 self.state = "idle"
                 with trio.move_on_after(_IDLE_POLL):
@@ -198,6 +212,13 @@ def _is_link_error(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_link_error(e) for e in exc.exceptions)
     return isinstance(exc, _LINK_ERRORS)
+
+
+def _closed_with(exc: BaseException, code: int) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_closed_with(e, code) for e in exc.exceptions)
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, ConnectionClosed) and reason is not None and reason.code == code
 
 
 def _describe(exc: BaseException) -> str:

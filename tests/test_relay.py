@@ -203,3 +203,23 @@ async def test_ingest_refuses_bad_batches_and_foreign_devices(
             reply = json.loads(await ws.get_message())
             assert reply["type"] == "error" and reply["code"] == code
     assert b.events("room-b") == []
+
+
+async def test_a_batch_too_big_for_the_upstream_is_split(
+    nursery: trio.Nursery, start_server: Any, pair: tuple[Node, Node],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, b = pair
+    a.journal.start_session("long", source="client", sub="dr-lee", started_at=1.0)
+    for seq in range(1, 61):
+        a.journal.append_final("long", {
+            "type": "transcription", "session_id": "long", "seq": seq, "is_final": True,
+            "text": "머리가 아픕니다 " * 20, "start_ms": seq * 1000, "end_ms": seq * 1000 + 900,
+            "words": [], "speaker": None})
+    a.journal.end_session("long", reason="end", ended_at=2.0)
+    server_b = await start_server(journal=b.service, server={"max_frame_bytes": 24576})
+    relay = relay_to(server_b.port, a, batch_bytes=131072)
+    await nursery.start(relay.run)
+    await drained(a, relay)
+    assert b.events("room-a") == a.events("room-a")
+    assert any("too big" in r.getMessage() for r in caplog.records)
