@@ -26,6 +26,7 @@ from speaker_audio import (
 )
 from trio_websocket import ConnectionRejected
 
+from edge import cli
 from edge.auth import SCOPE_ENROLL
 from edge.cli import main
 from edge.server import Server
@@ -113,8 +114,11 @@ def vector_digits(store: Path) -> list[str]:
 
 
 async def test_enrolled_voice_is_named_until_removed(
-        start_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        start_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.DEBUG)
+    # `edge speakers remove` below would replace the root logger's handlers.
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)
     state = tmp_path / "state"
     server = await start_speaker_server(start_server, state)
 
