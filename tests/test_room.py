@@ -8,6 +8,7 @@ ALSA capture is tested in test_room_alsa.py and test_capture.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -34,6 +35,17 @@ class PlayedSource:
         self.chunks = 0
         self._send: trio.MemorySendChannel[Chunk | MicEvent] | None = None
         self._wake = trio.Event()
+        self._pending: list[MicEvent] = []  # events wait for room; audio is dropped
+
+    def _flush_events(self) -> bool:
+        assert self._send is not None
+        while self._pending:
+            try:
+                self._send.send_nowait(self._pending[0])
+            except trio.WouldBlock:
+                return False
+            self._pending.pop(0)
+        return True
 
     async def run(self, send: trio.MemorySendChannel[Chunk | MicEvent], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -48,13 +60,16 @@ class PlayedSource:
                 pcm = SPEECH[position:position + CHUNK].ljust(CHUNK, b"\0")
                 position += CHUNK
                 self.chunks += 1
-                send.send_nowait(Chunk(pcm, 16000, trio.current_time()))
+                # Like the real microphone: never wait for the room; drop when it lags.
+                if self._flush_events():
+                    with contextlib.suppress(trio.WouldBlock):
+                        send.send_nowait(Chunk(pcm, 16000, trio.current_time()))
                 await trio.sleep(self.period)
 
     def event(self, code: str) -> None:
         """Report ``code``; a lost microphone sends nothing until it is restored."""
-        assert self._send is not None
-        self._send.send_nowait(MicEvent(code, f"test: {code}"))
+        self._pending.append(MicEvent(code, f"test: {code}"))
+        self._flush_events()
         if code in ("mic_lost", "mic_restored"):
             self.paused = code == "mic_lost"
             if not self.paused:
