@@ -1,0 +1,279 @@
+"""Server-path overhead: CPU per 100 ms chunk spent outside Vosk, next to Vosk's own.
+
+The server runs in a subprocess exactly as ``edge serve`` builds it, except that its
+``recognizer_factory`` returns a stand-in whose ``accept`` returns a partial with new
+text on every call (so every chunk also produces an outgoing message) at almost no
+cost. A load client in another process streams N sessions at real-time pace. Over a
+steady window, the server process's CPU time (/proc/PID/stat) divided by the chunks the
+stand-in was given is the server path's cost per chunk: sockets, WebSocket framing,
+the session's tasks, audio checks, the worker-thread hop, JSON and sending.
+
+In the same run, Vosk's CPU per 100 ms chunk is measured in this process (one thread,
+fresh recogniser, the same stream length): over the whole stream (including the
+recogniser's lazy graph expansion) and in the steady state (the last loop). The share
+is server path / Vosk; the target is at most 5%.
+
+    .venv/bin/python bench/overhead.py            # about 3 minutes
+    .venv/bin/python bench/overhead.py --quick    # under 1 minute
+    .venv/bin/python bench/overhead.py --profile  # also a py-spy profile of the server
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+from common import fmt
+
+TARGET_SHARE = 0.05
+
+
+# --- the stand-in server (a subprocess) ----------------------------------------------------
+
+def serve_stub(config_path: str) -> int:
+    """``edge serve`` with a stand-in recogniser instead of Vosk.
+
+    The daemon is composed by ``edge.app.run`` as ``edge serve`` composes it (journal,
+    watchdogs, everything the configuration enables); only the model loader is
+    replaced, by one returning a model whose recognisers are stand-ins.
+    """
+    import dataclasses
+
+    import trio
+
+    from edge import app
+    from edge.cli import setup_logging
+    from edge.config import load_config
+    from edge.protocol import Utterance
+    from edge.recognizer import LoadedModel
+
+    class StandIn:
+        def __init__(self, rate: int) -> None:
+            self._rate = rate
+            self._samples = 0
+            self._calls = 0
+
+        def accept(self, pcm: bytes) -> list[Utterance]:
+            self._samples += len(pcm) // 2
+            self._calls += 1
+            return [Utterance(is_final=False, text=f"stand-in {self._calls}", start_ms=0,
+                              end_ms=1000 * self._samples // self._rate)]
+
+        def flush(self) -> Utterance | None:
+            return Utterance(is_final=True, text="stand-in", start_ms=0,
+                             end_ms=1000 * self._samples // self._rate)
+
+    @dataclasses.dataclass(frozen=True)
+    class StandInModel(LoadedModel):
+        def recognizer(self, sample_rate: int, phrases: Any = None) -> Any:
+            return StandIn(sample_rate)
+
+    def load_stand_in(path: Any = None) -> LoadedModel:
+        return StandInModel(model=None, path=Path("stand-in"), name="stand-in",
+                            sample_rate=16000)
+
+    config = load_config(config_path, environ={"EDGE_JWT_SECRET": common.SECRET})
+    setup_logging(config.log.level)
+    app.load_model = load_stand_in  # type: ignore[assignment]
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(app.run, config)
+            if not isinstance(server.model, StandInModel):
+                raise SystemExit("overhead: the stand-in model was not used; edge.app "
+                                 "no longer loads the model through edge.app.load_model")
+
+    trio.run(run)
+    return 0
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+def vosk_per_chunk(model: Any, speech: common.Speech, pcm: bytes, grammar: bool
+                   ) -> dict[str, Any]:
+    chunks = speech.chunks(pcm)
+    common.bare_decode(model, speech.chunks()[:20], 1, grammar=grammar)  # warm-up
+    r = common.bare_decode(model, chunks, 1, grammar=grammar, loop_bytes=len(speech.pcm))
+    loops = r["loop_cpu_s"][0]
+    loop_chunks = len(speech.pcm) / (2 * speech.rate) / (common.CHUNK_MS / 1000)
+    return {"grammar": grammar, "chunks": len(chunks),
+            "cpu_s_per_chunk": r["cpu_s"][0] / len(chunks),
+            "steady_cpu_s_per_chunk": loops[-1] / loop_chunks if loops else None,
+            "first_loop_cpu_s_per_chunk": loops[0] / loop_chunks if loops else None,
+            "loop_cpu_s": loops}
+
+
+def server_per_chunk(args: argparse.Namespace, seconds: float, profile: bool = False
+                     ) -> dict[str, Any]:
+    command = [common.PYTHON, str(Path(__file__).resolve()), "--serve-stub", "{config}"]
+    with common.EdgeServer("overhead-server", command=command) as server:
+        common.wait_quiet(max_wait=args.quiet_wait)
+        start_at = time.monotonic() + 3.0
+        result: dict[str, Any] = {}
+
+        def load() -> None:
+            result.update(common.run_clients(
+                server.url, [common.ClientSpec(args.streams)], seconds=seconds,
+                ramp=args.ramp, start_at=start_at, server_pid=server.pid))
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        # The window: after every stream has started, until just before the first ends.
+        t_begin = start_at + args.ramp + 1.0
+        t_end = start_at + seconds - 1.0
+        time.sleep(max(0.0, t_begin - time.monotonic()))
+        c0, w0 = server.cpu_seconds(), time.monotonic()
+        m0 = common.machine_busy_seconds()
+        spy = None
+        if profile:
+            spy = start_py_spy(server.pid, t_end - time.monotonic())
+        time.sleep(max(0.0, t_end - time.monotonic()))
+        c1, w1 = server.cpu_seconds(), time.monotonic()
+        m1 = common.machine_busy_seconds()
+        loader.join()
+        if spy is not None:
+            spy.wait(30)
+        # At real-time pace with no backlog the server handles a chunk right after it is
+        # sent (the partial latency below shows it does), so the chunks sent in the
+        # window are the chunks the server handled in it.
+        streams = common.all_streams(result)
+        chunks = sum(1 for st in streams for t in st["sends"] if w0 <= t < w1)
+        cpu = c1 - c0
+        a = common.analyze_streams(streams, [])
+        return {"streams": args.streams, "window_s": w1 - w0, "chunks": chunks,
+                "chunks_per_s": chunks / (w1 - w0), "server_cpu_s": cpu,
+                "cpu_s_per_chunk": cpu / chunks if chunks else None,
+                "server_cores": cpu / (w1 - w0),
+                "others_cores": max(0.0, (m1 - m0) - cpu) / (w1 - w0),
+                "client_cpu_cores": {k: v for k, v in result["cpu"].items()
+                                     if k.startswith("client")},
+                "partial_latency_s": a["partial_latency_s"], "completed": a["completed"],
+                "profile": str(PROFILE.relative_to(common.ROOT)) if profile else None}
+
+
+PROFILE = common.RESULTS / "overhead-profile.txt"
+RAW_PROFILE = common.RESULTS / "overhead-profile.collapsed"
+
+
+def start_py_spy(pid: int, duration: float) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(common.PYTHON).parent / "py-spy")
+    if not Path(spy).exists():
+        print("  (py-spy is not installed: pip install py-spy to profile)")
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))),
+         "--rate", "250", "--threads", "--format", "raw", "--output",
+         str(RAW_PROFILE), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_profile(top: int = 25) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    if not RAW_PROFILE.is_file():
+        return ""
+    self_count: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in RAW_PROFILE.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if f]
+        count = int(n)
+        total += count
+        self_count[_short(frames[-1])] += count
+        for f in {_short(f) for f in frames}:
+            incl[f] += count
+    lines = [f"{total} busy samples", "", "self %  function"]
+    lines += [f"{100 * c / total:6.1f}  {f}" for f, c in self_count.most_common(top)]
+    lines += ["", "incl %  function"]
+    lines += [f"{100 * c / total:6.1f}  {f}" for f, c in incl.most_common(top)]
+    text = "\n".join(lines) + "\n"
+    PROFILE.write_text(text)
+    return text
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if parts else path
+    return f"{name} ({short})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short run (CI): under 1 minute")
+    p.add_argument("--streams", type=int, default=10, help="concurrent sessions (default 10)")
+    p.add_argument("--seconds", type=float, help="audio per stream (whole loops)")
+    p.add_argument("--profile", action="store_true",
+                   help="record the stand-in server with py-spy during a second run")
+    p.add_argument("--serve-stub", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_stub:
+        return serve_stub(args.serve_stub)
+    common.exit_on_sigterm()
+    quick = args.quick
+    args.seconds = args.seconds or (14.0 if quick else 56.0)
+    args.ramp = 2.0 if quick else 5.0
+    args.quiet_wait = 10.0 if quick else 60.0
+
+    info = common.machine_info()
+    speech = common.load_speech()
+    pcm, _ = speech.looped(args.seconds)
+    seconds = len(pcm) / (2 * speech.rate)
+    print(f"{info['cpu_model']}, {info['cores']} cores; {args.streams} streams x "
+          f"{seconds:.1f} s at real-time pace", flush=True)
+
+    common.wait_quiet(max_wait=args.quiet_wait)
+    model = common.load_vosk_model()
+    vosk = vosk_per_chunk(model, speech, pcm, grammar=False)
+    vosk_grammar = vosk_per_chunk(model, speech, pcm, grammar=True)
+    del model
+    server = server_per_chunk(args, seconds)
+    profile_text = ""
+    if args.profile:
+        server["profiled_run"] = server_per_chunk(args, seconds, profile=True)
+        profile_text = summarize_profile()
+
+    s = server["cpu_s_per_chunk"]
+    rows = [["server path (stand-in recogniser)", fmt(1000 * s, ".3f"), "", ""]]
+    shares = {}
+    for label, v, key in (
+            ("Vosk, free dictation, whole stream", vosk["cpu_s_per_chunk"], "whole"),
+            ("Vosk, free dictation, steady state", vosk["steady_cpu_s_per_chunk"], "steady"),
+            ("Vosk, grammar, whole stream", vosk_grammar["cpu_s_per_chunk"], "grammar")):
+        shares[key] = s / v if v else None
+        target = "" if key == "grammar" else (
+            "meets" if shares[key] is not None and shares[key] <= TARGET_SHARE else "MISSES")
+        rows.append([label, fmt(1000 * v, ".3f"), f"{100 * shares[key]:.1f}%", target])
+    print()
+    common.print_table(["per 100 ms chunk", "CPU ms", "server path share", "5% target"], rows,
+                       title=f"CPU per chunk ({server['chunks']} chunks over "
+                             f"{server['window_s']:.0f} s, {server['chunks_per_s']:.0f} "
+                             f"chunks/s; server {server['server_cores']:.2f} cores, other "
+                             f"work {server['others_cores']:.2f} cores)")
+    if profile_text:
+        print("\nwhere the server path's CPU goes (py-spy, stand-in recogniser):")
+        print("\n".join(profile_text.splitlines()[:30]))
+    common.write_json("overhead", {
+        "machine": info, "quick": quick, "stream_seconds": seconds, "server": server,
+        "vosk": vosk, "vosk_grammar": vosk_grammar, "share": shares,
+        "target_share": TARGET_SHARE,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
