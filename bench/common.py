@@ -210,7 +210,16 @@ def rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time of process ``pid`` (all its threads) from /proc/PID/stat."""
-    raw = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
+    return _stat_cpu(Path(f"/proc/{pid or os.getpid()}/stat"))
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU time of the main thread of ``pid`` alone (for a Trio server: the event loop)."""
+    return _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _stat_cpu(path: Path) -> float:
+    raw = path.read_text()
     fields = raw[raw.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
@@ -568,6 +577,7 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
                                       preexec_fn=_die_with_parent))
         outs.append(out)
     window = CpuWindow({} if server_pid is None else {"server": server_pid})
+    loop0 = main_thread_cpu_seconds(server_pid) if server_pid is not None else 0.0
     for i, p in enumerate(procs):
         window.add(f"client{i}", p.pid)
     limit = time.monotonic() + (timeout or (start_delay + ramp + seconds * 1.5 + 120))
@@ -585,6 +595,9 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
                         finished[f"client{i}"] = cpu_seconds(p.pid)
             time.sleep(sample_every if rss_samples is not None else 0.2)
         cpu = window.read(finished)
+        if server_pid is not None:
+            # The event loop's share: everything but the worker threads (Vosk).
+            cpu["server_loop"] = (main_thread_cpu_seconds(server_pid) - loop0) / cpu["wall_s"]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -600,8 +613,8 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
 
 # --- analysis of what a client recorded -------------------------------------------------
 
-def analyze_streams(streams: Sequence[dict[str, Any]], spans: Sequence[tuple[float, float]]
-                    ) -> dict[str, Any]:
+def analyze_streams(streams: Sequence[dict[str, Any]], spans: Sequence[tuple[float, float]],
+                    *, first_seconds: float | None = None) -> dict[str, Any]:
     """Latencies, warnings and backlog signs across the streams of one run.
 
     *Partial latency*: for each partial, arrival time minus the send time of the chunk
@@ -613,6 +626,10 @@ def analyze_streams(streams: Sequence[dict[str, Any]], spans: Sequence[tuple[flo
     phrase minus the send time of the chunk holding the phrase's end. It includes
     Vosk's endpoint wait (trailing silence), which the benchmark reports separately.
     Finals that arrive only after the client's ``end`` (flushed) are not counted.
+
+    With ``first_seconds``, partial latencies are also split into those of each
+    stream's first ``first_seconds`` of audio (a fresh recogniser's costly start) and
+    the rest.
     """
     partial: list[float] = []
     partial_t: list[float] = []
@@ -667,7 +684,16 @@ def analyze_streams(streams: Sequence[dict[str, Any]], spans: Sequence[tuple[flo
             k = min(len(sends) - 1, math.ceil(round(1000 * end) / s["chunk_ms"]) - 1)
             final.append(t - sends[k])
             final_t.append(end)
+    split: dict[str, Any] = {}
+    if first_seconds is not None:
+        split = {
+            "partial_latency_first_s": summarize(
+                [v for t, v in zip(partial_t, partial, strict=True) if t < first_seconds]),
+            "partial_latency_rest_s": summarize(
+                [v for t, v in zip(partial_t, partial, strict=True) if t >= first_seconds]),
+        }
     return {
+        **split,
         "streams": len(streams),
         "completed": completed,
         "errors": errors,

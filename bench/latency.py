@@ -16,8 +16,8 @@ load. Figures:
 Capacity comes from ``--capacity N``, else from bench/results/capacity.json, else
 from a bare-Vosk estimate (80% of its aggregate real-time speed).
 
-    .venv/bin/python bench/latency.py            # about 4 minutes
-    .venv/bin/python bench/latency.py --quick    # under 2 minutes
+    .venv/bin/python bench/latency.py            # about 3 minutes
+    .venv/bin/python bench/latency.py --quick    # under 1 minute
 """
 
 from __future__ import annotations

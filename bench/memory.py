@@ -13,8 +13,8 @@ apart from Vosk's own per-recogniser memory.
 The soak keeps N sessions streaming the fixture once each and reconnecting, for
 ``--soak`` minutes, and reports RSS growth after a warm-up (the first quarter).
 
-    .venv/bin/python bench/memory.py                # 30-minute soak, about 33 minutes
-    .venv/bin/python bench/memory.py --soak 3       # about 6 minutes
+    .venv/bin/python bench/memory.py                # 30-minute soak, about 35 minutes
+    .venv/bin/python bench/memory.py --soak 3       # about 5 minutes
     .venv/bin/python bench/memory.py --quick        # 2-minute soak, about 3 minutes
 """
 

@@ -13,7 +13,7 @@ fresh recogniser, the same stream length): over the whole stream (including the
 recogniser's lazy graph expansion) and in the steady state (the last loop). The share
 is server path / Vosk; the target is at most 5%.
 
-    .venv/bin/python bench/overhead.py            # about 3 minutes
+    .venv/bin/python bench/overhead.py            # about 2 minutes
     .venv/bin/python bench/overhead.py --quick    # under 1 minute
     .venv/bin/python bench/overhead.py --profile  # also a py-spy profile of the server
 """
@@ -84,7 +84,7 @@ def serve_stub(config_path: str) -> int:
 
     config = load_config(config_path, environ={"EDGE_JWT_SECRET": common.SECRET})
     setup_logging(config.log.level)
-    app.load_model = load_stand_in  # type: ignore[assignment]
+    app.load_model = load_stand_in
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -248,16 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         profile_text = summarize_profile()
 
     s = server["cpu_s_per_chunk"]
-    rows = [["server path (stand-in recogniser)", fmt(1000 * s, ".3f"), "", ""]]
-    shares = {}
+    rows = [["server path (stand-in recogniser)", fmt(None if s is None else 1000 * s, ".3f"),
+             "", ""]]
+    shares: dict[str, float | None] = {}
     for label, v, key in (
             ("Vosk, free dictation, whole stream", vosk["cpu_s_per_chunk"], "whole"),
             ("Vosk, free dictation, steady state", vosk["steady_cpu_s_per_chunk"], "steady"),
             ("Vosk, grammar, whole stream", vosk_grammar["cpu_s_per_chunk"], "grammar")):
-        shares[key] = s / v if v else None
+        share = s / v if s is not None and v else None
+        shares[key] = share
         target = "" if key == "grammar" else (
-            "meets" if shares[key] is not None and shares[key] <= TARGET_SHARE else "MISSES")
-        rows.append([label, fmt(1000 * v, ".3f"), f"{100 * shares[key]:.1f}%", target])
+            "meets" if share is not None and share <= TARGET_SHARE else "MISSES")
+        rows.append([label, fmt(None if v is None else 1000 * v, ".3f"),
+                     "-" if share is None else f"{100 * share:.1f}%", target])
     print()
     common.print_table(["per 100 ms chunk", "CPU ms", "server path share", "5% target"], rows,
                        title=f"CPU per chunk ({server['chunks']} chunks over "
