@@ -57,6 +57,7 @@ TRANSCRIPT_TYPES = {"json": "application/json; charset=utf-8",
 
 _WS_MESSAGE_QUEUE = 4  # frames trio-websocket buffers before TCP pushes back
 _REVOCATION_POLL = 2.0
+_ACCEPT_GRACE = 1.0  # past the handshake deadline, to send the accept or the refusal
 _INTERNAL_CLOSE_TIMEOUT = 2.0
 
 
@@ -335,8 +336,7 @@ class Server:
                     require_scope(claims, SCOPE_ENROLL)
                     self._check_enrollment()
         except AuthError as exc:
-            with trio.move_on_at(deadline + 1.0):
-                await self._refuse(request, exc, in_band)
+            await self._refuse_by(request, exc, in_band, deadline)
             return
         await self._admit_and_run(request, claims, params, in_band, deadline)
 
@@ -353,13 +353,10 @@ class Server:
             require_scope(claims, SCOPE_RELAY)
             ticket = self.relays.admit(str(uuid.uuid4()), claims, lambda: None)
         except AuthError as exc:
-            with trio.move_on_at(deadline + 1.0):
-                await self._refuse(request, exc, False)
+            await self._refuse_by(request, exc, False, deadline)
             return
         with ticket:
-            ws: WebSocketConnection | None = None
-            with trio.move_on_at(deadline + 1.0):
-                ws = await request.accept()
+            ws = await self._accept_by(request, deadline)
             if ws is None:
                 return
             info = SessionInfo(session_id=ticket.session_id, claims=claims,
@@ -387,13 +384,10 @@ class Server:
         try:
             ticket = admission.admit(session_id, claims, revoke)
         except AuthError as exc:
-            with trio.move_on_at(deadline + 1.0):
-                await self._refuse(request, exc, in_band)
+            await self._refuse_by(request, exc, in_band, deadline)
             return
         with ticket:
-            ws: WebSocketConnection | None = None
-            with trio.move_on_at(deadline + 1.0):
-                ws = await request.accept()
+            ws = await self._accept_by(request, deadline)
             if ws is None:
                 return
             speakers = await self._speaker_status()
@@ -460,6 +454,19 @@ class Server:
                         stop.close_code)
         else:
             logger.info("session %s ended: %s", session.id, stop.reason)
+
+    async def _accept_by(self, request: WebSocketRequest, deadline: float
+                         ) -> WebSocketConnection | None:
+        """Accept the handshake, or None if the client is too slow to complete it."""
+        with trio.move_on_at(deadline + _ACCEPT_GRACE):
+            return await request.accept()
+        return None
+
+    async def _refuse_by(self, request: WebSocketRequest, exc: AuthError, in_band: bool,
+                         deadline: float) -> None:
+        """:meth:`_refuse`, bounded: a client that stops reading cannot hold us."""
+        with trio.move_on_at(deadline + _ACCEPT_GRACE):
+            await self._refuse(request, exc, in_band)
 
     async def _refuse(self, request: WebSocketRequest, exc: AuthError, in_band: bool) -> None:
         """Refuse a handshake: an HTTP status, or (opt-in) an error message and a close code."""

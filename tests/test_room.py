@@ -200,7 +200,7 @@ async def raw_listener(port: int, token: str) -> trio.SocketStream:
 async def test_resume_with_since_seq_and_the_too_old_case(
     nursery: trio.Nursery, start_server: Any, model: Any
 ) -> None:
-    server = await start_room(nursery, start_server, model, PlayedSource(period=0.03),
+    server = await start_room(nursery, start_server, model, PlayedSource(period=0.1),
                               replay_size=2)
     token = make_token(scope=SCOPE_READ)
     async with connect(server, token, "?source=room") as ws:
