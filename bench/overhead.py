@@ -58,10 +58,21 @@ def serve_stub(config_path: str) -> int:
     from edge.recognizer import LoadedModel
 
     class StandIn:
+        """Reusable like VoskRecognizer, so that the server's recogniser pool is on the
+        measured path."""
+
         def __init__(self, rate: int) -> None:
-            self._rate = rate
+            self._rate = self.sample_rate = rate
             self._samples = 0
             self._calls = 0
+            self.audio_seconds = 0.0
+
+        def reset(self) -> None:
+            self.audio_seconds += self._samples / self._rate
+            self._samples = self._calls = 0
+
+        def close(self) -> None:
+            pass
 
         def accept(self, pcm: bytes) -> list[Utterance]:
             self._samples += len(pcm) // 2

@@ -228,6 +228,9 @@ class StandInRecognizer:
     def flush(self) -> Any:
         return None
 
+    def close(self) -> None:
+        pass
+
 
 def stand_in_factory(rate: int, phrases: Any = None) -> StandInRecognizer:
     return StandInRecognizer(rate)

@@ -125,7 +125,7 @@ async def run(config: Config, *, dev: bool = False,
             logger.info("relaying the journal to %s as %s", _without_query(r.url),
                         device_id(config))
         if config.microphone.enabled:
-            room = Room(config, model.recognizer, server.limiter, server.stats,
+            room = Room(config, server.recognizer_factory, server.limiter, server.stats,
                         journal=journal, speakers=speakers)
             await nursery.start(room.run)
             server.room = room

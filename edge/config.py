@@ -60,6 +60,7 @@ class RecognizerConfig:
     speaker_model: str = ""
     sample_rate: int = 16000
     threads: int = 0
+    warm_recognizers: int = 4
     partial_results: bool = True
     lag_warning: float = 2.0
     max_phrases: int = 1000
@@ -313,6 +314,9 @@ def _validate(c: Config) -> None:
                           f"must be between 8000 and 192000, got {r.sample_rate}")
     if r.threads < 0:
         raise ConfigError("recognizer.threads", f"must not be negative, got {r.threads}")
+    if r.warm_recognizers < 0:
+        raise ConfigError("recognizer.warm_recognizers",
+                          f"must not be negative, got {r.warm_recognizers}")
     _positive("recognizer.lag_warning", r.lag_warning)
     _positive("recognizer.max_phrases", r.max_phrases)
     for name in ("diarization_threshold", "identification_threshold"):

@@ -95,8 +95,12 @@ def render_metrics(
     stats: Stats, *, version: str, model: str, sessions_current: int, max_sessions: int,
     clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
     listeners: int = 0, relay_circuit_open: bool = False, relay_shed: int = 0,
+    recognizers: tuple[int, int, int] | None = None,
 ) -> str:
-    """Prometheus text exposition format 0.0.4."""
+    """Prometheus text exposition format 0.0.4.
+
+    ``recognizers``: the recogniser pool's (created, reused, idle) counts, if pooled.
+    """
     out: list[str] = []
 
     def metric(name: str, kind: str, help_: str,
@@ -134,6 +138,13 @@ def render_metrics(
     metric("edge_real_time_factor", "gauge",
            "Decode seconds per audio second since start (lower is faster).",
            [({}, rtf if rtf is not None else 0.0)])
+    if recognizers is not None:
+        created, reused, idle = recognizers
+        metric("edge_recognizers_total", "counter",
+               "Recognisers handed to streams without a grammar: fresh or reused warm.",
+               [({"kind": "fresh"}, created), ({"kind": "warm"}, reused)])
+        metric("edge_recognizers_idle", "gauge", "Warm recognisers waiting for a stream.",
+               [({}, idle)])
     metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
            [({"kind": "partial"}, stats.partials), ({"kind": "final"}, stats.finals)])
     metric("edge_warnings_total", "counter", "Warnings sent to clients, by code.",

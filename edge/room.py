@@ -178,7 +178,10 @@ class Room:
         recognizer, self._recognizer = self._recognizer, None
         if recognizer is None:
             return
-        final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+        try:
+            final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+        finally:
+            recognizer.close()
         if final is not None:
             await self._publish(final, None)
         self._offset_ms = round(self._audio_ms)

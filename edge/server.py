@@ -38,7 +38,7 @@ from edge.connection import Connection, SessionInfo
 from edge.errors import AuthError, ProtocolError
 from edge.ingest import SCOPE_RELAY, RelayIngest
 from edge.listener import RoomListener
-from edge.recognizer import LoadedModel, RecognizerFactory
+from edge.recognizer import LoadedModel, RecognizerFactory, RecognizerPool
 from edge.relay import Relay
 from edge.room import Room
 from edge.session import Session
@@ -88,8 +88,9 @@ class ReplayStream(trio.abc.Stream):
 class Server:
     """Serves the Live API; start with ``await nursery.start(server.run)``.
 
-    ``recognizer_factory`` defaults to the loaded model's recognisers; tests and
-    benchmarks pass stand-ins. ``health`` may add fields to ``/healthz``.
+    ``recognizer_factory`` defaults to a :class:`RecognizerPool` of the loaded model's
+    recognisers (``recognizer.warm_recognizers``); tests and benchmarks pass stand-ins.
+    ``health`` may add fields to ``/healthz``.
     """
 
     def __init__(
@@ -109,7 +110,8 @@ class Server:
         self.model = model
         self.auth = auth
         self.revocations = revocations
-        self.recognizer_factory = recognizer_factory or model.recognizer
+        self.recognizer_factory = recognizer_factory or RecognizerPool(
+            model.recognizer, config.recognizer.warm_recognizers)
         self.stats = stats or Stats()
         threads = config.recognizer.threads or os.cpu_count() or 1
         self.limiter = trio.CapacityLimiter(threads)
@@ -284,7 +286,14 @@ class Server:
             listeners=self.listeners.current,
             relay_backlog=self.relay.backlog.events if self.relay else 0,
             relay_circuit_open=bool(self.relay and self.relay.circuit_open),
-            relay_shed=self.relay.shed_events if self.relay else 0)
+            relay_shed=self.relay.shed_events if self.relay else 0,
+            recognizers=self._pool_counts())
+
+    def _pool_counts(self) -> tuple[int, int, int] | None:
+        pool = self.recognizer_factory
+        if not isinstance(pool, RecognizerPool):
+            return None
+        return pool.created, pool.reused, pool.idle
 
     # --- WebSocket handshake ---------------------------------------------------------
 

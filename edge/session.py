@@ -65,6 +65,35 @@ _WARNING_TEXT = {
 }
 
 
+class RecognitionLag:
+    """How far recognition is behind real time, while audio waits to be decoded.
+
+    The clock starts with the first chunk decoded after the recogniser caught up (found
+    no audio waiting): from then on, audio arriving at real-time pace is decoded in time
+    while the seconds elapsed stay under the seconds decoded. A client sending slower
+    than real time lets the recogniser catch up, which restarts the clock; one sending
+    faster only makes the lag negative. Unlike counting the audio queued inside the
+    server (bounded: a full queue pushes back through TCP, and the rest waits in socket
+    buffers and the client), this keeps growing for as long as recognition is slower
+    than the audio.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._decoded = 0.0
+
+    def caught_up(self) -> None:
+        self._start = None
+
+    def decoded(self, seconds: float, received: float, now: float) -> float:
+        """Record ``seconds`` of audio decoded (its chunk arrived at ``received``);
+        returns the lag in seconds at ``now``."""
+        if self._start is None:
+            self._start, self._decoded = received, 0.0
+        self._decoded += seconds
+        return now - self._start - self._decoded
+
+
 class Session(Connection):
     """Runs one accepted WebSocket until it ends; never raises for client behaviour.
 
@@ -107,7 +136,7 @@ class Session(Connection):
         self._seq = 0
         self._finals = 0
         self._audio_bytes = 0  # mono s16 bytes received
-        self._queued_ms = 0.0
+        self._lag = RecognitionLag()
         self._last_lag_warning = -math.inf
         self._last_audio = self._started
         self._message_times: deque[float] = deque()
@@ -206,8 +235,6 @@ class Session(Connection):
         for code in self._meter.feed(pcm, fmt.sample_rate):
             self._warn(code, _WARNING_TEXT[code])
         self._audio_bytes += len(pcm)
-        self._queued_ms += 1000 * len(pcm) / (2 * fmt.sample_rate)
-        self._check_lag()
         await self._audio_send.send((pcm, self._last_audio))
 
     def _on_text(self, text: str) -> None:
@@ -240,24 +267,33 @@ class Session(Connection):
 
     async def _recognize(self) -> None:
         recognizer: Recognizer | None = None
-        async with self._audio_recv:
-            async for pcm, received in self._audio_recv:
-                if self._stop is not None and not self._stop.flush:
-                    break
-                if recognizer is None:
-                    recognizer = await self._open_recognizer()
-                started = trio.current_time()
-                results = await trio.to_thread.run_sync(
-                    recognizer.accept, pcm, limiter=self._limiter)
-                seconds = len(pcm) / 2 / self._rate
-                self._stats.observe_decode(seconds, trio.current_time() - started)
-                self._queued_ms = max(0.0, self._queued_ms - 1000 * seconds)
-                for utterance in results:
-                    await self._emit(utterance, received)
-        if recognizer is not None and (self._stop is None or self._stop.flush):
-            final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
-            if final is not None:
-                await self._emit(final, None)
+        try:
+            async with self._audio_recv:
+                async for pcm, received in self._audio_recv:
+                    if self._stop is not None and not self._stop.flush:
+                        break
+                    if recognizer is None:
+                        recognizer = await self._open_recognizer()
+                    started = trio.current_time()
+                    results = await trio.to_thread.run_sync(
+                        recognizer.accept, pcm, limiter=self._limiter)
+                    seconds = len(pcm) / 2 / self._rate
+                    now = trio.current_time()
+                    self._stats.observe_decode(seconds, now - started)
+                    self._check_lag(self._lag.decoded(seconds, received, now))
+                    for utterance in results:
+                        await self._emit(utterance, received)
+                    if self._audio_recv.statistics().current_buffer_used == 0:
+                        self._lag.caught_up()
+            if recognizer is not None and (self._stop is None or self._stop.flush):
+                final = await trio.to_thread.run_sync(recognizer.flush,
+                                                      limiter=self._limiter)
+                if final is not None:
+                    await self._emit(final, None)
+        finally:
+            # No worker thread holds it now: to_thread calls are not abandoned.
+            if recognizer is not None:
+                recognizer.close()
 
     @property
     def _rate(self) -> int:
@@ -325,15 +361,14 @@ class Session(Connection):
         if self._send_transcripts:
             self._queue(message)
 
-    def _check_lag(self) -> None:
-        lag_limit_ms = 1000 * self._cfg.recognizer.lag_warning
+    def _check_lag(self, lag: float) -> None:
         now = trio.current_time()
-        if (self._queued_ms > lag_limit_ms
+        if (lag > self._cfg.recognizer.lag_warning
                 and now - self._last_lag_warning >= self._cfg.audio.warning_interval):
             self._last_lag_warning = now
             self._warn("realtime_lag",
                        "recognition is behind the audio received; results are delayed, "
-                       "nothing is dropped", lag_ms=round(self._queued_ms))
+                       "nothing is dropped", lag_ms=round(1000 * lag))
 
     # --- watchdogs -----------------------------------------------------------------
 

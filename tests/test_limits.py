@@ -29,6 +29,7 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 from edge.protocol import Utterance
 from edge.recognizer import LoadedModel, Recognizer, RecognizerFactory
 from edge.server import Server
+from edge.session import RecognitionLag
 from helpers import FIXTURES, connect, make_token, receive_json, receive_until_closed
 
 RATE = 16000
@@ -200,6 +201,9 @@ class FaultyRecognizer:
             raise RuntimeError("injected fault in flush")
         return None
 
+    def close(self) -> None:
+        pass
+
 
 class FloodRecognizer:
     """Answers every chunk with a new, large partial: plenty for the server to send."""
@@ -214,6 +218,9 @@ class FloodRecognizer:
 
     def flush(self) -> Utterance | None:
         return None
+
+    def close(self) -> None:
+        pass
 
 
 def routing_factory(model: LoadedModel,
@@ -559,12 +566,18 @@ async def test_level_warnings(start_server: Any, pcm: bytes, audio: dict[str, An
 class SlowRecognizer:
     """Takes longer than real time: recognition falls behind the audio."""
 
+    def __init__(self, slowness: float = 3.0) -> None:
+        self.slowness = slowness
+
     def accept(self, pcm: bytes) -> list[Utterance]:
-        time.sleep(len(pcm) / 2 / RATE * 3)  # three times slower than real time
+        time.sleep(len(pcm) / 2 / RATE * self.slowness)
         return []
 
     def flush(self) -> Utterance | None:
         return None
+
+    def close(self) -> None:
+        pass
 
 
 async def test_recognition_falling_behind_is_warned_and_nothing_is_dropped(
@@ -578,3 +591,38 @@ async def test_recognition_falling_behind_is_warned_and_nothing_is_dropped(
     [lag] = [m for m in outcome.of_type("warning") if m["code"] == "realtime_lag"]
     assert lag["lag_ms"] > 500
     assert outcome.last["audio_ms"] == 2000  # every chunk was decoded, late
+
+
+async def test_lag_beyond_the_servers_queue_is_warned_for_a_real_time_client(
+    start_server: Any,
+) -> None:
+    """A real-time client and recognition 1.5x slower than real time: the lag grows by
+    50 ms per chunk, past what the session's audio queue holds (16 chunks, 1.6 s; the
+    rest waits in socket buffers), so counting queued audio would never reach 2 s."""
+    server = await start_server(
+        recognizer_factory=lambda rate, phrases: SlowRecognizer(1.5),
+        recognizer={"lag_warning": 2.0})
+    outcome = await run_session(server, [*chunks(silence(5.0)), END], pace=0.1)
+    assert_ended_normally(outcome)
+    lags = [m for m in outcome.of_type("warning") if m["code"] == "realtime_lag"]
+    assert lags and lags[0]["lag_ms"] > 2000
+
+
+async def test_a_client_slower_than_real_time_is_not_a_lag(start_server: Any) -> None:
+    """Chunks of 100 ms every 250 ms, decoded in 150 ms each: the recogniser keeps up
+    although the transcript falls behind the wall clock (the client's doing)."""
+    server = await start_server(
+        recognizer_factory=lambda rate, phrases: SlowRecognizer(1.5),
+        recognizer={"lag_warning": 1.0})
+    outcome = await run_session(server, [*chunks(silence(3.0)), END], pace=0.25)
+    assert_ended_normally(outcome)
+    assert [m for m in outcome.of_type("warning") if m["code"] == "realtime_lag"] == []
+
+
+def test_recognition_lag_arithmetic() -> None:
+    lag = RecognitionLag()
+    # Chunks of 0.1 s arriving every 0.1 s from t=10, each decoded in 0.15 s.
+    values = [lag.decoded(0.1, 10.0 + 0.1 * k, 10.0 + 0.15 * (k + 1)) for k in range(40)]
+    assert values[0] == pytest.approx(0.05) and values[-1] == pytest.approx(2.0)
+    lag.caught_up()  # the queue ran dry: the clock restarts at the next chunk's arrival
+    assert lag.decoded(0.1, 30.0, 30.02) == pytest.approx(-0.08)
