@@ -4,12 +4,16 @@
     model, decode the looped speech fixture in 100 ms chunks as fast as they can. The
     aggregate speed (seconds of audio decoded per wall second, all threads together) is
     the number of real-time streams the CPU could carry with nothing else running.
-(b) Server: ``edge serve`` in a subprocess; a load client in another process streams
-    the same audio over N WebSockets at real-time pace (starts spread over a ramp). A
-    trial passes when every session completes, no ``realtime_lag`` warning comes, the
-    p95 partial latency is under 1 s, the final latency does not grow over the stream
-    and the server drains within 1 s of ``end``. The largest passing N is the server
-    capacity; its ratio to (a) at N = cores is what the server path costs.
+    Then the same at N = cores with warm recognisers (each has decoded the audio once
+    and been reset, as the server's pool hands them out): the reference for (b).
+(b) Server: ``edge serve`` in a subprocess, its recogniser pool sized for the trials
+    and warmed by one untimed round of streams (``--cold``: no pool, and fresh bare
+    Vosk as the reference); a load client in another process streams the same audio
+    over N WebSockets at real-time pace (starts spread over a ramp). A trial passes when
+    every session completes, no ``realtime_lag`` warning comes, the p95 partial latency
+    is under 1 s, the final latency does not grow over the stream and the server drains
+    within 1 s of ``end``. The largest passing N is the server capacity; its ratio to
+    (a) at N = cores is what the server path costs.
 
     .venv/bin/python bench/capacity.py            # 5-13 minutes
     .venv/bin/python bench/capacity.py --quick    # under 2 minutes
@@ -97,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lib", choices=["websockets", "trio"], default="websockets")
     p.add_argument("--threads", type=int,
                    help="the server's recognizer.threads (default: its own, one per core)")
+    p.add_argument("--cold", action="store_true",
+                   help="no recogniser pool (warm_recognizers = 0); compare with fresh "
+                        "recognisers in bare Vosk")
     args = p.parse_args(argv)
     common.exit_on_sigterm()
     quick = args.quick
@@ -133,14 +140,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {n} thread(s): {r['x_realtime']:.1f}x real time, CPU RTF "
               f"{r['cpu_rtf']:.3f} (steady {fmt(r['steady_cpu_rtf'], '.3f')}), "
               f"others {r['cpu_cores']['others']:.2f} cores", flush=True)
-    bare_streams = bare[-1]["x_realtime"]
+    bare_fresh = bare[-1]
+    bare_warm = None
+    if not args.cold:
+        common.wait_quiet(max_wait=args.quiet_wait)
+        window = common.CpuWindow({"bench": os.getpid()})
+        bare_warm = common.bare_decode(model, chunks, cores, grammar=args.grammar, warm=True)
+        bare_warm["cpu_cores"] = window.read()
+        print(f"  {cores} thread(s), warm recognisers: {bare_warm['x_realtime']:.1f}x real "
+              f"time, CPU RTF {bare_warm['cpu_rtf']:.3f}, others "
+              f"{bare_warm['cpu_cores']['others']:.2f} cores", flush=True)
+    reference = bare_warm or bare_fresh
+    bare_streams = reference["x_realtime"]
     # The server interleaves many recognisers on the same cores; their working sets
     # compete for the caches. The same in bare Vosk, at about the first trial's size:
     k = 2 if quick else max(2, round(0.8 * bare_streams / cores))
     common.wait_quiet(max_wait=args.quiet_wait)
     window = common.CpuWindow({"bench": os.getpid()})
     interleaved = common.bare_decode(model, chunks, cores, grammar=args.grammar,
-                                     per_thread=k)
+                                     per_thread=k, warm=not args.cold)
     interleaved["cpu_cores"] = window.read()
     print(f"  {cores} threads x {k} recognisers each: CPU RTF "
           f"{interleaved['cpu_rtf']:.3f}, others "
@@ -149,8 +167,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n(b) server", flush=True)
     trials: list[dict[str, Any]] = []
-    extra = f"[recognizer]\nthreads = {args.threads}\n" if args.threads else ""
+    pool = 0 if args.cold else math.ceil(bare_streams * 1.3)
+    extra = "[recognizer]\n" + (f"threads = {args.threads}\n" if args.threads else "") + \
+        f"warm_recognizers = {pool}\n"
     with common.EdgeServer("capacity-server", config_extra=extra) as server:
+        if pool:
+            print(f"  warming the pool: {pool} streams of {speech.seconds:.0f} s, untimed",
+                  flush=True)
+            common.run_clients(server.url, [common.ClientSpec(pool, args.lib)],
+                               seconds=speech.seconds, fast=True, grammar=args.grammar)
+            server.wait_idle()
         lo, hi = 0, None  # largest passing, smallest failing
         n = args.start or max(1, math.floor(bare_streams * 0.8))
         while len(trials) < args.max_trials and time.monotonic() < budget:
@@ -186,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     # same stream length). Taken from the passing trials (no backlog).
     passing = [t["server_cpu_s_per_audio_s"] for t in trials if t["passed"]]
     server_rtf = min(passing) if passing else None
-    bare_rtf = bare[-1]["cpu_rtf"]
+    bare_rtf = reference["cpu_rtf"]
     cpu_capacity = cores / server_rtf if server_rtf else None
     cpu_ratio = bare_rtf / server_rtf if server_rtf else None
     print()
@@ -195,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         [[r["threads"], f"{r['x_realtime']:.1f}", f"{r['cpu_rtf']:.3f}",
           fmt(r["steady_cpu_rtf"], ".3f"), f"{r['cpu_cores']['others']:.2f}"] for r in bare],
         title=f"(a) bare Vosk, {args.seconds:.0f} s of audio per thread, fresh recognisers")
+    if bare_warm is not None:
+        print(f"{cores} threads, warm recognisers: {bare_warm['x_realtime']:.1f}x real time, "
+              f"CPU RTF {bare_warm['cpu_rtf']:.3f} (fresh: {bare_fresh['cpu_rtf']:.3f})")
     print(f"{cores} threads x {k} interleaved recognisers ({cores * k} streams): CPU RTF "
-          f"{interleaved['cpu_rtf']:.3f} ({interleaved['cpu_rtf'] / bare[-1]['cpu_rtf']:.2f}x "
-          f"one recogniser per thread; others {interleaved['cpu_cores']['others']:.2f} cores)")
+          f"{interleaved['cpu_rtf']:.3f} ({interleaved['cpu_rtf'] / reference['cpu_rtf']:.2f}x "
+          f"one recogniser per thread; {'fresh' if args.cold else 'warm'}; others "
+          f"{interleaved['cpu_cores']['others']:.2f} cores)")
     common.print_table(
         ["streams", "result", "partial p50", "partial p95", "p95 1st loop / later",
          "final p50", "final p95",
@@ -216,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         title="(b) server trials (latencies in ms, drain in s)")
     bracket = f"{capacity}" + ("" if hi is not None and hi - capacity <= 1
                                else " (upper bound not found)")
-    print(f"\nserver capacity: {bracket} real-time streams; bare Vosk at {cores} threads: "
-          f"{bare_streams:.1f}; ratio {fmt(ratio)}")
+    print(f"\nserver capacity: {bracket} real-time streams; bare Vosk at {cores} threads "
+          f"({'fresh' if args.cold else 'warm'} recognisers): {bare_streams:.1f}; "
+          f"ratio {fmt(ratio)}")
     print(f"CPU per audio second: server {fmt(server_rtf, '.3f')} (passing trials), bare "
           f"Vosk {bare_rtf:.3f} ({interleaved['cpu_rtf']:.3f} interleaved); bare/server "
           f"{fmt(cpu_ratio)}; CPU-bound capacity {fmt(cpu_capacity, '.1f')} streams on "
@@ -228,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         "stream_seconds": args.seconds, "ramp_seconds": args.ramp, "chunk_ms": common.CHUNK_MS,
         "criteria": {"partial_p95_s": PARTIAL_P95_LIMIT, "final_growth_s": FINAL_GROWTH_LIMIT,
                      "drain_s": DRAIN_LIMIT, "realtime_lag_warnings": 0},
-        "bare": bare, "bare_streams": bare_streams, "bare_interleaved": interleaved,
+        "cold": args.cold, "warm_recognizers": pool,
+        "bare": bare, "bare_warm": bare_warm, "bare_streams": bare_streams,
+        "bare_interleaved": interleaved,
         "trials": trials, "server_capacity": capacity, "first_failing": hi,
         "ratio_to_bare": ratio, "server_rss_mb_after": server_rss,
         "server_cpu_s_per_audio_s": server_rtf, "bare_cpu_s_per_audio_s": bare_rtf,

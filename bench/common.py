@@ -747,8 +747,10 @@ def grammar_json() -> str:
 
 def bare_decode(model: Any, chunks: Sequence[bytes], threads: int, *, rate: int = 16000,
                 grammar: bool = False, loop_bytes: int | None = None,
-                per_thread: int = 1) -> dict[str, Any]:
-    """Decode ``chunks`` in ``threads`` threads at once, each with fresh recognisers.
+                per_thread: int = 1, warm: bool = False) -> dict[str, Any]:
+    """Decode ``chunks`` in ``threads`` threads at once, each with fresh recognisers
+    (``warm``: recognisers that have decoded ``chunks`` once and been reset, untimed,
+    as the server's pool hands them out).
 
     Each thread does what a session's recogniser does per chunk: ``AcceptWaveform``,
     then ``Result`` at an endpoint or ``PartialResult`` otherwise, and ``FinalResult``
@@ -767,13 +769,24 @@ def bare_decode(model: Any, chunks: Sequence[bytes], threads: int, *, rate: int 
     per_loop: list[list[float]] = [[] for _ in range(threads)]
     gram = grammar_json() if grammar else None
 
+    def fresh() -> Any:
+        rec = (vosk.KaldiRecognizer(model, float(rate), gram) if gram
+               else vosk.KaldiRecognizer(model, float(rate)))
+        rec.SetWords(True)
+        return rec
+
     def work(i: int) -> None:
+        if warm:
+            recs = [fresh() for _ in range(per_thread)]
+            for rec in recs:
+                for chunk in chunks:
+                    rec.AcceptWaveform(chunk)
+                rec.FinalResult()
+                rec.Reset()
         barrier.wait()
         c0 = time.thread_time()
-        recs = [vosk.KaldiRecognizer(model, float(rate), gram) if gram
-                else vosk.KaldiRecognizer(model, float(rate)) for _ in range(per_thread)]
-        for rec in recs:
-            rec.SetWords(True)
+        if not warm:
+            recs = [fresh() for _ in range(per_thread)]
         mark, fed, next_mark = c0, 0, loop_bytes or math.inf
         for chunk in chunks:
             for rec in recs:
@@ -799,7 +812,7 @@ def bare_decode(model: Any, chunks: Sequence[bytes], threads: int, *, rate: int 
         w.join()
     wall = time.perf_counter() - t0
     audio = sum(len(c) for c in chunks) / (2 * rate) * per_thread
-    return {"threads": threads, "recognisers_per_thread": per_thread,
+    return {"threads": threads, "recognisers_per_thread": per_thread, "warm": warm,
             "audio_s_per_thread": audio, "wall_s": wall, "cpu_s": cpu,
             "loop_cpu_s": [[c / per_thread for c in loops] for loops in per_loop],
             "x_realtime": threads * audio / wall,

@@ -58,11 +58,23 @@ from edge.store import JournalService
 logger = logging.getLogger(__name__)
 
 _AUDIO_QUEUE_FRAMES = 16
+_BATCH_SECONDS = 1  # most audio handed to the recogniser in one call
 
 _WARNING_TEXT = {
     "clipping": "the audio is clipping (samples at full scale); lower the input gain",
     "silence": "no sound above the silence level; check the microphone",
 }
+
+
+def accept_each(recognizer: Recognizer, parts: list[bytes]) -> list[Utterance]:
+    """Feed ``parts`` one by one, as they came (Vosk's results depend on where its
+    input is cut, so batching must not move the cuts); the finals of all of them and
+    the partial of the last, if it ended on one (earlier partials are superseded)."""
+    out: list[Utterance] = []
+    for part in parts:
+        results = recognizer.accept(part)
+        out = [u for u in out if u.is_final] + results if out else results
+    return out
 
 
 class RecognitionLag:
@@ -274,10 +286,11 @@ class Session(Connection):
                         break
                     if recognizer is None:
                         recognizer = await self._open_recognizer()
+                    parts = self._take_queued(pcm)
                     started = trio.current_time()
                     results = await trio.to_thread.run_sync(
-                        recognizer.accept, pcm, limiter=self._limiter)
-                    seconds = len(pcm) / 2 / self._rate
+                        accept_each, recognizer, parts, limiter=self._limiter)
+                    seconds = sum(map(len, parts)) / 2 / self._rate
                     now = trio.current_time()
                     self._stats.observe_decode(seconds, now - started)
                     self._check_lag(self._lag.decoded(seconds, received, now))
@@ -294,6 +307,22 @@ class Session(Connection):
             # No worker thread holds it now: to_thread calls are not abandoned.
             if recognizer is not None:
                 recognizer.close()
+
+    def _take_queued(self, pcm: bytes) -> list[bytes]:
+        """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:
+        when recognition is behind, one worker-thread hop per batch instead of per
+        chunk (latency is still measured from the first chunk's arrival)."""
+        limit = 2 * self._rate * _BATCH_SECONDS
+        parts = [pcm]
+        size = len(pcm)
+        while size < limit:
+            try:
+                more, _ = self._audio_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            parts.append(more)
+            size += len(more)
+        return parts
 
     @property
     def _rate(self) -> int:

@@ -124,10 +124,13 @@ async def test_raw_pcm_gives_the_same_finals_as_wav(start_server: Any,
                                            config={"phrases": grammar})
     from_wav, from_raw = finals(wav_messages), finals(raw_messages)
     assert [f["text"] for f in from_raw] == [f["text"] for f in from_wav]
-    # Chunk boundaries differ by the 44-byte header, which moves Vosk's frames slightly.
+    # Chunk boundaries differ by the 44-byte header, which moves Vosk's frames slightly;
+    # and two recognisers of one process can place a word edge a few 30 ms frames
+    # apart on the same audio (seen: 1650 vs 1710 ms, depending on what the process
+    # decoded before).
     for a, b in zip(from_wav, from_raw, strict=True):
-        assert abs(a["start_ms"] - b["start_ms"]) <= 50
-        assert abs(a["end_ms"] - b["end_ms"]) <= 50
+        assert abs(a["start_ms"] - b["start_ms"]) <= 100
+        assert abs(a["end_ms"] - b["end_ms"]) <= 100
 
 
 async def test_other_rates_are_resampled(start_server: Any, phrases: dict[str, Any]) -> None:

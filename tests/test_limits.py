@@ -26,6 +26,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
+from edge import session as session_module
 from edge.protocol import Utterance
 from edge.recognizer import LoadedModel, Recognizer, RecognizerFactory
 from edge.server import Server
@@ -626,3 +627,70 @@ def test_recognition_lag_arithmetic() -> None:
     assert values[0] == pytest.approx(0.05) and values[-1] == pytest.approx(2.0)
     lag.caught_up()  # the queue ran dry: the clock restarts at the next chunk's arrival
     assert lag.decoded(0.1, 30.0, 30.02) == pytest.approx(-0.08)
+
+
+class RecordingRecognizer:
+    """Keeps every call's audio; each call takes 50 ms, so audio queues up behind it."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def accept(self, pcm: bytes) -> list[Utterance]:
+        time.sleep(0.05)
+        self.calls.append(pcm)
+        return []
+
+    def flush(self) -> Utterance | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+async def test_audio_queued_behind_recognition_is_decoded_in_batches_in_order(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batches: list[int] = []
+    original = session_module.accept_each
+
+    def accept_each(recognizer: Recognizer, parts: list[bytes]) -> list[Utterance]:
+        batches.append(len(parts))
+        return original(recognizer, parts)
+
+    monkeypatch.setattr(session_module, "accept_each", accept_each)
+    recorder = RecordingRecognizer()
+    server = await start_server(recognizer_factory=lambda rate, phrases: recorder)
+    audio = (np.arange(3 * RATE) % 30000).astype("<i2").tobytes()  # 3 s, every sample known
+    outcome = await run_session(server, [*chunks(audio), END])
+    assert_ended_normally(outcome)
+    # Nothing lost or reordered, and cut where the client cut it (Vosk's results
+    # depend on the cuts).
+    assert recorder.calls == chunks(audio)
+    assert max(batches) > 1  # queued chunks went to the worker thread together
+    assert max(batches) <= 10  # at most one second of 100 ms chunks per hop
+    assert sum(batches) == len(chunks(audio))
+
+
+def test_accept_each_keeps_the_finals_and_the_last_partial() -> None:
+    def u(text: str, final: bool) -> Utterance:
+        return Utterance(is_final=final, text=text, start_ms=0, end_ms=0)
+
+    class Scripted:
+        def __init__(self, steps: list[list[Utterance]]) -> None:
+            self.steps = iter(steps)
+
+        def accept(self, pcm: bytes) -> list[Utterance]:
+            return next(self.steps)
+
+        def flush(self) -> Utterance | None:
+            return None
+
+        def close(self) -> None:
+            pass
+
+    steps = [[u("a", False)], [u("a b", True), u("c", False)], [u("c d", False)], []]
+    got = session_module.accept_each(Scripted(steps), [b"x"] * 4)
+    assert [(x.text, x.is_final) for x in got] == [("a b", True)]
+    got = session_module.accept_each(Scripted(steps[:3]), [b"x"] * 3)
+    assert [(x.text, x.is_final) for x in got] == [("a b", True), ("c d", False)]
+    assert session_module.accept_each(Scripted([[u("a", False)]]), [b"x"]) == [u("a", False)]

@@ -175,11 +175,11 @@ def test_a_reused_vosk_recogniser_times_the_new_stream_from_zero(model: LoadedMo
     second = pool(16000, None)
     assert pool.reused == 1
     warm = decode(second)
-    # Word times within a frame or two of the fresh stream's: not offset by the
-    # 9 s the recogniser decoded before.
+    # Word times within a few 30 ms frames of the fresh stream's (recognisers differ
+    # by that much on the same audio), not offset by the 9 s decoded before.
     assert len(warm) == len(fresh) == 3
     for a, b in zip(fresh, warm, strict=True):
-        assert abs(a.start_ms - b.start_ms) <= 60 and abs(a.end_ms - b.end_ms) <= 60
+        assert abs(a.start_ms - b.start_ms) <= 100 and abs(a.end_ms - b.end_ms) <= 100
         assert a.words[0].start_ms == a.start_ms and b.words[0].start_ms == b.start_ms
 
 
@@ -216,4 +216,4 @@ async def test_the_next_session_gets_the_warm_recogniser(start_server: Any) -> N
     assert (pool.created, pool.reused) == (1, 1)
     first, second = results
     assert first and second
-    assert abs(first[0]["start_ms"] - second[0]["start_ms"]) <= 60
+    assert abs(first[0]["start_ms"] - second[0]["start_ms"]) <= 100
