@@ -15,6 +15,11 @@ window, the server process's CPU time (/proc/PID/stat) divided by the chunks the
 stand-in was given is the server path's cost per chunk: sockets, WebSocket framing,
 the session's tasks, audio checks, the worker-thread hop, JSON and sending.
 
+A third run measures the floor of the stack: a trio + trio-websocket server that
+accepts the same sessions through edge's own request-head reader and only reads the
+chunks (no session, no recogniser, no thread hop). What edge adds per chunk is the
+server path minus this floor.
+
 In the same run, Vosk's CPU per 100 ms chunk is measured in this process (one thread,
 the same stream length): a fresh recogniser over the whole stream (including its lazy
 graph expansion), the same in the steady state (its last loop), and a warm recogniser
@@ -138,6 +143,55 @@ def serve_stub(config_path: str, script_path: str) -> int:
     return 0
 
 
+def serve_floor(config_path: str) -> int:
+    """The stack's floor: trio and trio-websocket reading 100 ms chunks, nothing else.
+
+    Answers ``/healthz`` (so that EdgeServer sees it ready), accepts every WebSocket,
+    sends ``session_init``, reads messages until ``end`` and sends ``session_end``.
+    """
+    import tomllib
+
+    import trio
+    from trio_websocket import ConnectionClosed, wrap_server_stream
+
+    from edge import http
+    from edge.server import ReplayStream
+
+    port = tomllib.loads(Path(config_path).read_text())["server"]["port"]
+    live = 0
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal live
+        buffer = b""
+        while not (n := http.head_complete(buffer)):
+            buffer += await stream.receive_some(65536)
+        head = http.parse_head(buffer[:n])
+        if head.target.startswith("/healthz"):
+            await stream.send_all(http.response(200, {"sessions": live}))
+            await stream.aclose()
+            return
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(nursery, ReplayStream(stream, buffer),
+                                               message_queue_size=4)
+            ws = await request.accept()
+            live += 1
+            try:
+                await ws.send_message('{"type":"session_init"}')
+                while True:
+                    message = await ws.get_message()
+                    if isinstance(message, str) and '"end"' in message:
+                        await ws.send_message('{"type":"session_end","reason":"end"}')
+                        await ws.aclose()
+                        break
+            except ConnectionClosed:
+                pass
+            finally:
+                live -= 1
+
+    trio.run(trio.serve_tcp, handle, port)
+    return 0
+
+
 # --- measuring -----------------------------------------------------------------------------
 
 def vosk_per_chunk(model: Any, speech: common.Speech, pcm: bytes, grammar: bool
@@ -158,9 +212,11 @@ def vosk_per_chunk(model: Any, speech: common.Speech, pcm: bytes, grammar: bool
 
 def server_per_chunk(args: argparse.Namespace, seconds: float, script: str,
                      profile: bool = False) -> dict[str, Any]:
-    """``script``: a recorded script's path, or ``flood``."""
-    command = [common.PYTHON, str(Path(__file__).resolve()), "--serve-stub", "{config}",
-               script]
+    """``script``: a recorded script's path, ``flood``, or ``floor`` (the stack alone)."""
+    command = ([common.PYTHON, str(Path(__file__).resolve()), "--serve-floor", "{config}"]
+               if script == "floor" else
+               [common.PYTHON, str(Path(__file__).resolve()), "--serve-stub", "{config}",
+                script])
     with common.EdgeServer("overhead-server", command=command) as server:
         common.wait_quiet(max_wait=args.quiet_wait)
         start_at = time.monotonic() + 3.0
@@ -197,7 +253,7 @@ def server_per_chunk(args: argparse.Namespace, seconds: float, script: str,
         a = common.analyze_streams(streams, [])
         sent = sum(1 for st in streams for m in st["messages"]
                    if w0 <= m[0] < w1 and m[1] == "transcription")
-        return {"stand_in": "flood" if script == "flood" else "replay",
+        return {"stand_in": script if script in ("flood", "floor") else "replay",
                 "streams": args.streams, "window_s": w1 - w0, "chunks": chunks,
                 "messages_per_chunk": sent / chunks if chunks else None,
                 "chunks_per_s": chunks / (w1 - w0), "server_cpu_s": cpu,
@@ -270,9 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="record the stand-in server with py-spy during a second run")
     p.add_argument("--serve-stub", nargs=2, metavar=("CONFIG", "SCRIPT"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--serve-floor", metavar="CONFIG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_stub:
         return serve_stub(*args.serve_stub)
+    if args.serve_floor:
+        return serve_floor(args.serve_floor)
     common.exit_on_sigterm()
     quick = args.quick
     args.seconds = args.seconds or (14.0 if quick else 56.0)
@@ -295,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     script_path.write_text(json.dumps(record_script(speech.chunks(pcm)), ensure_ascii=False))
     server = server_per_chunk(args, seconds, str(script_path))
     flood = server_per_chunk(args, seconds, "flood")
+    floor = server_per_chunk(args, seconds, "floor")
     profile_text = ""
     if args.profile:
         server["profiled_run"] = server_per_chunk(args, seconds, str(script_path),
@@ -306,8 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[f"server path, replayed recognition ({fmt(server['messages_per_chunk'], '.2f')} "
              "messages per chunk)", fmt(None if s is None else 1000 * s, ".3f"), "", ""],
             [f"server path, worst case ({fmt(flood['messages_per_chunk'], '.2f')} messages "
-             "per chunk)", fmt(None if f is None else 1000 * f, ".3f"), "", ""]]
+             "per chunk)", fmt(None if f is None else 1000 * f, ".3f"), "", ""],
+            ["floor: trio + trio-websocket reading the chunks, nothing else",
+             fmt(None if floor["cpu_s_per_chunk"] is None
+                 else 1000 * floor["cpu_s_per_chunk"], ".3f"), "", ""]]
     shares: dict[str, float | None] = {}
+    floor_s = floor["cpu_s_per_chunk"]
+    above = s - floor_s if s is not None and floor_s is not None else None
     for label, v, key in (
             ("Vosk, free dictation, fresh recogniser", vosk["cpu_s_per_chunk"], "whole"),
             ("Vosk, free dictation, fresh, last loop", vosk["steady_cpu_s_per_chunk"],
@@ -317,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         share = s / v if s is not None and v else None
         worst = f / v if f is not None and v else None
         shares[key], shares[f"{key}_worst_case"] = share, worst
+        shares[f"{key}_floor"] = floor_s / v if floor_s is not None and v else None
+        shares[f"{key}_above_floor"] = above / v if above is not None and v else None
         target = "" if key in ("grammar", "steady") else (
             "meets" if share is not None and share <= TARGET_SHARE else "MISSES")
         rows.append([label, fmt(None if v is None else 1000 * v, ".3f"),
@@ -329,12 +396,18 @@ def main(argv: list[str] | None = None) -> int:
                              f"{server['window_s']:.0f} s, {server['chunks_per_s']:.0f} "
                              f"chunks/s; server {server['server_cores']:.2f} cores, other "
                              f"work {server['others_cores']:.2f} cores)")
+    warm_v = vosk["warm_cpu_s_per_chunk"]
+    if s is not None and floor_s is not None and warm_v:
+        print(f"\nof the server path's {1000 * s:.3f} ms per chunk, the stack's floor (trio + "
+              f"trio-websocket reading the chunks) is {1000 * floor_s:.3f} ms "
+              f"({100 * floor_s / warm_v:.1f}% of warm Vosk) and edge adds "
+              f"{1000 * (s - floor_s):.3f} ms ({100 * (s - floor_s) / warm_v:.1f}%)")
     if profile_text:
         print("\nwhere the server path's CPU goes (py-spy, stand-in recogniser):")
         print("\n".join(profile_text.splitlines()[:30]))
     common.write_json("overhead", {
         "machine": info, "quick": quick, "stream_seconds": seconds, "server": server,
-        "server_worst_case": flood,
+        "server_worst_case": flood, "floor": floor,
         "vosk": vosk, "vosk_grammar": vosk_grammar, "share": shares,
         "target_share": TARGET_SHARE,
     })
