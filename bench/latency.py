@@ -13,6 +13,9 @@ load. Figures:
   seconds of audio Vosk needs after the phrase before it declares an endpoint. Final
   latency minus the floor is what the server (queueing, threads, sockets) adds.
 
+The server's recogniser pool is sized for the largest level and warmed by one untimed
+round of streams first (as in capacity.py).
+
 Capacity comes from ``--capacity N``, else from bench/results/capacity.json, else
 from a bare-Vosk estimate (80% of its aggregate real-time speed).
 
@@ -92,7 +95,15 @@ def main(argv: list[str] | None = None) -> int:
           f"({source}); {seconds:.1f} s streams; endpoint floor p50 {ms(floor_p50)} ms")
 
     levels: list[dict[str, Any]] = []
-    with common.EdgeServer("latency-server") as server:
+    most = max(max(1, round(capacity * float(f))) for f in args.levels.split(","))
+    # As in capacity.py: a recogniser pool as large as the largest level, warmed by one
+    # untimed round, so that the levels measure a device in service, not its first minute.
+    with common.EdgeServer("latency-server",
+                           config_extra=f"[recognizer]\nwarm_recognizers = {most}\n"
+                           ) as server:
+        common.run_clients(server.url, [common.ClientSpec(most)], seconds=speech.seconds,
+                           fast=True, grammar=args.grammar)
+        server.wait_idle()
         for fraction in (float(f) for f in args.levels.split(",")):
             n = max(1, round(capacity * fraction))
             background = common.wait_quiet(max_wait=quiet_wait)

@@ -29,7 +29,7 @@ from edge.hub import Hub
 from edge.protocol import Utterance
 from edge.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.speakers import SpeakerIdentification
-from edge.stats import Stats
+from edge.stats import ResultFilter, Stats
 from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Room:
         self._factory = recognizer_factory
         self._limiter = limiter
         self._stats = stats
-        self._partials = config.recognizer.partial_results
+        self._results = ResultFilter(stats, config.recognizer.partial_results)
         a = config.audio
         self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
                                  a.warning_interval)
@@ -82,7 +82,6 @@ class Room:
         self._rate: int | None = None
         self._offset_ms = 0  # room audio decoded by earlier recognisers
         self._audio_ms = 0.0  # room audio decoded so far
-        self._last_partial = ""
         self._journal = journal
         self._segment: str | None = None  # the current segment (its journal session id)
         self._segment_started = 0.0
@@ -188,18 +187,8 @@ class Room:
 
     async def _publish(self, utterance: Utterance, received: float | None) -> None:
         latency = None if received is None else trio.current_time() - received
-        if utterance.is_final:
-            self._last_partial = ""
-            self._stats.finals += 1
-            if latency is not None:
-                self._stats.final_latency.observe(latency)
-        else:
-            if not self._partials or utterance.text == self._last_partial:
-                return
-            self._last_partial = utterance.text
-            self._stats.partials += 1
-            if latency is not None:
-                self._stats.partial_latency.observe(latency)
+        if not self._results.admit(utterance.is_final, utterance.text, latency):
+            return
         message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))
         if utterance.is_final:
             if self._segment is None:

@@ -52,7 +52,7 @@ from edge.protocol import (
 )
 from edge.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.speakers import SpeakerIdentification, VoiceprintStoreError
-from edge.stats import Stats
+from edge.stats import ResultFilter, Stats
 from edge.store import JournalService
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Session(Connection):
         self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
                                  a.warning_interval)
         self._phrases: tuple[str, ...] | None = None
-        self._partials = config.recognizer.partial_results
+        self._results = ResultFilter(stats, config.recognizer.partial_results)
         self._send_transcripts = info.claims.has_scope(SCOPE_READ)
         # Items are (pcm, time received): latency is measured from the moment audio arrives.
         self._audio_send, self._audio_recv = trio.open_memory_channel[tuple[bytes, float]](
@@ -152,7 +152,6 @@ class Session(Connection):
         self._last_lag_warning = -math.inf
         self._last_audio = self._started
         self._message_times: deque[float] = deque()
-        self._last_partial = ""
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -273,7 +272,7 @@ class Session(Connection):
         if message.sample_rate is not None:
             self._decoder = PcmDecoder(self._cfg.recognizer.sample_rate, message.sample_rate)
         if message.partial_results is not None:
-            self._partials = message.partial_results
+            self._results.partials = message.partial_results
 
     # --- recognising ---------------------------------------------------------------
 
@@ -366,21 +365,12 @@ class Session(Connection):
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
         latency = None if received is None else trio.current_time() - received
+        if not self._results.admit(utterance.is_final, utterance.text, latency):
+            return
         if utterance.is_final:
             self._finals += 1
-            self._last_partial = ""
             if self._enroll is not None and utterance.speaker_vector is not None:
                 self._enroll_vectors.append(utterance.speaker_vector)
-            self._stats.finals += 1
-            if latency is not None:
-                self._stats.final_latency.observe(latency)
-        else:
-            if not self._partials or utterance.text == self._last_partial:
-                return
-            self._last_partial = utterance.text
-            self._stats.partials += 1
-            if latency is not None:
-                self._stats.partial_latency.observe(latency)
         self._seq += 1
         message = protocol.transcription(self.id, self._seq, utterance)
         if (utterance.is_final and self._journal is not None
@@ -439,7 +429,7 @@ class Session(Connection):
             "sample_rate": info.declared_rate or info.default_rate,
             "audio_formats": ["wav", "pcm_s16le"],
             "max_frame_bytes": cfg.server.max_frame_bytes,
-            "partial_results": self._partials,
+            "partial_results": self._results.partials,
             "transcripts": self._send_transcripts,
             "speaker_identification": info.speaker_identification,
             "speaker_identification_reason": info.speaker_reason,

@@ -64,3 +64,32 @@ class Stats:
         if not self.audio_seconds:
             return None
         return self.decode_seconds / self.audio_seconds
+
+
+class ResultFilter:
+    """Which recognition results go out, counted in :class:`Stats` with their latency.
+
+    Every final goes out; a partial only when partials are on and its text differs from
+    the last partial's (Vosk repeats the same partial over silence and slow speech).
+    ``latency``: seconds from the arrival of the audio to the result, when known.
+    """
+
+    def __init__(self, stats: Stats, partials: bool) -> None:
+        self.stats = stats
+        self.partials = partials
+        self._last_partial = ""
+
+    def admit(self, is_final: bool, text: str, latency: float | None) -> bool:
+        if is_final:
+            self._last_partial = ""
+            self.stats.finals += 1
+            if latency is not None:
+                self.stats.final_latency.observe(latency)
+            return True
+        if not self.partials or text == self._last_partial:
+            return False
+        self._last_partial = text
+        self.stats.partials += 1
+        if latency is not None:
+            self.stats.partial_latency.observe(latency)
+        return True

@@ -4,6 +4,7 @@ small WebSocket client over real sockets."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,29 @@ def connect(server: Server, token: str | None = None, query: str = "",
             **kwargs: Any) -> Any:
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
     return open_websocket_url(url(server, query), extra_headers=headers, **kwargs)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for daemons started as subprocesses)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def http_get(port: int, target: str, token: str | None = None
+                   ) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 GET over a raw socket (the server closes after answering):
+    status, headers (lower-case names) and body."""
+    sock = await trio.open_tcp_stream("127.0.0.1", port)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    await sock.send_all(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
+    data = b""
+    with trio.fail_after(10):
+        while chunk := await sock.receive_some(65536):
+            data += chunk
+    await sock.aclose()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
+from helpers import free_port
 
 SECRET = "s" * 40
 
@@ -20,13 +21,6 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("EDGE_JWT_SECRET", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def config_file(tmp_path: Path, body: str) -> Path:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge.auth import AuthSettings, verify
 from edge.cli import main
-from helpers import FIXTURES, READ_WRITE, SECRET, make_token
+from helpers import FIXTURES, READ_WRITE, SECRET, free_port, http_get, make_token
 
 EDGE = [sys.executable, "-m", "edge"]
 WAV = FIXTURES / "speech_ko.wav"
@@ -68,13 +68,6 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
 def subprocess_env() -> dict[str, str]:
     """The (cleaned) environment for an ``edge`` subprocess, with the shared secret."""
     return {**os.environ, "EDGE_JWT_SECRET": SECRET}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def rsa_key_pair(tmp_path: Path) -> tuple[Path, str]:
@@ -314,17 +307,6 @@ async def test_serve_on_a_port_in_use_exits_with_one_line() -> None:
 
 # --- serve + client --------------------------------------------------------------------
 
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        data = b""
-        while chunk := await stream.receive_some():
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
 async def wait_healthy(process: trio.Process, port: int, log: Path) -> dict[str, Any]:
     """Poll ``/healthz`` until it answers 200; fail early if the server exits."""
     with trio.fail_after(START_DEADLINE):
@@ -332,7 +314,7 @@ async def wait_healthy(process: trio.Process, port: int, log: Path) -> dict[str,
             if process.poll() is not None:
                 pytest.fail(f"edge serve exited with {process.returncode}:\n{log.read_text()}")
             try:
-                status, body = await http_get(port, "/healthz")
+                status, _, body = await http_get(port, "/healthz")
             except OSError:
                 await trio.sleep(0.1)
                 continue

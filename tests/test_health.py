@@ -9,23 +9,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.health import ClockStatus, health
-from helpers import FIXTURES, connect, make_token, receive_json, stream
-
-
-async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    """A plain HTTP/1.1 GET over a raw socket (the server closes after answering)."""
-    sock = await trio.open_tcp_stream("127.0.0.1", port)
-    await sock.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    data = b""
-    with trio.fail_after(10):
-        while chunk := await sock.receive_some(65536):
-            data += chunk
-    await sock.aclose()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return status, headers, body
+from helpers import FIXTURES, connect, http_get, make_token, receive_json, stream
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -109,3 +93,20 @@ def test_an_unset_clock_degrades_health() -> None:
     status, body = health(version="1", model="m", sessions=0, max_sessions=1,
                           clock=ClockStatus(synchronized=False, sane=True))
     assert status == 200 and body["notes"]
+
+
+def test_result_filter_sends_finals_and_new_partials_and_counts_them() -> None:
+    from edge.stats import ResultFilter, Stats
+
+    stats = Stats()
+    results = ResultFilter(stats, partials=True)
+    admitted = [results.admit(final, text, 0.1) for final, text in [
+        (False, "a"), (False, "a"), (False, "a b"), (True, "a b c"), (False, "a"),
+        (True, "d")]]
+    assert admitted == [True, False, True, True, True, True]
+    assert (stats.partials, stats.finals) == (3, 2)
+    assert stats.partial_latency.count == 3 and stats.final_latency.count == 2
+    results.partials = False
+    assert results.admit(False, "new", None) is False
+    assert results.admit(True, "final", None) is True
+    assert stats.final_latency.count == 2  # no latency known: not observed

@@ -18,7 +18,7 @@ import trio
 from edge.cli import main
 from edge.journal import Journal
 from edge.store import JournalService
-from helpers import FIXTURES, SECRET, connect, make_token, receive_json, stream
+from helpers import FIXTURES, SECRET, connect, free_port, http_get, make_token, receive_json, stream
 
 SPEECH = FIXTURES / "speech_ko.wav"
 
@@ -77,22 +77,6 @@ async def test_a_session_closed_without_end_is_journaled_complete(
             await trio.sleep(0.05)
     assert row.end_reason == "client_closed"
     assert len(journal.journal.finals(session_id)) >= 2  # the queued audio was decoded
-
-
-async def http_get(port: int, target: str, token: str | None = None
-                   ) -> tuple[int, dict[str, str], bytes]:
-    sock = await trio.open_tcp_stream("127.0.0.1", port)
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    await sock.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
-    data = b""
-    with trio.fail_after(10):
-        while chunk := await sock.receive_some(65536):
-            data += chunk
-    await sock.aclose()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
 
 
 async def test_finished_transcripts_over_http(
@@ -157,13 +141,6 @@ def test_transcripts_cli_reads_the_journal(tmp_path: Path, monkeypatch: pytest.M
     assert "00:00:00.450 --> 00:00:01.650" in capsys.readouterr().out
     assert main(["transcripts", "show", "nope"]) == 1
     assert main(["transcripts", "list", "--since", "yesterday-ish"]) == 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_the_daemon_sets_a_corrupt_journal_aside_and_serves(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,9 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from edge.journal import Journal
 from edge.relay import Relay, RelaySettings
 from edge.store import JournalService
-from helpers import FIXTURES, connect, make_token, receive_json, stream
+from helpers import FIXTURES, connect, free_port, make_token, receive_json, stream
 
 SPEECH = (FIXTURES / "speech_ko.wav").read_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Node:

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,17 +18,10 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from edge.journal import Journal
 from edge.relay import Relay, RelaySettings
 from edge.store import JournalService
-from helpers import FIXTURES, SECRET, make_token, receive_json
+from helpers import FIXTURES, SECRET, free_port, make_token, receive_json
 
 SPEECH = (FIXTURES / "speech_ko.wav").read_bytes()
 ROUNDS = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Daemon:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +15,9 @@ from alsa_file_device import FileDevice, child_env, make_home, write_atomically
 from trio_websocket import open_websocket_url
 
 from edge.auth import SCOPE_READ
-from helpers import FIXTURES, SECRET, make_token, receive_json
+from helpers import FIXTURES, SECRET, free_port, http_get, make_token, receive_json
 
 SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Daemon:
@@ -133,22 +125,11 @@ async def test_a_lost_device_is_reported_and_capture_resumes(tmp_path: Path) -> 
         states = [m["state"] for m in seen if m["type"] == "room_state"]
         assert "listening" in states
         assert len(finals(seen)) >= 2
-        health = json.loads(await http_get(daemon.port, "/healthz"))
+        health = json.loads((await http_get(daemon.port, "/healthz"))[2])
         assert health["microphone"]["state"] == "listening"
         assert health["microphone"]["restarts"] >= 1
     finally:
         assert daemon.stop() == 0
-
-
-async def http_get(port: int, path: str) -> bytes:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = b""
-    with trio.fail_after(10):
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    await stream.aclose()
-    return data.partition(b"\r\n\r\n")[2]
 
 
 def test_devices_and_check_see_the_alsa_device(tmp_path: Path) -> None:
