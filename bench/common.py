@@ -545,7 +545,7 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
                 start_delay: float = 3.0, server_pid: int | None = None,
                 rss_samples: list[tuple[float, float]] | None = None,
                 sample_every: float = 1.0, timeout: float | None = None,
-                tag: str = "clients") -> dict[str, Any]:
+                tag: str = "clients", protocol: str = "live") -> dict[str, Any]:
     """Run load-client processes at once and collect what they recorded.
 
     Every client connects its streams, then starts sending at the same moment
@@ -573,6 +573,8 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
             cmd.append("--fast")
         if reconnect:
             cmd.append("--reconnect")
+        if protocol != "live":
+            cmd += ["--protocol", protocol]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                                       preexec_fn=_die_with_parent))
         outs.append(out)

@@ -7,9 +7,12 @@ real-time pace (chunk k is sent when its audio would have been recorded, at
 ``t0 + (k + 1) * 100 ms``), sends ``end`` and reads until the server closes.
 
 Two independent WebSocket libraries can do this: asyncio ``websockets`` (default) and
-``trio-websocket``, to cross-check latency figures. The JSON written to ``--out`` has,
-per stream, the send time of every chunk and the arrival time and fields of every
-message, all as ``time.monotonic()`` values (the same clock in every process).
+``trio-websocket``, to cross-check latency figures. ``--protocol vosk-server`` speaks
+the protocol of alphacep's vosk-server WebSocket server instead (``{"config": ...}``,
+audio, ``{"eof" : 1}``; a reply per message), for bench/compare.py (websockets only).
+The JSON written to ``--out`` has, per stream, the send time of every chunk and the
+arrival time and fields of every message, all as ``time.monotonic()`` values (the
+same clock in every process).
 
     .venv/bin/python bench/load_client.py --url ws://127.0.0.1:8000/ws/transcribe \
         --token "$TOKEN" --streams 4 --seconds 30 --out /tmp/run.json
@@ -53,6 +56,9 @@ class Stream:
         t = time.monotonic()
         data = json.loads(text)
         kind = data.get("type")
+        if kind is None:  # vosk-server: {"partial": ...} or {"text": ..., "result": ...}
+            kind = "transcription"
+            data = {"is_final": "text" in data}
         self.messages.append([t, kind, data.get("is_final"), data.get("start_ms"),
                               data.get("end_ms"), data.get("code"), data.get("lag_ms")])
         if kind == "session_end":
@@ -83,10 +89,20 @@ def _slot(args: argparse.Namespace, i: int) -> float:
 
 
 def _config_message(args: argparse.Namespace) -> str | None:
-    if not args.grammar:
+    grammar = json.loads(PHRASES_JSON.read_text())["grammar"] if args.grammar else None
+    if args.protocol == "vosk-server":
+        config: dict[str, Any] = {"sample_rate": 16000, "words": True}
+        if grammar:
+            config["phrase_list"] = grammar
+        return json.dumps({"config": config}, ensure_ascii=False)
+    if not grammar:
         return None
-    grammar = json.loads(PHRASES_JSON.read_text())["grammar"]
     return json.dumps({"type": "config", "phrases": grammar}, ensure_ascii=False)
+
+
+def _end_message(args: argparse.Namespace) -> str:
+    # vosk-server compares the text with exactly this string.
+    return '{"eof" : 1}' if args.protocol == "vosk-server" else json.dumps({"type": "end"})
 
 
 # --- asyncio websockets ------------------------------------------------------------------
@@ -131,7 +147,7 @@ async def _ws_stream(args: argparse.Namespace, st: Stream, chunks: list[bytes],
             st.sends.append(time.monotonic())
             await ws.send(chunk)
         st.end_sent = time.monotonic()
-        await ws.send(json.dumps({"type": "end"}))
+        await ws.send(_end_message(args))
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await reader
     except Exception as exc:
@@ -277,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reconnect", action="store_true",
                    help="each stream sends the fixture once, ends, reconnects, until "
                         "--seconds have passed; records a summary per session")
+    p.add_argument("--protocol", choices=["live", "vosk-server"], default="live")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.start_at is None:

@@ -189,7 +189,8 @@ def enrolled_identification(served: LoadedModel, settings: SpeakersConfig, work:
     decoded = decode(LabelingRecognizer(served.recognizer(RATE, META["grammar"]),
                                         ident.track()), pcm)
     store = ident.store
-    enrolled, strangers = [], []
+    enrolled: list[tuple[str, Utterance]] = []
+    strangers: list[tuple[str, Utterance]] = []
     for u in decoded.finals:
         who = turn_of(turns, u).speaker
         if u.speaker_vector is None:
