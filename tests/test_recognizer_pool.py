@@ -8,7 +8,6 @@ gets the warm recogniser through the server.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -181,21 +180,6 @@ def test_a_reused_vosk_recogniser_times_the_new_stream_from_zero(model: LoadedMo
     for a, b in zip(fresh, warm, strict=True):
         assert abs(a.start_ms - b.start_ms) <= 100 and abs(a.end_ms - b.end_ms) <= 100
         assert a.words[0].start_ms == a.start_ms and b.words[0].start_ms == b.start_ms
-
-
-def test_a_warm_recogniser_costs_a_fraction_of_a_fresh_one(model: LoadedModel) -> None:
-    """The reason for the pool (bench/ measures it properly): a fresh recogniser of
-    this dynamic-graph model expands its graph as it goes; a reset one keeps it."""
-    pool = RecognizerPool(model.recognizer, size=1)
-    costs = []
-    for _ in range(2):
-        recognizer = pool(16000, None)
-        started = time.process_time()
-        decode(recognizer)
-        costs.append(time.process_time() - started)
-        recognizer.close()
-    fresh, warm = costs
-    assert warm < 0.6 * fresh, costs
 
 
 async def test_the_next_session_gets_the_warm_recogniser(start_server: Any) -> None:
