@@ -463,10 +463,18 @@ class EdgeServer:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/transcribe"
 
-    def spawn(self) -> None:
+    def environment(self) -> dict[str, str]:
         env = {**os.environ, "EDGE_JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
         env.pop("JOURNAL_STREAM", None)  # keep timestamps in the log lines
         env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def wait_ready(self, timeout: float) -> float:
+        """Block until the server serves; returns ``time.monotonic()`` then."""
+        return wait_healthy(self.port, self.proc, timeout=timeout)
+
+    def spawn(self) -> None:
+        env = self.environment()
         log = self.log_path.open("wb")
         self.spawned_wall = time.time()
         self.spawned_at = time.monotonic()
@@ -478,7 +486,7 @@ class EdgeServer:
     def start(self, timeout: float = 120.0) -> EdgeServer:
         self.spawn()
         assert self.proc is not None
-        self.ready_at = wait_healthy(self.port, self.proc, timeout=timeout)
+        self.ready_at = self.wait_ready(timeout)
         return self
 
     def health(self) -> dict[str, Any]:

@@ -27,10 +27,8 @@ token, keeps no journal and enforces no limits; edge does all of that.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,53 +50,37 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-class VoskServer:
-    """vosk-server's asr_server.py in a subprocess on a free loopback port."""
+class VoskServer(common.EdgeServer):
+    """vosk-server's asr_server.py in a subprocess on a free loopback port (the edge
+    configuration file the base class writes goes unused)."""
 
     def __init__(self, script: Path) -> None:
-        self.script = script
-        self.port = common.free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = common.RESULTS / "compare-vosk-server.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        super().__init__("compare-vosk-server", command=[common.PYTHON, "-c", SHIM,
+                                                         str(script)])
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> VoskServer:
-        env = {**os.environ, "VOSK_MODEL_PATH": str(common.model_path()),
-               "VOSK_SERVER_INTERFACE": "127.0.0.1", "VOSK_SERVER_PORT": str(self.port),
-               "VOSK_SAMPLE_RATE": "16000"}
-        common.RESULTS.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [common.PYTHON, "-c", SHIM, str(self.script)], env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "VOSK_MODEL_PATH": str(common.model_path()),
+                "VOSK_SERVER_INTERFACE": "127.0.0.1", "VOSK_SERVER_PORT": str(self.port),
+                "VOSK_SAMPLE_RATE": "16000"}
+
+    def wait_ready(self, timeout: float) -> float:
+        """vosk-server has no health endpoint: ready when it accepts connections."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vosk-server exited with {self.proc.returncode}; see "
                                    f"{self.log_path}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
+                return time.monotonic()
             except OSError:
                 time.sleep(0.1)
         raise TimeoutError("vosk-server did not start listening")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def measure(name: str, url: str, pid: int, args: argparse.Namespace, seconds: float,

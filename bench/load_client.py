@@ -9,7 +9,7 @@ real-time pace (chunk k is sent when its audio would have been recorded, at
 Two independent WebSocket libraries can do this: asyncio ``websockets`` (default) and
 ``trio-websocket``, to cross-check latency figures. ``--protocol vosk-server`` speaks
 the protocol of alphacep's vosk-server WebSocket server instead (``{"config": ...}``,
-audio, ``{"eof" : 1}``; a reply per message), for bench/compare.py (websockets only).
+audio, ``{"eof" : 1}``; a reply per message), for bench/compare.py.
 The JSON written to ``--out`` has, per stream, the send time of every chunk and the
 arrival time and fields of every message, all as ``time.monotonic()`` values (the
 same clock in every process).
@@ -63,6 +63,18 @@ class Stream:
                               data.get("end_ms"), data.get("code"), data.get("lag_ms")])
         if kind == "session_end":
             self.done = True
+
+    def begin(self, start: float) -> float:
+        """Set the stream's time origin; returns how long to wait before sending."""
+        self.t0 = max(start, time.monotonic()) if self.fast else start
+        return max(0.0, self.t0 - time.monotonic())
+
+    def wait_before(self, k: int) -> float:
+        """Seconds to wait before sending chunk ``k``: it is due when its audio would
+        have been recorded, at ``t0 + (k + 1) * chunk``; nothing with ``--fast``."""
+        if self.fast:
+            return 0.0
+        return max(0.0, self.t0 + (k + 1) * self.chunk_ms / 1000 - time.monotonic())
 
     def record(self) -> dict[str, Any]:
         return {"index": self.index, "chunk_ms": self.chunk_ms, "fast": self.fast,
@@ -136,14 +148,9 @@ async def _ws_stream(args: argparse.Namespace, st: Stream, chunks: list[bytes],
         config = _config_message(args)
         if config:
             await ws.send(config)
-        st.t0 = max(start, time.monotonic()) if args.fast else start
-        await asyncio.sleep(max(0.0, st.t0 - time.monotonic()))
-        chunk_s = st.chunk_ms / 1000
+        await asyncio.sleep(st.begin(start))
         for k, chunk in enumerate(chunks):
-            if not args.fast:
-                delay = st.t0 + (k + 1) * chunk_s - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            await asyncio.sleep(st.wait_before(k))
             st.sends.append(time.monotonic())
             await ws.send(chunk)
         st.end_sent = time.monotonic()
@@ -220,18 +227,13 @@ async def _trio_stream(args: argparse.Namespace, st: Stream, chunks: list[bytes]
                 config = _config_message(args)
                 if config:
                     await ws.send_message(config)
-                st.t0 = max(start, time.monotonic()) if args.fast else start
-                await trio.sleep(max(0.0, st.t0 - time.monotonic()))
-                chunk_s = st.chunk_ms / 1000
+                await trio.sleep(st.begin(start))
                 for k, chunk in enumerate(chunks):
-                    if not args.fast:
-                        delay = st.t0 + (k + 1) * chunk_s - time.monotonic()
-                        if delay > 0:
-                            await trio.sleep(delay)
+                    await trio.sleep(st.wait_before(k))
                     st.sends.append(time.monotonic())
                     await ws.send_message(chunk)
                 st.end_sent = time.monotonic()
-                await ws.send_message(json.dumps({"type": "end"}))
+                await ws.send_message(_end_message(args))
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await closed.wait()
                 nursery.cancel_scope.cancel()

@@ -249,7 +249,6 @@ class VoskRecognizer:
                         "%d Hz and does not allow upsampling", sample_rate, spk.sample_rate)
         # SetPartialWords(True) is not used: with the small models it leaves partials
         # empty for most of an utterance. Partials carry text only; finals carry words.
-        self._rate = sample_rate
         self.sample_rate = sample_rate
         self._slice = max(2, int(sample_rate * _SLICE_MS / 1000) * 2)
         self._samples = 0  # fed so far: the session's audio clock
@@ -261,7 +260,7 @@ class VoskRecognizer:
     @property
     def audio_seconds(self) -> float:
         """Audio decoded over the recogniser's whole life (all its streams)."""
-        return (self._base + self._samples) / self._rate
+        return (self._base + self._samples) / self.sample_rate
 
     def reset(self) -> None:
         """Start a new stream on the same recogniser: decoder state is cleared, the
@@ -297,7 +296,7 @@ class VoskRecognizer:
         return self._final(self._rec.FinalResult())
 
     def _ms(self, samples: int) -> int:
-        return round(1000 * samples / self._rate)
+        return round(1000 * samples / self.sample_rate)
 
     def _final(self, raw: str) -> Utterance | None:
         start, self._utterance_start = self._utterance_start, self._samples

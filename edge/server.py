@@ -85,6 +85,27 @@ class ReplayStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
+class _Revoker:
+    """An admission ticket's revoke callback, from admission on: a revocation that
+    lands while the handshake is still being accepted is applied as soon as the
+    connection exists."""
+
+    def __init__(self) -> None:
+        self._connection: Connection | None = None
+        self._revoked = False
+
+    def __call__(self) -> None:
+        if self._connection is None:
+            self._revoked = True
+        else:
+            self._connection.revoke()
+
+    def attach(self, connection: Connection) -> None:
+        self._connection = connection
+        if self._revoked:
+            connection.revoke()
+
+
 class Server:
     """Serves the Live API; start with ``await nursery.start(server.run)``.
 
@@ -360,7 +381,8 @@ class Server:
             revoked = self.revocations.current if self.revocations else None
             claims = verify(token, self.auth, now=time.time(), revoked=revoked)
             require_scope(claims, SCOPE_RELAY)
-            ticket = self.relays.admit(str(uuid.uuid4()), claims, lambda: None)
+            revoker = _Revoker()
+            ticket = self.relays.admit(str(uuid.uuid4()), claims, revoker)
         except AuthError as exc:
             await self._refuse_by(request, exc, False, deadline)
             return
@@ -372,26 +394,18 @@ class Server:
                                model_name=self.model.name,
                                default_rate=self.config.recognizer.sample_rate)
             ingest = RelayIngest(ws, info, self.config, self.stats, self.journal)
-            ticket.revoke = ingest.revoke
+            revoker.attach(ingest)
             await self._run_session(ingest, claims)
 
     async def _admit_and_run(self, request: WebSocketRequest, claims: Claims,
                              params: protocol.ConnectParams, in_band: bool,
                              deadline: float) -> None:
         session_id = str(uuid.uuid4())
-        session: Connection | None = None
-        revoked_before_start = False
+        session: Connection
         admission = self.listeners if params.source == "room" else self.admission
-
-        def revoke() -> None:
-            nonlocal revoked_before_start
-            if session is None:
-                revoked_before_start = True  # the list changed while we were accepting
-            else:
-                session.revoke()
-
+        revoker = _Revoker()
         try:
-            ticket = admission.admit(session_id, claims, revoke)
+            ticket = admission.admit(session_id, claims, revoker)
         except AuthError as exc:
             await self._refuse_by(request, exc, in_band, deadline)
             return
@@ -415,8 +429,7 @@ class Server:
                                   self.limiter, self.stats, self.journal,
                                   speakers=self.speakers,
                                   enroll=(params.enroll, params.role) if params.enroll else None)
-            if revoked_before_start:
-                session.revoke()
+            revoker.attach(session)
             await self._run_session(session, claims)
 
     async def _speaker_status(self) -> SpeakerStatus:

@@ -72,8 +72,8 @@ def accept_each(recognizer: Recognizer, parts: list[bytes]) -> list[Utterance]:
     the partial of the last, if it ended on one (earlier partials are superseded)."""
     out: list[Utterance] = []
     for part in parts:
-        results = recognizer.accept(part)
-        out = [u for u in out if u.is_final] + results if out else results
+        out = [u for u in out if u.is_final]
+        out += recognizer.accept(part)
     return out
 
 

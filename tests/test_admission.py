@@ -174,3 +174,22 @@ def test_revoke_matching_nothing() -> None:
     assert Admission(max_sessions=1, retry_after=1).revoke_matching(
         Revocations(subs=frozenset({"alice"}))) == 0
     assert r.calls == 0
+
+
+def test_a_revocation_during_the_handshake_reaches_the_connection_once_it_exists() -> None:
+    from edge.server import _Revoker
+
+    class Connection:
+        revoked = 0
+
+        def revoke(self) -> None:
+            self.revoked += 1
+
+    early, late = _Revoker(), _Revoker()
+    early()  # the list changed while the handshake was being accepted
+    a, b = Connection(), Connection()
+    early.attach(a)  # type: ignore[arg-type]
+    late.attach(b)  # type: ignore[arg-type]
+    assert (a.revoked, b.revoked) == (1, 0)
+    late()
+    assert b.revoked == 1

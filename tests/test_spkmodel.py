@@ -8,7 +8,6 @@ by the Korean model with the committed speaker model, and the vectors go through
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import wave
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import vosk
+from speaker_audio import best_mapping_accuracy
 
 from edge.recognizer import LoadedModel
 from edge.speakers import Diarizer, SpeakerLabeler, VoiceprintStore
@@ -98,20 +98,6 @@ def clip_vectors(model: LoadedModel, spk: Any) -> dict[str, list[np.ndarray]]:
     return {who: [np.asarray(r["spk"]) for path in sorted((SPEAKERS / "clips" / who).glob("*.wav"))
                   for r in decode(model, spk, path, grammar) if "spk" in r]
             for who in META["voices"]}
-
-
-def best_mapping_accuracy(predicted: Sequence[str | None], truth: Sequence[str]) -> float:
-    """Share of utterances labelled right under the best one-to-one label mapping."""
-    labels = sorted({p for p in predicted if p is not None})
-    speakers = sorted(set(truth))
-    # Pad with None so that surplus clusters map to nobody.
-    targets: list[str | None] = [*speakers, *[None] * max(0, len(labels) - len(speakers))]
-    best = 0
-    for perm in itertools.permutations(targets, len(labels)):
-        mapping = dict(zip(labels, perm, strict=True))
-        best = max(best, sum(p is not None and mapping[p] == t
-                             for p, t in zip(predicted, truth, strict=True)))
-    return best / len(truth)
 
 
 # --- the committed model -------------------------------------------------------------------
