@@ -68,7 +68,7 @@ def _die_with_parent() -> None:
 
 def mint_token(sub: str = "bench", ttl: float = 4 * 3600, **extra: Any) -> str:
     """An HS256 token signed with :data:`SECRET`, valid from now for ``ttl`` seconds."""
-    from edge.auth import mint
+    from edge.core.auth import mint
 
     return mint(algorithm="HS256", key=SECRET, sub=sub, scope=READ_WRITE,
                 user_type="doctor", ttl=ttl, now=time.time(), extra=extra or None)
@@ -531,7 +531,7 @@ class EdgeServer:
 
 
 def model_path() -> Path:
-    from edge.recognizer import default_model_path
+    from edge.asr.recognizer import default_model_path
 
     return Path(os.environ.get("EDGE_MODEL") or default_model_path())
 

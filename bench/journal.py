@@ -55,8 +55,8 @@ WORDS = ("머리가", "아픕니다", "엄마", "도와줘", "너무", "추워",
 def final_message(session_id: str, seq: int, rng: random.Random, words: int = 10
                   ) -> dict[str, Any]:
     """A final ``transcription`` message as a session builds it: ``words`` words."""
-    from edge import protocol
-    from edge.protocol import Speaker, Utterance, Word
+    from edge.protocols import live as protocol
+    from edge.protocols.live import Speaker, Utterance, Word
 
     t = rng.randint(0, 1_800_000)
     ws = []
@@ -71,7 +71,7 @@ def final_message(session_id: str, seq: int, rng: random.Random, words: int = 10
 
 
 def message_bytes(message: dict[str, Any]) -> int:
-    from edge import protocol
+    from edge.protocols import live as protocol
 
     return len(protocol.encode(message).encode())
 
@@ -97,7 +97,7 @@ def filesystem_of(path: Path) -> str:
 def journal_writes(directory: Path, finals: int, per_session: int, rng: random.Random
                    ) -> dict[str, Any]:
     """Time ``Journal.append_final`` per call; the first session is a warm-up."""
-    from edge.journal import Journal
+    from edge.journal.db import Journal
 
     path = directory / "writes" / "journal.db"
     wall: list[float] = []
@@ -138,8 +138,8 @@ def service_writes(directory: Path, finals: int, per_session: int, rng: random.R
     """Time ``await JournalService.append_final``: what a session waits before sending."""
     import trio
 
-    from edge.journal import Journal
-    from edge.store import JournalService
+    from edge.journal.db import Journal
+    from edge.journal.service import JournalService
 
     wall: list[float] = []
 
@@ -231,7 +231,7 @@ def prefill(path: Path, finals: int, per_session: int, rng: random.Random) -> di
     Written with ``synchronous=OFF`` (set-up only, not measured); the measured runs
     reopen copies of it with the journal's own settings.
     """
-    from edge.journal import Journal
+    from edge.journal.db import Journal
 
     sessions = -(-finals // per_session)
     written = 0
@@ -261,12 +261,12 @@ def drain_once(model: Any, source: Path, work: Path, batch_events: int, events: 
     """Relay a copy of the pre-filled journal to a fresh upstream; time until backlog 0."""
     import trio
 
-    from edge.auth import AuthSettings, mint
-    from edge.config import load_config
-    from edge.journal import Journal
-    from edge.relay import Relay, RelaySettings
-    from edge.server import Server
-    from edge.store import JournalService
+    from edge.core.auth import AuthSettings, mint
+    from edge.core.config import load_config
+    from edge.journal.db import Journal
+    from edge.journal.service import JournalService
+    from edge.net.server import Server
+    from edge.relay.sender import Relay, RelaySettings
 
     if work.exists():
         shutil.rmtree(work)
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  WARNING: the journals are on a RAM filesystem, where fsync costs nothing; "
               "use --dir on a disk", flush=True)
 
-    from edge.recognizer import load_model
+    from edge.asr.recognizer import load_model
 
     t = time.perf_counter()
     model = load_model(None)

@@ -59,7 +59,7 @@ TARGET_SHARE = 0.05
 def record_script(chunks: list[bytes]) -> list[list[dict[str, Any]]]:
     """What edge's Vosk recogniser returns for each chunk (one warm-up pass first, so
     the script is the pooled recogniser's)."""
-    from edge.recognizer import RecognizerPool, load_model
+    from edge.asr.recognizer import RecognizerPool, load_model
 
     pool = RecognizerPool(load_model(common.model_path()).recognizer, size=1)
     for _ in range(2):
@@ -80,10 +80,10 @@ def serve_stub(config_path: str, script_path: str) -> int:
     import trio
 
     from edge import app
+    from edge.asr.recognizer import LoadedModel
     from edge.cli import setup_logging
-    from edge.config import load_config
-    from edge.protocol import Utterance, Word
-    from edge.recognizer import LoadedModel
+    from edge.core.config import load_config
+    from edge.protocols.live import Utterance, Word
 
     script: list[list[Utterance]] | None = None
     if script_path != "flood":
@@ -154,8 +154,8 @@ def serve_floor(config_path: str) -> int:
     import trio
     from trio_websocket import ConnectionClosed, wrap_server_stream
 
-    from edge import http
-    from edge.server import ReplayStream
+    from edge.net import http
+    from edge.net.server import ReplayStream
 
     port = tomllib.loads(Path(config_path).read_text())["server"]["port"]
     live = 0

@@ -1,7 +1,7 @@
 """The room microphone: fan-out latency and the CPU cost of capture + fan-out.
 
 An edge ``Server`` with a ``Room`` runs in this process, built as ``edge serve`` builds
-it, capturing with the real :class:`~edge.capture.MicSource` from a file-backed ALSA
+it, capturing with the real :class:`~edge.audio.capture.MicSource` from a file-backed ALSA
 device (``tests/alsa_file_device.py``: ALSA ``file`` plugin -> PortAudio -> PyAudio)
 that plays ``tests/fixtures/speech_ko.raw`` looped; ``MicSource`` paces such a device
 to real time. Listeners are WebSocket clients (asyncio ``websockets``) in a separate
@@ -210,7 +210,7 @@ class StandInRecognizer:
         self._start_ms = 0
 
     def accept(self, pcm: bytes) -> list[Any]:
-        from edge.protocol import Utterance, Word
+        from edge.protocols.live import Utterance, Word
 
         self._samples += len(pcm) // 2
         self._calls += 1
@@ -245,7 +245,7 @@ class PlayedSource:
     async def run(self, send: Any, *, task_status: Any = None) -> None:
         import trio
 
-        from edge.capture import Chunk
+        from edge.audio.capture import Chunk
 
         speech = SPEECH_RAW.read_bytes()
         task_status.started()
@@ -267,7 +267,7 @@ class PlayedSource:
         pass
 
     def statistics(self) -> Any:
-        from edge.capture import MicStatistics
+        from edge.audio.capture import MicStatistics
 
         return MicStatistics(state="running", device="played", sample_rate=RATE, channels=1,
                              chunks=self.chunks, dropped_chunks=0, overruns=0, restarts=0,
@@ -275,7 +275,7 @@ class PlayedSource:
 
 
 def make_config(state_dir: Path) -> Any:
-    from edge.config import load_config
+    from edge.core.config import load_config
 
     overrides = {
         "server.host": "127.0.0.1", "server.port": 0, "server.state_dir": str(state_dir),
@@ -293,9 +293,9 @@ async def serving(config: Any, model: Any, factory: Any, source_kind: str
     """A Server and its Room (``source_kind`` "mic" or "played"), ``hub.publish`` stamped."""
     import trio
 
-    from edge.auth import AuthSettings
-    from edge.room import Room
-    from edge.server import Server
+    from edge.core.auth import AuthSettings
+    from edge.net.room import Room
+    from edge.net.server import Server
 
 
     a = config.auth
@@ -469,7 +469,7 @@ def pct(value: float | None, digits: int = 1) -> str:
 async def run(args: argparse.Namespace, tmp: Path, model: Any) -> dict[str, Any]:
     import trio
 
-    from edge.auth import mint
+    from edge.core.auth import mint
 
     config = make_config(tmp / "state")
     token = mint(algorithm="HS256", key=common.SECRET, sub="bench", scope=READ_SCOPE,
@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_alsa(tmp, phase_s)  # before anything initialises PortAudio
         import trio
 
-        from edge.recognizer import load_model
+        from edge.asr.recognizer import load_model
 
         common.exit_on_sigterm()
         common.RESULTS.mkdir(parents=True, exist_ok=True)

@@ -63,9 +63,9 @@ def worker(args: argparse.Namespace) -> int:
     import trio
     from journal import final_message
 
-    from edge.journal import Journal
-    from edge.relay import Relay, RelaySettings
-    from edge.store import JournalService
+    from edge.journal.db import Journal
+    from edge.journal.service import JournalService
+    from edge.relay.sender import Relay, RelaySettings
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s worker {os.getpid()} %(levelname)s %(name)s: "
@@ -190,7 +190,7 @@ class Worker:
 
 
 def _relay_token() -> str:
-    from edge.auth import mint
+    from edge.core.auth import mint
 
     return mint(algorithm="HS256", key=common.SECRET, sub=DEVICE, scope="relay:write",
                 user_type="device", ttl=3600, now=time.time())
@@ -272,7 +272,7 @@ def stored_not_marked(device_path: Path, upstream_path: Path) -> int | None:
 
 def read_events(path: Path) -> list[tuple[str, int, str, int | None, int]]:
     """(session, event seq, kind, the final's own seq, relayed) of the device's events."""
-    from edge.journal import Journal
+    from edge.journal.db import Journal
 
     with Journal.open(path, device_id="soak-reader", readonly=True) as j:
         db = j._conn
@@ -297,7 +297,7 @@ def check(seen: list[tuple[str, int]], device_path: Path, upstream_path: Path
     gaps = sum(1 for evs in by_session.values()
                if sorted(q for q, _ in evs) != list(range(len(evs))))
     unended = sum(1 for evs in by_session.values() if max(evs)[1] != "end")
-    from edge.journal import Journal
+    from edge.journal.db import Journal
 
     with Journal.open(device_path, device_id="soak-reader", readonly=True) as j:
         sessions = j.sessions(device_id=DEVICE, limit=10**9)

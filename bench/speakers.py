@@ -53,16 +53,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.config import SpeakersConfig  # noqa: E402
-from edge.protocol import Utterance  # noqa: E402
-from edge.recognizer import (  # noqa: E402
+from edge.asr.recognizer import (  # noqa: E402
     LabelingRecognizer,
     LoadedModel,
     Recognizer,
     load_model,
     load_speaker_model,
 )
-from edge.speakers import SpeakerIdentification, SpeakerLabeler, VoiceprintStore  # noqa: E402
+from edge.core.config import SpeakersConfig  # noqa: E402
+from edge.protocols.live import Utterance  # noqa: E402
+from edge.speakers.identification import SpeakerIdentification, SpeakerLabeler, VoiceprintStore  # noqa: E402
 
 SPEAKERS = ROOT / "tests" / "fixtures" / "speakers"
 META: dict[str, Any] = json.loads((SPEAKERS / "voices.json").read_text(encoding="utf-8"))

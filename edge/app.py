@@ -18,17 +18,17 @@ from pathlib import Path
 
 import trio
 
-from edge.auth import AuthSettings, RevocationFile
-from edge.config import Config, journal_path, state_dir, voiceprints_path
-from edge.errors import ConfigError
-from edge.journal import Journal, JournalError
-from edge.recognizer import LoadedModel, load_model, load_speaker_model
-from edge.relay import Relay, RelaySettings
-from edge.room import Room
-from edge.sdnotify import keep_watchdog_fed, notify, watchdog_interval
-from edge.server import Server
-from edge.speakers import SpeakerIdentification, VoiceprintStore
-from edge.store import JournalService
+from edge.asr.recognizer import LoadedModel, load_model, load_speaker_model
+from edge.core.auth import AuthSettings, RevocationFile
+from edge.core.config import Config, journal_path, state_dir, voiceprints_path
+from edge.core.errors import ConfigError
+from edge.journal.db import Journal, JournalError
+from edge.journal.service import JournalService
+from edge.net.room import Room
+from edge.net.server import Server
+from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
+from edge.relay.sender import Relay, RelaySettings
+from edge.speakers.identification import SpeakerIdentification, VoiceprintStore
 
 logger = logging.getLogger(__name__)
 

@@ -235,8 +235,8 @@ def _file_is_open(path: str | None) -> bool:
 def _devices_main(args: argparse.Namespace) -> int:
     import pyaudio
 
-    from edge.capture import list_input_devices, resolve_device
-    from edge.errors import AudioSourceError
+    from edge.audio.capture import list_input_devices, resolve_device
+    from edge.core.errors import AudioSourceError
 
     report: dict[str, Any] = {"devices": [asdict(d) for d in list_input_devices()]}
     pa = pyaudio.PyAudio()
@@ -260,7 +260,7 @@ def _devices_main(args: argparse.Namespace) -> int:
 def _capture_main(args: argparse.Namespace) -> int:
     import trio
 
-    from edge.capture import Chunk, MicEvent, MicSource
+    from edge.audio.capture import Chunk, MicEvent, MicSource
 
     out = sys.stdout
     keep_bytes = 2 * args.keep

@@ -11,10 +11,10 @@ import pytest
 import trio
 
 from edge.app import open_speakers
-from edge.auth import AuthSettings, RevocationFile
-from edge.recognizer import LoadedModel, RecognizerFactory, load_model
-from edge.server import Server
-from edge.store import JournalService
+from edge.asr.recognizer import LoadedModel, RecognizerFactory, load_model
+from edge.core.auth import AuthSettings, RevocationFile
+from edge.journal.service import JournalService
+from edge.net.server import Server
 from helpers import FIXTURES, SECRET, make_config
 
 

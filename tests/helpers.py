@@ -12,9 +12,9 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from edge.auth import mint
-from edge.config import Config, load_config
-from edge.server import Server
+from edge.core.auth import mint
+from edge.core.config import Config, load_config
+from edge.net.server import Server
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "test-secret-that-is-long-enough-for-hs256!"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.server import Server
+from edge.net.server import Server
 from helpers import (
     FIXTURES,
     READ_WRITE,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edge.admission import Admission, Ticket
-from edge.auth import Claims, Revocations
-from edge.errors import AuthError
-from edge.protocol import CLOSE_TRY_AGAIN_LATER
+from edge.core.admission import Admission, Ticket
+from edge.core.auth import Claims, Revocations
+from edge.core.errors import AuthError
+from edge.protocols.live import CLOSE_TRY_AGAIN_LATER
 
 
 def claims(sub: str = "user-1", *, jti: str | None = None,
@@ -177,7 +177,7 @@ def test_revoke_matching_nothing() -> None:
 
 
 def test_a_revocation_during_the_handshake_reaches_the_connection_once_it_exists() -> None:
-    from edge.server import _Revoker
+    from edge.net.server import _Revoker
 
     class Connection:
         revoked = 0

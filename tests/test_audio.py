@@ -10,7 +10,7 @@ import wave
 import numpy as np
 import pytest
 
-from edge.audio import (
+from edge.audio.frames import (
     AudioFormat,
     FormatNotice,
     LevelMeter,
@@ -19,7 +19,7 @@ from edge.audio import (
     level_dbfs,
     parse_wav_header,
 )
-from edge.errors import AudioFormatError, ProtocolError
+from edge.core.errors import AudioFormatError, ProtocolError
 
 PCM_GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 

@@ -1,4 +1,4 @@
-"""Tests of edge.auth: token extraction, verification, scopes and revocation lists."""
+"""Tests of edge.core.auth: token extraction, verification, scopes and revocation lists."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edge.auth import (
+from edge.core.auth import (
     ALGORITHMS,
     MAX_TOKEN_LENGTH,
     SCOPE_READ,
@@ -32,7 +32,7 @@ from edge.auth import (
     require_scope,
     verify,
 )
-from edge.errors import AuthError
+from edge.core.errors import AuthError
 
 SECRET = "unit-test-shared-secret-0123456789abcdef"
 OTHER_SECRET = "another-shared-secret-0123456789abcdefgh"
@@ -858,7 +858,7 @@ def test_revocation_file_deleted_means_nothing_revoked(
     path.write_text("sub:someone\n")
     revocations = RevocationFile(path)
     path.unlink()
-    with caplog.at_level(logging.WARNING, logger="edge.auth"):
+    with caplog.at_level(logging.WARNING, logger="edge.core.auth"):
         assert revocations.reload_if_changed() is True
         assert revocations.reload_if_changed() is False
     assert revocations.current == Revocations()
@@ -882,7 +882,7 @@ def test_revocation_file_garbage_keeps_previous_list(
     revocations = RevocationFile(path)
     path.write_bytes(b"\xff\xfe\x00\x81garbage\xc3")
     bump_mtime(path)
-    with caplog.at_level(logging.WARNING, logger="edge.auth"):
+    with caplog.at_level(logging.WARNING, logger="edge.core.auth"):
         assert revocations.reload_if_changed() is False
         assert revocations.reload_if_changed() is False
     assert revocations.current.jtis == frozenset({"one"})

@@ -18,7 +18,7 @@ import pytest
 import trio
 from alsa_file_device import Driver, FileDevice, make_home, run_devices, write_atomically
 
-from edge.capture import (
+from edge.audio.capture import (
     MIC_LOST,
     MIC_OVERRUN,
     MIC_RESTORED,
@@ -28,7 +28,7 @@ from edge.capture import (
     list_input_devices,
     resolve_device,
 )
-from edge.errors import AudioSourceError
+from edge.core.errors import AudioSourceError
 from helpers import FIXTURES
 
 RAW = FIXTURES / "speech_ko.raw"
@@ -376,7 +376,7 @@ async def test_input_overflow_is_reported_once_and_capture_goes_on(
 
 async def test_read_failure_is_lost_then_restored_with_backoff(
         nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="edge.capture")
+    caplog.set_level(logging.INFO, logger="edge.audio.capture")
     world = FakeWorld(ramp(16000))
     world.plan.extend(["ok", "ok", "error"])
     mic = MicSource("fakemic", chunk_ms=10, backoff_base=0.05, backoff_max=0.1,

@@ -26,8 +26,8 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edge.auth import AuthSettings, verify
 from edge.cli import main
+from edge.core.auth import AuthSettings, verify
 from helpers import FIXTURES, READ_WRITE, SECRET, free_port, http_get, make_token
 
 EDGE = [sys.executable, "-m", "edge"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import (
+from edge.core.config import (
     ENVIRONMENT,
     AudioConfig,
     AuthConfig,
@@ -26,7 +26,7 @@ from edge.config import (
     state_dir,
     voiceprints_path,
 )
-from edge.errors import ConfigError, EdgeError
+from edge.core.errors import ConfigError, EdgeError
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "config" / "edge.toml"

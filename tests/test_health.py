@@ -8,7 +8,7 @@ from typing import Any
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.health import ClockStatus, health
+from edge.ops.health import ClockStatus, health
 from helpers import FIXTURES, connect, http_get, make_token, receive_json, stream
 
 
@@ -96,7 +96,7 @@ def test_an_unset_clock_degrades_health() -> None:
 
 
 def test_result_filter_sends_finals_and_new_partials_and_counts_them() -> None:
-    from edge.stats import ResultFilter, Stats
+    from edge.core.stats import ResultFilter, Stats
 
     stats = Stats()
     results = ResultFilter(stats, partials=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edge.http import BadRequest, RequestHead, head_complete, parse_head, response
+from edge.net.http import BadRequest, RequestHead, head_complete, parse_head, response
 
 UPGRADE = (
     b"GET /ws/transcribe?sample_rate=8000&token=abc HTTP/1.1\r\n"

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from edge.hub import HUB_CLOSED, SLOW_LISTENER, UNSUBSCRIBED, Hub, Listener
+from edge.net.hub import HUB_CLOSED, SLOW_LISTENER, UNSUBSCRIBED, Hub, Listener
 
 
 def final(text: str = "x") -> dict[str, Any]:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from edge import protocol
-from edge.journal import Backlog, Journal, JournalError, RelayEvent
+from edge.journal.db import Backlog, Journal, JournalError, RelayEvent
+from edge.protocols import live as protocol
 
 DEVICE = "room-3"
 SECRET_TEXT = "머리가 아픕니다 patient-secret"
@@ -64,7 +64,7 @@ def loose_umask() -> Iterator[None]:
 
 def journal_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records
-            if r.name == "edge.journal" and r.levelno >= logging.WARNING]
+            if r.name == "edge.journal.db" and r.levelno >= logging.WARNING]
 
 
 # --- settings and files ------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_finals_survive_reopening(db_path: Path) -> None:
 def test_a_final_outlives_a_killed_process(db_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from edge.journal import Journal
+        from edge.journal.db import Journal
         j = Journal.open({str(db_path)!r}, device_id={DEVICE!r})
         j.start_session("s1", source="client", sub="u", started_at=1.0)
         j.append_final("s1", {{"type": "transcription", "is_final": True, "seq": 1,

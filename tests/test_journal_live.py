@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from edge.cli import main
-from edge.journal import Journal
-from edge.store import JournalService
+from edge.journal.db import Journal
+from edge.journal.service import JournalService
 from helpers import FIXTURES, SECRET, connect, free_port, http_get, make_token, receive_json, stream
 
 SPEECH = FIXTURES / "speech_ko.wav"

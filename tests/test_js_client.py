@@ -14,7 +14,7 @@ import pytest
 import trio
 from conftest import StartServer
 
-from edge.auth import mint
+from edge.core.auth import mint
 from helpers import FIXTURES, READ_WRITE, SECRET, make_token, url
 
 JS_DIR = Path(__file__).parent / "js"

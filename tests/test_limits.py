@@ -26,11 +26,11 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
-from edge import session as session_module
-from edge.protocol import Utterance
-from edge.recognizer import LoadedModel, Recognizer, RecognizerFactory
-from edge.server import Server
-from edge.session import RecognitionLag
+from edge.asr.recognizer import LoadedModel, Recognizer, RecognizerFactory
+from edge.net import session as session_module
+from edge.net.server import Server
+from edge.net.session import RecognitionLag
+from edge.protocols.live import Utterance
 from helpers import FIXTURES, connect, make_token, receive_json, receive_until_closed
 
 RATE = 16000
@@ -176,7 +176,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None
 def session_ends_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The server's "session ... ended: <reason> (close <code>)" lines."""
     return [r.getMessage() for r in caplog.records
-            if r.name == "edge.server" and " ended: " in r.getMessage()]
+            if r.name == "edge.net.server" and " ended: " in r.getMessage()]
 
 
 def speech_session(grammar: Sequence[str], speech: bytes) -> list[Outgoing]:
@@ -331,7 +331,7 @@ async def test_oversized_frame_closes_1009_and_server_keeps_serving(start_server
 async def test_oversized_frame_is_not_counted_as_client_closed(
     start_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.server")
+    caplog.set_level(logging.INFO, logger="edge.net.server")
     server = await start_server(server={"max_frame_bytes": 65536})
     await run_session(server, [bytes(100_000)])
     await wait_until(lambda: server.admission.current == 0)
@@ -446,7 +446,7 @@ async def test_config_after_audio_is_warned_and_ignored(start_server: Any) -> No
 async def test_client_closing_mid_stream_is_logged_and_released(
     start_server: Any, speech: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.server")
+    caplog.set_level(logging.INFO, logger="edge.net.server")
     server = await start_server()
     async with connect(server, make_token()) as ws:
         assert (await receive_json(ws))["type"] == "session_init"
@@ -462,7 +462,7 @@ async def test_client_closing_mid_stream_is_logged_and_released(
 async def test_client_dropping_tcp_mid_stream_is_logged_and_released(
     start_server: Any, speech: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.server")
+    caplog.set_level(logging.INFO, logger="edge.net.server")
     server = await start_server()
     async with raw_client(server, make_token()) as client:
         for piece in chunks(speech)[:10]:
@@ -513,7 +513,7 @@ async def test_client_that_never_reads_is_dropped(
     assert normal.finals, normal.messages
     assert [m for m in session_ends_logged(caplog) if m.endswith("ended: client_stalled")]
     assert any("a send took over 1s" in r.getMessage() for r in caplog.records
-               if r.name == "edge.connection")
+               if r.name == "edge.net.connection")
 
 
 # --- 10-12. audio formats and levels ---------------------------------------------------

@@ -25,9 +25,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import load_config
-from edge.errors import ConfigError, EdgeError
-from edge.models import (
+from edge.asr.models import (
     CATALOGUE,
     ModelInstallError,
     detect_kind,
@@ -38,7 +36,9 @@ from edge.models import (
     progress_bar,
     set_config_model,
 )
-from edge.recognizer import default_model_path, load_model
+from edge.asr.recognizer import default_model_path, load_model
+from edge.core.config import load_config
+from edge.core.errors import ConfigError, EdgeError
 from helpers import FIXTURES
 
 pytestmark = pytest.mark.timeout(120)

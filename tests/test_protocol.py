@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from edge.errors import ProtocolError
-from edge.protocol import (
+from edge.core.errors import ProtocolError
+from edge.protocols.live import (
     CLOSE_AUTH,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import trio
 
-from edge.protocol import Utterance
-from edge.recognizer import LoadedModel, Recognizer, RecognizerPool, Reusable
+from edge.asr.recognizer import LoadedModel, Recognizer, RecognizerPool, Reusable
+from edge.protocols.live import Utterance
 from helpers import FIXTURES, connect, make_token, receive_until_closed, stream
 
 SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()

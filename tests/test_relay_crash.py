@@ -15,9 +15,9 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from edge.journal import Journal
-from edge.relay import Relay, RelaySettings
-from edge.store import JournalService
+from edge.journal.db import Journal
+from edge.journal.service import JournalService
+from edge.relay.sender import Relay, RelaySettings
 from helpers import FIXTURES, SECRET, free_port, make_token, receive_json
 
 SPEECH = (FIXTURES / "speech_ko.wav").read_bytes()

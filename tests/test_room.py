@@ -17,9 +17,9 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from edge.auth import SCOPE_READ
-from edge.capture import Chunk, MicEvent, MicStatistics
-from edge.room import Room
+from edge.audio.capture import Chunk, MicEvent, MicStatistics
+from edge.core.auth import SCOPE_READ
+from edge.net.room import Room
 from helpers import FIXTURES, connect, make_token, receive_json
 
 SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()

@@ -14,7 +14,7 @@ import trio
 from alsa_file_device import FileDevice, child_env, make_home, write_atomically
 from trio_websocket import open_websocket_url
 
-from edge.auth import SCOPE_READ
+from edge.core.auth import SCOPE_READ
 from helpers import FIXTURES, SECRET, free_port, http_get, make_token, receive_json
 
 SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()

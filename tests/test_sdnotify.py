@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from edge.sdnotify import notify, watchdog_interval
+from edge.ops.sdnotify import notify, watchdog_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edge.service"

@@ -11,13 +11,13 @@ import pytest
 import trio
 from speaker_audio import GRAMMAR, SPK_MODEL, conversation, turn_of
 
-from edge.capture import Chunk, MicEvent, MicStatistics
-from edge.check import check_speaker_model, check_voiceprints
-from edge.errors import RecognizerError
-from edge.recognizer import LabelingRecognizer, LoadedModel, load_speaker_model
-from edge.room import Room
-from edge.speakers import SpeakerIdentification, VoiceprintStore
-from edge.stats import Stats
+from edge.asr.recognizer import LabelingRecognizer, LoadedModel, load_speaker_model
+from edge.audio.capture import Chunk, MicEvent, MicStatistics
+from edge.core.errors import RecognizerError
+from edge.core.stats import Stats
+from edge.net.room import Room
+from edge.ops.check import check_speaker_model, check_voiceprints
+from edge.speakers.identification import SpeakerIdentification, VoiceprintStore
 from helpers import FIXTURES, make_config
 
 # --- loading -------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from speaker_audio import (
 from trio_websocket import ConnectionRejected
 
 from edge import cli
-from edge.auth import SCOPE_ENROLL
 from edge.cli import main
-from edge.server import Server
+from edge.core.auth import SCOPE_ENROLL
+from edge.net.server import Server
 from helpers import READ_WRITE, connect, make_token, receive_json, receive_until_closed
 
 ENROLL = f"{READ_WRITE} {SCOPE_ENROLL}"

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.errors import EdgeError
-from edge.speakers import (
+from edge.core.errors import EdgeError
+from edge.speakers.identification import (
     NO_DECISION,
     Diarizer,
     Match,
@@ -287,7 +287,7 @@ def test_loose_permissions_are_reported(tmp_path: Path, caplog: pytest.LogCaptur
     path = tmp_path / "voiceprints.json"
     store_at(path).enroll("Kim", None, [voice(1)])
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="edge.speakers"):
+    with caplog.at_level(logging.WARNING, logger="edge.speakers.identification"):
         store_at(path).load()
     assert "0600" in caplog.text and "644" in caplog.text
 
@@ -389,7 +389,7 @@ def test_identify_with_another_dimension_warns_once(tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     s = store_at(tmp_path / "v.json")
     s.enroll("Kim", None, [voice(1)])
-    with caplog.at_level(logging.WARNING, logger="edge.speakers"):
+    with caplog.at_level(logging.WARNING, logger="edge.speakers.identification"):
         assert s.identify(np.ones(DIM * 4)) is None
         assert s.identify(np.ones(DIM * 4)) is None
     assert len(caplog.records) == 1 and "enrolled again" in caplog.text

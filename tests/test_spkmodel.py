@@ -3,7 +3,7 @@
 The held-out conversation (fixtures/speakers) has three voices that are not among the
 model's training speakers, speaking phrases that are not training phrases. It is decoded
 by the Korean model with the committed speaker model, and the vectors go through
-:mod:`edge.speakers` as a session would use them.
+:mod:`edge.speakers.identification` as a session would use them.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import pytest
 import vosk
 from speaker_audio import best_mapping_accuracy
 
-from edge.recognizer import LoadedModel
-from edge.speakers import Diarizer, SpeakerLabeler, VoiceprintStore
-from edge.spkmodel import (
+from edge.asr.recognizer import LoadedModel
+from edge.speakers.identification import Diarizer, SpeakerLabeler, VoiceprintStore
+from helpers import FIXTURES
+from tools.spkmodel import (
     FEATURE_DIM,
     FrameLayer,
     SpeakerNet,
@@ -33,7 +34,6 @@ from edge.spkmodel import (
     random_layer,
     speaker_vectors,
 )
-from helpers import FIXTURES
 
 SPEAKERS = FIXTURES / "speakers"
 SPK_MODEL = SPEAKERS / "spk-model"

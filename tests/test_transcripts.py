@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from edge import protocol
-from edge.journal import Journal, SessionRow
-from edge.transcripts import (
+from edge.journal.db import Journal, SessionRow
+from edge.journal.transcripts import (
     list_table,
     parse_since,
     render,
@@ -20,6 +19,7 @@ from edge.transcripts import (
     to_text,
     to_vtt,
 )
+from edge.protocols import live as protocol
 
 ROW = SessionRow(
     session_id="550e8400-e29b-41d4-a716-446655440000", device_id="room-3", source="client",

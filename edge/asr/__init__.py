@@ -1,0 +1,1 @@
+"""Speech recognition: the recogniser protocol, pool and labelling; Vosk; model files."""

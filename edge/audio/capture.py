@@ -1,0 +1,653 @@
+"""Room capture: the ALSA microphone through PyAudio (PortAudio), as a trio service.
+
+:class:`MicSource` sends :class:`Chunk` items (mono s16le PCM) and :class:`MicEvent`
+items (``mic_lost``, ``mic_restored``, ``mic_overrun``, ``mic_paused``,
+``mic_resumed``) down one bounded memory channel, in order: an event always comes
+before the audio that follows it.
+
+Threads. A device session (initialise PortAudio, resolve the device, open the
+stream, read until told to stop, close, terminate) runs start to finish in *one*
+worker thread, ``trio.to_thread.run_sync(..., abandon_on_cancel=True)`` under the
+source's own ``CapacityLimiter(1)``. The thread hands each chunk to the event loop
+with ``trio.from_thread.run_sync``, and the loop side only does ``send_nowait``, so
+the microphone never waits for a consumer; between reads the thread polls
+``trio.from_thread.check_cancelled()``. Why this shape:
+
+* the event loop never blocks on PortAudio, and one thread per session costs nothing
+  per chunk beyond one hop to the loop. The thread does wait for that hop (the loop
+  takes the chunk at once, whatever the consumer does), which keeps memory bounded:
+  if the event loop itself froze for longer than the device's buffer, the device
+  would overflow and that is reported (``mic_overrun``, cause ``device``);
+* the thread that opened the stream is the one that closes it, so a stream is never
+  closed under a read in progress;
+* cancellation (shutdown, :meth:`MicSource.pause`) returns at once; the thread
+  notices within one read (``chunk_ms``), closes the stream, and ``run`` waits up to
+  ``close_timeout`` (shielded) for that close. A read wedged in a driver therefore
+  delays shutdown by at most ``close_timeout``. Because the limiter's token is only
+  given back when the thread really ends, the next session cannot open the device
+  before the previous one has closed it.
+
+Every session initialises PortAudio afresh: PortAudio enumerates devices only when it
+initialises, so this is how a microphone plugged in later is found.
+
+Events (``MicEvent.code``, with ``details``):
+
+* ``mic_lost``: opening or reading failed; once per outage, not per retry
+  (``retry_in``). Retries follow with exponential backoff.
+* ``mic_restored``: capturing again after an outage (``device``, ``sample_rate``,
+  ``channels``).
+* ``mic_overrun``: audio was dropped, at most once per ``overrun_interval``;
+  ``cause`` is ``consumer`` (the channel was full, the chunk was dropped: the
+  microphone never waits) or ``device`` (PortAudio reported an input overflow);
+  ``dropped_chunks`` and ``overruns`` are the running totals.
+* ``mic_paused`` / ``mic_resumed``: :meth:`MicSource.pause` closed the device, and it
+  is open again after :meth:`MicSource.resume`.
+
+Format. The source asks for 16 kHz mono s16 (``pa.is_format_supported``); a device
+that refuses it is opened at its default rate and/or with 2 or more channels, and the
+channels are mixed down with numpy. The rate is *not* converted here: every
+:class:`Chunk` says its ``sample_rate`` and ``KaldiRecognizer(model, rate)`` resamples
+(the same rule as the rest of edge, see :mod:`edge.audio.frames`), which avoids a second
+resampler of lower quality on a small CPU. Note that PortAudio's ALSA host reports
+mono as supported even on a PCM that only does stereo (it opens it in stereo and hands
+over one channel); pass ``channels=2`` to capture both and average them instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyaudio
+import trio
+
+from edge.core.errors import AudioSourceError
+
+logger = logging.getLogger(__name__)
+
+MIC_LOST = "mic_lost"
+MIC_RESTORED = "mic_restored"
+MIC_OVERRUN = "mic_overrun"
+MIC_PAUSED = "mic_paused"
+MIC_RESUMED = "mic_resumed"
+
+_MAX_PENDING_EVENTS = 64
+_MAX_CHANNELS = 8
+
+#: What ``MicSource(backend=...)`` must return: an object with PyAudio's interface.
+Backend = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int  # PortAudio's device index (changes when devices come and go)
+    name: str
+    max_input_channels: int
+    default_sample_rate: float
+    host_api: str  # "ALSA" on Linux
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Mono s16le audio. ``t`` is ``trio.current_time()`` when it reached the event loop
+    (just after its last sample was captured)."""
+
+    pcm: bytes
+    sample_rate: int
+    t: float
+
+
+@dataclass(frozen=True)
+class MicEvent:
+    code: str
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MicStatistics:
+    state: str  # "starting", "running", "paused", "lost" or "stopped"
+    device: str | None  # the device's name once resolved, else the spec
+    sample_rate: int | None  # the rate chunks are sent at (the device's capture rate)
+    channels: int | None  # channels captured from the device (chunks are always mono)
+    chunks: int  # chunks sent to the consumer
+    dropped_chunks: int  # chunks dropped because the consumer's channel was full
+    overruns: int  # input overflows reported by PortAudio (audio lost in the device)
+    restarts: int  # successful reopenings after a loss
+    failures: int  # failed opens and failed reads
+    last_error: str | None
+    stream_open: bool  # a PortAudio stream is open right now
+
+
+# --- devices ---------------------------------------------------------------------------
+
+def list_input_devices(*, backend: Backend = pyaudio.PyAudio) -> list[DeviceInfo]:
+    """Every device PortAudio can capture from. Blocking (initialises PortAudio, which
+    probes every ALSA PCM): call it from a worker thread inside the daemon."""
+    pa = _initialise(backend)
+    try:
+        return _input_devices(pa)
+    finally:
+        pa.terminate()
+
+
+def resolve_device(spec: str | int, *, backend: Backend = pyaudio.PyAudio) -> DeviceInfo:
+    """The input device ``spec`` names. Blocking, like :func:`list_input_devices`.
+
+    ``spec`` is an index (an int, or a string of digits that is no device's name), a
+    name (exact, then case-insensitively exact, then a case-insensitive substring that
+    must match only one device), or ``"default"`` for PortAudio's default input.
+    Raises :class:`AudioSourceError` naming ``spec`` and listing the devices.
+    """
+    pa = _initialise(backend)
+    try:
+        return _resolve(pa, spec)
+    finally:
+        pa.terminate()
+
+
+def _initialise(backend: Backend) -> Any:
+    try:
+        return backend()
+    except OSError as exc:
+        raise AudioSourceError(f"PortAudio could not be initialised: {exc}") from exc
+
+
+def _input_devices(pa: Any) -> list[DeviceInfo]:
+    devices = []
+    for index in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(index)
+        if int(info["maxInputChannels"]) <= 0:
+            continue
+        try:
+            host_api = str(pa.get_host_api_info_by_index(info["hostApi"])["name"])
+        except (OSError, KeyError):
+            host_api = str(info.get("hostApi", "?"))
+        devices.append(DeviceInfo(index=index, name=str(info["name"]),
+                                  max_input_channels=int(info["maxInputChannels"]),
+                                  default_sample_rate=float(info["defaultSampleRate"]),
+                                  host_api=host_api))
+    return devices
+
+
+def _resolve(pa: Any, spec: str | int) -> DeviceInfo:
+    devices = _input_devices(pa)
+
+    def by_index(index: int) -> DeviceInfo:
+        for device in devices:
+            if device.index == index:
+                return device
+        raise AudioSourceError(f"no input device with index {index}; "
+                               f"{_describe(devices)}")
+
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return by_index(spec)
+    text = str(spec).strip()
+    if text.lower() == "default":
+        try:
+            default = pa.get_default_input_device_info()
+        except OSError as exc:
+            raise AudioSourceError(f"there is no default input device; "
+                                   f"{_describe(devices)}") from exc
+        return by_index(int(default["index"]))
+    for matches in (
+        [d for d in devices if d.name == text],
+        [d for d in devices if d.name.casefold() == text.casefold()],
+    ):
+        if matches:
+            return matches[0]
+    if text.isascii() and text.isdigit():
+        return by_index(int(text))
+    matches = [d for d in devices if text.casefold() in d.name.casefold()]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(f"{d.index} {d.name!r}" for d in matches)
+        raise AudioSourceError(f"input device {text!r} is ambiguous: it matches {names}; "
+                               "give the full name or the index")
+    raise AudioSourceError(f"no input device matches {text!r}; {_describe(devices)}")
+
+
+def _describe(devices: list[DeviceInfo]) -> str:
+    if not devices:
+        return "no input devices are available (PortAudio sees no capture device)"
+    return "available: " + ", ".join(f"{d.index} {d.name!r}" for d in devices)
+
+
+def _downmix(pcm: bytes, channels: int) -> bytes:
+    samples = np.frombuffer(pcm, dtype="<i2")
+    samples = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)
+    return samples.mean(axis=1).round().astype("<i2").tobytes()
+
+
+# --- the source ------------------------------------------------------------------------
+
+class _Run:
+    """One device session's thread, as seen from the event loop."""
+
+    def __init__(self, gen: int, token: trio.lowlevel.TrioToken) -> None:
+        self.gen = gen
+        self.token = token
+        self.started = False  # written by the thread
+        self.closed = trio.Event()
+
+
+class _RealTimePace:
+    """Never hands on audio faster than real time.
+
+    A sound card's read blocks until the samples exist, so this never waits for one.
+    Devices without a clock (ALSA ``file``/``null`` plugins, some virtual devices)
+    return at once and would flood the recogniser; this holds them to the wall clock.
+    When reads fall behind (a stalled driver), the schedule restarts instead of
+    letting the device catch up in a burst.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self._rate = rate
+        self._start = time.monotonic()
+        self._frames = 0
+
+    def wait(self, frames: int) -> None:
+        self._frames += frames
+        due = self._start + self._frames / self._rate
+        now = time.monotonic()
+        if now < due:
+            time.sleep(due - now)
+        elif now - due > 1.0:
+            self._start, self._frames = now, 0
+
+
+class MicSource:
+    """Captures one input device and sends mono PCM chunks down a bounded channel.
+
+    ``device`` is a :func:`resolve_device` spec, resolved again at every (re)open so a
+    replugged USB microphone is found under a new index. ``channels=None`` captures mono
+    when the device allows it; an int captures that many channels and averages them.
+    ``chunk_ms`` is the read size. A failed open or read is reported once as
+    ``mic_lost`` and retried after ``backoff_base`` seconds, doubling up to
+    ``backoff_max``; success after a loss sends ``mic_restored``. Dropped chunks and
+    device overflows send ``mic_overrun`` at most once per ``overrun_interval``.
+    ``backend`` replaces ``pyaudio.PyAudio`` (fault injection in tests).
+    """
+
+    def __init__(
+        self,
+        device: str | int = "default",
+        *,
+        sample_rate: int = 16000,
+        channels: int | None = None,
+        chunk_ms: int = 100,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        overrun_interval: float = 5.0,
+        close_timeout: float = 2.0,
+        backend: Backend = pyaudio.PyAudio,
+    ) -> None:
+        if channels is not None and not 1 <= channels <= _MAX_CHANNELS:
+            raise ValueError(f"channels must be between 1 and {_MAX_CHANNELS}")
+        if chunk_ms <= 0 or backoff_base <= 0 or backoff_max < backoff_base:
+            raise ValueError("chunk_ms and backoff_base must be > 0, "
+                             "backoff_max >= backoff_base")
+        self._spec = device
+        self._target_rate = sample_rate
+        self._channels_wanted = channels
+        self._chunk_ms = chunk_ms
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._overrun_interval = overrun_interval
+        self._close_timeout = close_timeout
+        self._backend = backend
+        self._limiter = trio.CapacityLimiter(1)
+
+        self._send: trio.MemorySendChannel[Chunk | MicEvent] | None = None
+        self._pending: deque[MicEvent] = deque()
+        self._ready: trio.Event | None = None
+        self._running = False
+        self._paused = False
+        self._resuming = False
+        self._consumer_gone = False
+        self._gen = 0
+        self._opened_gen = 0
+        self._session_scope: trio.CancelScope | None = None
+        self._idle_scope: trio.CancelScope | None = None
+        self._last_overrun_event = -math.inf
+
+        self._state = "stopped"
+        self._device_name: str | None = None
+        self._rate: int | None = None
+        self._channels: int | None = None
+        self._chunks = 0
+        self._dropped = 0
+        self._overruns = 0
+        self._restarts = 0
+        self._failures = 0
+        self._last_error: str | None = None
+        self._stream_open = False
+
+    # --- public --------------------------------------------------------------------
+
+    async def run(
+        self,
+        send_channel: trio.MemorySendChannel[Chunk | MicEvent],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Capture until cancelled, or until the consumer closes its receive channel.
+
+        Reports started once the first attempt has settled: the device is open
+        (``running``), or it failed and retries are scheduled (``lost``; a missing
+        microphone does not stop the daemon), or the source is paused. ``run`` owns
+        ``send_channel`` and closes it when it returns. On cancellation it returns
+        after the stream is closed, or after ``close_timeout`` if the device hangs.
+        """
+        if self._running:
+            raise RuntimeError("this MicSource is already running")
+        self._running = True
+        self._send = send_channel
+        self._consumer_gone = False
+        self._ready = ready = trio.Event()
+        try:
+            async with send_channel, trio.open_nursery() as nursery:
+                nursery.start_soon(self._supervise, send_channel, ready)
+                await ready.wait()
+                task_status.started()
+        finally:
+            self._send = None
+            self._running = False
+            self._state = "stopped"
+
+    def pause(self) -> None:
+        """Close the microphone (privacy): no audio is captured until :meth:`resume`.
+
+        Returns at once; no chunk is sent after this returns, and the stream is closed
+        within one read (``statistics().stream_open`` turns false). Sends
+        ``mic_paused``. Idempotent.
+        """
+        if self._paused:
+            return
+        self._paused = True
+        self._resuming = False
+        if self._running:
+            self._state = "paused"
+        self._event(MIC_PAUSED, "capture paused: the microphone is closed")
+        logger.info("microphone paused")
+        self._wake()
+
+    def resume(self) -> None:
+        """Reopen the microphone after :meth:`pause`; ``mic_resumed`` follows once the
+        stream is open again (or ``mic_lost`` if it cannot be). Idempotent."""
+        if not self._paused:
+            return
+        self._paused = False
+        self._resuming = True
+        if self._running:
+            self._state = "starting"
+        logger.info("microphone resumed")
+        self._wake()
+
+    def statistics(self) -> MicStatistics:
+        return MicStatistics(
+            state=self._state,
+            device=self._device_name or str(self._spec),
+            sample_rate=self._rate,
+            channels=self._channels,
+            chunks=self._chunks,
+            dropped_chunks=self._dropped,
+            overruns=self._overruns,
+            restarts=self._restarts,
+            failures=self._failures,
+            last_error=self._last_error,
+            stream_open=self._stream_open,
+        )
+
+    # --- supervision (event loop) --------------------------------------------------
+
+    async def _supervise(self, send: trio.MemorySendChannel[Chunk | MicEvent],
+                         ready: trio.Event) -> None:
+        delay = self._backoff_base
+        try:
+            while not self._consumer_gone:
+                if self._paused:
+                    self._state = "paused"
+                    ready.set()
+                    delay = self._backoff_base
+                    await self._idle(send, math.inf)
+                    continue
+                if self._state == "stopped":
+                    self._state = "starting"
+                error: AudioSourceError | None = None
+                self._gen += 1
+                with trio.CancelScope() as scope:
+                    self._session_scope = scope
+                    try:
+                        await self._session(_Run(self._gen, trio.lowlevel.current_trio_token()))
+                    except AudioSourceError as exc:
+                        error = exc
+                self._session_scope = None
+                if self._paused or self._consumer_gone or error is None:
+                    continue
+                if self._opened_gen == self._gen:
+                    delay = self._backoff_base  # it was capturing: a new loss, not a retry
+                self._lost(error, delay)
+                ready.set()
+                await self._idle(send, trio.current_time() + delay)
+                delay = min(delay * 2, self._backoff_max)
+        finally:
+            ready.set()
+
+    async def _session(self, run: _Run) -> None:
+        try:
+            await trio.to_thread.run_sync(self._capture_blocking, run,
+                                          limiter=self._limiter, abandon_on_cancel=True)
+        finally:
+            if run.started and not run.closed.is_set():
+                with trio.move_on_after(self._close_timeout) as waited:
+                    waited.shield = True
+                    await run.closed.wait()
+                if waited.cancelled_caught:
+                    logger.warning("the capture device did not close within %gs",
+                                   self._close_timeout)
+
+    async def _idle(self, send: trio.MemorySendChannel[Chunk | MicEvent],
+                    deadline: float) -> None:
+        """Wait until ``deadline`` or pause()/resume(), handing pending events over.
+
+        Nothing is being captured here, so waiting for room in the channel stalls no
+        audio; it does let mic_lost/mic_paused reach a consumer that was behind.
+        """
+        with trio.CancelScope(deadline=deadline) as scope:
+            self._idle_scope = scope
+            try:
+                while self._pending:
+                    await send.send(self._pending[0])
+                    self._pending.popleft()
+                await trio.sleep_forever()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._consumer_gone = True
+            finally:
+                self._idle_scope = None
+
+    def _wake(self) -> None:
+        for scope in (self._session_scope, self._idle_scope):
+            if scope is not None:
+                scope.cancel()
+
+    def _lost(self, error: AudioSourceError, retry_in: float) -> None:
+        self._failures += 1
+        self._last_error = str(error)
+        self._resuming = False
+        if self._state != "lost":
+            self._state = "lost"
+            self._event(MIC_LOST, f"{error}; retrying", retry_in=retry_in)
+            logger.warning("microphone lost: %s; retrying in %gs", error, retry_in)
+        else:
+            logger.info("microphone still unavailable: %s; retrying in %gs", error, retry_in)
+
+    # --- callbacks from the capture thread (run on the event loop) -----------------
+
+    def _opened(self, gen: int, device: DeviceInfo, rate: int, channels: int) -> None:
+        if gen != self._gen:
+            return
+        self._opened_gen = gen
+        self._device_name, self._rate, self._channels = device.name, rate, channels
+        if self._paused:
+            return  # pause() came while it was opening; the thread is closing it again
+        details = {"device": device.name, "sample_rate": rate, "channels": channels}
+        if self._state == "lost":
+            self._restarts += 1
+            self._event(MIC_RESTORED, f"capturing from {device.name!r} again", **details)
+            logger.warning("microphone restored: %r", device.name)
+        elif self._resuming:
+            self._event(MIC_RESUMED, "capture resumed", **details)
+        else:
+            logger.info("capturing from %r at %d Hz, %d channel(s)", device.name, rate,
+                        channels)
+        self._resuming = False
+        self._state = "running"
+        if self._ready is not None:
+            self._ready.set()
+
+    def _deliver(self, gen: int, pcm: bytes) -> bool:
+        """Send one chunk without waiting; False when the consumer has gone away."""
+        if gen != self._gen or self._paused or self._send is None or self._rate is None:
+            return True  # a stale session or paused: this audio must not go anywhere
+        self._flush_events()
+        try:
+            self._send.send_nowait(Chunk(pcm, self._rate, trio.current_time()))
+        except trio.WouldBlock:
+            self._dropped += 1
+            self._overrun("consumer")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._consumer_gone = True
+            return False
+        else:
+            self._chunks += 1
+        return True
+
+    def _input_overflowed(self, gen: int) -> None:
+        if gen == self._gen:
+            self._overruns += 1
+            self._overrun("device")
+
+    # --- events --------------------------------------------------------------------
+
+    def _overrun(self, cause: str) -> None:
+        now = trio.current_time()
+        if now - self._last_overrun_event < self._overrun_interval:
+            return
+        self._last_overrun_event = now
+        if cause == "consumer":
+            text = "audio dropped: the consumer is not keeping up with the microphone"
+        else:
+            text = "audio lost in the device: input overflow"
+        self._event(MIC_OVERRUN, text, cause=cause, dropped_chunks=self._dropped,
+                    overruns=self._overruns)
+        logger.warning("%s (dropped %d chunks, %d overflows so far)", text, self._dropped,
+                       self._overruns)
+
+    def _event(self, code: str, message: str, **details: Any) -> None:
+        if len(self._pending) >= _MAX_PENDING_EVENTS:
+            logger.warning("microphone event %s not queued: the consumer is not reading",
+                           code)
+            return
+        self._pending.append(MicEvent(code, message, details))
+        self._flush_events()
+
+    def _flush_events(self) -> bool:
+        """Hand pending events over without waiting; True when none are left."""
+        while self._pending and self._send is not None:
+            try:
+                self._send.send_nowait(self._pending[0])
+            except trio.WouldBlock:
+                return False
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._consumer_gone = True
+                return False
+            self._pending.popleft()
+        return not self._pending
+
+    # --- the capture thread --------------------------------------------------------
+
+    def _capture_blocking(self, run: _Run) -> None:
+        """One device session, start to finish, in a worker thread."""
+        run.started = True
+        pa: Any = None
+        stream: Any = None
+        try:
+            trio.from_thread.check_cancelled()
+            pa = _initialise(self._backend)
+            device = _resolve(pa, self._spec)
+            rate, channels = self._choose_format(pa, device)
+            frames = max(1, rate * self._chunk_ms // 1000)
+            try:
+                stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
+                                 input=True, input_device_index=device.index,
+                                 frames_per_buffer=frames)
+            except (OSError, ValueError) as exc:
+                raise AudioSourceError(
+                    f"cannot open input device {device.name!r} at {rate} Hz with "
+                    f"{channels} channel(s): {exc}") from exc
+            self._stream_open = True
+            trio.from_thread.run_sync(self._opened, run.gen, device, rate, channels)
+            pace = _RealTimePace(rate)
+            while True:
+                trio.from_thread.check_cancelled()
+                try:
+                    data = stream.read(frames, exception_on_overflow=True)
+                except OSError as exc:
+                    if exc.errno == pyaudio.paInputOverflowed:
+                        # PyAudio discards the chunk it read: the gap is reported.
+                        trio.from_thread.run_sync(self._input_overflowed, run.gen)
+                        continue
+                    raise AudioSourceError(
+                        f"reading from input device {device.name!r} failed: {exc}") from exc
+                trio.from_thread.check_cancelled()  # paused or stopped during the read
+                pace.wait(len(data) // (2 * channels))
+                if channels > 1:
+                    data = _downmix(data, channels)
+                if not trio.from_thread.run_sync(self._deliver, run.gen, data):
+                    return
+        finally:
+            try:
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError as exc:
+                        logger.warning("closing the capture stream failed: %s", exc)
+                self._stream_open = False
+                if pa is not None:
+                    pa.terminate()
+            finally:
+                with contextlib.suppress(trio.RunFinishedError):  # trio.run is over
+                    trio.from_thread.run_sync(run.closed.set, trio_token=run.token)
+
+    def _choose_format(self, pa: Any, device: DeviceInfo) -> tuple[int, int]:
+        default_rate = round(device.default_sample_rate)
+        if self._channels_wanted is not None:
+            channel_options = [self._channels_wanted]
+        else:
+            widest = min(device.max_input_channels, _MAX_CHANNELS)
+            channel_options = [1, min(2, widest), widest]
+        candidates: list[tuple[int, int]] = []
+        for channels in channel_options:
+            for rate in (self._target_rate, default_rate):
+                if (rate, channels) not in candidates:
+                    candidates.append((rate, channels))
+        for rate, channels in candidates:
+            try:
+                if pa.is_format_supported(rate, input_device=device.index,
+                                          input_channels=channels,
+                                          input_format=pyaudio.paInt16):
+                    return rate, channels
+            except ValueError:
+                continue
+        tried = ", ".join(f"{r} Hz x{c}" for r, c in candidates)
+        raise AudioSourceError(f"input device {device.name!r} supports none of the 16-bit "
+                               f"formats tried ({tried})")

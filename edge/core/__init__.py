@@ -1,0 +1,1 @@
+"""The bottom layer (pure): errors, configuration, tokens and revocation, admission, counters."""

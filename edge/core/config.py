@@ -1,0 +1,396 @@
+"""Configuration: frozen dataclasses read from TOML, secrets from ``EDGE_*``, CLI overrides.
+
+Pure: no trio, no vosk. Precedence, lowest first: the dataclass defaults, the TOML
+file, ``EDGE_*`` environment variables, command-line flags (only those given).
+Every mistake raises :class:`~edge.core.errors.ConfigError` naming the dotted key.
+``config/edge.toml`` documents every key; ``tests/test_config.py`` keeps it in step
+with the dataclasses below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from edge.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    path: str = "/ws/transcribe"
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_sessions: int = 8
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_session_seconds: float = 4 * 3600.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    send_timeout: float = 10.0
+    max_frame_bytes: int = 1_048_576
+    retry_after: int = 30
+    state_dir: str = ""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    algorithm: str = "HS256"
+    secret: str = ""
+    secret_file: str = ""
+    public_key_file: str = ""
+    issuer: str = ""
+    audience: str = ""
+    leeway: float = 30.0
+    max_token_lifetime: float = 86400.0
+    revocation_file: str = ""
+    expiry_warning: float = 60.0
+
+
+@dataclass(frozen=True)
+class RecognizerConfig:
+    model: str = ""
+    speaker_model: str = ""
+    sample_rate: int = 16000
+    threads: int = 0
+    warm_recognizers: int = 4
+    partial_results: bool = True
+    lag_warning: float = 2.0
+    max_phrases: int = 1000
+
+
+@dataclass(frozen=True)
+class SpeakersConfig:
+    diarization_threshold: float = 0.55
+    identification_threshold: float = 0.7
+    max_speakers: int = 8
+    store: str = ""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    silence_seconds: float = 15.0
+    silence_dbfs: float = -55.0
+    clipping_ratio: float = 0.01
+    warning_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class MicrophoneConfig:
+    enabled: bool = False
+    device: str = "default"
+    sample_rate: int = 16000
+    chunk_ms: int = 100
+    max_listeners: int = 100
+    listener_queue: int = 256
+    replay_size: int = 512
+    retry_max: float = 30.0
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    enabled: bool = True
+    path: str = ""
+    retention_days: float = 30.0
+    purge_interval: float = 3600.0
+    room_segment_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    enabled: bool = False
+    url: str = ""
+    token: str = ""
+    token_file: str = ""
+    device_id: str = ""
+    batch_events: int = 200
+    batch_bytes: int = 262144
+    max_backlog_bytes: int = 268435456
+    ack_timeout: float = 30.0
+    backoff_max: float = 60.0
+    cafile: str = ""
+    accept_ingest: bool = True
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    recognizer: RecognizerConfig = field(default_factory=RecognizerConfig)
+    speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+#: Environment variables that may carry secrets or deployment paths, and their keys.
+ENVIRONMENT: Mapping[str, str] = {
+    "EDGE_JWT_SECRET": "auth.secret",
+    "EDGE_JWT_SECRET_FILE": "auth.secret_file",
+    "EDGE_JWT_PUBLIC_KEY_FILE": "auth.public_key_file",
+    "EDGE_MODEL": "recognizer.model",
+    "EDGE_STATE_DIR": "server.state_dir",
+    "EDGE_RELAY_TOKEN": "relay.token",
+    "EDGE_DEVICE_ID": "relay.device_id",
+}
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a validated :class:`Config`.
+
+    ``path`` is a TOML file (``None``: defaults only). ``environ`` defaults to
+    ``os.environ``; only the names in :data:`ENVIRONMENT` are read. ``overrides``
+    maps dotted keys to values from the command line; ``None`` values are ignored so
+    that flags not given do not override the file. Blocks on file I/O.
+    """
+    values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        values = _read_toml(Path(path))
+    from_text: set[str] = set()
+    env = os.environ if environ is None else environ
+    for name, key in ENVIRONMENT.items():
+        if env.get(name):
+            _set(values, key, env[name])
+            from_text.add(key)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(values, key, value)
+            from_text.add(key)
+    config = _build(values, from_text)
+    _validate(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(section, "expected a [section] table")
+    return data
+
+
+def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    values.setdefault(section, {})[name] = value
+
+
+def _build(values: Mapping[str, Mapping[str, Any]], from_text: set[str]) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built: dict[str, Any] = {}
+    for section, body in values.items():
+        if section not in sections:
+            raise ConfigError(section, f"unknown section (known: {', '.join(sections)})")
+        cls = get_type_hints(Config)[section]
+        built[section] = _build_section(section, cls, body, from_text)
+    return Config(**built)
+
+
+def _build_section(section: str, cls: type, body: Mapping[str, Any],
+                   from_text: set[str]) -> Any:
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in body.items():
+        key = f"{section}.{name}"
+        if name not in hints:
+            raise ConfigError(key, "unknown key")
+        kwargs[name] = _coerce(key, hints[name], value, from_text=key in from_text)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, kind: Any, value: Any, *, from_text: bool) -> Any:
+    """Check ``value`` against the field type.
+
+    Strings from the environment and the command line (``from_text``) are parsed; in
+    the TOML file a value must already have the right type (``port = "8000"`` is an
+    error, as TOML has integers).
+    """
+    if isinstance(value, str) and kind is not str and not from_text:
+        raise ConfigError(key, f"expected {_KIND_NAMES[kind]}, got the string {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(key, f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(key, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(key, f"number too large: {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
+        return number
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config type {kind!r} for {key}")  # programming error
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be greater than 0, got {value!r}")
+
+
+def _validate(c: Config) -> None:
+    s, a, r, au = c.server, c.auth, c.recognizer, c.audio
+    if not 0 <= s.port <= 65535:
+        raise ConfigError("server.port", f"must be between 0 and 65535, got {s.port}")
+    if not s.path.startswith("/"):
+        raise ConfigError("server.path", f"must start with '/', got {s.path!r}")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        key = "server.tls_key" if s.tls_cert else "server.tls_cert"
+        raise ConfigError(key, "tls_cert and tls_key must be set together")
+    for name in (
+        "max_sessions", "handshake_timeout", "idle_timeout", "max_session_seconds",
+        "ping_interval", "ping_timeout", "send_timeout", "max_frame_bytes", "retry_after",
+    ):
+        _positive(f"server.{name}", getattr(s, name))
+    if s.max_frame_bytes < 4096:
+        raise ConfigError("server.max_frame_bytes", "must be at least 4096 bytes")
+    if a.algorithm not in ("HS256", "RS256"):
+        raise ConfigError("auth.algorithm", f"must be HS256 or RS256, got {a.algorithm!r}")
+    if a.algorithm == "RS256" and (a.secret or a.secret_file):
+        raise ConfigError("auth.secret", "a shared secret is not used with RS256; "
+                          "set auth.public_key_file")
+    if a.algorithm == "HS256" and a.public_key_file:
+        raise ConfigError("auth.public_key_file", "a public key is not used with HS256; "
+                          "set auth.algorithm = \"RS256\"")
+    if a.secret and a.secret_file:
+        raise ConfigError("auth.secret_file", "set auth.secret or auth.secret_file, not both")
+    if a.leeway < 0:
+        raise ConfigError("auth.leeway", f"must not be negative, got {a.leeway}")
+    _positive("auth.max_token_lifetime", a.max_token_lifetime)
+    if a.expiry_warning < 0:
+        raise ConfigError("auth.expiry_warning", f"must not be negative, got {a.expiry_warning}")
+    if not 8000 <= r.sample_rate <= 192000:
+        raise ConfigError("recognizer.sample_rate",
+                          f"must be between 8000 and 192000, got {r.sample_rate}")
+    if r.threads < 0:
+        raise ConfigError("recognizer.threads", f"must not be negative, got {r.threads}")
+    if r.warm_recognizers < 0:
+        raise ConfigError("recognizer.warm_recognizers",
+                          f"must not be negative, got {r.warm_recognizers}")
+    _positive("recognizer.lag_warning", r.lag_warning)
+    _positive("recognizer.max_phrases", r.max_phrases)
+    for name in ("diarization_threshold", "identification_threshold"):
+        value = getattr(c.speakers, name)
+        if not 0 < value < 1:
+            raise ConfigError(f"speakers.{name}", f"must be a cosine similarity between 0 "
+                              f"and 1 (exclusive), got {value}")
+    if not 1 <= c.speakers.max_speakers <= 100:
+        raise ConfigError("speakers.max_speakers",
+                          f"must be between 1 and 100, got {c.speakers.max_speakers}")
+    _positive("audio.silence_seconds", au.silence_seconds)
+    if au.silence_dbfs >= 0:
+        raise ConfigError("audio.silence_dbfs", f"must be below 0 dBFS, got {au.silence_dbfs}")
+    if not 0 < au.clipping_ratio <= 1:
+        raise ConfigError("audio.clipping_ratio", f"must be in (0, 1], got {au.clipping_ratio}")
+    _positive("audio.warning_interval", au.warning_interval)
+    m = c.microphone
+    if not m.device:
+        raise ConfigError("microphone.device", 'must name a device ("default", a name or '
+                          "an index from `edge devices`)")
+    if not 8000 <= m.sample_rate <= 192000:
+        raise ConfigError("microphone.sample_rate",
+                          f"must be between 8000 and 192000, got {m.sample_rate}")
+    if not 10 <= m.chunk_ms <= 1000:
+        raise ConfigError("microphone.chunk_ms", f"must be between 10 and 1000, got {m.chunk_ms}")
+    for name in ("max_listeners", "listener_queue", "replay_size", "retry_max"):
+        _positive(f"microphone.{name}", getattr(m, name))
+    for name in ("retention_days", "purge_interval", "room_segment_seconds"):
+        _positive(f"journal.{name}", getattr(c.journal, name))
+    rl = c.relay
+    if rl.enabled:
+        if not rl.url.startswith(("ws://", "wss://")):
+            raise ConfigError("relay.url", f"must be a ws:// or wss:// URL, got {rl.url!r}")
+        if not (rl.token or rl.token_file):
+            raise ConfigError("relay.token_file", "the relay needs credentials: set "
+                              "relay.token_file (or EDGE_RELAY_TOKEN)")
+        if not c.journal.enabled:
+            raise ConfigError("relay.enabled", "the relay sends the journal: set "
+                              "journal.enabled = true")
+    if rl.token and rl.token_file:
+        raise ConfigError("relay.token_file", "set relay.token or relay.token_file, not both")
+    for name in ("batch_events", "batch_bytes", "max_backlog_bytes", "ack_timeout",
+                 "backoff_max"):
+        _positive(f"relay.{name}", getattr(rl, name))
+    if c.log.level.lower() not in _LOG_LEVELS:
+        raise ConfigError("log.level", f"must be one of {', '.join(_LOG_LEVELS)}")
+
+
+def state_dir(config: Config) -> Path:
+    """Where the daemon keeps its state: the configured path, systemd's
+    ``$STATE_DIRECTORY``, or ``~/.local/state/edge``."""
+    if config.server.state_dir:
+        return Path(config.server.state_dir)
+    systemd_dir = os.environ.get("STATE_DIRECTORY")
+    if systemd_dir:
+        return Path(systemd_dir.split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge"
+
+
+def journal_path(config: Config) -> Path:
+    """The journal's SQLite file: ``journal.path`` or ``<state dir>/journal.db``."""
+    return Path(config.journal.path) if config.journal.path else state_dir(config) / "journal.db"
+
+
+def voiceprints_path(config: Config) -> Path:
+    """The enrolled voiceprints: ``speakers.store`` or ``<state dir>/voiceprints.json``."""
+    s = config.speakers
+    return Path(s.store) if s.store else state_dir(config) / "voiceprints.json"
+
+
+def sections() -> dict[str, dict[str, Any]]:
+    """Every key with its default, by section (for docs and the sample config test)."""
+    defaults = Config()
+    return {
+        f.name: dataclasses.asdict(getattr(defaults, f.name)) for f in dataclasses.fields(Config)
+    }

@@ -1,0 +1,1 @@
+"""The durable transcript journal: SQLite, its service off the event loop, formats."""

@@ -1,0 +1,1 @@
+"""The network front: listener and HTTP routing, connections, sessions, the room and its hub."""

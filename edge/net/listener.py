@@ -1,0 +1,145 @@
+"""A client listening to the room microphone (``/ws/transcribe?source=room``).
+
+It receives the room's messages from its own bounded :class:`~edge.net.hub.Listener`
+queue, re-addressed to its own ``session_id`` (the room's id is ``room_id``). A client
+that stops reading backs up its own queue only; the hub drops it when the queue is
+full, and it is told so (``slow_listener``) if it can still be reached. Clients whose
+token has ``transcription:write`` may pause and resume the room's capture.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from edge import __version__
+from edge.core.auth import SCOPE_WRITE
+from edge.core.config import Config
+from edge.core.errors import ProtocolError
+from edge.core.stats import Stats
+from edge.net.connection import Connection, SessionInfo, Stop
+from edge.net.hub import SLOW_LISTENER
+from edge.net.room import Room
+from edge.protocols import live as protocol
+from edge.protocols.live import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, End, Pause, Resume
+
+logger = logging.getLogger(__name__)
+
+_SLOW_NOTICE_TIMEOUT = 1.0
+
+
+class RoomListener(Connection):
+    def __init__(self, ws: WebSocketConnection, info: SessionInfo, config: Config,
+                 stats: Stats, room: Room, since_seq: int | None) -> None:
+        super().__init__(ws, info, config, stats)
+        self._room = room
+        self._since = since_seq
+        self._forwarded = 0
+        self._cancel = trio.CancelScope()
+
+    async def run(self) -> Stop:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sender)
+            self._queue(self._session_init())
+            with self._cancel, self._room.hub.subscribe(
+                    self._since, queue_size=self._cfg.microphone.listener_queue) as listener:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(self._receiver)
+                    inner.start_soon(self._token_expiry)
+                    inner.start_soon(self._keepalive)
+                    inner.start_soon(self._max_length)
+                    async for message in listener:
+                        self._forwarded += 1
+                        await self._queue_wait({**message, "session_id": self.id,
+                                                "room_id": self._room.id})
+                    self._ended(listener.dropped_reason)
+                    inner.cancel_scope.cancel()
+            self._finish()
+        assert self._stop is not None
+        return self._stop
+
+    def _on_stop(self, stop: Stop) -> None:
+        self._cancel.cancel()
+
+    def _ended(self, reason: str | None) -> None:
+        if reason == SLOW_LISTENER:
+            logger.warning("session %s: room listener fell %d messages behind; dropped",
+                           self.id, self._cfg.microphone.listener_queue)
+            self._warn("slow_listener", "this client fell too far behind the room stream "
+                       "and was dropped; reconnect with since_seq to catch up")
+            self.stop(Stop(CLOSE_POLICY, "slow_listener"))
+        else:
+            self.stop(Stop(CLOSE_GOING_AWAY, "room_closed",
+                           ("room_closed", "the room stream ended (the server is stopping)")))
+
+    async def _receiver(self) -> None:
+        while True:
+            try:
+                text = await self.ws.get_message()
+            except ConnectionClosed:
+                self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
+                return
+            self._last_client_message = trio.current_time()
+            if isinstance(text, bytes):
+                self._warn("bad_message", "room listeners do not send audio; ignored")
+                continue
+            try:
+                message = protocol.parse_client_text(text)
+            except ProtocolError as exc:
+                self._warn("bad_message", exc.message)
+                continue
+            if isinstance(message, End):
+                self.stop(Stop(CLOSE_NORMAL, "end"))
+                return
+            if isinstance(message, Pause | Resume):
+                self._control(message)
+            elif not isinstance(message, protocol.KeepAlive):
+                self._warn("bad_message", "room listeners accept end, pause, resume and "
+                           "keepalive")
+
+    def _control(self, message: Pause | Resume) -> None:
+        if not self.info.claims.has_scope(SCOPE_WRITE):
+            self._warn("insufficient_scope", f"pausing or resuming the room needs the "
+                       f"{SCOPE_WRITE} scope")
+            return
+        verb = "paused" if isinstance(message, Pause) else "resumed"
+        logger.info("session %s (sub=%s) %s the room", self.id, self.info.claims.sub, verb)
+        if isinstance(message, Pause):
+            self._room.pause()
+        else:
+            self._room.resume()
+
+    async def _max_length(self) -> None:
+        limit = self._cfg.server.max_session_seconds
+        await trio.sleep_until(self._started + limit)
+        self.stop(Stop(CLOSE_POLICY, "max_session_length", (
+            "session_too_long", f"sessions are limited to {limit:g} seconds; reconnect with "
+            "since_seq to continue")))
+
+    def _session_init(self) -> dict[str, Any]:
+        claims = self.info.claims
+        hub = self._room.hub.statistics()
+        return {
+            "type": "session_init",
+            "session_id": self.id,
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "server": "edge",
+            "version": __version__,
+            "source": "room",
+            "room_id": self._room.id,
+            "state": self._room.state,
+            "last_seq": hub.last_seq,
+            "replay_size": hub.replay_size,
+            "model": self.info.model_name,
+            "can_pause": claims.has_scope(SCOPE_WRITE),
+            "speaker_identification": self.info.speaker_identification,
+            "speaker_identification_reason": self.info.speaker_reason,
+            "expires_at": int(claims.expires_at),
+        }
+
+    def _summary(self, stop: Stop) -> dict[str, Any]:
+        return {**super()._summary(stop), "room_id": self._room.id,
+                "last_seq": self._room.hub.statistics().last_seq}

@@ -1,0 +1,234 @@
+"""The room stream: one microphone, one recogniser, every listener.
+
+:class:`Room` consumes the :class:`~edge.audio.capture.MicSource`'s chunks and events,
+decodes the audio in a worker thread (one recogniser for the room) and publishes
+``transcription``, ``warning`` and ``room_state`` messages to a :class:`~edge.net.hub.Hub`
+that fans them out to listeners. The microphone never waits for recognition: the
+source drops chunks (and says ``mic_overrun``) when the room falls behind.
+
+The room's stream is cut into *segments*: a capture run (until the microphone is lost
+or paused), cut again every ``journal.room_segment_seconds``. Each segment is a journal
+session and, with a speaker model, a diarization of its own ("Speaker 1" starts again),
+so that labels never link voices across a pause or across hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from typing import Any, Protocol
+
+import trio
+
+from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
+from edge.audio.capture import Chunk, MicEvent, MicSource, MicStatistics
+from edge.audio.frames import LevelMeter
+from edge.core.config import Config
+from edge.core.stats import ResultFilter, Stats
+from edge.journal.service import JournalService
+from edge.net.hub import Hub
+from edge.protocols import live as protocol
+from edge.protocols.live import Utterance
+from edge.speakers.identification import SpeakerIdentification
+
+logger = logging.getLogger(__name__)
+
+_QUEUE_CHUNKS = 50  # 5 s of 100 ms chunks between capture and recognition
+
+_MIC_WARNINGS = {"mic_lost", "mic_overrun"}
+_MIC_STATES = {"mic_lost": "mic_lost", "mic_restored": "listening", "mic_paused": "paused",
+               "mic_resumed": "listening"}
+_LEVEL_TEXT = {
+    "clipping": "the room microphone is clipping; lower its gain",
+    "silence": "the room microphone hears nothing; check that it is connected and unmuted",
+}
+
+
+class Source(Protocol):
+    """What the room needs of a capture source (a MicSource; stand-ins in tests)."""
+
+    async def run(self, send_channel: trio.MemorySendChannel[Chunk | MicEvent], *,
+                  task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def statistics(self) -> MicStatistics: ...
+
+
+class Room:
+    """Start with ``await nursery.start(room.run)``; listeners use :attr:`hub`."""
+
+    def __init__(self, config: Config, recognizer_factory: RecognizerFactory,
+                 limiter: trio.CapacityLimiter, stats: Stats,
+                 source: Source | None = None, journal: JournalService | None = None,
+                 speakers: SpeakerIdentification | None = None) -> None:
+        m = config.microphone
+        self.id = str(uuid.uuid4())
+        self.hub = Hub(replay_size=m.replay_size)
+        self.source: Source = source or MicSource(
+            m.device, sample_rate=m.sample_rate, chunk_ms=m.chunk_ms, backoff_max=m.retry_max)
+        self.state = "starting"
+        self._factory = recognizer_factory
+        self._limiter = limiter
+        self._stats = stats
+        self._results = ResultFilter(stats, config.recognizer.partial_results)
+        a = config.audio
+        self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
+                                 a.warning_interval)
+        self._recognizer: Recognizer | None = None
+        self._rate: int | None = None
+        self._offset_ms = 0  # room audio decoded by earlier recognisers
+        self._audio_ms = 0.0  # room audio decoded so far
+        self._journal = journal
+        self._segment: str | None = None  # the current segment (its journal session id)
+        self._segment_started = 0.0
+        self._segment_seconds = config.journal.room_segment_seconds
+        self._speakers = speakers.track() if speakers is not None else None
+
+    async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Capture and recognise until cancelled; ready once capture has started."""
+        send, receive = trio.open_memory_channel[Chunk | MicEvent](_QUEUE_CHUNKS)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.source.run, send)
+                if self.state == "starting":
+                    self._set_state(_initial_state(self.source.statistics().state))
+                task_status.started(self)
+                async with receive:
+                    async for item in receive:
+                        if isinstance(item, MicEvent):
+                            await self._on_event(item)
+                        else:
+                            await self._on_chunk(item)
+        finally:
+            self.hub.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._end_segment("stopped")
+
+    def pause(self) -> None:
+        """Stop capturing (the device is closed: privacy). Listeners see ``paused``."""
+        self.source.pause()
+
+    def resume(self) -> None:
+        self.source.resume()
+
+    def status(self) -> dict[str, Any]:
+        """For ``/healthz``: state and device, no audio and no text."""
+        mic = self.source.statistics()
+        hub = self.hub.statistics()
+        return {"state": self.state, "device": mic.device, "sample_rate": mic.sample_rate,
+                "listeners": hub.listeners, "last_seq": hub.last_seq,
+                "dropped_chunks": mic.dropped_chunks, "restarts": mic.restarts}
+
+    # --- events and audio ----------------------------------------------------------
+
+    async def _on_event(self, event: MicEvent) -> None:
+        if event.code in ("mic_lost", "mic_paused"):
+            await self._flush()  # speech in progress becomes a final
+            await self._end_segment(event.code.removeprefix("mic_"))
+        if event.code in _MIC_WARNINGS:
+            self._stats.count_warning(event.code)
+            self.hub.publish(protocol.warning(self.id, event.code, event.message,
+                                              **event.details))
+        if event.code in _MIC_STATES:
+            self._set_state(_MIC_STATES[event.code])
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        logger.info("room %s: %s", self.id, state)
+        self.hub.publish({"type": "room_state", "session_id": self.id, "state": state})
+
+    async def _on_chunk(self, chunk: Chunk) -> None:
+        if self.state == "starting":
+            self._set_state("listening")
+        if (self._segment is not None
+                and trio.current_time() - self._segment_started >= self._segment_seconds):
+            # Cut before decoding, so that every final's speaker label and journal session
+            # belong to the same segment.
+            await self._end_segment("segment")
+        if self._recognizer is None or chunk.sample_rate != self._rate:
+            await self._flush()
+            self._rate = chunk.sample_rate
+            recognizer = await trio.to_thread.run_sync(
+                self._factory, chunk.sample_rate, None, limiter=self._limiter)
+            if self._speakers is not None:
+                recognizer = LabelingRecognizer(recognizer, self._speakers)
+            self._recognizer = recognizer
+        for code in self._meter.feed(chunk.pcm, chunk.sample_rate):
+            self._stats.count_warning(code)
+            self.hub.publish(protocol.warning(self.id, code, _LEVEL_TEXT[code]))
+        started = trio.current_time()
+        results = await trio.to_thread.run_sync(self._recognizer.accept, chunk.pcm,
+                                                limiter=self._limiter)
+        seconds = len(chunk.pcm) / 2 / chunk.sample_rate
+        self._stats.observe_decode(seconds, trio.current_time() - started)
+        self._audio_ms += 1000 * seconds
+        for utterance in results:
+            await self._publish(utterance, chunk.t)
+
+    async def _flush(self) -> None:
+        """End the current recogniser's stream: its last final, then a fresh clock offset."""
+        recognizer, self._recognizer = self._recognizer, None
+        if recognizer is None:
+            return
+        try:
+            final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+        finally:
+            recognizer.close()
+        if final is not None:
+            await self._publish(final, None)
+        self._offset_ms = round(self._audio_ms)
+
+    async def _publish(self, utterance: Utterance, received: float | None) -> None:
+        latency = None if received is None else trio.current_time() - received
+        if not self._results.admit(utterance.is_final, utterance.text, latency):
+            return
+        message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))
+        if utterance.is_final:
+            if self._segment is None:
+                await self._start_segment()
+            if self._journal is not None:
+                await self._journal_final(message)
+        self.hub.publish(message)
+
+    async def _start_segment(self) -> None:
+        """A segment starts with its first final (a journal session per segment, so that
+        retention can expire the room's transcripts piece by piece)."""
+        self._segment, self._segment_started = str(uuid.uuid4()), trio.current_time()
+        if self._journal is not None:
+            await self._journal.start_session(self._segment, None, source="room")
+
+    async def _journal_final(self, message: dict[str, Any]) -> None:
+        assert self._journal is not None and self._segment is not None
+        if not await self._journal.append_final(self._segment, message):
+            self.hub.publish(protocol.warning(self.id, "journal_error", "a room final could "
+                                              "not be saved on the device"))
+
+    async def _end_segment(self, reason: str) -> None:
+        segment, self._segment = self._segment, None
+        if self._speakers is not None:
+            # Safe here: the room awaits every recogniser call, so none is running.
+            self._speakers.reset()
+        if segment is not None and self._journal is not None:
+            await self._journal.end_session(segment, reason)
+
+
+def _initial_state(mic_state: str) -> str:
+    return {"running": "listening", "paused": "paused", "lost": "mic_lost"}.get(mic_state,
+                                                                               mic_state)
+
+
+def _shift(utterance: Utterance, offset_ms: int) -> Utterance:
+    """Times on the room's clock: recognisers restart at 0 after a loss or a pause."""
+    if not offset_ms:
+        return utterance
+    words = tuple(dataclasses.replace(w, start_ms=w.start_ms + offset_ms,
+                                      end_ms=w.end_ms + offset_ms) for w in utterance.words)
+    return dataclasses.replace(utterance, start_ms=utterance.start_ms + offset_ms,
+                               end_ms=utterance.end_ms + offset_ms, words=words)

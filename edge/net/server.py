@@ -1,0 +1,536 @@
+"""The network front: TCP/TLS listener, HTTP head, WebSocket handshake, auth, admission.
+
+Thin glue over trio-websocket. The server reads each request head itself (bounded by
+``server.handshake_timeout``), answers plain HTTP requests (``/healthz``) on the same
+port, and hands WebSocket upgrades to ``trio_websocket.wrap_server_stream`` with the
+bytes it read replayed. Every connection is handled inside a boundary that catches
+exceptions, so one client can never take the server down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import time
+import uuid
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
+
+from edge import __version__
+from edge.asr.recognizer import LoadedModel, RecognizerFactory, RecognizerPool
+from edge.core.admission import Admission
+from edge.core.auth import (
+    SCOPE_ENROLL,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    AuthSettings,
+    Claims,
+    RevocationFile,
+    extract_token,
+    require_scope,
+    verify,
+)
+from edge.core.config import Config
+from edge.core.errors import AuthError, ProtocolError
+from edge.core.stats import Stats
+from edge.journal import transcripts
+from edge.journal.service import JournalService
+from edge.net import http
+from edge.net.connection import Connection, SessionInfo
+from edge.net.listener import RoomListener
+from edge.net.room import Room
+from edge.net.session import Session
+from edge.ops import health
+from edge.protocols import live as protocol
+from edge.relay.ingest import SCOPE_RELAY, RelayIngest
+from edge.relay.sender import Relay
+from edge.speakers.identification import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPTS_PATH = "/transcripts/"
+RELAY_PATH = "/ws/relay"
+_MAX_RELAYING_DEVICES = 64
+SCOPE_TRANSCRIPTS = "transcripts:read"  # any session's transcript, not only one's own
+TRANSCRIPT_TYPES = {"json": "application/json; charset=utf-8",
+                    "text": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
+
+_WS_MESSAGE_QUEUE = 4  # frames trio-websocket buffers before TCP pushes back
+_REVOCATION_POLL = 2.0
+_ACCEPT_GRACE = 1.0  # past the handshake deadline, to send the accept or the refusal
+_INTERNAL_CLOSE_TIMEOUT = 2.0
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream that first yields ``prefix`` (bytes already read), then reads ``stream``."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+            return chunk
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _Revoker:
+    """An admission ticket's revoke callback, from admission on: a revocation that
+    lands while the handshake is still being accepted is applied as soon as the
+    connection exists."""
+
+    def __init__(self) -> None:
+        self._connection: Connection | None = None
+        self._revoked = False
+
+    def __call__(self) -> None:
+        if self._connection is None:
+            self._revoked = True
+        else:
+            self._connection.revoke()
+
+    def attach(self, connection: Connection) -> None:
+        self._connection = connection
+        if self._revoked:
+            connection.revoke()
+
+
+class Server:
+    """Serves the Live API; start with ``await nursery.start(server.run)``.
+
+    ``recognizer_factory`` defaults to a :class:`RecognizerPool` of the loaded model's
+    recognisers (``recognizer.warm_recognizers``); tests and benchmarks pass stand-ins.
+    ``health`` may add fields to ``/healthz``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        model: LoadedModel,
+        auth: AuthSettings,
+        *,
+        revocations: RevocationFile | None = None,
+        recognizer_factory: RecognizerFactory | None = None,
+        stats: Stats | None = None,
+        room: Room | None = None,
+        journal: JournalService | None = None,
+        speakers: SpeakerIdentification | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.auth = auth
+        self.revocations = revocations
+        self.recognizer_factory = recognizer_factory or RecognizerPool(
+            model.recognizer, config.recognizer.warm_recognizers)
+        self.stats = stats or Stats()
+        threads = config.recognizer.threads or os.cpu_count() or 1
+        self.limiter = trio.CapacityLimiter(threads)
+        self.admission = Admission(config.server.max_sessions, config.server.retry_after)
+        self.listeners = Admission(config.microphone.max_listeners, config.server.retry_after)
+        self.room = room
+        self.journal = journal
+        self.speakers = speakers  # None: no speaker model
+        self.relay: Relay | None = None  # set by the app when relaying upstream
+        self.relays = Admission(_MAX_RELAYING_DEVICES, config.server.retry_after)
+        self.port: int | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Bind, report ready (the socket accepts), serve until cancelled."""
+        s = self.config.server
+        listeners: list[trio.abc.Listener[Any]] = list(
+            await trio.open_tcp_listeners(s.port, host=s.host or None))
+        self.port = listeners[0].socket.getsockname()[1]  # type: ignore[attr-defined]
+        if s.tls_cert:
+            context = _ssl_context(s.tls_cert, s.tls_key)
+            listeners = [trio.SSLListener(listener, context) for listener in listeners]
+        scheme = "wss" if s.tls_cert else "ws"
+        logger.info("listening on %s://%s:%d%s", scheme, s.host, self.port, s.path)
+        async with trio.open_nursery() as nursery:
+            if self.revocations is not None:
+                nursery.start_soon(self._watch_revocations)
+            task_status.started(self)
+            await trio.serve_listeners(self._handle_stream, listeners)
+
+    async def _watch_revocations(self) -> None:
+        assert self.revocations is not None
+        while True:
+            changed = await trio.to_thread.run_sync(self.revocations.reload_if_changed)
+            if changed:
+                current = self.revocations.current
+                closed = (self.admission.revoke_matching(current)
+                          + self.listeners.revoke_matching(current)
+                          + self.relays.revoke_matching(current))
+                logger.info("revocation list reloaded; closing %d live session(s)", closed)
+            await trio.sleep(_REVOCATION_POLL)
+
+    # --- connection boundary ---------------------------------------------------------
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        try:
+            await self._handle(stream)
+        except Exception:
+            logger.exception("connection from %s failed", _peer(stream))
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        # The handshake deadline covers the request head here and the WebSocket
+        # handshake in _websocket; never the session that follows.
+        deadline = trio.current_time() + self.config.server.handshake_timeout
+        raw: bytes | None = None
+        with trio.move_on_at(deadline) as scope:
+            raw = await self._read_head(stream)
+        if scope.cancelled_caught:
+            self._handshake_timed_out(stream)
+            return
+        if raw is None:
+            return
+        try:
+            head = http.parse_head(raw[:http.head_complete(raw)])
+        except http.BadRequest as exc:
+            await stream.send_all(http.response(400, str(exc)))
+            return
+        if not head.is_websocket_upgrade:
+            await self._http(stream, head)
+            return
+        await self._websocket(ReplayStream(stream, raw), head, deadline)
+
+    def _handshake_timed_out(self, stream: trio.abc.Stream) -> None:
+        self.stats.refused["handshake_timeout"] += 1
+        logger.info("connection from %s: no complete handshake within %gs; dropped",
+                    _peer(stream), self.config.server.handshake_timeout)
+
+    async def _read_head(self, stream: trio.abc.Stream) -> bytes | None:
+        buffer = b""
+        while not http.head_complete(buffer):
+            if len(buffer) > http.MAX_HEAD_BYTES:
+                await stream.send_all(http.response(431, "request head too large"))
+                return None
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return None
+            buffer += chunk
+        return buffer
+
+    async def _http(self, stream: trio.abc.Stream, head: http.RequestHead) -> None:
+        if head.method not in ("GET", "HEAD"):
+            await stream.send_all(http.response(405, {"type": "error", "code": "method",
+                                                      "message": "only GET is served"},
+                                                headers=[("Allow", "GET, HEAD")]))
+            return
+        head_only = head.method == "HEAD"
+        if head.path == "/healthz":
+            status, body = self.health()
+            await stream.send_all(http.response(status, body, head_only=head_only))
+        elif head.path == "/metrics":
+            await stream.send_all(http.response(
+                200, self.metrics(), content_type="text/plain; version=0.0.4; charset=utf-8",
+                head_only=head_only))
+        elif head.path.startswith(TRANSCRIPTS_PATH):
+            status, body, content_type, headers = await self._transcript(head)
+            await stream.send_all(http.response(status, body, headers=headers,
+                                                content_type=content_type,
+                                                head_only=head_only))
+        elif head.path == self.config.server.path:
+            await stream.send_all(http.response(
+                426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
+                headers=[("Upgrade", "websocket")], head_only=head_only))
+        else:
+            await stream.send_all(http.response(
+                404, protocol.error("not_found", "no such endpoint"), head_only=head_only))
+
+    async def _transcript(self, head: http.RequestHead
+                          ) -> tuple[int, Any, str | None, list[tuple[str, str]]]:
+        """``GET /transcripts/<session_id>?format=json|text|vtt``: a finished session.
+
+        Same tokens as the WebSocket (header or ``?token=``): ``transcription:read`` for
+        one's own sessions (same ``sub``), ``transcripts:read`` for any session.
+        """
+        session_id = head.path[len(TRANSCRIPTS_PATH):]
+        fmt = (head.query.get("format") or ["json"])[-1]
+        try:
+            token = extract_token(head.target, head.headers)
+            revoked = self.revocations.current if self.revocations else None
+            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            if not claims.has_scope(SCOPE_TRANSCRIPTS):
+                require_scope(claims, SCOPE_READ)
+        except AuthError as exc:
+            self.stats.refused[exc.code] += 1
+            headers = [("WWW-Authenticate", 'Bearer realm="edge", error="invalid_token"')]
+            return (exc.status, protocol.error(exc.code, exc.message), None,
+                    headers if exc.status == 401 else [])
+        if fmt not in transcripts.FORMATS:
+            return 400, protocol.error("invalid_parameter", "format must be json, text or "
+                                       "vtt"), None, []
+        if self.journal is None:
+            return 404, protocol.error("no_journal", "this device keeps no journal"), None, []
+        row = await self.journal.call(self.journal.journal.session, session_id)
+        allowed = row is not None and (claims.has_scope(SCOPE_TRANSCRIPTS)
+                                       or row.sub == claims.sub)
+        if row is None or not allowed:
+            # The same answer for "absent" and "not yours": ids are not probed.
+            return 404, protocol.error("not_found", "no such session"), None, []
+        if row.ended_at is None:
+            return 409, protocol.error("in_progress", "the session has not ended yet"), None, []
+        finals = await self.journal.call(self.journal.journal.finals, session_id,
+                                         row.device_id)
+        text = transcripts.render(fmt, row, finals)
+        return 200, text, TRANSCRIPT_TYPES[fmt], []
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``/healthz``: 200 when serving, 503 with reasons when degraded."""
+        return health.health(
+            version=__version__, model=self.model.name, sessions=self.admission.current,
+            max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
+            microphone=self.room.status() if self.room else None,
+            relay=self.relay.status() if self.relay else None)
+
+    def metrics(self) -> str:
+        """``/metrics`` in the Prometheus text format."""
+        return health.render_metrics(
+            self.stats, version=__version__, model=self.model.name,
+            sessions_current=self.admission.current,
+            max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
+            microphone_state=self.room.state if self.room else "not_configured",
+            listeners=self.listeners.current,
+            relay_backlog=self.relay.backlog.events if self.relay else 0,
+            relay_circuit_open=bool(self.relay and self.relay.circuit_open),
+            relay_shed=self.relay.shed_events if self.relay else 0,
+            recognizers=self._pool_counts())
+
+    def _pool_counts(self) -> tuple[int, int, int] | None:
+        pool = self.recognizer_factory
+        if not isinstance(pool, RecognizerPool):
+            return None
+        return pool.created, pool.reused, pool.idle
+
+    # --- WebSocket handshake ---------------------------------------------------------
+
+    async def _websocket(self, stream: trio.abc.Stream, head: http.RequestHead,
+                         deadline: float) -> None:
+        s = self.config.server
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_at(deadline) as scope:
+                request = await wrap_server_stream(
+                    nursery, stream, message_queue_size=_WS_MESSAGE_QUEUE,
+                    max_message_size=s.max_frame_bytes)
+            if scope.cancelled_caught:
+                self._handshake_timed_out(stream)
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await self._serve_request(request, head, deadline)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _serve_request(self, request: WebSocketRequest, head: http.RequestHead,
+                             deadline: float) -> None:
+        in_band = False
+        try:
+            if head.path == RELAY_PATH:
+                await self._relay_ingest(request, head, deadline)
+                return
+            if head.path != self.config.server.path:
+                raise AuthError("not_found", "no such endpoint", status=404,
+                                close_code=protocol.CLOSE_POLICY)
+            try:
+                params = protocol.parse_connect_params(head.query)
+            except ProtocolError as exc:
+                raise AuthError(exc.code, exc.message, status=400,
+                                close_code=protocol.CLOSE_POLICY) from None
+            in_band = params.errors_in_band
+            token = extract_token(request.path, request.headers)
+            revoked = self.revocations.current if self.revocations else None
+            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            if params.source == "room":
+                require_scope(claims, SCOPE_READ)
+                if self.room is None:
+                    raise AuthError("no_room", "this device has no room microphone "
+                                    "(microphone.enabled is false)", status=404,
+                                    close_code=protocol.CLOSE_POLICY)
+            else:
+                require_scope(claims, SCOPE_WRITE)
+                if params.enroll is not None:
+                    require_scope(claims, SCOPE_ENROLL)
+                    self._check_enrollment()
+        except AuthError as exc:
+            await self._refuse_by(request, exc, in_band, deadline)
+            return
+        await self._admit_and_run(request, claims, params, in_band, deadline)
+
+    async def _relay_ingest(self, request: WebSocketRequest, head: http.RequestHead,
+                            deadline: float) -> None:
+        """``/ws/relay``: a downstream device pushing its journal into ours."""
+        try:
+            if self.journal is None or not self.config.relay.accept_ingest:
+                raise AuthError("not_found", "this server does not accept relayed journals",
+                                status=404, close_code=protocol.CLOSE_POLICY)
+            token = extract_token(request.path, request.headers)
+            revoked = self.revocations.current if self.revocations else None
+            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            require_scope(claims, SCOPE_RELAY)
+            revoker = _Revoker()
+            ticket = self.relays.admit(str(uuid.uuid4()), claims, revoker)
+        except AuthError as exc:
+            await self._refuse_by(request, exc, False, deadline)
+            return
+        with ticket:
+            ws = await self._accept_by(request, deadline)
+            if ws is None:
+                return
+            info = SessionInfo(session_id=ticket.session_id, claims=claims,
+                               model_name=self.model.name,
+                               default_rate=self.config.recognizer.sample_rate)
+            ingest = RelayIngest(ws, info, self.config, self.stats, self.journal)
+            revoker.attach(ingest)
+            await self._run_session(ingest, claims)
+
+    async def _admit_and_run(self, request: WebSocketRequest, claims: Claims,
+                             params: protocol.ConnectParams, in_band: bool,
+                             deadline: float) -> None:
+        session_id = str(uuid.uuid4())
+        session: Connection
+        admission = self.listeners if params.source == "room" else self.admission
+        revoker = _Revoker()
+        try:
+            ticket = admission.admit(session_id, claims, revoker)
+        except AuthError as exc:
+            await self._refuse_by(request, exc, in_band, deadline)
+            return
+        with ticket:
+            ws = await self._accept_by(request, deadline)
+            if ws is None:
+                return
+            speakers = await self._speaker_status()
+            info = SessionInfo(session_id=session_id, claims=claims,
+                               model_name=self.model.name,
+                               default_rate=self.config.recognizer.sample_rate,
+                               declared_rate=params.sample_rate,
+                               speaker_identification=speakers.enabled,
+                               speaker_reason=speakers.reason)
+            if params.source == "room":
+                assert self.room is not None
+                session = RoomListener(ws, info, self.config, self.stats, self.room,
+                                       params.since_seq)
+            else:
+                session = Session(ws, info, self.config, self.recognizer_factory,
+                                  self.limiter, self.stats, self.journal,
+                                  speakers=self.speakers,
+                                  enroll=(params.enroll, params.role) if params.enroll else None)
+            revoker.attach(session)
+            await self._run_session(session, claims)
+
+    async def _speaker_status(self) -> SpeakerStatus:
+        """Speaker labelling as a new session will get it (re-reads changed voiceprints)."""
+        if self.speakers is None:
+            return UNAVAILABLE
+        return await trio.to_thread.run_sync(self.speakers.refresh)
+
+    def _check_enrollment(self) -> None:
+        """``?enroll=``: refused at the handshake when it could not succeed at the end."""
+        if self.speakers is None:
+            raise AuthError("no_speaker_model", "this device has no speaker model "
+                            "(recognizer.speaker_model is empty): nothing can be enrolled",
+                            status=404, close_code=protocol.CLOSE_POLICY)
+        if self.speakers.error is not None:
+            raise AuthError("voiceprints_unavailable", "the voiceprint store is damaged; "
+                            "enrolment is off until an administrator repairs it",
+                            status=503, close_code=protocol.CLOSE_TRY_AGAIN_LATER)
+
+    async def _run_session(self, session: Connection, claims: Claims) -> None:
+        self.stats.sessions_total += 1
+        self.stats.sessions_current += 1
+        kind = ("room listener" if isinstance(session, RoomListener)
+                else "relay from device" if isinstance(session, RelayIngest) else "session")
+        logger.info("%s %s started: sub=%s user_type=%s organization=%s department=%s",
+                    kind, session.id, claims.sub, claims.user_type,
+                    claims.organization or "-", claims.department or "-")
+        try:
+            stop = await session.run()
+        except Exception:
+            logger.exception("session %s failed", session.id)
+            self.stats.closes["internal_error"] += 1
+            with trio.move_on_after(_INTERNAL_CLOSE_TIMEOUT):
+                await session.ws.send_message(protocol.encode(protocol.error(
+                    "internal_error", "the server failed this session; please reconnect",
+                    session_id=session.id)))
+                await session.ws.aclose(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+            return
+        finally:
+            self.stats.sessions_current -= 1
+        self.stats.closes[stop.reason] += 1
+        if stop.notify:
+            logger.info("session %s ended: %s (close %d)", session.id, stop.reason,
+                        stop.close_code)
+        else:
+            logger.info("session %s ended: %s", session.id, stop.reason)
+
+    async def _accept_by(self, request: WebSocketRequest, deadline: float
+                         ) -> WebSocketConnection | None:
+        """Accept the handshake, or None if the client is too slow to complete it."""
+        with trio.move_on_at(deadline + _ACCEPT_GRACE):
+            return await request.accept()
+        return None
+
+    async def _refuse_by(self, request: WebSocketRequest, exc: AuthError, in_band: bool,
+                         deadline: float) -> None:
+        """:meth:`_refuse`, bounded: a client that stops reading cannot hold us."""
+        with trio.move_on_at(deadline + _ACCEPT_GRACE):
+            await self._refuse(request, exc, in_band)
+
+    async def _refuse(self, request: WebSocketRequest, exc: AuthError, in_band: bool) -> None:
+        """Refuse a handshake: an HTTP status, or (opt-in) an error message and a close code."""
+        self.stats.refused[exc.code] += 1
+        logger.info("handshake refused: %s (%d)", exc.code, exc.status)
+        body = protocol.error(exc.code, exc.message)
+        if in_band:
+            ws = await request.accept()
+            await ws.send_message(protocol.encode(body))
+            await ws.aclose(exc.close_code, exc.code)
+            return
+        headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+        if exc.status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="edge", error="invalid_token"'))
+        elif exc.status == 403:
+            scope = (exc.scope or SCOPE_WRITE).encode()
+            headers.append((b"www-authenticate", b'Bearer realm="edge", '
+                            b'error="insufficient_scope", scope="' + scope + b'"'))
+        elif exc.status == 400 and exc.code == "invalid_request":
+            headers.append((b"www-authenticate", b'Bearer realm="edge", error="invalid_request"'))
+        if exc.retry_after is not None:
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
+        await request.reject(exc.status, extra_headers=headers,
+                             body=json.dumps(body).encode())
+
+
+def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    inner: Any = stream
+    while hasattr(inner, "transport_stream"):
+        inner = inner.transport_stream
+    try:
+        host, port = inner.socket.getpeername()[:2]
+    except (AttributeError, OSError):
+        return "?"
+    return f"{host}:{port}"

@@ -1,0 +1,453 @@
+"""One client session: WebSocket frames <-> protocol state <-> recogniser.
+
+A session runs four kinds of work in one nursery:
+
+* the *receiver* reads client frames, decodes audio and queues it (bounded: when the
+  recogniser falls behind, the receiver stops reading and TCP pushes back on the
+  client; nothing is dropped);
+* the *recogniser loop* feeds queued audio to Vosk in a worker thread and turns
+  results into ``transcription`` messages;
+* the *watchdogs* enforce the idle timeout, the maximum session length, token expiry
+  and keepalive pings;
+* the *sender* is the only task that writes to the socket, each send bounded by
+  ``server.send_timeout`` so a client that stops reading cannot hold the session.
+
+With a speaker model, finals are labelled by speaker inside the recogniser's worker
+thread (:class:`~edge.asr.recognizer.LabelingRecognizer`). A session opened with
+``?enroll=NAME`` also keeps its finals' speaker vectors and, when the client ends it
+with ``end``, enrols their mean under that name.
+
+Every way a session ends goes through :meth:`Session.stop`, which records why (the
+first reason wins) and closes the audio queue; the recogniser loop then flushes (or
+not), the closing message is queued, and the sender closes the socket with the
+reason's close code after the last message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from edge import __version__
+from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
+from edge.audio.frames import LevelMeter, PcmDecoder
+from edge.core.auth import SCOPE_READ
+from edge.core.config import Config
+from edge.core.errors import ProtocolError
+from edge.core.stats import ResultFilter, Stats
+from edge.journal.service import JournalService
+from edge.net.connection import Connection, SessionInfo, Stop
+from edge.protocols import live as protocol
+from edge.protocols.live import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    Configure,
+    End,
+    KeepAlive,
+    Utterance,
+)
+from edge.speakers.identification import SpeakerIdentification, VoiceprintStoreError
+
+logger = logging.getLogger(__name__)
+
+_AUDIO_QUEUE_FRAMES = 16
+_BATCH_SECONDS = 1  # most audio handed to the recogniser in one call
+
+_WARNING_TEXT = {
+    "clipping": "the audio is clipping (samples at full scale); lower the input gain",
+    "silence": "no sound above the silence level; check the microphone",
+}
+
+
+def accept_each(recognizer: Recognizer, parts: list[bytes]) -> list[Utterance]:
+    """Feed ``parts`` one by one, as they came (Vosk's results depend on where its
+    input is cut, so batching must not move the cuts); the finals of all of them and
+    the partial of the last, if it ended on one (earlier partials are superseded)."""
+    out: list[Utterance] = []
+    for part in parts:
+        out = [u for u in out if u.is_final]
+        out += recognizer.accept(part)
+    return out
+
+
+class RecognitionLag:
+    """How far recognition is behind real time, while audio waits to be decoded.
+
+    The clock starts with the first chunk decoded after the recogniser caught up (found
+    no audio waiting): from then on, audio arriving at real-time pace is decoded in time
+    while the seconds elapsed stay under the seconds decoded. A client sending slower
+    than real time lets the recogniser catch up, which restarts the clock; one sending
+    faster only makes the lag negative. Unlike counting the audio queued inside the
+    server (bounded: a full queue pushes back through TCP, and the rest waits in socket
+    buffers and the client), this keeps growing for as long as recognition is slower
+    than the audio.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._decoded = 0.0
+
+    def caught_up(self) -> None:
+        self._start = None
+
+    def decoded(self, seconds: float, received: float, now: float) -> float:
+        """Record ``seconds`` of audio decoded (its chunk arrived at ``received``);
+        returns the lag in seconds at ``now``."""
+        if self._start is None:
+            self._start, self._decoded = received, 0.0
+        self._decoded += seconds
+        return now - self._start - self._decoded
+
+
+class Session(Connection):
+    """Runs one accepted WebSocket until it ends; never raises for client behaviour.
+
+    The caller owns ``ws`` (it accepted it) and keeps ownership: :meth:`run` sends the
+    close frame when the session ends, and the caller closes whatever is left.
+    Exceptions other than the client's doing propagate, for the connection boundary
+    to turn into a 1011 close.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        info: SessionInfo,
+        config: Config,
+        recognizer_factory: RecognizerFactory,
+        limiter: trio.CapacityLimiter,
+        stats: Stats,
+        journal: JournalService | None = None,
+        *,
+        speakers: SpeakerIdentification | None = None,
+        enroll: tuple[str, str | None] | None = None,
+    ) -> None:
+        super().__init__(ws, info, config, stats)
+        self._journal = journal
+        self._speakers = speakers
+        self._enroll = enroll if speakers is not None else None  # (name, role)
+        self._enroll_vectors: list[tuple[float, ...]] = []
+        self._factory = recognizer_factory
+        self._limiter = limiter
+        self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
+        a = config.audio
+        self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
+                                 a.warning_interval)
+        self._phrases: tuple[str, ...] | None = None
+        self._results = ResultFilter(stats, config.recognizer.partial_results)
+        self._send_transcripts = info.claims.has_scope(SCOPE_READ)
+        # Items are (pcm, time received): latency is measured from the moment audio arrives.
+        self._audio_send, self._audio_recv = trio.open_memory_channel[tuple[bytes, float]](
+            _AUDIO_QUEUE_FRAMES)
+        self._seq = 0
+        self._finals = 0
+        self._audio_bytes = 0  # mono s16 bytes received
+        self._lag = RecognitionLag()
+        self._last_lag_warning = -math.inf
+        self._last_audio = self._started
+        self._message_times: deque[float] = deque()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def run(self) -> Stop:
+        """Serve the session to its end; returns why it ended.
+
+        The session is journaled before ``session_init`` goes out, each final before
+        it is sent, and the end however the session ends (shielded from cancellation
+        for a few seconds; a daemon killed outright marks it ``interrupted`` at its
+        next start).
+        """
+        if self._journal is not None:
+            await self._journal.start_session(self.id, self.info.claims, source="client")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender)
+                self._queue(self._session_init())
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(self._receiver)
+                    inner.start_soon(self._watchdogs)
+                    await self._recognize()
+                    inner.cancel_scope.cancel()
+                if self._enroll is not None and self._stop is not None \
+                        and self._stop.reason == "end":
+                    await self._enroll_voice(*self._enroll)
+                self._finish()  # the audio queue only closes through stop(): _stop is set
+        finally:
+            if self._journal is not None:
+                reason = self._stop.reason if self._stop else "internal_error"
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._journal.end_session(self.id, reason)
+        assert self._stop is not None
+        return self._stop
+
+    def _on_stop(self, stop: Stop) -> None:
+        self._audio_send.close()
+
+    # --- receiving -----------------------------------------------------------------
+
+    async def _receiver(self) -> None:
+        while self._stop is None:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed as exc:
+                code = exc.reason.code if exc.reason else None
+                # trio-websocket itself closes with 1009 on an oversized frame. Either
+                # way, the audio already received is still decoded (flush) so that the
+                # session ends complete on the server's side.
+                reason = "frame_too_big" if code == CLOSE_TOO_BIG else "client_closed"
+                self.stop(Stop(code or CLOSE_GOING_AWAY, reason, notify=False))
+                return
+            now = trio.current_time()
+            self._last_client_message = now
+            if self._stop is not None:
+                return  # stopped while this message was on its way
+            if not self._rate_ok(now):
+                limit = self.info.claims.rate_limit
+                self.stop(Stop(CLOSE_TRY_AGAIN_LATER, "rate_limited", (
+                    "rate_limited", f"more than {limit} messages per minute")))
+                return
+            try:
+                if isinstance(message, bytes):
+                    await self._on_audio(message)
+                else:
+                    self._on_text(message)
+            except ProtocolError as exc:
+                self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message), flush=True))
+                return
+            except trio.ClosedResourceError:
+                return  # stopped while waiting for room in the audio queue
+
+    def _rate_ok(self, now: float) -> bool:
+        limit = self.info.claims.rate_limit
+        if limit is None:
+            return True
+        times = self._message_times
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        if len(times) >= limit:
+            return False
+        times.append(now)
+        return True
+
+    async def _on_audio(self, frame: bytes) -> None:
+        pcm, notices = self._decoder.feed(frame)
+        for notice in notices:
+            self._warn(notice.code, notice.message)
+        fmt = self._decoder.format
+        if not pcm or fmt is None:
+            return
+        self._last_audio = trio.current_time()
+        for code in self._meter.feed(pcm, fmt.sample_rate):
+            self._warn(code, _WARNING_TEXT[code])
+        self._audio_bytes += len(pcm)
+        await self._audio_send.send((pcm, self._last_audio))
+
+    def _on_text(self, text: str) -> None:
+        try:
+            message = protocol.parse_client_text(
+                text, protocol.Limits(max_phrases=self._cfg.recognizer.max_phrases))
+        except ProtocolError as exc:
+            self._warn("bad_message", exc.message)
+            return
+        if isinstance(message, End):
+            self.stop(Stop(CLOSE_NORMAL, "end"))
+        elif isinstance(message, Configure):
+            self._configure(message)
+        elif isinstance(message, KeepAlive):
+            self._last_audio = trio.current_time()  # a deliberate pause is not idleness
+
+    def _configure(self, message: Configure) -> None:
+        if self._decoder.format is not None:
+            self._warn("bad_message", "config must be sent before the first audio frame; "
+                       "ignored")
+            return
+        if message.phrases is not None:
+            self._phrases = message.phrases
+        if message.sample_rate is not None:
+            self._decoder = PcmDecoder(self._cfg.recognizer.sample_rate, message.sample_rate)
+        if message.partial_results is not None:
+            self._results.partials = message.partial_results
+
+    # --- recognising ---------------------------------------------------------------
+
+    async def _recognize(self) -> None:
+        recognizer: Recognizer | None = None
+        try:
+            async with self._audio_recv:
+                async for pcm, received in self._audio_recv:
+                    if self._stop is not None and not self._stop.flush:
+                        break
+                    if recognizer is None:
+                        recognizer = await self._open_recognizer()
+                    parts = self._take_queued(pcm)
+                    started = trio.current_time()
+                    results = await trio.to_thread.run_sync(
+                        accept_each, recognizer, parts, limiter=self._limiter)
+                    seconds = sum(map(len, parts)) / 2 / self._rate
+                    now = trio.current_time()
+                    self._stats.observe_decode(seconds, now - started)
+                    self._check_lag(self._lag.decoded(seconds, received, now))
+                    for utterance in results:
+                        await self._emit(utterance, received)
+                    if self._audio_recv.statistics().current_buffer_used == 0:
+                        self._lag.caught_up()
+            if recognizer is not None and (self._stop is None or self._stop.flush):
+                final = await trio.to_thread.run_sync(recognizer.flush,
+                                                      limiter=self._limiter)
+                if final is not None:
+                    await self._emit(final, None)
+        finally:
+            # No worker thread holds it now: to_thread calls are not abandoned.
+            if recognizer is not None:
+                recognizer.close()
+
+    def _take_queued(self, pcm: bytes) -> list[bytes]:
+        """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:
+        when recognition is behind, one worker-thread hop per batch instead of per
+        chunk (latency is still measured from the first chunk's arrival)."""
+        limit = 2 * self._rate * _BATCH_SECONDS
+        parts = [pcm]
+        size = len(pcm)
+        while size < limit:
+            try:
+                more, _ = self._audio_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            parts.append(more)
+            size += len(more)
+        return parts
+
+    @property
+    def _rate(self) -> int:
+        fmt = self._decoder.format
+        return fmt.sample_rate if fmt else self._cfg.recognizer.sample_rate
+
+    async def _open_recognizer(self) -> Recognizer:
+        rate, phrases = self._rate, self._phrases
+        recognizer = await trio.to_thread.run_sync(self._factory, rate, phrases,
+                                                   limiter=self._limiter)
+        if self._speakers is not None:
+            recognizer = LabelingRecognizer(recognizer, self._speakers.track())
+        return recognizer
+
+    async def _enroll_voice(self, name: str, role: str | None) -> None:
+        """Enrol the session's speaker vectors under ``name`` (a worker thread: file I/O).
+
+        The client gets ``enrolled`` before ``session_end``, or an ``enrollment_failed``
+        warning saying why not; either way the session ends normally.
+        """
+        assert self._speakers is not None
+        vectors, self._enroll_vectors = self._enroll_vectors, []
+        if not vectors:
+            self._warn("enrollment_failed", "no utterance was long enough for a speaker "
+                       "vector (at least half a second of speech each); nothing enrolled")
+            return
+        try:
+            voiceprint = await trio.to_thread.run_sync(self._speakers.enroll, name, role,
+                                                       vectors)
+        except (ValueError, VoiceprintStoreError) as exc:
+            logger.error("session %s: enrolment failed: %s", self.id, exc)
+            message = (str(exc) if isinstance(exc, ValueError) else
+                       "the voiceprint store cannot be written; ask an administrator")
+            self._warn("enrollment_failed", f"nothing enrolled: {message}")
+            return
+        logger.info("session %s: enrolled a voiceprint for %r from %d utterance(s)",
+                    self.id, voiceprint.name, voiceprint.count)
+        self._queue({"type": "enrolled", "session_id": self.id, "name": voiceprint.name,
+                     "role": voiceprint.role, "utterances": voiceprint.count})
+
+    async def _emit(self, utterance: Utterance, received: float | None) -> None:
+        """Number, journal (finals) and queue a result; ``received``: when its audio came."""
+        latency = None if received is None else trio.current_time() - received
+        if not self._results.admit(utterance.is_final, utterance.text, latency):
+            return
+        if utterance.is_final:
+            self._finals += 1
+            if self._enroll is not None and utterance.speaker_vector is not None:
+                self._enroll_vectors.append(utterance.speaker_vector)
+        self._seq += 1
+        message = protocol.transcription(self.id, self._seq, utterance)
+        if (utterance.is_final and self._journal is not None
+                and not await self._journal.append_final(self.id, message)):
+            self._warn("journal_error", "this final could not be saved on the device; "
+                       "keep your own copy")
+        if self._send_transcripts:
+            self._queue(message)
+
+    def _check_lag(self, lag: float) -> None:
+        now = trio.current_time()
+        if (lag > self._cfg.recognizer.lag_warning
+                and now - self._last_lag_warning >= self._cfg.audio.warning_interval):
+            self._last_lag_warning = now
+            self._warn("realtime_lag",
+                       "recognition is behind the audio received; results are delayed, "
+                       "nothing is dropped", lag_ms=round(1000 * lag))
+
+    # --- watchdogs -----------------------------------------------------------------
+
+    async def _watchdogs(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._idle_and_length)
+            nursery.start_soon(self._token_expiry)
+            nursery.start_soon(self._keepalive)
+
+    async def _idle_and_length(self) -> None:
+        s = self._cfg.server
+        deadline_length = self._started + s.max_session_seconds
+        while True:
+            idle_deadline = self._last_audio + s.idle_timeout
+            await trio.sleep_until(min(idle_deadline, deadline_length))
+            now = trio.current_time()
+            if now >= deadline_length:
+                self.stop(Stop(CLOSE_POLICY, "max_session_length", (
+                    "session_too_long",
+                    f"sessions are limited to {s.max_session_seconds:g} seconds; reconnect "
+                    "to continue")))
+                return
+            if now >= self._last_audio + s.idle_timeout:
+                self.stop(Stop(CLOSE_GOING_AWAY, "idle", (
+                    "idle_timeout", f"no audio or keepalive for {s.idle_timeout:g} seconds")))
+                return
+
+    # --- messages ------------------------------------------------------------------
+
+    def _session_init(self) -> dict[str, Any]:
+        info, claims, cfg = self.info, self.info.claims, self._cfg
+        return {
+            "type": "session_init",
+            "session_id": self.id,
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "server": "edge",
+            "version": __version__,
+            "model": info.model_name,
+            "sample_rate": info.declared_rate or info.default_rate,
+            "audio_formats": ["wav", "pcm_s16le"],
+            "max_frame_bytes": cfg.server.max_frame_bytes,
+            "partial_results": self._results.partials,
+            "transcripts": self._send_transcripts,
+            "speaker_identification": info.speaker_identification,
+            "speaker_identification_reason": info.speaker_reason,
+            **({"enroll": {"name": self._enroll[0], "role": self._enroll[1]}}
+               if self._enroll is not None else {}),
+            "expires_at": int(claims.expires_at),
+            "idle_timeout": cfg.server.idle_timeout,
+            "max_session_seconds": cfg.server.max_session_seconds,
+            "rate_limit": claims.rate_limit,
+            **info.extra,
+        }
+
+    def _summary(self, stop: Stop) -> dict[str, Any]:
+        return {
+            **super()._summary(stop),
+            "audio_ms": round(1000 * self._audio_bytes / (2 * self._rate)),
+            "finals": self._finals,
+            "last_seq": self._seq,
+        }
+

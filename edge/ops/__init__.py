@@ -1,0 +1,1 @@
+"""Running on a device: systemd notification, health and metrics, ``edge check``."""

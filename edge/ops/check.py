@@ -1,0 +1,200 @@
+"""``edge check``: is this device set up right? Answers in words an IT person can act on.
+
+Each check returns a :class:`Finding`; nothing here raises for a bad setup. Blocking
+(it loads the model, binds a socket): run it from the command line, not the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge import app
+from edge.asr.recognizer import (
+    check_model_dir,
+    check_speaker_model_dir,
+    default_model_path,
+    load_model,
+    load_speaker_model,
+)
+from edge.core.auth import RevocationFile
+from edge.core.config import Config, state_dir, voiceprints_path
+from edge.core.errors import EdgeError
+from edge.ops.health import clock_status
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # OK, WARN or FAIL
+    topic: str
+    message: str
+
+    def line(self) -> str:
+        return f"{self.level:<4} {self.topic}: {self.message}"
+
+
+def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
+    """All checks, in the order an operator would fix them."""
+    checks: list[Callable[[Config], Finding]] = [
+        check_keys, lambda c: check_model(c, load=load),
+        lambda c: check_speaker_model(c, load=load), check_voiceprints, check_clock,
+        check_state_dir, check_tls, check_revocations, check_port, check_microphone,
+    ]
+    return [check(config) for check in checks]
+
+
+def check_keys(config: Config) -> Finding:
+    try:
+        app.auth_settings(config)
+    except EdgeError as exc:
+        return Finding(FAIL, "keys", str(exc))
+    except ValueError as exc:
+        return Finding(FAIL, "keys", f"the configured key is not usable: {exc}")
+    if config.auth.algorithm == "RS256":
+        return Finding(OK, "keys", f"RS256 public key {config.auth.public_key_file}")
+    return Finding(OK, "keys", "HS256 secret present")
+
+
+def check_model(config: Config, *, load: bool = True) -> Finding:
+    try:
+        path = Path(config.recognizer.model) if config.recognizer.model else default_model_path()
+        check_model_dir(path)
+        if load:
+            model = load_model(path)
+            return Finding(OK, "model", f"{model.name} loads ({path})")
+    except EdgeError as exc:
+        return Finding(FAIL, "model", f"{exc}; install one with `edge models install` or "
+                       "fix recognizer.model")
+    return Finding(OK, "model", f"{path} looks like a Vosk model (not loaded)")
+
+
+def check_speaker_model(config: Config, *, load: bool = True) -> Finding:
+    path = config.recognizer.speaker_model
+    if not path:
+        return Finding(OK, "speakers", "no speaker model: transcripts carry no speaker "
+                       "labels (set recognizer.speaker_model to label them)")
+    try:
+        check_speaker_model_dir(Path(path))
+        if load:
+            spk = load_speaker_model(path)
+            note = "" if spk.allow_upsample else (
+                f"; streams below {spk.sample_rate} Hz get no speaker labels (its "
+                "mfcc.conf does not allow upsampling)")
+            return Finding(OK, "speakers", f"speaker model {spk.name} loads ({path}){note}")
+    except EdgeError as exc:
+        return Finding(FAIL, "speakers", f"{exc}; the daemon will not start: install one "
+                       "with `edge models install vosk-model-spk-0.4` or fix "
+                       "recognizer.speaker_model")
+    return Finding(OK, "speakers", f"{path} looks like a speaker model (not loaded)")
+
+
+def check_voiceprints(config: Config) -> Finding:
+    """The enrolled voiceprints (only with a speaker model). Never prints voice data."""
+    if not config.recognizer.speaker_model:
+        return Finding(OK, "voiceprints", "not used without a speaker model")
+    from edge.speakers.identification import VoiceprintStore, VoiceprintStoreError
+
+    store = VoiceprintStore(voiceprints_path(config))
+    try:
+        store.load()
+    except VoiceprintStoreError as exc:
+        return Finding(WARN, "voiceprints", f"{exc}; the daemon labels speakers without "
+                       "enrolled names: move the file aside and enrol again with "
+                       "`edge speakers enroll`")
+    if not store.path.exists():
+        return Finding(OK, "voiceprints", f"none enrolled yet ({store.path})")
+    mode = stat.S_IMODE(store.path.stat().st_mode)
+    if mode & 0o077:
+        return Finding(WARN, "voiceprints", f"{store.path} is readable by others (mode "
+                       f"{mode:o}); it holds biometric data: chmod 600")
+    return Finding(OK, "voiceprints", f"{len(store)} enrolled speaker(s) in {store.path}")
+
+
+def check_clock(config: Config) -> Finding:
+    clock = clock_status()
+    if not clock.sane:
+        return Finding(FAIL, "clock", "the system clock is not set; tokens cannot be checked. "
+                       "Enable NTP (systemd-timesyncd) and check the network")
+    if clock.synchronized is False:
+        return Finding(WARN, "clock", "the clock is not NTP-synchronised; token expiry may "
+                       "be judged wrongly. Check `timedatectl`")
+    return Finding(OK, "clock", "synchronised" if clock.synchronized else "set")
+
+
+def check_state_dir(config: Config) -> Finding:
+    path = state_dir(config)
+    if not path.exists():
+        return Finding(WARN, "state", f"{path} does not exist yet; the service creates it "
+                       "(systemd StateDirectory=edge)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        return Finding(FAIL, "state", f"{path} is not writable by this user")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        return Finding(WARN, "state", f"{path} is readable by others (mode {mode:o}); it "
+                       "holds patient data: chmod 700")
+    return Finding(OK, "state", str(path))
+
+
+def check_tls(config: Config) -> Finding:
+    s = config.server
+    if not s.tls_cert:
+        return Finding(WARN if s.host not in ("127.0.0.1", "::1", "localhost") else OK, "tls",
+                       "off: audio and transcripts cross the LAN unencrypted; set "
+                       "server.tls_cert and server.tls_key")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(s.tls_cert,
+                                                                            s.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        return Finding(FAIL, "tls", f"cannot load {s.tls_cert} / {s.tls_key}: {exc}")
+    return Finding(OK, "tls", f"certificate {s.tls_cert}")
+
+
+def check_revocations(config: Config) -> Finding:
+    path = config.auth.revocation_file
+    if not path:
+        return Finding(OK, "revocation", "no revocation list configured")
+    if not Path(path).is_file():
+        return Finding(WARN, "revocation", f"{path} does not exist; nothing is revoked")
+    entries = RevocationFile(path).current
+    return Finding(OK, "revocation",
+                   f"{len(entries.jtis)} token(s) and {len(entries.subs)} subject(s) revoked")
+
+
+def check_port(config: Config) -> Finding:
+    s = config.server
+    family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.host, s.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return Finding(WARN, "port", f"{s.host}:{s.port} is in use (is edge already "
+                               "running? `systemctl status edge`)")
+            return Finding(FAIL, "port", f"cannot bind {s.host}:{s.port}: {exc.strerror}")
+    return Finding(OK, "port", f"{s.host}:{s.port} is free")
+
+
+def check_microphone(config: Config) -> Finding:
+    m = config.microphone
+    if not m.enabled:
+        return Finding(OK, "microphone", "room capture is off; clients stream their own audio")
+    from edge.audio.capture import resolve_device
+
+    try:
+        device = resolve_device(m.device)
+    except EdgeError as exc:
+        return Finding(FAIL, "microphone", f"{exc}; see `edge devices` and set "
+                       "microphone.device")
+    except OSError as exc:
+        return Finding(FAIL, "microphone", f"cannot query audio devices: {exc}")
+    return Finding(OK, "microphone", f"{device.name} ({device.max_input_channels} channel(s), "
+                   f"{round(device.default_sample_rate)} Hz)")

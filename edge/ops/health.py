@@ -1,0 +1,188 @@
+"""``/healthz`` and ``/metrics``: the device's state at a glance, no patient data.
+
+Pure rendering of server state (no trio, no vosk) plus one blocking system query,
+:func:`clock_status`. Neither endpoint needs a token: they carry counts, states and
+versions only, never transcript text, tokens or subjects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge.core.stats import Histogram, Stats
+
+#: A wall clock before this is certainly wrong (a Pi without RTC boots in 1970 or at
+#: the last shutdown): tokens cannot be checked, so the device reports itself degraded.
+EARLIEST_SANE_TIME = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+_STA_UNSYNC = 0x0040
+_TIME_ERROR = 5
+
+
+@dataclass(frozen=True)
+class ClockStatus:
+    synchronized: bool | None  # None: the kernel could not be asked
+    sane: bool
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h> (Linux): we only read ``status``; the rest is
+    # room for the kernel to write into.
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
+                ("status", ctypes.c_int), ("_rest", ctypes.c_byte * 256)]
+
+
+def clock_status(now: float | None = None) -> ClockStatus:
+    """Whether the kernel's clock is NTP-synchronised (adjtimex), and plausible."""
+    now = time.time() if now is None else now
+    synchronized: bool | None = None
+    try:
+        libc = _libc()
+        timex = _Timex()
+        state = libc.adjtimex(ctypes.byref(timex))
+        if state >= 0:
+            synchronized = state != _TIME_ERROR and not timex.status & _STA_UNSYNC
+    except (OSError, AttributeError):
+        synchronized = None
+    return ClockStatus(synchronized=synchronized, sane=now >= EARLIEST_SANE_TIME)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def health(
+    *, version: str, model: str, sessions: int, max_sessions: int, clock: ClockStatus,
+    microphone: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)."""
+    problems = []
+    notes = []
+    if not clock.sane:
+        problems.append("the system clock is not set (tokens cannot be checked); "
+                        "check NTP / time-sync")
+    elif clock.synchronized is False:
+        notes.append("the system clock is not NTP-synchronised")
+    body: dict[str, Any] = {
+        "status": "degraded" if problems else "ok",
+        "version": version,
+        "model": model,
+        "sessions": sessions,
+        "max_sessions": max_sessions,
+        "clock": {"synchronized": clock.synchronized, "sane": clock.sane},
+        "microphone": dict(microphone) if microphone else {"state": "not_configured"},
+        "relay": dict(relay) if relay else {"state": "not_configured", "backlog": 0},
+    }
+    if relay and relay.get("circuit_open"):
+        notes.append("the relay cannot reach its upstream; transcripts are kept locally "
+                     "and sent when it is back")
+    if problems:
+        body["reasons"] = problems
+    if notes:
+        body["notes"] = notes
+    return (503 if problems else 200), body
+
+
+def render_metrics(
+    stats: Stats, *, version: str, model: str, sessions_current: int, max_sessions: int,
+    clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
+    listeners: int = 0, relay_circuit_open: bool = False, relay_shed: int = 0,
+    recognizers: tuple[int, int, int] | None = None,
+) -> str:
+    """Prometheus text exposition format 0.0.4.
+
+    ``recognizers``: the recogniser pool's (created, reused, idle) counts, if pooled.
+    """
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_: str,
+               samples: Iterable[tuple[Mapping[str, str], float]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            out.append(f"{name}{_labels(labels)} {_number(value)}")
+
+    def histogram(name: str, help_: str, h: Histogram) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} histogram")
+        for le, count in h.cumulative():
+            out.append(f'{name}_bucket{{le="{le}"}} {count}')
+        out.append(f"{name}_sum {_number(h.total)}")
+        out.append(f"{name}_count {h.count}")
+
+    metric("edge_build_info", "gauge", "Version and model of this daemon.",
+           [({"version": version, "model": model}, 1)])
+    metric("edge_sessions", "gauge", "Sessions open now.", [({}, sessions_current)])
+    metric("edge_sessions_max", "gauge", "Configured session capacity.",
+           [({}, max_sessions)])
+    metric("edge_sessions_total", "counter", "Sessions accepted since start.",
+           [({}, stats.sessions_total)])
+    metric("edge_sessions_refused_total", "counter", "Handshakes refused, by reason.",
+           [({"reason": k}, v) for k, v in sorted(stats.refused.items())])
+    metric("edge_sessions_closed_total", "counter", "Sessions ended, by reason.",
+           [({"reason": k}, v) for k, v in sorted(stats.closes.items())])
+    metric("edge_audio_seconds_total", "counter", "Seconds of audio decoded.",
+           [({}, stats.audio_seconds)])
+    metric("edge_decode_seconds_total", "counter",
+           "Seconds spent in the recogniser (wall time in worker threads).",
+           [({}, stats.decode_seconds)])
+    rtf = stats.real_time_factor
+    metric("edge_real_time_factor", "gauge",
+           "Decode seconds per audio second since start (lower is faster).",
+           [({}, rtf if rtf is not None else 0.0)])
+    if recognizers is not None:
+        created, reused, idle = recognizers
+        metric("edge_recognizers_total", "counter",
+               "Recognisers handed to streams without a grammar: fresh or reused warm.",
+               [({"kind": "fresh"}, created), ({"kind": "warm"}, reused)])
+        metric("edge_recognizers_idle", "gauge", "Warm recognisers waiting for a stream.",
+               [({}, idle)])
+    metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
+           [({"kind": "partial"}, stats.partials), ({"kind": "final"}, stats.finals)])
+    metric("edge_warnings_total", "counter", "Warnings sent to clients, by code.",
+           [({"code": k}, v) for k, v in sorted(stats.warnings.items())])
+    histogram("edge_partial_latency_seconds",
+              "From the arrival of audio to the partial it produced.", stats.partial_latency)
+    histogram("edge_final_latency_seconds",
+              "From the arrival of an utterance's last audio to its final.",
+              stats.final_latency)
+    metric("edge_microphone_state", "gauge", "Room microphone state (1 for the current one).",
+           [({"state": microphone_state}, 1)])
+    metric("edge_room_listeners", "gauge", "Clients listening to the room stream.",
+           [({}, listeners)])
+    metric("edge_relay_backlog_events", "gauge", "Journal events waiting for the upstream.",
+           [({}, relay_backlog)])
+    metric("edge_relay_circuit_open", "gauge",
+           "1 while the relay has failed to reach its upstream several times in a row.",
+           [({}, 1 if relay_circuit_open else 0)])
+    metric("edge_relay_shed_events_total", "counter",
+           "Events left out of the relay because the outbox was full (kept locally).",
+           [({}, relay_shed)])
+    metric("edge_clock_synchronized", "gauge", "1 when the kernel clock is NTP-synchronised.",
+           [({}, 1 if clock.synchronized else 0)])
+    return "\n".join(out) + "\n"
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + body + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))

@@ -1,0 +1,291 @@
+"""The Live API wire protocol: message shapes, client message parsing, close codes.
+
+Pure (sans-IO): builds and parses JSON text; no trio, no vosk, no sockets. The README's
+"Protocol reference" documents exactly what this module produces and accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.core.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+# WebSocket close codes used by the server (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_AUTH = 1002  # the Live API's clients treat 1002 as "authentication failed"
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008  # scope, session length, rate of messages
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # capacity and limits
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """Who said an utterance: a label ("Speaker 2", or an enrolled name), an id stable
+    within the session, the confidence (0-1) and, for enrolled speakers, their role."""
+
+    label: str | None = None
+    id: str | None = None
+    confidence: float | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A recognition result, before it is numbered and addressed to a session.
+
+    ``speaker_vector`` is the recogniser's speaker vector (finals only, when a speaker
+    model is loaded). It is biometric data: it never goes on the wire and is kept out of
+    the repr, so that no log line can carry it. ``speaker`` is the label decided for it.
+    """
+
+    is_final: bool
+    text: str
+    start_ms: int
+    end_ms: int
+    words: tuple[Word, ...] = ()
+    speaker_vector: tuple[float, ...] | None = field(default=None, repr=False)
+    speaker: Speaker | None = None
+
+
+def transcription(
+    session_id: str, seq: int, utterance: Utterance, speaker: Speaker | None = None
+) -> dict[str, Any]:
+    """A ``transcription`` message; ``speaker`` defaults to the utterance's own."""
+    speaker = speaker or utterance.speaker or Speaker()
+    return {
+        "type": "transcription",
+        "session_id": session_id,
+        "seq": seq,
+        "is_final": utterance.is_final,
+        "text": utterance.text,
+        "start_ms": utterance.start_ms,
+        "end_ms": utterance.end_ms,
+        "words": [
+            {"word": w.word, "start_ms": w.start_ms, "end_ms": w.end_ms,
+             "confidence": round(w.confidence, 4)}
+            for w in utterance.words
+        ],
+        "speaker": speaker.label,
+        "speaker_id": speaker.id,
+        "speaker_confidence": speaker.confidence,
+        "speaker_role": speaker.role,
+    }
+
+
+def warning(session_id: str, code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"type": "warning", "session_id": session_id, "code": code, "message": message,
+            **details}
+
+
+def error(code: str, message: str, session_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if session_id is not None:
+        body["session_id"] = session_id
+    return body
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- client messages -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class End:
+    """Flush the final result, send ``session_end``, close with 1000."""
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Resets the idle timeout: a client pausing its audio on purpose keeps the session."""
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Per-session settings, accepted only before the first audio frame."""
+
+    phrases: tuple[str, ...] | None = None
+    sample_rate: int | None = None
+    partial_results: bool | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Room listeners with ``transcription:write``: stop capturing the room (privacy)."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Room listeners with ``transcription:write``: capture the room again."""
+
+
+ClientMessage = End | KeepAlive | Configure | Pause | Resume
+
+_CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_phrases: int = 1000
+    max_phrase_chars: int = 200
+    max_text_chars: int = 65536
+
+
+def parse_client_text(text: str, limits: Limits = Limits()) -> ClientMessage:
+    """Parse one client text frame.
+
+    Raises :class:`ProtocolError` with code ``bad_message``; the session answers it with
+    a ``warning`` and goes on (a malformed control message is never fatal).
+    """
+    if len(text) > limits.max_text_chars:
+        raise _bad(f"text message longer than {limits.max_text_chars} characters")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise _bad("text messages must be JSON objects") from None
+    if not isinstance(data, dict):
+        raise _bad("text messages must be JSON objects")
+    kind = data.get("type")
+    if kind == "end":
+        return End()
+    if kind == "keepalive":
+        return KeepAlive()
+    if kind == "config":
+        return _parse_config(data, limits)
+    if kind == "pause":
+        return Pause()
+    if kind == "resume":
+        return Resume()
+    if not isinstance(kind, str):
+        raise _bad('missing "type"; expected one of "config", "end", "keepalive", "pause", '
+                   '"resume"')
+    raise _bad(f'unknown message type {kind[:40]!r}; expected "config", "end", "keepalive", '
+               '"pause" or "resume"')
+
+
+def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
+    unknown = sorted(set(data) - _CONFIG_KEYS)
+    if unknown:
+        raise _bad(f"unknown config field {unknown[0][:40]!r}")
+    phrases = data.get("phrases")
+    if phrases is not None:
+        phrases = _parse_phrases(phrases, limits)
+    rate = data.get("sample_rate")
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 192000
+    ):
+        raise _bad("config.sample_rate must be an integer between 8000 and 192000")
+    partials = data.get("partial_results")
+    if partials is not None and not isinstance(partials, bool):
+        raise _bad("config.partial_results must be true or false")
+    return Configure(phrases=phrases, sample_rate=rate, partial_results=partials)
+
+
+def _parse_phrases(value: Any, limits: Limits) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise _bad("config.phrases must be a list of strings")
+    if len(value) > limits.max_phrases:
+        raise _bad(f"config.phrases has more than {limits.max_phrases} entries")
+    phrases = tuple(p.strip() for p in value if p.strip())
+    if not phrases:
+        raise _bad("config.phrases is empty")
+    if any(len(p) > limits.max_phrase_chars for p in phrases):
+        raise _bad(f"a phrase is longer than {limits.max_phrase_chars} characters")
+    return phrases
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("bad_message", message)
+
+
+# --- query parameters ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """What a client may set in the WebSocket URL's query string (besides ``token``)."""
+
+    sample_rate: int | None = None
+    errors_in_band: bool = False
+    source: str = "client"  # "client": the client streams audio; "room": the microphone
+    since_seq: int | None = None  # room listeners: resume after this seq
+    enroll: str | None = None  # enrol this session's voice under this name at ``end``
+    role: str | None = None  # the enrolled speaker's role (with ``enroll`` only)
+
+
+def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
+    """Validate the query parameters of a handshake. Raises ProtocolError(400-worthy)."""
+    rate: int | None = None
+    if "sample_rate" in query:
+        raw = _single(query, "sample_rate")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
+                8000 <= int(raw) <= 192000):
+            raise ProtocolError("invalid_parameter",
+                                "sample_rate must be an integer between 8000 and 192000")
+        rate = int(raw)
+    in_band = False
+    if "errors" in query:
+        raw = _single(query, "errors")
+        if raw not in ("http", "message"):
+            raise ProtocolError("invalid_parameter", 'errors must be "http" or "message"')
+        in_band = raw == "message"
+    if "encoding" in query and _single(query, "encoding") not in ("pcm_s16le", "wav"):
+        raise ProtocolError("invalid_parameter", 'encoding must be "pcm_s16le" or "wav"')
+    source = "client"
+    if "source" in query:
+        source = _single(query, "source")
+        if source not in ("client", "room"):
+            raise ProtocolError("invalid_parameter", 'source must be "client" or "room"')
+    since: int | None = None
+    if "since_seq" in query:
+        raw = _single(query, "since_seq")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+            raise ProtocolError("invalid_parameter", "since_seq must be a non-negative integer")
+        if source != "room":
+            raise ProtocolError("invalid_parameter", "since_seq applies to source=room")
+        since = int(raw)
+    enroll = _name_param(query, "enroll")
+    role = _name_param(query, "role")
+    if enroll is not None and source != "client":
+        raise ProtocolError("invalid_parameter", "enroll applies to client sessions, not to "
+                            "source=room")
+    if role is not None and enroll is None:
+        raise ProtocolError("invalid_parameter", "role applies only with enroll")
+    return ConnectParams(sample_rate=rate, errors_in_band=in_band, source=source,
+                         since_seq=since, enroll=enroll, role=role)
+
+
+MAX_NAME_CHARS = 200  # enrolled names and roles (as edge.speakers.identification.MAX_NAME_CHARS)
+
+
+def _name_param(query: Mapping[str, Sequence[str]], name: str) -> str | None:
+    if name not in query:
+        return None
+    value = _single(query, name).strip()
+    if not value or len(value) > MAX_NAME_CHARS or any(ord(ch) < 32 or ord(ch) == 127
+                                                       for ch in value):
+        raise ProtocolError("invalid_parameter", f"{name} must be 1 to {MAX_NAME_CHARS} "
+                            "characters without control characters")
+    return value
+
+
+def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
+    values = query[name]
+    if len(values) != 1:
+        raise ProtocolError("invalid_parameter", f"{name} given more than once")
+    return values[0]

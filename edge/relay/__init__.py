@@ -1,0 +1,1 @@
+"""Store and forward: the sender pushing the journal upstream, the ingest receiving it."""

@@ -1,0 +1,1 @@
+"""Speaker labels: diarization, the voiceprint store, identification."""
