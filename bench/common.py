@@ -531,7 +531,7 @@ class EdgeServer:
 
 
 def model_path() -> Path:
-    from edge.asr.recognizer import default_model_path
+    from edge.asr.modeldir import default_model_path
 
     return Path(os.environ.get("EDGE_MODEL") or default_model_path())
 

@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  WARNING: the journals are on a RAM filesystem, where fsync costs nothing; "
               "use --dir on a disk", flush=True)
 
-    from edge.asr.recognizer import load_model
+    from edge.asr.vosk import load_model
 
     t = time.perf_counter()
     model = load_model(None)

@@ -59,7 +59,8 @@ TARGET_SHARE = 0.05
 def record_script(chunks: list[bytes]) -> list[list[dict[str, Any]]]:
     """What edge's Vosk recogniser returns for each chunk (one warm-up pass first, so
     the script is the pooled recogniser's)."""
-    from edge.asr.recognizer import RecognizerPool, load_model
+    from edge.asr.recognizer import RecognizerPool
+    from edge.asr.vosk import load_model
 
     pool = RecognizerPool(load_model(common.model_path()).recognizer, size=1)
     for _ in range(2):
@@ -80,7 +81,7 @@ def serve_stub(config_path: str, script_path: str) -> int:
     import trio
 
     from edge import app
-    from edge.asr.recognizer import LoadedModel
+    from edge.asr.vosk import LoadedModel
     from edge.cli import setup_logging
     from edge.core.config import load_config
     from edge.protocols.live import Utterance, Word

@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_alsa(tmp, phase_s)  # before anything initialises PortAudio
         import trio
 
-        from edge.asr.recognizer import load_model
+        from edge.asr.vosk import load_model
 
         common.exit_on_sigterm()
         common.RESULTS.mkdir(parents=True, exist_ok=True)

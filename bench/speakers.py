@@ -53,13 +53,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.asr.recognizer import (  # noqa: E402
-    LabelingRecognizer,
-    LoadedModel,
-    Recognizer,
-    load_model,
-    load_speaker_model,
-)
+from edge.asr.recognizer import LabelingRecognizer, Recognizer  # noqa: E402
+from edge.asr.vosk import LoadedModel, load_model, load_speaker_model  # noqa: E402
 from edge.core.config import SpeakersConfig  # noqa: E402
 from edge.protocols.live import Utterance  # noqa: E402
 from edge.speakers.identification import SpeakerIdentification, SpeakerLabeler, VoiceprintStore  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from edge.asr.recognizer import LoadedModel, load_model, load_speaker_model
+from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.core.auth import AuthSettings, RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import ConfigError

@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from edge.app import open_speakers
-from edge.asr.recognizer import LoadedModel, RecognizerFactory, load_model
+from edge.asr.recognizer import RecognizerFactory
+from edge.asr.vosk import LoadedModel, load_model
 from edge.core.auth import AuthSettings, RevocationFile
 from edge.journal.service import JournalService
 from edge.net.server import Server

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from edge import __version__
-from edge.asr.recognizer import LoadedModel
+from edge.asr.vosk import LoadedModel
 from edge.core.auth import SCOPE_READ, AuthSettings
 from edge.net.server import Server
 from helpers import SECRET, connect, make_config, make_token, receive_json, url

@@ -26,7 +26,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
-from edge.asr.recognizer import LoadedModel, Recognizer, RecognizerFactory
+from edge.asr.recognizer import Recognizer, RecognizerFactory
+from edge.asr.vosk import LoadedModel
 from edge.net import session as session_module
 from edge.net.server import Server
 from edge.net.session import RecognitionLag

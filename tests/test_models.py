@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from edge.asr.modeldir import default_model_path
 from edge.asr.models import (
     CATALOGUE,
     ModelInstallError,
@@ -36,7 +37,7 @@ from edge.asr.models import (
     progress_bar,
     set_config_model,
 )
-from edge.asr.recognizer import default_model_path, load_model
+from edge.asr.vosk import load_model
 from edge.core.config import load_config
 from edge.core.errors import ConfigError, EdgeError
 from helpers import FIXTURES

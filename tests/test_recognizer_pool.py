@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import trio
 
-from edge.asr.recognizer import LoadedModel, Recognizer, RecognizerPool, Reusable
+from edge.asr.recognizer import Recognizer, RecognizerPool, Reusable
+from edge.asr.vosk import LoadedModel
 from edge.protocols.live import Utterance
 from helpers import FIXTURES, connect, make_token, receive_until_closed, stream
 

@@ -11,7 +11,8 @@ import pytest
 import trio
 from speaker_audio import GRAMMAR, SPK_MODEL, conversation, turn_of
 
-from edge.asr.recognizer import LabelingRecognizer, LoadedModel, load_speaker_model
+from edge.asr.recognizer import LabelingRecognizer
+from edge.asr.vosk import LoadedModel, load_speaker_model
 from edge.audio.capture import Chunk, MicEvent, MicStatistics
 from edge.core.errors import RecognizerError
 from edge.core.stats import Stats

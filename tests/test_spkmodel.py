@@ -21,7 +21,7 @@ import pytest
 import vosk
 from speaker_audio import best_mapping_accuracy
 
-from edge.asr.recognizer import LoadedModel
+from edge.asr.vosk import LoadedModel
 from edge.speakers.identification import Diarizer, SpeakerLabeler, VoiceprintStore
 from helpers import FIXTURES
 from tools.spkmodel import (

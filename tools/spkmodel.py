@@ -398,7 +398,7 @@ def build(out_dir: str | Path, train: Sequence[str | Path], *, dim: int = 32,
     vosk.SetLogLevel(-1)
     if model is None:
         if model_path is None:
-            from edge.asr.recognizer import default_model_path
+            from edge.asr.modeldir import default_model_path
 
             model_path = default_model_path()
         try:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TextIO
 
-import edge.asr.recognizer
+import edge.asr.modeldir
 from edge import __version__
 from edge.core.errors import ConfigError, EdgeError, RecognizerError
 
@@ -132,7 +132,7 @@ def models_dir(state: Path) -> Path:
 def asr_problem(path: Path) -> str | None:
     """Why ``path`` is not a Vosk speech model, or ``None`` if it looks like one."""
     try:
-        edge.asr.recognizer.check_model_dir(path)
+        edge.asr.modeldir.check_model_dir(path)
     except RecognizerError as exc:
         return str(exc)
     return None

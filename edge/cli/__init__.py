@@ -265,7 +265,7 @@ def _token(args: argparse.Namespace) -> int:
 # --- transcribe ----------------------------------------------------------------------
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from edge.asr.recognizer import load_model
+    from edge.asr.vosk import load_model
     from edge.audio.frames import PcmDecoder, is_wav
 
     config = _load(args, **{"recognizer.model": args.model})
@@ -422,7 +422,7 @@ def _voiceprints(config: Config) -> Any:
 def _speakers_enroll(args: argparse.Namespace) -> int:
     """Decode each file with the model and the speaker model, enrol the mean of the
     utterances' speaker vectors. The vectors are never printed or logged."""
-    from edge.asr.recognizer import load_model, load_speaker_model
+    from edge.asr.vosk import load_model, load_speaker_model
     from edge.audio.frames import PcmDecoder, is_wav
     from edge.speakers.identification import VoiceprintStoreError, check_name
 

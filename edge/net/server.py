@@ -21,7 +21,8 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from edge import __version__
-from edge.asr.recognizer import LoadedModel, RecognizerFactory, RecognizerPool
+from edge.asr.recognizer import RecognizerFactory, RecognizerPool
+from edge.asr.vosk import LoadedModel
 from edge.core.admission import Admission
 from edge.core.auth import (
     SCOPE_ENROLL,

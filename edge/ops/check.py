@@ -16,13 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import app
-from edge.asr.recognizer import (
-    check_model_dir,
-    check_speaker_model_dir,
-    default_model_path,
-    load_model,
-    load_speaker_model,
-)
+from edge.asr.modeldir import check_model_dir, check_speaker_model_dir, default_model_path
+from edge.asr.vosk import load_model, load_speaker_model
 from edge.core.auth import RevocationFile
 from edge.core.config import Config, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
