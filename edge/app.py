@@ -28,7 +28,7 @@ from edge.net.room import Room
 from edge.net.server import Server
 from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.relay.sender import Relay, RelaySettings
-from edge.speakers.identification import SpeakerIdentification, VoiceprintStore
+from edge.speakers import SpeakerIdentification, VoiceprintStore
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from edge.core.errors import RecognizerError
 from edge.core.stats import Stats
 from edge.net.room import Room
 from edge.ops.check import check_speaker_model, check_voiceprints
-from edge.speakers.identification import SpeakerIdentification, VoiceprintStore
+from edge.speakers import SpeakerIdentification, VoiceprintStore
 from helpers import FIXTURES, make_config
 
 # --- loading -------------------------------------------------------------------------------

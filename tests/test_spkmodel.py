@@ -22,7 +22,7 @@ import vosk
 from speaker_audio import best_mapping_accuracy
 
 from edge.asr.vosk import LoadedModel
-from edge.speakers.identification import Diarizer, SpeakerLabeler, VoiceprintStore
+from edge.speakers import Diarizer, SpeakerLabeler, VoiceprintStore
 from helpers import FIXTURES
 from tools.spkmodel import (
     FEATURE_DIM,

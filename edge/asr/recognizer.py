@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from edge.protocols.live import Speaker, Utterance
-from edge.speakers.identification import SpeakerTrack
+from edge.speakers import SpeakerTrack
 
 logger = logging.getLogger(__name__)
 

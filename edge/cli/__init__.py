@@ -406,7 +406,7 @@ def _voiceprints(config: Config) -> Any:
     """The daemon's voiceprints (a SpeakerIdentification), or None with a message when
     no speaker model is configured."""
     from edge.core.config import voiceprints_path
-    from edge.speakers.identification import SpeakerIdentification, VoiceprintStore
+    from edge.speakers import SpeakerIdentification, VoiceprintStore
 
     if not config.recognizer.speaker_model:
         print("edge: no speaker model configured: set recognizer.speaker_model (e.g. "
@@ -424,7 +424,7 @@ def _speakers_enroll(args: argparse.Namespace) -> int:
     utterances' speaker vectors. The vectors are never printed or logged."""
     from edge.asr.vosk import load_model, load_speaker_model
     from edge.audio.frames import PcmDecoder, is_wav
-    from edge.speakers.identification import VoiceprintStoreError, check_name
+    from edge.speakers import VoiceprintStoreError, check_name
 
     config = _load(args, **{"recognizer.model": args.model})
     setup_logging(config.log.level)
@@ -488,7 +488,7 @@ def _speaker_vectors(model: Any, pcm: bytes, rate: int, phrases: list[str] | Non
 
 
 def _speakers_list(args: argparse.Namespace) -> int:
-    from edge.speakers.identification import VoiceprintStoreError
+    from edge.speakers import VoiceprintStoreError
 
     identification = _voiceprints(_load(args))
     if identification is None:
@@ -509,7 +509,7 @@ def _speakers_list(args: argparse.Namespace) -> int:
 
 
 def _speakers_remove(args: argparse.Namespace) -> int:
-    from edge.speakers.identification import VoiceprintStoreError
+    from edge.speakers import VoiceprintStoreError
 
     config = _load(args)
     setup_logging(config.log.level)

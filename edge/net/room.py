@@ -30,7 +30,7 @@ from edge.journal.service import JournalService
 from edge.net.hub import Hub
 from edge.protocols import live as protocol
 from edge.protocols.live import Utterance
-from edge.speakers.identification import SpeakerIdentification
+from edge.speakers import SpeakerIdentification
 
 logger = logging.getLogger(__name__)
 

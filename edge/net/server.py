@@ -49,7 +49,7 @@ from edge.ops import health
 from edge.protocols import live as protocol
 from edge.relay.ingest import SCOPE_RELAY, RelayIngest
 from edge.relay.sender import Relay
-from edge.speakers.identification import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
+from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
 
 logger = logging.getLogger(__name__)
 

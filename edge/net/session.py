@@ -54,7 +54,7 @@ from edge.protocols.live import (
     KeepAlive,
     Utterance,
 )
-from edge.speakers.identification import SpeakerIdentification, VoiceprintStoreError
+from edge.speakers import SpeakerIdentification, VoiceprintStoreError
 
 logger = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ def check_voiceprints(config: Config) -> Finding:
     """The enrolled voiceprints (only with a speaker model). Never prints voice data."""
     if not config.recognizer.speaker_model:
         return Finding(OK, "voiceprints", "not used without a speaker model")
-    from edge.speakers.identification import VoiceprintStore, VoiceprintStoreError
+    from edge.speakers import VoiceprintStore, VoiceprintStoreError
 
     store = VoiceprintStore(voiceprints_path(config))
     try:
