@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from edge.journal.db import Backlog, Journal, JournalError, RelayEvent
-from edge.protocols import live as protocol
 
 DEVICE = "room-3"
 SECRET_TEXT = "머리가 아픕니다 patient-secret"
@@ -29,12 +28,13 @@ SECRET_TEXT = "머리가 아픕니다 patient-secret"
 
 def final(seq: int, text: str = "안녕하세요", start_ms: int = 0, end_ms: int = 1000,
           speaker: str | None = None) -> dict[str, Any]:
-    words = tuple(
-        protocol.Word(w, start_ms + i, start_ms + i + 1, 0.9) for i, w in enumerate(text.split())
-    )
-    utterance = protocol.Utterance(True, text, start_ms, end_ms, words)
-    return protocol.transcription("s", seq, utterance,
-                                  protocol.Speaker(speaker, None, None) if speaker else None)
+    """A final ``transcription`` message, as the Live API sends (and journals) it."""
+    words = [{"word": w, "start_ms": start_ms + i, "end_ms": start_ms + i + 1,
+              "confidence": 0.9} for i, w in enumerate(text.split())]
+    return {"type": "transcription", "session_id": "s", "seq": seq, "is_final": True,
+            "text": text, "start_ms": start_ms, "end_ms": end_ms, "words": words,
+            "speaker": speaker, "speaker_id": None, "speaker_confidence": None,
+            "speaker_role": None}
 
 
 def start(j: Journal, session_id: str, at: float = 1000.0, source: str = "client") -> None:

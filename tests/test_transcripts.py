@@ -19,7 +19,6 @@ from edge.journal.transcripts import (
     to_text,
     to_vtt,
 )
-from edge.protocols import live as protocol
 
 ROW = SessionRow(
     session_id="550e8400-e29b-41d4-a716-446655440000", device_id="room-3", source="client",
@@ -30,10 +29,13 @@ ROW = SessionRow(
 
 def final(seq: int, text: str, start_ms: int, end_ms: int,
           speaker: str | None = None) -> dict[str, Any]:
-    utterance = protocol.Utterance(True, text, start_ms, end_ms,
-                                   (protocol.Word(text, start_ms, end_ms, 1.0),))
-    who = protocol.Speaker(speaker, "session:1", 0.8) if speaker else None
-    return protocol.transcription(ROW.session_id, seq, utterance, who)
+    """A final ``transcription`` message, as the Live API sends (and journals) it."""
+    return {"type": "transcription", "session_id": ROW.session_id, "seq": seq,
+            "is_final": True, "text": text, "start_ms": start_ms, "end_ms": end_ms,
+            "words": [{"word": text, "start_ms": start_ms, "end_ms": end_ms,
+                       "confidence": 1.0}],
+            "speaker": speaker, "speaker_id": "session:1" if speaker else None,
+            "speaker_confidence": 0.8 if speaker else None, "speaker_role": None}
 
 
 FINALS = [

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -52,18 +51,20 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import EdgeError
+from edge.protocols.relay import (
+    RelayEvent,
+    check_event,
+    check_id,
+    check_payload,
+    encode_payload,
+)
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-SOURCES = ("client", "room", "relay")
-KINDS = ("start", "final", "end")
-
 PENDING, RELAYED, SHED = 0, 1, 2
 
-MAX_ID_LENGTH = 200  # device and session ids on the wire
-_MAX_INT = 2**63 - 1
 
 # SQLite primary result codes that mean "this file is damaged", not "the world is busy".
 _SQLITE_CORRUPT = 11
@@ -135,57 +136,6 @@ class SessionRow:
     finals: int = 0
 
 
-@dataclass(frozen=True)
-class RelayEvent:
-    """One journaled event as the relay sends it.
-
-    ``id`` is the sender's local event id (what its upstream acknowledges); the receiver
-    assigns its own. Construct from untrusted data with :meth:`from_wire` only.
-    """
-
-    id: int
-    device_id: str
-    session_id: str
-    seq: int
-    kind: str
-    created_at: float
-    payload: dict[str, Any]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "device_id": self.device_id,
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "kind": self.kind,
-            "created_at": self.created_at,
-            "payload": self.payload,
-        }
-
-    @classmethod
-    def from_wire(cls, data: Any) -> RelayEvent:
-        """Validate and build an event from decoded JSON.
-
-        Raises ValueError naming the bad field (never quoting payload content). Keys
-        other than those :meth:`to_wire` writes are ignored.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"relay event: expected a JSON object, got {_kind_of(data)}")
-        for key in ("id", "device_id", "session_id", "seq", "kind", "created_at", "payload"):
-            if key not in data:
-                raise ValueError(f"relay event: missing {key!r}")
-        event = cls(
-            id=data["id"], device_id=data["device_id"], session_id=data["session_id"],
-            seq=data["seq"], kind=data["kind"], created_at=data["created_at"],
-            payload=data["payload"],
-        )
-        _check_event(event)
-        if isinstance(event.created_at, int):
-            event = cls(event.id, event.device_id, event.session_id, event.seq, event.kind,
-                         float(event.created_at), event.payload)
-        return event
-
-
 class Journal:
     """The SQLite journal. Open with :meth:`Journal.open`; close with :meth:`close`
     (or use it as a context manager). Calls must be serialised (see the module doc)."""
@@ -214,7 +164,7 @@ class Journal:
         journal. ``device_id`` is this device's id: local sessions are journaled under
         it and preferred when a session id is ambiguous.
         """
-        _check_id("device_id", device_id)
+        check_id("device_id", device_id)
         path = Path(path)
         if readonly:
             return cls(_connect_readonly(path), path, device_id, readonly=True)
@@ -261,14 +211,14 @@ class Journal:
         ``source`` is ``client`` or ``room`` (``relay`` is for :meth:`ingest`). Raises
         :class:`JournalError` if this device already journaled ``session_id``.
         """
-        _check_id("session_id", session_id)
+        check_id("session_id", session_id)
         if source not in ("client", "room"):
             raise ValueError(f"source: expected 'client' or 'room', got {source!r}")
         payload: dict[str, Any] = {
             "source": source, "sub": sub, "organization": organization,
             "department": department, "model": model, "started_at": started_at,
         }
-        _check_payload("start", payload)
+        check_payload("start", payload)
         with self._write() as db:
             try:
                 db.execute(
@@ -290,7 +240,7 @@ class Journal:
         if not isinstance(message, Mapping) or message.get("is_final") is not True:
             raise ValueError("append_final takes a final transcription message")
         payload = dict(message)
-        _check_payload("final", payload)
+        check_payload("final", payload)
         at = time.time() if created_at is None else created_at
         with self._write() as db:
             seq = self._next_seq(db, session_id)
@@ -303,7 +253,7 @@ class Journal:
         one path). Raises :class:`JournalError` for an unknown session.
         """
         payload: dict[str, Any] = {"reason": reason, "ended_at": ended_at}
-        _check_payload("end", payload)
+        check_payload("end", payload)
         with self._write() as db:
             row = db.execute(
                 "SELECT ended_at FROM sessions WHERE device_id = ? AND session_id = ?",
@@ -354,7 +304,7 @@ class Journal:
         device's own id.
         """
         for event in events:
-            _check_event(event)
+            check_event(event)
             if event.device_id == self.device_id:
                 raise ValueError(f"relay event: device_id {event.device_id!r} is this "
                                  "device's own id")
@@ -369,7 +319,7 @@ class Journal:
                     "INSERT OR IGNORE INTO events (device_id, session_id, seq, kind,"
                     " created_at, payload, size) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (e.device_id, e.session_id, e.seq, e.kind, float(e.created_at),
-                     *_encoded(e.payload)))
+                     *encode_payload(e.payload)))
                 if cursor.rowcount != 1:
                     continue
                 new += 1
@@ -576,15 +526,10 @@ _SESSION_COLUMNS = (
 
 # --- events ----------------------------------------------------------------------------
 
-def _encoded(payload: Mapping[str, Any]) -> tuple[str, int]:
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text, len(text.encode())
-
-
 def _insert_event(db: sqlite3.Connection, device_id: str, session_id: str, seq: int,
                   kind: str, created_at: float, payload: Mapping[str, Any]) -> int:
     try:
-        text, size = _encoded(payload)
+        text, size = encode_payload(payload)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{kind} event: payload is not plain JSON ({exc})") from None
     cursor = db.execute(
@@ -599,82 +544,6 @@ def _last_seq(db: sqlite3.Connection, device_id: str, session_id: str) -> int:
                         " WHERE device_id = ? AND session_id = ?",
                         (device_id, session_id)).fetchone()
     return int(seq)
-
-
-def _kind_of(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _check_id(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"{name}: expected a non-empty string of at most {MAX_ID_LENGTH} "
-                         f"characters, got {_kind_of(value)}")
-
-
-def _check_event(e: RelayEvent) -> None:
-    if not _is_int(e.id) or not 1 <= e.id <= _MAX_INT:
-        raise ValueError(f"relay event: id: expected a positive integer, got {e.id!r:.40}")
-    _check_id("relay event: device_id", e.device_id)
-    _check_id("relay event: session_id", e.session_id)
-    if not _is_int(e.seq) or not 0 <= e.seq <= _MAX_INT:
-        raise ValueError(f"relay event: seq: expected a non-negative integer, "
-                         f"got {e.seq!r:.40}")
-    if e.kind not in KINDS:
-        raise ValueError(f"relay event: kind: expected one of {', '.join(KINDS)}, "
-                         f"got {e.kind!r:.40}")
-    if not _is_number(e.created_at) or e.created_at < 0:
-        raise ValueError(f"relay event: created_at: expected a Unix time, "
-                         f"got {e.created_at!r:.40}")
-    if not isinstance(e.payload, dict):
-        raise ValueError(f"relay event: payload: expected an object, got "
-                         f"{_kind_of(e.payload)}")
-    _check_payload(e.kind, e.payload)
-    try:
-        _encoded(e.payload)
-    except (TypeError, ValueError):
-        raise ValueError("relay event: payload is not plain JSON") from None
-
-
-def _check_payload(kind: str, p: Mapping[str, Any]) -> None:
-    """The fields this module and ``edge.journal.transcripts`` rely on, by type; messages name
-    the field and its type, never its content (it may be patient data)."""
-
-    def bad(field: str, expected: str) -> ValueError:
-        return ValueError(f"{kind} event: payload.{field}: expected {expected}, "
-                          f"got {_kind_of(p.get(field))}")
-
-    if kind == "start":
-        if p.get("source") not in SOURCES:
-            raise bad("source", "one of " + ", ".join(SOURCES))
-        for field in ("sub", "organization", "department", "model"):
-            if not isinstance(p.get(field), str | None):
-                raise bad(field, "a string or null")
-        if not _is_number(p.get("started_at")):
-            raise bad("started_at", "a Unix time")
-    elif kind == "end":
-        if not isinstance(p.get("reason"), str):
-            raise bad("reason", "a string")
-        if not _is_number(p.get("ended_at")):
-            raise bad("ended_at", "a Unix time")
-    else:
-        if not isinstance(p.get("text"), str):
-            raise bad("text", "a string")
-        for field in ("start_ms", "end_ms"):
-            if not _is_int(p.get(field)):
-                raise bad(field, "an integer")
-        if not isinstance(p.get("speaker"), str | None):
-            raise bad("speaker", "a string or null")
-        if not isinstance(p.get("words", []), list):
-            raise bad("words", "a list")
 
 
 # --- files -----------------------------------------------------------------------------
