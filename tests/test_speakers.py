@@ -14,18 +14,9 @@ import numpy as np
 import pytest
 
 from edge.core.errors import EdgeError
-from edge.speakers.identification import (
-    NO_DECISION,
-    Diarizer,
-    Match,
-    SpeakerDecision,
-    SpeakerIdentification,
-    SpeakerLabeler,
-    SpeakerStatus,
-    VoiceprintStore,
-    VoiceprintStoreError,
-    cosine,
-)
+from edge.speakers.diarize import NO_DECISION, Diarizer, SpeakerDecision, cosine
+from edge.speakers.identification import SpeakerIdentification, SpeakerLabeler, SpeakerStatus
+from edge.speakers.voiceprints import Match, VoiceprintStore, VoiceprintStoreError
 
 DIM = 32
 
@@ -287,7 +278,7 @@ def test_loose_permissions_are_reported(tmp_path: Path, caplog: pytest.LogCaptur
     path = tmp_path / "voiceprints.json"
     store_at(path).enroll("Kim", None, [voice(1)])
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="edge.speakers.identification"):
+    with caplog.at_level(logging.WARNING, logger="edge.speakers.voiceprints"):
         store_at(path).load()
     assert "0600" in caplog.text and "644" in caplog.text
 
@@ -389,7 +380,7 @@ def test_identify_with_another_dimension_warns_once(tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     s = store_at(tmp_path / "v.json")
     s.enroll("Kim", None, [voice(1)])
-    with caplog.at_level(logging.WARNING, logger="edge.speakers.identification"):
+    with caplog.at_level(logging.WARNING, logger="edge.speakers.voiceprints"):
         assert s.identify(np.ones(DIM * 4)) is None
         assert s.identify(np.ones(DIM * 4)) is None
     assert len(caplog.records) == 1 and "enrolled again" in caplog.text

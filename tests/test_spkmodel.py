@@ -3,7 +3,7 @@
 The held-out conversation (fixtures/speakers) has three voices that are not among the
 model's training speakers, speaking phrases that are not training phrases. It is decoded
 by the Korean model with the committed speaker model, and the vectors go through
-:mod:`edge.speakers.identification` as a session would use them.
+:mod:`edge.speakers` as a session would use them.
 """
 
 from __future__ import annotations
