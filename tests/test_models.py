@@ -25,19 +25,11 @@ from typing import Any
 
 import pytest
 
+from edge.asr.catalogue import CATALOGUE, detect_kind, format_table, list_models, models_dir
+from edge.asr.install import ModelInstallError, install, progress_bar
 from edge.asr.modeldir import default_model_path
-from edge.asr.models import (
-    CATALOGUE,
-    ModelInstallError,
-    detect_kind,
-    format_table,
-    install,
-    list_models,
-    models_dir,
-    progress_bar,
-    set_config_model,
-)
 from edge.asr.vosk import load_model
+from edge.cli.config_edit import set_config_model
 from edge.core.config import load_config
 from edge.core.errors import ConfigError, EdgeError
 from helpers import FIXTURES

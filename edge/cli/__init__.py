@@ -322,16 +322,18 @@ def _read_phrases(path: Path | None) -> list[str] | None:
 # --- models --------------------------------------------------------------------------
 
 def _models_list(args: argparse.Namespace) -> int:
-    from edge.asr import models
+    from edge.asr.catalogue import format_table, list_models
     from edge.core.config import state_dir
 
     config = _load(args)
-    print(models.format_table(models.list_models(state_dir(config))))
+    print(format_table(list_models(state_dir(config))))
     return EXIT_OK
 
 
 def _models_install(args: argparse.Namespace) -> int:
-    from edge.asr import models
+    from edge.asr.catalogue import CONFIG_KEYS, detect_kind
+    from edge.asr.install import ModelInstallError, install, progress_bar
+    from edge.cli.config_edit import set_config_model
     from edge.core.config import state_dir
 
     config = _load(args)
@@ -339,16 +341,16 @@ def _models_install(args: argparse.Namespace) -> int:
     if args.set_config and not args.config:
         raise ConfigError("--config", "--set-config needs the config file to change")
     try:
-        path = models.install(args.source, state_dir(config), sha256=args.sha256,
-                              progress=models.progress_bar(sys.stderr))
-    except models.ModelInstallError as exc:
+        path = install(args.source, state_dir(config), sha256=args.sha256,
+                       progress=progress_bar(sys.stderr))
+    except ModelInstallError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(path)
     if args.set_config:
-        kind = models.detect_kind(path) or "asr"
-        models.set_config_model(Path(args.config), models.CONFIG_KEYS[kind], str(path))
-        print(f"edge: {args.config}: {models.CONFIG_KEYS[kind]} = {path}", file=sys.stderr)
+        kind = detect_kind(path) or "asr"
+        set_config_model(Path(args.config), CONFIG_KEYS[kind], str(path))
+        print(f"edge: {args.config}: {CONFIG_KEYS[kind]} = {path}", file=sys.stderr)
     return EXIT_OK
 
 

