@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    WebSocketRequest,
+    open_websocket_url,
+    serve_websocket,
+)
 
 from edge.journal.db import Journal
 from edge.journal.service import JournalService
@@ -166,11 +173,22 @@ async def test_a_full_outbox_sheds_visibly_and_keeps_everything_locally(
     assert any("could not keep queued" in r.getMessage() for r in caplog.records)
 
 
+EVENT: dict[str, Any] = {
+    "id": 1, "device_id": "room-a", "session_id": "s", "seq": 0, "kind": "start",
+    "created_at": 1.0, "payload": {"source": "client", "sub": None, "organization": None,
+                                   "department": None, "model": None, "started_at": 1.0}}
+
+
+def batch_of(*events: dict[str, Any], **fields: Any) -> str:
+    return json.dumps({"type": "relay_batch", "batch": 1, "device_id": "room-a",
+                       "events": list(events), **fields})
+
+
 async def test_ingest_refuses_bad_batches_and_foreign_devices(
     start_server: Any, pair: tuple[Node, Node],
 ) -> None:
     _, b = pair
-    server_b = await start_server(journal=b.service)
+    server_b = await start_server(journal=b.service, server={"max_frame_bytes": 65536})
     url = f"ws://127.0.0.1:{server_b.port}/ws/relay"
 
     try:
@@ -180,21 +198,52 @@ async def test_ingest_refuses_bad_batches_and_foreign_devices(
     except ConnectionRejected as exc:
         assert exc.status_code == 403
 
+    cases: list[tuple[str | bytes, str, int]] = [
+        ("garbage", "bad_batch", 1008),
+        ("[]", "bad_batch", 1008),
+        ("42", "bad_batch", 1008),
+        (b"\x00\x01", "bad_batch", 1003),
+        ('{"type": "relay_batch", "batch": ' + "9" * 5000 + "}", "bad_batch", 1008),
+        (batch_of(EVENT, batch="1"), "bad_batch", 1008),
+        (batch_of(EVENT, batch=True), "bad_batch", 1008),
+        (batch_of({**EVENT, "seq": True}), "bad_batch", 1008),
+        (batch_of({**EVENT, "session_id": "s" * 20000}), "bad_batch", 1008),
+        (batch_of({**EVENT, "device_id": "room-b"}), "bad_batch", 1008),  # not its own
+        (batch_of(EVENT, device_id="room-b"), "bad_batch", 1008),
+        (json.dumps({"type": "relay_batch", "batch": 1, "events": [EVENT]}), "bad_batch",
+         1008),
+        (batch_of(EVENT, EVENT), "bad_batch", 1008),  # not in id order
+        ("x" * 70000, "", 1009),  # over server.max_frame_bytes: closed by the socket layer
+    ]
     token = make_token(sub="room-a", scope="relay:write")
-    event = {"id": 1, "device_id": "room-b", "session_id": "s", "seq": 0, "kind": "start",
-             "created_at": 1.0, "payload": {"source": "client", "sub": None,
-                                            "organization": None, "department": None,
-                                            "model": None, "started_at": 1.0}}
-    for batch, code in [("garbage", "bad_batch"),
-                        (json.dumps({"type": "relay_batch", "batch": 1, "events": [event]}),
-                         "bad_batch")]:
+    for frame, code, close_code in cases:
         async with open_websocket_url(url, extra_headers=[
                 (b"authorization", f"Bearer {token}".encode())]) as ws:
             assert json.loads(await ws.get_message())["type"] == "relay_init"
-            await ws.send_message(batch)
-            reply = json.loads(await ws.get_message())
-            assert reply["type"] == "error" and reply["code"] == code
-    assert b.events("room-b") == []
+            await ws.send_message(frame)
+            if code:
+                reply = json.loads(await ws.get_message())
+                assert reply["type"] == "error" and reply["code"] == code, (frame, reply)
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason is not None
+            assert closed.value.reason.code == close_code, frame[:80]
+    assert b.events("room-a") == b.events("room-b") == []
+
+
+async def test_ingest_refuses_a_device_using_the_servers_own_id(
+    start_server: Any, pair: tuple[Node, Node],
+) -> None:
+    _, b = pair
+    server_b = await start_server(journal=b.service)
+    token = make_token(sub="clinic", scope="relay:write")
+    async with open_websocket_url(f"ws://127.0.0.1:{server_b.port}/ws/relay", extra_headers=[
+            (b"authorization", f"Bearer {token}".encode())]) as ws:
+        await ws.get_message()
+        await ws.send_message(batch_of({**EVENT, "device_id": "clinic"}, device_id="clinic"))
+        reply = json.loads(await ws.get_message())
+        assert (reply["type"], reply["code"]) == ("error", "bad_batch")
+    assert b.events("clinic") == []
 
 
 async def test_a_batch_too_big_for_the_upstream_is_split(
@@ -215,3 +264,117 @@ async def test_a_batch_too_big_for_the_upstream_is_split(
     await drained(a, relay)
     assert b.events("room-a") == a.events("room-a")
     assert any("too big" in r.getMessage() for r in caplog.records)
+
+
+# --- a misbehaving upstream -------------------------------------------------------------
+
+Behaviour = Callable[[WebSocketConnection], Awaitable[None]]
+INIT = json.dumps({"type": "relay_init", "server": "fake", "version": "0"})
+
+
+def answers(reply: str | bytes, *, greeting: str | bytes = INIT) -> Behaviour:
+    """Greet, read one batch, answer ``reply``, close."""
+
+    async def behave(ws: WebSocketConnection) -> None:
+        await ws.send_message(greeting)
+        if greeting is INIT:
+            await ws.get_message()
+            await ws.send_message(reply)
+
+    return behave
+
+
+async def closes(ws: WebSocketConnection) -> None:
+    await ws.send_message(INIT)
+    await ws.get_message()
+    await ws.aclose(1011, "going down")
+
+
+async def acks_another_batch(ws: WebSocketConnection) -> None:
+    await ws.send_message(INIT)
+    batch = json.loads(await ws.get_message())
+    await ws.send_message(json.dumps({"type": "relay_ack", "batch": batch["batch"] + 1,
+                                      "up_to": batch["events"][-1]["id"], "stored": 1}))
+
+
+class FakeUpstream:
+    """An upstream on 127.0.0.1 that, for each connection, takes the next behaviour
+    from :attr:`script` and acts it out."""
+
+    def __init__(self) -> None:
+        self.script, self._next = trio.open_memory_channel[Behaviour](0)
+        self.port = 0
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(serve_websocket, self._handle, "127.0.0.1", 0,
+                                             None)
+                self.port = server.port
+                task_status.started()
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        """Stop listening; returns when the port is free."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        behave = await self._next.receive()
+        await behave(ws)
+
+
+@pytest.fixture
+async def misbehaving_upstream(nursery: trio.Nursery) -> FakeUpstream:
+    upstream = FakeUpstream()
+    await nursery.start(upstream.run)
+    return upstream
+
+
+async def test_a_misbehaving_upstream_is_a_link_failure_never_a_crash(
+    nursery: trio.Nursery, start_server: Any, pair: tuple[Node, Node],
+    misbehaving_upstream: FakeUpstream,
+) -> None:
+    a, b = pair
+    upstream = misbehaving_upstream
+    port = upstream.port
+    a.journal.start_session("s1", source="client", sub="dr-lee", started_at=1.0)
+    a.journal.end_session("s1", reason="end", ended_at=2.0)
+    relay = relay_to(port, a)
+    await nursery.start(relay.run)
+
+    cases: list[tuple[Behaviour, str]] = [
+        (answers("[]"), "bad_reply: relay messages are JSON objects, got list"),
+        (answers("42"), "JSON objects, got int"),
+        (answers("not json"), "not JSON"),
+        (answers('{"type":"relay_ack","batch":"1","up_to":true}'), "relay_ack.batch"),
+        (answers('{"type":"relay_ack","batch":1,"up_to":' + "9" * 5000 + ',"stored":1}'),
+         "not JSON"),
+        (answers('{"type":"error","code":"store_failed","message":"disk full"}'),
+         "refused batch"),
+        (acks_another_batch, "does not match batch"),
+        (closes, "closed the connection (1011"),
+        (answers("", greeting="[]"), "got list"),
+        (answers("", greeting='{"type":"relay_ack","batch":1,"up_to":1,"stored":1}'),
+         "expected relay_init"),
+        (answers("", greeting=b"\x00binary"), "binary frame"),
+    ]
+    with trio.fail_after(60):
+        for n, (behave, says) in enumerate(cases, start=1):
+            await upstream.script.send(behave)
+            while relay.failures < n:
+                await trio.sleep(0.01)
+            status = relay.status()
+            assert status["failures"] == n and says in status["last_error"], status
+            assert (await a.service.backlog()).events == 2  # nothing marked relayed
+    assert relay.circuit_open
+
+    await upstream.stop()  # replaced by a well-behaved upstream on the same port
+    await start_server(journal=b.service, server={"port": port})
+    await drained(a, relay)
+    assert b.events("room-a") == a.events("room-a") == [("s1", 0, "start"), ("s1", 1, "end")]
+    assert relay.status()["last_error"] is None and not relay.circuit_open

@@ -6,11 +6,16 @@ of journal events; each batch is stored in this daemon's journal in one transact
 ignored, so a device resending after a lost ack changes nothing. Relayed sessions are
 served to this daemon's own clients (``/transcripts/<id>``) and, when this daemon
 relays too, passed on upstream (tiers: room devices -> clinic server -> cloud).
+
+Frames are read with :func:`edge.protocols.relay.parse_downstream`. A device that sends
+anything but a valid batch of its own events gets an ``error`` message with the protocol
+error's code (``bad_batch``) and its close code (1003 for a binary frame, 1008 for a
+malformed batch, 1009 for one too big); only a failure to store here is ``store_failed``
+and 1011.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -20,15 +25,25 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from edge import __version__
 from edge.core.config import Config
 from edge.core.stats import Stats
-from edge.journal.db import JournalError, RelayEvent
+from edge.journal.db import JournalError
 from edge.journal.service import JournalService
 from edge.net.connection import Connection, SessionInfo, Stop
-from edge.protocols.live import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY
+from edge.protocols.relay import (
+    MAX_BATCH_EVENTS,
+    RelayAck,
+    RelayBatch,
+    RelayInit,
+    RelayProtocolError,
+    parse_downstream,
+)
 
 logger = logging.getLogger(__name__)
 
 SCOPE_RELAY = "relay:write"
-MAX_BATCH_EVENTS = 1000
+
+# RFC 6455 close codes for what is not the device's fault.
+_CLOSE_GOING_AWAY = 1001
+_CLOSE_INTERNAL_ERROR = 1011
 
 
 class RelayIngest(Connection):
@@ -43,8 +58,8 @@ class RelayIngest(Connection):
     async def run(self) -> Stop:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sender)
-            self._queue({"type": "relay_init", "server": "edge", "version": __version__,
-                         "device_id": self._device, "max_batch_events": MAX_BATCH_EVENTS})
+            self._queue(RelayInit("edge", __version__, self._device,
+                                  MAX_BATCH_EVENTS).to_wire())
             with self._cancel:
                 async with trio.open_nursery() as inner:
                     inner.start_soon(self._token_expiry)
@@ -61,50 +76,43 @@ class RelayIngest(Connection):
     async def _receive(self) -> None:
         while self._stop is None:
             try:
-                text = await self.ws.get_message()
+                frame = await self.ws.get_message()
             except ConnectionClosed:
-                self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
+                self.stop(Stop(_CLOSE_GOING_AWAY, "client_closed", notify=False))
                 return
             self._last_client_message = trio.current_time()
             try:
-                batch, events = self._parse(text)
-            except ValueError as exc:
-                self.stop(Stop(CLOSE_POLICY, "bad_batch", ("bad_batch", str(exc))))
+                batch = self._parse(frame)
+            except RelayProtocolError as exc:
+                logger.info("relay from %s: refused a batch (%s)", self._device, exc.message)
+                self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message)))
                 return
             try:
-                new = await self._journal.call(self._journal.journal.ingest, events)
-            except (JournalError, ValueError) as exc:
+                new = await self._journal.call(self._journal.journal.ingest, batch.events)
+            except JournalError as exc:
                 logger.error("relay from %s: cannot store a batch: %s", self._device, exc)
-                self.stop(Stop(CLOSE_INTERNAL_ERROR, "store_failed", (
+                self.stop(Stop(_CLOSE_INTERNAL_ERROR, "store_failed", (
                     "store_failed", "the upstream could not store the batch; retry later")))
                 return
             self._journal.changed.set()
             self._journal.changed = trio.Event()
             self.stored += new
-            if isinstance(batch.get("shed"), dict):
-                logger.warning("relay from %s: the device reports %s event(s) it could not "
-                               "keep queued for relaying", self._device,
-                               batch["shed"].get("events"))
-            self._queue({"type": "relay_ack", "batch": batch.get("batch"),
-                         "up_to": events[-1].id, "stored": new})
+            if batch.shed is not None and batch.shed.events:
+                logger.warning("relay from %s: the device reports %d event(s) it could not "
+                               "keep queued for relaying", self._device, batch.shed.events)
+            self._queue(RelayAck(batch.batch, batch.up_to, new).to_wire())
 
-    def _parse(self, text: str | bytes) -> tuple[dict[str, Any], list[RelayEvent]]:
-        if not isinstance(text, str):
-            raise ValueError("relay batches are JSON text frames")
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("type") != "relay_batch":
-            raise ValueError('expected {"type": "relay_batch", ...}')
-        raw = data.get("events")
-        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BATCH_EVENTS:
-            raise ValueError(f"events must be a list of 1 to {MAX_BATCH_EVENTS} events")
-        events = [RelayEvent.from_wire(item) for item in raw]
-        foreign = {e.device_id for e in events} - {self._device}
-        if foreign:
-            raise ValueError("a device may only relay its own events (device_id must be "
-                             "the token's sub)")
-        if [e.id for e in events] != sorted(e.id for e in events):
-            raise ValueError("events must be in id order")
-        return data, events
+    def _parse(self, frame: str | bytes) -> RelayBatch:
+        """A batch of this device's own events, or RelayProtocolError (``bad_batch``)."""
+        batch = parse_downstream(frame, max_events=MAX_BATCH_EVENTS)
+        if batch.device_id != self._device or any(e.device_id != self._device
+                                                  for e in batch.events):
+            raise RelayProtocolError("bad_batch", "a device may only relay its own events "
+                                     "(device_id must be the token's sub)")
+        if self._device == self._journal.journal.device_id:
+            raise RelayProtocolError("bad_batch", "a device may not relay under this "
+                                     "server's own device id")
+        return batch
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {**super()._summary(stop), "stored": self.stored}

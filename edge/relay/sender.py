@@ -7,22 +7,26 @@ when the upstream acknowledges a batch, which it does after storing it durably. 
 crash anywhere means events are sent again, never lost; the upstream removes
 duplicates by (device, session, seq).
 
-Wire messages (JSON text frames), documented in the README:
+The messages (JSON text frames) are :mod:`edge.protocols.relay`'s, documented in the
+README: ``relay_init`` from the upstream on accept, then a ``relay_batch`` from the
+device and a ``relay_ack`` for exactly that batch (or an ``error`` and a close).
 
-* upstream -> device on accept: ``{"type": "relay_init", "server": ..., "version": ...}``
-* device -> upstream: ``{"type": "relay_batch", "batch": n, "device_id": ...,
-  "events": [event, ...], "shed": {"events": k, "bytes": b}}`` (``shed`` only when the
-  outbox overflowed since the last batch)
-* upstream -> device: ``{"type": "relay_ack", "batch": n, "up_to": last_event_id,
-  "stored": new_events}``; or ``{"type": "error", ...}`` and a close.
+Whatever the upstream sends or does (a frame that is not the ack expected, an error, a
+close, silence past ``ack_timeout``, a refused handshake) is a failure of the link:
+counted in :attr:`Relay.failures`, described in :attr:`Relay.last_error`, followed by
+a reconnect after a backoff with jitter; nothing is marked relayed. :meth:`Relay.run`
+never raises for the peer's behaviour; an exception that escapes it is a bug here.
 
-The relay never slows local transcription: it only reads the journal (in the
-journal's worker thread) and talks to the network.
+The relay never slows local transcription: it never writes a final or a session, and its
+journal calls (reading a batch, marking it relayed, bounding the outbox) run through
+:meth:`JournalService.call`, on the journal's bulk connection and worker thread, apart
+from the connection and thread that sessions journal their finals on (see
+:mod:`edge.journal.service` for what the two still share: SQLite's write lock, held by
+the relay's writes for a short transaction without an fsync of its own).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -31,11 +35,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
-from edge.journal.db import Backlog, JournalError, RelayEvent
+from edge.journal.db import Backlog, JournalError
 from edge.journal.service import JournalService
-from edge.protocols.live import CLOSE_TOO_BIG
+from edge.protocols.relay import (
+    CLOSE_TOO_BIG,
+    RelayBatch,
+    RelayEvent,
+    RelayInit,
+    RelayProtocolError,
+    Shed,
+    UpstreamMessage,
+    encode,
+    expect_ack,
+    parse_upstream,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +63,6 @@ _IDLE_POLL = 1.0
 _SHED_CHECK_INTERVAL = 5.0
 _MIN_BATCH_BYTES = 16 * 1024
 _CIRCUIT_OPEN_AFTER = 3  # consecutive failures before health calls the link down
-
-
-class RelayProtocolError(Exception):
-    """The upstream answered something other than the ack we waited for."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,7 @@ class Relay:
         self._s = settings
         self._journal = journal
         self.state = "starting"
-        self.failures = 0  # consecutive failed connections
+        self.failures = 0  # link failures in a row (ended by an ack; see _link_works)
         self.sent_events = 0
         self.shed_events = 0
         self.shed_bytes = 0
@@ -132,29 +148,28 @@ class Relay:
                                       connect_timeout=self._s.ack_timeout,
                                       disconnect_timeout=2.0) as ws:
             with trio.fail_after(self._s.ack_timeout):
-                hello = json.loads(await ws.get_message())
-            if hello.get("type") != "relay_init":
-                raise RelayProtocolError(f"expected relay_init, got {hello.get('type')!r}")
-            if self.failures:
-                logger.info("relay: upstream reachable again after %d failure(s)",
-                            self.failures)
-            self.failures = 0
-            self.last_error = None
+                hello = await _receive(ws)
+            if not isinstance(hello, RelayInit):
+                raise RelayProtocolError("bad_reply", "expected relay_init from the upstream, "
+                                         f"got {_name(hello)}")
             self.state = "connected"
-            await self._pump(ws)
+            limit = self._s.batch_events
+            if hello.max_batch_events is not None:
+                limit = min(limit, hello.max_batch_events)
+            await self._pump(ws, limit)
 
-    async def _pump(self, ws: Any) -> None:
+    async def _pump(self, ws: WebSocketConnection, limit: int) -> None:
         journal = self._journal
         while True:
             if trio.current_time() >= self._next_shed_check:
-                # Scanning the whole outbox costs milliseconds per thousand events: do
-                # it every few seconds, not before every batch of a long drain.
+                # Bounding the outbox reads the whole of it: do it every few seconds,
+                # not before every batch of a long drain.
                 self._next_shed_check = trio.current_time() + _SHED_CHECK_INTERVAL
                 await self._shed_if_full()
             changed = journal.changed
-            events = await journal.call(journal.journal.pending, self._s.batch_events,
-                                        self._batch_bytes)
+            events = await journal.call(journal.journal.pending, limit, self._batch_bytes)
             if not events:
+                self._link_works()
                 self.state = "idle"
                 with trio.move_on_after(_IDLE_POLL):
                     await changed.wait()
@@ -162,29 +177,27 @@ class Relay:
             self.state = "sending"
             await self._send_batch(ws, events)
 
-    async def _send_batch(self, ws: Any, events: list[RelayEvent]) -> None:
+    async def _send_batch(self, ws: WebSocketConnection, events: list[RelayEvent]) -> None:
         self._batch += 1
-        batch: dict[str, Any] = {"type": "relay_batch", "batch": self._batch,
-                                 "device_id": self._journal.journal.device_id,
-                                 "events": [e.to_wire() for e in events]}
-        if self._unreported_shed != (0, 0):
-            batch["shed"] = {"events": self._unreported_shed[0],
-                             "bytes": self._unreported_shed[1]}
+        shed = Shed(*self._unreported_shed) if self._unreported_shed != (0, 0) else None
+        batch = RelayBatch(self._batch, self._journal.journal.device_id, tuple(events), shed)
         with trio.fail_after(self._s.ack_timeout):
-            await ws.send_message(json.dumps(batch, ensure_ascii=False,
-                                              separators=(",", ":")))
-            reply = json.loads(await ws.get_message())
-        if reply.get("type") == "error":
-            raise RelayProtocolError(f"upstream refused the batch: {reply.get('code')}: "
-                                     f"{reply.get('message')}")
-        up_to = events[-1].id
-        if (reply.get("type") != "relay_ack" or reply.get("batch") != self._batch
-                or reply.get("up_to") != up_to):
-            raise RelayProtocolError("the upstream's ack does not match the batch")
+            await ws.send_message(encode(batch))
+            expect_ack(await _receive(ws), batch)
         self._unreported_shed = (0, 0)
-        await self._journal.call(self._journal.journal.mark_relayed, up_to)
+        self._link_works()
+        await self._journal.call(self._journal.journal.mark_relayed, batch.up_to)
         self.sent_events += len(events)
         self.last_ack = trio.current_time()
+
+    def _link_works(self) -> None:
+        """The upstream acknowledged a batch, or greeted us with nothing to send: the
+        failures in a row end here (an upstream that greets and then answers garbage
+        keeps counting them, and opens the circuit)."""
+        if self.failures:
+            logger.info("relay: upstream reachable again after %d failure(s)", self.failures)
+        self.failures = 0
+        self.last_error = None
 
     async def _shed_if_full(self) -> None:
         """Keep the outbox within ``max_backlog_bytes``: the oldest unsent events stop
@@ -203,8 +216,25 @@ class Relay:
                            self._s.max_backlog_bytes, shed.events, shed.bytes)
 
 
-_LINK_ERRORS = (HandshakeError, ConnectionClosed, OSError, trio.TooSlowError,
-                RelayProtocolError, JournalError, ValueError)
+async def _receive(ws: WebSocketConnection) -> UpstreamMessage:
+    """The upstream's next message. A frame that is not one closes the connection with
+    the protocol error's close code, and the error propagates (a link failure)."""
+    frame = await ws.get_message()
+    try:
+        return parse_upstream(frame)
+    except RelayProtocolError as exc:
+        with trio.move_on_after(2.0):
+            await ws.aclose(exc.close_code, exc.code)
+        raise
+
+
+def _name(message: UpstreamMessage) -> str:
+    return str(message.to_wire()["type"])
+
+
+# What the network and the upstream can do to the link; anything else is a bug here.
+_LINK_ERRORS = (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError,
+                trio.TooSlowError, RelayProtocolError, JournalError)
 
 
 def _is_link_error(exc: BaseException) -> bool:
@@ -222,8 +252,16 @@ def _closed_with(exc: BaseException, code: int) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    """The failure in words, for ``last_error`` in health and the log."""
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
+    if isinstance(exc, ConnectionClosed) and exc.reason is not None:
+        reason = exc.reason
+        why = f": {reason.reason[:200]}" if reason.reason else ""
+        return f"the upstream closed the connection ({reason.code} {reason.name}{why})"
+    if isinstance(exc, trio.TooSlowError):
+        return "the upstream did not answer in time"
+    if isinstance(exc, RelayProtocolError):
+        return f"{exc.code}: {exc.message}"
     cause = exc.__cause__ or exc
     return str(cause) or type(cause).__name__
-
