@@ -1,0 +1,54 @@
+"""``edge transcripts list`` and ``edge transcripts show``: read the journal.
+
+The journal is opened read-only: the daemon may be writing it at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge.app import device_id
+from edge.cli.common import EXIT_FAIL, EXIT_OK, load
+from edge.core.config import journal_path
+from edge.core.errors import ConfigError
+from edge.journal import transcripts
+from edge.journal.db import Journal, JournalError
+
+
+def _open_journal_readonly(args: argparse.Namespace) -> Journal | None:
+    config = load(args)
+    try:
+        return Journal.open(journal_path(config), device_id=device_id(config), readonly=True)
+    except JournalError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return None
+
+
+def run_list(args: argparse.Namespace) -> int:
+    since = None
+    if args.since:
+        try:
+            since = transcripts.parse_since(args.since)
+        except ValueError as exc:
+            raise ConfigError("--since", str(exc)) from None
+    journal = _open_journal_readonly(args)
+    if journal is None:
+        return EXIT_FAIL
+    with journal:
+        print(transcripts.list_table(journal.sessions(since)))
+    return EXIT_OK
+
+
+def run_show(args: argparse.Namespace) -> int:
+    journal = _open_journal_readonly(args)
+    if journal is None:
+        return EXIT_FAIL
+    with journal:
+        row = journal.session(args.session_id)
+        if row is None:
+            print(f"edge: no session {args.session_id} in the journal", file=sys.stderr)
+            return EXIT_FAIL
+        sys.stdout.write(transcripts.render(args.format, row,
+                                            journal.finals(row.session_id, row.device_id)))
+    return EXIT_OK
