@@ -21,7 +21,7 @@ import pytest
 import vosk
 from speaker_audio import best_mapping_accuracy
 
-from edge.asr.vosk import LoadedModel
+from edge.asr.vosk import LoadedModel, load_speaker_model
 from edge.speakers import Diarizer, SpeakerLabeler, VoiceprintStore
 from helpers import FIXTURES
 from tools.spkmodel import (
@@ -192,12 +192,12 @@ def test_eight_khz_stream_with_the_speaker_model(model: LoadedModel, spk: Any) -
 def test_build_from_clips_loads_in_vosk(model: LoadedModel, tmp_path: Path) -> None:
     clips = sorted((SPEAKERS / "clips").glob("*/*.wav"))
     out = tmp_path / "model"
-    report = build(out, clips, dim=2, features=24, model=model.model,
+    report = build(out, clips, dim=2, features=24, model=model,
                    grammar=words(META["clip_phrases"]), work_dir=tmp_path)
     assert report.speakers == 3 and report.utterances == 6 and report.dim == 2
     assert report.train_accuracy == 1.0
-    spk = vosk.SpkModel(str(out))
-    vectors = speaker_vectors(model.model, spk, clips[0], words(META["clip_phrases"]))
+    built = model.with_speaker_model(load_speaker_model(out))
+    vectors = speaker_vectors(built, clips[0], words(META["clip_phrases"]))
     assert len(vectors) == 1 and vectors[0].shape == (2,)
 
 

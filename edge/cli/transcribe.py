@@ -9,6 +9,7 @@ import sys
 import uuid
 
 import edge.cli
+from edge.asr.decode import decode_pcm
 from edge.asr.vosk import load_model
 from edge.audio.frames import PcmDecoder, is_wav
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load, read_phrases
@@ -39,16 +40,10 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("%s", notice.message)
     assert decoder.format is not None  # set by the first feed
     model = load_model(config.recognizer.model or None)
-    recognizer = model.recognizer(decoder.format.sample_rate, phrases)
+    rate = decoder.format.sample_rate
+    results = decode_pcm(model.recognizer(rate, phrases), pcm, rate)
     session_id = str(uuid.uuid4())
     seq = 0
-    step = decoder.format.sample_rate * 2 // 10  # 100 ms, as a streaming client sends
-    results = []
-    for i in range(0, len(pcm), step):
-        results.extend(recognizer.accept(pcm[i:i + step]))
-    final = recognizer.flush()
-    if final is not None:
-        results.append(final)
     for utterance in results:
         if utterance.is_final or args.partials:
             seq += 1

@@ -1,0 +1,37 @@
+"""Decoding a whole recording at once, for the offline commands and tools.
+
+Blocking: real CPU for the whole recording (about 0.1 s per second of audio on a Pi 4),
+so nothing on the event loop calls it. The audio is fed in chunks as a streaming client
+sends it, so that a file decodes as it would in a live session.
+"""
+
+from __future__ import annotations
+
+from edge.asr.recognizer import Recognizer
+from edge.protocols.live import Utterance
+
+#: What a streaming client sends per message (``edge client`` and the web page).
+CLIENT_CHUNK_MS = 100
+
+
+def decode_pcm(recognizer: Recognizer, pcm: bytes, sample_rate: int, *,
+               chunk_ms: int = CLIENT_CHUNK_MS) -> list[Utterance]:
+    """Feed mono s16le ``pcm`` to ``recognizer`` in ``chunk_ms`` chunks, then flush.
+
+    Returns every utterance in order: partials and finals as ``accept`` gave them, and
+    the final that ``flush`` gives last. The caller owns the recogniser and closes it.
+    """
+    step = max(1, sample_rate * chunk_ms // 1000) * 2  # whole samples
+    results: list[Utterance] = []
+    for i in range(0, len(pcm), step):
+        results.extend(recognizer.accept(pcm[i:i + step]))
+    final = recognizer.flush()
+    if final is not None:
+        results.append(final)
+    return results
+
+
+def speaker_vectors_of(utterances: list[Utterance]) -> list[tuple[float, ...]]:
+    """The speaker vectors of the finals that have one (utterances with 0.5 s of speech
+    or more, decoded with a speaker model)."""
+    return [u.speaker_vector for u in utterances if u.is_final and u.speaker_vector is not None]
