@@ -1,9 +1,10 @@
 """Just enough HTTP/1.1 to share port 8000 between the WebSocket and plain GETs.
 
-Pure (sans-IO): parses a request head from bytes and renders responses to bytes. The
-server reads the head itself, hands WebSocket upgrades to trio-websocket (replaying
-the bytes it read) and answers everything else here (wsproto would answer a plain
-GET with 400).
+Pure (sans-IO). :class:`HeadReader` collects bytes up to the end of a request head;
+:func:`parse_head` parses the head once, with h11 (the parser wsproto itself uses), into
+a :class:`RequestHead`. Plain requests are answered with :func:`response`; WebSocket
+upgrades go on to :mod:`edge.net.ws` already parsed (wsproto would answer a plain GET
+with 400), with the bytes read past the head.
 """
 
 from __future__ import annotations
@@ -16,12 +17,22 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import h11
+
 MAX_HEAD_BYTES = 16384
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
+_HOST_FIELD = re.compile(rb"\r\nhost[ \t]*:", re.IGNORECASE)
+_OBS_FOLD = re.compile(rb"\r\n[ \t]")
 
 
 class BadRequest(Exception):
-    """The request head cannot be parsed; answer 400 and close."""
+    """The request head cannot be served; answer ``status`` (400, 431 or 501) and close.
+
+    ``status`` is a hint in the manner of h11's ``error_status_hint``.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -56,25 +67,60 @@ def head_complete(buffer: bytes) -> int:
     return 0 if end < 0 else end + 4
 
 
+class HeadReader:
+    """Bytes in, one :class:`RequestHead` out; what came after the head is :attr:`trailing`.
+
+    :meth:`feed` raises :class:`BadRequest` with status 431 for a head longer than
+    ``limit`` (as soon as that many bytes arrived without its end), and 400 (or h11's
+    hint) when the head does not parse.
+    """
+
+    def __init__(self, limit: int = MAX_HEAD_BYTES) -> None:
+        self._limit = limit
+        self._buffer = b""
+        self.trailing = b""
+
+    def feed(self, data: bytes | bytearray) -> RequestHead | None:
+        """The head once complete, else None (feed more)."""
+        self._buffer += data
+        end = head_complete(self._buffer)
+        if (end or len(self._buffer)) > self._limit:
+            raise BadRequest("request head too large", status=431)
+        if not end:
+            return None
+        head, self.trailing = self._buffer[:end], self._buffer[end:]
+        return parse_head(head)
+
+
 def parse_head(head: bytes) -> RequestHead:
+    """Parse one request head with h11; a missing final blank line is supplied.
+
+    Stricter than h11 in one way and laxer in another, to keep what edge has always
+    answered: a folded header line (obs-fold, which RFC 9112 lets a server refuse) is
+    refused, and an HTTP/1.1 request without ``Host`` is served (edge serves one origin
+    and never reads Host; wsproto still refuses an upgrade without it).
+    """
+    if not head_complete(head):
+        head += b"\r\n" if head.endswith(b"\r\n") else b"\r\n\r\n"
+    if _OBS_FOLD.search(head):
+        raise BadRequest("folded header line")
+    no_host = _HOST_FIELD.search(head) is None
+    if no_host:  # an empty Host for h11 only, dropped again below
+        head = head.replace(b"\r\n", b"\r\nhost: \r\n", 1)
+    parser = h11.Connection(h11.SERVER)
+    parser.receive_data(head)
     try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
-        raise BadRequest("undecodable request head") from exc
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest("malformed request line")
-    method, target, _ = parts
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or not _TOKEN.fullmatch(name):
-            raise BadRequest("malformed header line")
-        headers.append((name.lower().encode("latin-1"), value.strip().encode("latin-1")))
-    return RequestHead(method=method, target=target, headers=tuple(headers))
+        event = parser.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise BadRequest(str(exc), status=exc.error_status_hint) from None
+    if not isinstance(event, h11.Request):
+        raise BadRequest("incomplete request head")
+    if event.http_version not in (b"1.0", b"1.1"):
+        raise BadRequest("unsupported HTTP version")
+    headers = tuple((bytes(name), bytes(value)) for name, value in event.headers)
+    return RequestHead(method=event.method.decode("ascii"),
+                       target=event.target.decode("ascii"),
+                       headers=headers[1:] if no_host else headers)
 
 
 def response(
@@ -85,7 +131,12 @@ def response(
     headers: Sequence[tuple[str, str]] = (),
     head_only: bool = False,
 ) -> bytes:
-    """A complete ``Connection: close`` response."""
+    """A complete ``Connection: close`` response.
+
+    Written here rather than by h11, which writes a response only inside a connection
+    that has read its request; every answer here is whole, closes, and carries only
+    values of ours.
+    """
     if isinstance(body, Mapping):
         body = json.dumps(body, separators=(",", ":")).encode()
         content_type = content_type or "application/json"
