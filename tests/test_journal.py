@@ -70,7 +70,7 @@ def journal_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
 # --- settings and files ------------------------------------------------------------------
 
 def test_wal_mode_synchronous_full_and_foreign_keys(journal: Journal, db_path: Path) -> None:
-    conn = journal._conn  # the journal's own connection: synchronous is per connection
+    conn = journal._hot.conn  # the connection finals use: synchronous is per connection
     assert conn is not None
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
@@ -297,8 +297,9 @@ def _snapshot_with_wal(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
     src = tmp_path / "src" / "journal.db"
     Journal.open(src, device_id=DEVICE).close()  # schema checkpointed into the main file
     j = Journal.open(src, device_id=DEVICE)
-    assert j._conn is not None
-    j._conn.execute("PRAGMA wal_autocheckpoint = 0")
+    assert j._hot.conn is not None and j._conn is not None
+    for conn in (j._hot.conn, j._conn):
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     start(j, "s1")
     texts = [f"final {i} " + "가" * 300 for i in range(count)]
     for i, text in enumerate(texts):

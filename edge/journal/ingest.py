@@ -1,0 +1,50 @@
+"""Events relayed from a downstream device, stored in this journal.
+
+Blocking; runs on the journal's bulk link, in one durable transaction per call (the
+upstream acknowledges a batch only after this returns, so it must be on disk). The
+relay ingest (:mod:`edge.relay.ingest`) bounds a batch to
+:data:`edge.protocols.relay.MAX_BATCH_EVENTS` events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edge.journal.connection import Link
+from edge.protocols.relay import RelayEvent, check_event, encode_payload
+
+
+def ingest(link: Link, own_device_id: str, events: Sequence[RelayEvent]) -> int:
+    for event in events:
+        check_event(event)
+        if event.device_id == own_device_id:
+            raise ValueError(f"relay event: device_id {event.device_id!r} is this "
+                             "device's own id")
+    rows = [(e, *encode_payload(e.payload)) for e in events]
+    new = 0
+    with link.write() as db:
+        for e, text, size in rows:
+            db.execute(
+                "INSERT OR IGNORE INTO sessions (session_id, device_id, source,"
+                " started_at) VALUES (?, ?, 'relay', ?)",
+                (e.session_id, e.device_id, float(e.created_at)))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO events (device_id, session_id, seq, kind,"
+                " created_at, payload, size) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (e.device_id, e.session_id, e.seq, e.kind, float(e.created_at), text, size))
+            if cursor.rowcount != 1:
+                continue
+            new += 1
+            p = e.payload
+            if e.kind == "start":
+                db.execute(
+                    "UPDATE sessions SET sub = ?, organization = ?, department = ?,"
+                    " model = ?, started_at = ? WHERE device_id = ? AND session_id = ?",
+                    (p.get("sub"), p.get("organization"), p.get("department"),
+                     p.get("model"), float(p["started_at"]), e.device_id, e.session_id))
+            elif e.kind == "end":
+                db.execute(
+                    "UPDATE sessions SET ended_at = ?, end_reason = ?"
+                    " WHERE device_id = ? AND session_id = ?",
+                    (float(p["ended_at"]), p["reason"], e.device_id, e.session_id))
+    return new

@@ -1,0 +1,69 @@
+"""Reading the journal: sessions and their finals, for ``edge transcripts`` and
+``/transcripts/<id>``.
+
+Blocking reads on whichever link the journal gives (the bulk link; the only one of a
+read-only journal). In WAL they never wait for a writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from edge.journal.connection import Link
+from edge.journal.records import SessionRow
+
+_SESSION_COLUMNS = (
+    "session_id, device_id, source, sub, organization, department, model, started_at,"
+    " ended_at, end_reason, (SELECT COUNT(*) FROM events e WHERE e.device_id ="
+    " sessions.device_id AND e.session_id = sessions.session_id AND e.kind = 'final')"
+)
+
+
+def sessions(link: Link, since: float | None, limit: int, device_id: str | None
+             ) -> list[SessionRow]:
+    where: list[str] = ["1"]
+    args: list[Any] = []
+    if since is not None:
+        where.append("started_at >= ?")
+        args.append(since)
+    if device_id is not None:
+        where.append("device_id = ?")
+        args.append(device_id)
+    with link.read() as db:
+        rows = db.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
+            " ORDER BY started_at DESC, rowid DESC LIMIT ?", (*args, limit)).fetchall()
+    return [SessionRow(*row) for row in reversed(rows)]
+
+
+def session(link: Link, own_device_id: str, session_id: str, device_id: str | None
+            ) -> SessionRow | None:
+    with link.read() as db:
+        return _resolve(db, own_device_id, session_id, device_id)
+
+
+def finals(link: Link, own_device_id: str, session_id: str, device_id: str | None
+           ) -> list[dict[str, Any]]:
+    with link.read() as db:
+        row = _resolve(db, own_device_id, session_id, device_id)
+        if row is None:
+            return []
+        payloads = db.execute(
+            "SELECT payload FROM events WHERE device_id = ? AND session_id = ?"
+            " AND kind = 'final' ORDER BY seq", (row.device_id, session_id)).fetchall()
+    return [json.loads(p) for (p,) in payloads]
+
+
+def _resolve(db: sqlite3.Connection, own_device_id: str, session_id: str,
+             device_id: str | None) -> SessionRow | None:
+    if device_id is not None:
+        row = db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions"
+                         " WHERE session_id = ? AND device_id = ?",
+                         (session_id, device_id)).fetchone()
+    else:
+        row = db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
+                         " ORDER BY device_id = ? DESC, started_at DESC LIMIT 1",
+                         (session_id, own_device_id)).fetchone()
+    return None if row is None else SessionRow(*row)

@@ -1,0 +1,47 @@
+"""The journal's values: what its methods return and raise, and the relay states.
+
+Pure (no SQLite here). :class:`~edge.protocols.relay.RelayEvent`, one event as the relay
+carries it, is the relay protocol's and is re-exported here with the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.core.errors import EdgeError
+from edge.protocols.relay import RelayEvent
+
+__all__ = ["PENDING", "RELAYED", "SHED", "Backlog", "JournalError", "RelayEvent",
+           "SessionRow"]
+
+# An event's relay state (``events.relayed``): waiting for the upstream, acknowledged
+# by it, or shed from a full outbox (kept here, never sent).
+PENDING, RELAYED, SHED = 0, 1, 2
+
+
+class JournalError(EdgeError):
+    """The journal cannot do what was asked: closed, unknown or ended session, a disk
+    or permission problem, or (read-only) a missing or damaged file."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Events not yet acknowledged by the upstream and their payload bytes."""
+
+    events: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session_id: str
+    device_id: str
+    source: str
+    sub: str | None
+    organization: str | None
+    department: str | None
+    model: str | None
+    started_at: float
+    ended_at: float | None
+    end_reason: str | None
+    finals: int = 0
