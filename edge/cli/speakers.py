@@ -12,7 +12,7 @@ import sys
 import edge.cli
 from edge.asr.decode import decode_pcm, speaker_vectors_of
 from edge.asr.vosk import load_model, load_speaker_model
-from edge.audio.frames import PcmDecoder, is_wav
+from edge.cli.audiofile import read_pcm
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load, read_phrases
 from edge.core.config import Config, voiceprints_path
 from edge.core.errors import ConfigError
@@ -48,18 +48,11 @@ def run_enroll(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     audio = []
     for path in args.files:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            print(f"edge: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        recording = read_pcm(path, config.recognizer.sample_rate, wav_only=True)
+        if recording is None:
             return EXIT_FAIL
-        if not is_wav(data):
-            print(f"edge: {path} is not a WAV file (no RIFF/WAVE header)", file=sys.stderr)
-            return EXIT_FAIL
-        decoder = PcmDecoder(config.recognizer.sample_rate)
-        pcm, _ = decoder.feed(data)
-        assert decoder.format is not None  # set by the first feed of a WAV header
-        audio.append((path, pcm, decoder.format.sample_rate))
+        pcm, rate, _ = recording  # a mixed-down stereo file enrols as well as mono
+        audio.append((path, pcm, rate))
     model = load_model(config.recognizer.model or None).with_speaker_model(
         load_speaker_model(config.recognizer.speaker_model))
     vectors: list[tuple[float, ...]] = []
