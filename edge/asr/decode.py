@@ -7,8 +7,12 @@ sends it, so that a file decodes as it would in a live session.
 
 from __future__ import annotations
 
-from edge.asr.recognizer import Recognizer
-from edge.protocols.live import Utterance
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # edge.asr.recognizer imports edge.speakers (numpy); decoding needs neither.
+    from edge.asr.recognizer import Recognizer
+    from edge.protocols.live import Utterance
 
 #: What a streaming client sends per message (``edge client`` and the web page).
 CLIENT_CHUNK_MS = 100
