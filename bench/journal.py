@@ -56,7 +56,7 @@ def final_message(session_id: str, seq: int, rng: random.Random, words: int = 10
                   ) -> dict[str, Any]:
     """A final ``transcription`` message as a session builds it: ``words`` words."""
     from edge.protocols import live as protocol
-    from edge.protocols.live import Speaker, Utterance, Word
+    from edge.protocols.events import Speaker, Utterance, Word
 
     t = rng.randint(0, 1_800_000)
     ws = []

@@ -84,7 +84,7 @@ def serve_stub(config_path: str, script_path: str) -> int:
     from edge.asr.vosk import LoadedModel
     from edge.cli import setup_logging
     from edge.core.config import load_config
-    from edge.protocols.live import Utterance, Word
+    from edge.protocols.events import Utterance, Word
 
     script: list[list[Utterance]] | None = None
     if script_path != "flood":

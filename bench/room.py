@@ -210,7 +210,7 @@ class StandInRecognizer:
         self._start_ms = 0
 
     def accept(self, pcm: bytes) -> list[Any]:
-        from edge.protocols.live import Utterance, Word
+        from edge.protocols.events import Utterance, Word
 
         self._samples += len(pcm) // 2
         self._calls += 1
@@ -245,7 +245,7 @@ class PlayedSource:
     async def run(self, send: Any, *, task_status: Any = None) -> None:
         import trio
 
-        from edge.audio.capture import Chunk
+        from edge.audio.source import Chunk
 
         speech = SPEECH_RAW.read_bytes()
         task_status.started()
@@ -267,7 +267,7 @@ class PlayedSource:
         pass
 
     def statistics(self) -> Any:
-        from edge.audio.capture import MicStatistics
+        from edge.audio.source import MicStatistics
 
         return MicStatistics(state="running", device="played", sample_rate=RATE, channels=1,
                              chunks=self.chunks, dropped_chunks=0, overruns=0, restarts=0,

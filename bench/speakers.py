@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from edge.asr.recognizer import LabelingRecognizer, Recognizer  # noqa: E402
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model  # noqa: E402
 from edge.core.config import SpeakersConfig  # noqa: E402
-from edge.protocols.live import Utterance  # noqa: E402
+from edge.protocols.events import Utterance  # noqa: E402
 from edge.speakers import SpeakerIdentification, SpeakerLabeler, VoiceprintStore  # noqa: E402
 
 SPEAKERS = ROOT / "tests" / "fixtures" / "speakers"

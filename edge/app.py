@@ -1,8 +1,15 @@
 """The composition root: turns a :class:`Config` into a running daemon, in order.
 
+The one place that wires: every long-lived part (keys, the model, the recogniser pool
+and limiter, the admission books, the journal, the room's microphone and hub, the
+relay, the revocation watcher, retention) is built here and handed to whoever uses it;
+tests and benchmarks build the daemon through :func:`run` too, supplying stand-ins as
+:class:`Parts`.
+
 Order matters and is the contract with systemd and with clients: keys first (a bad
 key is a config error, exit 2), then the model (seconds; a broken model is exit 1),
-then the socket. "Ready" means the model is loaded and the socket accepts.
+then the background services, then the socket. "Ready" means the model is loaded and
+the socket accepts.
 """
 
 from __future__ import annotations
@@ -10,83 +17,36 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import secrets
 import signal
-import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+from edge.asr.recognizer import RecognizerFactory, RecognizerPool
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
+from edge.audio.source import Source
+from edge.core.admission import Admission, Admissions
 from edge.core.auth import AuthSettings, RevocationFile
-from edge.core.config import Config, journal_path, state_dir, voiceprints_path
+from edge.core.config import Config, journal_path, voiceprints_path
 from edge.core.errors import ConfigError
+from edge.core.keys import device_id, signing_key
+from edge.core.stats import Stats
 from edge.journal.db import Journal, JournalError
 from edge.journal.service import JournalService
+from edge.net.hub import Hub
+from edge.net.revocation import RevocationWatcher
 from edge.net.room import Room
 from edge.net.server import Server
 from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
+from edge.ops.supervisor import Supervisor
 from edge.relay.sender import Relay, RelaySettings
 from edge.speakers import SpeakerIdentification, VoiceprintStore
 
 logger = logging.getLogger(__name__)
 
-DEV_SECRET_NAME = "dev-jwt-secret"
-CREDENTIAL_NAME = "jwt-secret"
-
-
-def dev_secret_path(config: Config) -> Path:
-    return state_dir(config) / DEV_SECRET_NAME
-
-
-def ensure_dev_secret(config: Config) -> str:
-    """The development secret, created (0600, random 256 bits) on first use. Blocking."""
-    path = dev_secret_path(config)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
-
-
-def signing_key(config: Config, *, dev: bool = False) -> str:
-    """The HS256 secret or RS256 public key the server verifies with. Blocking (files).
-
-    HS256 looks, in order, at ``auth.secret`` (or ``EDGE_JWT_SECRET``),
-    ``auth.secret_file``, the systemd credential ``jwt-secret``, and, with ``dev``,
-    the generated development secret. Raises :class:`ConfigError` naming the key.
-    """
-    a = config.auth
-    if a.algorithm == "RS256":
-        if not a.public_key_file:
-            raise ConfigError("auth.public_key_file", "RS256 needs a PEM public key file")
-        return _read_key_file("auth.public_key_file", a.public_key_file)
-    if a.secret:
-        secret = a.secret
-    elif a.secret_file:
-        secret = _read_key_file("auth.secret_file", a.secret_file).strip()
-    elif os.environ.get("CREDENTIALS_DIRECTORY") and (
-            Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME).is_file():
-        secret = (Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME).read_text().strip()
-    elif dev:
-        secret = ensure_dev_secret(config)
-    else:
-        raise ConfigError("auth.secret", "no JWT secret configured: set EDGE_JWT_SECRET, "
-                          "auth.secret_file, or run `edge serve --dev` for a development secret")
-    if len(secret.encode()) < 32:
-        raise ConfigError("auth.secret", "the HS256 secret must be at least 32 bytes")
-    return secret
-
-
-def _read_key_file(key: str, path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
-
-
+MAX_RELAYING_DEVICES = 64  # downstream devices relaying into this one at once
 def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
     a = config.auth
     return AuthSettings(algorithm=a.algorithm, key=signing_key(config, dev=dev),
@@ -94,41 +54,78 @@ def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
                         leeway=a.leeway, max_lifetime=a.max_token_lifetime)
 
 
-async def run(config: Config, *, dev: bool = False,
+@dataclass(frozen=True)
+class Parts:
+    """Parts a caller supplies instead of having them built: a model already loaded, a
+    stand-in recogniser factory or microphone, a journal it opened. Tests and
+    benchmarks use it; ``edge serve`` supplies none."""
+
+    auth: AuthSettings | None = None
+    model: LoadedModel | None = None
+    recognizer_factory: RecognizerFactory | None = None
+    microphone: Source | None = None
+    journal: JournalService | None = None
+
+
+async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
               task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the daemon until cancelled. Raises ConfigError / RecognizerError before ready."""
-    auth = auth_settings(config, dev=dev)
+    """Build the daemon from ``config`` and run it until cancelled or stopped by a signal.
+
+    Raises ConfigError / RecognizerError before ready. Every long-lived part is built
+    here and handed to whoever uses it; background services run under one
+    :class:`~edge.ops.supervisor.Supervisor`; ``task_status`` gets the Server once the
+    model is loaded, the services are up and the socket accepts. SIGTERM or SIGINT
+    starts a graceful stop (:func:`stop_gracefully`); a second one stops at once.
+    """
+    auth = parts.auth or auth_settings(config, dev=dev)
     revocations = None
     if config.auth.revocation_file:
         revocations = RevocationFile(config.auth.revocation_file)
         await trio.to_thread.run_sync(revocations.reload_if_changed)
-    logger.info("loading model %s", config.recognizer.model or "(default package)")
-    model: LoadedModel = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
-    logger.info("model %s loaded from %s", model.name, model.path)
+    model = parts.model
+    if model is None:
+        logger.info("loading model %s", config.recognizer.model or "(default package)")
+        model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
+        logger.info("model %s loaded from %s", model.name, model.path)
     model, speakers = await open_speakers(config, model)
-    journal = await open_journal(config, model.name) if config.journal.enabled else None
-    server = Server(config, model, auth, revocations=revocations, journal=journal,
-                    speakers=speakers)
+    journal = parts.journal
+    if journal is None and config.journal.enabled:
+        journal = await open_journal(config, model.name)
+    stats = Stats()
+    limiter = trio.CapacityLimiter(config.recognizer.threads or os.cpu_count() or 1)
+    recognizers = parts.recognizer_factory or RecognizerPool(
+        model.recognizer, config.recognizer.warm_recognizers)
+    s = config.server
+    admissions = Admissions(
+        sessions=Admission(s.max_sessions, s.retry_after),
+        listeners=Admission(config.microphone.max_listeners, s.retry_after),
+        relays=Admission(MAX_RELAYING_DEVICES, s.retry_after))
+    room = None
+    if config.microphone.enabled:
+        room = Room(config, parts.microphone or microphone(config),
+                    Hub(replay_size=config.microphone.replay_size), recognizers, limiter,
+                    stats, journal=journal, speakers=speakers)
+    relay = None
+    if config.relay.enabled:
+        assert journal is not None  # the config requires it
+        relay = Relay(relay_settings(config), journal)
+    supervisor = Supervisor()
+    server = Server(config, auth, model_name=model.name, stats=stats, limiter=limiter,
+                    recognizer_factory=recognizers, admissions=admissions,
+                    revocations=revocations, journal=journal, speakers=speakers, room=room,
+                    relay=relay, supervisor=supervisor)
     async with trio.open_nursery() as nursery:
         if journal is not None:
-            await nursery.start(journal.run)
-        if config.relay.enabled:
-            assert journal is not None  # the config requires it
-            r = config.relay
-            relay = Relay(RelaySettings(
-                url=r.url, token=relay_token(config), batch_events=r.batch_events,
-                batch_bytes=r.batch_bytes, max_backlog_bytes=r.max_backlog_bytes,
-                ack_timeout=r.ack_timeout, backoff_max=r.backoff_max,
-                cafile=r.cafile or None), journal)
-            await nursery.start(relay.run)
-            server.relay = relay
-            logger.info("relaying the journal to %s as %s", _without_query(r.url),
+            await supervisor.start(nursery, "retention", journal.run)
+        if revocations is not None:
+            await supervisor.start(nursery, "revocations",
+                                   RevocationWatcher(revocations, admissions).run)
+        if relay is not None:
+            await supervisor.start(nursery, "relay", relay.run)
+            logger.info("relaying the journal to %s as %s", _without_query(config.relay.url),
                         device_id(config))
-        if config.microphone.enabled:
-            room = Room(config, server.recognizer_factory, server.limiter, server.stats,
-                        journal=journal, speakers=speakers)
-            await nursery.start(room.run)
-            server.room = room
+        if room is not None:
+            await supervisor.start(nursery, "room", room.run)
             logger.info("room microphone %r: %s", config.microphone.device, room.state)
         else:
             logger.info("no room microphone configured (microphone.enabled = false): serving "
@@ -140,13 +137,38 @@ async def run(config: Config, *, dev: bool = False,
         if interval is not None:
             nursery.start_soon(keep_watchdog_fed, interval)
         if threading.current_thread() is threading.main_thread():
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(_stop_on_signal, server, supervisor, nursery.cancel_scope)
         task_status.started(server)
 
 
-def device_id(config: Config) -> str:
-    """This device's id in journals (and upstream): ``relay.device_id`` or the host name."""
-    return config.relay.device_id or socket.gethostname() or "edge"
+def microphone(config: Config) -> Source:
+    """The room's PyAudio source (PyAudio is imported only when the microphone is on)."""
+    from edge.audio.capture import MicSource
+
+    m = config.microphone
+    return MicSource(m.device, sample_rate=m.sample_rate, chunk_ms=m.chunk_ms,
+                     backoff_max=m.retry_max)
+
+
+def relay_settings(config: Config) -> RelaySettings:
+    r = config.relay
+    return RelaySettings(url=r.url, token=relay_token(config), batch_events=r.batch_events,
+                         batch_bytes=r.batch_bytes, max_backlog_bytes=r.max_backlog_bytes,
+                         ack_timeout=r.ack_timeout, backoff_max=r.backoff_max,
+                         cafile=r.cafile or None)
+
+
+async def stop_gracefully(server: Server, supervisor: Supervisor) -> None:
+    """Refuse new sessions, abandon the relay's batch in flight (it is sent again at the
+    next start), let the room and every live session finish the utterance in progress
+    (journaled, sent, then ``server_shutdown`` and close 1012), and return when they
+    all have. The caller bounds it with ``server.shutdown_grace``."""
+    server.shutdown()
+    if "relay" in supervisor.services:
+        supervisor.stop("relay")
+    if server.room is not None:
+        server.room.stop()
+    await server.wait_idle()
 
 
 def relay_token(config: Config) -> str:
@@ -208,11 +230,33 @@ async def open_speakers(config: Config, model: LoadedModel
     return model.with_speaker_model(spk), speakers
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    """SIGTERM (systemd's stop) and SIGINT end the daemon cleanly, exit code 0."""
+async def _stop_on_signal(server: Server, supervisor: Supervisor,
+                          scope: trio.CancelScope) -> None:
+    """SIGTERM (systemd's stop) and SIGINT stop the daemon gracefully, exit code 0,
+    within ``server.shutdown_grace``; a second signal stops it at once."""
+    grace = server.config.server.shutdown_grace
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            logger.info("stopping on %s", signal.Signals(signum).name)
+            if server.stopping:
+                logger.warning("%s again: stopping at once", signal.Signals(signum).name)
+                scope.cancel()
+                return
+            logger.info("stopping on %s: finishing %d live session(s) within %gs",
+                        signal.Signals(signum).name, server.live_connections, grace)
             notify("STOPPING=1")
-            scope.cancel()
-            return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_within, server, supervisor, grace, scope)
+                async for signum in signals:
+                    logger.warning("%s again: stopping at once",
+                                   signal.Signals(signum).name)
+                    scope.cancel()
+                    return
+
+
+async def _stop_within(server: Server, supervisor: Supervisor, grace: float,
+                       scope: trio.CancelScope) -> None:
+    with trio.move_on_after(grace) as waited:
+        await stop_gracefully(server, supervisor)
+    if waited.cancelled_caught:
+        logger.warning("shutdown grace of %gs is over; closing what is left", grace)
+    scope.cancel()

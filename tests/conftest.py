@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -10,10 +11,13 @@ from typing import Any
 import pytest
 import trio
 
-from edge.app import open_speakers
+from edge import app
+from edge.app import Parts
 from edge.asr.recognizer import RecognizerFactory
 from edge.asr.vosk import LoadedModel, load_model
-from edge.core.auth import AuthSettings, RevocationFile
+from edge.audio.source import Source
+from edge.core.auth import AuthSettings
+from edge.core.config import Config
 from edge.journal.service import JournalService
 from edge.net.server import Server
 from helpers import FIXTURES, SECRET, make_config
@@ -34,33 +38,45 @@ def phrases() -> dict[str, Any]:
 StartServer = Callable[..., Any]
 
 
+def test_auth(config: Config) -> AuthSettings:
+    """The HS256 settings of ``config`` with the tests' secret."""
+    a = config.auth
+    return AuthSettings(algorithm=a.algorithm, key=SECRET, issuer=a.issuer or None,
+                        audience=a.audience or None, leeway=a.leeway,
+                        max_lifetime=a.max_token_lifetime)
+
+
 @pytest.fixture
 async def start_server(
-    nursery: trio.Nursery, model: LoadedModel
+    nursery: trio.Nursery, model: LoadedModel, tmp_path: Path
 ) -> AsyncIterator[StartServer]:
     """``await start_server(server={...}, auth={...}, recognizer_factory=...)`` -> Server.
 
-    The server runs in the test's nursery and is cancelled when the test ends. With
-    ``recognizer={"speaker_model": DIR}`` the speaker model and the voiceprints are
-    opened as the daemon opens them.
+    The daemon is built by :func:`edge.app.run`, as ``edge serve`` builds it, with the
+    session's model already loaded; it runs in the test's nursery and is cancelled when
+    the test ends. Its state (the journal) is in the test's own directory unless
+    ``server={"state_dir": ...}`` says otherwise. ``recognizer_factory``, ``mic`` (a
+    capture stand-in, with ``microphone={"enabled": True}``), ``journal`` (a
+    JournalService the test opened) and ``auth_settings`` replace the parts the daemon
+    would build.
     """
 
     async def start(
         *, recognizer_factory: RecognizerFactory | None = None,
         revocation_file: Path | None = None, journal: JournalService | None = None,
+        mic: Source | None = None, auth_settings: AuthSettings | None = None,
         **sections: dict[str, Any],
     ) -> Server:
+        sections["server"] = {"state_dir": str(tmp_path / "state"),
+                              **sections.get("server", {})}
+        if revocation_file is not None:
+            sections["auth"] = {**sections.get("auth", {}),
+                                "revocation_file": str(revocation_file)}
         config = make_config(**sections)
-        a = config.auth
-        auth = AuthSettings(algorithm=a.algorithm, key=SECRET, issuer=a.issuer or None,
-                            audience=a.audience or None, leeway=a.leeway,
-                            max_lifetime=a.max_token_lifetime)
-        revocations = RevocationFile(revocation_file) if revocation_file else None
-        served, speakers = await open_speakers(config, model)
-        server = Server(config, served, auth, revocations=revocations,
-                        recognizer_factory=recognizer_factory, journal=journal,
-                        speakers=speakers)
-        started: Server = await nursery.start(server.run)
+        parts = Parts(auth=auth_settings or test_auth(config), model=model,
+                      recognizer_factory=recognizer_factory, microphone=mic,
+                      journal=journal)
+        started: Server = await nursery.start(functools.partial(app.run, config, parts=parts))
         return started
 
     yield start

@@ -45,9 +45,6 @@ def test_version_loads_no_heavy_module(tmp_path: Path) -> None:
     assert out.startswith("edge ")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edge.cli.token needs edge.app.signing_key, and importing edge.app loads vosk and "
-    "numpy; passes once the key functions live in a module without them"))
 def test_token_loads_no_heavy_module(tmp_path: Path) -> None:
     result, out = run_edge(tmp_path, "token", "--dev", "--sub", "x")
     assert out.count(".") == 2  # the JWT was printed

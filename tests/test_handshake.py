@@ -32,7 +32,7 @@ from edge import __version__
 from edge.asr.vosk import LoadedModel
 from edge.core.auth import SCOPE_READ, AuthSettings
 from edge.net.server import Server
-from helpers import SECRET, connect, make_config, make_token, receive_json, url
+from helpers import SECRET, connect, make_token, receive_json, url
 
 ISSUER = "https://auth.example.test"
 AUDIENCE = "edge-live-api"
@@ -131,9 +131,9 @@ def start_profile(start_server: Any, nursery: trio.Nursery, model: LoadedModel,
             revoked.write_text(f"# revoked\njti:{REVOKED_JTI}\nsub:{REVOKED_SUB}\n")
             server = await start_server(revocation_file=revoked)
         elif profile == RS256:
-            server = Server(make_config(auth={"algorithm": "RS256"}), model,
-                            AuthSettings(algorithm="RS256", key=rsa_keys()[1]))
-            server = await nursery.start(server.run)
+            server = await start_server(
+                auth={"algorithm": "RS256"},
+                auth_settings=AuthSettings(algorithm="RS256", key=rsa_keys()[1]))
         else:
             server = await start_server()
         return server

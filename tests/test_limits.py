@@ -31,7 +31,7 @@ from edge.asr.vosk import LoadedModel
 from edge.net import session as session_module
 from edge.net.server import Server
 from edge.net.session import RecognitionLag
-from edge.protocols.live import Utterance
+from edge.protocols.events import Utterance
 from helpers import FIXTURES, connect, make_token, receive_json, receive_until_closed
 
 RATE = 16000
@@ -321,9 +321,17 @@ async def test_recognizer_failure_ends_only_its_session(
 # --- 2. frames over the size limit -------------------------------------------------------
 
 
+async def oversized_frame_session(server: Server) -> Outcome:
+    """A frame over the limit, sent once the session is open (the server closes with
+    1009 as soon as the frame's header arrives, whatever it was about to send)."""
+    async with connect(server, make_token()) as ws:
+        assert (await receive_json(ws))["type"] == "session_init"
+        return await exchange(ws, [bytes(100_000)])
+
+
 async def test_oversized_frame_closes_1009_and_server_keeps_serving(start_server: Any) -> None:
     server = await start_server(server={"max_frame_bytes": 65536})
-    outcome = await run_session(server, [bytes(100_000)])
+    outcome = await oversized_frame_session(server)
     assert outcome.close_code == 1009
     assert outcome.of_type("session_end") == []
     await assert_still_serving(server)
@@ -334,7 +342,7 @@ async def test_oversized_frame_is_not_counted_as_client_closed(
 ) -> None:
     caplog.set_level(logging.INFO, logger="edge.net.server")
     server = await start_server(server={"max_frame_bytes": 65536})
-    await run_session(server, [bytes(100_000)])
+    await oversized_frame_session(server)
     await wait_until(lambda: server.admission.current == 0)
     [ended] = session_ends_logged(caplog)
     assert "frame_too_big" in ended

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from edge.core.errors import ProtocolError
+from edge.protocols.events import Speaker, Utterance, Word
 from edge.protocols.live import (
     CLOSE_AUTH,
     CLOSE_POLICY,
@@ -17,9 +18,6 @@ from edge.protocols.live import (
     End,
     KeepAlive,
     Limits,
-    Speaker,
-    Utterance,
-    Word,
     encode,
     error,
     parse_client_text,

@@ -16,7 +16,7 @@ import trio
 
 from edge.asr.recognizer import Recognizer, RecognizerPool, Reusable
 from edge.asr.vosk import LoadedModel
-from edge.protocols.live import Utterance
+from edge.protocols.events import Utterance
 from helpers import FIXTURES, connect, make_token, receive_until_closed, stream
 
 SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()

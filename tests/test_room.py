@@ -17,9 +17,8 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from edge.audio.capture import Chunk, MicEvent, MicStatistics
+from edge.audio.source import Chunk, MicEvent, MicStatistics
 from edge.core.auth import SCOPE_READ
-from edge.net.room import Room
 from helpers import FIXTURES, connect, make_token, receive_json
 
 SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()
@@ -95,10 +94,8 @@ class PlayedSource:
 
 async def start_room(nursery: trio.Nursery, start_server: Any, model: Any,
                      source: PlayedSource, **microphone: Any) -> Any:
-    server = await start_server(microphone={"enabled": True, **microphone})
-    room = Room(server.config, model.recognizer, server.limiter, server.stats, source=source)
-    await nursery.start(room.run)
-    server.room = room
+    server = await start_server(microphone={"enabled": True, **microphone}, mic=source,
+                                recognizer_factory=model.recognizer)
     return server
 
 

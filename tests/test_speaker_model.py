@@ -13,9 +13,10 @@ from speaker_audio import GRAMMAR, SPK_MODEL, conversation, turn_of
 
 from edge.asr.recognizer import LabelingRecognizer
 from edge.asr.vosk import LoadedModel, load_speaker_model
-from edge.audio.capture import Chunk, MicEvent, MicStatistics
+from edge.audio.source import Chunk, MicEvent, MicStatistics
 from edge.core.errors import RecognizerError
 from edge.core.stats import Stats
+from edge.net.hub import Hub
 from edge.net.room import Room
 from edge.ops.check import check_speaker_model, check_voiceprints
 from edge.speakers import SpeakerIdentification, VoiceprintStore
@@ -151,8 +152,8 @@ async def test_the_room_diarizes_each_segment(model: LoadedModel, tmp_path: Path
     # Kim speaks first in the first segment, Park in the second.
     cut_ms = turns[1].start_ms - 200
     assert (turns[0].speaker, turns[1].speaker) == ("kim", "park")
-    room = Room(config, recognizer, trio.CapacityLimiter(2), Stats(),
-                source=FastSource(audio, audio[cut_ms * 32:]), speakers=ident)
+    room = Room(config, FastSource(audio, audio[cut_ms * 32:]), Hub(), recognizer,
+                trio.CapacityLimiter(2), Stats(), speakers=ident)
     rounds: list[list[dict[str, Any]]] = [[]]
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:

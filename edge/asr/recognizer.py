@@ -16,10 +16,12 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from edge.protocols.live import Speaker, Utterance
-from edge.speakers import SpeakerTrack
+from edge.protocols.events import Speaker, Utterance
+
+if TYPE_CHECKING:
+    from edge.speakers import SpeakerTrack
 
 logger = logging.getLogger(__name__)
 

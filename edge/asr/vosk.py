@@ -30,7 +30,7 @@ from edge.asr.modeldir import (
 )
 from edge.asr.recognizer import Recognizer
 from edge.core.errors import RecognizerError
-from edge.protocols.live import Utterance, Word
+from edge.protocols.events import Utterance, Word
 
 logger = logging.getLogger(__name__)
 

@@ -60,23 +60,28 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyaudio
 import trio
 
+from edge.audio.source import (
+    MIC_LOST,
+    MIC_OVERRUN,
+    MIC_PAUSED,
+    MIC_RESTORED,
+    MIC_RESUMED,
+    Chunk,
+    MicEvent,
+    MicStatistics,
+)
 from edge.core.errors import AudioSourceError
 
 logger = logging.getLogger(__name__)
 
-MIC_LOST = "mic_lost"
-MIC_RESTORED = "mic_restored"
-MIC_OVERRUN = "mic_overrun"
-MIC_PAUSED = "mic_paused"
-MIC_RESUMED = "mic_resumed"
 
 _MAX_PENDING_EVENTS = 64
 _MAX_CHANNELS = 8
@@ -92,38 +97,6 @@ class DeviceInfo:
     max_input_channels: int
     default_sample_rate: float
     host_api: str  # "ALSA" on Linux
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Mono s16le audio. ``t`` is ``trio.current_time()`` when it reached the event loop
-    (just after its last sample was captured)."""
-
-    pcm: bytes
-    sample_rate: int
-    t: float
-
-
-@dataclass(frozen=True)
-class MicEvent:
-    code: str
-    message: str
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class MicStatistics:
-    state: str  # "starting", "running", "paused", "lost" or "stopped"
-    device: str | None  # the device's name once resolved, else the spec
-    sample_rate: int | None  # the rate chunks are sent at (the device's capture rate)
-    channels: int | None  # channels captured from the device (chunks are always mono)
-    chunks: int  # chunks sent to the consumer
-    dropped_chunks: int  # chunks dropped because the consumer's channel was full
-    overruns: int  # input overflows reported by PortAudio (audio lost in the device)
-    restarts: int  # successful reopenings after a loss
-    failures: int  # failed opens and failed reads
-    last_error: str | None
-    stream_open: bool  # a PortAudio stream is open right now
 
 
 # --- devices ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import trio
 import edge.cli
 from edge import app
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load
+from edge.core import keys
 from edge.core.config import Config
 from edge.core.errors import EdgeError
 
@@ -58,7 +59,7 @@ def _find(group: BaseExceptionGroup[Any], kinds: tuple[type[BaseException], ...]
 def _print_dev_hint(config: Config) -> None:
     if config.auth.secret or config.auth.secret_file or config.auth.algorithm != "HS256":
         return
-    app.ensure_dev_secret(config)
+    keys.ensure_dev_secret(config)
     cfg = f" --config {os.environ['EDGE_CONFIG']}" if os.environ.get("EDGE_CONFIG") else ""
-    print(f"edge: development secret in {app.dev_secret_path(config)}\n"
+    print(f"edge: development secret in {keys.dev_secret_path(config)}\n"
           f"edge: get a token with: edge token --dev{cfg} --sub me", file=sys.stderr)

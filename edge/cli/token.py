@@ -1,6 +1,6 @@
 """``edge token``: print a signed JWT (for operators and tests).
 
-The HS256 key comes from :func:`edge.app.signing_key`, the one the daemon verifies with.
+The HS256 key comes from :func:`edge.core.keys.signing_key`, as the daemon verifies it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import jwt
 
-from edge.app import signing_key
 from edge.cli.common import EXIT_OK, load
 from edge.core.auth import mint
 from edge.core.errors import ConfigError
+from edge.core.keys import signing_key
 
 
 def run(args: argparse.Namespace) -> int:

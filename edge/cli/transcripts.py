@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.app import device_id
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load
 from edge.core.config import journal_path
 from edge.core.errors import ConfigError
+from edge.core.keys import device_id
 from edge.journal import transcripts
 from edge.journal.db import Journal, JournalError
 

@@ -80,3 +80,17 @@ class Admission:
 
     def sessions_of(self, sub: str) -> int:
         return self._by_sub[sub]
+
+
+@dataclass
+class Admissions:
+    """The daemon's three admission books: client sessions, room listeners, and
+    downstream devices relaying into this one."""
+
+    sessions: Admission
+    listeners: Admission
+    relays: Admission
+
+    def revoke_matching(self, revocations: Revocations) -> int:
+        return sum(book.revoke_matching(revocations)
+                   for book in (self.sessions, self.listeners, self.relays))

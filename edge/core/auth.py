@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 SCOPE_READ = "transcription:read"
 SCOPE_WRITE = "transcription:write"
 SCOPE_ENROLL = "speakers:enroll"  # enrol one's voice (?enroll=NAME)
+SCOPE_TRANSCRIPTS = "transcripts:read"  # any session's transcript, not only one's own
+SCOPE_RELAY = "relay:write"  # a downstream device relaying its journal into this one
 ALGORITHMS = ("HS256", "RS256")
 
 #: Tokens longer than this are refused before any parsing.

@@ -37,6 +37,7 @@ class ServerConfig:
     send_timeout: float = 10.0
     max_frame_bytes: int = 1_048_576
     retry_after: int = 30
+    shutdown_grace: float = 5.0
     state_dir: str = ""
 
 
@@ -290,6 +291,7 @@ def _validate(c: Config) -> None:
     for name in (
         "max_sessions", "handshake_timeout", "idle_timeout", "max_session_seconds",
         "ping_interval", "ping_timeout", "send_timeout", "max_frame_bytes", "retry_after",
+        "shutdown_grace",
     ):
         _positive(f"server.{name}", getattr(s, name))
     if s.max_frame_bytes < 4096:

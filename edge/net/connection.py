@@ -24,7 +24,14 @@ from edge.core.auth import Claims
 from edge.core.config import Config
 from edge.core.stats import Stats
 from edge.protocols import live as protocol
-from edge.protocols.live import CLOSE_AUTH, CLOSE_GOING_AWAY, CLOSE_POLICY
+from edge.protocols.events import CoreEvent, Dialect, Ended, Notice
+from edge.protocols.live import (
+    CLOSE_AUTH,
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_SERVICE_RESTART,
+    LiveDialect,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,13 @@ class Stop:
     error: tuple[str, str] | None = None  # (code, message) of the final ``error`` message
     flush: bool = True  # finish the work in hand (decode queued audio) first
     notify: bool = True  # the socket is still usable
+
+
+def shutdown_stop() -> Stop:
+    """How every connection ends when the daemon stops: close 1012 (Service Restart),
+    after the work in hand is finished."""
+    return Stop(CLOSE_SERVICE_RESTART, "shutdown", (
+        "server_shutdown", "the server is restarting; reconnect in a few seconds"))
 
 
 @dataclass
@@ -60,18 +74,22 @@ class Connection:
 
     The caller owns ``ws`` (it accepted it) and keeps ownership; the sender sends the
     close frame when the connection ends. ``_on_stop`` lets a subclass react to the
-    first :meth:`stop` (close its input, cancel its work).
+    first :meth:`stop` (close its input, cancel its work). What goes on the wire is the
+    ``dialect``'s business (the Live API unless another is given): the connection hands
+    it core events and sends the frames it returns.
     """
 
     def __init__(self, ws: WebSocketConnection, info: SessionInfo, config: Config,
-                 stats: Stats) -> None:
+                 stats: Stats, dialect: Dialect | None = None) -> None:
         self.ws = ws
         self.info = info
         self.id = info.session_id
+        self.dialect: Dialect = dialect or LiveDialect()
         self._cfg = config
         self._stats = stats
         self._stop: Stop | None = None
-        self._out_send, self._out_recv = trio.open_memory_channel[str](_OUTBOX_MESSAGES)
+        self._out_send, self._out_recv = trio.open_memory_channel[str | bytes](
+            _OUTBOX_MESSAGES)
         self._started = trio.current_time()
         self._last_client_message = self._started
 
@@ -95,20 +113,24 @@ class Connection:
         self.stop(Stop(CLOSE_AUTH, "revoked", ("token_revoked", "the token was revoked"),
                        flush=False))
 
+    def shutdown(self) -> None:
+        """The daemon is stopping: finish the work in hand (the final of the utterance
+        in progress), then tell the client and close with 1012 (Service Restart)."""
+        self.stop(shutdown_stop())
+
     def _finish(self) -> None:
         """Queue the closing message for the stop reason and let the sender close."""
         stop = self._stop
         assert stop is not None
         if stop.notify:
-            if stop.error is not None:
-                self._queue(protocol.error(*stop.error, session_id=self.id))
-            else:
-                self._queue(self._summary(stop))
+            self._send(self._end_event(stop))
         self._out_send.close()
 
+    def _end_event(self, stop: Stop) -> Ended:
+        return Ended(self.id, stop.reason, stop.close_code, stop.error, self._summary(stop))
+
     def _summary(self, stop: Stop) -> dict[str, Any]:
-        return {"type": "session_end", "session_id": self.id, "reason": stop.reason,
-                "duration_ms": round(1000 * (trio.current_time() - self._started))}
+        return {"duration_ms": round(1000 * (trio.current_time() - self._started))}
 
     # --- watchdogs -----------------------------------------------------------------
 
@@ -145,28 +167,37 @@ class Connection:
 
     # --- sending -------------------------------------------------------------------
 
+    def _send(self, event: CoreEvent) -> None:
+        """Queue the dialect's frames for ``event`` without blocking (see :meth:`_put`)."""
+        for frame in self.dialect.encode(event):
+            self._put(frame)
+
     def _queue(self, message: Mapping[str, Any]) -> None:
-        """Queue a message for the sender without blocking.
+        """Queue a JSON message as it is (for connections that speak no dialect)."""
+        self._put(protocol.encode(message))
+
+    def _put(self, frame: str | bytes) -> None:
+        """Queue a frame for the sender without blocking.
 
         A full outbox means the client has not read ``_OUTBOX_MESSAGES`` messages:
         it is stalled, and the connection ends rather than buffer without bound.
         """
         try:
-            self._out_send.send_nowait(protocol.encode(message))
+            self._out_send.send_nowait(frame)
         except trio.WouldBlock:
             logger.warning("session %s: client is not reading; closing", self.id)
             self.stop(Stop(CLOSE_POLICY, "client_stalled", notify=False))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the sender is gone; the socket is closing
 
-    async def _queue_wait(self, message: Mapping[str, Any]) -> None:
-        """Queue a message, waiting for room: back-pressure for a forwarding loop."""
+    async def _put_wait(self, frame: str | bytes) -> None:
+        """Queue a frame, waiting for room: back-pressure for a forwarding loop."""
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._out_send.send(protocol.encode(message))
+            await self._out_send.send(frame)
 
     def _warn(self, code: str, message: str, **details: Any) -> None:
         self._stats.count_warning(code)
-        self._queue(protocol.warning(self.id, code, message, **details))
+        self._send(Notice(self.id, code, message, details))
 
     async def _sender(self) -> None:
         timeout = self._cfg.server.send_timeout
@@ -186,5 +217,6 @@ class Connection:
                     break
         stop = self._stop
         if stop is not None and stop.notify:
+            code = self.dialect.close_code(self._end_event(stop))
             with trio.move_on_after(_CLOSE_TIMEOUT):
-                await self.ws.aclose(stop.close_code, stop.reason)
+                await self.ws.aclose(code, stop.reason)

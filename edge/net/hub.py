@@ -36,6 +36,8 @@ from typing import Any
 
 import trio
 
+from edge.protocols.live import warning
+
 #: Why a listener's stream ended (``Listener.dropped_reason``).
 SLOW_LISTENER = "slow_listener"
 HUB_CLOSED = "hub_closed"
@@ -201,15 +203,15 @@ class Hub:
         replay: list[Message] = []
         if since_seq is not None:
             if since_seq > self._seq:
-                replay.append(_warning(
-                    "stream_reset",
+                replay.append(warning(
+                    None, "stream_reset",
                     f"since_seq {since_seq} is ahead of this stream (last seq {self._seq}): "
                     "the stream was restarted; replaying what is buffered",
                     lost=self._evicted_total))
                 since_seq = 0
             elif lost := self._lost_after(since_seq):
-                replay.append(_warning(
-                    "missed_messages",
+                replay.append(warning(
+                    None, "missed_messages",
                     f"{lost} message(s) after seq {since_seq} are no longer buffered",
                     lost=lost))
             start = bisect.bisect_right(self._buffer, since_seq, key=_seq_of)
@@ -270,6 +272,3 @@ def _seq_of(message: Message) -> int:
     seq: int = message["seq"]
     return seq
 
-
-def _warning(code: str, text: str, **details: Any) -> Message:
-    return {"type": "warning", "code": code, "message": text, **details}

@@ -15,16 +15,16 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from edge import __version__
 from edge.core.auth import SCOPE_WRITE
 from edge.core.config import Config
 from edge.core.errors import ProtocolError
 from edge.core.stats import Stats
-from edge.net.connection import Connection, SessionInfo, Stop
+from edge.net.connection import Connection, SessionInfo, Stop, shutdown_stop
 from edge.net.hub import SLOW_LISTENER
 from edge.net.room import Room
 from edge.protocols import live as protocol
-from edge.protocols.live import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, End, Pause, Resume
+from edge.protocols.events import Audio, End, KeepAlive, Pause, Resume, Started
+from edge.protocols.live import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class RoomListener(Connection):
     async def run(self) -> Stop:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sender)
-            self._queue(self._session_init())
+            self._send(Started(self.id, self._description()))
             with self._cancel, self._room.hub.subscribe(
                     self._since, queue_size=self._cfg.microphone.listener_queue) as listener:
                 async with trio.open_nursery() as inner:
@@ -53,8 +53,10 @@ class RoomListener(Connection):
                     inner.start_soon(self._max_length)
                     async for message in listener:
                         self._forwarded += 1
-                        await self._queue_wait({**message, "session_id": self.id,
-                                                "room_id": self._room.id})
+                        # The room speaks the Live API: its messages are forwarded as
+                        # they are, re-addressed to this listener.
+                        await self._put_wait(protocol.encode(
+                            {**message, "session_id": self.id, "room_id": self._room.id}))
                     self._ended(listener.dropped_reason)
                     inner.cancel_scope.cancel()
             self._finish()
@@ -64,6 +66,10 @@ class RoomListener(Connection):
     def _on_stop(self, stop: Stop) -> None:
         self._cancel.cancel()
 
+    def shutdown(self) -> None:
+        """The daemon is stopping: keep forwarding until the room has published its
+        last final and closed its hub; the listener then ends with 1012."""
+
     def _ended(self, reason: str | None) -> None:
         if reason == SLOW_LISTENER:
             logger.warning("session %s: room listener fell %d messages behind; dropped",
@@ -71,9 +77,8 @@ class RoomListener(Connection):
             self._warn("slow_listener", "this client fell too far behind the room stream "
                        "and was dropped; reconnect with since_seq to catch up")
             self.stop(Stop(CLOSE_POLICY, "slow_listener"))
-        else:
-            self.stop(Stop(CLOSE_GOING_AWAY, "room_closed",
-                           ("room_closed", "the room stream ended (the server is stopping)")))
+        else:  # the hub closes only when the daemon stops, after the room's last final
+            self.stop(shutdown_stop())
 
     async def _receiver(self) -> None:
         while True:
@@ -83,20 +88,20 @@ class RoomListener(Connection):
                 self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
                 return
             self._last_client_message = trio.current_time()
-            if isinstance(text, bytes):
-                self._warn("bad_message", "room listeners do not send audio; ignored")
-                continue
             try:
-                message = protocol.parse_client_text(text)
+                message = self.dialect.parse(text)
             except ProtocolError as exc:
                 self._warn("bad_message", exc.message)
+                continue
+            if isinstance(message, Audio):
+                self._warn("bad_message", "room listeners do not send audio; ignored")
                 continue
             if isinstance(message, End):
                 self.stop(Stop(CLOSE_NORMAL, "end"))
                 return
             if isinstance(message, Pause | Resume):
                 self._control(message)
-            elif not isinstance(message, protocol.KeepAlive):
+            elif not isinstance(message, KeepAlive):
                 self._warn("bad_message", "room listeners accept end, pause, resume and "
                            "keepalive")
 
@@ -119,15 +124,10 @@ class RoomListener(Connection):
             "session_too_long", f"sessions are limited to {limit:g} seconds; reconnect with "
             "since_seq to continue")))
 
-    def _session_init(self) -> dict[str, Any]:
+    def _description(self) -> dict[str, Any]:
         claims = self.info.claims
         hub = self._room.hub.statistics()
         return {
-            "type": "session_init",
-            "session_id": self.id,
-            "protocol_version": protocol.PROTOCOL_VERSION,
-            "server": "edge",
-            "version": __version__,
             "source": "room",
             "room_id": self._room.id,
             "state": self._room.state,

@@ -10,6 +10,12 @@ The room's stream is cut into *segments*: a capture run (until the microphone is
 or paused), cut again every ``journal.room_segment_seconds``. Each segment is a journal
 session and, with a speaker model, a diarization of its own ("Speaker 1" starts again),
 so that labels never link voices across a pause or across hours.
+
+The room runs under the daemon's supervisor: when it fails (its recogniser raised, say)
+the failed run's segment is closed, listeners see ``room_state`` ``restarting``, and the
+next run starts a new segment. The hub and its listeners outlive the runs; the hub
+closes only when the daemon stops, after :meth:`Room.stop` has published the final of
+the speech in progress.
 """
 
 from __future__ import annotations
@@ -17,19 +23,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
-from edge.audio.capture import Chunk, MicEvent, MicSource, MicStatistics
 from edge.audio.frames import LevelMeter
+from edge.audio.source import Chunk, MicEvent, Source
 from edge.core.config import Config
 from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
 from edge.net.hub import Hub
 from edge.protocols import live as protocol
-from edge.protocols.live import Utterance
+from edge.protocols.events import Utterance
 from edge.speakers import SpeakerIdentification
 
 logger = logging.getLogger(__name__)
@@ -45,32 +51,23 @@ _LEVEL_TEXT = {
 }
 
 
-class Source(Protocol):
-    """What the room needs of a capture source (a MicSource; stand-ins in tests)."""
-
-    async def run(self, send_channel: trio.MemorySendChannel[Chunk | MicEvent], *,
-                  task_status: trio.TaskStatus[None] = ...) -> None: ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def statistics(self) -> MicStatistics: ...
-
-
 class Room:
-    """Start with ``await nursery.start(room.run)``; listeners use :attr:`hub`."""
+    """Start with ``await nursery.start(room.run)``; listeners use :attr:`hub`.
 
-    def __init__(self, config: Config, recognizer_factory: RecognizerFactory,
-                 limiter: trio.CapacityLimiter, stats: Stats,
-                 source: Source | None = None, journal: JournalService | None = None,
+    ``source`` is the microphone (a :class:`~edge.audio.capture.MicSource`; stand-ins
+    in tests) and ``hub`` the fan-out its messages go to; the caller builds both.
+    """
+
+    def __init__(self, config: Config, source: Source, hub: Hub,
+                 recognizer_factory: RecognizerFactory, limiter: trio.CapacityLimiter,
+                 stats: Stats, *, journal: JournalService | None = None,
                  speakers: SpeakerIdentification | None = None) -> None:
-        m = config.microphone
         self.id = str(uuid.uuid4())
-        self.hub = Hub(replay_size=m.replay_size)
-        self.source: Source = source or MicSource(
-            m.device, sample_rate=m.sample_rate, chunk_ms=m.chunk_ms, backoff_max=m.retry_max)
+        self.hub = hub
+        self.source = source
         self.state = "starting"
+        self._stopping = False
+        self._stop_scope = trio.CancelScope()
         self._factory = recognizer_factory
         self._limiter = limiter
         self._stats = stats
@@ -90,24 +87,58 @@ class Room:
 
     async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Capture and recognise until cancelled; ready once capture has started."""
+        """Capture and recognise until :meth:`stop` or cancellation; ready once capture
+        has started. May be run again after it raised (see the module's docstring)."""
         send, receive = trio.open_memory_channel[Chunk | MicEvent](_QUEUE_CHUNKS)
+        self._stop_scope = trio.CancelScope()
+        if self._stopping:
+            self._stop_scope.cancel()
+        outcome = "stopped"
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.source.run, send)
-                if self.state == "starting":
-                    self._set_state(_initial_state(self.source.statistics().state))
-                task_status.started(self)
-                async with receive:
-                    async for item in receive:
-                        if isinstance(item, MicEvent):
-                            await self._on_event(item)
-                        else:
-                            await self._on_chunk(item)
+            with self._stop_scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.source.run, send)
+                    if self.state in ("starting", "restarting"):
+                        self._set_state(_initial_state(self.source.statistics().state))
+                    task_status.started(self)
+                    async with receive:
+                        async for item in receive:
+                            # A stop lands between items, never inside one: the finals
+                            # a chunk produced are published and journaled together.
+                            with trio.CancelScope(shield=True):
+                                if isinstance(item, MicEvent):
+                                    await self._on_event(item)
+                                else:
+                                    await self._on_chunk(item)
+            if self._stopping:
+                outcome = "shutdown"
+        except Exception:
+            outcome = "restarting"
+            raise
         finally:
-            self.hub.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._end_segment("stopped")
+                await self._wind_up(outcome)
+
+    def stop(self) -> None:
+        """Stop capturing; the speech already heard is finalised (published and
+        journaled), the segment ends with ``shutdown``, and the hub closes, so that
+        listeners end after the room's last final."""
+        self._stopping = True
+        self._stop_scope.cancel()
+
+    async def _wind_up(self, outcome: str) -> None:
+        if outcome == "restarting":
+            # The recogniser may be what failed: its state is unknown, it is not flushed.
+            recognizer, self._recognizer = self._recognizer, None
+            if recognizer is not None:
+                recognizer.close()
+            self._offset_ms = round(self._audio_ms)
+            self._set_state("restarting")
+        elif outcome == "shutdown":
+            await self._flush()
+        await self._end_segment(outcome)
+        if outcome != "restarting":
+            self.hub.close()
 
     def pause(self) -> None:
         """Stop capturing (the device is closed: privacy). Listeners see ``paused``."""
@@ -142,7 +173,7 @@ class Room:
             return
         self.state = state
         logger.info("room %s: %s", self.id, state)
-        self.hub.publish({"type": "room_state", "session_id": self.id, "state": state})
+        self.hub.publish(protocol.room_state(self.id, state))
 
     async def _on_chunk(self, chunk: Chunk) -> None:
         if self.state == "starting":

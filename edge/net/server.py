@@ -9,24 +9,26 @@ exceptions, so one client can never take the server down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import ssl
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
+from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from edge import __version__
 from edge.asr.recognizer import RecognizerFactory, RecognizerPool
-from edge.asr.vosk import LoadedModel
-from edge.core.admission import Admission
+from edge.core.admission import Admissions
 from edge.core.auth import (
     SCOPE_ENROLL,
     SCOPE_READ,
+    SCOPE_RELAY,
+    SCOPE_TRANSCRIPTS,
     SCOPE_WRITE,
     AuthSettings,
     Claims,
@@ -40,14 +42,16 @@ from edge.core.errors import AuthError, ProtocolError
 from edge.core.stats import Stats
 from edge.journal import transcripts
 from edge.journal.service import JournalService
-from edge.net import http
+from edge.net import http, ws
 from edge.net.connection import Connection, SessionInfo
 from edge.net.listener import RoomListener
 from edge.net.room import Room
 from edge.net.session import Session
 from edge.ops import health
+from edge.ops.supervisor import Supervisor
 from edge.protocols import live as protocol
-from edge.relay.ingest import SCOPE_RELAY, RelayIngest
+from edge.protocols.live import CLOSE_SERVICE_RESTART, Limits, LiveDialect
+from edge.relay.ingest import RelayIngest
 from edge.relay.sender import Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
 
@@ -55,100 +59,86 @@ logger = logging.getLogger(__name__)
 
 TRANSCRIPTS_PATH = "/transcripts/"
 RELAY_PATH = "/ws/relay"
-_MAX_RELAYING_DEVICES = 64
-SCOPE_TRANSCRIPTS = "transcripts:read"  # any session's transcript, not only one's own
 TRANSCRIPT_TYPES = {"json": "application/json; charset=utf-8",
                     "text": "text/plain; charset=utf-8", "vtt": "text/vtt; charset=utf-8"}
 
 _WS_MESSAGE_QUEUE = 4  # frames trio-websocket buffers before TCP pushes back
-_REVOCATION_POLL = 2.0
 _ACCEPT_GRACE = 1.0  # past the handshake deadline, to send the accept or the refusal
 _INTERNAL_CLOSE_TIMEOUT = 2.0
 
 
-class ReplayStream(trio.abc.Stream):
-    """A stream that first yields ``prefix`` (bytes already read), then reads ``stream``."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            n = len(self._prefix) if max_bytes is None else max_bytes
-            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
-            return chunk
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-class _Revoker:
-    """An admission ticket's revoke callback, from admission on: a revocation that
-    lands while the handshake is still being accepted is applied as soon as the
-    connection exists."""
+class _Handle:
+    """A live connection from admission on: a revocation or a shutdown that lands while
+    the handshake is still being accepted is applied as soon as the connection exists."""
 
     def __init__(self) -> None:
         self._connection: Connection | None = None
-        self._revoked = False
+        self._pending: list[Callable[[Connection], None]] = []
 
-    def __call__(self) -> None:
+    def revoke(self) -> None:
+        self._apply(Connection.revoke)
+
+    def shutdown(self) -> None:
+        self._apply(Connection.shutdown)
+
+    def _apply(self, action: Callable[[Connection], None]) -> None:
         if self._connection is None:
-            self._revoked = True
+            self._pending.append(action)
         else:
-            self._connection.revoke()
+            action(self._connection)
 
     def attach(self, connection: Connection) -> None:
         self._connection = connection
-        if self._revoked:
-            connection.revoke()
+        for action in self._pending:
+            action(connection)
 
 
 class Server:
-    """Serves the Live API; start with ``await nursery.start(server.run)``.
+    """The listener and the connection boundary; start with ``await nursery.start(server.run)``.
 
-    ``recognizer_factory`` defaults to a :class:`RecognizerPool` of the loaded model's
-    recognisers (``recognizer.warm_recognizers``); tests and benchmarks pass stand-ins.
-    ``health`` may add fields to ``/healthz``.
+    The composition root (:mod:`edge.app`) builds every part it uses and hands them in:
+    ``recognizer_factory`` (the recogniser pool, or a stand-in), ``limiter`` (every
+    Vosk call), the admission books, the journal, speaker identification, the room, the
+    relay and the supervisor (for ``/healthz``). :meth:`shutdown` starts a graceful stop.
     """
 
     def __init__(
         self,
         config: Config,
-        model: LoadedModel,
         auth: AuthSettings,
         *,
+        model_name: str,
+        stats: Stats,
+        limiter: trio.CapacityLimiter,
+        recognizer_factory: RecognizerFactory,
+        admissions: Admissions,
         revocations: RevocationFile | None = None,
-        recognizer_factory: RecognizerFactory | None = None,
-        stats: Stats | None = None,
-        room: Room | None = None,
         journal: JournalService | None = None,
         speakers: SpeakerIdentification | None = None,
+        room: Room | None = None,
+        relay: Relay | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
-        self.model = model
+        self.model_name = model_name
         self.auth = auth
         self.revocations = revocations
-        self.recognizer_factory = recognizer_factory or RecognizerPool(
-            model.recognizer, config.recognizer.warm_recognizers)
-        self.stats = stats or Stats()
-        threads = config.recognizer.threads or os.cpu_count() or 1
-        self.limiter = trio.CapacityLimiter(threads)
-        self.admission = Admission(config.server.max_sessions, config.server.retry_after)
-        self.listeners = Admission(config.microphone.max_listeners, config.server.retry_after)
+        self.recognizer_factory = recognizer_factory
+        self.stats = stats
+        self.limiter = limiter
+        self.admissions = admissions
+        self.admission = admissions.sessions
+        self.listeners = admissions.listeners
+        self.relays = admissions.relays
         self.room = room
         self.journal = journal
         self.speakers = speakers  # None: no speaker model
-        self.relay: Relay | None = None  # set by the app when relaying upstream
-        self.relays = Admission(_MAX_RELAYING_DEVICES, config.server.retry_after)
+        self.relay = relay  # None: not relaying upstream
+        self.supervisor = supervisor
         self.port: int | None = None
+        self.stopping = False
+        self._live: set[_Handle] = set()
+        self._idle = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -162,23 +152,26 @@ class Server:
             listeners = [trio.SSLListener(listener, context) for listener in listeners]
         scheme = "wss" if s.tls_cert else "ws"
         logger.info("listening on %s://%s:%d%s", scheme, s.host, self.port, s.path)
-        async with trio.open_nursery() as nursery:
-            if self.revocations is not None:
-                nursery.start_soon(self._watch_revocations)
-            task_status.started(self)
-            await trio.serve_listeners(self._handle_stream, listeners)
+        task_status.started(self)
+        await trio.serve_listeners(self._handle_stream, listeners)
 
-    async def _watch_revocations(self) -> None:
-        assert self.revocations is not None
-        while True:
-            changed = await trio.to_thread.run_sync(self.revocations.reload_if_changed)
-            if changed:
-                current = self.revocations.current
-                closed = (self.admission.revoke_matching(current)
-                          + self.listeners.revoke_matching(current)
-                          + self.relays.revoke_matching(current))
-                logger.info("revocation list reloaded; closing %d live session(s)", closed)
-            await trio.sleep(_REVOCATION_POLL)
+    def shutdown(self) -> None:
+        """Begin a graceful stop: refuse new handshakes (503 with Retry-After, or close
+        1012 in band) and ask every live connection to finish its work in hand and
+        close with 1012. :meth:`wait_idle` returns when they all have."""
+        self.stopping = True
+        for handle in list(self._live):
+            handle.shutdown()
+        if not self._live:
+            self._idle.set()
+
+    @property
+    def live_connections(self) -> int:
+        return len(self._live)
+
+    async def wait_idle(self) -> None:
+        """Wait until no connection is live after :meth:`shutdown`."""
+        await self._idle.wait()
 
     # --- connection boundary ---------------------------------------------------------
 
@@ -194,40 +187,40 @@ class Server:
         # The handshake deadline covers the request head here and the WebSocket
         # handshake in _websocket; never the session that follows.
         deadline = trio.current_time() + self.config.server.handshake_timeout
-        raw: bytes | None = None
+        read: tuple[http.RequestHead, bytes] | None = None
         with trio.move_on_at(deadline) as scope:
-            raw = await self._read_head(stream)
+            read = await self._read_head(stream)
         if scope.cancelled_caught:
             self._handshake_timed_out(stream)
             return
-        if raw is None:
+        if read is None:
             return
-        try:
-            head = http.parse_head(raw[:http.head_complete(raw)])
-        except http.BadRequest as exc:
-            await stream.send_all(http.response(400, str(exc)))
-            return
+        head, trailing = read
         if not head.is_websocket_upgrade:
             await self._http(stream, head)
             return
-        await self._websocket(ReplayStream(stream, raw), head, deadline)
+        await self._websocket(stream, head, trailing, deadline)
 
     def _handshake_timed_out(self, stream: trio.abc.Stream) -> None:
         self.stats.refused["handshake_timeout"] += 1
         logger.info("connection from %s: no complete handshake within %gs; dropped",
                     _peer(stream), self.config.server.handshake_timeout)
 
-    async def _read_head(self, stream: trio.abc.Stream) -> bytes | None:
-        buffer = b""
-        while not http.head_complete(buffer):
-            if len(buffer) > http.MAX_HEAD_BYTES:
-                await stream.send_all(http.response(431, "request head too large"))
-                return None
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                return None
-            buffer += chunk
-        return buffer
+    async def _read_head(self, stream: trio.abc.Stream
+                         ) -> tuple[http.RequestHead, bytes] | None:
+        """The parsed head and the bytes read past it; None once answered (400, 431)
+        or at EOF."""
+        reader = http.HeadReader()
+        try:
+            while True:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return None
+                if (head := reader.feed(chunk)) is not None:
+                    return head, reader.trailing
+        except http.BadRequest as exc:
+            await stream.send_all(http.response(exc.status, str(exc)))
+            return None
 
     async def _http(self, stream: trio.abc.Stream, head: http.RequestHead) -> None:
         if head.method not in ("GET", "HEAD"):
@@ -295,17 +288,19 @@ class Server:
         return 200, text, TRANSCRIPT_TYPES[fmt], []
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """``/healthz``: 200 when serving, 503 with reasons when degraded."""
+        """``/healthz``: 200 when serving, 503 with reasons when degraded or stopping."""
         return health.health(
-            version=__version__, model=self.model.name, sessions=self.admission.current,
+            version=__version__, model=self.model_name, sessions=self.admission.current,
             max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
             microphone=self.room.status() if self.room else None,
-            relay=self.relay.status() if self.relay else None)
+            relay=self.relay.status() if self.relay else None,
+            services=self.supervisor.status() if self.supervisor else {},
+            stopping=self.stopping)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
         return health.render_metrics(
-            self.stats, version=__version__, model=self.model.name,
+            self.stats, version=__version__, model=self.model_name,
             sessions_current=self.admission.current,
             max_sessions=self.config.server.max_sessions, clock=health.clock_status(),
             microphone_state=self.room.state if self.room else "not_configured",
@@ -313,7 +308,9 @@ class Server:
             relay_backlog=self.relay.backlog.events if self.relay else 0,
             relay_circuit_open=bool(self.relay and self.relay.circuit_open),
             relay_shed=self.relay.shed_events if self.relay else 0,
-            recognizers=self._pool_counts())
+            recognizers=self._pool_counts(),
+            service_restarts=({name: s.restarts for name, s in self.supervisor.services.items()}
+                              if self.supervisor else None))
 
     def _pool_counts(self) -> tuple[int, int, int] | None:
         pool = self.recognizer_factory
@@ -324,15 +321,16 @@ class Server:
     # --- WebSocket handshake ---------------------------------------------------------
 
     async def _websocket(self, stream: trio.abc.Stream, head: http.RequestHead,
-                         deadline: float) -> None:
+                         trailing: bytes, deadline: float) -> None:
         s = self.config.server
         async with trio.open_nursery() as nursery:
             with trio.move_on_at(deadline) as scope:
-                request = await wrap_server_stream(
-                    nursery, stream, message_queue_size=_WS_MESSAGE_QUEUE,
-                    max_message_size=s.max_frame_bytes)
-            if scope.cancelled_caught:
-                self._handshake_timed_out(stream)
+                request = await ws.wrap_server_request(
+                    nursery, stream, head, trailing, message_queue_size=_WS_MESSAGE_QUEUE,
+                    max_frame_bytes=s.max_frame_bytes)
+            if scope.cancelled_caught or request is None:  # None: refused by wsproto
+                if scope.cancelled_caught:
+                    self._handshake_timed_out(stream)
                 nursery.cancel_scope.cancel()
                 return
             try:
@@ -386,20 +384,21 @@ class Server:
             revoked = self.revocations.current if self.revocations else None
             claims = verify(token, self.auth, now=time.time(), revoked=revoked)
             require_scope(claims, SCOPE_RELAY)
-            revoker = _Revoker()
-            ticket = self.relays.admit(str(uuid.uuid4()), claims, revoker)
+            self._check_running()
+            handle = _Handle()
+            ticket = self.relays.admit(str(uuid.uuid4()), claims, handle.revoke)
         except AuthError as exc:
             await self._refuse_by(request, exc, False, deadline)
             return
-        with ticket:
+        with ticket, self._live_while(handle):
             ws = await self._accept_by(request, deadline)
             if ws is None:
                 return
             info = SessionInfo(session_id=ticket.session_id, claims=claims,
-                               model_name=self.model.name,
+                               model_name=self.model_name,
                                default_rate=self.config.recognizer.sample_rate)
             ingest = RelayIngest(ws, info, self.config, self.stats, self.journal)
-            revoker.attach(ingest)
+            handle.attach(ingest)
             await self._run_session(ingest, claims)
 
     async def _admit_and_run(self, request: WebSocketRequest, claims: Claims,
@@ -408,19 +407,20 @@ class Server:
         session_id = str(uuid.uuid4())
         session: Connection
         admission = self.listeners if params.source == "room" else self.admission
-        revoker = _Revoker()
+        handle = _Handle()
         try:
-            ticket = admission.admit(session_id, claims, revoker)
+            self._check_running()
+            ticket = admission.admit(session_id, claims, handle.revoke)
         except AuthError as exc:
             await self._refuse_by(request, exc, in_band, deadline)
             return
-        with ticket:
+        with ticket, self._live_while(handle):
             ws = await self._accept_by(request, deadline)
             if ws is None:
                 return
             speakers = await self._speaker_status()
             info = SessionInfo(session_id=session_id, claims=claims,
-                               model_name=self.model.name,
+                               model_name=self.model_name,
                                default_rate=self.config.recognizer.sample_rate,
                                declared_rate=params.sample_rate,
                                speaker_identification=speakers.enabled,
@@ -433,9 +433,30 @@ class Server:
                 session = Session(ws, info, self.config, self.recognizer_factory,
                                   self.limiter, self.stats, self.journal,
                                   speakers=self.speakers,
-                                  enroll=(params.enroll, params.role) if params.enroll else None)
-            revoker.attach(session)
+                                  enroll=(params.enroll, params.role) if params.enroll else None,
+                                  dialect=LiveDialect(Limits(
+                                      max_phrases=self.config.recognizer.max_phrases)))
+            handle.attach(session)
             await self._run_session(session, claims)
+
+    def _check_running(self) -> None:
+        if self.stopping:
+            raise AuthError("server_shutdown", "the server is restarting; retry shortly",
+                            status=503, close_code=CLOSE_SERVICE_RESTART,
+                            retry_after=self.config.server.retry_after)
+
+    @contextlib.contextmanager
+    def _live_while(self, handle: _Handle) -> Iterator[None]:
+        """Count ``handle`` as live (for :meth:`shutdown`) for the ``with`` block."""
+        self._live.add(handle)
+        if self.stopping:
+            handle.shutdown()
+        try:
+            yield
+        finally:
+            self._live.discard(handle)
+            if self.stopping and not self._live:
+                self._idle.set()
 
     async def _speaker_status(self) -> SpeakerStatus:
         """Speaker labelling as a new session will get it (re-reads changed voiceprints)."""

@@ -1,4 +1,9 @@
-"""One client session: WebSocket frames <-> protocol state <-> recogniser.
+"""The session core: one client streaming its own audio, whatever protocol carries it.
+
+Frames become events and events become frames in the session's *dialect* (the Live
+API's :class:`~edge.protocols.live.LiveDialect`, or a peer protocol's); everything
+else (audio decoding, the recogniser, speaker labels, the journal, limits, warnings,
+the end of the session) is here and the same for every dialect.
 
 A session runs four kinds of work in one nursery:
 
@@ -33,7 +38,6 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from edge import __version__
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
 from edge.core.auth import SCOPE_READ
@@ -43,16 +47,23 @@ from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
 from edge.net.connection import Connection, SessionInfo, Stop
 from edge.protocols import live as protocol
+from edge.protocols.events import (
+    Audio,
+    Configure,
+    Dialect,
+    End,
+    Enrolled,
+    KeepAlive,
+    Result,
+    Started,
+    Utterance,
+)
 from edge.protocols.live import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
-    Configure,
-    End,
-    KeepAlive,
-    Utterance,
 )
 from edge.speakers import SpeakerIdentification, VoiceprintStoreError
 
@@ -128,8 +139,9 @@ class Session(Connection):
         *,
         speakers: SpeakerIdentification | None = None,
         enroll: tuple[str, str | None] | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
-        super().__init__(ws, info, config, stats)
+        super().__init__(ws, info, config, stats, dialect)
         self._journal = journal
         self._speakers = speakers
         self._enroll = enroll if speakers is not None else None  # (name, role)
@@ -169,7 +181,7 @@ class Session(Connection):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender)
-                self._queue(self._session_init())
+                self._send(Started(self.id, self._description()))
                 async with trio.open_nursery() as inner:
                     inner.start_soon(self._receiver)
                     inner.start_soon(self._watchdogs)
@@ -214,11 +226,19 @@ class Session(Connection):
                     "rate_limited", f"more than {limit} messages per minute")))
                 return
             try:
-                if isinstance(message, bytes):
-                    await self._on_audio(message)
-                else:
-                    self._on_text(message)
+                event = self.dialect.parse(message)
+                if isinstance(event, Audio):
+                    await self._on_audio(event.data)
+                elif isinstance(event, End):
+                    self.stop(Stop(CLOSE_NORMAL, "end"))
+                elif isinstance(event, Configure):
+                    self._configure(event)
+                elif isinstance(event, KeepAlive):
+                    self._last_audio = trio.current_time()  # a deliberate pause is not idle
             except ProtocolError as exc:
+                if exc.code == "bad_message":  # a malformed control message is not fatal
+                    self._warn("bad_message", exc.message)
+                    continue
                 self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message), flush=True))
                 return
             except trio.ClosedResourceError:
@@ -248,20 +268,6 @@ class Session(Connection):
             self._warn(code, _WARNING_TEXT[code])
         self._audio_bytes += len(pcm)
         await self._audio_send.send((pcm, self._last_audio))
-
-    def _on_text(self, text: str) -> None:
-        try:
-            message = protocol.parse_client_text(
-                text, protocol.Limits(max_phrases=self._cfg.recognizer.max_phrases))
-        except ProtocolError as exc:
-            self._warn("bad_message", exc.message)
-            return
-        if isinstance(message, End):
-            self.stop(Stop(CLOSE_NORMAL, "end"))
-        elif isinstance(message, Configure):
-            self._configure(message)
-        elif isinstance(message, KeepAlive):
-            self._last_audio = trio.current_time()  # a deliberate pause is not idleness
 
     def _configure(self, message: Configure) -> None:
         if self._decoder.format is not None:
@@ -360,8 +366,7 @@ class Session(Connection):
             return
         logger.info("session %s: enrolled a voiceprint for %r from %d utterance(s)",
                     self.id, voiceprint.name, voiceprint.count)
-        self._queue({"type": "enrolled", "session_id": self.id, "name": voiceprint.name,
-                     "role": voiceprint.role, "utterances": voiceprint.count})
+        self._send(Enrolled(self.id, voiceprint.name, voiceprint.role, voiceprint.count))
 
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
@@ -373,13 +378,13 @@ class Session(Connection):
             if self._enroll is not None and utterance.speaker_vector is not None:
                 self._enroll_vectors.append(utterance.speaker_vector)
         self._seq += 1
-        message = protocol.transcription(self.id, self._seq, utterance)
         if (utterance.is_final and self._journal is not None
-                and not await self._journal.append_final(self.id, message)):
+                and not await self._journal.append_final(
+                    self.id, protocol.transcription(self.id, self._seq, utterance))):
             self._warn("journal_error", "this final could not be saved on the device; "
                        "keep your own copy")
         if self._send_transcripts:
-            self._queue(message)
+            self._send(Result(self.id, self._seq, utterance))
 
     def _check_lag(self, lag: float) -> None:
         now = trio.current_time()
@@ -418,14 +423,9 @@ class Session(Connection):
 
     # --- messages ------------------------------------------------------------------
 
-    def _session_init(self) -> dict[str, Any]:
+    def _description(self) -> dict[str, Any]:
         info, claims, cfg = self.info, self.info.claims, self._cfg
         return {
-            "type": "session_init",
-            "session_id": self.id,
-            "protocol_version": protocol.PROTOCOL_VERSION,
-            "server": "edge",
-            "version": __version__,
             "model": info.model_name,
             "sample_rate": info.declared_rate or info.default_rate,
             "audio_formats": ["wav", "pcm_s16le"],

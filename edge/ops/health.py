@@ -62,17 +62,25 @@ def _libc() -> ctypes.CDLL:
 def health(
     *, version: str, model: str, sessions: int, max_sessions: int, clock: ClockStatus,
     microphone: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None,
+    services: Mapping[str, Mapping[str, Any]] | None = None, stopping: bool = False,
 ) -> tuple[int, dict[str, Any]]:
-    """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)."""
+    """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
+    or stopping.
+
+    Only what stops transcription itself is a problem (503): a background service
+    that is restarting is a note, since client sessions go on without it.
+    """
     problems = []
     notes = []
+    if stopping:
+        problems.append("the daemon is stopping; new sessions are refused")
     if not clock.sane:
         problems.append("the system clock is not set (tokens cannot be checked); "
                         "check NTP / time-sync")
     elif clock.synchronized is False:
         notes.append("the system clock is not NTP-synchronised")
     body: dict[str, Any] = {
-        "status": "degraded" if problems else "ok",
+        "status": "stopping" if stopping else "degraded" if problems else "ok",
         "version": version,
         "model": model,
         "sessions": sessions,
@@ -80,7 +88,11 @@ def health(
         "clock": {"synchronized": clock.synchronized, "sane": clock.sane},
         "microphone": dict(microphone) if microphone else {"state": "not_configured"},
         "relay": dict(relay) if relay else {"state": "not_configured", "backlog": 0},
+        "services": {name: dict(state) for name, state in (services or {}).items()},
     }
+    for name, state in (services or {}).items():
+        if state.get("state") == "restarting":
+            notes.append(f"the {name} service failed and is being restarted")
     if relay and relay.get("circuit_open"):
         notes.append("the relay cannot reach its upstream; transcripts are kept locally "
                      "and sent when it is back")
@@ -96,6 +108,7 @@ def render_metrics(
     clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
     listeners: int = 0, relay_circuit_open: bool = False, relay_shed: int = 0,
     recognizers: tuple[int, int, int] | None = None,
+    service_restarts: Mapping[str, int] | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
@@ -166,6 +179,10 @@ def render_metrics(
     metric("edge_relay_shed_events_total", "counter",
            "Events left out of the relay because the outbox was full (kept locally).",
            [({}, relay_shed)])
+    if service_restarts is not None:
+        metric("edge_service_restarts_total", "counter",
+               "Background services restarted after a failure, by service.",
+               [({"service": k}, v) for k, v in sorted(service_restarts.items())])
     metric("edge_clock_synchronized", "gauge", "1 when the kernel clock is NTP-synchronised.",
            [({}, 1 if clock.synchronized else 0)])
     return "\n".join(out) + "\n"

@@ -1,17 +1,38 @@
-"""The Live API wire protocol: message shapes, client message parsing, close codes.
+"""The Live API wire protocol: every message, client message parsing, close codes.
 
 Pure (sans-IO): builds and parses JSON text; no trio, no vosk, no sockets. The README's
 "Protocol reference" documents exactly what this module produces and accepts.
+:class:`LiveDialect` is the Live API as a dialect of the session core (see
+:mod:`edge.protocols.events`); the ``transcription`` message is also the journal's
+record of a final, whatever dialect carried it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from edge import __version__
 from edge.core.errors import ProtocolError
+from edge.protocols.events import (
+    Audio,
+    ClientEvent,
+    Configure,
+    CoreEvent,
+    End,
+    Ended,
+    Enrolled,
+    KeepAlive,
+    Notice,
+    Pause,
+    Result,
+    Resume,
+    Speaker,
+    Started,
+    Utterance,
+)
 
 PROTOCOL_VERSION = 1
 
@@ -23,44 +44,8 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008  # scope, session length, rate of messages
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012  # the daemon is stopping or restarting: reconnect soon
 CLOSE_TRY_AGAIN_LATER = 1013  # capacity and limits
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str
-    start_ms: int
-    end_ms: int
-    confidence: float
-
-
-@dataclass(frozen=True)
-class Speaker:
-    """Who said an utterance: a label ("Speaker 2", or an enrolled name), an id stable
-    within the session, the confidence (0-1) and, for enrolled speakers, their role."""
-
-    label: str | None = None
-    id: str | None = None
-    confidence: float | None = None
-    role: str | None = None
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """A recognition result, before it is numbered and addressed to a session.
-
-    ``speaker_vector`` is the recogniser's speaker vector (finals only, when a speaker
-    model is loaded). It is biometric data: it never goes on the wire and is kept out of
-    the repr, so that no log line can carry it. ``speaker`` is the label decided for it.
-    """
-
-    is_final: bool
-    text: str
-    start_ms: int
-    end_ms: int
-    words: tuple[Word, ...] = ()
-    speaker_vector: tuple[float, ...] | None = field(default=None, repr=False)
-    speaker: Speaker | None = None
 
 
 def transcription(
@@ -88,9 +73,14 @@ def transcription(
     }
 
 
-def warning(session_id: str, code: str, message: str, **details: Any) -> dict[str, Any]:
-    return {"type": "warning", "session_id": session_id, "code": code, "message": message,
-            **details}
+def warning(session_id: str | None, code: str, message: str, **details: Any
+            ) -> dict[str, Any]:
+    """A ``warning``; without ``session_id`` for a stream's own (the room's hub), which
+    each listener addresses to itself."""
+    body: dict[str, Any] = {"type": "warning", "code": code, "message": message, **details}
+    if session_id is not None:
+        body = {"type": "warning", "session_id": session_id, **body}
+    return body
 
 
 def error(code: str, message: str, session_id: str | None = None) -> dict[str, Any]:
@@ -104,36 +94,64 @@ def encode(message: Mapping[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
+def session_init(session_id: str, description: Mapping[str, Any]) -> dict[str, Any]:
+    """``session_init``: the first message of every session and room listener."""
+    return {"type": "session_init", "session_id": session_id,
+            "protocol_version": PROTOCOL_VERSION, "server": "edge", "version": __version__,
+            **description}
+
+
+def session_end(session_id: str, reason: str, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``session_end``: the last message of a session that ended without an error."""
+    return {"type": "session_end", "session_id": session_id, "reason": reason, **summary}
+
+
+def enrolled(session_id: str, name: str, role: str | None, utterances: int
+             ) -> dict[str, Any]:
+    return {"type": "enrolled", "session_id": session_id, "name": name, "role": role,
+            "utterances": utterances}
+
+
+def room_state(session_id: str, state: str) -> dict[str, Any]:
+    return {"type": "room_state", "session_id": session_id, "state": state}
+
+
+def message(event: CoreEvent) -> dict[str, Any]:
+    """The Live API message for a core event."""
+    if isinstance(event, Started):
+        return session_init(event.session_id, event.description)
+    if isinstance(event, Result):
+        return transcription(event.session_id, event.seq, event.utterance)
+    if isinstance(event, Notice):
+        return warning(event.session_id, event.code, event.message, **event.details)
+    if isinstance(event, Enrolled):
+        return enrolled(event.session_id, event.name, event.role, event.utterances)
+    if event.error is not None:
+        return error(*event.error, session_id=event.session_id)
+    return session_end(event.session_id, event.reason, event.summary)
+
+
+class LiveDialect:
+    """The Live API as a dialect of the session core: binary frames are audio, text
+    frames are JSON control messages, every core event is one JSON text frame, and the
+    close code is the core's own (the Live API's codes are the IANA ones)."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+
+    def parse(self, frame: str | bytes) -> ClientEvent:
+        if isinstance(frame, bytes | bytearray):
+            return Audio(bytes(frame))
+        return parse_client_text(frame, self.limits)
+
+    def encode(self, event: CoreEvent) -> list[str | bytes]:
+        return [encode(message(event))]
+
+    def close_code(self, ended: Ended) -> int:
+        return ended.close_code
+
+
 # --- client messages -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class End:
-    """Flush the final result, send ``session_end``, close with 1000."""
-
-
-@dataclass(frozen=True)
-class KeepAlive:
-    """Resets the idle timeout: a client pausing its audio on purpose keeps the session."""
-
-
-@dataclass(frozen=True)
-class Configure:
-    """Per-session settings, accepted only before the first audio frame."""
-
-    phrases: tuple[str, ...] | None = None
-    sample_rate: int | None = None
-    partial_results: bool | None = None
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Room listeners with ``transcription:write``: stop capturing the room (privacy)."""
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Room listeners with ``transcription:write``: capture the room again."""
-
 
 ClientMessage = End | KeepAlive | Configure | Pause | Resume
 
@@ -157,7 +175,8 @@ def parse_client_text(text: str, limits: Limits = Limits()) -> ClientMessage:
         raise _bad(f"text message longer than {limits.max_text_chars} characters")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError and integers past Python's 4300-digit limit.
         raise _bad("text messages must be JSON objects") from None
     if not isinstance(data, dict):
         raise _bad("text messages must be JSON objects")
@@ -270,7 +289,7 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
                          since_seq=since, enroll=enroll, role=role)
 
 
-MAX_NAME_CHARS = 200  # enrolled names and roles (as edge.speakers.identification.MAX_NAME_CHARS)
+MAX_NAME_CHARS = 200  # enrolled names and roles (as edge.speakers.voiceprints.MAX_NAME_CHARS)
 
 
 def _name_param(query: Mapping[str, Sequence[str]], name: str) -> str | None:

@@ -1,0 +1,168 @@
+"""The session core's vocabulary: what clients ask for and what the core reports.
+
+Pure. A *dialect* (the Live API in :mod:`edge.protocols.live`, and any peer protocol
+served beside it) is a pair of translations over these values: client frames into
+:data:`ClientEvent` values, and :data:`CoreEvent` values into frames and a close code.
+The session core (:mod:`edge.net.session`) never sees JSON, so adding a protocol means
+a new module implementing :class:`Dialect`, a route, and a config section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# --- recognition results -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """Who said an utterance: a label ("Speaker 2", or an enrolled name), an id stable
+    within the session, the confidence (0-1) and, for enrolled speakers, their role."""
+
+    label: str | None = None
+    id: str | None = None
+    confidence: float | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A recognition result, before it is numbered and addressed to a session.
+
+    ``speaker_vector`` is the recogniser's speaker vector (finals only, when a speaker
+    model is loaded). It is biometric data: it never goes on the wire and is kept out of
+    the repr, so that no log line can carry it. ``speaker`` is the label decided for it.
+    """
+
+    is_final: bool
+    text: str
+    start_ms: int
+    end_ms: int
+    words: tuple[Word, ...] = ()
+    speaker_vector: tuple[float, ...] | None = field(default=None, repr=False)
+    speaker: Speaker | None = None
+
+
+# --- what the client asks for ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Audio bytes as the client framed them (WAV or raw PCM; the decoder tells)."""
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class End:
+    """Flush the final result, report the end, close normally."""
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Resets the idle timeout: a client pausing its audio on purpose keeps the session."""
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Per-session settings, accepted only before the first audio frame."""
+
+    phrases: tuple[str, ...] | None = None
+    sample_rate: int | None = None
+    partial_results: bool | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Room listeners allowed to write: stop capturing the room (privacy)."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Room listeners allowed to write: capture the room again."""
+
+
+ClientEvent = Audio | End | KeepAlive | Configure | Pause | Resume
+
+
+# --- what the core reports ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """The session is open; ``description`` is what the dialect tells the client about it
+    (limits, model, formats), as plain values."""
+
+    session_id: str
+    description: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A recognition result, numbered within its session (``seq`` from 1)."""
+
+    session_id: str
+    seq: int
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A warning: the session goes on."""
+
+    session_id: str
+    code: str
+    message: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    session_id: str
+    name: str
+    role: str | None
+    utterances: int
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The session is over. ``error`` (code, message) when it ended on an error the
+    client must hear about; ``close_code`` is the Live API's (IANA) code for ``reason``,
+    which other dialects translate."""
+
+    session_id: str
+    reason: str
+    close_code: int
+    error: tuple[str, str] | None = None
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+
+CoreEvent = Started | Result | Notice | Enrolled | Ended
+
+
+class Dialect(Protocol):
+    """A wire protocol for the session core. Pure: no I/O, no clock."""
+
+    def parse(self, frame: str | bytes) -> ClientEvent:
+        """One client frame as an event. Raises :class:`~edge.core.errors.ProtocolError`:
+        code ``bad_message`` for a message to warn about and ignore, any other code to
+        end the session with the error's close code."""
+        ...
+
+    def encode(self, event: CoreEvent) -> list[str | bytes]:
+        """The frames that carry ``event`` to the client (none, one or several)."""
+        ...
+
+    def close_code(self, ended: Ended) -> int:
+        """The WebSocket close code that ends a session for ``ended``."""
+        ...

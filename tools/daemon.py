@@ -1,0 +1,181 @@
+"""``edge serve`` in a subprocess, for tests and benchmarks: the one way both start a
+real daemon.
+
+A :class:`Daemon` has its own config file and state directory (kept across restarts,
+so a test can kill it and start it again on the same journal), takes its secret from
+``EDGE_JWT_SECRET`` as a deployed device does, logs to a file, and is ready when
+``/healthz`` answers (200, or 503 for a degraded device: the model is loaded and the
+socket accepts). Everything here blocks; async tests call it through
+``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_get(port: int, target: str = "/healthz", *, timeout: float = 5.0
+             ) -> tuple[int, Any]:
+    """A plain GET on loopback: the status and the JSON body (None if not JSON)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    try:
+        return status, json.loads(body) if body else None
+    except ValueError:
+        return status, None
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def config_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """TOML for ``{"server": {"port": 8000}, ...}`` (flat sections of plain values)."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+    return "\n".join(lines) + "\n"
+
+
+class Daemon:
+    """``edge serve --config FILE`` on a free loopback port, in ``directory``.
+
+    ``sections`` are merged over a loopback config (the server's host, port and state
+    directory are set here). ``command`` replaces ``python -m edge serve --config
+    {config}`` (``{config}`` stands for the file). ``env`` adds to the environment.
+    """
+
+    def __init__(self, directory: Path, name: str = "edge", *, secret: str,
+                 sections: Mapping[str, Mapping[str, Any]] | None = None,
+                 env: Mapping[str, str] | None = None, port: int | None = None,
+                 command: Sequence[str] | None = None) -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.port = port or free_port()
+        self.state = self.directory / f"{name}-state"
+        self.config_path = self.directory / f"{name}.toml"
+        self.log_path = self.directory / f"{name}.log"
+        merged: dict[str, dict[str, Any]] = {
+            "server": {"host": "127.0.0.1", "port": self.port, "state_dir": str(self.state)}}
+        for section, values in (sections or {}).items():
+            merged[section] = {**merged.get(section, {}), **values}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(config_text(merged))
+        self.env = {**os.environ, "EDGE_JWT_SECRET": secret, "PYTHONUNBUFFERED": "1",
+                    **(env or {})}
+        for name_ in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC"):
+            if name_ not in (env or {}):
+                self.env.pop(name_, None)
+        self.command = [a.replace("{config}", str(self.config_path)) for a in command or (
+            sys.executable, "-m", "edge", "serve", "--config", "{config}")]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/transcribe"
+
+    def spawn(self) -> None:
+        """Start the process (the log is appended to, across restarts)."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+    def start(self, timeout: float = 120.0) -> Daemon:
+        """Spawn and wait until it serves (see :meth:`wait_ready`)."""
+        self.spawn()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Block until ``/healthz`` answers; returns ``time.monotonic()`` then. Raises
+        RuntimeError with the log's tail if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
+                                   f"it was ready:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                status, _ = http_get(self.port, timeout=1.0)
+                if status in (200, 503):
+                    return time.monotonic()
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name}: not serving on port {self.port} within "
+                           f"{timeout:g}s:\n{self.log_tail()}")
+
+    def health(self) -> dict[str, Any]:
+        _, body = http_get(self.port)
+        return body if isinstance(body, dict) else {}
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
