@@ -17,12 +17,16 @@ counted in :attr:`Relay.failures`, described in :attr:`Relay.last_error`, follow
 a reconnect after a backoff with jitter; nothing is marked relayed. :meth:`Relay.run`
 never raises for the peer's behaviour; an exception that escapes it is a bug here.
 
-The relay never slows local transcription: it never writes a final or a session, and its
-journal calls (reading a batch, marking it relayed, bounding the outbox) run through
-:meth:`JournalService.call`, on the journal's bulk connection and worker thread, apart
-from the connection and thread that sessions journal their finals on (see
-:mod:`edge.journal.service` for what the two still share: SQLite's write lock, held by
-the relay's writes for a short transaction without an fsync of its own).
+The relay never makes local transcription queue behind it: it never writes a final or a
+session, and its journal calls (reading a batch, marking it relayed, bounding the
+outbox) run through :meth:`JournalService.call`, on the journal's bulk connection and
+worker thread, apart from the connection and thread that sessions journal their finals
+on. What it still shares with them (see :mod:`edge.journal.service`): SQLite's write
+lock, held by its writes for one short transaction without an fsync (a waiting final
+goes first), the disk, the GIL and the event loop (encoding and framing a batch). Those
+are measured by ``bench/hotpath.py``: during a full-speed drain a final's journal write
+keeps its median but its p99 grows (on a 2-core VM from about 4 ms to about 20 ms),
+while the worst stall, which queueing behind bulk work caused, falls from 0.4 s to 0.08 s.
 """
 
 from __future__ import annotations
