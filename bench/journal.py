@@ -24,6 +24,7 @@ In one run, side by side:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import shutil
@@ -261,11 +262,11 @@ def drain_once(model: Any, source: Path, work: Path, batch_events: int, events: 
     """Relay a copy of the pre-filled journal to a fresh upstream; time until backlog 0."""
     import trio
 
+    from edge import app
     from edge.core.auth import AuthSettings, mint
     from edge.core.config import load_config
     from edge.journal.db import Journal
     from edge.journal.service import JournalService
-    from edge.net.server import Server
     from edge.relay.sender import Relay, RelaySettings
 
     if work.exists():
@@ -293,9 +294,9 @@ def drain_once(model: Any, source: Path, work: Path, batch_events: int, events: 
             up = JournalService(upstream, retention_days=30, purge_interval=3600,
                                 keep_unrelayed=False)
             assert (await dev.backlog()).events == events
-            server = Server(config, model, auth, journal=up)
+            parts = app.Parts(auth=auth, model=model, journal=up)
             async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
+                server = await nursery.start(functools.partial(app.run, config, parts=parts))
                 relay = Relay(RelaySettings(
                     url=f"ws://127.0.0.1:{server.port}/ws/relay", token=token,
                     batch_events=batch_events, batch_bytes=BATCH_BYTES, ack_timeout=30.0,

@@ -291,30 +291,28 @@ def make_config(state_dir: Path) -> Any:
 async def serving(config: Any, model: Any, factory: Any, source_kind: str
                   ) -> AsyncIterator[tuple[Any, Any]]:
     """A Server and its Room (``source_kind`` "mic" or "played"), ``hub.publish`` stamped."""
+    import functools
+
     import trio
 
+    from edge import app
     from edge.core.auth import AuthSettings
-    from edge.net.room import Room
-    from edge.net.server import Server
-
 
     a = config.auth
     auth = AuthSettings(algorithm="HS256", key=common.SECRET, issuer=None, audience=None,
                         leeway=a.leeway, max_lifetime=a.max_token_lifetime)
+    source = PlayedSource() if source_kind == "played" else None  # None: the real mic
+    parts = app.Parts(auth=auth, model=model, recognizer_factory=factory, microphone=source)
     async with trio.open_nursery() as nursery:
-        server = Server(config, model, auth, recognizer_factory=factory)
-        await nursery.start(server.run)
-        source = PlayedSource() if source_kind == "played" else None  # None: MicSource
-        room = Room(config, factory, server.limiter, server.stats, source=source)
+        server = await nursery.start(functools.partial(app.run, config, parts=parts))
+        room = server.room
         publish = room.hub.publish
 
         def stamped(message: dict[str, Any], *, replay: bool | None = None) -> int:
             message["bench_t"] = time.monotonic()
             return publish(message, replay=replay)
 
-        room.hub.publish = stamped  # type: ignore[method-assign]
-        await nursery.start(room.run)
-        server.room = room
+        room.hub.publish = stamped
         with trio.fail_after(30):
             while room.source.statistics().chunks < 5:
                 await trio.sleep(0.05)

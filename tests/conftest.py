@@ -56,14 +56,15 @@ async def start_server(
     session's model already loaded; it runs in the test's nursery and is cancelled when
     the test ends. Its state (the journal) is in the test's own directory unless
     ``server={"state_dir": ...}`` says otherwise. ``recognizer_factory``, ``mic`` (a
-    capture stand-in, with ``microphone={"enabled": True}``), ``journal`` (a
+    capture stand-in, with ``microphone={"enabled": True}``), ``journal_service`` (a
     JournalService the test opened) and ``auth_settings`` replace the parts the daemon
     would build.
     """
 
     async def start(
         *, recognizer_factory: RecognizerFactory | None = None,
-        revocation_file: Path | None = None, journal: JournalService | None = None,
+        revocation_file: Path | None = None,
+        journal_service: JournalService | None = None,
         mic: Source | None = None, auth_settings: AuthSettings | None = None,
         **sections: dict[str, Any],
     ) -> Server:
@@ -75,7 +76,7 @@ async def start_server(
         config = make_config(**sections)
         parts = Parts(auth=auth_settings or test_auth(config), model=model,
                       recognizer_factory=recognizer_factory, microphone=mic,
-                      journal=journal)
+                      journal=journal_service)
         started: Server = await nursery.start(functools.partial(app.run, config, parts=parts))
         return started
 

@@ -41,7 +41,7 @@ def on_disk(tmp_path: Path, session_id: str) -> list[dict[str, Any]]:
 async def test_every_final_is_on_disk_before_the_client_sees_it(
     start_server: Any, journal: JournalService, tmp_path: Path, phrases: dict[str, Any]
 ) -> None:
-    server = await start_server(journal=journal)
+    server = await start_server(journal_service=journal)
     grammar = [p for p in phrases["grammar"] if p != "[unk]"]
     seen = []
     async with connect(server, make_token(sub="dr-lee")) as ws:
@@ -68,7 +68,7 @@ async def test_every_final_is_on_disk_before_the_client_sees_it(
 async def test_a_session_closed_without_end_is_journaled_complete(
     start_server: Any, journal: JournalService
 ) -> None:
-    server = await start_server(journal=journal)
+    server = await start_server(journal_service=journal)
     async with connect(server, make_token()) as ws:
         session_id = (await receive_json(ws))["session_id"]
         await stream(ws, SPEECH.read_bytes())
@@ -82,7 +82,7 @@ async def test_a_session_closed_without_end_is_journaled_complete(
 async def test_finished_transcripts_over_http(
     start_server: Any, journal: JournalService, phrases: dict[str, Any]
 ) -> None:
-    server = await start_server(journal=journal)
+    server = await start_server(journal_service=journal)
     grammar = [p for p in phrases["grammar"] if p != "[unk]"]
     owner = make_token(sub="dr-lee", scope="transcription:read transcription:write")
     async with connect(server, owner) as ws:

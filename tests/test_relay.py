@@ -96,8 +96,8 @@ async def test_a_relays_to_b_in_order_once(
     phrases: dict[str, Any],
 ) -> None:
     a, b = pair
-    server_b = await start_server(journal=b.service)
-    server_a = await start_server(journal=a.service)
+    server_b = await start_server(journal_service=b.service)
+    server_a = await start_server(journal_service=a.service)
     relay = relay_to(server_b.port, a)
     await nursery.start(relay.run)
 
@@ -120,7 +120,7 @@ async def test_b_down_a_keeps_serving_then_drains_in_order(
 ) -> None:
     a, b = pair
     port_b = free_port()
-    server_a = await start_server(journal=a.service)
+    server_a = await start_server(journal_service=a.service)
     relay = relay_to(port_b, a)
     await nursery.start(relay.run)
     server_a.relay = relay
@@ -136,7 +136,7 @@ async def test_b_down_a_keeps_serving_then_drains_in_order(
     status, body = server_a.health()
     assert status == 200 and body["relay"]["circuit_open"] and body["notes"]
 
-    await start_server(journal=b.service, server={"port": port_b})
+    await start_server(journal_service=b.service, server={"port": port_b})
     await drained(a, relay)
     assert b.events("room-a") == a.events("room-a")
     assert not relay.circuit_open
@@ -149,7 +149,7 @@ async def test_a_full_outbox_sheds_visibly_and_keeps_everything_locally(
     caplog.set_level(logging.WARNING)
     a, b = pair
     port_b = free_port()
-    server_a = await start_server(journal=a.service)
+    server_a = await start_server(journal_service=a.service)
     relay = relay_to(port_b, a, max_backlog_bytes=1500)
     await nursery.start(relay.run)
     server_a.relay = relay
@@ -164,7 +164,7 @@ async def test_a_full_outbox_sheds_visibly_and_keeps_everything_locally(
     assert server_a.health()[1]["relay"]["shed_events"] == relay.shed_events
     assert "edge_relay_shed_events_total" in server_a.metrics()
 
-    await start_server(journal=b.service, server={"port": port_b})
+    await start_server(journal_service=b.service, server={"port": port_b})
     await drained(a, relay)
     relayed = b.events("room-a")
     assert relayed and relayed == [e for e in a.events("room-a") if e in relayed]
@@ -188,7 +188,7 @@ async def test_ingest_refuses_bad_batches_and_foreign_devices(
     start_server: Any, pair: tuple[Node, Node],
 ) -> None:
     _, b = pair
-    server_b = await start_server(journal=b.service, server={"max_frame_bytes": 65536})
+    server_b = await start_server(journal_service=b.service, server={"max_frame_bytes": 65536})
     url = f"ws://127.0.0.1:{server_b.port}/ws/relay"
 
     try:
@@ -235,7 +235,7 @@ async def test_ingest_refuses_a_device_using_the_servers_own_id(
     start_server: Any, pair: tuple[Node, Node],
 ) -> None:
     _, b = pair
-    server_b = await start_server(journal=b.service)
+    server_b = await start_server(journal_service=b.service)
     token = make_token(sub="clinic", scope="relay:write")
     async with open_websocket_url(f"ws://127.0.0.1:{server_b.port}/ws/relay", extra_headers=[
             (b"authorization", f"Bearer {token}".encode())]) as ws:
@@ -258,7 +258,7 @@ async def test_a_batch_too_big_for_the_upstream_is_split(
             "text": "머리가 아픕니다 " * 20, "start_ms": seq * 1000, "end_ms": seq * 1000 + 900,
             "words": [], "speaker": None})
     a.journal.end_session("long", reason="end", ended_at=2.0)
-    server_b = await start_server(journal=b.service, server={"max_frame_bytes": 24576})
+    server_b = await start_server(journal_service=b.service, server={"max_frame_bytes": 24576})
     relay = relay_to(server_b.port, a, batch_bytes=131072)
     await nursery.start(relay.run)
     await drained(a, relay)
@@ -374,7 +374,7 @@ async def test_a_misbehaving_upstream_is_a_link_failure_never_a_crash(
     assert relay.circuit_open
 
     await upstream.stop()  # replaced by a well-behaved upstream on the same port
-    await start_server(journal=b.service, server={"port": port})
+    await start_server(journal_service=b.service, server={"port": port})
     await drained(a, relay)
     assert b.events("room-a") == a.events("room-a") == [("s1", 0, "start"), ("s1", 1, "end")]
     assert relay.status()["last_error"] is None and not relay.circuit_open

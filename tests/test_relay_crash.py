@@ -119,7 +119,7 @@ async def test_kill_9_of_the_device_loses_no_final_a_client_saw(
     upstream = Journal.open(tmp_path / "b" / "journal.db", device_id="clinic")
     b = JournalService(upstream, retention_days=30, purge_interval=3600,
                        keep_unrelayed=False)
-    server_b = await start_server(journal=b)
+    server_b = await start_server(journal_service=b)
     relay_token = make_token(sub="room-a", scope="relay:write", ttl=3600)
     a = Daemon(tmp_path, "a", free_port(), {
         "EDGE_DEVICE_ID": "room-a", "EDGE_RELAY_TOKEN": relay_token,
@@ -176,7 +176,7 @@ async def test_kill_9_of_the_upstream_after_an_ack_loses_nothing_acknowledged(
 ) -> None:
     device = Journal.open(tmp_path / "a" / "journal.db", device_id="room-a")
     a = JournalService(device, retention_days=30, purge_interval=3600, keep_unrelayed=True)
-    server_a = await start_server(journal=a)
+    server_a = await start_server(journal_service=a)
     b = Daemon(tmp_path, "b", free_port(), {})
     token = make_token(sub="room-a", scope="relay:write", ttl=3600)
     relay = Relay(RelaySettings(url=f"ws://127.0.0.1:{b.port}/ws/relay", token=token,
