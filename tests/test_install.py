@@ -55,3 +55,18 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
              "EDGE_STATE_DIR": str(tmp_path / "state")},
         capture_output=True, text=True, check=False)
     assert "ok   keys: HS256 secret present" in check.stdout, check.stdout
+
+
+def test_systemd_waits_longer_than_the_shutdown_grace() -> None:
+    """systemd must not SIGKILL the daemon while it finishes live sessions: the unit's
+    TimeoutStopSec exceeds server.shutdown_grace, as shipped and as defaulted."""
+    from edge.core.config import load_config
+
+    unit = (ROOT / "systemd" / "edge.service").read_text()
+    [line] = [x for x in unit.splitlines() if x.startswith("TimeoutStopSec=")]
+    stop_timeout = float(line.split("=", 1)[1].removesuffix("s"))
+    shipped = tomllib.loads((ROOT / "config" / "edge.toml").read_text())
+    graces = [shipped["server"]["shutdown_grace"],
+              load_config(None, environ={}).server.shutdown_grace]
+    # Room for the last final's decode and journal write after the grace.
+    assert all(stop_timeout >= grace + 5 for grace in graces), (stop_timeout, graces)

@@ -1,10 +1,14 @@
-"""The network front: TCP/TLS listener, HTTP head, WebSocket handshake, auth, admission.
+"""The network front: TCP/TLS listener, request heads, routing, handshakes, the
+connection boundary.
 
-Thin glue over trio-websocket. The server reads each request head itself (bounded by
-``server.handshake_timeout``), answers plain HTTP requests (``/healthz``) on the same
-port, and hands WebSocket upgrades to ``trio_websocket.wrap_server_stream`` with the
-bytes it read replayed. Every connection is handled inside a boundary that catches
-exceptions, so one client can never take the server down.
+The server reads each request head itself, once, with h11 (bounded by
+``server.handshake_timeout`` and the head size limit; :mod:`edge.net.http`), answers
+plain HTTP requests (``/healthz``, ``/metrics``, ``/transcripts/<id>``) on the same port,
+and hands WebSocket upgrades, already parsed, to trio-websocket (:mod:`edge.net.ws`).
+It verifies tokens, admits sessions against the admission books, and runs each one
+inside a boundary that catches exceptions, so one client can never take the server
+down. It builds nothing long-lived itself: :mod:`edge.app` hands it every part.
+:meth:`Server.shutdown` starts a graceful stop.
 """
 
 from __future__ import annotations
