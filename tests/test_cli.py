@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge.cli import main
 from edge.core.auth import AuthSettings, verify
-from helpers import FIXTURES, READ_WRITE, SECRET, free_port, http_get, make_token
+from helpers import FIXTURES, READ_WRITE, SECRET, free_port, make_token
+from tools.daemon import Daemon
+from tools.daemon import http_get as daemon_get
 
 EDGE = [sys.executable, "-m", "edge"]
 WAV = FIXTURES / "speech_ko.wav"
@@ -307,68 +308,48 @@ async def test_serve_on_a_port_in_use_exits_with_one_line() -> None:
 
 # --- serve + client --------------------------------------------------------------------
 
-async def wait_healthy(process: trio.Process, port: int, log: Path) -> dict[str, Any]:
-    """Poll ``/healthz`` until it answers 200; fail early if the server exits."""
-    with trio.fail_after(START_DEADLINE):
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"edge serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                status, _, body = await http_get(port, "/healthz")
-            except OSError:
-                await trio.sleep(0.1)
-                continue
-            assert status == 200, body
-            health: dict[str, Any] = json.loads(body)
-            return health
-
-
 async def test_serve_and_client_transcribe_the_fixture(
         tmp_path: Path, phrases: dict[str, Any]) -> None:
-    port = free_port()
-    ws_url = f"ws://127.0.0.1:{port}/ws/transcribe"
     env = subprocess_env()
-    log = tmp_path / "serve.log"
-    with trio.fail_after(120), log.open("wb") as log_file:
-        async with trio.open_nursery() as nursery:
-            server: trio.Process = await nursery.start(partial(
-                trio.run_process, [*EDGE, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stderr=log_file, check=False))
-            try:
-                health = await wait_healthy(server, port, log)
-                assert health["status"] == "ok"
-                assert health["sessions"] == 0
+    daemon = Daemon(tmp_path, secret=SECRET)
+    try:
+        with trio.fail_after(120):
+            await trio.to_thread.run_sync(daemon.start, START_DEADLINE)
+            status, health = await trio.to_thread.run_sync(daemon_get, daemon.port)
+            assert status == 200, health
+            assert health["status"] == "ok"
+            assert health["sessions"] == 0
 
-                minted = await trio.run_process(
-                    [*EDGE, "token", "--sub", "cli-test"], env=env, capture_stdout=True)
-                token = minted.stdout.decode().strip()
-                client = await trio.run_process(
-                    [*EDGE, "client", ws_url, str(WAV), "--token", token, "--fast",
-                     "--phrases", str(PHRASES)],
-                    env=env, capture_stdout=True, capture_stderr=True, check=False)
-                assert client.returncode == 0, client.stderr.decode()
-                messages = json_lines(client.stdout.decode())
-                assert messages[0]["type"] == "session_init"
-                assert messages[-1]["type"] == "session_end"
-                assert messages[-1]["reason"] == "end"
-                finals = [m["text"] for m in messages
-                          if m["type"] == "transcription" and m["is_final"]]
-                assert finals == phrases["utterances"]
+            minted = await trio.run_process(
+                [*EDGE, "token", "--sub", "cli-test"], env=env, capture_stdout=True)
+            token = minted.stdout.decode().strip()
+            client = await trio.run_process(
+                [*EDGE, "client", daemon.url, str(WAV), "--token", token, "--fast",
+                 "--phrases", str(PHRASES)],
+                env=env, capture_stdout=True, capture_stderr=True, check=False)
+            assert client.returncode == 0, client.stderr.decode()
+            messages = json_lines(client.stdout.decode())
+            assert messages[0]["type"] == "session_init"
+            assert messages[-1]["type"] == "session_end"
+            assert messages[-1]["reason"] == "end"
+            finals = [m["text"] for m in messages
+                      if m["type"] == "transcription" and m["is_final"]]
+            assert finals == phrases["utterances"]
 
-                # A token signed with another secret, given through $EDGE_TOKEN.
-                forged = make_token(secret="a-different-secret-that-is-long-enough!!")
-                refused = await trio.run_process(
-                    [*EDGE, "client", ws_url, str(WAV), "--fast"],
-                    env={**env, "EDGE_TOKEN": forged},
-                    capture_stdout=True, capture_stderr=True, check=False)
-                assert refused.returncode == 1
-                assert refused.stdout == b""
-                assert "401" in refused.stderr.decode()
-            finally:
-                server.send_signal(signal.SIGTERM)
-            with trio.fail_after(15):
-                await server.wait()
-    assert server.returncode == 0, log.read_text()
+            # A token signed with another secret, given through $EDGE_TOKEN.
+            forged = make_token(secret="a-different-secret-that-is-long-enough!!")
+            refused = await trio.run_process(
+                [*EDGE, "client", daemon.url, str(WAV), "--fast"],
+                env={**env, "EDGE_TOKEN": forged},
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert refused.returncode == 1
+            assert refused.stdout == b""
+            assert "401" in refused.stderr.decode()
+            daemon.signal(signal.SIGTERM)
+            exit_code = await trio.to_thread.run_sync(daemon.wait, 15)
+        assert exit_code == 0, daemon.log_tail()
+    finally:
+        await trio.to_thread.run_sync(daemon.stop)
 
 
 def test_client_without_a_server_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:

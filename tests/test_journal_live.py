@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,9 @@ import trio
 from edge.cli import main
 from edge.journal.db import Journal
 from edge.journal.service import JournalService
-from helpers import FIXTURES, SECRET, connect, free_port, http_get, make_token, receive_json, stream
+from helpers import FIXTURES, SECRET, connect, http_get, make_token, receive_json, stream
+from tools.daemon import Daemon
+from tools.daemon import http_get as daemon_get
 
 SPEECH = FIXTURES / "speech_ko.wav"
 
@@ -144,30 +143,17 @@ def test_transcripts_cli_reads_the_journal(tmp_path: Path, monkeypatch: pytest.M
 
 
 async def test_the_daemon_sets_a_corrupt_journal_aside_and_serves(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+    daemon = Daemon(tmp_path, secret=SECRET)
+    state = daemon.state
     state.mkdir(mode=0o700)
     (state / "journal.db").write_bytes(os.urandom(8192))
-    port = free_port()
-    env = {**os.environ, "EDGE_JWT_SECRET": SECRET, "EDGE_STATE_DIR": str(state)}
-    log = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=log)
     try:
-        with trio.fail_after(60):
-            while True:
-                assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-                try:
-                    status, _, _ = await http_get(port, "/healthz")
-                except OSError:
-                    await trio.sleep(0.2)
-                    continue
-                break
+        await trio.to_thread.run_sync(daemon.start, 60)
+        status, _ = await trio.to_thread.run_sync(daemon_get, daemon.port)
         assert status == 200
         aside = [p.name for p in state.iterdir() if ".corrupt-" in p.name]
         assert aside and aside[0].startswith("journal.db.corrupt-")
-        text = (tmp_path / "daemon.log").read_text()
+        text = daemon.log_tail(100_000)
         assert text.count("moved it aside") == 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-        log.close()
+        assert await trio.to_thread.run_sync(daemon.stop) == 0

@@ -4,11 +4,7 @@ upstream acknowledged, is lost. Real daemons (subprocesses), real SQLite, real s
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,57 +14,26 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from edge.journal.db import Journal
 from edge.journal.service import JournalService
 from edge.relay.sender import Relay, RelaySettings
-from helpers import FIXTURES, SECRET, free_port, make_token, receive_json
+from helpers import FIXTURES, SECRET, make_token, receive_json
+from tools.daemon import Daemon
 
 SPEECH = (FIXTURES / "speech_ko.wav").read_bytes()
 ROUNDS = 20
 
 
-class Daemon:
-    """``edge serve`` in a subprocess with its own state directory (kept across runs)."""
+def relay_daemon(tmp_path: Path, name: str, sections: dict[str, dict[str, Any]] | None = None,
+                 env: dict[str, str] | None = None) -> Daemon:
+    """``edge serve`` in a subprocess, its state directory kept across kills."""
+    return Daemon(tmp_path, name, secret=SECRET, env=env,
+                  sections={"log": {"level": "warning"}, **(sections or {})})
 
-    def __init__(self, tmp_path: Path, name: str, port: int, extra_env: dict[str, str]) -> None:
-        self.state = tmp_path / name
-        self.port = port
-        self.env = {**os.environ, "EDGE_JWT_SECRET": SECRET,
-                    "EDGE_STATE_DIR": str(self.state), **extra_env}
-        self.log_path = tmp_path / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
-        log = self.log_path.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port",
-             str(self.port), "--log-level", "warning"],
-            env=self.env, stdout=log, stderr=log)
-        log.close()
-        with trio.fail_after(60):
-            while True:
-                assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-                try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-                except OSError:
-                    await trio.sleep(0.1)
-                    continue
-                await stream.aclose()
-                return
+async def start(daemon: Daemon) -> None:
+    await trio.to_thread.run_sync(daemon.start, 60)
 
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def journal(self, device_id: str) -> Journal:
-        return Journal.open(self.state / "journal.db", device_id=device_id)
+def state_journal(daemon: Daemon, device_id: str) -> Journal:
+    return Journal.open(daemon.state / "journal.db", device_id=device_id)
 
 
 def events_of(journal: Journal, device_id: str, where: str = "") -> set[tuple[str, int]]:
@@ -121,15 +86,16 @@ async def test_kill_9_of_the_device_loses_no_final_a_client_saw(
                        keep_unrelayed=False)
     server_b = await start_server(journal_service=b)
     relay_token = make_token(sub="room-a", scope="relay:write", ttl=3600)
-    a = Daemon(tmp_path, "a", free_port(), {
-        "EDGE_DEVICE_ID": "room-a", "EDGE_RELAY_TOKEN": relay_token,
-        "EDGE_CONFIG": str(_relay_config(tmp_path, server_b.port))})
+    a = relay_daemon(tmp_path, "a", {"relay": {
+        "enabled": True, "url": f"ws://127.0.0.1:{server_b.port}/ws/relay",
+        "backoff_max": 0.5, "ack_timeout": 5.0}},
+        env={"EDGE_DEVICE_ID": "room-a", "EDGE_RELAY_TOKEN": relay_token})
     grammar = [p for p in phrases["grammar"] if p != "[unk]"]
     rng = random.Random(20261121)
     seen: list[dict[str, Any]] = []
     try:
         for _ in range(ROUNDS):
-            await a.start()
+            await start(a)
             received: list[dict[str, Any]] = []
             started = trio.Event()
             async with trio.open_nursery() as round_:
@@ -138,7 +104,7 @@ async def test_kill_9_of_the_device_loses_no_final_a_client_saw(
                 await trio.sleep(rng.uniform(0.0, 3.0))
                 a.kill9()
             seen.extend(received)
-        await a.start()  # the last start drains what the kills left behind
+        await start(a)  # the last start drains what the kills left behind
         expected = {(m["session_id"], m["seq"], m["text"]) for m in seen}
         assert len(expected) >= ROUNDS // 2, "the kills came too early to test anything"
         with trio.fail_after(120):
@@ -157,15 +123,6 @@ async def test_kill_9_of_the_device_loses_no_final_a_client_saw(
         upstream.close()
 
 
-def _relay_config(tmp_path: Path, port_b: int) -> Path:
-    path = tmp_path / "a.toml"
-    path.write_text(
-        "[relay]\nenabled = true\n"
-        f'url = "ws://127.0.0.1:{port_b}/ws/relay"\n'
-        "backoff_max = 0.5\nack_timeout = 5.0\n")
-    return path
-
-
 def _all_finals(journal: Journal, device_id: str) -> list[dict[str, Any]]:
     return [final for row in journal.sessions(device_id=device_id, limit=100000)
             for final in journal.finals(row.session_id, device_id)]
@@ -177,14 +134,14 @@ async def test_kill_9_of_the_upstream_after_an_ack_loses_nothing_acknowledged(
     device = Journal.open(tmp_path / "a" / "journal.db", device_id="room-a")
     a = JournalService(device, retention_days=30, purge_interval=3600, keep_unrelayed=True)
     server_a = await start_server(journal_service=a)
-    b = Daemon(tmp_path, "b", free_port(), {})
+    b = relay_daemon(tmp_path, "b")
     token = make_token(sub="room-a", scope="relay:write", ttl=3600)
     relay = Relay(RelaySettings(url=f"ws://127.0.0.1:{b.port}/ws/relay", token=token,
                                 batch_events=3, backoff_base=0.05, backoff_max=0.3,
                                 ack_timeout=5.0), a)
     grammar = [p for p in phrases["grammar"] if p != "[unk]"]
     try:
-        await b.start()
+        await start(b)
         await nursery.start(relay.run)
         for _ in range(5):
             before = relay.sent_events
@@ -195,14 +152,14 @@ async def test_kill_9_of_the_upstream_after_an_ack_loses_nothing_acknowledged(
                     await trio.sleep(0)  # react the moment an ack is counted
             b.kill9()
             acknowledged = events_of(device, "room-a", "AND relayed = 1")
-            with b.journal("clinic") as upstream:  # recovers the WAL like a restart
+            with state_journal(b, "clinic") as upstream:  # recovers the WAL like a restart
                 assert acknowledged <= events_of(upstream, "room-a")
-            await b.start()
+            await start(b)
         with trio.fail_after(60):
             while (await a.backlog()).events:
                 await trio.sleep(0.1)
         b.stop()
-        with b.journal("clinic") as upstream:
+        with state_journal(b, "clinic") as upstream:
             assert events_of(device, "room-a") == events_of(upstream, "room-a")
     finally:
         b.stop()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
 from edge.ops.sdnotify import notify, watchdog_interval
+from tools.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edge.service"
@@ -43,41 +42,31 @@ async def test_daemon_reports_ready_after_loading_then_feeds_the_watchdog(
     path = tmp_path / "notify"
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await sock.bind(str(path))
-    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000",
-           "EDGE_JWT_SECRET": "s" * 40, "EDGE_STATE_DIR": str(tmp_path / "state")}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    daemon = Daemon(tmp_path, secret="s" * 40,
+                    env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    daemon.spawn()
     try:
         with trio.fail_after(60):
             first = await sock.recv(256)
         assert first == b"READY=1"
         # Ready means accepting: the socket is already bound.
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
         await stream.aclose()
         watchdogs = 0
         with trio.fail_after(10):
             while watchdogs < 3:
                 if await sock.recv(256) == b"WATCHDOG=1":
                     watchdogs += 1
-        proc.send_signal(signal.SIGTERM)
+        daemon.signal(signal.SIGTERM)
         with trio.fail_after(10):
-            while proc.poll() is None:
-                await trio.sleep(0.05)
+            exit_code = await trio.to_thread.run_sync(daemon.wait, 10)
             stopping = await sock.recv(256)
             while stopping == b"WATCHDOG=1":
                 stopping = await sock.recv(256)
         assert stopping == b"STOPPING=1"
-        assert proc.returncode == 0
+        assert exit_code == 0, daemon.log_tail()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+        await trio.to_thread.run_sync(daemon.stop)
         sock.close()
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,38 +67,63 @@ def config_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Inherited variables that would override the daemon's own config file or make it
+#: talk to a systemd that is not there. ``EDGE_MODEL`` (where this machine keeps the
+#: model) is the one ``EDGE_*`` variable passed through.
+FOREIGN = ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID",
+           "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY")
+
+
+def sigterm_on_parent_death() -> None:
+    """(In a child, before exec.) Get SIGTERM when the thread that started us ends."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Daemon:
     """``edge serve --config FILE`` on a free loopback port, in ``directory``.
 
     ``sections`` are merged over a loopback config (the server's host, port and state
     directory are set here). ``command`` replaces ``python -m edge serve --config
-    {config}`` (``{config}`` stands for the file). ``env`` adds to the environment.
+    {config}`` (``{config}`` stands for the file). ``env`` adds to the environment,
+    which is this process's without its ``EDGE_*`` and systemd variables (see
+    :data:`FOREIGN`). ``log_path`` defaults to ``{name}.log`` in ``directory``.
+
+    With ``die_with_parent`` the daemon gets SIGTERM when the *thread* that spawned it
+    ends (Linux's parent-death signal): right for a script's main thread, wrong for a
+    worker thread of ``trio.to_thread``, which may end while the daemon should live.
     """
 
     def __init__(self, directory: Path, name: str = "edge", *, secret: str,
                  sections: Mapping[str, Mapping[str, Any]] | None = None,
                  env: Mapping[str, str] | None = None, port: int | None = None,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None, log_path: Path | None = None,
+                 die_with_parent: bool = False) -> None:
         self.directory = Path(directory)
         self.name = name
         self.port = port or free_port()
         self.state = self.directory / f"{name}-state"
         self.config_path = self.directory / f"{name}.toml"
-        self.log_path = self.directory / f"{name}.log"
+        self.log_path = log_path or self.directory / f"{name}.log"
+        self.die_with_parent = die_with_parent
         merged: dict[str, dict[str, Any]] = {
             "server": {"host": "127.0.0.1", "port": self.port, "state_dir": str(self.state)}}
         for section, values in (sections or {}).items():
             merged[section] = {**merged.get(section, {}), **values}
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(config_text(merged))
-        self.env = {**os.environ, "EDGE_JWT_SECRET": secret, "PYTHONUNBUFFERED": "1",
+        inherited = {key: value for key, value in os.environ.items()
+                     if key not in FOREIGN and (key == "EDGE_MODEL"
+                                                or not key.startswith("EDGE_"))}
+        self.env = {**inherited, "EDGE_JWT_SECRET": secret, "PYTHONUNBUFFERED": "1",
                     **(env or {})}
-        for name_ in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC"):
-            if name_ not in (env or {}):
-                self.env.pop(name_, None)
         self.command = [a.replace("{config}", str(self.config_path)) for a in command or (
             sys.executable, "-m", "edge", "serve", "--config", "{config}")]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.spawned_at = 0.0  # time.monotonic() of the last spawn
+        self.ready_at = 0.0  # and of the last start's readiness
 
     @property
     def pid(self) -> int:
@@ -112,19 +137,22 @@ class Daemon:
     def spawn(self) -> None:
         """Start the process (the log is appended to, across restarts)."""
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env,
-                                         stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.spawned_at = time.monotonic()
+            self.proc = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=sigterm_on_parent_death if self.die_with_parent else None)
 
-    def start(self, timeout: float = 120.0) -> Daemon:
+    def start(self, timeout: float = 120.0) -> Self:
         """Spawn and wait until it serves (see :meth:`wait_ready`)."""
         self.spawn()
-        self.wait_ready(timeout)
+        self.ready_at = self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Block until ``/healthz`` answers; returns ``time.monotonic()`` then. Raises
-        RuntimeError with the log's tail if the process exits first."""
+    def wait_ready(self, timeout: float = 120.0, *, interval: float = 0.05) -> float:
+        """Block until ``/healthz`` answers, polling every ``interval`` seconds; returns
+        ``time.monotonic()`` then. Raises RuntimeError with the log's tail if the process
+        exits first, TimeoutError after ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -134,7 +162,7 @@ class Daemon:
                 status, _ = http_get(self.port, timeout=1.0)
                 if status in (200, 503):
                     return time.monotonic()
-            time.sleep(0.05)
+            time.sleep(interval)
         raise TimeoutError(f"{self.name}: not serving on port {self.port} within "
                            f"{timeout:g}s:\n{self.log_tail()}")
 
@@ -174,7 +202,7 @@ class Daemon:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
