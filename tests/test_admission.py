@@ -177,19 +177,21 @@ def test_revoke_matching_nothing() -> None:
 
 
 def test_a_revocation_during_the_handshake_reaches_the_connection_once_it_exists() -> None:
-    from edge.net.server import _Revoker
+    from edge.net.connection import Connection, Stop
+    from edge.net.server import _Handle
 
-    class Connection:
-        revoked = 0
+    class Recorded(Connection):
+        def __init__(self) -> None:  # no socket: only stop() is called
+            self.stops: list[str] = []
 
-        def revoke(self) -> None:
-            self.revoked += 1
+        def stop(self, stop: Stop) -> None:
+            self.stops.append(stop.reason)
 
-    early, late = _Revoker(), _Revoker()
-    early()  # the list changed while the handshake was being accepted
-    a, b = Connection(), Connection()
-    early.attach(a)  # type: ignore[arg-type]
-    late.attach(b)  # type: ignore[arg-type]
-    assert (a.revoked, b.revoked) == (1, 0)
-    late()
-    assert b.revoked == 1
+    early, late = _Handle(), _Handle()
+    early.revoke()  # the list changed while the handshake was being accepted
+    a, b = Recorded(), Recorded()
+    early.attach(a)
+    late.attach(b)
+    assert (a.stops, b.stops) == (["revoked"], [])
+    late.revoke()
+    assert b.stops == ["revoked"]
