@@ -1,9 +1,10 @@
 """Shared parts of the benchmarks.
 
 Tokens minted with a fixed benchmark secret, ``edge serve`` in a subprocess on a free
-loopback port, /healthz polling, the speech fixture (looped, chunked, with its phrase
-times), process and machine CPU/RSS readings from /proc, the load-client subprocess
-and the analysis of what it recorded, percentiles, tables and JSON results.
+loopback port (a :class:`tools.daemon.Daemon`, as the tests start it), the speech
+fixture (looped, chunked, with its phrase times), process and machine CPU/RSS readings
+from /proc, the load-client subprocess and the analysis of what it recorded,
+percentiles, tables and JSON results.
 
 Times that cross process boundaries are ``time.monotonic()`` values: on Linux that is
 CLOCK_MONOTONIC, the same clock in every process, so the orchestrator, the load clients
@@ -18,12 +19,12 @@ import math
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import wave
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # for tools.daemon, when a benchmark runs as a script
+
+from tools.daemon import Daemon, sigterm_on_parent_death  # noqa: E402
+from tools.daemon import free_port as free_port  # noqa: E402 (for the benchmarks)
+
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 FIXTURE = ROOT / "tests" / "fixtures" / "speech_ko.wav"
@@ -54,14 +61,6 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
-
-
-def _die_with_parent() -> None:
-    """(In a child, before exec.) Get SIGTERM when the process that started us dies."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # --- tokens ----------------------------------------------------------------------------
@@ -364,134 +363,44 @@ def read_json(name: str) -> dict[str, Any] | None:
     return data
 
 
-# --- HTTP on the shared port -------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(port: int, path: str = "/healthz", timeout: float = 2.0
-             ) -> tuple[int, dict[str, Any] | None]:
-    """A plain GET on 127.0.0.1; (status, JSON body or None). Raises OSError if refused."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                  .encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
-    try:
-        return status, json.loads(body) if body else None
-    except ValueError:
-        return status, None
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[Any] | None = None,
-                 timeout: float = 60.0, interval: float = 0.01) -> float:
-    """Poll connect + GET /healthz until it answers; returns ``time.monotonic()`` then.
-
-    200 (serving) and 503 (serving, degraded: e.g. the clock is not set) both mean the
-    model is loaded and the socket accepts.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            status, _ = http_get(port, timeout=1.0)
-            if status in (200, 503):
-                return time.monotonic()
-        time.sleep(interval)
-    raise TimeoutError(f"no healthy server on port {port} within {timeout:g}s")
-
-
 # --- edge serve ------------------------------------------------------------------------
 
-def server_config(port: int, state_dir: Path, *, max_sessions: int = 256,
-                  log_level: str = "info", extra: str = "") -> str:
-    """TOML for a benchmark server: loopback, enough session slots, long sessions."""
-    return (
-        "[server]\n"
-        'host = "127.0.0.1"\n'
-        f"port = {port}\n"
-        f"max_sessions = {max_sessions}\n"
-        f'state_dir = "{state_dir}"\n'
-        "idle_timeout = 120.0\n"
-        "[log]\n"
-        f'level = "{log_level}"\n'
-        + extra
-    )
+def server_sections(*, max_sessions: int = 256, log_level: str = "info"
+                    ) -> dict[str, dict[str, Any]]:
+    """Config for a benchmark server: enough session slots, long sessions."""
+    return {"server": {"max_sessions": max_sessions, "idle_timeout": 120.0},
+            "log": {"level": log_level}}
 
 
-class EdgeServer:
-    """``edge serve`` in a subprocess on a free loopback port (a context manager).
+class EdgeServer(Daemon):
+    """``edge serve`` in a subprocess on a free loopback port (a context manager), with
+    its config and state in a temporary directory removed by :meth:`stop`.
 
-    The secret comes from ``EDGE_JWT_SECRET`` as on a deployed device; the log goes to
-    ``log_path`` (default: a file in bench/results/). ``start()`` returns once /healthz
-    answers 200, i.e. the model is loaded and the socket accepts.
+    The secret is :data:`SECRET`, from ``EDGE_JWT_SECRET`` as on a deployed device;
+    ``config_extra`` is TOML merged over :func:`server_sections`. The log goes to
+    ``log_path`` (default: ``{name}.log`` in bench/results/, emptied here). The server
+    gets SIGTERM if the benchmark dies. ``start()`` returns once /healthz answers,
+    i.e. the model is loaded and the socket accepts.
     """
 
     def __init__(self, name: str = "server", *, max_sessions: int = 256,
                  log_level: str = "info", config_extra: str = "",
-                 log_path: Path | None = None, command: Sequence[str] | None = None) -> None:
-        self.port = free_port()
+                 log_path: Path | None = None, command: Sequence[str] | None = None,
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="edge-bench-")
-        tmp = Path(self._tmp.name)
-        self.config_path = tmp / "edge.toml"
-        self.config_path.write_text(server_config(self.port, tmp / "state",
-                                                  max_sessions=max_sessions,
-                                                  log_level=log_level, extra=config_extra))
+        sections = server_sections(max_sessions=max_sessions, log_level=log_level)
+        for section, values in tomllib.loads(config_extra).items():
+            sections[section] = {**sections.get(section, {}), **values}
         RESULTS.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path or RESULTS / f"{name}.log"
-        # ``{config}`` in a custom command is replaced by the config file's path.
-        self.command = [a.replace("{config}", str(self.config_path)) for a in command or (
-            PYTHON, "-m", "edge", "serve", "--config", "{config}")]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.spawned_at = 0.0
+        super().__init__(Path(self._tmp.name), secret=SECRET, sections=sections, env=env,
+                         port=port, command=command,
+                         log_path=log_path or RESULTS / f"{name}.log", die_with_parent=True)
+        self.log_path.write_bytes(b"")
         self.spawned_wall = 0.0
-        self.ready_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/transcribe"
-
-    def environment(self) -> dict[str, str]:
-        env = {**os.environ, "EDGE_JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
-        env.pop("JOURNAL_STREAM", None)  # keep timestamps in the log lines
-        env.pop("NOTIFY_SOCKET", None)
-        return env
-
-    def wait_ready(self, timeout: float) -> float:
-        """Block until the server serves; returns ``time.monotonic()`` then."""
-        return wait_healthy(self.port, self.proc, timeout=timeout)
 
     def spawn(self) -> None:
-        env = self.environment()
-        log = self.log_path.open("wb")
         self.spawned_wall = time.time()
-        self.spawned_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        log.close()
-
-    def start(self, timeout: float = 120.0) -> EdgeServer:
-        self.spawn()
-        assert self.proc is not None
-        self.ready_at = self.wait_ready(timeout)
-        return self
-
-    def health(self) -> dict[str, Any]:
-        _, body = http_get(self.port)
-        return body or {}
+        super().spawn()
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Wait until the server reports no live sessions."""
@@ -508,26 +417,11 @@ class EdgeServer:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+    def stop(self, timeout: float = 15.0) -> int | None:
+        code = super().stop(timeout)
         self.proc = None
         self._tmp.cleanup()
         return code
-
-    def __enter__(self) -> EdgeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def model_path() -> Path:
@@ -584,7 +478,7 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
         if protocol != "live":
             cmd += ["--protocol", protocol]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                      preexec_fn=_die_with_parent))
+                                      preexec_fn=sigterm_on_parent_death))
         outs.append(out)
     window = CpuWindow({} if server_pid is None else {"server": server_pid})
     loop0 = main_thread_cpu_seconds(server_pid) if server_pid is not None else 0.0

@@ -55,19 +55,18 @@ class VoskServer(common.EdgeServer):
     configuration file the base class writes goes unused)."""
 
     def __init__(self, script: Path) -> None:
-        super().__init__("compare-vosk-server", command=[common.PYTHON, "-c", SHIM,
-                                                         str(script)])
+        port = common.free_port()
+        super().__init__("compare-vosk-server", port=port,
+                         command=[common.PYTHON, "-c", SHIM, str(script)],
+                         env={"VOSK_MODEL_PATH": str(common.model_path()),
+                              "VOSK_SERVER_INTERFACE": "127.0.0.1",
+                              "VOSK_SERVER_PORT": str(port), "VOSK_SAMPLE_RATE": "16000"})
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def environment(self) -> dict[str, str]:
-        return {**super().environment(), "VOSK_MODEL_PATH": str(common.model_path()),
-                "VOSK_SERVER_INTERFACE": "127.0.0.1", "VOSK_SERVER_PORT": str(self.port),
-                "VOSK_SAMPLE_RATE": "16000"}
-
-    def wait_ready(self, timeout: float) -> float:
+    def wait_ready(self, timeout: float = 120.0, *, interval: float = 0.1) -> float:
         """vosk-server has no health endpoint: ready when it accepts connections."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
@@ -79,7 +78,7 @@ class VoskServer(common.EdgeServer):
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return time.monotonic()
             except OSError:
-                time.sleep(0.1)
+                time.sleep(interval)
         raise TimeoutError("vosk-server did not start listening")
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import json
 import shutil
 import subprocess
@@ -75,8 +76,8 @@ def serve_stub(config_path: str, script_path: str) -> int:
     """``edge serve`` with a stand-in recogniser instead of Vosk.
 
     The daemon is composed by ``edge.app.run`` as ``edge serve`` composes it (journal,
-    watchdogs, everything the configuration enables); only the model loader is
-    replaced, by one returning a model whose recognisers are stand-ins.
+    watchdogs, everything the configuration enables); only the model is supplied
+    (``app.Parts``), one whose recognisers are stand-ins.
     """
     import trio
 
@@ -125,20 +126,17 @@ def serve_stub(config_path: str, script_path: str) -> int:
         def recognizer(self, sample_rate: int, phrases: Any = None) -> Any:
             return StandIn(sample_rate)
 
-    def load_stand_in(path: Any = None) -> LoadedModel:
-        return StandInModel(model=None, path=Path("stand-in"), name="stand-in",
+    stand_in = StandInModel(model=None, path=Path("stand-in"), name="stand-in",
                             sample_rate=16000)
-
     config = load_config(config_path, environ={"EDGE_JWT_SECRET": common.SECRET})
     setup_logging(config.log.level)
-    app.load_model = load_stand_in
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(app.run, config)
-            if not isinstance(server.model, StandInModel):
-                raise SystemExit("overhead: the stand-in model was not used; edge.app "
-                                 "no longer loads the model through edge.app.load_model")
+            server = await nursery.start(functools.partial(
+                app.run, config, parts=app.Parts(model=stand_in)))
+            if server.model_name != stand_in.name:
+                raise SystemExit("overhead: the stand-in model was not used")
 
     trio.run(run)
     return 0
@@ -153,10 +151,9 @@ def serve_floor(config_path: str) -> int:
     import tomllib
 
     import trio
-    from trio_websocket import ConnectionClosed, wrap_server_stream
+    from trio_websocket import ConnectionClosed
 
-    from edge.net import http
-    from edge.net.server import ReplayStream
+    from edge.net import http, ws
 
     port = tomllib.loads(Path(config_path).read_text())["server"]["port"]
     live = 0
@@ -172,17 +169,21 @@ def serve_floor(config_path: str) -> int:
             await stream.aclose()
             return
         async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(nursery, ReplayStream(stream, buffer),
-                                               message_queue_size=4)
-            ws = await request.accept()
+            request = await ws.wrap_server_request(nursery, stream, head, buffer[n:],
+                                                   max_frame_bytes=1 << 20,
+                                                   message_queue_size=4)
+            if request is None:  # refused by wsproto: the refusal was sent
+                nursery.cancel_scope.cancel()
+                return
+            socket = await request.accept()
             live += 1
             try:
-                await ws.send_message('{"type":"session_init"}')
+                await socket.send_message('{"type":"session_init"}')
                 while True:
-                    message = await ws.get_message()
+                    message = await socket.get_message()
                     if isinstance(message, str) and '"end"' in message:
-                        await ws.send_message('{"type":"session_end","reason":"end"}')
-                        await ws.aclose()
+                        await socket.send_message('{"type":"session_end","reason":"end"}')
+                        await socket.aclose()
                         break
             except ConnectionClosed:
                 pass

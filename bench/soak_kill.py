@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
+from tools.daemon import Daemon
+
 DEVICE = "room-soak"
 TOKEN_ENV = "EDGE_SOAK_RELAY_TOKEN"
 WORKER_LOG = common.RESULTS / "soak_kill-worker.log"
@@ -198,48 +200,23 @@ def _relay_token() -> str:
 
 # --- the upstream (edge serve) ----------------------------------------------------------------
 
-class Upstream:
+class Upstream(Daemon):
     """``edge serve`` with its own state directory, killed and restarted in place."""
 
-    def __init__(self, state: Path) -> None:
-        self.port = common.free_port()
-        self.state = state
-        self.config = state.parent / "upstream.toml"
-        self.config.write_text(common.server_config(self.port, state, log_level="warning"))
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, "upstream", secret=common.SECRET,
+                         sections=common.server_sections(log_level="warning"),
+                         log_path=UPSTREAM_LOG)
         self.kills = 0
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/relay"
 
-    def spawn(self) -> None:
-        env = {**os.environ, "EDGE_JWT_SECRET": common.SECRET}
-        env.pop("NOTIFY_SOCKET", None)
-        with UPSTREAM_LOG.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [common.PYTHON, "-m", "edge", "serve", "--config", str(self.config)],
-                cwd=common.ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT)
-
-    def wait_healthy(self, timeout: float = 120.0) -> None:
-        common.wait_healthy(self.port, self.proc, timeout=timeout)
-
     def kill9_and_restart(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        self.kill9()
         self.kills += 1
         self.spawn()  # comes back while the rounds go on (the model takes seconds)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # --- checking ---------------------------------------------------------------------------------
@@ -359,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="edge-bench-soak-", dir=args.dir)
     root = Path(tmp.name)
     device_path = root / "device" / "journal.db"
-    upstream = Upstream(root / "upstream")
+    upstream = Upstream(root)
     print(f"{info['cpu_model']}, {info['cores']} cores; {rounds} rounds, journals in "
           f"{root}", flush=True)
 
@@ -368,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     partial_lines = 0
     started = time.monotonic()
     upstream.spawn()
-    upstream.wait_healthy()
+    upstream.wait_ready()
     print(f"  upstream ready on port {upstream.port} "
           f"({time.monotonic() - started:.1f} s)", flush=True)
     t0 = time.monotonic()
@@ -415,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         nxt.finish(30)
         kill_s = time.monotonic() - t0
 
-        upstream.wait_healthy()
+        upstream.wait_ready()
         drain_t = time.monotonic()
         drainer = spawn(drain=True)
         drainer.go()
@@ -429,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             if w.proc.poll() is None:
                 w.proc.kill()
                 w.proc.wait()
-        upstream.stop()
+        upstream.stop(30)
         total_s = time.monotonic() - started
     tmp.cleanup()
 

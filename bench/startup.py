@@ -51,8 +51,7 @@ def edge_once() -> dict[str, Any]:
     server = common.EdgeServer("startup-server")
     server.spawn()
     try:
-        assert server.proc is not None
-        ready = common.wait_healthy(server.port, server.proc, interval=0.005)
+        ready = server.wait_ready(60.0, interval=0.005)
     finally:
         server.stop()
     out: dict[str, Any] = {"spawn_to_healthz_s": ready - server.spawned_at}
