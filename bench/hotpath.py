@@ -48,8 +48,9 @@ FINALS_PER_SESSION = 48  # + start + end: 50 events per session
 
 
 def final_message(session_id: str, seq: int, rng: random.Random) -> dict[str, Any]:
-    words = [{"word": f"w{rng.randint(0, 999)}", "start_ms": i * 300, "end_ms": i * 300 + 250,
-              "confidence": 0.93} for i in range(10)]
+    words: list[dict[str, Any]] = [
+        {"word": f"w{rng.randint(0, 999)}", "start_ms": i * 300, "end_ms": i * 300 + 250,
+         "confidence": 0.93} for i in range(10)]
     return {"type": "transcription", "session_id": session_id, "seq": seq, "is_final": True,
             "text": " ".join(w["word"] for w in words), "start_ms": 0, "end_ms": 3000,
             "words": words, "speaker": "Speaker 1", "speaker_id": "session:1",

@@ -4,7 +4,6 @@ small WebSocket client over real sockets."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from edge.core.auth import mint
 from edge.core.config import Config, load_config
 from edge.net.server import Server
+from tools.daemon import free_port as free_port  # for daemons started as subprocesses
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
@@ -53,7 +53,7 @@ async def receive_json(ws: WebSocketConnection, timeout: float = 30) -> dict[str
 async def receive_until_closed(ws: WebSocketConnection, timeout: float = 60
                                ) -> list[dict[str, Any]]:
     """Every message up to the server's close."""
-    messages = []
+    messages: list[dict[str, Any]] = []
     with trio.fail_after(timeout):
         while True:
             try:
@@ -73,14 +73,6 @@ def connect(server: Server, token: str | None = None, query: str = "",
             **kwargs: Any) -> Any:
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
     return open_websocket_url(url(server, query), extra_headers=headers, **kwargs)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now (for daemons started as subprocesses)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def http_get(port: int, target: str, token: str | None = None

@@ -121,7 +121,7 @@ async def test_a_purge_that_hits_a_sqlite_error_is_restarted(
     assert server.journal is not None and server.supervisor is not None
     journal = server.journal.journal
     purge = journal.purge
-    failures = []
+    failures: list[int] = []
 
     def failing_purge(*args: Any, **kwargs: Any) -> Any:
         if len(failures) < 2:
@@ -129,7 +129,7 @@ async def test_a_purge_that_hits_a_sqlite_error_is_restarted(
             raise sqlite3.DatabaseError("database disk image is malformed")
         return purge(*args, **kwargs)
 
-    journal.purge = failing_purge  # type: ignore[method-assign]
+    journal.purge = failing_purge
     retention = server.supervisor.services["retention"]
     await wait_for(lambda: retention.restarts >= 1)
     body = await health(server)

@@ -79,8 +79,12 @@ def test_a_final_is_journaled_while_a_bulk_read_is_open(journal: Journal) -> Non
         cursor = db.execute("SELECT id FROM events ORDER BY id")
         cursor.fetchone()  # a read transaction stays open on the bulk connection
         done = threading.Event()
-        t = threading.Thread(target=lambda: (journal.append_final("live", final(1)),
-                                             done.set()))
+
+        def append() -> None:
+            journal.append_final("live", final(1))
+            done.set()
+
+        t = threading.Thread(target=append)
         t.start()
         assert done.wait(WAIT)  # the hot connection did not wait for the reader
         cursor.fetchall()

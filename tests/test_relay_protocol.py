@@ -19,6 +19,7 @@ from edge.protocols.relay import (
     RelayInit,
     RelayProtocolError,
     Shed,
+    UpstreamMessage,
     encode,
     expect_ack,
     parse_downstream,
@@ -114,10 +115,12 @@ def test_upstream_frame_kinds_and_sizes() -> None:
 def test_expect_ack_matches_exactly_the_batch() -> None:
     batch = parse_downstream(frame())
     assert expect_ack(RelayAck(3, 8, 2), batch) == RelayAck(3, 8, 2)
-    for reply, says in [(RelayAck(2, 8, 2), "does not match batch 3"),
-                        (RelayAck(3, 7, 2), "does not match batch 3"),
-                        (RelayInit("edge", "1"), "got relay_init"),
-                        (RelayErrorMessage("bad_batch", "no"), "refused batch 3: bad_batch: no")]:
+    replies: list[tuple[UpstreamMessage, str]] = [
+        (RelayAck(2, 8, 2), "does not match batch 3"),
+        (RelayAck(3, 7, 2), "does not match batch 3"),
+        (RelayInit("edge", "1"), "got relay_init"),
+        (RelayErrorMessage("bad_batch", "no"), "refused batch 3: bad_batch: no")]
+    for reply, says in replies:
         with pytest.raises(RelayProtocolError, match=says):
             expect_ack(reply, batch)
 

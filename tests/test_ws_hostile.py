@@ -84,7 +84,7 @@ class RawPeer:
 
     async def frames_until_close(self) -> tuple[list[tuple[int, bytes]], int]:
         """The frames before the server's close frame, and the close code."""
-        frames = []
+        frames: list[tuple[int, bytes]] = []
         while True:
             opcode, payload = await self.receive_frame()
             if opcode == OP_CLOSE:
@@ -104,6 +104,7 @@ class RawPeer:
 @asynccontextmanager
 async def raw_peer(server: Server, after_head: bytes = b"") -> AsyncIterator[RawPeer]:
     """Upgrade by hand (``after_head`` goes in the same write as the head)."""
+    assert server.port is not None
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     async with stream:
         await stream.send_all(upgrade_head(server, make_token(sub="hostile")) + after_head)
