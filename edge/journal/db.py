@@ -36,9 +36,20 @@ events); a transcription's own ``seq`` stays in its payload. ``(device_id, sessi
 seq)`` is unique, which is what lets an upstream journal drop duplicates of events
 relayed at least once. Payloads:
 
-* ``start``: ``{"source", "sub", "organization", "department", "model", "started_at"}``
+* ``start``: ``{"source", "sub", "organization", "department", "model", "started_at",
+  "dialect"}``; ``dialect`` is the wire protocol a client session spoke (``live``,
+  ``assemblyai``, ...), left out for the room, and absent from the events of devices
+  older than schema version 2
 * ``final``: the whole ``transcription`` message (text, words, times, speaker)
 * ``end``: ``{"reason", "ended_at"}``
+
+Dialects. ``sessions.dialect`` (schema version 2) says which wire protocol a session
+spoke; ``NULL`` for the room (it speaks none) and for a relayed session whose start
+never came or did not say. Before dialects a client could speak only the Live API, so
+a client session journaled without one spoke ``live``: opening a version-1 file adds
+the column and fills it in so (from the start event's payload for relayed sessions),
+and a read-only look at a version-1 file (``edge transcripts`` before the daemon has
+opened it) reads it so without writing.
 
 Relay state per event: pending (``0``), acknowledged by the upstream (``1``), or shed
 from a full outbox by :meth:`Journal.shed_backlog` (``2``: kept here, never sent).
@@ -77,7 +88,8 @@ __all__ = ["PENDING", "RELAYED", "SCHEMA_VERSION", "SHED", "Backlog", "Journal",
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_OLDEST_READABLE = 1  # read-only opening reads files of this version and later
 
 # SQLite primary result codes that mean "this file is damaged", not "the world is busy".
 _SQLITE_CORRUPT = 11
@@ -118,6 +130,10 @@ _SCHEMA: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX events_pending ON events (id) WHERE relayed = 0",
     ),
+    2: (
+        "ALTER TABLE sessions ADD COLUMN dialect TEXT",
+        f"UPDATE sessions SET dialect = {reading.LEGACY_DIALECT}",
+    ),
 }
 
 
@@ -127,8 +143,9 @@ class Journal:
     at the same time."""
 
     def __init__(self, bulk: Link, hot: Link | None, path: Path, device_id: str, *,
-                 readonly: bool) -> None:
+                 readonly: bool, schema: int = SCHEMA_VERSION) -> None:
         self._bulk = bulk
+        self._schema = schema  # the file's; older than ours only when read-only
         self._hot = hot if hot is not None else bulk
         self.path = path
         self.device_id = device_id
@@ -159,8 +176,9 @@ class Journal:
         path = Path(path)
         gate = WriteGate()
         if readonly:
-            return cls(Link(_connect_readonly(path), gate, hot=False, readonly=True), None,
-                       path, device_id, readonly=True)
+            conn, version = _connect_readonly(path)
+            return cls(Link(conn, gate, hot=False, readonly=True), None, path, device_id,
+                       readonly=True, schema=version)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -201,16 +219,20 @@ class Journal:
     def start_session(
         self, session_id: str, *, source: str, sub: str | None,
         organization: str | None = None, department: str | None = None,
-        model: str | None = None, started_at: float,
+        model: str | None = None, started_at: float, dialect: str | None = None,
     ) -> None:
         """Journal a new local session and its ``start`` event (seq 0).
 
-        ``source`` is ``client`` or ``room`` (``relay`` is for :meth:`ingest`). Raises
-        :class:`JournalError` if this device already journaled ``session_id``.
+        ``source`` is ``client`` or ``room`` (``relay`` is for :meth:`ingest`).
+        ``dialect`` is the wire protocol a client speaks (``None``: ``live``, the Live
+        API); the room speaks none and must not be given one. Raises ValueError for a
+        dialect that is not a short lower-case identifier, :class:`JournalError` if
+        this device already journaled ``session_id``.
         """
         local.start_session(self._writable(self._hot), self.device_id, session_id,
                             source=source, sub=sub, organization=organization,
-                            department=department, model=model, started_at=started_at)
+                            department=department, model=model, started_at=started_at,
+                            dialect=dialect)
 
     def append_final(self, session_id: str, message: Mapping[str, Any], *,
                      created_at: float | None = None) -> int:
@@ -249,7 +271,8 @@ class Journal:
         transaction; returns how many were new. Duplicates by ``(device_id,
         session_id, seq)`` are ignored, so at-least-once delivery stores each event once.
 
-        A ``start`` event fills in the session's row, an ``end`` event ends it; a final
+        A ``start`` event fills in the session's row (its dialect too: one left out by
+        an older device is ``live`` for a client session), an ``end`` event ends it; a final
         whose ``start`` never came (shed downstream) gets a placeholder row. Ingested
         events are pending here in turn, for a relay further upstream. Raises
         ValueError (and stores nothing) for an invalid event or one claiming this
@@ -309,17 +332,19 @@ class Journal:
                  device_id: str | None = None) -> list[SessionRow]:
         """The ``limit`` most recent sessions started at or after ``since`` (all if
         ``None``), local and relayed (or only ``device_id``'s), oldest first."""
-        return reading.sessions(self._bulk, since, limit, device_id)
+        return reading.sessions(self._bulk, since, limit, device_id, schema=self._schema)
 
     def session(self, session_id: str, device_id: str | None = None) -> SessionRow | None:
         """One session: this device's if it has one by that id, else another device's
         (the most recent, should ids collide). ``device_id`` picks one explicitly."""
-        return reading.session(self._bulk, self.device_id, session_id, device_id)
+        return reading.session(self._bulk, self.device_id, session_id, device_id,
+                               schema=self._schema)
 
     def finals(self, session_id: str, device_id: str | None = None) -> list[dict[str, Any]]:
         """The session's final transcription messages in order (resolved like
         :meth:`session`); empty for an unknown session."""
-        return reading.finals(self._bulk, self.device_id, session_id, device_id)
+        return reading.finals(self._bulk, self.device_id, session_id, device_id,
+                              schema=self._schema)
 
     def _writable(self, link: Link) -> Link:
         if self.readonly:
@@ -429,7 +454,7 @@ def _connect_hot(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _connect_readonly(path: Path) -> sqlite3.Connection:
+def _connect_readonly(path: Path) -> tuple[sqlite3.Connection, int]:
     if not path.is_file():
         raise JournalError(f"no journal at {path}")
     uri = path.resolve().as_uri() + "?mode=ro"
@@ -445,11 +470,11 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         conn.close()
         hint = "; the daemon sets it aside at its next start" if _damaged(exc) else ""
         raise JournalError(f"cannot read the journal {path}: {exc}{hint}") from exc
-    if version != SCHEMA_VERSION:
+    if not _OLDEST_READABLE <= version <= SCHEMA_VERSION:
         conn.close()
         raise JournalError(f"{path} is not an edge journal of schema version "
-                           f"{SCHEMA_VERSION} (found {version})")
-    return conn
+                           f"{_OLDEST_READABLE} to {SCHEMA_VERSION} (found {version})")
+    return conn, version
 
 
 def _set_aside(path: Path) -> Path:

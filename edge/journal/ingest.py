@@ -1,5 +1,8 @@
 """Events relayed from a downstream device, stored in this journal.
 
+A ``start`` event's payload fills in the session's row, its dialect included; an
+older device's start event has none, and one of its client sessions spoke ``live``.
+
 Blocking; runs on the journal's bulk link, in one durable transaction per call (the
 upstream acknowledges a batch only after this returns, so it must be on disk). The
 relay ingest (:mod:`edge.relay.ingest`) bounds a batch to
@@ -8,7 +11,8 @@ relay ingest (:mod:`edge.relay.ingest`) bounds a batch to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from edge.journal.connection import Link
 from edge.protocols.relay import RelayEvent, check_event, encode_payload
@@ -39,12 +43,24 @@ def ingest(link: Link, own_device_id: str, events: Sequence[RelayEvent]) -> int:
             if e.kind == "start":
                 db.execute(
                     "UPDATE sessions SET sub = ?, organization = ?, department = ?,"
-                    " model = ?, started_at = ? WHERE device_id = ? AND session_id = ?",
+                    " model = ?, started_at = ?, dialect = ?"
+                    " WHERE device_id = ? AND session_id = ?",
                     (p.get("sub"), p.get("organization"), p.get("department"),
-                     p.get("model"), float(p["started_at"]), e.device_id, e.session_id))
+                     p.get("model"), float(p["started_at"]), _dialect(p), e.device_id,
+                     e.session_id))
             elif e.kind == "end":
                 db.execute(
                     "UPDATE sessions SET ended_at = ?, end_reason = ?"
                     " WHERE device_id = ? AND session_id = ?",
                     (float(p["ended_at"]), p["reason"], e.device_id, e.session_id))
     return new
+
+
+def _dialect(start: Mapping[str, Any]) -> str | None:
+    """The dialect a relayed start payload (checked) says, or the one it implies: a
+    device older than dialects leaves it out, and its clients could speak only ``live``
+    (see :data:`edge.journal.reading.LEGACY_DIALECT`, the same rule for older files)."""
+    dialect = start.get("dialect")
+    if dialect is None and start.get("source") == "client":
+        return "live"
+    return None if dialect is None else str(dialect)

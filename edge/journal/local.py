@@ -15,12 +15,12 @@ from typing import Any
 
 from edge.journal.connection import Link
 from edge.journal.records import JournalError
-from edge.protocols.relay import check_id, check_payload, encode_payload
+from edge.protocols.relay import check_dialect, check_id, check_payload, encode_payload
 
 
 def start_session(link: Link, device_id: str, session_id: str, *, source: str,
                   sub: str | None, organization: str | None, department: str | None,
-                  model: str | None, started_at: float) -> None:
+                  model: str | None, started_at: float, dialect: str | None) -> None:
     check_id("session_id", session_id)
     if source not in ("client", "room"):
         raise ValueError(f"source: expected 'client' or 'room', got {source!r}")
@@ -28,14 +28,23 @@ def start_session(link: Link, device_id: str, session_id: str, *, source: str,
         "source": source, "sub": sub, "organization": organization,
         "department": department, "model": model, "started_at": started_at,
     }
+    if source == "room":
+        # The room is the microphone, heard through the hub by listeners of whatever
+        # protocol: its session speaks none.
+        if dialect is not None:
+            raise ValueError("dialect: the room's sessions have none")
+    else:
+        dialect = check_dialect("live" if dialect is None else dialect)
+        payload["dialect"] = dialect
     check_payload("start", payload)
     with link.write() as db:
         try:
             db.execute(
                 "INSERT INTO sessions (session_id, device_id, source, sub, organization,"
-                " department, model, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " department, model, started_at, dialect)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session_id, device_id, source, sub, organization, department, model,
-                 started_at))
+                 started_at, dialect))
         except sqlite3.IntegrityError:
             raise JournalError(f"session {session_id} is already journaled") from None
         insert_event(db, device_id, session_id, 0, "start", started_at, payload)

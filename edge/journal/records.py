@@ -34,6 +34,11 @@ class Backlog:
 
 @dataclass(frozen=True)
 class SessionRow:
+    """A journaled session. ``dialect`` is the wire protocol it spoke (``live``,
+    ``assemblyai``, ...); ``None`` for the room and for a relayed session whose start
+    did not say (see :mod:`edge.journal.db`). Fields after ``end_reason`` have defaults
+    and come last, so that rows built positionally keep their meaning."""
+
     session_id: str
     device_id: str
     source: str
@@ -45,3 +50,4 @@ class SessionRow:
     ended_at: float | None
     end_reason: str | None
     finals: int = 0
+    dialect: str | None = None

@@ -66,13 +66,19 @@ class JournalService:
                                              limiter=self._limiter)
 
     async def start_session(self, session_id: str, claims: Claims | None, *,
-                            source: str) -> bool:
+                            source: str, dialect: str = "live") -> bool:
+        """Journal a session's start in the hot lane; False if the disk refused it.
+
+        ``dialect`` is the wire protocol a client session speaks (``live``,
+        ``assemblyai``, ...); it is not recorded for the room (``source="room"``), which
+        speaks none. Raises ValueError for a dialect that is not a short lower-case
+        identifier."""
         return await self._write(
             self.journal.start_session, session_id, source=source,
             sub=claims.sub if claims else None,
             organization=claims.organization if claims else None,
             department=claims.department if claims else None, model=self._model,
-            started_at=time.time())
+            started_at=time.time(), dialect=dialect if source != "room" else None)
 
     async def append_final(self, session_id: str, message: Mapping[str, Any]) -> bool:
         return await self._write(self.journal.append_final, session_id, message)

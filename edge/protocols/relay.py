@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -41,6 +42,9 @@ KINDS = ("start", "final", "end")
 
 MAX_ID_LENGTH = 200  # device and session ids
 MAX_TEXT_LENGTH = 200  # server names, versions, error codes and messages from a peer
+# A dialect: the wire protocol a client session spoke (``live``, ``assemblyai``, ...).
+DIALECT_PATTERN = r"[a-z][a-z0-9_]{0,31}"
+_DIALECT = re.compile(DIALECT_PATTERN)
 MAX_BATCH_EVENTS = 1000  # what an edge upstream accepts in one batch
 MAX_FRAME_CHARS = 16 * 1024 * 1024  # beyond any batch a device sends (bounded in bytes)
 _MAX_INT = 2**63 - 1  # SQLite's INTEGER
@@ -156,6 +160,11 @@ def check_payload(kind: str, p: Mapping[str, Any]) -> None:
                 raise bad(field, "a string or null")
         if not is_number(p.get("started_at")):
             raise bad("started_at", "a Unix time")
+        # Absent from older devices' events (and from the room's): not required.
+        if p.get("dialect") is not None and not is_dialect(p["dialect"]):
+            raise ValueError(f"start event: payload.dialect: expected null or an "
+                             f"identifier matching {DIALECT_PATTERN}, got "
+                             f"{_shape(p['dialect'])}")
     elif kind == "end":
         if not isinstance(p.get("reason"), str):
             raise bad("reason", "a string")
@@ -171,6 +180,20 @@ def check_payload(kind: str, p: Mapping[str, Any]) -> None:
             raise bad("speaker", "a string or null")
         if not isinstance(p.get("words", []), list):
             raise bad("words", "a list")
+
+
+def is_dialect(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a dialect's name: a short lower-case identifier."""
+    return isinstance(value, str) and _DIALECT.fullmatch(value) is not None
+
+
+def check_dialect(value: Any) -> str:
+    """``value`` if it is a dialect's name; ValueError (naming its type, not its
+    content) otherwise."""
+    if not is_dialect(value):
+        raise ValueError(f"dialect: expected an identifier matching {DIALECT_PATTERN}, "
+                         f"got {_shape(value)}")
+    return value
 
 
 def encode_payload(payload: Mapping[str, Any]) -> tuple[str, int]:
@@ -402,6 +425,11 @@ def _bad_batch(message: str) -> RelayProtocolError:
 
 def _bad_reply(message: str) -> RelayProtocolError:
     return RelayProtocolError("bad_reply", message)
+
+
+def _shape(value: Any) -> str:
+    # For a value whose type was right but whose form was not: still no content.
+    return "a str of another form" if isinstance(value, str) else kind_of(value)
 
 
 def kind_of(value: Any) -> str:
