@@ -11,6 +11,7 @@ import pytest
 
 from edge.core.config import (
     ENVIRONMENT,
+    AssemblyAIConfig,
     AudioConfig,
     AuthConfig,
     Config,
@@ -19,8 +20,11 @@ from edge.core.config import (
     MicrophoneConfig,
     RecognizerConfig,
     RelayConfig,
+    ScriptixConfig,
     ServerConfig,
     SpeakersConfig,
+    VoskServerConfig,
+    WyomingConfig,
     load_config,
     sections,
     state_dir,
@@ -89,12 +93,15 @@ def test_config_is_frozen() -> None:
 def test_sections_lists_every_field_with_its_default() -> None:
     s = sections()
     assert list(s) == ["server", "auth", "recognizer", "speakers", "audio", "microphone",
-                       "journal", "relay", "log"]
+                       "journal", "relay", "assemblyai", "scriptix", "vosk_server",
+                       "wyoming", "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
                       ("recognizer", RecognizerConfig), ("speakers", SpeakersConfig),
                       ("audio", AudioConfig),
                       ("microphone", MicrophoneConfig), ("journal", JournalConfig),
-                      ("relay", RelayConfig), ("log", LogConfig)]:
+                      ("relay", RelayConfig), ("assemblyai", AssemblyAIConfig),
+                      ("scriptix", ScriptixConfig), ("vosk_server", VoskServerConfig),
+                      ("wyoming", WyomingConfig), ("log", LogConfig)]:
         assert s[name] == {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
 
 
@@ -537,3 +544,22 @@ def test_voiceprints_live_in_the_state_dir_unless_configured(tmp_path: Path) -> 
     assert voiceprints_path(c) == Path("/srv/v.json")
     assert c.speakers.max_speakers == 3
     assert c.speakers.diarization_threshold == 0.55
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("vosk_server.trusted_networks", "10.0.0.0/8, nonsense", "not an IP network: 'nonsense'"),
+    ("wyoming.trusted_networks", "300.1.2.3", "not an IP network"),
+    ("wyoming.port", "70000", "between 0 and 65535"),
+    ("vosk_server.sample_rate", "100", "between 8000 and 192000"),
+])
+def test_peer_protocol_config_errors_name_the_key(key: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, environ={}, overrides={key: value})
+    assert exc.value.key == key and expected in str(exc.value)
+
+
+def test_a_peer_port_cannot_be_the_main_port() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, environ={}, overrides={"wyoming.enabled": "true",
+                                                 "wyoming.port": "8000"})
+    assert exc.value.key == "wyoming.port" and "server.port" in str(exc.value)

@@ -49,7 +49,8 @@ async def test_health_and_metrics_alongside_a_live_session(start_server: Any) ->
     status, headers, text = await http_get(server.port, "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     after = samples(text.decode())
-    assert after[("edge_sessions_total", ())] == before[("edge_sessions_total", ())] + 1
+    live = ("edge_sessions_total", (("dialect", "live"),))
+    assert after[live] == before.get(live, 0) + 1
     assert after[("edge_audio_seconds_total", ())] > 6.5
     assert after[("edge_transcriptions_total", (("kind", "final"),))] >= 3
     assert after[("edge_final_latency_seconds_count", ())] >= 1

@@ -10,6 +10,7 @@ with the dataclasses below.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -120,6 +121,48 @@ class RelayConfig:
     accept_ingest: bool = True
 
 
+LOOPBACK = "127.0.0.0/8, ::1/128"
+
+
+@dataclass(frozen=True)
+class AssemblyAIConfig:
+    """AssemblyAI Universal-Streaming v3 on the main port (``/v3/ws``, ``/v3/token``),
+    with the device's own tokens."""
+
+    enabled: bool = True
+    max_token_seconds: int = 600  # the longest temporary token /v3/token hands out
+
+
+@dataclass(frozen=True)
+class ScriptixConfig:
+    """Scriptix realtime on the main port (``/v2/realtime``), with the device's tokens."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class VoskServerConfig:
+    """vosk-server's WebSocket protocol on a port of its own. Its clients send no token:
+    only peers in ``trusted_networks`` are admitted (or any peer with ``?token=``)."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 2700
+    trusted_networks: str = LOOPBACK
+    sample_rate: int = 16000  # until a client's config says otherwise
+
+
+@dataclass(frozen=True)
+class WyomingConfig:
+    """Home Assistant's Wyoming protocol (TCP) on a port of its own. No authentication
+    in the protocol: only peers in ``trusted_networks`` are admitted."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 10300
+    trusted_networks: str = LOOPBACK
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
@@ -135,6 +178,10 @@ class Config:
     microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    assemblyai: AssemblyAIConfig = field(default_factory=AssemblyAIConfig)
+    scriptix: ScriptixConfig = field(default_factory=ScriptixConfig)
+    vosk_server: VoskServerConfig = field(default_factory=VoskServerConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -279,7 +326,41 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(key, f"must be greater than 0, got {value!r}")
 
 
+def parse_networks(key: str, text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                                  ...]:
+    """``"10.0.0.0/8, 192.168.1.20"`` as networks; ConfigError naming ``key``."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(key, f"not an IP network: {part!r} (expected a comma-"
+                              "separated list such as \"127.0.0.0/8, 192.168.1.0/24\")"
+                              ) from None
+    return tuple(networks)
+
+
+def _validate_peers(c: Config) -> None:
+    ports = {"server.port": c.server.port}
+    for name, section in (("vosk_server", c.vosk_server), ("wyoming", c.wyoming)):
+        parse_networks(f"{name}.trusted_networks", section.trusted_networks)
+        if not 0 <= section.port <= 65535:
+            raise ConfigError(f"{name}.port", f"must be between 0 and 65535, got "
+                              f"{section.port}")
+        if section.enabled and section.port and section.port in ports.values():
+            other = next(k for k, v in ports.items() if v == section.port)
+            raise ConfigError(f"{name}.port", f"{section.port} is already {other}")
+        if section.enabled:
+            ports[f"{name}.port"] = section.port
+    if not 8000 <= c.vosk_server.sample_rate <= 192000:
+        raise ConfigError("vosk_server.sample_rate", "must be between 8000 and 192000")
+    _positive("assemblyai.max_token_seconds", c.assemblyai.max_token_seconds)
+
+
 def _validate(c: Config) -> None:
+    _validate_peers(c)
     s, a, r, au = c.server, c.auth, c.recognizer, c.audio
     if not 0 <= s.port <= 65535:
         raise ConfigError("server.port", f"must be between 0 and 65535, got {s.port}")

@@ -40,6 +40,7 @@ class Histogram:
 @dataclass
 class Stats:
     sessions_total: int = 0
+    sessions_by_dialect: Counter[str] = field(default_factory=Counter)
     sessions_current: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
@@ -54,6 +55,10 @@ class Stats:
     def observe_decode(self, audio_seconds: float, decode_seconds: float) -> None:
         self.audio_seconds += audio_seconds
         self.decode_seconds += decode_seconds
+
+    def count_session(self, dialect: str) -> None:
+        self.sessions_total += 1
+        self.sessions_by_dialect[dialect] += 1
 
     def count_warning(self, code: str) -> None:
         self.warnings[code] += 1

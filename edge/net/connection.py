@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from edge.core.auth import Claims
 from edge.core.config import Config
 from edge.core.stats import Stats
+from edge.net.channel import Channel, ChannelClosed
 from edge.protocols import live as protocol
 from edge.protocols.events import CoreEvent, Dialect, Ended, Notice
 from edge.protocols.live import (
     CLOSE_AUTH,
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY,
     CLOSE_SERVICE_RESTART,
     LiveDialect,
@@ -79,9 +80,9 @@ class Connection:
     it core events and sends the frames it returns.
     """
 
-    def __init__(self, ws: WebSocketConnection, info: SessionInfo, config: Config,
+    def __init__(self, channel: Channel, info: SessionInfo, config: Config,
                  stats: Stats, dialect: Dialect | None = None) -> None:
-        self.ws = ws
+        self.channel = channel
         self.info = info
         self.id = info.session_id
         self.dialect: Dialect = dialect or LiveDialect()
@@ -117,6 +118,16 @@ class Connection:
         """The daemon is stopping: finish the work in hand (the final of the utterance
         in progress), then tell the client and close with 1012 (Service Restart)."""
         self.stop(shutdown_stop())
+
+    async def fail(self) -> None:
+        """The server failed this connection (an exception at the boundary): tell the
+        client, in its dialect, and close with 1011. Unbounded: the caller bounds it."""
+        ended = Ended(self.id, "internal_error", CLOSE_INTERNAL_ERROR, (
+            "internal_error", "the server failed this session; please reconnect"))
+        with contextlib.suppress(ChannelClosed):
+            for frame in self.dialect.encode(ended):
+                await self.channel.send(frame)
+            await self.channel.close(self.dialect.close_code(ended), "internal error")
 
     def _finish(self) -> None:
         """Queue the closing message for the stop reason and let the sender close."""
@@ -154,8 +165,8 @@ class Connection:
             sent_at = trio.current_time()
             with trio.move_on_after(s.ping_timeout):
                 try:
-                    await self.ws.ping()
-                except ConnectionClosed:
+                    await self.channel.ping()
+                except ChannelClosed:
                     return
                 continue
             # A client busy sending (its frames queued behind a slow recogniser) may not
@@ -207,8 +218,8 @@ class Connection:
                     break
                 try:
                     with trio.fail_after(timeout):
-                        await self.ws.send_message(text)
-                except ConnectionClosed:
+                        await self.channel.send(text)
+                except ChannelClosed:
                     self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
                     break
                 except trio.TooSlowError:
@@ -219,4 +230,4 @@ class Connection:
         if stop is not None and stop.notify:
             code = self.dialect.close_code(self._end_event(stop))
             with trio.move_on_after(_CLOSE_TIMEOUT):
-                await self.ws.aclose(code, stop.reason)
+                await self.channel.close(code, stop.reason)

@@ -13,12 +13,12 @@ import logging
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from edge.core.auth import SCOPE_WRITE
 from edge.core.config import Config
 from edge.core.errors import ProtocolError
 from edge.core.stats import Stats
+from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop, shutdown_stop
 from edge.net.hub import SLOW_LISTENER
 from edge.net.room import Room
@@ -32,9 +32,9 @@ _SLOW_NOTICE_TIMEOUT = 1.0
 
 
 class RoomListener(Connection):
-    def __init__(self, ws: WebSocketConnection, info: SessionInfo, config: Config,
+    def __init__(self, channel: Channel, info: SessionInfo, config: Config,
                  stats: Stats, room: Room, since_seq: int | None) -> None:
-        super().__init__(ws, info, config, stats)
+        super().__init__(channel, info, config, stats)
         self._room = room
         self._since = since_seq
         self._forwarded = 0
@@ -83,8 +83,8 @@ class RoomListener(Connection):
     async def _receiver(self) -> None:
         while True:
             try:
-                text = await self.ws.get_message()
-            except ConnectionClosed:
+                text = await self.channel.receive()
+            except ChannelClosed:
                 self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
                 return
             self._last_client_message = trio.current_time()

@@ -14,12 +14,13 @@ down. It builds nothing long-lived itself: :mod:`edge.app` hands it every part.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -47,9 +48,11 @@ from edge.core.stats import Stats
 from edge.journal import transcripts
 from edge.journal.service import JournalService
 from edge.net import http, ws
+from edge.net.channel import Channel, WebSocketChannel
 from edge.net.connection import Connection, SessionInfo
 from edge.net.listener import RoomListener
 from edge.net.room import Room
+from edge.net.routes import Admitted, HttpRoute, Route
 from edge.net.session import Session
 from edge.ops import health
 from edge.ops.supervisor import Supervisor
@@ -122,6 +125,8 @@ class Server:
         room: Room | None = None,
         relay: Relay | None = None,
         supervisor: Supervisor | None = None,
+        routes: Mapping[str, Route] | None = None,
+        http_routes: Mapping[str, HttpRoute] | None = None,
     ) -> None:
         self.config = config
         self.model_name = model_name
@@ -139,6 +144,8 @@ class Server:
         self.speakers = speakers  # None: no speaker model
         self.relay = relay  # None: not relaying upstream
         self.supervisor = supervisor
+        self.routes = dict(routes or {})  # peer protocols' WebSocket paths
+        self.http_routes = dict(http_routes or {})
         self.port: int | None = None
         self.stopping = False
         self._live: set[_Handle] = set()
@@ -179,15 +186,27 @@ class Server:
 
     # --- connection boundary ---------------------------------------------------------
 
-    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def serve_port(self, host: str, port: int, route: Route, *,
+                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        """Serve a peer protocol on a port of its own: every WebSocket path goes to
+        ``route``, with the main port's limits and boundary. Reports the bound port."""
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        bound: int = listeners[0].socket.getsockname()[1]
+        task_status.started(bound)
+        await trio.serve_listeners(functools.partial(self._handle_stream, route=route),
+                                   listeners)
+
+    async def _handle_stream(self, stream: trio.abc.Stream, route: Route | None = None
+                             ) -> None:
         try:
-            await self._handle(stream)
+            await self._handle(stream, route)
         except Exception:
             logger.exception("connection from %s failed", _peer(stream))
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, route: Route | None) -> None:
         # The handshake deadline covers the request head here and the WebSocket
         # handshake in _websocket; never the session that follows.
         deadline = trio.current_time() + self.config.server.handshake_timeout
@@ -203,7 +222,7 @@ class Server:
         if not head.is_websocket_upgrade:
             await self._http(stream, head)
             return
-        await self._websocket(stream, head, trailing, deadline)
+        await self._websocket(stream, head, trailing, deadline, route)
 
     def _handshake_timed_out(self, stream: trio.abc.Stream) -> None:
         self.stats.refused["handshake_timeout"] += 1
@@ -245,7 +264,11 @@ class Server:
             await stream.send_all(http.response(status, body, headers=headers,
                                                 content_type=content_type,
                                                 head_only=head_only))
-        elif head.path == self.config.server.path:
+        elif head.path in self.http_routes:
+            answer = await self.http_routes[head.path](head, self._verify)
+            await stream.send_all(http.response(answer.status, answer.body,
+                                                headers=answer.headers, head_only=head_only))
+        elif head.path == self.config.server.path or head.path in self.routes:
             await stream.send_all(http.response(
                 426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
                 headers=[("Upgrade", "websocket")], head_only=head_only))
@@ -325,7 +348,7 @@ class Server:
     # --- WebSocket handshake ---------------------------------------------------------
 
     async def _websocket(self, stream: trio.abc.Stream, head: http.RequestHead,
-                         trailing: bytes, deadline: float) -> None:
+                         trailing: bytes, deadline: float, route: Route | None) -> None:
         s = self.config.server
         async with trio.open_nursery() as nursery:
             with trio.move_on_at(deadline) as scope:
@@ -338,16 +361,29 @@ class Server:
                 nursery.cancel_scope.cancel()
                 return
             try:
-                await self._serve_request(request, head, deadline)
+                await self._serve_request(request, head, deadline, _peer_host(stream), route)
             finally:
                 nursery.cancel_scope.cancel()
 
+    def _verify(self, token: str) -> Claims:
+        revoked = self.revocations.current if self.revocations else None
+        return verify(token, self.auth, now=time.time(), revoked=revoked)
+
     async def _serve_request(self, request: WebSocketRequest, head: http.RequestHead,
-                             deadline: float) -> None:
+                             deadline: float, peer: str, route: Route | None = None) -> None:
+        """Route one WebSocket handshake: ``route`` (a peer protocol's own port) takes
+        every path; on the main port, ``/ws/relay``, the peer protocols' paths, and the
+        Live API's."""
         in_band = False
         try:
             if head.path == RELAY_PATH:
                 await self._relay_ingest(request, head, deadline)
+                return
+            route = route or self.routes.get(head.path)
+            if route is not None:
+                admitted = route.admit(head, self._verify, peer)
+                require_scope(admitted.claims, SCOPE_WRITE)
+                await self._admit_and_run(request, admitted, deadline)
                 return
             if head.path != self.config.server.path:
                 raise AuthError("not_found", "no such endpoint", status=404,
@@ -358,9 +394,7 @@ class Server:
                 raise AuthError(exc.code, exc.message, status=400,
                                 close_code=protocol.CLOSE_POLICY) from None
             in_band = params.errors_in_band
-            token = extract_token(request.path, request.headers)
-            revoked = self.revocations.current if self.revocations else None
-            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            claims = self._verify(extract_token(request.path, request.headers))
             if params.source == "room":
                 require_scope(claims, SCOPE_READ)
                 if self.room is None:
@@ -375,7 +409,14 @@ class Server:
         except AuthError as exc:
             await self._refuse_by(request, exc, in_band, deadline)
             return
-        await self._admit_and_run(request, claims, params, in_band, deadline)
+        if params.source == "room":
+            await self._listen_to_room(request, claims, params, deadline)
+            return
+        dialect = LiveDialect(Limits(max_phrases=self.config.recognizer.max_phrases))
+        enroll = (params.enroll, params.role) if params.enroll else None
+        await self._admit_and_run(request, Admitted(claims, dialect, "live",
+                                                    declared_rate=params.sample_rate),
+                                  deadline, in_band=in_band, enroll=enroll)
 
     async def _relay_ingest(self, request: WebSocketRequest, head: http.RequestHead,
                             deadline: float) -> None:
@@ -384,9 +425,7 @@ class Server:
             if self.journal is None or not self.config.relay.accept_ingest:
                 raise AuthError("not_found", "this server does not accept relayed journals",
                                 status=404, close_code=protocol.CLOSE_POLICY)
-            token = extract_token(request.path, request.headers)
-            revoked = self.revocations.current if self.revocations else None
-            claims = verify(token, self.auth, now=time.time(), revoked=revoked)
+            claims = self._verify(extract_token(request.path, request.headers))
             require_scope(claims, SCOPE_RELAY)
             self._check_running()
             handle = _Handle()
@@ -401,20 +440,39 @@ class Server:
             info = SessionInfo(session_id=ticket.session_id, claims=claims,
                                model_name=self.model_name,
                                default_rate=self.config.recognizer.sample_rate)
-            ingest = RelayIngest(ws, info, self.config, self.stats, self.journal)
+            ingest = RelayIngest(WebSocketChannel(ws), info, self.config, self.stats,
+                                 self.journal)
             handle.attach(ingest)
-            await self._run_session(ingest, claims)
+            await self._run_session(ingest, claims, "relay")
 
-    async def _admit_and_run(self, request: WebSocketRequest, claims: Claims,
-                             params: protocol.ConnectParams, in_band: bool,
-                             deadline: float) -> None:
-        session_id = str(uuid.uuid4())
-        session: Connection
-        admission = self.listeners if params.source == "room" else self.admission
+    async def _listen_to_room(self, request: WebSocketRequest, claims: Claims,
+                              params: protocol.ConnectParams, deadline: float) -> None:
+        assert self.room is not None
         handle = _Handle()
         try:
             self._check_running()
-            ticket = admission.admit(session_id, claims, handle.revoke)
+            ticket = self.listeners.admit(str(uuid.uuid4()), claims, handle.revoke)
+        except AuthError as exc:
+            await self._refuse_by(request, exc, params.errors_in_band, deadline)
+            return
+        with ticket, self._live_while(handle):
+            ws = await self._accept_by(request, deadline)
+            if ws is None:
+                return
+            info = await self._session_info(ticket.session_id, claims, None)
+            listener = RoomListener(WebSocketChannel(ws), info, self.config, self.stats,
+                                    self.room, params.since_seq)
+            handle.attach(listener)
+            await self._run_session(listener, claims, "live")
+
+    async def _admit_and_run(self, request: WebSocketRequest, admitted: Admitted,
+                             deadline: float, *, in_band: bool = False,
+                             enroll: tuple[str, str | None] | None = None) -> None:
+        """A client session in ``admitted.dialect``, from admission to its end."""
+        handle = _Handle()
+        try:
+            self._check_running()
+            ticket = self.admission.admit(str(uuid.uuid4()), admitted.claims, handle.revoke)
         except AuthError as exc:
             await self._refuse_by(request, exc, in_band, deadline)
             return
@@ -422,26 +480,39 @@ class Server:
             ws = await self._accept_by(request, deadline)
             if ws is None:
                 return
-            speakers = await self._speaker_status()
-            info = SessionInfo(session_id=session_id, claims=claims,
-                               model_name=self.model_name,
-                               default_rate=self.config.recognizer.sample_rate,
-                               declared_rate=params.sample_rate,
-                               speaker_identification=speakers.enabled,
-                               speaker_reason=speakers.reason)
-            if params.source == "room":
-                assert self.room is not None
-                session = RoomListener(ws, info, self.config, self.stats, self.room,
-                                       params.since_seq)
-            else:
-                session = Session(ws, info, self.config, self.recognizer_factory,
-                                  self.limiter, self.stats, self.journal,
-                                  speakers=self.speakers,
-                                  enroll=(params.enroll, params.role) if params.enroll else None,
-                                  dialect=LiveDialect(Limits(
-                                      max_phrases=self.config.recognizer.max_phrases)))
-            handle.attach(session)
-            await self._run_session(session, claims)
+            await self._run_client(WebSocketChannel(ws), ticket.session_id, admitted, handle,
+                                   enroll=enroll)
+
+    async def serve_channel(self, channel: Channel, admitted: Admitted) -> None:
+        """Run a client session that arrived on a port of its own (a peer protocol's
+        listener), through the same admission, core and boundary as the main port's.
+        Raises :class:`AuthError` (the caller answers in its protocol) when the daemon
+        is stopping or full."""
+        handle = _Handle()
+        self._check_running()
+        ticket = self.admission.admit(str(uuid.uuid4()), admitted.claims, handle.revoke)
+        with ticket, self._live_while(handle):
+            await self._run_client(channel, ticket.session_id, admitted, handle)
+
+    async def _run_client(self, channel: Channel, session_id: str, admitted: Admitted,
+                          handle: _Handle, *,
+                          enroll: tuple[str, str | None] | None = None) -> None:
+        info = await self._session_info(session_id, admitted.claims, admitted.declared_rate)
+        session = Session(channel, info, self.config, self.recognizer_factory, self.limiter,
+                          self.stats, self.journal, speakers=self.speakers, enroll=enroll,
+                          dialect=admitted.dialect, dialect_name=admitted.dialect_name,
+                          phrases=admitted.phrases)
+        handle.attach(session)
+        await self._run_session(session, admitted.claims, admitted.dialect_name)
+
+    async def _session_info(self, session_id: str, claims: Claims,
+                            declared_rate: int | None) -> SessionInfo:
+        speakers = await self._speaker_status()
+        return SessionInfo(session_id=session_id, claims=claims, model_name=self.model_name,
+                           default_rate=self.config.recognizer.sample_rate,
+                           declared_rate=declared_rate,
+                           speaker_identification=speakers.enabled,
+                           speaker_reason=speakers.reason)
 
     def _check_running(self) -> None:
         if self.stopping:
@@ -479,11 +550,12 @@ class Server:
                             "enrolment is off until an administrator repairs it",
                             status=503, close_code=protocol.CLOSE_TRY_AGAIN_LATER)
 
-    async def _run_session(self, session: Connection, claims: Claims) -> None:
-        self.stats.sessions_total += 1
+    async def _run_session(self, session: Connection, claims: Claims, dialect: str) -> None:
+        self.stats.count_session(dialect)
         self.stats.sessions_current += 1
         kind = ("room listener" if isinstance(session, RoomListener)
-                else "relay from device" if isinstance(session, RelayIngest) else "session")
+                else "relay from device" if isinstance(session, RelayIngest)
+                else f"{dialect} session")
         logger.info("%s %s started: sub=%s user_type=%s organization=%s department=%s",
                     kind, session.id, claims.sub, claims.user_type,
                     claims.organization or "-", claims.department or "-")
@@ -493,10 +565,7 @@ class Server:
             logger.exception("session %s failed", session.id)
             self.stats.closes["internal_error"] += 1
             with trio.move_on_after(_INTERNAL_CLOSE_TIMEOUT):
-                await session.ws.send_message(protocol.encode(protocol.error(
-                    "internal_error", "the server failed this session; please reconnect",
-                    session_id=session.id)))
-                await session.ws.aclose(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+                await session.fail()
             return
         finally:
             self.stats.sessions_current -= 1
@@ -551,12 +620,22 @@ def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def _peer(stream: trio.abc.Stream) -> str:
+def _peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
     inner: Any = stream
     while hasattr(inner, "transport_stream"):
         inner = inner.transport_stream
     try:
         host, port = inner.socket.getpeername()[:2]
     except (AttributeError, OSError):
-        return "?"
-    return f"{host}:{port}"
+        return None
+    return str(host), int(port)
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    address = _peer_address(stream)
+    return "?" if address is None else f"{address[0]}:{address[1]}"
+
+
+def _peer_host(stream: trio.abc.Stream) -> str:
+    address = _peer_address(stream)
+    return "" if address is None else address[0]

@@ -36,7 +36,6 @@ from collections import deque
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
@@ -45,6 +44,7 @@ from edge.core.config import Config
 from edge.core.errors import ProtocolError
 from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
+from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
 from edge.protocols import live as protocol
 from edge.protocols.events import (
@@ -53,7 +53,11 @@ from edge.protocols.events import (
     Dialect,
     End,
     Enrolled,
+    Flushed,
+    ForceEndpoint,
     KeepAlive,
+    Progress,
+    Reply,
     Result,
     Started,
     Utterance,
@@ -70,6 +74,7 @@ from edge.speakers import SpeakerIdentification, VoiceprintStoreError
 logger = logging.getLogger(__name__)
 
 _AUDIO_QUEUE_FRAMES = 16
+_FORCE_ENDPOINT = None  # in the audio queue: finalise what came before it
 _BATCH_SECONDS = 1  # most audio handed to the recogniser in one call
 
 _WARNING_TEXT = {
@@ -129,7 +134,7 @@ class Session(Connection):
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        channel: Channel,
         info: SessionInfo,
         config: Config,
         recognizer_factory: RecognizerFactory,
@@ -140,8 +145,11 @@ class Session(Connection):
         speakers: SpeakerIdentification | None = None,
         enroll: tuple[str, str | None] | None = None,
         dialect: Dialect | None = None,
+        dialect_name: str = "live",
+        phrases: tuple[str, ...] | None = None,
     ) -> None:
-        super().__init__(ws, info, config, stats, dialect)
+        super().__init__(channel, info, config, stats, dialect)
+        self.dialect_name = dialect_name
         self._journal = journal
         self._speakers = speakers
         self._enroll = enroll if speakers is not None else None  # (name, role)
@@ -152,12 +160,18 @@ class Session(Connection):
         a = config.audio
         self._meter = LevelMeter(a.silence_seconds, a.silence_dbfs, a.clipping_ratio,
                                  a.warning_interval)
-        self._phrases: tuple[str, ...] | None = None
+        self._phrases = phrases
+        self._every_frame = self.dialect.answers_every_frame
+        self._partial = ""  # the text of the utterance in progress
+        self._partial_since_ms = 0.0  # audio decoded when it last changed
+        self._decoded_ms = 0.0
+        self._turn_silence_ms: int | None = None
+        self._held: tuple[bytes | None, float] | None = None  # taken out of turn
         self._results = ResultFilter(stats, config.recognizer.partial_results)
         self._send_transcripts = info.claims.has_scope(SCOPE_READ)
         # Items are (pcm, time received): latency is measured from the moment audio arrives.
-        self._audio_send, self._audio_recv = trio.open_memory_channel[tuple[bytes, float]](
-            _AUDIO_QUEUE_FRAMES)
+        self._audio_send, self._audio_recv = trio.open_memory_channel[
+            tuple[bytes | None, float]](_AUDIO_QUEUE_FRAMES)
         self._seq = 0
         self._finals = 0
         self._audio_bytes = 0  # mono s16 bytes received
@@ -177,7 +191,8 @@ class Session(Connection):
         next start).
         """
         if self._journal is not None:
-            await self._journal.start_session(self.id, self.info.claims, source="client")
+            await self._journal.start_session(self.id, self.info.claims, source="client",
+                                              dialect=self.dialect_name)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender)
@@ -207,9 +222,9 @@ class Session(Connection):
     async def _receiver(self) -> None:
         while self._stop is None:
             try:
-                message = await self.ws.get_message()
-            except ConnectionClosed as exc:
-                code = exc.reason.code if exc.reason else None
+                message = await self.channel.receive()
+            except ChannelClosed as exc:
+                code = exc.code
                 # trio-websocket itself closes with 1009 on an oversized frame. Either
                 # way, the audio already received is still decoded (flush) so that the
                 # session ends complete on the server's side.
@@ -235,6 +250,12 @@ class Session(Connection):
                     self._configure(event)
                 elif isinstance(event, KeepAlive):
                     self._last_audio = trio.current_time()  # a deliberate pause is not idle
+                elif isinstance(event, ForceEndpoint):
+                    # In order with the audio before it: the recogniser loop finalises.
+                    await self._audio_send.send((_FORCE_ENDPOINT, now))
+                elif isinstance(event, Reply):
+                    for frame in event.frames:
+                        self._put(frame)
             except ProtocolError as exc:
                 if exc.code == "bad_message":  # a malformed control message is not fatal
                     self._warn("bad_message", exc.message)
@@ -262,6 +283,8 @@ class Session(Connection):
             self._warn(notice.code, notice.message)
         fmt = self._decoder.format
         if not pcm or fmt is None:
+            if self._every_frame:  # a frame with no samples (a header) is answered too
+                await self._audio_send.send((b"", trio.current_time()))
             return
         self._last_audio = trio.current_time()
         for code in self._meter.feed(pcm, fmt.sample_rate):
@@ -270,6 +293,10 @@ class Session(Connection):
         await self._audio_send.send((pcm, self._last_audio))
 
     def _configure(self, message: Configure) -> None:
+        if message.max_turn_silence_ms is not None:
+            self._turn_silence_ms = message.max_turn_silence_ms
+            if message == Configure(max_turn_silence_ms=message.max_turn_silence_ms):
+                return  # endpointing alone may change at any time
         if self._decoder.format is not None:
             self._warn("bad_message", "config must be sent before the first audio frame; "
                        "ignored")
@@ -287,12 +314,24 @@ class Session(Connection):
         recognizer: Recognizer | None = None
         try:
             async with self._audio_recv:
-                async for pcm, received in self._audio_recv:
+                while True:
+                    try:
+                        pcm, received = await self._next_audio()
+                    except trio.EndOfChannel:
+                        break
                     if self._stop is not None and not self._stop.flush:
                         break
+                    if pcm is _FORCE_ENDPOINT:
+                        if recognizer is not None:
+                            await self._endpoint(recognizer)
+                        self._send(Flushed(self.id))
+                        continue
+                    if not pcm:  # a frame without samples, answered in its turn
+                        self._send(Progress(self.id, self._partial))
+                        continue
                     if recognizer is None:
                         recognizer = await self._open_recognizer()
-                    parts = self._take_queued(pcm)
+                    parts = [pcm] if self._every_frame else self._take_queued(pcm)
                     started = trio.current_time()
                     results = await trio.to_thread.run_sync(
                         accept_each, recognizer, parts, limiter=self._limiter)
@@ -300,9 +339,15 @@ class Session(Connection):
                     now = trio.current_time()
                     self._stats.observe_decode(seconds, now - started)
                     self._check_lag(self._lag.decoded(seconds, received, now))
+                    self._decoded_ms += 1000 * seconds
                     for utterance in results:
                         await self._emit(utterance, received)
-                    if self._audio_recv.statistics().current_buffer_used == 0:
+                    if self._turn_is_over():
+                        await self._endpoint(recognizer)
+                    if self._every_frame:
+                        self._send(Progress(self.id, self._partial))
+                    if (self._audio_recv.statistics().current_buffer_used == 0
+                            and self._held is None):
                         self._lag.caught_up()
             if recognizer is not None and (self._stop is None or self._stop.flush):
                 final = await trio.to_thread.run_sync(recognizer.flush,
@@ -314,6 +359,18 @@ class Session(Connection):
             if recognizer is not None:
                 recognizer.close()
 
+    async def _endpoint(self, recognizer: Recognizer) -> None:
+        """Finalise the utterance in progress now; the stream goes on."""
+        final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+        if final is not None:
+            await self._emit(final, None)
+        self._partial = ""
+
+    def _turn_is_over(self) -> bool:
+        """``max_turn_silence_ms`` of audio decoded since the partial text last changed."""
+        return (self._turn_silence_ms is not None and bool(self._partial)
+                and self._decoded_ms - self._partial_since_ms >= self._turn_silence_ms)
+
     def _take_queued(self, pcm: bytes) -> list[bytes]:
         """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:
         when recognition is behind, one worker-thread hop per batch instead of per
@@ -323,12 +380,23 @@ class Session(Connection):
         size = len(pcm)
         while size < limit:
             try:
-                more, _ = self._audio_recv.receive_nowait()
+                item = self._audio_recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            more = item[0]
+            if not more:  # a marker or an empty frame: handled in its own turn
+                self._held = item
                 break
             parts.append(more)
             size += len(more)
         return parts
+
+    async def _next_audio(self) -> tuple[bytes | None, float]:
+        """The next item of the audio queue (raises EndOfChannel when it is closed)."""
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        return await self._audio_recv.receive()
 
     @property
     def _rate(self) -> int:
@@ -371,6 +439,9 @@ class Session(Connection):
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
         latency = None if received is None else trio.current_time() - received
+        text = "" if utterance.is_final else utterance.text
+        if text != self._partial:
+            self._partial, self._partial_since_ms = text, self._decoded_ms
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
         if utterance.is_final:

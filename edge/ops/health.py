@@ -136,8 +136,9 @@ def render_metrics(
     metric("edge_sessions", "gauge", "Sessions open now.", [({}, sessions_current)])
     metric("edge_sessions_max", "gauge", "Configured session capacity.",
            [({}, max_sessions)])
-    metric("edge_sessions_total", "counter", "Sessions accepted since start.",
-           [({}, stats.sessions_total)])
+    metric("edge_sessions_total", "counter",
+           "Sessions accepted since start, by dialect (wire protocol).",
+           [({"dialect": k}, v) for k, v in sorted(stats.sessions_by_dialect.items())])
     metric("edge_sessions_refused_total", "counter", "Handshakes refused, by reason.",
            [({"reason": k}, v) for k, v in sorted(stats.refused.items())])
     metric("edge_sessions_closed_total", "counter", "Sessions ended, by reason.",

@@ -75,11 +75,28 @@ class KeepAlive:
 
 @dataclass(frozen=True)
 class Configure:
-    """Per-session settings, accepted only before the first audio frame."""
+    """Per-session settings. ``phrases`` and ``sample_rate`` only before the first audio
+    frame; ``max_turn_silence_ms`` at any time: an utterance whose partial text has not
+    changed for that much audio is finalised without waiting for Vosk's endpointer."""
 
     phrases: tuple[str, ...] | None = None
     sample_rate: int | None = None
     partial_results: bool | None = None
+    max_turn_silence_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ForceEndpoint:
+    """Finalise the utterance in progress now (its final comes out, if it has words),
+    then go on with the same stream."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Frames a dialect answers a client message with by itself (its own greeting or
+    description); the core sends them as they are, in order with everything else."""
+
+    frames: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -92,7 +109,7 @@ class Resume:
     """Room listeners allowed to write: capture the room again."""
 
 
-ClientEvent = Audio | End | KeepAlive | Configure | Pause | Resume
+ClientEvent = Audio | End | KeepAlive | Configure | ForceEndpoint | Reply | Pause | Resume
 
 
 # --- what the core reports ------------------------------------------------------------
@@ -147,11 +164,36 @@ class Ended:
     summary: Mapping[str, Any] = field(default_factory=dict)
 
 
-CoreEvent = Started | Result | Notice | Enrolled | Ended
+@dataclass(frozen=True)
+class Progress:
+    """Sent to dialects that answer every audio frame (``answers_every_frame``), after
+    each frame is decoded: the partial text of the utterance in progress ("" after a
+    final). The frame's finals, if any, came before it as :class:`Result` events."""
+
+    session_id: str
+    partial: str
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """A :class:`ForceEndpoint` has been carried out (its final, if any, came first)."""
+
+    session_id: str
+
+
+CoreEvent = Started | Result | Notice | Enrolled | Progress | Flushed | Ended
 
 
 class Dialect(Protocol):
-    """A wire protocol for the session core. Pure: no I/O, no clock."""
+    """A wire protocol for the session core. Pure: no I/O, no clock. One instance per
+    session (a dialect may keep the state its protocol needs: turn numbers, say).
+
+    ``answers_every_frame``: the protocol's clients wait for one reply per audio frame
+    (vosk-server's lockstep clients); the core then decodes frame by frame and sends a
+    :class:`Progress` after each.
+    """
+
+    answers_every_frame: bool
 
     def parse(self, frame: str | bytes) -> ClientEvent:
         """One client frame as an event. Raises :class:`~edge.core.errors.ProtocolError`:

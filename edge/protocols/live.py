@@ -24,9 +24,11 @@ from edge.protocols.events import (
     End,
     Ended,
     Enrolled,
+    Flushed,
     KeepAlive,
     Notice,
     Pause,
+    Progress,
     Result,
     Resume,
     Speaker,
@@ -116,7 +118,7 @@ def room_state(session_id: str, state: str) -> dict[str, Any]:
     return {"type": "room_state", "session_id": session_id, "state": state}
 
 
-def message(event: CoreEvent) -> dict[str, Any]:
+def message(event: Started | Result | Notice | Enrolled | Ended) -> dict[str, Any]:
     """The Live API message for a core event."""
     if isinstance(event, Started):
         return session_init(event.session_id, event.description)
@@ -136,6 +138,8 @@ class LiveDialect:
     frames are JSON control messages, every core event is one JSON text frame, and the
     close code is the core's own (the Live API's codes are the IANA ones)."""
 
+    answers_every_frame = False
+
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
 
@@ -145,6 +149,8 @@ class LiveDialect:
         return parse_client_text(frame, self.limits)
 
     def encode(self, event: CoreEvent) -> list[str | bytes]:
+        if isinstance(event, Progress | Flushed):
+            return []  # the Live API has neither
         return [encode(message(event))]
 
     def close_code(self, ended: Ended) -> int:

@@ -20,13 +20,13 @@ import logging
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from edge import __version__
 from edge.core.config import Config
 from edge.core.stats import Stats
 from edge.journal.db import JournalError
 from edge.journal.service import JournalService
+from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
 from edge.protocols.relay import (
     MAX_BATCH_EVENTS,
@@ -47,9 +47,9 @@ _CLOSE_INTERNAL_ERROR = 1011
 
 
 class RelayIngest(Connection):
-    def __init__(self, ws: WebSocketConnection, info: SessionInfo, config: Config,
+    def __init__(self, channel: Channel, info: SessionInfo, config: Config,
                  stats: Stats, journal: JournalService) -> None:
-        super().__init__(ws, info, config, stats)
+        super().__init__(channel, info, config, stats)
         self._journal = journal
         self._device = info.claims.sub
         self.stored = 0
@@ -76,8 +76,8 @@ class RelayIngest(Connection):
     async def _receive(self) -> None:
         while self._stop is None:
             try:
-                frame = await self.ws.get_message()
-            except ConnectionClosed:
+                frame = await self.channel.receive()
+            except ChannelClosed:
                 self.stop(Stop(_CLOSE_GOING_AWAY, "client_closed", notify=False))
                 return
             self._last_client_message = trio.current_time()
