@@ -36,6 +36,7 @@ from edge.core.stats import Stats
 from edge.journal.db import Journal, JournalError
 from edge.journal.service import JournalService
 from edge.net.hub import Hub
+from edge.net.peers import PeerContext, main_port_routes, start_listeners
 from edge.net.revocation import RevocationWatcher
 from edge.net.room import Room
 from edge.net.server import Server
@@ -110,10 +111,14 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         assert journal is not None  # the config requires it
         relay = Relay(relay_settings(config), journal)
     supervisor = Supervisor()
+    peer_context = PeerContext(auth=auth, model_name=model.name,
+                               model_sample_rate=model.sample_rate)
+    routes, http_routes = main_port_routes(config, peer_context)
     server = Server(config, auth, model_name=model.name, stats=stats, limiter=limiter,
                     recognizer_factory=recognizers, admissions=admissions,
                     revocations=revocations, journal=journal, speakers=speakers, room=room,
-                    relay=relay, supervisor=supervisor)
+                    relay=relay, supervisor=supervisor, routes=routes,
+                    http_routes=http_routes)
     async with trio.open_nursery() as nursery:
         if journal is not None:
             await supervisor.start(nursery, "retention", journal.run)
@@ -131,6 +136,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
             logger.info("no room microphone configured (microphone.enabled = false): serving "
                         "client-streamed sessions only")
         await nursery.start(server.run)
+        await start_listeners(nursery, supervisor, server, config, peer_context)
         notify("READY=1")
         logger.info("ready")
         interval = watchdog_interval()

@@ -129,7 +129,7 @@ class AssemblyAIConfig:
     """AssemblyAI Universal-Streaming v3 on the main port (``/v3/ws``, ``/v3/token``),
     with the device's own tokens."""
 
-    enabled: bool = True
+    enabled: bool = False
     max_token_seconds: int = 600  # the longest temporary token /v3/token hands out
 
 
@@ -137,7 +137,7 @@ class AssemblyAIConfig:
 class ScriptixConfig:
     """Scriptix realtime on the main port (``/v2/realtime``), with the device's tokens."""
 
-    enabled: bool = True
+    enabled: bool = False
 
 
 @dataclass(frozen=True)

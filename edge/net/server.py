@@ -146,6 +146,7 @@ class Server:
         self.supervisor = supervisor
         self.routes = dict(routes or {})  # peer protocols' WebSocket paths
         self.http_routes = dict(http_routes or {})
+        self.peer_ports: dict[str, int] = {}  # peer protocols' own ports, once bound
         self.port: int | None = None
         self.stopping = False
         self._live: set[_Handle] = set()
