@@ -186,7 +186,7 @@ async def test_max_turn_silence_ends_a_turn_before_the_endpointer(
 
         received, _ = await run_session(model, phrases, Plain(answers_every_frame=True),
                                         client)
-        assert [r for r in received if r.startswith("final:")][0] == (
+        assert next(r for r in received if r.startswith("final:")) == (
             f"final:{phrases['utterances'][0]}")
         return sent
 
