@@ -67,6 +67,7 @@ class Room:
         self.source = source
         self.state = "starting"
         self._stopping = False
+        self._running = False
         self._stop_scope = trio.CancelScope()
         self._factory = recognizer_factory
         self._limiter = limiter
@@ -94,6 +95,7 @@ class Room:
         if self._stopping:
             self._stop_scope.cancel()
         outcome = "stopped"
+        self._running = True
         try:
             with self._stop_scope:
                 async with trio.open_nursery() as nursery:
@@ -116,6 +118,7 @@ class Room:
             outcome = "restarting"
             raise
         finally:
+            self._running = False
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._wind_up(outcome)
 
@@ -125,6 +128,8 @@ class Room:
         listeners end after the room's last final."""
         self._stopping = True
         self._stop_scope.cancel()
+        if not self._running:  # between runs (restarting after a failure): nothing to
+            self.hub.close()   # finalise, and no run will close the hub
 
     async def _wind_up(self, outcome: str) -> None:
         if outcome == "restarting":
