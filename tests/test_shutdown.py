@@ -167,3 +167,31 @@ async def test_new_handshakes_are_refused_while_stopping(
             messages, code = await closing_messages(ws)
         assert messages[-1]["code"] == "server_shutdown"
         assert code == 1012
+
+
+async def test_room_listeners_get_the_room_s_last_final_then_1012(
+    nursery: trio.Nursery, start_server: Any
+) -> None:
+    from test_room import PlayedSource
+
+    server = await start_server(microphone={"enabled": True}, mic=PlayedSource(period=0.1))
+    async with connect(server, make_token(scope="transcription:read"),
+                       "?source=room") as ws:
+        assert (await receive_json(ws))["type"] == "session_init"
+        with trio.fail_after(60):
+            while True:  # speech in progress: a partial with words, before its final
+                message = await receive_json(ws)
+                assert not (message["type"] == "transcription" and message["is_final"])
+                if message["type"] == "transcription" and message["text"]:
+                    break
+        with trio.fail_after(GRACE + 5):
+            await app.stop_gracefully(server, server.supervisor)
+        messages, code = await closing_messages(ws)
+    finals = [m for m in messages if m["type"] == "transcription" and m["is_final"]]
+    assert len(finals) == 1 and finals[0]["text"], messages
+    assert messages[-1]["type"] == "error" and messages[-1]["code"] == "server_shutdown"
+    assert code == 1012
+    assert server.journal is not None
+    rows = await server.journal.call(server.journal.journal.sessions)
+    [segment] = [row for row in rows if row.source == "room"]
+    assert segment.end_reason == "shutdown" and segment.finals == 1

@@ -21,7 +21,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
@@ -83,10 +83,10 @@ class _Handle:
         self._pending: list[Callable[[Connection], None]] = []
 
     def revoke(self) -> None:
-        self._apply(Connection.revoke)
+        self._apply(lambda connection: connection.revoke())
 
     def shutdown(self) -> None:
-        self._apply(Connection.shutdown)
+        self._apply(lambda connection: connection.shutdown())
 
     def _apply(self, action: Callable[[Connection], None]) -> None:
         if self._connection is None:
@@ -144,7 +144,8 @@ class Server:
         self.speakers = speakers  # None: no speaker model
         self.relay = relay  # None: not relaying upstream
         self.supervisor = supervisor
-        self.routes = dict(routes or {})  # peer protocols' WebSocket paths
+        # Peer protocols' WebSocket paths; a key ending in "/" covers every path under it.
+        self.routes = dict(routes or {})
         self.http_routes = dict(http_routes or {})
         self.peer_ports: dict[str, int] = {}  # peer protocols' own ports, once bound
         self.port: int | None = None
@@ -265,11 +266,11 @@ class Server:
             await stream.send_all(http.response(status, body, headers=headers,
                                                 content_type=content_type,
                                                 head_only=head_only))
-        elif head.path in self.http_routes:
-            answer = await self.http_routes[head.path](head, self._verify)
+        elif (http_route := route_for(self.http_routes, head.path)) is not None:
+            answer = await http_route(head, self._verify)
             await stream.send_all(http.response(answer.status, answer.body,
                                                 headers=answer.headers, head_only=head_only))
-        elif head.path == self.config.server.path or head.path in self.routes:
+        elif head.path == self.config.server.path or route_for(self.routes, head.path):
             await stream.send_all(http.response(
                 426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
                 headers=[("Upgrade", "websocket")], head_only=head_only))
@@ -380,7 +381,7 @@ class Server:
             if head.path == RELAY_PATH:
                 await self._relay_ingest(request, head, deadline)
                 return
-            route = route or self.routes.get(head.path)
+            route = route or route_for(self.routes, head.path)
             if route is not None:
                 admitted = route.admit(head, self._verify, peer)
                 require_scope(admitted.claims, SCOPE_WRITE)
@@ -613,6 +614,18 @@ class Server:
             headers.append((b"retry-after", str(exc.retry_after).encode()))
         await request.reject(exc.status, extra_headers=headers,
                              body=json.dumps(body).encode())
+
+
+_T = TypeVar("_T")
+
+
+def route_for(table: Mapping[str, _T], path: str) -> _T | None:
+    """``table``'s entry for ``path``: its own, or the longest key ending in "/" that
+    ``path`` starts with (a path parameter such as a token in the path)."""
+    if path in table:
+        return table[path]
+    prefixes = [key for key in table if key.endswith("/") and path.startswith(key)]
+    return table[max(prefixes, key=len)] if prefixes else None
 
 
 def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
