@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from edge.core.auth import Claims
 from edge.net.http import RequestHead
-from edge.protocols.events import Dialect
+from edge.protocols.events import Configure, Dialect
 
 #: Verifies a token (signature, claims, lifetime, revocation); raises AuthError.
 Verify = Callable[[str], Claims]
@@ -29,7 +29,8 @@ class Admitted:
 
     ``dialect_name`` labels the session in the journal, the log and ``/metrics``;
     ``declared_rate`` is the sample rate the client announced (None: the default or its
-    WAV header); ``phrases`` a grammar to decode with from the start.
+    WAV header); ``phrases`` a grammar to decode with from the start; ``configure``
+    settings the session starts with, as if the client had sent them first.
     """
 
     claims: Claims
@@ -37,6 +38,7 @@ class Admitted:
     dialect_name: str
     declared_rate: int | None = None
     phrases: tuple[str, ...] | None = None
+    configure: Configure | None = None
 
 
 class Route(Protocol):

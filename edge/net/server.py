@@ -503,7 +503,7 @@ class Server:
         session = Session(channel, info, self.config, self.recognizer_factory, self.limiter,
                           self.stats, self.journal, speakers=self.speakers, enroll=enroll,
                           dialect=admitted.dialect, dialect_name=admitted.dialect_name,
-                          phrases=admitted.phrases)
+                          phrases=admitted.phrases, configure=admitted.configure)
         handle.attach(session)
         await self._run_session(session, admitted.claims, admitted.dialect_name)
 

@@ -147,6 +147,7 @@ class Session(Connection):
         dialect: Dialect | None = None,
         dialect_name: str = "live",
         phrases: tuple[str, ...] | None = None,
+        configure: Configure | None = None,
     ) -> None:
         super().__init__(channel, info, config, stats, dialect)
         self.dialect_name = dialect_name
@@ -166,6 +167,8 @@ class Session(Connection):
         self._partial_since_ms = 0.0  # audio decoded when it last changed
         self._decoded_ms = 0.0
         self._turn_silence_ms: int | None = None
+        self._idle_timeout = config.server.idle_timeout
+        self._initial = configure  # applied once Started is queued
         self._held: tuple[bytes | None, float] | None = None  # taken out of turn
         self._results = ResultFilter(stats, config.recognizer.partial_results)
         self._send_transcripts = info.claims.has_scope(SCOPE_READ)
@@ -197,6 +200,8 @@ class Session(Connection):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender)
                 self._send(Started(self.id, self._description()))
+                if self._initial is not None:
+                    self._configure(self._initial)
                 async with trio.open_nursery() as inner:
                     inner.start_soon(self._receiver)
                     inner.start_soon(self._watchdogs)
@@ -293,10 +298,14 @@ class Session(Connection):
         await self._audio_send.send((pcm, self._last_audio))
 
     def _configure(self, message: Configure) -> None:
+        if message.idle_timeout_s is not None:
+            self._idle_timeout = message.idle_timeout_s
         if message.max_turn_silence_ms is not None:
             self._turn_silence_ms = message.max_turn_silence_ms
-            if message == Configure(max_turn_silence_ms=message.max_turn_silence_ms):
-                return  # endpointing alone may change at any time
+        anytime = Configure(max_turn_silence_ms=message.max_turn_silence_ms,
+                            idle_timeout_s=message.idle_timeout_s)
+        if message == anytime and anytime != Configure():
+            return  # endpointing and the idle timeout may change at any time
         if self._decoder.format is not None:
             self._warn("bad_message", "config must be sent before the first audio frame; "
                        "ignored")
@@ -478,7 +487,7 @@ class Session(Connection):
         s = self._cfg.server
         deadline_length = self._started + s.max_session_seconds
         while True:
-            idle_deadline = self._last_audio + s.idle_timeout
+            idle_deadline = self._last_audio + self._idle_timeout
             await trio.sleep_until(min(idle_deadline, deadline_length))
             now = trio.current_time()
             if now >= deadline_length:
@@ -487,9 +496,10 @@ class Session(Connection):
                     f"sessions are limited to {s.max_session_seconds:g} seconds; reconnect "
                     "to continue")))
                 return
-            if now >= self._last_audio + s.idle_timeout:
+            if now >= self._last_audio + self._idle_timeout:
                 self.stop(Stop(CLOSE_GOING_AWAY, "idle", (
-                    "idle_timeout", f"no audio or keepalive for {s.idle_timeout:g} seconds")))
+                    "idle_timeout",
+                    f"no audio or keepalive for {self._idle_timeout:g} seconds")))
                 return
 
     # --- messages ------------------------------------------------------------------

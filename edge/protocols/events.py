@@ -77,12 +77,15 @@ class KeepAlive:
 class Configure:
     """Per-session settings. ``phrases`` and ``sample_rate`` only before the first audio
     frame; ``max_turn_silence_ms`` at any time: an utterance whose partial text has not
-    changed for that much audio is finalised without waiting for Vosk's endpointer."""
+    changed for that much audio is finalised without waiting for Vosk's endpointer.
+    ``idle_timeout_s`` (at any time, from the next check on) replaces
+    ``server.idle_timeout`` for this session."""
 
     phrases: tuple[str, ...] | None = None
     sample_rate: int | None = None
     partial_results: bool | None = None
     max_turn_silence_ms: int | None = None
+    idle_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,482 @@
+"""AssemblyAI Universal-Streaming v3 as a dialect of the session core.
+
+Pure (sans-IO): query strings and frames in, events out; core events in, JSON text out.
+What the clients need was read in AssemblyAI's own SDKs (PyPI ``assemblyai`` 1.8.2,
+npm ``assemblyai`` 4.41.5) and is checked against them in the tests:
+
+* the handshake's query parameters (:func:`parse_connect_params`); booleans arrive as
+  ``true`` (JS) and ``True`` (Python), lists as JSON;
+* binary frames are audio (``pcm_s16le``, or G.711 ``pcm_mulaw``, decoded here);
+  text frames are ``Terminate``, ``ForceEndpoint``, ``KeepAlive`` and
+  ``UpdateConfiguration``; anything else ends the session with 3006, as AssemblyAI's
+  server does;
+* server messages ``Begin``, ``Turn``, ``Warning``, ``Error`` and ``Termination``,
+  each exactly as the SDKs' models validate them (a message that fails the Python SDK's
+  validation silently kills its reader thread, so every field is typed here with care);
+* close codes from AssemblyAI's table, mapped from the core's end reasons.
+
+Vosk has no end-of-turn model: a turn ends at Vosk's endpoint, at a ``ForceEndpoint``,
+or after ``max_turn_silence`` (or ``min_turn_silence``) of audio in which the partial
+text did not change (the core's ``Configure(max_turn_silence_ms=...)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.core.errors import ProtocolError
+from edge.protocols.events import (
+    Audio,
+    ClientEvent,
+    Configure,
+    CoreEvent,
+    End,
+    Ended,
+    ForceEndpoint,
+    KeepAlive,
+    Notice,
+    Reply,
+    Result,
+    Started,
+    Utterance,
+    Word,
+)
+
+# AssemblyAI's close codes (the SDKs' tables) and the IANA ones they also use.
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_SERVER_ERROR = 3005
+CLOSE_INPUT_ERROR = 3006
+CLOSE_SESSION_EXPIRED = 3008  # maximum session duration exceeded
+CLOSE_TOO_MANY_SESSIONS = 3009
+CLOSE_NOT_AUTHORIZED = 4001
+CLOSE_TOO_FAST = 4029
+CLOSE_IDLE = 4031
+
+#: The core's end reasons, as AssemblyAI's close codes.
+_CLOSE_FOR_REASON = {
+    "end": CLOSE_NORMAL,
+    "idle": CLOSE_IDLE,
+    "max_session_length": CLOSE_SESSION_EXPIRED,
+    "token_expired": CLOSE_NOT_AUTHORIZED,
+    "revoked": CLOSE_NOT_AUTHORIZED,
+    "rate_limited": CLOSE_TOO_FAST,
+    "internal_error": CLOSE_SERVER_ERROR,
+    "shutdown": CLOSE_SERVICE_RESTART,
+}
+#: The core's (IANA) close codes, for reasons not in the table above.
+_CLOSE_FOR_CODE = {
+    1002: CLOSE_NOT_AUTHORIZED,  # the core's authentication failures
+    1003: CLOSE_INPUT_ERROR,  # audio that cannot be decoded
+    1011: CLOSE_SERVER_ERROR,
+}
+
+#: ``Warning.warning_code`` for the core's notices (AssemblyAI's SDKs only log the
+#: code and hand the message to the application; these numbers are edge's own).
+WARNING_CODES = {
+    "ignored_parameter": 100,
+    "bad_message": 101,
+    "audio_format": 200,
+    "sample_rate_mismatch": 201,
+    "clipping": 202,
+    "silence": 203,
+    "realtime_lag": 300,
+    "token_expiring": 400,
+    "journal_error": 500,
+}
+_OTHER_WARNING = 999
+
+ENCODINGS = ("pcm_s16le", "pcm_mulaw")
+
+#: Parameters that are read; every other one is accepted and reported as ignored.
+_HANDLED = frozenset({
+    "sample_rate", "encoding", "format_turns", "formatted_finals", "max_turn_silence",
+    "min_turn_silence", "min_end_of_turn_silence_when_confident", "inactivity_timeout",
+    "speaker_labels", "token",
+})
+#: Read and validated, but they change nothing here (the README says why).
+_WITHOUT_EFFECT = ("end_of_turn_confidence_threshold", "keyterms_prompt")
+
+MAX_SILENCE_MS = 60_000
+MIN_INACTIVITY_S, MAX_INACTIVITY_S = 5, 3600  # AssemblyAI's own bounds
+MAX_KEYTERMS, MAX_KEYTERM_CHARS = 1000, 100
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """The v3 query parameters, validated. ``ignored``: names accepted without effect."""
+
+    sample_rate: int | None = None
+    encoding: str = "pcm_s16le"
+    format_turns: bool = False
+    max_turn_silence_ms: int | None = None
+    min_turn_silence_ms: int | None = None
+    inactivity_timeout_s: int | None = None
+    speaker_labels: bool = False
+    keyterms: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def turn_silence_ms(self) -> int | None:
+        return turn_silence(self.max_turn_silence_ms, self.min_turn_silence_ms)
+
+
+def turn_silence(max_ms: int | None, min_ms: int | None) -> int | None:
+    """The silence that ends a turn: ``max_turn_silence`` when given, else
+    ``min_turn_silence`` (Vosk's own endpointer plays the part of the "confident" end
+    of turn, so only one silence is left to choose)."""
+    return max_ms if max_ms is not None else min_ms
+
+
+def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
+    """Validate a ``/v3/ws`` query. Raises :class:`ProtocolError` (``invalid_parameter``,
+    close code 3006) naming the parameter; never echoes a value."""
+    rate = _int_param(query, "sample_rate", 8000, 192000)
+    encoding = _single(query, "encoding") if "encoding" in query else "pcm_s16le"
+    if encoding not in ENCODINGS:
+        raise _invalid_param("encoding must be pcm_s16le or pcm_mulaw (this device "
+                             "decodes no compressed audio)")
+    fmt = _bool_param(query, "format_turns")
+    if fmt is None:
+        fmt = _bool_param(query, "formatted_finals")
+    max_silence = _int_param(query, "max_turn_silence", 0, MAX_SILENCE_MS)
+    min_silence = _int_param(query, "min_turn_silence", 0, MAX_SILENCE_MS)
+    if min_silence is None:
+        min_silence = _int_param(query, "min_end_of_turn_silence_when_confident", 0,
+                                 MAX_SILENCE_MS)
+    inactivity = _int_param(query, "inactivity_timeout", MIN_INACTIVITY_S, MAX_INACTIVITY_S)
+    if "end_of_turn_confidence_threshold" in query:
+        _float_param(query, "end_of_turn_confidence_threshold", 0.0, 1.0)
+    keyterms: tuple[str, ...] = ()
+    if "keyterms_prompt" in query:
+        try:
+            value = json.loads(_single(query, "keyterms_prompt"))
+        except (ValueError, RecursionError):
+            raise _invalid_param("keyterms_prompt must be a JSON list of strings") from None
+        keyterms = _keyterms(value, _invalid_param)
+    ignored = sorted((set(query) - _HANDLED) | (set(_WITHOUT_EFFECT) & set(query)))
+    return ConnectParams(sample_rate=rate, encoding=encoding, format_turns=bool(fmt),
+                         max_turn_silence_ms=max_silence, min_turn_silence_ms=min_silence,
+                         inactivity_timeout_s=inactivity,
+                         speaker_labels=bool(_bool_param(query, "speaker_labels")),
+                         keyterms=keyterms, ignored=tuple(ignored))
+
+
+# --- the dialect ---------------------------------------------------------------------
+
+
+@dataclass
+class AssemblyAIDialect:
+    """One v3 session: the parameters it was opened with, its turn counter, and the
+    settings ``UpdateConfiguration`` may change.
+
+    ``expires_at``: when the session will be ended at the latest (Unix seconds: the
+    token's expiry or the maximum session length, whichever comes first), for Begin.
+    """
+
+    params: ConnectParams = field(default_factory=ConnectParams)
+    expires_at: int = 0
+    max_text_chars: int = 65536
+    answers_every_frame: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.turn_order = 0
+        self.format_turns = self.params.format_turns
+        self._max_silence = self.params.max_turn_silence_ms
+        self._min_silence = self.params.min_turn_silence_ms
+
+    # client -> core
+
+    def parse(self, frame: str | bytes) -> ClientEvent:
+        if isinstance(frame, bytes | bytearray):
+            if self.params.encoding == "pcm_mulaw":
+                return Audio(mulaw_to_pcm(bytes(frame)))
+            return Audio(bytes(frame))
+        if len(frame) > self.max_text_chars:
+            raise _input_error(f"text message longer than {self.max_text_chars} characters")
+        try:
+            data = json.loads(frame)
+        except (ValueError, RecursionError):
+            # ValueError also covers integers past Python's 4300-digit limit.
+            raise _input_error("Invalid JSON: text messages must be JSON objects") from None
+        if not isinstance(data, dict):
+            raise _input_error("Invalid JSON: text messages must be JSON objects")
+        kind = data.get("type")
+        if kind == "Terminate":
+            return End()
+        if kind == "ForceEndpoint":
+            return ForceEndpoint()
+        if kind == "KeepAlive":
+            return KeepAlive()
+        if kind == "UpdateConfiguration":
+            return self._update(data)
+        if not isinstance(kind, str):
+            raise _input_error('Invalid Message: missing "type"')
+        raise _input_error(f"Invalid Message Type: {kind[:40]!r}")
+
+    def _update(self, data: Mapping[str, Any]) -> ClientEvent:
+        fmt = _json_bool(data, "format_turns")
+        max_silence = _json_int(data, "max_turn_silence", 0, MAX_SILENCE_MS)
+        min_silence = _json_int(data, "min_turn_silence", 0, MAX_SILENCE_MS)
+        if min_silence is None:
+            min_silence = _json_int(data, "min_end_of_turn_silence_when_confident", 0,
+                                    MAX_SILENCE_MS)
+        threshold = data.get("end_of_turn_confidence_threshold")
+        if threshold is not None and not (_is_number(threshold) and 0 <= threshold <= 1):
+            raise _input_error("end_of_turn_confidence_threshold must be a number from 0 "
+                               "to 1")
+        if data.get("keyterms_prompt") is not None:
+            _keyterms(data["keyterms_prompt"], _input_error)
+        if fmt is not None:
+            self.format_turns = fmt
+        before = turn_silence(self._max_silence, self._min_silence)
+        if max_silence is not None:
+            self._max_silence = max_silence
+        if min_silence is not None:
+            self._min_silence = min_silence
+        after = turn_silence(self._max_silence, self._min_silence)
+        if after is not None and after != before:
+            return Configure(max_turn_silence_ms=after)
+        return Reply(())  # nothing for the core to do
+
+    # core -> client
+
+    def encode(self, event: CoreEvent) -> list[str | bytes]:
+        if isinstance(event, Started):
+            return [_text(begin(event.session_id, self.expires_at)),
+                    *self._start_warnings(event.description)]
+        if isinstance(event, Result):
+            return [_text(turn) for turn in self._turns(event.utterance)]
+        if isinstance(event, Notice):
+            return [_text(warning(event.code, event.message))]
+        if isinstance(event, Ended):
+            if event.error is not None:
+                return [_text(error(self.close_code(event), event.error[1]))]
+            return [_text(termination(event.summary))]
+        return []  # Progress, Flushed, Enrolled: v3 has no such messages
+
+    def close_code(self, ended: Ended) -> int:
+        if ended.reason in _CLOSE_FOR_REASON:
+            return _CLOSE_FOR_REASON[ended.reason]
+        if 3000 <= ended.close_code <= 4999:
+            return ended.close_code  # this dialect's own ProtocolErrors
+        return _CLOSE_FOR_CODE.get(ended.close_code, ended.close_code)
+
+    def _start_warnings(self, description: Mapping[str, Any]) -> list[str | bytes]:
+        out: list[str | bytes] = []
+        if self.params.keyterms:
+            out.append(_text(warning("ignored_parameter", "keyterms_prompt is ignored: "
+                                     "this device's recogniser (Vosk) cannot boost words")))
+        rest = [name for name in self.params.ignored if name != "keyterms_prompt"]
+        if rest:
+            out.append(_text(warning("ignored_parameter", "parameters accepted without "
+                                     "effect on this device: " + ", ".join(rest)[:300])))
+        if self.params.speaker_labels and not description.get("speaker_identification"):
+            out.append(_text(warning("ignored_parameter", "speaker_labels: this device "
+                                     "has no speaker model; turns carry no speaker label")))
+        return out
+
+    def _turns(self, utterance: Utterance) -> list[dict[str, Any]]:
+        if not utterance.is_final:
+            return [turn(self.turn_order, utterance.text, (), end_of_turn=False)]
+        label = utterance.speaker.label if utterance.speaker else None
+        speaker = label if self.params.speaker_labels else None
+        turns = [turn(self.turn_order, utterance.text, utterance.words, end_of_turn=True,
+                      speaker=speaker, with_speaker=self.params.speaker_labels)]
+        if self.format_turns:
+            turns.append(turn(self.turn_order, format_text(utterance.text),
+                              format_words(utterance.words), end_of_turn=True,
+                              formatted=True, speaker=speaker,
+                              with_speaker=self.params.speaker_labels))
+        self.turn_order += 1
+        return turns
+
+
+# --- messages --------------------------------------------------------------------------
+
+
+def begin(session_id: str, expires_at: int) -> dict[str, Any]:
+    return {"type": "Begin", "id": session_id, "expires_at": int(expires_at)}
+
+
+def turn(order: int, text: str, words: Sequence[Word], *, end_of_turn: bool,
+         formatted: bool = False, speaker: str | None = None, with_speaker: bool = False
+         ) -> dict[str, Any]:
+    """A ``Turn``. Partial turns carry their text in ``transcript`` and no words (Vosk's
+    partial results have no word times); ``utterance`` is the text once the turn ends."""
+    body: dict[str, Any] = {
+        "type": "Turn",
+        "turn_order": order,
+        "turn_is_formatted": formatted,
+        "end_of_turn": end_of_turn,
+        "end_of_turn_confidence": 1.0 if end_of_turn else 0.0,
+        "transcript": text,
+        "utterance": text if end_of_turn else "",
+        "words": [{"start": int(w.start_ms), "end": int(w.end_ms), "text": w.word,
+                   "confidence": round(float(w.confidence), 4), "word_is_final": True,
+                   **({"speaker": speaker} if with_speaker else {})}
+                  for w in words],
+    }
+    if with_speaker:
+        body["speaker_label"] = speaker
+    return body
+
+
+def warning(code: str, message: str) -> dict[str, Any]:
+    return {"type": "Warning", "warning_code": WARNING_CODES.get(code, _OTHER_WARNING),
+            "warning": message}
+
+
+def error(code: int, message: str) -> dict[str, Any]:
+    return {"type": "Error", "error_code": code, "error": message}
+
+
+def termination(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``Termination`` with whole seconds (the Python SDK's model wants integers)."""
+    return {"type": "Termination",
+            "audio_duration_seconds": _seconds(summary.get("audio_ms")),
+            "session_duration_seconds": _seconds(summary.get("duration_ms"))}
+
+
+def format_text(text: str) -> str:
+    """What ``format_turns`` means for a Vosk model, which gives lower-case words without
+    punctuation: the first letter upper-cased and a full stop at the end. Korean has no
+    case, so there only the full stop is added."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".?!" else text + "."
+
+
+def format_words(words: Sequence[Word]) -> tuple[Word, ...]:
+    """The words of a formatted turn: the same times, their texts as
+    :func:`format_text` changes them (so that joined, they are the transcript)."""
+    if not words:
+        return ()
+    out = list(words)
+    first = out[0]
+    out[0] = Word(first.word[:1].upper() + first.word[1:], first.start_ms, first.end_ms,
+                  first.confidence)
+    last = out[-1]
+    if last.word and last.word[-1] not in ".?!":
+        out[-1] = Word(last.word + ".", last.start_ms, last.end_ms, last.confidence)
+    return tuple(out)
+
+
+def _seconds(ms: Any) -> int:
+    return round(ms / 1000) if isinstance(ms, int | float) and math.isfinite(ms) else 0
+
+
+def _text(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- G.711 mu-law ------------------------------------------------------------------------
+
+
+def _mulaw_sample(byte: int) -> int:
+    byte = ~byte & 0xFF
+    magnitude = ((((byte & 0x0F) << 3) + 0x84) << ((byte >> 4) & 0x07)) - 0x84
+    return -magnitude if byte & 0x80 else magnitude
+
+
+#: The 256 mu-law codes as s16 samples (as ``audioop.ulaw2lin`` gave them).
+MULAW_TABLE = np.array([_mulaw_sample(b) for b in range(256)], dtype="<i2")
+
+
+def mulaw_to_pcm(data: bytes) -> bytes:
+    """G.711 mu-law bytes as s16le PCM (one sample per byte)."""
+    return MULAW_TABLE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+
+
+# --- validation helpers ---------------------------------------------------------------
+
+
+def _invalid_param(message: str) -> ProtocolError:
+    return ProtocolError("invalid_parameter", message, close_code=CLOSE_INPUT_ERROR)
+
+
+def _input_error(message: str) -> ProtocolError:
+    return ProtocolError("invalid_message", message, close_code=CLOSE_INPUT_ERROR)
+
+
+def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
+    values = query[name]
+    if len(values) != 1:
+        raise _invalid_param(f"{name} given more than once")
+    return values[0]
+
+
+def _int_param(query: Mapping[str, Sequence[str]], name: str, low: int, high: int
+               ) -> int | None:
+    if name not in query:
+        return None
+    raw = _single(query, name).strip()
+    # The Python SDK writes floats it was given as floats ("16000.0"): accept whole ones.
+    if raw.endswith(".0"):
+        raw = raw[:-2]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not low <= int(raw) <= high:
+        raise _invalid_param(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _float_param(query: Mapping[str, Sequence[str]], name: str, low: float, high: float
+                 ) -> float:
+    raw = _single(query, name).strip()
+    try:
+        value = float(raw) if len(raw) <= 32 else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise _invalid_param(f"{name} must be a number from {low:g} to {high:g}")
+    return value
+
+
+def _bool_param(query: Mapping[str, Sequence[str]], name: str) -> bool | None:
+    if name not in query:
+        return None
+    raw = _single(query, name).strip().lower()  # "True" from Python, "true" from JS
+    if raw not in ("true", "false"):
+        raise _invalid_param(f"{name} must be true or false")
+    return raw == "true"
+
+
+def _keyterms(value: Any, fail: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fail("keyterms_prompt must be a list of strings")
+    if len(value) > MAX_KEYTERMS or any(len(v) > MAX_KEYTERM_CHARS for v in value):
+        raise fail(f"keyterms_prompt allows {MAX_KEYTERMS} terms of up to "
+                   f"{MAX_KEYTERM_CHARS} characters")
+    return tuple(v for v in value if v.strip())
+
+
+def _is_number(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, int | float)
+            and math.isfinite(value))
+
+
+def _json_int(data: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _input_error(f"{name} must be an integer from {low} to {high}")
+    return value
+
+
+def _json_bool(data: Mapping[str, Any], name: str) -> bool | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _input_error(f"{name} must be true or false")
+    return value
