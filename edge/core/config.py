@@ -135,9 +135,14 @@ class AssemblyAIConfig:
 
 @dataclass(frozen=True)
 class ScriptixConfig:
-    """Scriptix realtime on the main port (``/v2/realtime``), with the device's tokens."""
+    """Scriptix realtime on the main port (``/v2/realtime``), with the device's tokens.
+    ``language``: the model's language code; empty: read from the model's name.
+    ``phrases_file``: a grammar for every Scriptix session (its clients cannot send
+    one), one phrase a line; empty: free dictation."""
 
     enabled: bool = False
+    language: str = ""
+    phrases_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -357,6 +362,14 @@ def _validate_peers(c: Config) -> None:
     if not 8000 <= c.vosk_server.sample_rate <= 192000:
         raise ConfigError("vosk_server.sample_rate", "must be between 8000 and 192000")
     _positive("assemblyai.max_token_seconds", c.assemblyai.max_token_seconds)
+    _validate_scriptix(c.scriptix)
+
+
+def _validate_scriptix(s: ScriptixConfig) -> None:
+    code = s.language.strip().replace("_", "-").split("-", 1)[0]
+    if s.language and not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
+        raise ConfigError("scriptix.language", f"must be a language code such as \"ko\" "
+                          f"or empty (from the model's name), got {s.language!r}")
 
 
 def _validate(c: Config) -> None:

@@ -270,7 +270,8 @@ class Server:
             answer = await http_route(head, self._verify)
             await stream.send_all(http.response(answer.status, answer.body,
                                                 headers=answer.headers, head_only=head_only))
-        elif head.path == self.config.server.path or route_for(self.routes, head.path):
+        elif (head.path == self.config.server.path
+              or route_for(self.routes, head.path) is not None):
             await stream.send_all(http.response(
                 426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
                 headers=[("Upgrade", "websocket")], head_only=head_only))

@@ -1,0 +1,275 @@
+"""Scriptix realtime (``/v2/realtime``) as a dialect of the session core.
+
+Pure (sans-IO): the handshake's query and token, client frames into events, core
+events into frames; no trio, no sockets. What Scriptix's clients need of the wire
+(``client_v2.py`` of scriptix-io/realtime-examples and the realtime WebSocket docs):
+
+* the client sends ``{"action": "start"}`` and gives up unless the *first* message it
+  receives contains ``"listening"``: nothing is sent before it (no ``loading`` state,
+  and warnings raised before ``start`` wait until after ``listening``);
+* binary frames are 16 kHz mono s16le, the first one possibly starting with a
+  streaming WAV header (ffmpeg ``-f wav -``); the core's decoder takes both;
+* results carry the documented keys (``text``, ``is_final``, ``offset_ms``, ``words``
+  as ``[word, start_ms, end_ms, confidence]``, ``speaker``) and the Kaldi-style keys
+  current clients read (``partial`` on partials, ``result`` on finals);
+* ``{"action": "stop"}`` flushes the finals, then exactly ``{"state":"stopped"}`` and a
+  1000 close (the client matches that substring);
+* failures are ``{"error": "..."}`` (here with a ``code`` beside it), then a close.
+
+Audio before ``start`` ends the session (``not_started``, close 1008): the client has
+not been told the server is listening, so it cannot know whether that audio counts.
+Warnings (the Live API's ``warning`` messages: clipping, silence, a malformed control
+message, ...) are ``{"warning": "...", "code": "..."}`` and the session goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from edge.core.errors import AuthError, ProtocolError
+from edge.protocols.events import (
+    Audio,
+    ClientEvent,
+    CoreEvent,
+    End,
+    Ended,
+    Notice,
+    Reply,
+    Result,
+    Started,
+    Utterance,
+)
+
+PATH = "/v2/realtime"
+#: Stream mode (``/v2/client/{token}?url=``): the server would fetch the URL. Refused.
+STREAM_PREFIX = "/v2/client/"
+SAMPLE_RATE = 16000  # what Scriptix clients send
+MODEL_TYPES = ("fast", "quality")
+#: Headers a Scriptix client may carry its key in (the examples use the first).
+TOKEN_HEADERS = (b"x-zoom-s2t-key", b"x-api-key", b"api-key")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+_LIVE_CLOSE_AUTH = 1002  # the Live API's "authentication failed"; IANA's protocol error
+
+MAX_TEXT_CHARS = 65536
+STOPPED = '{"state":"stopped"}'  # exactly: clients match this substring
+
+# Vosk model names use a few codes that are not ISO 639-1.
+_VOSK_LANGUAGE_ALIASES = {"cn": "zh", "ua": "uk", "vn": "vi", "kz": "kk", "gr": "el",
+                          "ph": "tl", "jp": "ja"}
+
+STREAM_MODE_REFUSED = (
+    "stream mode is not served: this device never fetches URLs (a server that fetches "
+    "what a client names could be made to reach any address on the clinic network). "
+    "Send the audio yourself over /v2/realtime instead.")
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+# --- the handshake -----------------------------------------------------------------
+
+
+def model_language(model_name: str) -> str | None:
+    """The language of a Vosk model, from its name (``vosk-model-small-ko-0.22`` ->
+    ``ko``, ``vosk-model-en-us-0.22-lgraph`` -> ``en``, ``vosk-model-cn-0.22`` -> ``zh``);
+    None when the name does not say."""
+    name = model_name.strip().lower()
+    if not name.startswith("vosk-model-"):
+        return None
+    parts = name.removeprefix("vosk-model-").split("-")
+    if parts[0] == "small" and len(parts) > 1:
+        parts = parts[1:]
+    code = parts[0]
+    if not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
+        return None
+    return _VOSK_LANGUAGE_ALIASES.get(code, code)
+
+
+def primary_language(tag: str) -> str:
+    """``nl-NL``, ``nl_nl``, ``NL`` -> ``nl``."""
+    return tag.strip().replace("_", "-").split("-", 1)[0].lower()
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    language: str | None  # as the client asked for it; None: the model's
+    model_type: str | None  # "fast" or "quality"; the device has one model either way
+
+
+def parse_connect_params(query: Mapping[str, Sequence[str]], device_language: str | None
+                         ) -> ConnectParams:
+    """Validate ``language`` and ``type``. ``device_language`` is the model's language
+    (None: unknown, any language is accepted). Raises :class:`ProtocolError` (a 400)."""
+    language = _single(query, "language")
+    if language is not None:
+        primary = primary_language(language)
+        if not (language.strip() and primary.isascii() and primary.isalpha()
+                and len(language) <= 35):
+            raise ProtocolError("invalid_parameter", "language must be a language code "
+                                "such as \"en\" or \"nl-NL\"")
+        if device_language is not None and primary != device_language:
+            raise ProtocolError("unsupported_language", f"this device transcribes only "
+                                f"{device_language!r} (its one model); language="
+                                f"{language[:35]!r} is not available")
+    model_type = _single(query, "type")
+    if model_type is not None and model_type not in MODEL_TYPES:
+        raise ProtocolError("invalid_parameter", 'type must be "fast" or "quality"')
+    return ConnectParams(language=language, model_type=model_type)
+
+
+def _single(query: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = query.get(name)
+    if not values:
+        return None
+    if len(values) != 1:
+        raise ProtocolError("invalid_parameter", f"{name} given more than once")
+    return values[0]
+
+
+def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The token of a handshake: ``?token=``, one of :data:`TOKEN_HEADERS`, or
+    ``Authorization: Bearer``. The same token in several places is fine; different
+    ones are refused (400), none is 401. Never echoes a token in a message."""
+    found: list[str] = []
+    for key, text in parse_qsl(urlsplit(target).query, keep_blank_values=True):
+        if key == "token":
+            found.append(text.strip())
+    for name, raw in headers:
+        lname = name.lower()
+        if lname in TOKEN_HEADERS:
+            found.append(raw.decode("latin-1").strip())
+        elif lname == b"authorization":
+            scheme, _, credentials = raw.decode("latin-1").strip().partition(" ")
+            if scheme.lower() != "bearer":
+                raise AuthError("invalid_token", "the Authorization header must be "
+                                "\"Bearer <token>\"", status=401)
+            found.append(credentials.strip())
+    if not found:
+        raise AuthError("missing_token", "a token is required: ?token=, or the "
+                        "x-zoom-s2t-key, x-api-key or api-key header", status=401)
+    if not all(found):
+        raise AuthError("invalid_token", "empty token", status=401)
+    if len(set(found)) > 1:
+        raise AuthError("invalid_request", "different tokens in the query and the headers",
+                        status=400)
+    return found[0]
+
+
+# --- messages ------------------------------------------------------------------------
+
+
+def result(utterance: Utterance) -> dict[str, Any]:
+    """A partial or a final, in both key sets (documented and Kaldi-style)."""
+    if not utterance.is_final:
+        return {"partial": utterance.text, "text": utterance.text, "is_final": False,
+                "offset_ms": utterance.start_ms}
+    words = [[w.word, w.start_ms, w.end_ms, round(w.confidence, 4)]
+             for w in utterance.words]
+    speaker = utterance.speaker.label if utterance.speaker is not None else None
+    return {"text": utterance.text, "is_final": True, "offset_ms": utterance.start_ms,
+            "words": words, "result": words, "speaker": speaker}
+
+
+def warning(code: str, message: str) -> dict[str, Any]:
+    if code == "sample_rate_mismatch":  # the core's text speaks of a URL parameter
+        message = (f"Scriptix audio is {SAMPLE_RATE} Hz but the WAV header gives another "
+                   "rate; the header's rate is used")
+    return {"warning": message, "code": code}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"error": message, "code": code}
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("bad_message", message)
+
+
+class ScriptixDialect:
+    """One Scriptix session. State: whether ``start`` has come (audio is refused
+    before it) and what the core said about the session (for ``listening``)."""
+
+    answers_every_frame = False
+
+    def __init__(self, params: ConnectParams, device_language: str | None) -> None:
+        self.params = params
+        self.device_language = device_language
+        self.started = False
+        self._description: dict[str, Any] = {}
+        self._held: list[str] = []  # warnings raised before ``listening`` went out
+        if device_language is None and params.language is not None:
+            self._held.append(encode(warning(
+                "language_unverified", "the device cannot tell its model's language from "
+                f"its name; transcribing {params.language[:35]!r} with the one model it has")))
+
+    def parse(self, frame: str | bytes) -> ClientEvent:
+        if isinstance(frame, bytes | bytearray):
+            if not self.started:
+                raise ProtocolError("not_started", 'audio before {"action": "start"}: send '
+                                    'start and wait for {"state":"listening"} first',
+                                    close_code=CLOSE_POLICY)
+            return Audio(bytes(frame))
+        if len(frame) > MAX_TEXT_CHARS:
+            raise _bad(f"text message longer than {MAX_TEXT_CHARS} characters; ignored")
+        try:
+            data = json.loads(frame)
+        except (ValueError, RecursionError):
+            # ValueError covers JSONDecodeError and integers past the 4300-digit limit.
+            raise _bad("text messages must be JSON objects; ignored") from None
+        action = data.get("action") if isinstance(data, dict) else None
+        if action == "start":
+            if self.started:
+                raise _bad("the session has already started; ignored")
+            self.started = True
+            held, self._held = self._held, []
+            return Reply((self._listening(), *held))
+        if action == "stop":
+            return End()
+        if not isinstance(data, dict):
+            raise _bad("text messages must be JSON objects; ignored")
+        if not isinstance(action, str):
+            raise _bad('missing "action"; expected "start" or "stop"; ignored')
+        raise _bad(f'unknown action {action[:40]!r}; expected "start" or "stop"; ignored')
+
+    def _listening(self) -> str:
+        d = self._description
+        language = self.params.language or self.device_language
+        body: dict[str, Any] = {
+            "state": "listening", "session_id": d.get("session_id"),
+            "language": language, "type": self.params.model_type,
+            "model": d.get("model"), "sample_rate": d.get("sample_rate", SAMPLE_RATE),
+            "transcripts": d.get("transcripts"), "expires_at": d.get("expires_at"),
+            "max_session_seconds": d.get("max_session_seconds"),
+        }
+        return encode(body)
+
+    def encode(self, event: CoreEvent) -> list[str | bytes]:
+        if isinstance(event, Started):
+            self._description = {"session_id": event.session_id, **event.description}
+            return []
+        if isinstance(event, Result):
+            return [encode(result(event.utterance))]
+        if isinstance(event, Notice):
+            frame = encode(warning(event.code, event.message))
+            if not self.started:
+                self._held.append(frame)
+                return []
+            return [frame]
+        if isinstance(event, Ended):
+            if event.error is not None:
+                held, self._held = self._held, []
+                return [*held, encode(error(*event.error))]
+            return [STOPPED]
+        return []  # Enrolled, Progress, Flushed: nothing in Scriptix's protocol
+
+    def close_code(self, ended: Ended) -> int:
+        if ended.close_code == _LIVE_CLOSE_AUTH:
+            return CLOSE_POLICY  # a token that expired or was revoked mid-session
+        return ended.close_code
