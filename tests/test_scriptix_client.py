@@ -212,11 +212,14 @@ async def test_stream_mode_is_refused_over_http(start_server: Any, tmp_path: Pat
     assert "never fetches URLs" in data["error"]
 
 
-async def test_realtime_without_upgrade_is_426(start_server: Any, tmp_path: Path) -> None:
-    server = await start(start_server, tmp_path)
+async def test_served_by_default(start_server: Any) -> None:
+    server: Server = await start_server()  # no [scriptix] section: on by default
     assert server.port is not None
     status, _, _ = await http_get(server.port, "/v2/realtime?language=ko")
-    assert status == 426
+    assert status == 426  # a plain GET: the path is there and speaks WebSocket
+    run = await in_thread(client_v2(realtime_url(server), {"x-zoom-s2t-key": make_token()},
+                                    ffmpeg_pipe_wav(PCM[:16000])))
+    assert run.listening and run.messages[-1] == '{"state":"stopped"}'
 
 
 async def test_unknown_language_model_accepts_any_with_a_warning(

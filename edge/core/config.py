@@ -140,7 +140,7 @@ class ScriptixConfig:
     ``phrases_file``: a grammar for every Scriptix session (its clients cannot send
     one), one phrase a line; empty: free dictation."""
 
-    enabled: bool = False
+    enabled: bool = True
     language: str = ""
     phrases_file: str = ""
 
