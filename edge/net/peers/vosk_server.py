@@ -1,0 +1,61 @@
+"""Admitting vosk-server's clients on a port of their own (``[vosk_server]``).
+
+Their protocol has no authentication, so a client is admitted either from an address
+in ``vosk_server.trusted_networks`` (loopback by default), journaled under the subject
+``vosk_server@<address>``, or from anywhere with a device token: ``?token=<jwt>`` in the
+URL (or an ``Authorization: Bearer`` header), which needs both transcription scopes
+(the protocol's replies are the transcript). Anyone else gets HTTP 403 at the
+handshake. Every path is accepted, as vosk-server accepts any.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from edge.core.auth import SCOPE_READ, Claims, extract_token, require_scope
+from edge.core.config import Config
+from edge.core.networks import TrustedNetworks, network_claims
+from edge.net.http import RequestHead
+from edge.net.peers import PeerContext
+from edge.net.routes import Admitted, Route, Verify
+from edge.protocols.vosk_server import Limits, VoskServerDialect
+
+logger = logging.getLogger(__name__)
+
+DIALECT = "vosk_server"
+_LIFETIME_MARGIN = 60.0  # network claims outlive the session-length limit
+
+
+class VoskServerRoute:
+    """A :class:`~edge.net.routes.Route` for vosk-server's clients (any path)."""
+
+    def __init__(self, config: Config) -> None:
+        v = config.vosk_server
+        self.networks = TrustedNetworks(f"{DIALECT}.trusted_networks", v.trusted_networks)
+        self.sample_rate = v.sample_rate
+        self.limits = Limits(max_phrases=config.recognizer.max_phrases)
+        self.lifetime = config.server.max_session_seconds + _LIFETIME_MARGIN
+
+    def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
+        return Admitted(self._claims(head, verify, peer), VoskServerDialect(self.limits),
+                        DIALECT, declared_rate=self.sample_rate)
+
+    def _claims(self, head: RequestHead, verify: Verify, peer: str) -> Claims:
+        if "token" in head.query or head.header(b"authorization") is not None:
+            claims = verify(extract_token(head.target, head.headers))
+            require_scope(claims, SCOPE_READ)  # the server requires the write scope
+            return claims
+        self.networks.check(DIALECT, peer)
+        return network_claims(DIALECT, peer, now=time.time(), lifetime=self.lifetime)
+
+
+def route(config: Config, context: PeerContext) -> Route:
+    """The route :func:`edge.net.peers.start_listeners` serves on ``vosk_server.port``."""
+    r = VoskServerRoute(config)
+    v = config.vosk_server
+    logger.info("vosk-server protocol on %s:%d admits %s (vosk_server.trusted_networks) "
+                "and clients with ?token=; audio at %d Hz unless a client's config says "
+                "otherwise", v.host or "*", v.port,
+                ", ".join(map(str, r.networks.networks)) or "no network", v.sample_rate)
+    return r
