@@ -77,3 +77,34 @@ def test_a_config_error_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     path.write_text("[server]\nbogus = 1\n")
     assert main(["check", "--config", str(path)]) == 2
     assert "server.bogus" in capsys.readouterr().err
+
+
+def test_the_protocols_without_tokens_say_whom_they_admit(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("EDGE_JWT_SECRET", SECRET)
+    assert main(["check", "--config", str(config_file(tmp_path, "")), "--no-load"]) == 0
+    out = capsys.readouterr().out
+    assert "vosk_server:" not in out and "wyoming:" not in out  # off: nothing to say
+
+    body = ('[vosk_server]\nenabled = true\nport = 2790\n'
+            '[wyoming]\nenabled = true\nport = 10390\n')
+    assert main(["check", "--config", str(config_file(tmp_path, body)), "--no-load"]) == 0
+    out = capsys.readouterr().out
+    assert ("ok   vosk_server: ws://0.0.0.0:2790 admits only this host (127.0.0.0/8, "
+            "::1/128, vosk_server.trusted_networks) without a token and any address whose "
+            "client adds ?token=<jwt> to its URL") in out
+    assert ("ok   wyoming: tcp://0.0.0.0:10390 admits only this host (127.0.0.0/8, "
+            "::1/128, wyoming.trusted_networks) without a token\n") in out
+
+    body = ('[vosk_server]\nenabled = true\nport = 2790\n'
+            'trusted_networks = "192.168.1.0/24, 10.0.0.7"\n'
+            '[wyoming]\nenabled = true\nport = 10390\ntrusted_networks = ""\n')
+    assert main(["check", "--config", str(config_file(tmp_path, body)), "--no-load"]) == 0
+    out = capsys.readouterr().out
+    assert ("warn vosk_server: ws://0.0.0.0:2790 admits 192.168.1.0/24, 10.0.0.7/32 "
+            "(vosk_server.trusted_networks) without a token") in out
+    assert "anyone on those networks can stream audio" in out
+    assert ("warn wyoming: tcp://0.0.0.0:10390 admits nobody: wyoming.trusted_networks is "
+            "empty") in out

@@ -21,6 +21,7 @@ from edge.asr.vosk import load_model, load_speaker_model
 from edge.core.auth import RevocationFile
 from edge.core.config import Config, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
+from edge.core.networks import TrustedNetworks
 from edge.ops.health import clock_status
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -43,7 +44,7 @@ def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
         lambda c: check_speaker_model(c, load=load), check_voiceprints, check_clock,
         check_state_dir, check_tls, check_revocations, check_port, check_microphone,
     ]
-    return [check(config) for check in checks]
+    return [check(config) for check in checks] + check_peers(config)
 
 
 def check_keys(config: Config) -> Finding:
@@ -193,3 +194,44 @@ def check_microphone(config: Config) -> Finding:
         return Finding(FAIL, "microphone", f"cannot query audio devices: {exc}")
     return Finding(OK, "microphone", f"{device.name} ({device.max_input_channels} channel(s), "
                    f"{round(device.default_sample_rate)} Hz)")
+
+
+_LOOPBACK_ONLY = ("127.0.0.0/8", "::1/128")
+
+
+def check_peers(config: Config) -> list[Finding]:
+    """The enabled peer protocols without tokens (vosk-server's, Wyoming's): where they
+    listen and whom they admit. Their clients cannot authenticate, so the operator's
+    ``trusted_networks`` is the only gate; addresses beyond this host are a warning."""
+    findings = []
+    for name, section, note in (
+        ("vosk_server", config.vosk_server, "ws://"),
+        ("wyoming", config.wyoming, "tcp://"),
+    ):
+        if not section.enabled:
+            continue
+        key = f"{name}.trusted_networks"
+        try:
+            networks = TrustedNetworks(key, section.trusted_networks).networks
+        except EdgeError as exc:
+            findings.append(Finding(FAIL, name, str(exc)))
+            continue
+        where = f"{note}{section.host or '*'}:{section.port}"
+        tokens = (" and any address whose client adds ?token=<jwt> to its URL"
+                  if name == "vosk_server" else "")
+        if not networks:
+            level = OK if tokens else WARN
+            who = (f"no address without a token ({key} is empty){tokens}" if tokens else
+                   f"nobody: {key} is empty and the protocol carries no token")
+            findings.append(Finding(level, name, f"{where} admits {who}"))
+            continue
+        listed = ", ".join(map(str, networks))
+        if all(str(n) in _LOOPBACK_ONLY for n in networks):
+            findings.append(Finding(OK, name, f"{where} admits only this host ({listed}, "
+                                    f"{key}) without a token{tokens}"))
+            continue
+        findings.append(Finding(WARN, name, f"{where} admits {listed} ({key}) without a "
+                                f"token{tokens}; anyone on those networks can stream audio "
+                                "and read its transcript, unencrypted: list only the "
+                                "machines that need it"))
+    return findings
