@@ -160,12 +160,16 @@ class VoskServerConfig:
 @dataclass(frozen=True)
 class WyomingConfig:
     """Home Assistant's Wyoming protocol (TCP) on a port of its own. No authentication
-    in the protocol: only peers in ``trusted_networks`` are admitted."""
+    in the protocol: only peers in ``trusted_networks`` are admitted. ``language``: the
+    model's language tag (empty: read from the model's name); ``phrases_file``: a
+    grammar for every Wyoming session, one phrase a line (empty: free dictation)."""
 
     enabled: bool = False
     host: str = "0.0.0.0"
     port: int = 10300
     trusted_networks: str = LOOPBACK
+    language: str = ""
+    phrases_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,7 @@ def _validate_peers(c: Config) -> None:
     if not 8000 <= c.vosk_server.sample_rate <= 192000:
         raise ConfigError("vosk_server.sample_rate", "must be between 8000 and 192000")
     _positive("assemblyai.max_token_seconds", c.assemblyai.max_token_seconds)
+    _validate_wyoming(c.wyoming)
     _validate_scriptix(c.scriptix)
 
 
@@ -370,6 +375,15 @@ def _validate_scriptix(s: ScriptixConfig) -> None:
     if s.language and not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
         raise ConfigError("scriptix.language", f"must be a language code such as \"ko\" "
                           f"or empty (from the model's name), got {s.language!r}")
+
+
+def _validate_wyoming(w: WyomingConfig) -> None:
+    parts = w.language.split("-")
+    if w.language and not (
+            parts[0].isascii() and parts[0].isalpha() and 2 <= len(parts[0]) <= 3
+            and all(p.isascii() and p.isalnum() and 1 <= len(p) <= 8 for p in parts[1:])):
+        raise ConfigError("wyoming.language", f"must be a language tag such as \"ko\" or "
+                          f"\"en-US\", or empty (from the model's name), got {w.language!r}")
 
 
 def _validate(c: Config) -> None:
