@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import shutil
+import struct
 import threading
 import time
 import wave
@@ -28,8 +29,8 @@ from assemblyai.streaming.v3 import (
     StreamingParameters,
     TerminationEvent,
     TurnEvent,
+    models,
 )
-from assemblyai.streaming.v3 import models
 from conftest import StartServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -82,7 +83,7 @@ def validate(text: str | bytes) -> dict[str, Any]:
     if kind == "Turn":
         assert type(data["turn_order"]) is int
         for word in data["words"]:
-            assert WORD_FIELDS <= set(word), word
+            assert set(word) >= WORD_FIELDS, word
             assert type(word["start"]) is int and type(word["end"]) is int, word
     return data
 
@@ -143,6 +144,11 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
 # --- the Python SDK ------------------------------------------------------------------
 
 
+def stream_params(**values: Any) -> StreamingParameters:
+    """The SDK's parameters (through Any: mypy without pydantic's plugin misreads them)."""
+    return StreamingParameters(**values)
+
+
 class Collected:
     """What the SDK's handlers saw, in order (they run on the SDK's reader thread)."""
 
@@ -197,7 +203,17 @@ async def wait_ended(server: Server) -> None:
 async def journal_finals(server: Server, session_id: str) -> list[str]:
     await wait_ended(server)
     token = make_token(scope=READ_WRITE)
-    status, _, body = await http_get(server.port, f"/transcripts/{session_id}", token)
+    target = f"/transcripts/{session_id}"
+    if server.config.server.tls_cert:  # trusted through SSL_CERT_FILE
+        import httpx
+
+        answer = await trio.to_thread.run_sync(lambda: httpx.get(
+            f"https://127.0.0.1:{server.port}{target}",
+            headers={"Authorization": f"Bearer {token}"}, timeout=10))
+        status, body = answer.status_code, answer.content
+    else:
+        assert server.port is not None
+        status, _, body = await http_get(server.port, target, token)
     assert status == 200, body
     return [f["text"] for f in json.loads(body)["finals"]]
 
@@ -210,7 +226,7 @@ def end_of_turn_texts(seen: Collected, formatted: bool = False) -> list[str]:
 async def test_python_sdk_streams_the_recording(start_server: StartServer) -> None:
     server = await start_server(**AAI)
     rate, chunks = pcm_chunks()
-    params = StreamingParameters(sample_rate=rate, format_turns=True)
+    params = stream_params(sample_rate=rate, format_turns=True)
     seen = await trio.to_thread.run_sync(
         python_client, f"ws://127.0.0.1:{server.port}", make_token(), params, chunks)
 
@@ -251,3 +267,315 @@ async def test_python_sdk_streams_the_recording(start_server: StartServer) -> No
         assert t.turn_order == order
         if t.end_of_turn and t.turn_is_formatted:
             order += 1
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    import jwt
+
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+@pytest.fixture
+def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A test CA that this process (SSL_CERT_FILE) and Node (NODE_EXTRA_CA_CERTS) trust,
+    and the server section for a certificate it signed."""
+    ca, cert, key = make_tls(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(ca))
+    return {"tls_cert": str(cert), "tls_key": str(key)}
+
+
+async def test_python_sdk_temporary_token_over_tls(start_server: StartServer,
+                                                   tls: dict[str, str]) -> None:
+    server = await start_server(server=tls, **AAI)
+    host = f"127.0.0.1:{server.port}"  # a bare host: the SDK uses https and wss
+    device = make_token(ttl=600, organization="clinic-7")
+
+    def temporary() -> str:
+        client = StreamingClient(StreamingClientOptions(api_host=host, api_key=device))
+        token: str = client.create_temporary_token(expires_in_seconds=60)
+        return token
+
+    before = time.time()
+    temp = await trio.to_thread.run_sync(temporary)
+    claims, parent = jwt_claims(temp), jwt_claims(device)
+    assert claims["sub"] == parent["sub"] and claims["scope"] == parent["scope"]
+    assert claims["organization"] == "clinic-7" and claims["jti"] == parent["jti"]
+    assert int(before) <= claims["iat"] and claims["exp"] - claims["iat"] <= 60
+    assert claims["exp"] <= parent["exp"]
+
+    rate, chunks = pcm_chunks()
+    seen = await trio.to_thread.run_sync(
+        lambda: python_client(host, None, stream_params(sample_rate=rate), chunks,
+                              token=temp))
+    assert not seen.errors, seen.errors
+    assert isinstance(seen.events[0], BeginEvent)
+    assert isinstance(seen.events[-1], TerminationEvent)
+    # The session core ends a session when its token expires: Begin says so.
+    assert seen.events[0].expires_at.timestamp() == claims["exp"]
+    finals = end_of_turn_texts(seen)
+    assert len(finals) == 3 and finals == await journal_finals(server, seen.events[0].id)
+
+
+async def test_token_endpoint_refusals(start_server: StartServer) -> None:
+    server = await start_server(assemblyai={"enabled": True, "max_token_seconds": 30})
+
+    async def get(target: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
+        sock = await trio.open_tcp_stream("127.0.0.1", server.port)
+        auth = f"Authorization: {authorization}\r\n" if authorization else ""
+        await sock.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await sock.receive_some(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    status, body = await get("/v3/token?expires_in_seconds=600", make_token())
+    assert status == 200
+    claims = jwt_claims(body["token"])
+    assert claims["exp"] - claims["iat"] <= 30  # assemblyai.max_token_seconds
+    status, body = await get("/v3/token?expires_in_seconds=600", "Bearer " + make_token(
+        ttl=10))
+    assert status == 200 and jwt_claims(body["token"])["exp"] <= time.time() + 11
+    for target, authorization, expected in [
+        ("/v3/token?expires_in_seconds=60", None, 401),
+        ("/v3/token?expires_in_seconds=60", "not-a-jwt", 401),
+        ("/v3/token?expires_in_seconds=60", make_token(scope="transcription:read"), 403),
+        ("/v3/token", make_token(), 400),
+        ("/v3/token?expires_in_seconds=601", make_token(), 400),
+        ("/v3/token?expires_in_seconds=" + "9" * 5000, make_token(), 400),
+    ]:
+        status, body = await get(target, authorization)
+        assert status == expected and set(body) == {"error"}, (target, body)
+
+
+async def test_rs256_device_cannot_mint(start_server: StartServer, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from edge.core.auth import AuthSettings
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    server = await start_server(auth_settings=AuthSettings("RS256", public.decode()), **AAI)
+    status, _, body = await http_get(server.port, "/v3/token?expires_in_seconds=60",
+                                     make_token())
+    assert status == 501 and "RS256" in json.loads(body)["error"]
+
+
+# --- the npm SDK -----------------------------------------------------------------------
+
+
+async def test_npm_sdk_temporary_token_and_stream_over_wss(start_server: StartServer,
+                                                           tls: dict[str, str]) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: install Node.js 18 or later (.ci/setup does)")
+    if not (JS_DIR / "node_modules" / "assemblyai" / "package.json").is_file():
+        pytest.fail(f"the assemblyai npm package is missing: run `npm ci` in {JS_DIR}")
+    server = await start_server(server=tls, **AAI)
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [node, str(JS_DIR / "assemblyai_client.js"), f"https://127.0.0.1:{server.port}",
+             make_token(), str(WAV)],
+            capture_stdout=True, capture_stderr=True, check=False, env=dict(os.environ))
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, stdout + stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert not [x for x in lines if "error" in x], lines
+    assert lines[-1] == {"done": True}
+    assert jwt_claims(lines[0]["token"])["sub"] == "user-1"
+    begin = lines[1]["begin"]
+    BeginEvent.model_validate(begin)
+    frames = [validate(x["frame"]) for x in lines if "frame" in x]
+    assert frames[-1]["type"] == "Termination"
+    turns = [x["turn"] for x in lines if "turn" in x]
+    assert turns == [f for f in frames if f["type"] == "Turn"]
+    finals = [t["transcript"] for t in turns if t["end_of_turn"] and not t["turn_is_formatted"]]
+    formatted = [t["transcript"] for t in turns if t["turn_is_formatted"]]
+    assert formatted == [f + "." for f in finals]
+    assert len(finals) == 3 and finals == await journal_finals(server, begin["id"])
+
+
+# --- raw sockets: each client message, each refusal ----------------------------------
+
+
+def ws_url(server: Server, query: str = "") -> str:
+    return f"ws://127.0.0.1:{server.port}/v3/ws?sample_rate=16000{query}"
+
+
+def raw(server: Server, query: str = "", token: str | None = None) -> Any:
+    """A plain WebSocket with the token as AssemblyAI's SDKs send it (no Bearer word)."""
+    headers = [(b"authorization", (token or make_token()).encode())]
+    return open_websocket_url(ws_url(server, query), extra_headers=headers)
+
+
+async def next_message(ws: Any, timeout: float = 30) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        return validate(await ws.get_message())
+
+
+async def until_closed(ws: Any, timeout: float = 60) -> tuple[list[dict[str, Any]], int]:
+    """Every message to the server's close, and its close code."""
+    out = []
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                out.append(validate(await ws.get_message()))
+            except ConnectionClosed as closed:
+                assert closed.reason is not None
+                return out, closed.reason.code
+
+
+async def test_force_endpoint_ends_the_turn_in_progress(start_server: StartServer) -> None:
+    server = await start_server(**AAI)
+    _, chunks = pcm_chunks()
+    async with raw(server) as ws:
+        assert (await next_message(ws))["type"] == "Begin"
+        for chunk in chunks[:12]:  # 1.2 s: inside the first phrase (0.45 s to 1.65 s)
+            await ws.send_message(chunk)
+        await ws.send_message('{"type":"ForceEndpoint"}')
+        while not (message := await next_message(ws))["end_of_turn"]:
+            assert message["type"] == "Turn"
+        assert message["turn_order"] == 0 and message["words"]
+        assert message["words"][-1]["end"] <= 1200
+        for chunk in chunks[12:]:
+            await ws.send_message(chunk)
+        await ws.send_message('{"type":"Terminate"}')
+        messages, code = await until_closed(ws)
+    assert code == 1000 and messages[-1]["type"] == "Termination"
+    ends = [m for m in messages if m.get("end_of_turn")]
+    assert ends and ends[0]["turn_order"] == 1  # the rest of the stream goes on
+
+
+async def test_update_configuration_turns_formatting_on(start_server: StartServer) -> None:
+    server = await start_server(**AAI)
+    _, chunks = pcm_chunks()
+    async with raw(server, "&format_turns=False") as ws:
+        assert (await next_message(ws))["type"] == "Begin"
+        await ws.send_message(json.dumps({"type": "UpdateConfiguration", "format_turns": True,
+                                          "max_turn_silence": 2000, "min_turn_silence": 200}))
+        for chunk in chunks:
+            await ws.send_message(chunk)
+        await ws.send_message('{"type":"Terminate"}')
+        messages, code = await until_closed(ws)
+    assert code == 1000
+    formatted = [m for m in messages if m["type"] == "Turn" and m["turn_is_formatted"]]
+    assert len(formatted) == 3
+
+
+async def test_keepalive_keeps_an_idle_session(start_server: StartServer) -> None:
+    server = await start_server(server={"idle_timeout": 1.0}, **AAI)
+    async with raw(server) as ws:
+        assert (await next_message(ws))["type"] == "Begin"
+        for _ in range(8):  # 2 s without audio, kept alive by the client's pace
+            await ws.send_message('{"type":"KeepAlive"}')
+            await trio.sleep(0.25)
+        await ws.send_message('{"type":"Terminate"}')
+        messages, code = await until_closed(ws)
+    assert code == 1000 and [m["type"] for m in messages] == ["Termination"]
+
+
+async def test_idle_and_inactivity_timeout_close_with_4031(start_server: StartServer
+                                                           ) -> None:
+    server = await start_server(server={"idle_timeout": 1.0}, **AAI)
+    async with raw(server) as ws:
+        assert (await next_message(ws))["type"] == "Begin"
+        messages, code = await until_closed(ws, timeout=10)
+    assert code == 4031 and messages == [
+        {"type": "Error", "error_code": 4031, "error": "no audio or keepalive for 1 seconds"}]
+
+    server = await start_server(server={"idle_timeout": 60.0}, **AAI)
+    async with raw(server, "&inactivity_timeout=5") as ws:
+        started = trio.current_time()
+        assert (await next_message(ws))["type"] == "Begin"
+        messages, code = await until_closed(ws, timeout=15)
+    assert code == 4031 and messages[0]["error_code"] == 4031
+    assert trio.current_time() - started < 30  # the client's 5 s, not the device's 60
+
+
+def lin2ulaw(pcm: bytes) -> bytes:
+    """G.711 mu-law encoding (the reference algorithm), for a test recording."""
+    out = bytearray()
+    for (sample,) in struct.iter_unpack("<h", pcm):
+        sign = 0x80 if sample < 0 else 0
+        magnitude = min(abs(sample), 32635) + 0x84
+        exponent = max(0, magnitude.bit_length() - 8)
+        mantissa = (magnitude >> (exponent + 3)) & 0x0F
+        out.append(~(sign | (exponent << 4) | mantissa) & 0xFF)
+    return bytes(out)
+
+
+async def test_mulaw_audio(start_server: StartServer) -> None:
+    server = await start_server(**AAI)
+    with wave.open(str(FIXTURES / "speech_ko_8k.wav")) as w:
+        assert w.getframerate() == 8000
+        mulaw = lin2ulaw(w.readframes(w.getnframes()))
+    url = f"ws://127.0.0.1:{server.port}/v3/ws?sample_rate=8000&encoding=pcm_mulaw"
+    async with open_websocket_url(url, extra_headers=[
+            (b"authorization", make_token().encode())]) as ws:
+        assert (await next_message(ws))["type"] == "Begin"
+        for i in range(0, len(mulaw), 800):
+            await ws.send_message(mulaw[i:i + 800])
+        await ws.send_message('{"type":"Terminate"}')
+        messages, code = await until_closed(ws)
+    assert code == 1000
+    finals = [m["transcript"] for m in messages if m.get("end_of_turn")]
+    assert finals and all(finals) and messages[-1]["audio_duration_seconds"] == 9
+
+
+@pytest.mark.parametrize("frame", [
+    "not json", '{"type":"Foo"}', '{"type":"UpdateConfiguration","max_turn_silence":"x"}',
+    '{"n":' + "1" * 5000 + "}",
+])
+async def test_bad_messages_close_with_3006(start_server: StartServer, frame: str) -> None:
+    server = await start_server(**AAI)
+    async with raw(server) as ws:
+        assert (await next_message(ws))["type"] == "Begin"
+        await ws.send_message(frame)
+        messages, code = await until_closed(ws)
+    assert code == 3006 and [m["error_code"] for m in messages] == [3006]
+
+
+async def test_refusals(start_server: StartServer) -> None:
+    server = await start_server(server={"max_sessions": 1}, **AAI)
+    cases = [
+        ("", "not-a-jwt", 401),
+        ("", make_token(secret="another-secret-that-is-long-enough-for-hs256"), 401),
+        ("", make_token(scope="transcription:read"), 403),
+        ("&encoding=opus", None, 400),
+        ("&sample_rate=abc", None, 400),
+        ("&format_turns=maybe", None, 400),
+    ]
+    for query, token, status in cases:
+        with pytest.raises(Exception) as caught:  # trio-websocket's ConnectionRejected
+            async with raw(server, query, token):
+                pass
+        assert getattr(caught.value, "status_code", None) == status, (query, caught.value)
+    # ?token= (the JS SDK's way) and "Bearer" are accepted as well.
+    for url, headers in [(ws_url(server, "&token=" + make_token()), []),
+                         (ws_url(server), [(b"authorization",
+                                            b"Bearer " + make_token().encode())])]:
+        async with open_websocket_url(url, extra_headers=headers) as ws:
+            assert (await next_message(ws))["type"] == "Begin"
+            await ws.send_message('{"type":"Terminate"}')
+            assert (await until_closed(ws))[1] == 1000
+        await wait_ended(server)
+    # Over capacity: the second session is refused with 429.
+    async with raw(server) as first:
+        assert (await next_message(first))["type"] == "Begin"
+        with pytest.raises(Exception) as caught:
+            async with raw(server):
+                pass
+        assert getattr(caught.value, "status_code", None) == 429
+
+
+async def test_python_sdk_reports_refusals(start_server: StartServer) -> None:
+    server = await start_server(**AAI)
+    host = f"ws://127.0.0.1:{server.port}"
+    for key, status in [("not-a-jwt", 401), (make_token(scope="transcription:read"), 403)]:
+        seen = await trio.to_thread.run_sync(
+            python_client, host, key, stream_params(sample_rate=16000), [])
+        assert [e.code for e in seen.errors] == [status] and not seen.events

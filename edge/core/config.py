@@ -129,7 +129,7 @@ class AssemblyAIConfig:
     """AssemblyAI Universal-Streaming v3 on the main port (``/v3/ws``, ``/v3/token``),
     with the device's own tokens."""
 
-    enabled: bool = False
+    enabled: bool = True
     max_token_seconds: int = 600  # the longest temporary token /v3/token hands out
 
 
