@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import json
+import logging
 import math
 import sys
 import wave
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 import srt
 import trio
+from speaker_audio import SPK_MODEL
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -154,6 +156,18 @@ async def test_test_py_gets_one_reply_per_frame_and_the_finals(
     [(row, journal_finals)] = await journaled(server)
     assert [f["text"] for f in journal_finals] == [f["text"] for f in finals]
     assert (row.sub, row.end_reason, row.finals) == ("vosk_server@127.0.0.1", "end", 3)
+
+
+async def test_with_a_speaker_model_finals_carry_spk(start_server: Any) -> None:
+    server: Server = await start_server(vosk_server={"enabled": True, "port": 0},
+                                        recognizer={"speaker_model": str(SPK_MODEL)})
+    out = replies(await run_client("test.py", vosk_url(server)))
+    finals = [r for r in out if r.get("text")]
+    assert len(finals) == 3 and all(list(r) == ["result", "spk", "text"] for r in finals)
+    sizes = {len(r["spk"]) for r in finals}
+    assert len(sizes) == 1 and sizes.pop() > 1
+    assert all(isinstance(x, float) and math.isfinite(x) for r in finals for x in r["spk"])
+    assert len({tuple(r["spk"]) for r in finals}) == 3  # one vector per utterance
 
 
 async def test_test_srt_py_prints_subtitles_at_the_phrases(start_server: Any) -> None:
@@ -355,6 +369,7 @@ async def refused(url: str) -> ConnectionRejected:
 async def test_an_untrusted_network_is_refused_with_403_unless_it_brings_a_token(
     start_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge")
     server = await vosk_daemon(start_server, trusted_networks="192.0.2.0/24")
     refusal = await refused(vosk_url(server))
     assert refusal.status_code == 403
@@ -375,7 +390,10 @@ async def test_an_untrusted_network_is_refused_with_403_unless_it_brings_a_token
                         (make_token(scope="transcription:read"), 403),
                         (make_token(ttl=-60), 401), ("not-a-jwt", 401)]:
         assert (await refused(vosk_url(server, f"/x?token={bad}"))).status_code == status
-    assert token not in caplog.text and "token=" not in caplog.text
+    daemon_log = "\n".join(r.getMessage() for r in caplog.records
+                           if r.name.startswith("edge"))
+    assert "vosk_server" in daemon_log  # the daemon's log was captured...
+    assert token not in daemon_log and "token=" not in daemon_log  # ...without the tokens
 
 
 async def test_the_port_serves_only_the_vosk_protocol(start_server: Any) -> None:

@@ -55,7 +55,7 @@ def route(config: Config, context: PeerContext) -> Route:
     r = VoskServerRoute(config)
     v = config.vosk_server
     logger.info("vosk-server protocol on %s:%d admits %s (vosk_server.trusted_networks) "
-                "and clients with ?token=; audio at %d Hz unless a client's config says "
+                "and clients with a device token; audio at %d Hz unless a client's config says "
                 "otherwise", v.host or "*", v.port,
                 ", ".join(map(str, r.networks.networks)) or "no network", v.sample_rate)
     return r
