@@ -15,6 +15,7 @@ import trio
 from conftest import StartServer
 from wyoming.event import read_event
 
+from edge import app
 from edge.net.server import Server
 from helpers import FIXTURES
 
@@ -258,3 +259,40 @@ async def test_a_client_gone_mid_session_ends_it_quietly(
     assert [e.type for e in events] == ["transcript-start"]
     await wait_until_idle(server)
     assert [r.end_reason for r in await sessions(server)] == ["client_closed"]
+
+
+# --- a graceful stop ------------------------------------------------------------------------
+
+
+async def test_a_graceful_stop_ends_a_session_with_server_shutdown(
+        start_server: StartServer, tmp_path: Path, phrases: dict[str, Any]) -> None:
+    """A session in progress gets its finals, then ``error`` ``server_shutdown``; a new
+    connection's ``audio-start`` while stopping is refused the same way."""
+    server = await wyoming_server(start_server, tmp_path, phrases=phrases["grammar"])
+    port = server.peer_ports["wyoming"]
+    audio = WAV.read_bytes()[44:]
+    fmt = {"rate": 16000, "width": 2, "channels": 1}
+    received = b""
+    with trio.fail_after(60):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(wire("audio-start", fmt) + wire("audio-chunk", fmt, audio))
+            while b"transcript-chunk" not in received:  # the session is live and decoding
+                received += await stream.receive_some(65536)
+            async with trio.open_nursery() as stopping:
+                assert server.supervisor is not None
+                stopping.start_soon(app.stop_gracefully, server, server.supervisor)
+                while not server.stopping:
+                    await trio.sleep(0.01)
+                late = await raw_exchange(port, wire("audio-start", fmt))
+                assert [(e.type, e.data["code"]) for e in late] == [
+                    ("error", "server_shutdown")]
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+    events = parse_events(received)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "transcript-start" and "transcript" not in kinds
+    assert (events[-1].type, events[-1].data["code"]) == ("error", "server_shutdown")
+    chunks = "".join(e.data["text"] for e in events if e.type == "transcript-chunk")
+    assert chunks == " ".join(phrases["utterances"])  # all the audio sent was decoded
+    assert [r.end_reason for r in await sessions(server)] == ["shutdown"]
