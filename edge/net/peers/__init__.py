@@ -37,13 +37,13 @@ def main_port_routes(config: Config, context: PeerContext
     routes: dict[str, Route] = {}
     http_routes: dict[str, HttpRoute] = {}
     if config.assemblyai.enabled:
-        from edge.net.peers import assemblyai
+        import edge.net.peers.assemblyai as assemblyai
 
         ws, plain = assemblyai.routes(config, context)
         routes.update(ws)
         http_routes.update(plain)
     if config.scriptix.enabled:
-        from edge.net.peers import scriptix
+        import edge.net.peers.scriptix as scriptix
 
         ws, plain = scriptix.routes(config, context)
         routes.update(ws)
@@ -56,14 +56,14 @@ async def start_listeners(nursery: trio.Nursery, supervisor: Supervisor, server:
     """The peer protocols that listen on ports of their own, as supervised services.
     Their bound ports are in ``server.peer_ports`` once this returns."""
     if config.vosk_server.enabled:
-        from edge.net.peers import vosk_server
+        import edge.net.peers.vosk_server as vosk_server
 
         v = config.vosk_server
         await supervisor.start(nursery, "vosk_server", functools.partial(
             _serve_port, server, "vosk_server", v.host, v.port,
             vosk_server.route(config, context)))
     if config.wyoming.enabled:
-        from edge.net.peers import wyoming
+        import edge.net.peers.wyoming as wyoming
 
         service = wyoming.WyomingListener(config, context, server)
         await supervisor.start(nursery, "wyoming", service.run)
