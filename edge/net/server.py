@@ -47,7 +47,7 @@ from edge.core.errors import AuthError, ProtocolError
 from edge.core.stats import Stats
 from edge.journal import transcripts
 from edge.journal.service import JournalService
-from edge.net import http, ws
+from edge.net import http, web, ws
 from edge.net.channel import Channel, WebSocketChannel
 from edge.net.connection import Connection, SessionInfo
 from edge.net.listener import RoomListener
@@ -275,6 +275,9 @@ class Server:
             await stream.send_all(http.response(
                 426, protocol.error("upgrade_required", "this endpoint speaks WebSocket"),
                 headers=[("Upgrade", "websocket")], head_only=head_only))
+        elif web.serves(head.path):  # the pages, their static files, the listing
+            await stream.send_all(await web.answer(head, verify=self._verify,
+                                                   journal=self.journal, stats=self.stats))
         else:
             await stream.send_all(http.response(
                 404, protocol.error("not_found", "no such endpoint"), head_only=head_only))

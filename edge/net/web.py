@@ -1,0 +1,214 @@
+"""The device's own web pages: room captions (``/``), my microphone (``/mic``), records
+(``/transcripts``), their static files (``/static/<name>``) and the transcript listing
+they read (``GET /api/transcripts``).
+
+The files are the package data of :mod:`edge.web`, read once when this module is
+imported (before the event loop serves anything) into a fixed table of name -> bytes.
+A request path is only ever looked up in that table, never joined to a filesystem
+path, so there is nothing to traverse and no directory to list: ``/static/..%2f...``,
+``/static/`` and anything else not in the table answer 404.
+
+Every answer here carries the same security headers (:data:`SECURITY_HEADERS`): a
+Content-Security-Policy that allows scripts, styles and connections to this origin
+only (no inline script, no framing), ``nosniff``, and no referrer. Static files are
+revalidated on every load (``Cache-Control: no-cache`` with an ``ETag``; 304 when
+unchanged), so an upgraded daemon's pages take effect at once; the listing, which
+holds patient data, is ``no-store``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from importlib import resources
+
+from edge.core.auth import SCOPE_READ, SCOPE_TRANSCRIPTS, Claims, extract_token, require_scope
+from edge.core.errors import AuthError
+from edge.core.stats import Stats
+from edge.journal.service import JournalService
+from edge.net import http
+from edge.protocols import live as protocol
+
+logger = logging.getLogger(__name__)
+
+LISTING_PATH = "/api/transcripts"
+STATIC_PREFIX = "/static/"
+PAGES = {"/": "index.html", "/mic": "mic.html", "/transcripts": "transcripts.html"}
+
+MAX_LISTING = 1000
+DEFAULT_LISTING = 200
+
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "connect-src 'self'",  # fetch, and ws:/wss: to this host (CSP Level 3)
+    "media-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers that predate it
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Permissions-Policy", "microphone=(self), camera=(), geolocation=()"),
+)
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+
+Verify = Callable[[str], Claims]
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def load_files(package: str = "edge.web") -> dict[str, StaticFile]:
+    """Every servable file of ``package`` (top level only, known types only), by name."""
+    files: dict[str, StaticFile] = {}
+    for entry in resources.files(package).iterdir():
+        suffix = entry.name[entry.name.rfind("."):] if "." in entry.name else ""
+        if not entry.is_file() or suffix not in _TYPES:
+            continue
+        body = entry.read_bytes()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        files[entry.name] = StaticFile(body, _TYPES[suffix], etag)
+    return files
+
+
+FILES = load_files()
+
+
+def serves(path: str) -> bool:
+    """Whether ``path`` is this module's to answer (a page, a static file, the listing)."""
+    return path in PAGES or path == LISTING_PATH or path.startswith(STATIC_PREFIX)
+
+
+async def answer(head: http.RequestHead, *, verify: Verify, journal: JournalService | None,
+                 stats: Stats) -> bytes:
+    """The complete response to a GET or HEAD of a path :func:`serves`.
+
+    Only the listing awaits (a journal read in the bulk lane's worker thread)."""
+    head_only = head.method == "HEAD"
+    if head.path == LISTING_PATH:
+        status, body, headers = await listing(head, verify=verify, journal=journal,
+                                              stats=stats)
+        return http.response(status, body, headers=[*headers, *SECURITY_HEADERS],
+                             head_only=head_only)
+    name = PAGES.get(head.path)
+    if name is None:
+        name = head.path[len(STATIC_PREFIX):]
+    file = FILES.get(name)
+    if file is None or (name.endswith(".html") and head.path.startswith(STATIC_PREFIX)):
+        return not_found(head_only=head_only)
+    if _matches(head.header(b"if-none-match"), file.etag):
+        return static_response(304, b"", None, etag=file.etag, head_only=True)
+    return static_response(200, file.body, file.content_type, etag=file.etag,
+                           head_only=head_only)
+
+
+def not_found(*, head_only: bool = False) -> bytes:
+    return http.response(404, protocol.error("not_found", "no such page"),
+                         headers=SECURITY_HEADERS, head_only=head_only)
+
+
+def static_response(status: int, body: bytes, content_type: str | None, *, etag: str,
+                    head_only: bool = False) -> bytes:
+    """A ``Connection: close`` response that may be cached and must be revalidated
+    (:func:`edge.net.http.response` always says ``no-store``)."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    if content_type:
+        lines.append(f"Content-Type: {content_type}")
+    if status != 304:
+        lines.append(f"Content-Length: {len(body)}")
+    lines += ["Connection: close", "Cache-Control: no-cache", f"ETag: {etag}"]
+    lines += [f"{k}: {v}" for k, v in SECURITY_HEADERS]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
+
+
+def _matches(if_none_match: bytes | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    tags = {t.strip().removeprefix(b"W/") for t in if_none_match.split(b",")}
+    return b"*" in tags or etag.encode() in tags
+
+
+async def listing(head: http.RequestHead, *, verify: Verify,
+                  journal: JournalService | None, stats: Stats
+                  ) -> tuple[int, Mapping[str, object], Sequence[tuple[str, str]]]:
+    """``GET /api/transcripts[?since=UNIX_SECONDS][&limit=N]``: the finished sessions
+    the token may read, newest first, as ``{"sessions": [...]}`` (the fields of
+    ``/transcripts/<id>``'s ``session``).
+
+    The scopes are ``/transcripts/<id>``'s: ``transcripts:read`` lists every session,
+    ``transcription:read`` only the token's own (same ``sub``). The token comes in the
+    ``Authorization`` header or ``?token=``. Of the most recent :data:`MAX_LISTING`
+    sessions, at most ``limit`` (default :data:`DEFAULT_LISTING`) are listed.
+    """
+    try:
+        claims = verify(extract_token(head.target, head.headers))
+        if not claims.has_scope(SCOPE_TRANSCRIPTS):
+            require_scope(claims, SCOPE_READ)
+    except AuthError as exc:
+        stats.refused[exc.code] += 1
+        headers = ([("WWW-Authenticate", 'Bearer realm="edge", error="invalid_token"')]
+                   if exc.status == 401 else [])
+        return exc.status, protocol.error(exc.code, exc.message), headers
+    try:
+        since, limit = _listing_params(head.query)
+    except ValueError as exc:
+        return 400, protocol.error("invalid_parameter", str(exc)), []
+    if journal is None:
+        return 404, protocol.error("no_journal", "this device keeps no journal"), []
+    rows = await journal.call(journal.journal.sessions, since, limit=MAX_LISTING)
+    everyone = claims.has_scope(SCOPE_TRANSCRIPTS)
+    mine = [row for row in reversed(rows)
+            if row.ended_at is not None and (everyone or row.sub == claims.sub)]
+    return 200, {"sessions": [dataclasses.asdict(row) for row in mine[:limit]]}, []
+
+
+def _listing_params(query: Mapping[str, Sequence[str]]) -> tuple[float | None, int]:
+    since: float | None = None
+    limit = DEFAULT_LISTING
+    if "since" in query:
+        raw = _single(query, "since")
+        try:
+            since = float(raw)
+        except ValueError:
+            raise ValueError("since must be a time in Unix seconds") from None
+        if not math.isfinite(since) or not 0 <= since <= time.time() + 86400 * 365 * 100:
+            raise ValueError("since must be a time in Unix seconds")
+    if "limit" in query:
+        raw = _single(query, "limit")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4
+                and 1 <= int(raw) <= MAX_LISTING):
+            raise ValueError(f"limit must be an integer from 1 to {MAX_LISTING}")
+        limit = int(raw)
+    return since, limit
+
+
+def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
+    values = query[name]
+    if len(values) != 1:
+        raise ValueError(f"{name} given more than once")
+    return values[0]
