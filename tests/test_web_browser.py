@@ -371,3 +371,29 @@ def test_a_transcript_holding_html_renders_as_text(room: Daemon, open_page: Any)
     assert page.locator("main img, main i, main b").count() == 0
     assert page.title() != "owned"
     w.screenshot("records-html-as-text")
+
+
+@pytest.mark.timeout(120)
+def test_without_a_room_microphone_or_a_secure_context_the_pages_say_so(
+        playwright: Playwright, tmp_path: Path, open_page: Any) -> None:
+    daemon = Daemon(tmp_path, "edge", secret=SECRET)  # microphone.enabled is false
+    # The same daemon under a LAN-style name: plain http:// to a host that is not
+    # this machine's loopback is not a secure context, and has no microphone API.
+    lan = playwright.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(
+        "--host-resolver-rules=MAP clinic-room-7 127.0.0.1"))
+    try:
+        daemon.start()
+        w = open_page(f"{base(daemon)}/#token={make_token(scope=SCOPE_READ)}")
+        expect(w.page.get_by_role("status")).to_contain_text(
+            "The room microphone is off: this device has none configured")
+        w.screenshot("room-no-microphone")
+        w = open_page(f"http://clinic-room-7:{daemon.port}/mic", browser_=lan)
+        assert w.page.evaluate("window.isSecureContext") is False
+        expect(w.page.get_by_role("status")).to_contain_text(
+            f"set server.tls_cert and server.tls_key on the device and open "
+            f"https://clinic-room-7:{daemon.port}/mic")
+        expect(w.page.locator("#mic-button")).to_be_disabled()
+        w.screenshot("mic-insecure")
+    finally:
+        lan.close()
+        daemon.stop()

@@ -61,7 +61,6 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers that predate it
     ("Referrer-Policy", "no-referrer"),
-    ("Cross-Origin-Opener-Policy", "same-origin"),
     ("Permissions-Policy", "microphone=(self), camera=(), geolocation=()"),
 )
 
