@@ -239,10 +239,11 @@ async def test_python_sdk_streams_the_recording(start_server: StartServer) -> No
     turns = seen.of(TurnEvent)
     assert any(not t.end_of_turn for t in turns), "no partial turns"
     finals = end_of_turn_texts(seen)
-    # Checked by hand once: free dictation (the SDK cannot send a grammar) hears three
-    # turns, each starting with the first word spoken ("머리가 ...", "엄마 ...", "너무 ...").
+    # Free dictation (the SDK cannot send a grammar): one turn per spoken phrase, whose
+    # words vary between recognisers sharing the model (README: "Known behaviour of
+    # shared Vosk models"), so their text is checked against the journal below.
     spoken = json.loads((FIXTURES / "phrases.json").read_text())["utterances"]
-    assert [f[:2] for f in finals] == [u[:2] for u in spoken], finals
+    assert len(finals) == len(spoken) and all(finals), finals
     # What the device journaled is what the client got, turn for turn.
     assert finals == await journal_finals(server, begins[0].id)
     # Each end of turn comes as it is, then formatted, under the same turn_order.
