@@ -337,3 +337,21 @@ def test_connect_all_params() -> None:
     params = parse_connect_params({"sample_rate": ["8000"], "errors": ["message"],
                                    "encoding": ["wav"], "token": ["t"]})
     assert params == ConnectParams(sample_rate=8000, errors_in_band=True)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ('{"type": "end"' + " " * 100, "too_long"),
+    ("not json", "not_json"),
+    ('{"sample_rate": ' + "9" * 5000 + "}", "not_json"),  # past int's digit limit
+    ("[" * 100_000 + "]" * 100_000, "too_long"),
+    ("[" * 50 + "]" * 50, "not_object"),
+    ('"end"', "not_object"),
+])
+def test_json_text_is_read_once_and_safely(text: str, reason: str) -> None:
+    from edge.protocols.text import JsonTextError, json_object
+
+    limit = 100 if reason == "too_long" and len(text) < 1000 else 20_000
+    with pytest.raises(JsonTextError) as exc:
+        json_object(text, limit)
+    assert exc.value.reason == reason
+    assert json_object('{"type": "end"}', 100) == {"type": "end"}

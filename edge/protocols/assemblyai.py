@@ -47,6 +47,7 @@ from edge.protocols.events import (
     Utterance,
     Word,
 )
+from edge.protocols.text import JsonTextError, json_object
 
 # AssemblyAI's close codes (the SDKs' tables) and the IANA ones they also use.
 CLOSE_NORMAL = 1000
@@ -200,15 +201,13 @@ class AssemblyAIDialect:
             if self.params.encoding == "pcm_mulaw":
                 return Audio(mulaw_to_pcm(bytes(frame)))
             return Audio(bytes(frame))
-        if len(frame) > self.max_text_chars:
-            raise _input_error(f"text message longer than {self.max_text_chars} characters")
         try:
-            data = json.loads(frame)
-        except (ValueError, RecursionError):
-            # ValueError also covers integers past Python's 4300-digit limit.
-            raise _input_error("Invalid JSON: text messages must be JSON objects") from None
-        if not isinstance(data, dict):
-            raise _input_error("Invalid JSON: text messages must be JSON objects")
+            data = json_object(frame, self.max_text_chars)
+        except JsonTextError as exc:
+            raise _input_error(
+                f"text message longer than {self.max_text_chars} characters"
+                if exc.reason == "too_long"
+                else "Invalid JSON: text messages must be JSON objects") from None
         kind = data.get("type")
         if kind == "Terminate":
             return End()

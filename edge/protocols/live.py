@@ -35,6 +35,7 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
+from edge.protocols.text import JsonTextError, json_object
 
 PROTOCOL_VERSION = 1
 
@@ -177,15 +178,12 @@ def parse_client_text(text: str, limits: Limits = Limits()) -> ClientMessage:
     Raises :class:`ProtocolError` with code ``bad_message``; the session answers it with
     a ``warning`` and goes on (a malformed control message is never fatal).
     """
-    if len(text) > limits.max_text_chars:
-        raise _bad(f"text message longer than {limits.max_text_chars} characters")
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        # ValueError covers JSONDecodeError and integers past Python's 4300-digit limit.
-        raise _bad("text messages must be JSON objects") from None
-    if not isinstance(data, dict):
-        raise _bad("text messages must be JSON objects")
+        data = json_object(text, limits.max_text_chars)
+    except JsonTextError as exc:
+        raise _bad(f"text message longer than {limits.max_text_chars} characters"
+                   if exc.reason == "too_long" else "text messages must be JSON objects"
+                   ) from None
     kind = data.get("type")
     if kind == "end":
         return End()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from edge.core.errors import ProtocolError
+from edge.protocols.text import JsonTextError, json_object
 
 # WebSocket close codes (RFC 6455 section 7.4.1) this protocol answers with.
 CLOSE_NORMAL = 1000
@@ -386,17 +387,16 @@ def _decode(frame: str | bytes, max_chars: int, code: str) -> dict[str, Any]:
     if not isinstance(frame, str):
         raise RelayProtocolError(code, "relay messages are JSON text frames, got a binary "
                                  "frame", close_code=CLOSE_UNSUPPORTED_DATA)
-    if len(frame) > max_chars:
-        raise RelayProtocolError(code, f"a relay message longer than {max_chars} "
-                                 "characters", close_code=CLOSE_TOO_BIG)
     try:
-        data = json.loads(frame)
-    except (ValueError, RecursionError):
-        # ValueError covers JSONDecodeError and integers beyond int's digit limit.
-        raise RelayProtocolError(code, "a relay message that is not JSON") from None
-    if not isinstance(data, dict):
-        raise RelayProtocolError(code, f"relay messages are JSON objects, got {kind_of(data)}")
-    return data
+        return json_object(frame, max_chars)
+    except JsonTextError as exc:
+        if exc.reason == "too_long":
+            raise RelayProtocolError(code, f"a relay message longer than {max_chars} "
+                                     "characters", close_code=CLOSE_TOO_BIG) from None
+        if exc.reason == "not_json":
+            raise RelayProtocolError(code, "a relay message that is not JSON") from None
+        raise RelayProtocolError(code, "relay messages are JSON objects, got "
+                                 f"{kind_of(exc.value)}") from None
 
 
 def _text(data: Mapping[str, Any], message: str, key: str) -> str:

@@ -43,6 +43,7 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
+from edge.protocols.text import JsonTextError, json_object
 
 PATH = "/v2/realtime"
 #: Stream mode (``/v2/client/{token}?url=``): the server would fetch the URL. Refused.
@@ -216,14 +217,14 @@ class ScriptixDialect:
                                     'start and wait for {"state":"listening"} first',
                                     close_code=CLOSE_POLICY)
             return Audio(bytes(frame))
-        if len(frame) > MAX_TEXT_CHARS:
-            raise _bad(f"text message longer than {MAX_TEXT_CHARS} characters; ignored")
         try:
-            data = json.loads(frame)
-        except (ValueError, RecursionError):
-            # ValueError covers JSONDecodeError and integers past the 4300-digit limit.
+            data = json_object(frame, MAX_TEXT_CHARS)
+        except JsonTextError as exc:
+            if exc.reason == "too_long":
+                raise _bad(f"text message longer than {MAX_TEXT_CHARS} characters; "
+                           "ignored") from None
             raise _bad("text messages must be JSON objects; ignored") from None
-        action = data.get("action") if isinstance(data, dict) else None
+        action = data.get("action")
         if action == "start":
             if self.started:
                 raise _bad("the session has already started; ignored")

@@ -50,6 +50,7 @@ from edge.protocols.events import (
     Result,
     Utterance,
 )
+from edge.protocols.text import JsonTextError, json_object
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -177,15 +178,15 @@ _COMMANDS = ("config", "eof", "reset")
 
 def _parse_text(text: str, limits: Limits) -> Mapping[str, Any]:
     """A text frame as one of the three messages (``config``, ``eof``, ``reset``)."""
-    if len(text) > limits.max_text_chars:
-        raise ProtocolError("message_too_long", f"text messages are limited to "
-                            f"{limits.max_text_chars} characters", close_code=CLOSE_TOO_BIG)
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        # ValueError covers JSONDecodeError and integers past Python's 4300-digit limit.
+        data: dict[str, Any] | None = json_object(text, limits.max_text_chars)
+    except JsonTextError as exc:
+        if exc.reason == "too_long":
+            raise ProtocolError("message_too_long", f"text messages are limited to "
+                                f"{limits.max_text_chars} characters",
+                                close_code=CLOSE_TOO_BIG) from None
         data = None
-    if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in _COMMANDS:
+    if data is None or len(data) != 1 or next(iter(data)) not in _COMMANDS:
         raise _unsupported()
     for key in ("eof", "reset"):
         if key in data and not (data[key] is True or (type(data[key]) is int
