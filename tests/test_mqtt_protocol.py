@@ -1,0 +1,152 @@
+"""The MQTT relay's pure protocol: topics, keys, messages, receipts, splitting."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from edge.protocols.mqtt_relay import (
+    DEFAULT_RECEIPT_TOPIC,
+    DEFAULT_TOPIC,
+    KEY_PROPERTY,
+    EventsMessage,
+    MqttRelayError,
+    Receipt,
+    check_template,
+    decode_events,
+    decode_receipt,
+    idempotency_key,
+    packet_size,
+    split,
+    topic,
+)
+from edge.protocols.relay import RelayEvent
+
+EPOCH = "0a1b2c3d4e5f6071"
+
+
+def event(id_: int, text: str = "hello", device: str = "room-a") -> RelayEvent:
+    return RelayEvent(id_, device, "s1", id_, "final", 1.0e9 + id_,
+                      {"text": text, "start_ms": 0, "end_ms": 10, "speaker": None})
+
+
+@pytest.mark.parametrize(("template", "site", "device", "expected"), [
+    (DEFAULT_TOPIC, "clinic", "room-a", "edge/v1/clinic/room-a/events"),
+    (DEFAULT_RECEIPT_TOPIC, "clinic", "room-a", "edge/v1/clinic/room-a/receipts"),
+    ("devices/{device}/messages/events/", "x", "dev1", None),  # Azure: trailing empty level
+    ("fleet/{device}", "x", "dev1", "fleet/dev1"),
+])
+def test_topics(template: str, site: str, device: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(ValueError):
+            topic(template, site=site, device=device)
+    else:
+        assert topic(template, site=site, device=device) == expected
+
+
+@pytest.mark.parametrize("template", ["a/+/b", "a/#", "$SYS/x", "a//b", "a/{room}", "a/{"])
+def test_bad_templates(template: str) -> None:
+    with pytest.raises(ValueError):
+        check_template(template)
+
+
+@pytest.mark.parametrize("device", ["a/b", "a+", "#", ""])
+def test_ids_that_would_break_a_topic(device: str) -> None:
+    with pytest.raises(ValueError):
+        topic(DEFAULT_TOPIC, site="s", device=device)
+
+
+def test_message_round_trip_and_keys() -> None:
+    message = EventsMessage("room-a", EPOCH, (event(3), event(7, "안녕하세요")))
+    decoded = decode_events(message.encode())
+    assert decoded == message
+    assert message.correlation == b"3-7"
+    keys = [v for k, v in message.user_properties() if k == KEY_PROPERTY]
+    assert keys == [f"room-a/{EPOCH}/3", f"room-a/{EPOCH}/7"]
+    wire = json.loads(message.encode())
+    assert [e["key"] for e in wire["events"]] == keys
+    assert idempotency_key("room-a", EPOCH, 3) == keys[0]
+
+
+def _wire(**change: Any) -> bytes:
+    data: dict[str, Any] = json.loads(EventsMessage("room-a", EPOCH,
+                                                    (event(1), event(2))).encode())
+    data.update(change)
+    return json.dumps(data).encode()
+
+
+def _events_wire(mutate: Any) -> bytes:
+    data: dict[str, Any] = json.loads(EventsMessage("room-a", EPOCH,
+                                                    (event(1), event(2))).encode())
+    mutate(data["events"])
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(("payload", "says"), [
+    (b"\xff", "not UTF-8 JSON"),
+    (b"[]", "JSON object"),
+    (_wire(schema="edge.events/2"), "schema"),
+    (_wire(device_id=7), "device_id"),
+    (_wire(epoch="a b"), "epoch"),
+    (_wire(events=[]), "events"),
+    (_events_wire(lambda e: e.reverse()), "increasing"),
+    (_events_wire(lambda e: e[0].update(key="room-a/x/1")), "key"),
+    (_events_wire(lambda e: e[0].update(device_id="room-b")), "another device"),
+    (_events_wire(lambda e: e[0].update(seq=True)), "seq"),
+])
+def test_bad_events_messages(payload: bytes, says: str) -> None:
+    with pytest.raises(MqttRelayError) as info:
+        decode_events(payload)
+    assert says in info.value.message
+    assert info.value.code == "bad_message"
+    assert "hello" not in info.value.message  # never the content
+
+
+def test_receipts() -> None:
+    message = EventsMessage("room-a", EPOCH, (event(3), event(7)))
+    receipt = message.receipt(2)
+    assert decode_receipt(receipt.encode()) == receipt
+    assert receipt.covers(message)
+    assert Receipt("room-a", EPOCH, 1, 9).covers(message)
+    assert not Receipt("room-a", EPOCH, 4, 9).covers(message)
+    assert not Receipt("room-a", "other", 3, 7).covers(message)
+    assert not Receipt("room-b", EPOCH, 3, 7).covers(message)
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"schema": "edge.receipt/1", "device_id": "a", "epoch": "e", "first": 5, "last": 4}',
+    b'{"schema": "edge.receipt/1", "device_id": "a", "epoch": "e", "first": 0, "last": 4}',
+    b'{"schema": "edge.receipt/1", "device_id": "a", "epoch": "e", "first": true, "last": 4}',
+    b'{"schema": "edge.receipt/1", "device_id": "a", "epoch": "e", "first": 1, "last": 4,'
+    b' "stored": -1}',
+    b'{"schema": "edge.events/1", "device_id": "a", "epoch": "e", "first": 1, "last": 4}',
+    b'"receipt"',
+])
+def test_bad_receipts(payload: bytes) -> None:
+    with pytest.raises(MqttRelayError) as info:
+        decode_receipt(payload)
+    assert info.value.code == "bad_receipt"
+
+
+@pytest.mark.parametrize(("sizes", "max_bytes", "max_events", "expected"), [
+    ([10] * 10, 100_000, 200, [10]),
+    ([10] * 10, 100_000, 3, [3, 3, 3, 1]),
+    ([3000] * 10, 8000, 200, [2, 2, 2, 2, 2]),
+    ([100, 20000, 100], 8000, 200, [1, 1, 1]),  # the big one alone, marked oversized
+    ([], 8000, 200, []),
+])
+def test_split_keeps_order_and_the_cap(sizes: list[int], max_bytes: int, max_events: int,
+                                       expected: list[int]) -> None:
+    events = [event(i + 1, "x" * n) for i, n in enumerate(sizes)]
+    result = split("room-a", EPOCH, events, max_bytes=max_bytes, max_events=max_events,
+                   topic_name="edge/v1/s/room-a/events",
+                   response_topic="edge/v1/s/room-a/receipts")
+    assert [len(m.events) for m in result.messages] == expected
+    assert [e for m in result.messages for e in m.events] == events
+    for m in result.messages:
+        size = packet_size("edge/v1/s/room-a/events", "edge/v1/s/room-a/receipts", m)
+        assert (size <= max_bytes) == (m not in result.oversized)
+    assert [len(m.events[0].payload["text"]) for m in result.oversized] == [
+        n for n in sizes if n > max_bytes]
