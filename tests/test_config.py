@@ -93,7 +93,8 @@ def test_config_is_frozen() -> None:
 def test_sections_lists_every_field_with_its_default() -> None:
     s = sections()
     assert list(s) == ["server", "auth", "recognizer", "speakers", "audio", "microphone",
-                       "journal", "relay", "assemblyai", "scriptix", "vosk_server",
+                       "journal", "relay", "ingest", "assemblyai", "scriptix",
+                       "vosk_server",
                        "wyoming", "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
                       ("recognizer", RecognizerConfig), ("speakers", SpeakersConfig),
@@ -102,15 +103,18 @@ def test_sections_lists_every_field_with_its_default() -> None:
                       ("relay", RelayConfig), ("assemblyai", AssemblyAIConfig),
                       ("scriptix", ScriptixConfig), ("vosk_server", VoskServerConfig),
                       ("wyoming", WyomingConfig), ("log", LogConfig)]:
-        assert s[name] == {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+        assert s[name] == dataclasses.asdict(cls())
 
 
 def test_environment_names_map_to_real_keys() -> None:
     s = sections()
     for name, key in ENVIRONMENT.items():
         assert name.startswith("EDGE_")
-        section, _, field = key.partition(".")
-        assert field in s[section], key
+        *tables, field = key.split(".")
+        table = s
+        for name_ in tables:
+            table = table[name_]
+        assert field in table, key
 
 
 # --- TOML loading -----------------------------------------------------------------------

@@ -150,3 +150,33 @@ def test_split_keeps_order_and_the_cap(sizes: list[int], max_bytes: int, max_eve
         assert (size <= max_bytes) == (m not in result.oversized)
     assert [len(m.events[0].payload["text"]) for m in result.oversized] == [
         n for n in sizes if n > max_bytes]
+
+
+def test_journal_epoch_is_set_once_and_survives_reopening(tmp_path: Any) -> None:
+    from edge.journal.db import Journal
+
+    with Journal.open(tmp_path / "a.db", device_id="room-a") as journal:
+        epoch = journal.epoch
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+    with Journal.open(tmp_path / "a.db", device_id="room-a") as journal:
+        assert journal.epoch == epoch
+    with Journal.open(tmp_path / "b.db", device_id="room-a") as journal:
+        assert journal.epoch != epoch
+
+
+def test_journal_epoch_added_to_a_version_2_file(tmp_path: Any) -> None:
+    import sqlite3
+
+    from edge.journal.db import Journal
+
+    with Journal.open(tmp_path / "a.db", device_id="room-a"):
+        pass
+    conn = sqlite3.connect(tmp_path / "a.db")
+    conn.execute("DROP TABLE meta")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with Journal.open(tmp_path / "a.db", device_id="room-a", readonly=True) as journal:
+        assert journal.epoch == ""
+    with Journal.open(tmp_path / "a.db", device_id="room-a") as journal:
+        assert len(journal.epoch) == 16

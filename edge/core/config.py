@@ -119,6 +119,51 @@ class RelayConfig:
     backoff_max: float = 60.0
     cafile: str = ""
     accept_ingest: bool = True
+    # "websocket": /ws/relay of another edge daemon; "mqtt": an MQTT 5 broker.
+    transport: str = "websocket"
+    mqtt: RelayMqttConfig = field(default_factory=lambda: RelayMqttConfig())
+
+
+@dataclass(frozen=True)
+class MqttClientConfig:
+    """What connects to a broker: ``url`` (``mqtt://HOST:PORT``, ``mqtts://``), the
+    client id, username and password (from a file, or the environment), TLS (a CA,
+    and a client certificate and key for mutual TLS)."""
+
+    url: str = ""
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    keepalive: int = 30
+    session_expiry: int = 86400
+
+
+@dataclass(frozen=True)
+class RelayMqttConfig(MqttClientConfig):
+    site: str = "default"
+    topic: str = "edge/v1/{site}/{device}/events"
+    receipt_topic: str = "edge/v1/{site}/{device}/receipts"
+    ack_level: str = "receipt"
+    receipt_timeout: float = 30.0
+    max_inflight: int = 16
+    max_message_bytes: int = 98304
+
+
+@dataclass(frozen=True)
+class IngestMqttConfig(MqttClientConfig):
+    enabled: bool = False
+    subscription: str = "$share/edge/edge/v1/+/+/events"
+    allow_devices: str = ""  # comma-separated; empty: every device under the subscription
+    max_inflight: int = 64
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    mqtt: IngestMqttConfig = field(default_factory=IngestMqttConfig)
 
 
 LOOPBACK = "127.0.0.0/8, ::1/128"
@@ -187,6 +232,7 @@ class Config:
     microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     assemblyai: AssemblyAIConfig = field(default_factory=AssemblyAIConfig)
     scriptix: ScriptixConfig = field(default_factory=ScriptixConfig)
     vosk_server: VoskServerConfig = field(default_factory=VoskServerConfig)
@@ -203,6 +249,8 @@ ENVIRONMENT: Mapping[str, str] = {
     "EDGE_STATE_DIR": "server.state_dir",
     "EDGE_RELAY_TOKEN": "relay.token",
     "EDGE_DEVICE_ID": "relay.device_id",
+    "EDGE_MQTT_PASSWORD": "relay.mqtt.password",
+    "EDGE_INGEST_MQTT_PASSWORD": "ingest.mqtt.password",
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -257,8 +305,11 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:
-    section, _, name = key.partition(".")
-    values.setdefault(section, {})[name] = value
+    *tables, name = key.split(".")
+    target: dict[str, Any] = values
+    for table in tables:
+        target = target.setdefault(table, {})
+    target[name] = value
 
 
 def _build(values: Mapping[str, Mapping[str, Any]], from_text: set[str]) -> Config:
@@ -280,6 +331,11 @@ def _build_section(section: str, cls: type, body: Mapping[str, Any],
         key = f"{section}.{name}"
         if name not in hints:
             raise ConfigError(key, "unknown key")
+        if dataclasses.is_dataclass(hints[name]):  # a nested table: [relay.mqtt]
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"expected a [{key}] table")
+            kwargs[name] = _build_section(key, hints[name], value, from_text)
+            continue
         kwargs[name] = _coerce(key, hints[name], value, from_text=key in from_text)
     return cls(**kwargs)
 
@@ -457,7 +513,8 @@ def _validate(c: Config) -> None:
     for name in ("retention_days", "purge_interval", "room_segment_seconds"):
         _positive(f"journal.{name}", getattr(c.journal, name))
     rl = c.relay
-    if rl.enabled:
+    _validate_mqtt(c)
+    if rl.enabled and rl.transport == "websocket":
         if not rl.url.startswith(("ws://", "wss://")):
             raise ConfigError("relay.url", f"must be a ws:// or wss:// URL, got {rl.url!r}")
         if not (rl.token or rl.token_file):
@@ -473,6 +530,57 @@ def _validate(c: Config) -> None:
         _positive(f"relay.{name}", getattr(rl, name))
     if c.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError("log.level", f"must be one of {', '.join(_LOG_LEVELS)}")
+
+
+def _validate_mqtt_client(key: str, m: MqttClientConfig) -> None:
+    if not m.url.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError(f"{key}.url", f"must be an mqtt:// or mqtts:// URL, got {m.url!r}")
+    if m.password and m.password_file:
+        raise ConfigError(f"{key}.password_file", "set password or password_file, not both")
+    if bool(m.certfile) != bool(m.keyfile):
+        raise ConfigError(f"{key}.keyfile", "certfile and keyfile must be set together")
+    if not 5 <= m.keepalive <= 65535:
+        raise ConfigError(f"{key}.keepalive", f"must be between 5 and 65535, got {m.keepalive}")
+    if not 0 <= m.session_expiry <= 0xFFFFFFFF:
+        raise ConfigError(f"{key}.session_expiry", "must be between 0 and 4294967295")
+
+
+def _validate_mqtt(c: Config) -> None:
+    from edge.protocols.mqtt_relay import check_template
+
+    rl, m = c.relay, c.relay.mqtt
+    if rl.transport not in ("websocket", "mqtt"):
+        raise ConfigError("relay.transport", f'must be "websocket" or "mqtt", got '
+                          f"{rl.transport!r}")
+    for name in ("topic", "receipt_topic"):
+        try:
+            check_template(getattr(m, name))
+        except ValueError as exc:
+            raise ConfigError(f"relay.mqtt.{name}", str(exc)) from None
+    if m.ack_level not in ("receipt", "broker"):
+        raise ConfigError("relay.mqtt.ack_level", f'must be "receipt" or "broker", got '
+                          f"{m.ack_level!r}")
+    _positive("relay.mqtt.receipt_timeout", m.receipt_timeout)
+    if not 1 <= m.max_inflight <= 65535:
+        raise ConfigError("relay.mqtt.max_inflight", "must be between 1 and 65535")
+    if m.max_message_bytes < 4096:
+        raise ConfigError("relay.mqtt.max_message_bytes", "must be at least 4096 bytes")
+    if rl.enabled and rl.transport == "mqtt":
+        _validate_mqtt_client("relay.mqtt", m)
+        if not c.journal.enabled:
+            raise ConfigError("relay.enabled", "the relay sends the journal: set "
+                              "journal.enabled = true")
+    i = c.ingest.mqtt
+    if not 1 <= i.max_inflight <= 65535:
+        raise ConfigError("ingest.mqtt.max_inflight", "must be between 1 and 65535")
+    if i.enabled:
+        _validate_mqtt_client("ingest.mqtt", i)
+        if not i.subscription or "#" in i.subscription.split("/")[:-1]:
+            raise ConfigError("ingest.mqtt.subscription", "must be a topic filter such as "
+                              '"$share/edge/edge/v1/+/+/events"')
+        if not c.journal.enabled:
+            raise ConfigError("ingest.mqtt.enabled", "the ingest stores into the journal: "
+                              "set journal.enabled = true")
 
 
 def state_dir(config: Config) -> Path:

@@ -51,6 +51,9 @@ the column and fills it in so (from the start event's payload for relayed sessio
 and a read-only look at a version-1 file (``edge transcripts`` before the daemon has
 opened it) reads it so without writing.
 
+Epoch (schema version 3): a ``meta`` row ``epoch``, random, written in the transaction
+that creates the file (or migrates an older one); see :attr:`Journal.epoch`.
+
 Relay state per event: pending (``0``), acknowledged by the upstream (``1``), or shed
 from a full outbox by :meth:`Journal.shed_backlog` (``2``: kept here, never sent).
 
@@ -88,7 +91,7 @@ __all__ = ["PENDING", "RELAYED", "SCHEMA_VERSION", "SHED", "Backlog", "Journal",
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _OLDEST_READABLE = 1  # read-only opening reads files of this version and later
 
 # SQLite primary result codes that mean "this file is damaged", not "the world is busy".
@@ -133,6 +136,13 @@ _SCHEMA: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE sessions ADD COLUMN dialect TEXT",
         f"UPDATE sessions SET dialect = {reading.LEGACY_DIALECT}",
+    ),
+    # The journal's epoch, set once when the file is created (or first opened by an
+    # edge with version 3): event ids restart only in a new file, so (device, epoch,
+    # id) names an event for good (the MQTT relay's idempotency key).
+    3: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))))",
     ),
 }
 
@@ -202,6 +212,16 @@ class Journal:
             raise
         return cls(Link(conn, gate, hot=False), Link(hot, gate, hot=True), path, device_id,
                    readonly=False)
+
+    @property
+    def epoch(self) -> str:
+        """The journal's epoch: 16 hex digits chosen when the file was created; ""
+        for a read-only look at a file older than schema version 3."""
+        if self._schema < 3:
+            return ""
+        with self._bulk.read() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        return str(row[0]) if row else ""
 
     def close(self) -> None:
         """Close both connections (idempotent). Later calls raise :class:`JournalError`."""
