@@ -26,6 +26,7 @@ import trio
 
 from edge.asr.recognizer import RecognizerFactory, RecognizerPool
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
+from edge.asr.warmup import Warmup, pool_target
 from edge.audio.source import Source
 from edge.core.admission import Admission, Admissions
 from edge.core.auth import AuthSettings, RevocationFile
@@ -66,6 +67,9 @@ class Parts:
     recognizer_factory: RecognizerFactory | None = None
     microphone: Source | None = None
     journal: JournalService | None = None
+    # Warm the pool after ready: None follows recognizer.warm_at_start when the daemon
+    # loads its own model, and is off when the caller supplies one (tests, benchmarks).
+    warm_up: bool | None = None
 
 
 async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
@@ -94,8 +98,13 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         journal = await open_journal(config, model.name)
     stats = Stats()
     limiter = trio.CapacityLimiter(config.recognizer.threads or os.cpu_count() or 1)
-    recognizers = parts.recognizer_factory or RecognizerPool(
-        model.recognizer, config.recognizer.warm_recognizers)
+    rc = config.recognizer
+    pool_size = pool_target(rc.warm_recognizers, rc.memory_budget_mb, rc.recognizer_memory_mb)
+    recognizers = parts.recognizer_factory or RecognizerPool(model.recognizer, pool_size)
+    warm_up = parts.warm_up if parts.warm_up is not None else (
+        rc.warm_at_start and parts.model is None)
+    warmup = (Warmup(recognizers, limiter, pool_size)
+              if warm_up and isinstance(recognizers, RecognizerPool) else None)
     s = config.server
     admissions = Admissions(
         sessions=Admission(s.max_sessions, s.retry_after),
@@ -139,6 +148,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         await start_listeners(nursery, supervisor, server, config, peer_context)
         notify("READY=1")
         logger.info("ready")
+        if warmup is not None:
+            await supervisor.start(nursery, "warmup", warmup.run)
         interval = watchdog_interval()
         if interval is not None:
             nursery.start_soon(keep_watchdog_fed, interval)

@@ -113,10 +113,84 @@ class RecognizerPool:
         self._lock = threading.Lock()
         self.created = 0
         self.reused = 0
+        self.lent = 0  # leases not yet closed
+        # The recogniser being warmed (edge.asr.warmup), if any; a stream that finds
+        # no idle one takes it (``taken_warming``). ``_warm_lock`` is held while a
+        # slice of warm-up speech is decoded in it.
+        self._warming: Reusable | None = None
+        self._warm_lock = threading.Lock()
+        self.warmed = 0
+        self.taken_warming = 0
+        # Set by the warm-up service: off, waiting, warming or warm, and its target.
+        self.warm_state = "off"
+        self.warm_target = 0
 
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    def status(self) -> dict[str, int | str]:
+        """The pool at a glance, for ``/healthz`` and ``/metrics``."""
+        return {"state": self.warm_state, "warm": self.idle, "target": self.warm_target,
+                "in_use": self.lent, "fresh": self.created, "reused": self.reused,
+                "warmed": self.warmed, "taken_warming": self.taken_warming,
+                "warming_now": 0 if self._warming is None else 1}
+
+    @property
+    def held(self) -> int:
+        """Recognisers the pool has: idle, or lent to a stream that will give them back."""
+        return len(self._idle) + self.lent
+
+    # --- warming (edge.asr.warmup drives these, in its own thread) -------------------
+
+    def begin_warming(self, sample_rate: int) -> Reusable | None:
+        """A fresh recogniser to warm (blocking), registered so that a stream finding
+        no idle recogniser takes it; ``None`` if the factory's are not reusable."""
+        recognizer = self._factory(sample_rate, None)
+        if not isinstance(recognizer, Reusable):
+            return None
+        with self._lock:
+            self._warming = recognizer
+        return recognizer
+
+    def warm_slice(self, recognizer: Reusable, pcm: bytes) -> bool:
+        """Decode one short slice of warm-up speech (blocking); ``False`` once a stream
+        has taken the recogniser (stop warming it)."""
+        with self._warm_lock:
+            if self._warming is not recognizer:
+                return False
+            recognizer.accept(pcm)
+            return True
+
+    def end_warming(self, recognizer: Reusable) -> bool:
+        """Finish warming (blocking: flush and reset) and make the recogniser idle;
+        ``False`` if a stream took it first."""
+        with self._warm_lock:
+            if self._warming is not recognizer:
+                return False
+            recognizer.flush()
+            recognizer.reset()
+            with self._lock:
+                self._warming = None
+                if len(self._idle) >= self.size:
+                    return True  # streams gave enough back meanwhile: not needed
+                self._idle.append(recognizer)
+                self.warmed += 1
+        return True
+
+    def abandon_warming(self, recognizer: Reusable) -> None:
+        with self._lock:
+            if self._warming is recognizer:
+                self._warming = None
+
+    def _take_warming(self, sample_rate: int) -> Reusable | None:
+        # Waits at most for the slice in progress (the warm lock is held per slice).
+        with self._warm_lock, self._lock:
+            warming = self._warming
+            if warming is None or warming.sample_rate != sample_rate:
+                return None
+            self._warming = None
+            return warming
 
     def __call__(self, sample_rate: int, phrases: Sequence[str] | None = None) -> Recognizer:
         if phrases or self.size <= 0:
@@ -125,21 +199,36 @@ class RecognizerPool:
             warm = next((r for r in self._idle if r.sample_rate == sample_rate), None)
             if warm is not None:
                 self._idle.remove(warm)
+        taken = False
+        if warm is None:
+            warm = self._take_warming(sample_rate)
+            taken = warm is not None
         if warm is not None:
             try:
                 warm.reset()
             except Exception:
                 logger.exception("a pooled recogniser could not be reset; creating another")
             else:
-                self.reused += 1
-                return _Lease(warm, self)
+                if taken:
+                    self.taken_warming += 1
+                else:
+                    self.reused += 1
+                return self._lease(warm)
         recognizer = self._factory(sample_rate, None)
         self.created += 1
-        return _Lease(recognizer, self) if isinstance(recognizer, Reusable) else recognizer
+        return self._lease(recognizer) if isinstance(recognizer, Reusable) else recognizer
 
-    def _give_back(self, recognizer: Reusable) -> None:
+    def _lease(self, recognizer: Reusable) -> _Lease:
         with self._lock:
-            if len(self._idle) < self.size and recognizer.audio_seconds < self._retire_after:
+            self.lent += 1
+        return _Lease(recognizer, self)
+
+    def _give_back(self, recognizer: Reusable | None) -> None:
+        """A lease ended; ``recognizer`` is ``None`` when it failed (dropped)."""
+        with self._lock:
+            self.lent -= 1
+            if (recognizer is not None and len(self._idle) < self.size
+                    and recognizer.audio_seconds < self._retire_after):
                 self._idle.append(recognizer)
 
 
@@ -170,5 +259,5 @@ class _Lease:
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None and not self._failed:
-            pool._give_back(self.inner)
+        if pool is not None:
+            pool._give_back(None if self._failed else self.inner)

@@ -62,7 +62,10 @@ class RecognizerConfig:
     speaker_model: str = ""
     sample_rate: int = 16000
     threads: int = 0
-    warm_recognizers: int = 4
+    warm_recognizers: int = 8
+    warm_at_start: bool = True
+    memory_budget_mb: int = 1024
+    recognizer_memory_mb: int = 90
     partial_results: bool = True
     lag_warning: float = 2.0
     max_phrases: int = 1000
@@ -483,6 +486,12 @@ def _validate(c: Config) -> None:
     if r.warm_recognizers < 0:
         raise ConfigError("recognizer.warm_recognizers",
                           f"must not be negative, got {r.warm_recognizers}")
+    if r.memory_budget_mb < 0:
+        raise ConfigError("recognizer.memory_budget_mb",
+                          f"must not be negative, got {r.memory_budget_mb}")
+    if r.recognizer_memory_mb < 0:
+        raise ConfigError("recognizer.recognizer_memory_mb",
+                          f"must not be negative, got {r.recognizer_memory_mb}")
     _positive("recognizer.lag_warning", r.lag_warning)
     _positive("recognizer.max_phrases", r.max_phrases)
     for name in ("diarization_threshold", "identification_threshold"):

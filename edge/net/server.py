@@ -328,7 +328,7 @@ class Server:
             microphone=self.room.status() if self.room else None,
             relay=self.relay.status() if self.relay else None,
             services=self.supervisor.status() if self.supervisor else {},
-            stopping=self.stopping)
+            stopping=self.stopping, recognizers=self._pool_status())
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
@@ -341,15 +341,13 @@ class Server:
             relay_backlog=self.relay.backlog.events if self.relay else 0,
             relay_circuit_open=bool(self.relay and self.relay.circuit_open),
             relay_shed=self.relay.shed_events if self.relay else 0,
-            recognizers=self._pool_counts(),
+            recognizers=self._pool_status(),
             service_restarts=({name: s.restarts for name, s in self.supervisor.services.items()}
                               if self.supervisor else None))
 
-    def _pool_counts(self) -> tuple[int, int, int] | None:
+    def _pool_status(self) -> dict[str, int | str] | None:
         pool = self.recognizer_factory
-        if not isinstance(pool, RecognizerPool):
-            return None
-        return pool.created, pool.reused, pool.idle
+        return pool.status() if isinstance(pool, RecognizerPool) else None
 
     # --- WebSocket handshake ---------------------------------------------------------
 

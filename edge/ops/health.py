@@ -63,6 +63,7 @@ def health(
     *, version: str, model: str, sessions: int, max_sessions: int, clock: ClockStatus,
     microphone: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None,
     services: Mapping[str, Mapping[str, Any]] | None = None, stopping: bool = False,
+    recognizers: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -90,6 +91,9 @@ def health(
         "relay": dict(relay) if relay else {"state": "not_configured", "backlog": 0},
         "services": {name: dict(state) for name, state in (services or {}).items()},
     }
+    if recognizers is not None:
+        # The pool: state (off, waiting, warming, warm), warm (idle) and target.
+        body["recognizers"] = dict(recognizers)
     for name, state in (services or {}).items():
         if state.get("state") == "restarting":
             notes.append(f"the {name} service failed and is being restarted")
@@ -107,12 +111,12 @@ def render_metrics(
     stats: Stats, *, version: str, model: str, sessions_current: int, max_sessions: int,
     clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
     listeners: int = 0, relay_circuit_open: bool = False, relay_shed: int = 0,
-    recognizers: tuple[int, int, int] | None = None,
+    recognizers: Mapping[str, Any] | None = None,
     service_restarts: Mapping[str, int] | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
-    ``recognizers``: the recogniser pool's (created, reused, idle) counts, if pooled.
+    ``recognizers``: the recogniser pool's status (``RecognizerPool.status()``), if pooled.
     """
     out: list[str] = []
 
@@ -153,12 +157,22 @@ def render_metrics(
            "Decode seconds per audio second since start (lower is faster).",
            [({}, rtf if rtf is not None else 0.0)])
     if recognizers is not None:
-        created, reused, idle = recognizers
+        r = recognizers
         metric("edge_recognizers_total", "counter",
-               "Recognisers handed to streams without a grammar: fresh or reused warm.",
-               [({"kind": "fresh"}, created), ({"kind": "warm"}, reused)])
+               "Recognisers handed to streams without a grammar: fresh, reused warm, or "
+               "taken while being warmed at start.",
+               [({"kind": "fresh"}, r["fresh"]), ({"kind": "warm"}, r["reused"]),
+                ({"kind": "warming"}, r["taken_warming"])])
         metric("edge_recognizers_idle", "gauge", "Warm recognisers waiting for a stream.",
-               [({}, idle)])
+               [({}, r["warm"])])
+        metric("edge_recognizers_target", "gauge",
+               "Warm recognisers the start-up warm-up aims for (0: no warm-up).",
+               [({}, r["target"])])
+        metric("edge_recognizers_warmed_total", "counter",
+               "Recognisers warmed by the start-up warm-up.", [({}, r["warmed"])])
+        metric("edge_recognizers_warming", "gauge",
+               "1 while the start-up warm-up is warming a recogniser.",
+               [({}, 1 if r["state"] == "warming" else 0)])
     metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
            [({"kind": "partial"}, stats.partials), ({"kind": "final"}, stats.finals)])
     metric("edge_warnings_total", "counter", "Warnings sent to clients, by code.",
