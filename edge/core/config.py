@@ -56,6 +56,9 @@ class AuthConfig:
     expiry_warning: float = 60.0
 
 
+MAX_ENDPOINT_SILENCE_MS = 60_000
+
+
 @dataclass(frozen=True)
 class RecognizerConfig:
     model: str = ""
@@ -66,6 +69,7 @@ class RecognizerConfig:
     warm_at_start: bool = True
     memory_budget_mb: int = 1024
     recognizer_memory_mb: int = 90
+    endpoint_silence_ms: int = 0
     partial_results: bool = True
     lag_warning: float = 2.0
     max_phrases: int = 1000
@@ -492,6 +496,10 @@ def _validate(c: Config) -> None:
     if r.recognizer_memory_mb < 0:
         raise ConfigError("recognizer.recognizer_memory_mb",
                           f"must not be negative, got {r.recognizer_memory_mb}")
+    if not 0 <= r.endpoint_silence_ms <= MAX_ENDPOINT_SILENCE_MS:
+        raise ConfigError("recognizer.endpoint_silence_ms",
+                          f"must be between 0 (off) and {MAX_ENDPOINT_SILENCE_MS}, got "
+                          f"{r.endpoint_silence_ms}")
     _positive("recognizer.lag_warning", r.lag_warning)
     _positive("recognizer.max_phrases", r.max_phrases)
     for name in ("diarization_threshold", "identification_threshold"):

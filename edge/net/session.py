@@ -166,7 +166,8 @@ class Session(Connection):
         self._partial = ""  # the text of the utterance in progress
         self._partial_since_ms = 0.0  # audio decoded when it last changed
         self._decoded_ms = 0.0
-        self._turn_silence_ms: int | None = None
+        # recognizer.endpoint_silence_ms, until the client sets its own; 0: off
+        self._turn_silence_ms: int | None = config.recognizer.endpoint_silence_ms
         self._idle_timeout = config.server.idle_timeout
         self._initial = configure  # applied once Started is queued
         self._held: tuple[bytes | None, float] | None = None  # taken out of turn
@@ -376,9 +377,11 @@ class Session(Connection):
         self._partial = ""
 
     def _turn_is_over(self) -> bool:
-        """``max_turn_silence_ms`` of audio decoded since the partial text last changed."""
-        return (self._turn_silence_ms is not None and bool(self._partial)
-                and self._decoded_ms - self._partial_since_ms >= self._turn_silence_ms)
+        """``max_turn_silence_ms`` of audio decoded since the partial text last changed
+        (0 or None: only Vosk's own endpointer ends a turn)."""
+        silence = self._turn_silence_ms
+        return (bool(silence) and bool(self._partial)
+                and self._decoded_ms - self._partial_since_ms >= (silence or 0))
 
     def _take_queued(self, pcm: bytes) -> list[bytes]:
         """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:

@@ -162,7 +162,9 @@ class LiveDialect:
 
 ClientMessage = End | KeepAlive | Configure | Pause | Resume
 
-_CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results"})
+_CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results",
+                          "max_turn_silence_ms"})
+MAX_TURN_SILENCE_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,17 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
     partials = data.get("partial_results")
     if partials is not None and not isinstance(partials, bool):
         raise _bad("config.partial_results must be true or false")
-    return Configure(phrases=phrases, sample_rate=rate, partial_results=partials)
+    # Any time, also after audio: a turn ends after this much audio without a change of
+    # the partial text (0: only at Vosk's own endpoint).
+    silence = data.get("max_turn_silence_ms")
+    if silence is not None and (
+        isinstance(silence, bool) or not isinstance(silence, int)
+        or not 0 <= silence <= MAX_TURN_SILENCE_MS
+    ):
+        raise _bad(f"config.max_turn_silence_ms must be an integer between 0 (off) and "
+                   f"{MAX_TURN_SILENCE_MS}")
+    return Configure(phrases=phrases, sample_rate=rate, partial_results=partials,
+                     max_turn_silence_ms=silence)
 
 
 def _parse_phrases(value: Any, limits: Limits) -> tuple[str, ...]:
