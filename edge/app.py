@@ -43,6 +43,8 @@ from edge.net.room import Room
 from edge.net.server import Server
 from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.ops.supervisor import Supervisor
+from edge.relay.mqtt import MqttClientSettings, MqttRelay, mqtt_relay_settings
+from edge.relay.mqtt_ingest import mqtt_ingest
 from edge.relay.sender import Relay, RelaySettings
 from edge.speakers import SpeakerIdentification, VoiceprintStore
 
@@ -115,10 +117,17 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         room = Room(config, parts.microphone or microphone(config),
                     Hub(replay_size=config.microphone.replay_size), recognizers, limiter,
                     stats, journal=journal, speakers=speakers)
-    relay = None
+    relay: Relay | None = None
     if config.relay.enabled:
         assert journal is not None  # the config requires it
-        relay = Relay(relay_settings(config), journal)
+        if config.relay.transport == "mqtt":
+            relay = MqttRelay(mqtt_relay_settings(config), journal)
+        else:
+            relay = Relay(relay_settings(config), journal)
+    ingest = None
+    if config.ingest.mqtt.enabled:
+        assert journal is not None  # the config requires it
+        ingest = mqtt_ingest(config, journal)
     supervisor = Supervisor()
     peer_context = PeerContext(auth=auth, model_name=model.name,
                                model_sample_rate=model.sample_rate)
@@ -136,8 +145,13 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                                    RevocationWatcher(revocations, admissions).run)
         if relay is not None:
             await supervisor.start(nursery, "relay", relay.run)
-            logger.info("relaying the journal to %s as %s", _without_query(config.relay.url),
+            logger.info("relaying the journal to %s as %s", relay_target(config),
                         device_id(config))
+        if ingest is not None:
+            await supervisor.start(nursery, "mqtt_ingest", ingest.run)
+            logger.info("consuming relayed journals from %s (%s)",
+                        MqttClientSettings(config.ingest.mqtt.url, "").where,
+                        config.ingest.mqtt.subscription)
         if room is not None:
             await supervisor.start(nursery, "room", room.run)
             logger.info("room microphone %r: %s", config.microphone.device, room.state)
@@ -216,6 +230,14 @@ async def open_journal(config: Config, model_name: str) -> JournalService:
     return JournalService(journal, retention_days=j.retention_days,
                           purge_interval=j.purge_interval,
                           keep_unrelayed=config.relay.enabled, model=model_name)
+
+
+def relay_target(config: Config) -> str:
+    """Where the relay sends, for the log (no token, no password)."""
+    if config.relay.transport == "mqtt":
+        m = config.relay.mqtt
+        return f"{MqttClientSettings(m.url, '').where} ({m.ack_level} acks)"
+    return _without_query(config.relay.url)
 
 
 def _without_query(url: str) -> str:
