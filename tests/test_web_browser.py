@@ -175,7 +175,9 @@ def test_room_captions_appear_with_speaker_labels(room: Daemon, open_page: Any) 
         timeout=60_000)
     # The utterance in progress, apart from the finals (at most one, always last).
     expect(page.locator("#captions .partial:last-child")).to_have_count(1, timeout=30_000)
-    expect(page.locator("#captions .final")).to_have_count(5, timeout=60_000)
+    # At least three finals (how many of the recording's turns are heard by now depends
+    # on the machine's load: the microphone drops audio rather than wait).
+    expect(page.locator("#captions .final").nth(2)).to_be_visible(timeout=60_000)
     assert page.locator("#captions .partial").count() <= 1
     w.screenshot("room")
     lines = finals_on(page)
