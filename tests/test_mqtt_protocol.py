@@ -93,7 +93,6 @@ def _events_wire(mutate: Any) -> bytes:
     (_wire(events=[]), "events"),
     (_events_wire(lambda e: e.reverse()), "increasing"),
     (_events_wire(lambda e: e[0].update(key="room-a/x/1")), "key"),
-    (_events_wire(lambda e: e[0].update(device_id="room-b")), "another device"),
     (_events_wire(lambda e: e[0].update(seq=True)), "seq"),
 ])
 def test_bad_events_messages(payload: bytes, says: str) -> None:
@@ -102,6 +101,12 @@ def test_bad_events_messages(payload: bytes, says: str) -> None:
     assert says in info.value.message
     assert info.value.code == "bad_message"
     assert "hello" not in info.value.message  # never the content
+
+
+def test_a_tier_passes_on_events_of_other_devices_under_its_own_keys() -> None:
+    message = EventsMessage("clinic", EPOCH, (event(3, device="room-b"),))
+    assert decode_events(message.encode()) == message
+    assert message.keys() == [f"clinic/{EPOCH}/3"]
 
 
 def test_receipts() -> None:

@@ -48,7 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.journal.db import JournalError
+from edge.journal.db import Backlog, JournalError
 from edge.journal.service import JournalService
 from edge.protocols.mqtt_relay import (
     EventsMessage,
@@ -419,6 +419,7 @@ class MqttRelay(Relay):
             if not events:
                 self._link_works()
                 self.state = "idle"
+                self.backlog = Backlog(0, 0)
                 with trio.move_on_after(_IDLE_POLL):
                     await wait_either(changed, link.disconnected)
                 continue
