@@ -195,3 +195,19 @@ async def test_room_listeners_get_the_room_s_last_final_then_1012(
     rows = await server.journal.call(server.journal.journal.sessions)
     [segment] = [row for row in rows if row.source == "room"]
     assert segment.end_reason == "shutdown" and segment.finals == 1
+
+
+async def test_sigterm_while_the_pool_warms_up_exits_at_once(tmp_path: Path) -> None:
+    # The warm-up decodes at idle priority: a stop must not wait for its slice.
+    daemon = Daemon(tmp_path, secret=SECRET, sections={"recognizer": {"warm_at_start": True}})
+    await trio.to_thread.run_sync(daemon.start)
+    try:
+        with trio.fail_after(30):
+            while daemon.health().get("recognizers", {}).get("state") != "warming":
+                await trio.sleep(0.05)
+        signalled = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(daemon.wait, GRACE + 5) == 0
+        assert time.monotonic() - signalled < GRACE
+    finally:
+        daemon.stop()

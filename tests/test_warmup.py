@@ -139,7 +139,7 @@ async def test_the_pool_warms_up_to_its_target_after_start(model: LoadedModel,
             nursery.cancel_scope.cancel()
 
 
-async def test_a_session_during_warming_takes_the_recogniser_being_warmed(
+async def test_a_session_during_warming_is_served_at_once(
         model: LoadedModel, tmp_path: Path) -> None:
     with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
@@ -157,7 +157,10 @@ async def test_a_session_during_warming_takes_the_recogniser_being_warmed(
                     if message["type"] == "transcription" and message.get("is_final"):
                         finals.append(message)
             assert finals, "the session got no finals"
-            assert pool.taken_warming == 1 and pool.created == 0
+            # It took the recogniser being warmed, or (when the slice in progress at idle
+            # priority outlasted the quarter second a session waits) a fresh one: never
+            # both, never a wait for the warm-up to finish.
+            assert pool.taken_warming + pool.created == 1
             warm = await _wait_warm(server, 2)
             assert warm["warm"] == 2 and warm["in_use"] == 0
             nursery.cancel_scope.cancel()

@@ -109,7 +109,10 @@ class Daemon:
         self.log_path = log_path or self.directory / f"{name}.log"
         self.die_with_parent = die_with_parent
         merged: dict[str, dict[str, Any]] = {
-            "server": {"host": "127.0.0.1", "port": self.port, "state_dir": str(self.state)}}
+            "server": {"host": "127.0.0.1", "port": self.port, "state_dir": str(self.state)},
+            # Warming the recogniser pool at start costs CPU that tests and benchmarks
+            # measure or wait on; those about the warm-up turn it on.
+            "recognizer": {"warm_at_start": False}}
         for section, values in (sections or {}).items():
             merged[section] = {**merged.get(section, {}), **values}
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_TAKE_WARMING_WAIT = 0.25  # seconds a stream waits for a warm-up slice to finish
+
 
 class Recognizer(Protocol):
     """What a session needs from a recogniser (Vosk here; stand-ins in benchmarks)."""
@@ -184,13 +186,20 @@ class RecognizerPool:
                 self._warming = None
 
     def _take_warming(self, sample_rate: int) -> Reusable | None:
-        # Waits at most for the slice in progress (the warm lock is held per slice).
-        with self._warm_lock, self._lock:
-            warming = self._warming
-            if warming is None or warming.sample_rate != sample_rate:
-                return None
-            self._warming = None
-            return warming
+        # Waits for the slice in progress only briefly: it runs at idle priority and may
+        # be starved by the very load this session adds (a priority inversion). A
+        # session that finds it still busy gets a fresh recogniser instead.
+        if not self._warm_lock.acquire(timeout=_TAKE_WARMING_WAIT):
+            return None
+        try:
+            with self._lock:
+                warming = self._warming
+                if warming is None or warming.sample_rate != sample_rate:
+                    return None
+                self._warming = None
+                return warming
+        finally:
+            self._warm_lock.release()
 
     def __call__(self, sample_rate: int, phrases: Sequence[str] | None = None) -> Recognizer:
         if phrases or self.size <= 0:

@@ -13,8 +13,9 @@ It never competes with a session:
   worker threads (a thread cannot raise its priority back without CAP_SYS_NICE);
 * it takes a token of the decoding limiter only when one is free and no session waits
   for one, and holds it for one slice of 100 ms of audio;
-* a session that finds no idle recogniser takes the one being warmed (after at most
-  the slice in progress), partly warm being better than fresh.
+* a session that finds no idle recogniser takes the one being warmed (waiting a
+  quarter of a second at most for the slice in progress), partly warm being better
+  than fresh.
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ def lower_this_threads_priority() -> None:
 class LowPriorityThread:
     """One daemon thread at the lowest CPU priority, running blocking calls for trio.
 
-    :meth:`run` waits for the call even when cancelled (the call is short: one slice),
-    so a recogniser is never used from two threads at once.
+    :meth:`run` returns at once when cancelled: the call goes on in the thread and its
+    result is dropped. At the lowest priority a slice can starve for as long as other
+    work keeps the cores busy, and a graceful stop must not wait for it. That is safe:
+    the pool serialises every use of the recogniser being warmed (its warm lock), and a
+    daemon thread does not hold the process open.
     """
 
     def __init__(self, name: str = "edge-warmup") -> None:
@@ -102,8 +106,7 @@ class LowPriorityThread:
             token.run_sync_soon(done.set)
 
         self._jobs.put(job)
-        with trio.CancelScope(shield=True):
-            await done.wait()
+        await done.wait()
         return result[0].unwrap()
 
     def close(self) -> None:
