@@ -299,3 +299,22 @@ async def test_broker_killed_and_restarted_on_its_directory_loses_nothing(
     await drained(a, relay, timeout=60)
     assert set(b.events()) == set(a.events())
     assert len(b.events()) == len(a.events())  # re-sends collapsed
+
+
+async def test_a_burst_beyond_the_ingests_window_waits_and_loses_nothing(
+    nursery: trio.Nursery, nodes: tuple[Node, Node], broker: Broker,
+) -> None:
+    """Broker acks: the device publishes as fast as PUBACKs come and Mosquitto pushes
+    more than the ingest's Receive Maximum; paho's thread waits for room instead."""
+    a, b = nodes
+    journal_sessions(a, 10, 18)
+    ingest = ingest_of(b, broker.url, max_inflight=2)
+    await nursery.start(ingest.run)
+    await ingest.subscribed.wait()
+    relay = relay_of(a, broker.url, ack_level="broker", batch_events=1, max_inflight=64)
+    await nursery.start(relay.run)
+    await drained(a, relay)
+    with trio.fail_after(20):
+        while len(b.events()) < 200:
+            await trio.sleep(0.05)
+    assert b.events() == a.events() and ingest.dropped == 0

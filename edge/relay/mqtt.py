@@ -149,10 +149,17 @@ class MqttLink:
 
     def __init__(self, settings: MqttClientSettings, *,
                  on_message: Callable[[paho.MQTTMessage], None] | None = None,
+                 sink: trio.MemorySendChannel[paho.MQTTMessage] | None = None,
                  manual_ack: bool = False, receive_maximum: int | None = None) -> None:
+        """``on_message`` runs on the trio thread for each message; or, with ``sink``
+        (for a consumer), each message is sent into that bounded channel and paho's
+        thread waits while it is full (backpressure onto TCP: Mosquitto does not keep
+        to the Receive Maximum we announce). Close the channel's receiving end before
+        :meth:`aclose`, so that a waiting paho thread is released."""
         self._s = settings
         self._token = trio.lowlevel.current_trio_token()
         self._on_message = on_message
+        self._sink = sink
         self.connected = trio.Event()
         self.disconnected = trio.Event()
         self.error: str | None = None
@@ -201,7 +208,12 @@ class MqttLink:
         self._soon(self._subscribe_done, mid, list(rcs))
 
     def _cb_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._soon(self._message, message)
+        if self._sink is None:
+            self._soon(self._message, message)
+            return
+        with contextlib.suppress(trio.RunFinishedError, trio.BrokenResourceError,
+                                 trio.ClosedResourceError, trio.Cancelled):
+            trio.from_thread.run(self._sink.send, message, trio_token=self._token)
 
     # --- on the trio thread ------------------------------------------------------------
 

@@ -60,10 +60,6 @@ class MqttIngest:
         self.dropped = 0
         self.receipts = 0
         self.subscribed = trio.Event()  # set once the first subscription is granted
-        # Bounded: the broker sends at most Receive Maximum unacknowledged QoS 1
-        # messages; room for QoS 0 strays too (dropped when full, they carry no ack).
-        self._send, self._receive = trio.open_memory_channel[paho.MQTTMessage](
-            2 * max_inflight)
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "failures": self.failures, "messages": self.messages,
@@ -75,7 +71,9 @@ class MqttIngest:
                   ) -> None:
         task_status.started()
         while True:
-            link = MqttLink(self._client, on_message=self._deliver, manual_ack=True,
+            # Bounded, one per connection: paho's thread waits while it is full.
+            send, receive = trio.open_memory_channel[paho.MQTTMessage](self._max_inflight)
+            link = MqttLink(self._client, sink=send, manual_ack=True,
                             receive_maximum=self._max_inflight)
             try:
                 await link.open()
@@ -86,7 +84,7 @@ class MqttIngest:
                     logger.info("mqtt ingest: broker %s reachable again", self._client.where)
                 self.failures = 0
                 self.last_error = None
-                await self._consume(link)
+                await self._consume(link, receive)
             except (LinkError, JournalError) as exc:
                 self.failures += 1
                 self.last_error = str(exc)
@@ -94,29 +92,19 @@ class MqttIngest:
                            "mqtt ingest: broker %s unavailable (%s); attempt %d",
                            self._client.where, self.last_error, self.failures)
             finally:
+                # Unacknowledged messages are redelivered on the next connection.
+                receive.close()
                 await link.aclose()
-                while True:  # what the old link delivered is redelivered to the next
-                    try:
-                        self._receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
             self.state = "backoff"
             ceiling = min(self._backoff_max, 0.5 * 2 ** min(self.failures, 16))
             await trio.sleep(random.uniform(0.25, max(0.25, ceiling)))
 
-    def _deliver(self, message: paho.MQTTMessage) -> None:
-        try:
-            self._send.send_nowait(message)
-        except trio.WouldBlock:
-            self.dropped += 1
-            logger.warning("mqtt ingest: more messages than max_inflight unacknowledged; "
-                           "dropped one (QoS %d) on %s", message.qos, message.topic)
-
-    async def _consume(self, link: MqttLink) -> None:
+    async def _consume(self, link: MqttLink,
+                       receive: trio.MemoryReceiveChannel[paho.MQTTMessage]) -> None:
         while True:
             message: paho.MQTTMessage | None = None
             with trio.move_on_after(1.0):
-                message = await self._receive.receive()
+                message = await receive.receive()
             link.check()
             if message is not None:
                 await self._handle(link, message)
