@@ -6,19 +6,14 @@ ends when the partial text has not changed for that much audio."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 import trio
-from test_session_core import FRAME, PCM, MemoryChannel, Plain
+from test_session_core import frames_until_first_final
 
 from edge.asr.vosk import LoadedModel
-from edge.core.auth import SCOPE_READ, SCOPE_WRITE, Claims
 from edge.core.errors import ConfigError, ProtocolError
-from edge.core.stats import Stats
-from edge.net.connection import SessionInfo
-from edge.net.session import Session
 from edge.protocols.events import Configure
 from edge.protocols.live import parse_client_text
 from helpers import FIXTURES, connect, make_config, make_token, receive_json, stream
@@ -50,38 +45,8 @@ def test_the_device_default_is_validated() -> None:
 
 async def _frames_until_first_final(model: LoadedModel, phrases: dict[str, Any],
                                     device_ms: int, commands: list[str]) -> int:
-    """Lockstep 100 ms frames until the first final; how many were sent."""
-    now = time.time()
-    claims = Claims(sub="test", scopes=frozenset({SCOPE_READ, SCOPE_WRITE}),
-                    user_type="doctor", issued_at=now, expires_at=now + 600)
-    info = SessionInfo(session_id="s-1", claims=claims, model_name=model.name,
-                       default_rate=16000)
-    channel = MemoryChannel()
     config = make_config(recognizer={"endpoint_silence_ms": device_ms})
-    session = Session(channel, info, config, model.recognizer, trio.CapacityLimiter(2),
-                      Stats(), dialect=Plain(answers_every_frame=True), dialect_name="plain",
-                      phrases=tuple(phrases["grammar"]))
-    received: list[str] = []
-    sent = 0
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(session.run)
-            for command in commands:
-                await channel.to_server.send(command)
-            for i in range(0, len(PCM), FRAME):
-                await channel.to_server.send(PCM[i:i + FRAME])
-                sent += 1
-                while not (reply := await channel.from_server.receive()).startswith(
-                        "progress:"):
-                    received.append(reply)
-                if any(r.startswith("final:") for r in received):
-                    break
-            await channel.to_server.send("end")
-            async for frame in channel.from_server:
-                received.append(frame)
-    assert next(r for r in received if r.startswith("final:")) == (
-        f"final:{phrases['utterances'][0]}")
-    return sent
+    return await frames_until_first_final(model, phrases, commands, config)
 
 
 async def test_the_device_default_ends_turns_sooner_and_a_session_can_turn_it_off(

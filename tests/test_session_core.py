@@ -12,6 +12,7 @@ import trio
 
 from edge.asr.vosk import LoadedModel
 from edge.core.auth import SCOPE_READ, SCOPE_WRITE, Claims
+from edge.core.config import Config
 from edge.core.errors import ProtocolError
 from edge.core.stats import Stats
 from edge.net.channel import ChannelClosed
@@ -97,14 +98,15 @@ class Plain:
 
 
 async def run_session(model: LoadedModel, phrases: dict[str, Any], dialect: Plain,
-                      client: Any) -> tuple[list[str], int | None]:
+                      client: Any, config: Config | None = None
+                      ) -> tuple[list[str], int | None]:
     now = time.time()
     claims = Claims(sub="test", scopes=frozenset({SCOPE_READ, SCOPE_WRITE}),
                     user_type="doctor", issued_at=now, expires_at=now + 600)
     info = SessionInfo(session_id="s-1", claims=claims, model_name=model.name,
                        default_rate=16000)
     channel = MemoryChannel()
-    session = Session(channel, info, make_config(), model.recognizer,
+    session = Session(channel, info, config or make_config(), model.recognizer,
                       trio.CapacityLimiter(2), Stats(), dialect=dialect,
                       dialect_name="plain", phrases=tuple(phrases["grammar"]))
     received: list[str] = []
@@ -115,6 +117,32 @@ async def run_session(model: LoadedModel, phrases: dict[str, Any], dialect: Plai
             async for frame in channel.from_server:
                 received.append(frame)
     return received, channel.close_code
+
+
+async def frames_until_first_final(model: LoadedModel, phrases: dict[str, Any],
+                                   commands: list[str], config: Config | None = None) -> int:
+    """Lockstep 100 ms frames after ``commands`` until the first final (which must be
+    the recording's first phrase); how many frames were sent."""
+    sent = 0
+
+    async def client(channel: MemoryChannel, received: list[str]) -> None:
+        nonlocal sent
+        for command in commands:
+            await channel.to_server.send(command)
+        for i in range(0, len(PCM), FRAME):
+            await channel.to_server.send(PCM[i:i + FRAME])
+            sent += 1
+            while not (reply := await channel.from_server.receive()).startswith("progress:"):
+                received.append(reply)
+            if any(r.startswith("final:") for r in received):
+                break
+        await channel.to_server.send("end")
+
+    received, _ = await run_session(model, phrases, Plain(answers_every_frame=True), client,
+                                    config)
+    assert next(r for r in received if r.startswith("final:")) == (
+        f"final:{phrases['utterances'][0]}")
+    return sent
 
 
 async def test_a_lockstep_client_gets_one_reply_per_frame(
@@ -167,31 +195,8 @@ async def test_a_forced_endpoint_finalises_now_and_the_stream_goes_on(
 async def test_max_turn_silence_ends_a_turn_before_the_endpointer(
     model: LoadedModel, phrases: dict[str, Any]
 ) -> None:
-    async def frames_until_first_final(setting: list[str]) -> int:
-        sent = 0
-
-        async def client(channel: MemoryChannel, received: list[str]) -> None:
-            nonlocal sent
-            for command in setting:
-                await channel.to_server.send(command)
-            for i in range(0, len(PCM), FRAME):
-                await channel.to_server.send(PCM[i:i + FRAME])
-                sent += 1
-                while not (reply := await channel.from_server.receive()).startswith(
-                        "progress:"):
-                    received.append(reply)
-                if any(r.startswith("final:") for r in received):
-                    break
-            await channel.to_server.send("end")
-
-        received, _ = await run_session(model, phrases, Plain(answers_every_frame=True),
-                                        client)
-        assert next(r for r in received if r.startswith("final:")) == (
-            f"final:{phrases['utterances'][0]}")
-        return sent
-
-    endpointer = await frames_until_first_final([])
-    short_turns = await frames_until_first_final(["turn:300"])
+    endpointer = await frames_until_first_final(model, phrases, [])
+    short_turns = await frames_until_first_final(model, phrases, ["turn:300"])
     # Vosk's endpointer waits for over a second of trailing silence; 300 ms of
     # unchanged partial text ends the turn well before it.
     assert short_turns + 5 <= endpointer, (short_turns, endpointer)
