@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs edge as a systemd service on Debian / Raspberry Pi OS, in one go:
 #   sudo bash systemd/install.sh
-# - system packages it needs (python3-venv, PortAudio, ALSA plugins);
+# - system packages it needs (python3-venv, PortAudio, ALSA plugins, and gcc with the
+#   Python headers: PyAudio publishes no Linux wheels, pip compiles it);
 # - the package and its dependencies (the default model included) into $PREFIX/venv;
 # - /etc/edge/edge.toml (kept if present) and /etc/edge/jwt-secret (generated once,
 #   root-only; systemd hands it to the service as the credential "jwt-secret");
 # - the unit, enabled and started.
 # Re-running upgrades the package and the unit and keeps config and secret.
 # For packaging and tests: PREFIX, ETC, UNIT_DIR move the files; SKIP_APT=1 and
-# NO_SYSTEMCTL=1 leave the system's packages and systemd alone.
+# NO_SYSTEMCTL=1 leave the system's packages and systemd alone (systemd is also left
+# alone when it is not running, as in a chroot or a container: the unit is installed,
+# not started). tools/arm64-check runs this script in an arm64 Debian 12 root.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +21,8 @@ UNIT_DIR=${UNIT_DIR:-/etc/systemd/system}
 
 if [ -z "${SKIP_APT:-}" ]; then
     missing=()
-    for pkg in python3-venv portaudio19-dev libasound2-plugins alsa-utils; do
+    for pkg in python3-venv python3-dev gcc libc6-dev portaudio19-dev libasound2-plugins \
+            alsa-utils; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -45,6 +49,10 @@ sed -e "s#/opt/edge#$PREFIX#g" -e "s#/etc/edge#$ETC#g" "$SRC/systemd/edge.servic
     > "$UNIT_DIR/edge.service"
 chmod 0644 "$UNIT_DIR/edge.service"
 
+if [ -z "${NO_SYSTEMCTL:-}" ] && [ ! -d /run/systemd/system ]; then
+    echo "systemd is not running here: installed $UNIT_DIR/edge.service, not started"
+    NO_SYSTEMCTL=1
+fi
 if [ -z "${NO_SYSTEMCTL:-}" ]; then
     systemctl daemon-reload
     systemctl enable --now edge.service
