@@ -166,6 +166,8 @@ class IngestMqttConfig(MqttClientConfig):
     subscription: str = "$share/edge/edge/v1/+/+/events"
     allow_devices: str = ""  # comma-separated; empty: every device under the subscription
     max_inflight: int = 64
+    # Keep each device's order (gap answers); false for several daemons in one share group.
+    ordered: bool = True
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,10 @@ that creates the file (or migrates an older one); see :attr:`Journal.epoch`.
 Relay state per event: pending (``0``), acknowledged by the upstream (``1``), or shed
 from a full outbox by :meth:`Journal.shed_backlog` (``2``: kept here, never sent).
 
+Set aside (schema version 4): a ``set_aside`` row per event taken out of the outbox
+because a consumer refused it or it cannot be sent (``relayed`` is ``2`` for it, as for
+shed events), with the reason; :meth:`Journal.requeue` puts it back.
+
 Nothing here logs transcript text or payloads; log lines carry counts, paths and ids.
 """
 
@@ -75,6 +79,7 @@ from edge.core.fs import create_private, fsync_dir
 from edge.journal import ingest as _ingest
 from edge.journal import local, outbox, reading, retention
 from edge.journal.connection import Link, WriteGate
+from edge.journal.outbox import SetAside
 from edge.journal.records import (
     PENDING,
     RELAYED,
@@ -87,11 +92,11 @@ from edge.journal.records import (
 from edge.protocols.relay import check_id
 
 __all__ = ["PENDING", "RELAYED", "SCHEMA_VERSION", "SHED", "Backlog", "Journal",
-           "JournalError", "RelayEvent", "SessionRow"]
+           "JournalError", "RelayEvent", "SessionRow", "SetAside"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _OLDEST_READABLE = 1  # read-only opening reads files of this version and later
 
 # SQLite primary result codes that mean "this file is damaged", not "the world is busy".
@@ -143,6 +148,15 @@ _SCHEMA: dict[int, tuple[str, ...]] = {
     3: (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))))",
+    ),
+    # Events set aside from the outbox (refused by a consumer, or too large to send):
+    # why and when, until an operator re-queues them or retention purges them.
+    4: (
+        """CREATE TABLE set_aside (
+            event_id INTEGER PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
     ),
 }
 
@@ -314,6 +328,22 @@ class Journal:
     def backlog(self) -> Backlog:
         """The outbox: events pending relay and their payload bytes."""
         return outbox.backlog(self._bulk)
+
+    def set_aside(self, reasons: Mapping[int, str]) -> int:
+        """Take pending events (id -> reason code) out of the outbox for good: kept
+        here, never sent until :meth:`requeue`; returns how many. Durable."""
+        return outbox.set_aside(self._writable(self._bulk), reasons)
+
+    def set_aside_events(self, limit: int = 1000) -> list[SetAside]:
+        """The events set aside, oldest first (ids, sessions, reasons; no payloads)."""
+        return outbox.set_aside_events(self._bulk, limit, schema=self._schema)
+
+    def set_aside_count(self) -> int:
+        return outbox.set_aside_count(self._bulk, schema=self._schema)
+
+    def requeue(self, ids: Sequence[int] | None = None) -> int:
+        """Put set-aside events (these ids, or all) back in the outbox; returns how many."""
+        return outbox.requeue(self._writable(self._bulk), ids)
 
     def shed_backlog(self, max_bytes: int) -> Backlog:
         """Bound the outbox: drop the oldest pending events from it until the rest

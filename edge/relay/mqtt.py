@@ -345,11 +345,19 @@ class _Flight:
     mid: int
     sent_at: float
     puback: bool = False
-    receipts: list[Receipt] = field(default_factory=list)
 
 
 class _Resplit(Exception):
     """The broker refused a message as too large: split the window smaller."""
+
+
+@dataclass
+class _Answers:
+    """What one pass over PUBACKs and receipts found."""
+
+    changed: bool = False
+    refused: dict[int, str] = field(default_factory=dict)  # event id -> reason
+    gap: bool = False  # a gap receipt for a message of this window
 
 
 class MqttRelay(Relay):
@@ -365,14 +373,24 @@ class MqttRelay(Relay):
             backoff_max=settings.backoff_max), journal)
         self._m = settings
         self._max_bytes = settings.max_message_bytes
-        self._receipts: collections.deque[Receipt] = collections.deque(maxlen=4096)
+        # Receipts with the window tag their correlation data carried ("" if none).
+        self._receipts: collections.deque[tuple[Receipt, str]] = collections.deque(
+            maxlen=4096)
+        self._window = 0
         self.republished = 0
+        self.go_backs = 0  # windows abandoned to send again in order
+        self.gaps = 0  # gap receipts acted on
+        self.set_aside_events = 0  # since start: refused by a consumer or too large
+        self.set_aside_reason: str | None = None  # the last one's
         self.messages = 0
         self.epoch = ""
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "transport": "mqtt", "ack_level": self._m.ack_level,
-                "republished": self.republished, "max_message_bytes": self._max_bytes}
+                "republished": self.republished, "go_backs": self.go_backs,
+                "set_aside": self.set_aside_events,
+                "set_aside_reason": self.set_aside_reason,
+                "max_message_bytes": self._max_bytes}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -405,7 +423,12 @@ class MqttRelay(Relay):
         except MqttRelayError as exc:
             logger.warning("relay: ignored a message on the receipt topic (%s)", exc.message)
             return
-        self._receipts.append(receipt)
+        props = message.properties
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        tag = ""
+        if isinstance(correlation, bytes | bytearray):
+            tag = bytes(correlation).partition(b"/")[2].decode("ascii", "replace")[:20]
+        self._receipts.append((receipt, tag))
 
     @property
     def _device(self) -> str:
@@ -443,11 +466,27 @@ class MqttRelay(Relay):
 
     async def _send_window(self, link: MqttLink, events: list[Any], cap: int,
                            max_bytes: int) -> None:
+        """Publish a window of pending events and mark what is acknowledged, in order.
+
+        Go-back-N: when a message is not acknowledged in time, or a consumer answers
+        a gap, everything in flight after it is abandoned and the window ends; the
+        next one starts again from the earliest unacknowledged event, in order (its
+        first message carries no ``after``). A consumer that keeps the order refuses
+        the abandoned messages that reach it first (they name an ``after`` it lacks),
+        and re-sends it had already stored collapse by their keys."""
         m = self._m
+        self._window += 1
+        tag = str(self._window)
         parts = split(self._device, self.epoch, events, max_bytes=max_bytes,
                       max_events=m.batch_events, topic_name=m.topic,
-                      response_topic=m.receipt_topic)
-        messages = parts.messages
+                      response_topic=m.receipt_topic, chain=m.ack_level == "receipt",
+                      tag=tag)
+        if parts.oversized:
+            # Never sent: set aside before anything after it is marked relayed.
+            big = {id(x) for x in parts.oversized}
+            await self._set_aside({x.first: "too_large" for x in parts.oversized},
+                                  f"larger than {max_bytes} bytes on its own")
+        messages = [x for x in parts.messages if not parts.oversized or id(x) not in big]
         done = [False] * len(messages)
         flights: dict[int, _Flight] = {}  # by mid
         marked = 0  # messages[:marked] are marked relayed
@@ -481,26 +520,33 @@ class MqttRelay(Relay):
             now = trio.current_time()
             deadline = min((f.sent_at + m.receipt_timeout for f in flights.values()),
                            default=now + _IDLE_POLL)
-            if not self._settle(link, flights, messages, done):
+            answers = self._settle(link, flights, messages, done, tag)
+            if not answers.changed:
                 with trio.move_on_at(deadline):
                     await wake.wait()
             if link.disconnected.is_set() and flights:
                 self._maybe_too_big(link, flights)
             link.check()
-            self._settle(link, flights, messages, done)
+            more = self._settle(link, flights, messages, done, tag)
+            answers.refused.update(more.refused)
+            go_back = answers.gap or more.gap
+            if go_back:
+                self.gaps += 1
             now = trio.current_time()
-            for flight in list(flights.values()):
+            for flight in sorted(flights.values(), key=lambda f: f.index):
                 if now < flight.sent_at + m.receipt_timeout:
                     continue
                 if not flight.puback:
                     raise LinkError(f"the broker did not acknowledge a message within "
                                     f"{m.receipt_timeout:g}s")
-                del flights[flight.mid]  # no receipt in time: publish it again
-                self.republished += 1
-                logger.info("relay: no receipt for events %d-%d within %gs; publishing "
-                            "them again", flight.message.first, flight.message.last,
-                            m.receipt_timeout)
-                send(flight.index)
+                if not go_back:
+                    logger.info("relay: no receipt for events %d-%d within %gs; sending "
+                                "again from there, in order", flight.message.first,
+                                flight.message.last, m.receipt_timeout)
+                go_back = True
+                break
+            if answers.refused:
+                await self._set_aside(answers.refused, "refused by the consumer")
             prefix = marked
             while prefix < len(messages) and done[prefix]:
                 prefix += 1
@@ -512,17 +558,40 @@ class MqttRelay(Relay):
                 self._unreported_shed = (0, 0)
                 self._link_works()
                 marked = prefix
+            if go_back and marked < len(messages):
+                self.go_backs += 1
+                self.republished += sum(1 for i in range(marked, next_index) if not done[i])
+                return
+
+    async def _set_aside(self, reasons: dict[int, str], why: str) -> None:
+        """Take events out of the outbox for good (kept in the journal): counted, and
+        one WARNING with ids and reasons, never content."""
+        count = await self._journal.call(self._journal.journal.set_aside, reasons)
+        if not count:
+            return
+        self.set_aside_events += count
+        codes = sorted(set(reasons.values()))
+        self.set_aside_reason = codes[-1] if len(codes) == 1 else ", ".join(codes)
+        ids = sorted(reasons)
+        logger.warning("relay: set aside %d event(s) (ids %d-%d, %s: %s); they stay in the "
+                       "journal and are not sent again ('edge relay set-aside' lists them, "
+                       "'edge relay requeue' sends them again)", count, ids[0], ids[-1],
+                       why, self.set_aside_reason)
 
     def _settle(self, link: MqttLink, flights: dict[int, _Flight],
-                messages: list[EventsMessage], done: list[bool]) -> bool:
-        """Apply PUBACKs and receipts that arrived; True if anything changed."""
-        changed = False
+                messages: list[EventsMessage], done: list[bool], tag: str) -> _Answers:
+        """Apply PUBACKs and receipts that arrived."""
+        answers = _Answers()
         for mid in [mid for mid in flights if mid in link.published]:
             rc = link.published.pop(mid)
             flight = flights[mid]
-            changed = True
+            answers.changed = True
             if rc.is_failure:
-                self._refused(flight, rc)
+                if self._refused(flight, rc):
+                    answers.refused[flight.message.first] = "too_large"
+                    done[flight.index] = True
+                    del flights[mid]
+                    continue
             elif rc.value == _RC_NO_MATCHING_SUBSCRIBERS:
                 raise LinkError(f"the broker has no subscriber for {self._m.topic}: "
                                 f"{describe_reason(rc)}; not delivered")
@@ -531,17 +600,25 @@ class MqttRelay(Relay):
                 done[flight.index] = True
                 del flights[mid]
         while self._receipts:
-            receipt = self._receipts.popleft()
-            changed = True
+            receipt, receipt_tag = self._receipts.popleft()
+            answers.changed = True
+            if receipt.gap is not None:
+                # Only an answer to this window's messages: older ones were abandoned.
+                if receipt_tag == tag and any(
+                        receipt.first == x.first and receipt.last == x.last
+                        for x in messages):
+                    answers.gap = True
+                continue
             # A receipt from an earlier connection (queued in the persistent session)
             # covers the same events as the message published again now.
             for index, message in enumerate(messages):
                 if not done[index] and receipt.covers(message):
                     done[index] = True
+                    answers.refused.update(receipt.refused_ids(message))
             for mid, flight in list(flights.items()):
                 if done[flight.index]:
                     del flights[mid]
-        return changed
+        return answers
 
     def _maybe_too_big(self, link: MqttLink, flights: dict[int, _Flight]) -> None:
         """Mosquitto answers a message over its ``message_size_limit`` with PUBACK 0x95,
@@ -558,7 +635,10 @@ class MqttRelay(Relay):
                            "bytes in flight (its size limit?); sending at most %d bytes "
                            "per message", size, self._max_bytes)
 
-    def _refused(self, flight: _Flight, rc: ReasonCode) -> None:
+    def _refused(self, flight: _Flight, rc: ReasonCode) -> bool:
+        """A PUBACK with a failure: True if its one event is to be set aside as too
+        large (the broker says so of a message that cannot be split); otherwise
+        raises _Resplit (split smaller) or LinkError."""
         code = rc.value
         size = len(flight.message.encode())
         if (code in (_RC_PACKET_TOO_LARGE, _RC_IMPLEMENTATION_SPECIFIC, _RC_QUOTA_EXCEEDED)
@@ -568,6 +648,8 @@ class MqttRelay(Relay):
                            "at most %d bytes per message", size, describe_reason(rc),
                            self._max_bytes)
             raise _Resplit
+        if code == _RC_PACKET_TOO_LARGE and len(flight.message.events) == 1:
+            return True
         raise LinkError(f"the broker refused a message of {size} bytes: "
                         f"{describe_reason(rc)}")
 
