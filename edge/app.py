@@ -136,7 +136,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     recognizer_factory=recognizers, admissions=admissions,
                     revocations=revocations, journal=journal, speakers=speakers, room=room,
                     relay=relay, supervisor=supervisor, routes=routes,
-                    http_routes=http_routes)
+                    http_routes=http_routes, ingest=ingest)
     async with trio.open_nursery() as nursery:
         if journal is not None:
             await supervisor.start(nursery, "retention", journal.run)

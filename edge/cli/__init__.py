@@ -114,6 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(scripts_show)
     scripts_show.set_defaults(command_function="transcripts:run_show")
 
+    relay = sub.add_parser("relay", help="events the relay set aside (refused, too large)")
+    relay_sub = relay.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
+    relay_list = relay_sub.add_parser("set-aside", help="list the events set aside")
+    relay_list.add_argument("--limit", type=int, default=1000)
+    relay_list.add_argument("--json", action="store_true", help="one JSON list")
+    _config_args(relay_list)
+    relay_list.set_defaults(command_function="relay:run_list")
+    relay_requeue = relay_sub.add_parser("requeue", help="send set-aside events again")
+    relay_requeue.add_argument("ids", nargs="*", type=int, metavar="ID")
+    relay_requeue.add_argument("--all", action="store_true", help="every set-aside event")
+    _config_args(relay_requeue)
+    relay_requeue.set_defaults(command_function="relay:run_requeue")
+
     speakers = sub.add_parser("speakers", help="enrol, list and remove named voiceprints")
     speakers_sub = speakers.add_subparsers(dest="speakers_command", required=True,
                                            metavar="ACTION")

@@ -21,7 +21,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
@@ -61,6 +61,9 @@ from edge.protocols.live import CLOSE_SERVICE_RESTART, Limits, LiveDialect
 from edge.relay.ingest import RelayIngest
 from edge.relay.sender import Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
+
+if TYPE_CHECKING:
+    from edge.relay.mqtt_ingest import MqttIngest
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ class Server:
         room: Room | None = None,
         relay: Relay | None = None,
         supervisor: Supervisor | None = None,
+        ingest: MqttIngest | None = None,
         routes: Mapping[str, Route] | None = None,
         http_routes: Mapping[str, HttpRoute] | None = None,
     ) -> None:
@@ -143,6 +147,7 @@ class Server:
         self.journal = journal
         self.speakers = speakers  # None: no speaker model
         self.relay = relay  # None: not relaying upstream
+        self.ingest = ingest  # None: not consuming from an MQTT broker
         self.supervisor = supervisor
         # Peer protocols' WebSocket paths; a key ending in "/" covers every path under it.
         self.routes = dict(routes or {})
@@ -328,7 +333,8 @@ class Server:
             microphone=self.room.status() if self.room else None,
             relay=self.relay.status() if self.relay else None,
             services=self.supervisor.status() if self.supervisor else {},
-            stopping=self.stopping, recognizers=self._pool_status())
+            stopping=self.stopping, recognizers=self._pool_status(),
+            ingest=self.ingest.status() if self.ingest else None)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
@@ -341,6 +347,8 @@ class Server:
             relay_backlog=self.relay.backlog.events if self.relay else 0,
             relay_circuit_open=bool(self.relay and self.relay.circuit_open),
             relay_shed=self.relay.shed_events if self.relay else 0,
+            relay_set_aside=getattr(self.relay, "set_aside_events", 0),
+            ingest=self.ingest.status() if self.ingest else None,
             recognizers=self._pool_status(),
             service_restarts=({name: s.restarts for name, s in self.supervisor.services.items()}
                               if self.supervisor else None))

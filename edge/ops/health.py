@@ -63,7 +63,7 @@ def health(
     *, version: str, model: str, sessions: int, max_sessions: int, clock: ClockStatus,
     microphone: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None,
     services: Mapping[str, Mapping[str, Any]] | None = None, stopping: bool = False,
-    recognizers: Mapping[str, Any] | None = None,
+    recognizers: Mapping[str, Any] | None = None, ingest: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -94,12 +94,19 @@ def health(
     if recognizers is not None:
         # The pool: state (off, waiting, warming, warm), warm (idle) and target.
         body["recognizers"] = dict(recognizers)
+    if ingest is not None:
+        body["ingest"] = dict(ingest)  # the MQTT ingest (edge.relay.mqtt_ingest)
     for name, state in (services or {}).items():
         if state.get("state") == "restarting":
             notes.append(f"the {name} service failed and is being restarted")
     if relay and relay.get("circuit_open"):
         notes.append("the relay cannot reach its upstream; transcripts are kept locally "
                      "and sent when it is back")
+    if relay and relay.get("set_aside"):
+        notes.append(f"the relay set aside {relay['set_aside']} event(s) "
+                     f"({relay.get('set_aside_reason')}); see 'edge relay set-aside'")
+    if ingest and ingest.get("failures", 0) >= 3:
+        notes.append("the MQTT ingest cannot reach its broker")
     if problems:
         body["reasons"] = problems
     if notes:
@@ -113,6 +120,7 @@ def render_metrics(
     listeners: int = 0, relay_circuit_open: bool = False, relay_shed: int = 0,
     recognizers: Mapping[str, Any] | None = None,
     service_restarts: Mapping[str, int] | None = None,
+    relay_set_aside: int = 0, ingest: Mapping[str, Any] | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
@@ -194,6 +202,30 @@ def render_metrics(
     metric("edge_relay_shed_events_total", "counter",
            "Events left out of the relay because the outbox was full (kept locally).",
            [({}, relay_shed)])
+    metric("edge_relay_set_aside_total", "counter",
+           "Events set aside from the relay (refused by the consumer, or too large to "
+           "send; kept locally, re-queued by 'edge relay requeue').",
+           [({}, relay_set_aside)])
+    if ingest is not None:
+        metric("edge_ingest_mqtt_connected", "gauge",
+               "1 while the MQTT ingest is subscribed and consuming.",
+               [({}, 1 if ingest["connected"] else 0)])
+        metric("edge_ingest_mqtt_messages_total", "counter",
+               "Events messages received by the MQTT ingest.", [({}, ingest["messages"])])
+        metric("edge_ingest_mqtt_events_total", "counter",
+               "Events the MQTT ingest handled: stored (new), duplicate, refused.",
+               [({"result": "stored"}, ingest["stored"]),
+                ({"result": "duplicate"}, ingest["duplicates"]),
+                ({"result": "refused"}, ingest["refused"])])
+        metric("edge_ingest_mqtt_gaps_total", "counter",
+               "Messages not stored because an earlier one of the device was missing.",
+               [({}, ingest["gaps"])])
+        metric("edge_ingest_mqtt_dropped_total", "counter",
+               "Messages dropped unanswered (unreadable, naming no event keys).",
+               [({}, ingest["dropped"])])
+        metric("edge_ingest_mqtt_failures", "gauge",
+               "Consecutive failures to reach the broker (0 when consuming).",
+               [({}, ingest["failures"])])
     if service_restarts is not None:
         metric("edge_service_restarts_total", "counter",
                "Background services restarted after a failure, by service.",

@@ -37,6 +37,7 @@ import collections
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +174,8 @@ class MqttLink:
                                    client_id=settings.client_id, protocol=paho.MQTTv5,
                                    reconnect_on_failure=False, manual_ack=manual_ack)
         self._receive_maximum = receive_maximum
+        self._lock = threading.Lock()  # _start's loop_start against _stop
+        self._closed = False
         c = self._client
         c.on_connect = self._cb_connect
         c.on_connect_fail = self._cb_connect_fail
@@ -256,7 +259,9 @@ class MqttLink:
 
     async def open(self) -> None:
         """Connect, waiting for the CONNACK; LinkError if refused or not in time."""
-        await trio.to_thread.run_sync(self._start)
+        # Abandoned if cancelled (a TLS handshake with a silent peer blocks up to
+        # connect_timeout): _start then sees the link closed and starts no loop.
+        await trio.to_thread.run_sync(self._start, abandon_on_cancel=True)
         with trio.move_on_after(self._s.connect_timeout):
             while not (self.connected.is_set() or self.disconnected.is_set()):
                 await self.wake.wait()
@@ -281,9 +286,21 @@ class MqttLink:
             props.ReceiveMaximum = self._receive_maximum
         c.max_inflight_messages_set(65535)  # the caller keeps its own cap
         c.max_queued_messages_set(0)
-        c.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False,
-                        properties=props)
-        c.loop_start()
+        c.connect_timeout = s.connect_timeout
+        try:
+            # Here, not in paho's thread: a refused TCP connection or TLS handshake (a
+            # CA that does not sign the broker's certificate) comes out with its reason.
+            c.connect(s.host, s.port, keepalive=s.keepalive, clean_start=False,
+                      properties=props)
+        except ssl.SSLError as exc:
+            raise LinkError(f"TLS with the broker failed: {exc.reason or exc}") from exc
+        except OSError as exc:
+            raise LinkError(f"cannot connect to the broker: {exc.strerror or exc}") from exc
+        with self._lock:
+            if self._closed:
+                c.disconnect()
+                return
+            c.loop_start()
 
     def check(self) -> None:
         if self.disconnected.is_set():
@@ -334,8 +351,10 @@ class MqttLink:
             await trio.to_thread.run_sync(self._stop)
 
     def _stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        with self._lock:
+            self._closed = True
+            self._client.disconnect()
+            self._client.loop_stop()
 
 
 @dataclass
@@ -382,6 +401,7 @@ class MqttRelay(Relay):
         self.gaps = 0  # gap receipts acted on
         self.set_aside_events = 0  # since start: refused by a consumer or too large
         self.set_aside_reason: str | None = None  # the last one's
+        self.set_aside_waiting = 0  # in the journal now (re-read every few seconds)
         self.messages = 0
         self.epoch = ""
 
@@ -390,6 +410,7 @@ class MqttRelay(Relay):
                 "republished": self.republished, "go_backs": self.go_backs,
                 "set_aside": self.set_aside_events,
                 "set_aside_reason": self.set_aside_reason,
+                "set_aside_waiting": self.set_aside_waiting,
                 "max_message_bytes": self._max_bytes}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -444,6 +465,7 @@ class MqttRelay(Relay):
             if trio.current_time() >= self._next_shed_check:
                 self._next_shed_check = trio.current_time() + _SHED_CHECK_INTERVAL
                 await self._shed_if_full()
+                self.set_aside_waiting = await journal.call(journal.journal.set_aside_count)
             cap = max(1, min(self._m.max_inflight, link.receive_maximum))
             max_bytes = self._max_bytes
             if link.maximum_packet_size:
@@ -570,6 +592,8 @@ class MqttRelay(Relay):
         if not count:
             return
         self.set_aside_events += count
+        self.set_aside_waiting = await self._journal.call(
+            self._journal.journal.set_aside_count)
         codes = sorted(set(reasons.values()))
         self.set_aside_reason = codes[-1] if len(codes) == 1 else ", ".join(codes)
         ids = sorted(reasons)
