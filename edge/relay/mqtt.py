@@ -200,7 +200,7 @@ class MqttLink:
 
     def _cb_disconnect(self, client: Any, userdata: Any, flags: Any, rc: ReasonCode,
                        properties: Properties | None) -> None:
-        self._soon(self._lost, f"the broker closed the connection: {describe_reason(rc)}")
+        self._soon(self._closed_by_broker, describe_reason(rc))
 
     def _cb_publish(self, client: Any, userdata: Any, mid: int, rc: ReasonCode,
                     properties: Properties | None) -> None:
@@ -235,6 +235,16 @@ class MqttLink:
         self.session_present = session_present
         self.connected.set()
         self._poke()
+
+    def _closed_by_broker(self, reason: str) -> None:
+        if self.connected.is_set():
+            self._lost(f"the broker closed the connection: {reason}")
+        elif urlsplit(self._s.url).scheme == "mqtts":
+            self._lost(f"the broker closed the connection before accepting it: {reason} "
+                       "(a broker that requires a client certificate does this without "
+                       "one, or with one its CA did not sign)")
+        else:
+            self._lost(f"the broker closed the connection before accepting it: {reason}")
 
     def _lost(self, why: str) -> None:
         if self.error is None:
