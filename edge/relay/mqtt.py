@@ -63,6 +63,7 @@ from edge.relay.sender import _CIRCUIT_OPEN_AFTER, _SHED_CHECK_INTERVAL, Relay, 
 logger = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0
+_GO_BACKS_WARNING = 10
 _MIN_MESSAGE_BYTES = 4096
 _RC_NO_MATCHING_SUBSCRIBERS = 0x10
 _RC_IMPLEMENTATION_SPECIFIC = 0x83  # Mosquitto's answer to a message over its size limit
@@ -408,6 +409,7 @@ class MqttRelay(Relay):
         self._window = 0
         self.republished = 0
         self.go_backs = 0  # windows abandoned to send again in order
+        self._go_backs_in_a_row = 0  # without the acknowledged prefix growing
         self.gaps = 0  # gap receipts acted on
         self.set_aside_events = 0  # since start: refused by a consumer or too large
         self.set_aside_reason: str | None = None  # the last one's
@@ -589,9 +591,17 @@ class MqttRelay(Relay):
                 self.last_ack = trio.current_time()
                 self._unreported_shed = (0, 0)
                 self._link_works()
+                self._go_backs_in_a_row = 0
                 marked = prefix
             if go_back and marked < len(messages):
                 self.go_backs += 1
+                self._go_backs_in_a_row += 1
+                if self._go_backs_in_a_row == _GO_BACKS_WARNING:
+                    logger.warning(
+                        "relay: sent again from event %d %d times without a receipt for "
+                        "it; is another consumer (perhaps offline) in the consumer's shared "
+                        "subscription while it keeps the order (ingest.mqtt.ordered)?",
+                        messages[marked].first, self._go_backs_in_a_row)
                 self.republished += sum(1 for i in range(marked, next_index) if not done[i])
                 return
 
