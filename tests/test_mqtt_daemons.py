@@ -110,6 +110,35 @@ async def test_a_session_arrives_once_in_order_at_the_ingest(
             assert status == 200
             assert "edge_relay_backlog_events 0" in body.decode()
             assert "edge_relay_circuit_open 0" in body.decode()
+            assert "edge_relay_set_aside_total 0" in body.decode()
+            assert relay["set_aside"] == 0 and relay["set_aside_waiting"] == 0
+            # The ingest's own state, consuming and then with its broker gone.
+            stored = len(events_at(b))
+            status, health = await trio.to_thread.run_sync(http_get, b.port)
+            assert status == 200
+            ingest_state = health["ingest"]
+            assert ingest_state["connected"] and ingest_state["state"] == "consuming"
+            assert ingest_state["subscription"] == "$share/edge/edge/v1/+/+/events"
+            assert ingest_state["stored"] == stored and ingest_state["refused"] == 0
+            assert ingest_state["gaps"] == 0 and ingest_state["last_error"] is None
+            assert ingest_state["messages"] >= 1 and ingest_state["receipts"] >= 1
+            _, _, body = await helpers.http_get(b.port, "/metrics")
+            text = body.decode()
+            assert "edge_ingest_mqtt_connected 1" in text
+            assert f'edge_ingest_mqtt_events_total{{result="stored"}} {stored}' in text
+            assert 'edge_ingest_mqtt_events_total{result="refused"} 0' in text
+            await trio.to_thread.run_sync(broker.stop)
+
+            def ingest_down() -> bool:
+                health = http_get(b.port)[1]["ingest"]
+                return bool(health["failures"] >= 3 and not health["connected"])
+
+            await wait_for(ingest_down, 30)
+            status, health = await trio.to_thread.run_sync(http_get, b.port)
+            assert "refused" in health["ingest"]["last_error"].lower()
+            assert any("MQTT ingest cannot reach" in n for n in health.get("notes", []))
+            _, _, body = await helpers.http_get(b.port, "/metrics")
+            assert "edge_ingest_mqtt_connected 0" in body.decode()
         finally:
             a.stop()
             b.stop()

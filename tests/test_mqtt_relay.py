@@ -319,3 +319,38 @@ async def test_a_burst_beyond_the_ingests_window_waits_and_loses_nothing(
         while len(b.events()) < 200:
             await trio.sleep(0.05)
     assert b.events() == a.events() and ingest.dropped == 0
+
+
+async def test_a_full_outbox_sheds_its_oldest_events_while_the_broker_is_away(
+    nursery: trio.Nursery, nodes: tuple[Node, Node], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The journal's backlog cap (``relay.max_backlog_bytes``, the WebSocket relay's
+    too): while the broker is unreachable the oldest pending events are shed (kept in
+    the device's journal, never sent, not set aside); what is left arrives in order."""
+    a, b = nodes
+    journal_sessions(a, 4, 5, text="가" * 100)  # 28 events of about 400 bytes
+    broker = Broker(tmp_path / "later")  # not started yet: connections are refused
+    relay = relay_of(a, broker.url, max_backlog_bytes=4000)
+    await nursery.start(relay.run)
+    with trio.fail_after(20):
+        while relay.shed_events == 0:
+            await trio.sleep(0.05)
+    assert relay.failures >= 1 and "refused" in (relay.last_error or "").lower()
+    kept = (await a.service.backlog())
+    assert 0 < kept.bytes <= 4000 and kept.events + relay.shed_events == 28
+    assert relay.status()["shed_events"] == relay.shed_events
+    assert any("outbox over 4000 bytes" in r.getMessage() for r in caplog.records)
+    with broker:
+        ingest = ingest_of(b, broker.url)
+        await nursery.start(ingest.run)
+        await ingest.subscribed.wait()
+        await drained(a, relay)
+    db = a.journal._conn
+    assert db is not None
+    sent = [(s, q, k) for s, q, k in db.execute(
+        "SELECT session_id, seq, kind FROM events WHERE relayed = 1 ORDER BY id")]
+    assert b.events() == sent and len(sent) == kept.events
+    assert a.events()[-len(sent):] == sent  # the newest were kept
+    assert a.journal.set_aside_count() == 0 and relay.set_aside_events == 0
+    assert len(a.events()) == 28  # nothing shed left the device's journal
