@@ -178,6 +178,7 @@ def test_journal_epoch_added_to_a_version_2_file(tmp_path: Any) -> None:
         pass
     conn = sqlite3.connect(tmp_path / "a.db")
     conn.execute("DROP TABLE meta")
+    conn.execute("DROP TABLE set_aside")  # schema 4's, after the epoch
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
@@ -185,3 +186,73 @@ def test_journal_epoch_added_to_a_version_2_file(tmp_path: Any) -> None:
         assert journal.epoch == ""
     with Journal.open(tmp_path / "a.db", device_id="room-a") as journal:
         assert len(journal.epoch) == 16
+
+
+def test_chained_messages_name_the_one_before_and_carry_the_window() -> None:
+    events = [event(i, "x" * 3000) for i in (2, 3, 5, 8, 9)] + [event(11, "x" * 20000)]
+    events.append(event(12))
+    result = split("room-a", EPOCH, events, max_bytes=8000, max_events=200,
+                   topic_name="t", response_topic="r", chain=True, tag="7")
+    afters = [(m.first, m.last, m.after) for m in result.messages]
+    # The first starts the stream; the oversized one (not sent) is not an ``after``.
+    assert afters == [(2, 3, None), (5, 8, 3), (9, 9, 8), (11, 11, 9), (12, 12, 9)]
+    assert [m.first for m in result.oversized] == [11]
+    for m in result.messages:
+        assert m.correlation == f"{m.first}-{m.last}/7".encode()
+        decoded = decode_events(m.encode())
+        assert decoded.after == m.after and decoded.events == m.events
+        if m not in result.oversized:
+            assert packet_size("t", "r", m) <= 8000
+    plain = split("room-a", EPOCH, events[:2], max_bytes=8000, max_events=200)
+    assert plain.messages[0].after is None and b'"after"' not in plain.messages[0].encode()
+
+
+@pytest.mark.parametrize("after", [0, 5, 7, True, "3"])
+def test_after_must_name_an_earlier_id(after: Any) -> None:
+    data = json.loads(EventsMessage("room-a", EPOCH, (event(5), event(7))).encode())
+    data["after"] = after
+    with pytest.raises(MqttRelayError) as info:
+        decode_events(json.dumps(data).encode())
+    assert "after" in info.value.message
+
+
+def test_refusal_and_gap_receipts() -> None:
+    message = EventsMessage("room-a", EPOCH, (event(3), event(7)))
+    refused = message.receipt(0, refused="device_not_allowed")
+    decoded = decode_receipt(refused.encode())
+    assert decoded == refused and decoded.covers(message)
+    assert decoded.refused_ids(message) == {3: "device_not_allowed", 7: "device_not_allowed"}
+    wire = json.loads(refused.encode())
+    assert wire["refused"][0] == {"key": f"room-a/{EPOCH}/3", "reason": "device_not_allowed"}
+    other = EventsMessage("room-a", EPOCH, (event(4),))
+    assert decoded.refused_ids(other) == {}  # keys of other events are not this one's
+    gap = message.receipt(gap=2)
+    assert decode_receipt(gap.encode()) == gap and not gap.covers(message)
+    assert json.loads(gap.encode())["gap"] == 2
+
+
+@pytest.mark.parametrize("refused", [
+    "x", [{"key": "room-a/e/1"}], [{"key": "nokey", "reason": "invalid"}],
+    [{"key": f"room-a/{EPOCH}/1", "reason": "Not A Code"}], ["room-a/e/1"],
+    [{"key": f"room-a/{EPOCH}/0", "reason": "invalid"}],
+])
+def test_bad_refusals(refused: Any) -> None:
+    wire = {"schema": "edge.receipt/1", "device_id": "a", "epoch": EPOCH, "first": 1,
+            "last": 4, "refused": refused}
+    with pytest.raises(MqttRelayError) as info:
+        decode_receipt(json.dumps(wire).encode())
+    assert info.value.code == "bad_receipt" and "refused" in info.value.message
+
+
+def test_keys_from_user_properties() -> None:
+    from edge.protocols.mqtt_relay import keys_of, parse_key
+
+    message = EventsMessage("room/a", EPOCH, (event(9), event(3)))
+    assert keys_of(message.user_properties()) == ("room/a", EPOCH, [3, 9])
+    assert parse_key(f"room-a/{EPOCH}/12") == ("room-a", EPOCH, 12)
+    for bad in ("room-a/12", f"/{EPOCH}/1", f"room-a/{EPOCH}/-1", f"room-a/{EPOCH}/1e3",
+                f"room-a/{EPOCH}/" + "9" * 20, "room-a/bad epoch/1"):
+        assert parse_key(bad) is None
+    assert keys_of([("schema", "edge.events/1")]) is None
+    assert keys_of([(KEY_PROPERTY, f"a/{EPOCH}/1"), (KEY_PROPERTY, f"b/{EPOCH}/2")]) is None
+    assert keys_of([(KEY_PROPERTY, "junk")]) is None
