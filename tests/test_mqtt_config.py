@@ -24,6 +24,7 @@ def test_nested_tables_from_toml_and_environment(tmp_path: Path) -> None:
     assert c.relay.mqtt.password == "pw" and c.ingest.mqtt.password == "pw2"
     assert c.relay.mqtt.ack_level == "receipt" and c.relay.mqtt.max_message_bytes == 98304
     assert c.ingest.mqtt.enabled and c.ingest.mqtt.subscription.startswith("$share/")
+    assert c.ingest.mqtt.ordered  # keep each device's order unless told not to
 
 
 def test_defaults_keep_the_websocket_relay() -> None:
@@ -44,6 +45,7 @@ def test_defaults_keep_the_websocket_relay() -> None:
     ({"relay.enabled": True, "relay.transport": "mqtt", "relay.mqtt.url": "mqtt://b:1",
       "relay.mqtt.certfile": "c.pem"}, "relay.mqtt.keyfile"),
     ({"ingest.mqtt.enabled": True}, "ingest.mqtt.url"),
+    ({"ingest.mqtt.ordered": "sometimes"}, "ingest.mqtt.ordered"),
     ({"ingest.mqtt.enabled": True, "ingest.mqtt.url": "mqtt://b:1",
       "ingest.mqtt.password": "a", "ingest.mqtt.password_file": "f"},
      "ingest.mqtt.password_file"),
