@@ -89,10 +89,10 @@ def test_bad_connect_params(query: dict[str, list[str]]) -> None:
     assert caught.value.close_code == 3006
 
 
-def test_turn_silence_prefers_max() -> None:
+def test_turn_silence_prefers_the_confident_one() -> None:
     assert aai.ConnectParams(max_turn_silence_ms=700, min_turn_silence_ms=160
-                             ).turn_silence_ms == 700
-    assert aai.ConnectParams(min_turn_silence_ms=160).turn_silence_ms == 160
+                             ).turn_silence_ms == 160
+    assert aai.ConnectParams(max_turn_silence_ms=700).turn_silence_ms == 700
     assert aai.ConnectParams().turn_silence_ms is None
 
 
@@ -130,10 +130,10 @@ def test_hostile_frames_end_the_session_with_3006(frame: str) -> None:
 
 
 def test_update_configuration_changes_only_what_changed() -> None:
-    d = aai.AssemblyAIDialect(aai.ConnectParams(max_turn_silence_ms=700))
-    assert d.parse('{"type":"UpdateConfiguration","min_turn_silence":100}') == Reply(())
-    assert d.parse('{"type":"UpdateConfiguration","max_turn_silence":800}') == Configure(
-        max_turn_silence_ms=800)
+    d = aai.AssemblyAIDialect(aai.ConnectParams(min_turn_silence_ms=300))
+    assert d.parse('{"type":"UpdateConfiguration","max_turn_silence":800}') == Reply(())
+    assert d.parse('{"type":"UpdateConfiguration","min_turn_silence":100}') == Configure(
+        max_turn_silence_ms=100)
     assert not d.format_turns
     d.parse('{"type":"UpdateConfiguration","format_turns":true}')
     assert d.format_turns

@@ -14,6 +14,7 @@ import os
 import socket
 from typing import Any
 
+import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
@@ -301,3 +302,58 @@ async def test_listener_end_closes_normally(
                 pass
         assert last["type"] == "session_end" and last["room_id"] == server.room.id
         assert ws.closed is not None and ws.closed.code == 1000
+
+
+class OnceSource(PlayedSource):
+    """Plays ``pcm`` once at real-time pace, then sends nothing more (a quiet line)."""
+
+    def __init__(self, pcm: bytes) -> None:
+        super().__init__()
+        self.pcm = pcm
+
+    async def run(self, send: trio.MemorySendChannel[Chunk | MicEvent], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with send:
+            for i in range(0, len(self.pcm), CHUNK):
+                await send.send(Chunk(self.pcm[i:i + CHUNK], 16000, trio.current_time()))
+                self.chunks += 1
+                await trio.sleep(self.period)
+            await trio.sleep_forever()
+
+
+def first_phrase_end() -> int:
+    """Byte offset where the fixture's first phrase ends (its samples fall to zero for
+    the 2.2 s gap)."""
+    samples = np.frombuffer(SPEECH, "<i2")
+    frames = np.abs(samples[:len(samples) // 160 * 160].reshape(-1, 160)).max(axis=1)
+    voiced = np.flatnonzero(frames > 0)
+    gaps = np.flatnonzero(np.diff(voiced) > 100)  # over a second without a sample
+    return int(voiced[gaps[0]] + 1) * 160 * 2
+
+
+async def test_the_room_closes_a_turn_at_a_pause(
+    nursery: trio.Nursery, start_server: Any, model: Any, tmp_path: Any
+) -> None:
+    """The room uses recognizer.endpoint_silence_ms: the first phrase and 700 ms of
+    silence, then no more audio. With a 400 ms pause rule its final comes; with Vosk's
+    endpointer alone (over a second of trailing silence) it does not."""
+    pcm = SPEECH[:first_phrase_end() + 2 * 16000 * 7 // 10]
+
+    async def first_final(silence_ms: int) -> list[dict[str, Any]]:
+        server = await start_server(
+            microphone={"enabled": True}, mic=OnceSource(pcm),
+            recognizer_factory=model.recognizer,
+            recognizer={"endpoint_silence_ms": silence_ms},
+            server={"state_dir": str(tmp_path / f"state-{silence_ms}")})
+        out: list[dict[str, Any]] = []
+        async with connect(server, make_token(scope=SCOPE_READ), "?source=room") as ws:
+            # the audio takes about 3 s to play; then give recognition ample time
+            with trio.move_on_after(len(pcm) / 32000 + 5):
+                while not finals(out):
+                    out.append(await receive_json(ws, 60))
+        return finals(out)
+
+    by_pause = await first_final(400)
+    assert len(by_pause) == 1 and by_pause[0]["text"], by_pause  # free dictation
+    assert await first_final(0) == []

@@ -195,9 +195,9 @@ async def test_a_forced_endpoint_finalises_now_and_the_stream_goes_on(
 async def test_max_turn_silence_ends_a_turn_before_the_endpointer(
     model: LoadedModel, phrases: dict[str, Any]
 ) -> None:
-    endpointer = await frames_until_first_final(model, phrases, [])
+    endpointer = await frames_until_first_final(model, phrases, ["turn:0"])
     short_turns = await frames_until_first_final(model, phrases, ["turn:300"])
-    # Vosk's endpointer waits for over a second of trailing silence; 300 ms of
-    # unchanged partial text ends the turn well before it.
+    # Vosk's endpointer waits for over a second of trailing silence; a pause of 300 ms
+    # after the words ends the turn well before it.
     assert short_turns + 5 <= endpointer, (short_turns, endpointer)
 

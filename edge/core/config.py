@@ -69,7 +69,7 @@ class RecognizerConfig:
     warm_at_start: bool = True
     memory_budget_mb: int = 1024
     recognizer_memory_mb: int = 90
-    endpoint_silence_ms: int = 0
+    endpoint_silence_ms: int = 400
     partial_results: bool = True
     lag_warning: float = 2.0
     max_phrases: int = 1000

@@ -29,6 +29,7 @@ import trio
 
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter
+from edge.audio.pauses import TurnEnd
 from edge.audio.source import Chunk, MicEvent, Source
 from edge.core.config import Config
 from edge.core.stats import ResultFilter, Stats
@@ -85,6 +86,7 @@ class Room:
         self._segment_started = 0.0
         self._segment_seconds = config.journal.room_segment_seconds
         self._speakers = speakers.track() if speakers is not None else None
+        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms)
 
     async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -205,8 +207,15 @@ class Room:
         seconds = len(chunk.pcm) / 2 / chunk.sample_rate
         self._stats.observe_decode(seconds, trio.current_time() - started)
         self._audio_ms += 1000 * seconds
+        self._turn.heard(chunk.pcm, chunk.sample_rate)
         for utterance in results:
             await self._publish(utterance, chunk.t)
+        if self._turn.due:
+            final = await trio.to_thread.run_sync(self._recognizer.flush,
+                                                  limiter=self._limiter)
+            self._turn.closed()
+            if final is not None:
+                await self._publish(final, None)
 
     async def _flush(self) -> None:
         """End the current recogniser's stream: its last final, then a fresh clock offset."""
@@ -223,6 +232,7 @@ class Room:
 
     async def _publish(self, utterance: Utterance, received: float | None) -> None:
         latency = None if received is None else trio.current_time() - received
+        self._turn.result(utterance.text, utterance.is_final)
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
         message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))

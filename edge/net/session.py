@@ -39,6 +39,7 @@ import trio
 
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
+from edge.audio.pauses import TurnEnd
 from edge.core.auth import SCOPE_READ
 from edge.core.config import Config
 from edge.core.errors import ProtocolError
@@ -164,10 +165,8 @@ class Session(Connection):
         self._phrases = phrases
         self._every_frame = self.dialect.answers_every_frame
         self._partial = ""  # the text of the utterance in progress
-        self._partial_since_ms = 0.0  # audio decoded when it last changed
-        self._decoded_ms = 0.0
         # recognizer.endpoint_silence_ms, until the client sets its own; 0: off
-        self._turn_silence_ms: int | None = config.recognizer.endpoint_silence_ms
+        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms)
         self._idle_timeout = config.server.idle_timeout
         self._initial = configure  # applied once Started is queued
         self._held: tuple[bytes | None, float] | None = None  # taken out of turn
@@ -302,7 +301,7 @@ class Session(Connection):
         if message.idle_timeout_s is not None:
             self._idle_timeout = message.idle_timeout_s
         if message.max_turn_silence_ms is not None:
-            self._turn_silence_ms = message.max_turn_silence_ms
+            self._turn.silence_ms = message.max_turn_silence_ms
         anytime = Configure(max_turn_silence_ms=message.max_turn_silence_ms,
                             idle_timeout_s=message.idle_timeout_s)
         if message == anytime and anytime != Configure():
@@ -349,10 +348,11 @@ class Session(Connection):
                     now = trio.current_time()
                     self._stats.observe_decode(seconds, now - started)
                     self._check_lag(self._lag.decoded(seconds, received, now))
-                    self._decoded_ms += 1000 * seconds
+                    for part in parts:
+                        self._turn.heard(part, self._rate)
                     for utterance in results:
                         await self._emit(utterance, received)
-                    if self._turn_is_over():
+                    if self._turn.due:
                         await self._endpoint(recognizer)
                     if self._every_frame:
                         self._send(Progress(self.id, self._partial))
@@ -375,13 +375,7 @@ class Session(Connection):
         if final is not None:
             await self._emit(final, None)
         self._partial = ""
-
-    def _turn_is_over(self) -> bool:
-        """``max_turn_silence_ms`` of audio decoded since the partial text last changed
-        (0 or None: only Vosk's own endpointer ends a turn)."""
-        silence = self._turn_silence_ms
-        return (bool(silence) and bool(self._partial)
-                and self._decoded_ms - self._partial_since_ms >= (silence or 0))
+        self._turn.closed()
 
     def _take_queued(self, pcm: bytes) -> list[bytes]:
         """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:
@@ -451,9 +445,8 @@ class Session(Connection):
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
         latency = None if received is None else trio.current_time() - received
-        text = "" if utterance.is_final else utterance.text
-        if text != self._partial:
-            self._partial, self._partial_since_ms = text, self._decoded_ms
+        self._partial = "" if utterance.is_final else utterance.text
+        self._turn.result(utterance.text, utterance.is_final)
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
         if utterance.is_final:

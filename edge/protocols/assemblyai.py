@@ -16,8 +16,9 @@ npm ``assemblyai`` 4.41.5) and is checked against them in the tests:
 * close codes from AssemblyAI's table, mapped from the core's end reasons.
 
 Vosk has no end-of-turn model: a turn ends at Vosk's endpoint, at a ``ForceEndpoint``,
-or after ``max_turn_silence`` (or ``min_turn_silence``) of audio in which the partial
-text did not change (the core's ``Configure(max_turn_silence_ms=...)``).
+or after ``min_turn_silence`` (else ``max_turn_silence``) of audio without speech once
+words were heard (the core's ``Configure(max_turn_silence_ms=...)``, pauses told from
+the audio by :mod:`edge.audio.pauses`).
 """
 
 from __future__ import annotations
@@ -131,10 +132,12 @@ class ConnectParams:
 
 
 def turn_silence(max_ms: int | None, min_ms: int | None) -> int | None:
-    """The silence that ends a turn: ``max_turn_silence`` when given, else
-    ``min_turn_silence`` (Vosk's own endpointer plays the part of the "confident" end
-    of turn, so only one silence is left to choose)."""
-    return max_ms if max_ms is not None else min_ms
+    """The silence that ends a turn: ``min_turn_silence`` (alias
+    ``min_end_of_turn_silence_when_confident``) when given, else ``max_turn_silence``.
+    edge hears a pause in the audio itself, which is AssemblyAI's confident case; its
+    "not confident" case (words still changing) has no counterpart here, and Vosk's own
+    endpointer still ends the turns no pause has ended."""
+    return min_ms if min_ms is not None else max_ms
 
 
 def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:

@@ -76,8 +76,9 @@ class KeepAlive:
 @dataclass(frozen=True)
 class Configure:
     """Per-session settings. ``phrases`` and ``sample_rate`` only before the first audio
-    frame; ``max_turn_silence_ms`` at any time: an utterance whose partial text has not
-    changed for that much audio is finalised without waiting for Vosk's endpointer.
+    frame; ``max_turn_silence_ms`` at any time: an utterance with words, followed by that
+    much audio without speech (:mod:`edge.audio.pauses`), is finalised without waiting
+    for Vosk's endpointer; 0: Vosk's endpointer only.
     ``idle_timeout_s`` (at any time, from the next check on) replaces
     ``server.idle_timeout`` for this session."""
 

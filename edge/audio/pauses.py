@@ -1,0 +1,119 @@
+"""Pauses in speech, told from the audio, for closing turns sooner than Vosk does.
+
+Vosk's own endpointer ends an utterance once its best path has ended in enough silence
+phones: about 1.4 s after speech ends with the small models, and with room tone it
+often hears words in the noise and runs one utterance into the next. Vosk 0.3.45 has no
+per-recogniser endpointer settings. So edge measures pauses itself, on the samples:
+
+* the audio is cut into 10 ms frames; a frame is speech when its level is more than
+  :data:`MARGIN_DB` above the room's noise floor (and above :data:`QUIET_DBFS`);
+* the noise floor is the quietest 50 ms block of the last :data:`FLOOR_WINDOW_S`
+  seconds, so it follows the room (a fan switched on, a quieter night) within seconds;
+* in a room so loud that its floor is above :data:`LOUD_FLOOR_DBFS`, speech cannot be
+  told from the noise: no pause is reported and Vosk's endpointer alone ends turns.
+
+:class:`TurnEnd` puts that together with the recogniser's partial text: a turn is over
+when words have been heard in it and ``silence_ms`` of audio has passed since the last
+speech frame. Pure arithmetic on samples, no trio; one per stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+FRAME_MS = 10
+BLOCK_FRAMES = 5  # the noise floor is measured on 50 ms blocks
+FLOOR_WINDOW_S = 5.0
+MARGIN_DB = 12.0
+#: At or below this a frame is never speech (digital silence, a muted input).
+QUIET_DBFS = -60.0
+#: A room whose floor is this loud is not told from speech: no pauses are reported.
+LOUD_FLOOR_DBFS = -30.0
+_FULL_SCALE_POWER = 32768.0 ** 2
+
+
+class PauseDetector:
+    """How much audio has passed since the last speech frame (see the module's doc)."""
+
+    def __init__(self) -> None:
+        self._rate = 0
+        self._carry = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
+        self._block: list[float] = []  # powers of the frames of the block in progress
+        self._blocks: deque[float] = deque(
+            maxlen=int(FLOOR_WINDOW_S * 1000 / (FRAME_MS * BLOCK_FRAMES)))
+        self._since_speech_ms = 0.0
+
+    @property
+    def paused_ms(self) -> float:
+        """Audio since the last speech frame, 0 while speaking or when the room is too
+        loud to tell."""
+        if self._floor_dbfs() > LOUD_FLOOR_DBFS:
+            return 0.0
+        return self._since_speech_ms
+
+    def feed(self, pcm: bytes, sample_rate: int) -> None:
+        """Take mono s16le samples (any length, chunks of one stream in order)."""
+        if sample_rate != self._rate:
+            self._rate, self._carry = sample_rate, self._carry[:0]
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        if self._carry.size:
+            samples = np.concatenate((self._carry, samples))
+        per_frame = max(1, sample_rate * FRAME_MS // 1000)
+        whole = samples.size // per_frame * per_frame
+        self._carry = samples[whole:]
+        if not whole:
+            return
+        frames = samples[:whole].reshape(-1, per_frame)
+        powers = np.einsum("ij,ij->i", frames, frames) / per_frame / _FULL_SCALE_POWER
+        for power in powers.tolist():
+            self._frame(power)
+
+    def _frame(self, power: float) -> None:
+        self._block.append(power)
+        if len(self._block) == BLOCK_FRAMES:
+            self._blocks.append(sum(self._block) / BLOCK_FRAMES)
+            self._block.clear()
+        level = _dbfs(power)
+        if level > QUIET_DBFS and level > self._floor_dbfs() + MARGIN_DB:
+            self._since_speech_ms = 0.0
+        else:
+            self._since_speech_ms += FRAME_MS
+
+    def _floor_dbfs(self) -> float:
+        if not self._blocks:
+            return -math.inf
+        return _dbfs(min(self._blocks))
+
+
+class TurnEnd:
+    """When to close the utterance in progress: ``silence_ms`` of audio without speech
+    after words were heard in it (``silence_ms`` 0 or None: never; Vosk's endpointer
+    alone ends turns). Feed it the audio as it is decoded and the recogniser's results.
+    """
+
+    def __init__(self, silence_ms: int | None) -> None:
+        self.silence_ms = silence_ms
+        self._pauses = PauseDetector()
+        self._words = False  # the utterance in progress has words
+
+    def heard(self, pcm: bytes, sample_rate: int) -> None:
+        self._pauses.feed(pcm, sample_rate)
+
+    def result(self, text: str, is_final: bool) -> None:
+        self._words = bool(text) and not is_final
+
+    def closed(self) -> None:
+        """The utterance was finalised (by this rule or by a ForceEndpoint)."""
+        self._words = False
+
+    @property
+    def due(self) -> bool:
+        return (bool(self.silence_ms) and self._words
+                and self._pauses.paused_ms >= (self.silence_ms or 0))
+
+
+def _dbfs(power: float) -> float:
+    return -math.inf if power <= 0 else 10 * math.log10(power)

@@ -1,0 +1,152 @@
+"""Pauses told from the audio (edge.audio.pauses): synthetic levels for the rules, the
+speakers conversation (with and without room tone) for real speech."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import wave
+
+import numpy as np
+import pytest
+
+from edge.audio.pauses import FRAME_MS, PauseDetector, TurnEnd
+from helpers import FIXTURES
+
+RATE = 16000
+CONVERSATION = FIXTURES / "speakers" / "conversation.wav"
+
+
+def tone(ms: int, dbfs: float, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(RATE * ms // 1000) / RATE
+    return np.sqrt(2) * 32768 * 10 ** (dbfs / 20) * np.sin(2 * np.pi * freq * t)
+
+
+def noise(ms: int, dbfs: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 32768 * 10 ** (dbfs / 20), RATE * ms // 1000)
+
+
+def pcm(samples: np.ndarray) -> bytes:
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+
+
+def test_digital_silence_after_speech_is_a_pause_and_speech_ends_it() -> None:
+    d = PauseDetector()
+    d.feed(pcm(np.zeros(RATE // 5)), RATE)
+    d.feed(pcm(tone(500, -20)), RATE)
+    assert d.paused_ms == 0
+    d.feed(pcm(np.zeros(RATE * 300 // 1000)), RATE)
+    assert d.paused_ms == 300
+    d.feed(pcm(tone(20, -20)), RATE)
+    assert d.paused_ms == 0
+
+
+def test_a_pause_in_room_tone_is_measured_against_the_noise_floor() -> None:
+    d = PauseDetector()
+    d.feed(pcm(noise(2000, -50)), RATE)  # the room before anyone speaks
+    d.feed(pcm(tone(800, -25) + noise(800, -50, seed=1)), RATE)
+    assert d.paused_ms == 0
+    d.feed(pcm(noise(600, -50, seed=2)), RATE)
+    assert 590 <= d.paused_ms <= 600
+
+
+def test_soft_speech_above_a_quiet_floor_is_speech() -> None:
+    d = PauseDetector()
+    d.feed(pcm(noise(1000, -70)), RATE)
+    d.feed(pcm(tone(300, -45)), RATE)  # well under the loud talker, 25 dB over the floor
+    assert d.paused_ms == 0
+
+
+def test_a_steady_sound_becomes_the_floor_and_is_not_speech() -> None:
+    d = PauseDetector()
+    d.feed(pcm(np.zeros(RATE // 5)), RATE)
+    d.feed(pcm(tone(1000, -40, freq=50)), RATE)  # mains hum switched on
+    assert d.paused_ms == 0  # louder than the floor so far: taken for speech
+    # once the silence before it has left the floor's window, the hum is the floor
+    d.feed(pcm(tone(6000, -40, freq=50)), RATE)
+    assert d.paused_ms >= 900
+
+
+def test_in_a_room_too_loud_to_tell_no_pause_is_reported() -> None:
+    d = PauseDetector()
+    d.feed(pcm(noise(2000, -25)), RATE)
+    assert d.paused_ms == 0
+
+
+def test_chunks_of_any_length_give_the_same_pauses() -> None:
+    audio = pcm(np.concatenate((np.zeros(RATE // 5), tone(400, -20), np.zeros(RATE * 437 // 1000))))
+    whole, pieces = PauseDetector(), PauseDetector()
+    whole.feed(audio, RATE)
+    for i in range(0, len(audio), 14):  # 7 samples at a time: frames straddle chunks
+        pieces.feed(audio[i:i + 14], RATE)
+    assert whole.paused_ms == pieces.paused_ms == 430  # whole 10 ms frames only
+
+
+def test_a_turn_ends_only_with_words_heard_and_enough_pause() -> None:
+    turn = TurnEnd(400)
+    turn.heard(pcm(np.zeros(RATE // 5)), RATE)
+    turn.heard(pcm(tone(500, -20)), RATE)
+    turn.heard(pcm(np.zeros(RATE // 2)), RATE)
+    assert not turn.due  # a pause, but no words yet
+    turn.result("안녕", is_final=False)
+    assert turn.due
+    turn.closed()
+    assert not turn.due
+    turn.result("안녕", is_final=False)
+    turn.result("안녕 하세요", is_final=True)  # Vosk's own endpoint closed it
+    assert not turn.due
+
+
+@pytest.mark.parametrize("silence", [0, None])
+def test_off_never_ends_a_turn(silence: int | None) -> None:
+    turn = TurnEnd(silence)
+    turn.heard(pcm(np.zeros(RATE * 5)), RATE)
+    turn.result("안녕", is_final=False)
+    assert not turn.due
+
+
+def test_a_turn_waits_for_the_whole_setting() -> None:
+    turn = TurnEnd(500)
+    turn.heard(pcm(np.zeros(RATE // 5)), RATE)
+    turn.heard(pcm(tone(300, -20)), RATE)
+    turn.result("안녕", is_final=False)
+    turn.heard(pcm(np.zeros(RATE * 490 // 1000)), RATE)
+    assert not turn.due
+    turn.heard(pcm(np.zeros(RATE * FRAME_MS // 1000)), RATE)
+    assert turn.due
+
+
+def _pauses_in(samples: np.ndarray) -> list[tuple[int, int]]:
+    """(start_ms, length_ms) of every run of non-speech frames, fed as 100 ms chunks."""
+    d = PauseDetector()
+    runs: list[tuple[int, int]] = []
+    step = RATE * FRAME_MS // 1000
+    data = pcm(samples)
+    for i in range(0, len(data) // (2 * step)):
+        before = d.paused_ms
+        d.feed(data[2 * step * i:2 * step * (i + 1)], RATE)
+        if d.paused_ms == 0 and before > 0:
+            runs.append((i * FRAME_MS - int(before), int(before)))
+    return runs
+
+
+@pytest.mark.parametrize("room_tone_dbfs", [None, -55.0, -45.0])
+def test_real_speech_pauses_between_utterances_and_not_inside_them(
+        room_tone_dbfs: float | None) -> None:
+    with wave.open(str(CONVERSATION)) as w:
+        assert w.getframerate() == RATE
+        samples = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64)
+    if room_tone_dbfs is not None:
+        samples = samples + noise(len(samples) * 1000 // RATE, room_tone_dbfs, seed=3)
+    truth = [(int(u["start_ms"]), int(u["end_ms"]))
+             for u in json.loads((FIXTURES / "speakers" / "voices.json").read_text()
+                                 )["conversation"]]
+    runs = _pauses_in(samples)
+    long_runs = [(start, length) for start, length in runs if length >= 300]
+    # the lead-in and every gap between utterances (1.2 s) is one long pause, and
+    # nothing else is
+    gaps = [(0, truth[0][0])] + [(end, start) for (_, end), (start, _)
+                                  in itertools.pairwise(truth)]
+    assert len(long_runs) == len(gaps), long_runs
+    for (start, length), (gap_start, gap_end) in zip(long_runs, gaps, strict=True):
+        assert abs(start - gap_start) <= 150 and abs(start + length - gap_end) <= 150
