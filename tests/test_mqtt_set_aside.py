@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -184,25 +185,27 @@ async def test_an_event_over_the_size_cap_on_its_own_is_set_aside_without_sendin
 
 
 def _publish_raw(broker: Broker, payload: bytes,  # noqa: F811
-                 keys: list[str]) -> dict[str, object]:
+                 keys: list[str], wait: float = 5.0) -> dict[str, object]:
     """Publish ``payload`` as a device would, with ``keys`` as idempotency-key user
-    properties, and return the receipt the consumer answers (or {} after 5 s)."""
+    properties, and return the receipt the consumer answers (or {} after ``wait``)."""
     got: list[bytes] = []
+    subscribed = threading.Event()
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"raw-{len(keys)}",
                     protocol=paho.MQTTv5)
     c.on_message = lambda client, userdata, message: got.append(bytes(message.payload))
+    c.on_subscribe = lambda client, userdata, mid, codes, props: subscribed.set()
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
     try:
         c.subscribe("raw/receipts", qos=1)
-        time.sleep(0.2)  # the SUBACK: nothing is published to it before ours anyway
+        assert subscribed.wait(5)
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = "raw/receipts"
         props.CorrelationData = b"1-2/1"
         if keys:
             props.UserProperty = [("idempotency-key", k) for k in keys]
         c.publish(TOPIC, payload, qos=1, properties=props).wait_for_publish(5)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + wait
         while not got and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
@@ -227,7 +230,7 @@ async def test_an_unreadable_message_is_refused_by_its_keys_or_dropped_without(
     parsed = decode_receipt(json.dumps(receipt).encode())
     assert (parsed.first, parsed.last, parsed.gap) == (7, 8, None)
     assert ingest.refused == 2 and ingest.dropped == 0
-    assert await trio.to_thread.run_sync(_publish_raw, broker, b"[]", []) == {}
+    assert await trio.to_thread.run_sync(_publish_raw, broker, b"[]", [], 1.0) == {}
     with trio.fail_after(5):
         while ingest.dropped < 1:
             await trio.sleep(0.02)
