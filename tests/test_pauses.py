@@ -88,20 +88,38 @@ def test_a_turn_ends_only_with_words_heard_and_enough_pause() -> None:
     turn.heard(pcm(tone(500, -20)), RATE)
     turn.heard(pcm(np.zeros(RATE // 2)), RATE)
     assert not turn.due  # a pause, but no words yet
-    turn.result("안녕", is_final=False)
+    assert turn.admit("안녕", is_final=False)
     assert turn.due
     turn.closed()
     assert not turn.due
-    turn.result("안녕", is_final=False)
-    turn.result("안녕 하세요", is_final=True)  # Vosk's own endpoint closed it
+    turn.heard(pcm(tone(300, -20)), RATE)
+    assert turn.admit("안녕", is_final=False)
+    assert turn.admit("안녕 하세요", is_final=True)  # Vosk's own endpoint closed it
+    turn.heard(pcm(np.zeros(RATE)), RATE)
     assert not turn.due
+
+
+def test_results_of_audio_without_speech_are_not_results() -> None:
+    turn = TurnEnd(400)
+    turn.heard(pcm(noise(1000, -70)), RATE)
+    assert not turn.admit("예", is_final=False)  # Vosk hears words in room tone
+    assert not turn.admit("예", is_final=True)
+    turn.heard(pcm(tone(300, -20)), RATE)
+    assert turn.admit("안녕", is_final=False)
+    turn.heard(pcm(np.zeros(RATE // 2)), RATE)
+    assert turn.due
+    assert turn.admit("안녕", is_final=True)
+    turn.closed()
+    turn.heard(pcm(np.zeros(RATE // 2)), RATE)  # nothing spoken since
+    assert not turn.admit("예", is_final=True)
+    assert TurnEnd(0).admit("예", is_final=True)  # off: every result is one
 
 
 @pytest.mark.parametrize("silence", [0, None])
 def test_off_never_ends_a_turn(silence: int | None) -> None:
     turn = TurnEnd(silence)
     turn.heard(pcm(np.zeros(RATE * 5)), RATE)
-    turn.result("안녕", is_final=False)
+    turn.admit("안녕", is_final=False)
     assert not turn.due
 
 
@@ -109,7 +127,7 @@ def test_a_turn_waits_for_the_whole_setting() -> None:
     turn = TurnEnd(500)
     turn.heard(pcm(np.zeros(RATE // 5)), RATE)
     turn.heard(pcm(tone(300, -20)), RATE)
-    turn.result("안녕", is_final=False)
+    turn.admit("안녕", is_final=False)
     turn.heard(pcm(np.zeros(RATE * 490 // 1000)), RATE)
     assert not turn.due
     turn.heard(pcm(np.zeros(RATE * FRAME_MS // 1000)), RATE)

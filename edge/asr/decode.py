@@ -19,19 +19,38 @@ CLIENT_CHUNK_MS = 100
 
 
 def decode_pcm(recognizer: Recognizer, pcm: bytes, sample_rate: int, *,
-               chunk_ms: int = CLIENT_CHUNK_MS) -> list[Utterance]:
+               chunk_ms: int = CLIENT_CHUNK_MS,
+               turn_silence_ms: int | None = None) -> list[Utterance]:
     """Feed mono s16le ``pcm`` to ``recognizer`` in ``chunk_ms`` chunks, then flush.
 
     Returns every utterance in order: partials and finals as ``accept`` gave them, and
-    the final that ``flush`` gives last. The caller owns the recogniser and closes it.
+    the final that ``flush`` gives last. ``turn_silence_ms`` closes turns at pauses as a
+    live session does (``recognizer.endpoint_silence_ms``; None or 0: Vosk's endpointer
+    only). The caller owns the recogniser and closes it.
     """
+    turn = None
+    if turn_silence_ms:
+        from edge.audio.pauses import TurnEnd  # numpy: only when asked for
+
+        turn = TurnEnd(turn_silence_ms)
     step = max(1, sample_rate * chunk_ms // 1000) * 2  # whole samples
     results: list[Utterance] = []
+    def keep(utterance: Utterance | None) -> None:
+        if utterance is not None and (
+                turn is None or turn.admit(utterance.text, utterance.is_final)):
+            results.append(utterance)
+
     for i in range(0, len(pcm), step):
-        results.extend(recognizer.accept(pcm[i:i + step]))
-    final = recognizer.flush()
-    if final is not None:
-        results.append(final)
+        chunk = pcm[i:i + step]
+        got = recognizer.accept(chunk)
+        if turn is not None:
+            turn.heard(chunk, sample_rate)
+        for utterance in got:
+            keep(utterance)
+        if turn is not None and turn.due:
+            keep(recognizer.flush())
+            turn.closed()
+    keep(recognizer.flush())
     return results
 
 

@@ -45,6 +45,7 @@ class PauseDetector:
         self._blocks: deque[float] = deque(
             maxlen=int(FLOOR_WINDOW_S * 1000 / (FRAME_MS * BLOCK_FRAMES)))
         self._since_speech_ms = 0.0
+        self.speech_frames = 0  # frames taken for speech so far
 
     @property
     def paused_ms(self) -> float:
@@ -79,6 +80,7 @@ class PauseDetector:
         level = _dbfs(power)
         if level > QUIET_DBFS and level > self._floor_dbfs() + MARGIN_DB:
             self._since_speech_ms = 0.0
+            self.speech_frames += 1
         else:
             self._since_speech_ms += FRAME_MS
 
@@ -92,22 +94,36 @@ class TurnEnd:
     """When to close the utterance in progress: ``silence_ms`` of audio without speech
     after words were heard in it (``silence_ms`` 0 or None: never; Vosk's endpointer
     alone ends turns). Feed it the audio as it is decoded and the recogniser's results.
+
+    With the rule on, results are also gated (:meth:`admit`): what the recogniser makes
+    of audio with no speech frame since the last turn closed (Vosk hears words in room
+    tone, and even in digital silence) is not a result.
     """
 
     def __init__(self, silence_ms: int | None) -> None:
         self.silence_ms = silence_ms
         self._pauses = PauseDetector()
         self._words = False  # the utterance in progress has words
+        self._speech_at_close = 0  # the detector's speech frames when the last turn closed
 
     def heard(self, pcm: bytes, sample_rate: int) -> None:
         self._pauses.feed(pcm, sample_rate)
 
-    def result(self, text: str, is_final: bool) -> None:
+    def admit(self, text: str, is_final: bool) -> bool:
+        """Whether a result is one (see the class's doc); notes it when it is."""
+        if self.silence_ms and self._pauses.speech_frames == self._speech_at_close:
+            if is_final:
+                self._words = False
+            return False
         self._words = bool(text) and not is_final
+        if is_final:
+            self._speech_at_close = self._pauses.speech_frames
+        return True
 
     def closed(self) -> None:
         """The utterance was finalised (by this rule or by a ForceEndpoint)."""
         self._words = False
+        self._speech_at_close = self._pauses.speech_frames
 
     @property
     def due(self) -> bool:

@@ -57,7 +57,9 @@ def run_enroll(args: argparse.Namespace) -> int:
         load_speaker_model(config.recognizer.speaker_model))
     vectors: list[tuple[float, ...]] = []
     for path, pcm, rate in audio:
-        found = speaker_vectors_of(decode_pcm(model.recognizer(rate, phrases), pcm, rate))
+        found = speaker_vectors_of(decode_pcm(
+            model.recognizer(rate, phrases), pcm, rate,
+            turn_silence_ms=config.recognizer.endpoint_silence_ms))
         if not found:
             print(f"edge: {path}: no utterance with half a second of speech or more; "
                   "skipped", file=sys.stderr)

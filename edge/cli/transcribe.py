@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     for notice in notices:
         logger.warning("%s", notice.message)
     model = load_model(config.recognizer.model or None)
-    results = decode_pcm(model.recognizer(rate, phrases), pcm, rate)
+    results = decode_pcm(model.recognizer(rate, phrases), pcm, rate,
+                         turn_silence_ms=config.recognizer.endpoint_silence_ms)
     session_id = str(uuid.uuid4())
     seq = 0
     for utterance in results:

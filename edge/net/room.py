@@ -213,9 +213,9 @@ class Room:
         if self._turn.due:
             final = await trio.to_thread.run_sync(self._recognizer.flush,
                                                   limiter=self._limiter)
-            self._turn.closed()
             if final is not None:
                 await self._publish(final, None)
+            self._turn.closed()
 
     async def _flush(self) -> None:
         """End the current recogniser's stream: its last final, then a fresh clock offset."""
@@ -232,7 +232,8 @@ class Room:
 
     async def _publish(self, utterance: Utterance, received: float | None) -> None:
         latency = None if received is None else trio.current_time() - received
-        self._turn.result(utterance.text, utterance.is_final)
+        if not self._turn.admit(utterance.text, utterance.is_final):
+            return  # what Vosk made of audio without speech
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
         message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))

@@ -445,8 +445,10 @@ class Session(Connection):
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
         latency = None if received is None else trio.current_time() - received
-        self._partial = "" if utterance.is_final else utterance.text
-        self._turn.result(utterance.text, utterance.is_final)
+        admitted = self._turn.admit(utterance.text, utterance.is_final)
+        self._partial = utterance.text if admitted and not utterance.is_final else ""
+        if not admitted:
+            return  # what Vosk made of audio without speech
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
         if utterance.is_final:
