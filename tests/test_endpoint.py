@@ -1,7 +1,7 @@
 """Endpointing you can set: ``recognizer.endpoint_silence_ms`` (the device default) and
 the Live API's ``config.max_turn_silence_ms`` (per session), both mapped to the session
 core's turn silence. Vosk 0.3.45 has no endpointer delays of its own, so a shorter turn
-ends when the partial text has not changed for that much audio."""
+ends at a pause that long after words, told from the audio (edge.audio.pauses)."""
 
 from __future__ import annotations
 

@@ -219,8 +219,8 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
     partials = data.get("partial_results")
     if partials is not None and not isinstance(partials, bool):
         raise _bad("config.partial_results must be true or false")
-    # Any time, also after audio: a turn ends after this much audio without a change of
-    # the partial text (0: only at Vosk's own endpoint).
+    # Any time, also after audio: a turn with words ends after a pause this long
+    # (0: only at Vosk's own endpoint).
     silence = data.get("max_turn_silence_ms")
     if silence is not None and (
         isinstance(silence, bool) or not isinstance(silence, int)
