@@ -1,17 +1,19 @@
 """Endpointing: final latency and utterance splits/joins for each turn-silence setting,
 side by side in one run against one daemon.
 
-Vosk 0.3.45 has no endpointer delays (no SetEndpointerMode / SetEndpointerDelays); a
-turn ends at Vosk's own endpoint (about 1.4 s of trailing silence with the small
-models) or when the partial text has not changed for ``max_turn_silence_ms`` of audio
-(edge's own, ``recognizer.endpoint_silence_ms`` / the Live API's
+A turn ends at Vosk's own endpoint (about 1.4 s of trailing silence with the small
+models; Vosk 0.3.45 has no per-recogniser endpointer settings) or once a pause of
+``max_turn_silence_ms`` follows words (edge's own, told from the audio by
+edge/audio/pauses.py: ``recognizer.endpoint_silence_ms`` / the Live API's
 ``config.max_turn_silence_ms``). Each setting is one paced session of the speakers
 conversation (tests/fixtures/speakers/conversation.wav: 18 utterances of three voices,
 1.2 s apart, times in voices.json), all at once, plus ``--load`` filler streams
-(speech_ko.wav looped, Vosk's endpointer only) to bring the device near a given share
-of its capacity. The daemon warms its pool at start (one recogniser per stream) and the
-streams begin once /healthz says ``warm``: fresh recognisers cost about twice the CPU,
-and that many fresh ones at once would overload the device. For each setting:
+(speech_ko.wav looped, the device default) to bring the device near a given share of
+its capacity. ``--room-tone DBFS`` adds white noise at that level to every stream (the
+fixtures' gaps are digital silence, which no room is). The daemon warms its pool at
+start (one recogniser per stream) and the streams begin once /healthz says ``warm``:
+fresh recognisers cost about twice the CPU, and that many fresh ones at once would
+overload the device. For each setting:
 
 * final latency: arrival of the utterance's final minus the time its last speech
   (voices.json's end) was sent, p50 / p95 over the utterances that got exactly one
@@ -33,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
@@ -52,7 +56,7 @@ from paced import Trace, paced_session, read_wav
 
 CONVERSATION = ROOT / "tests" / "fixtures" / "speakers" / "conversation.wav"
 VOICES = ROOT / "tests" / "fixtures" / "speakers" / "voices.json"
-SETTINGS = (0, 300, 500, 700, 1000, 1500)
+SETTINGS = (0, 300, 400, 500, 600, 800)
 # A final belongs to an utterance when their spans overlap by more than this: Vosk's
 # word times are approximate, and a word ending a few frames into the next utterance's
 # start is not a join.
@@ -85,9 +89,22 @@ def score(trace: Trace, truth: list[tuple[int, int]]) -> dict[str, Any]:
     }
 
 
-async def run(server: EdgeServer, settings: list[int], load: int) -> list[Trace]:
+def with_room_tone(pcm: bytes, dbfs: float | None, seed: int) -> bytes:
+    """``pcm`` with white noise at ``dbfs`` added (None: as it is)."""
+    if dbfs is None:
+        return pcm
+    samples = np.frombuffer(pcm, "<i2").astype(np.float64)
+    samples += np.random.default_rng(seed).normal(0, 32768 * 10 ** (dbfs / 20),
+                                                  samples.size)
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+
+
+async def run(server: EdgeServer, settings: list[int], load: int,
+              room_tone: float | None) -> list[Trace]:
     pcm, rate = read_wav(CONVERSATION)
+    pcm = with_room_tone(pcm, room_tone, 1)
     filler, filler_rate = read_wav(FIXTURE)
+    filler = with_room_tone(filler, room_tone, 2)
     filler = filler * max(1, -(-len(pcm) // len(filler)))
     token = mint_token()
     start = asyncio.get_running_loop().time() + 1.0  # monotonic on Linux
@@ -104,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--settings", default=",".join(map(str, SETTINGS)),
                    help="max_turn_silence_ms values, 0 = Vosk's endpointer only")
-    p.add_argument("--load", type=int, default=8,
-                   help="filler streams alongside (default 8: with the 5 settings, 13 "
-                        "streams, about 80%% of this 2-core machine's capacity with warm "
-                        "recognisers)")
+    p.add_argument("--load", type=int, default=10,
+                   help="filler streams alongside (default 10: with the 6 settings, 16 "
+                        "streams, 80%% of this 2-core machine's capacity with warm "
+                        "recognisers, 20 streams by bench/capacity.py)")
+    p.add_argument("--room-tone", type=float, default=None, metavar="DBFS",
+                   help="add white noise at this level (e.g. -50) to every stream")
     p.add_argument("--trials", type=int, default=1)
     args = p.parse_args(argv)
     settings = [int(s) for s in args.settings.split(",")]
@@ -125,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pool of {streams} warm after {time.monotonic() - started:.0f} s", flush=True)
         for _ in range(args.trials):
             before = cpu_seconds(server.pid)
-            traces = asyncio.run(run(server, settings, args.load))
+            traces = asyncio.run(run(server, settings, args.load, args.room_tone))
             server.wait_idle()
             cpu.append(cpu_seconds(server.pid) - before)
             for s, trace in zip(settings, traces, strict=True):
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in settings:
         lat = [x for r in results[s] for x in r["latencies"]]
         rows.append([
-            "off (Vosk's endpointer)" if s == 0 else f"{s} ms",
+            "off (Vosk's endpointer)" if s == 0 else f"{s} ms pause",
             ms(percentile(lat, 50)), ms(percentile(lat, 95)),
             sum(r["split"] for r in results[s]), sum(r["joined"] for r in results[s]),
             sum(r["missed"] for r in results[s]),
@@ -145,10 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                  f"missed /{n}", "finals/run"], rows,
                 title=f"Endpointing: {len(settings)} settings side by side + {args.load} "
                       f"filler streams, conversation.wav ({len(truth)} utterances, 1.2 s "
-                      "apart), paced 100 ms chunks, warm pool")
+                      "apart), paced 100 ms chunks, warm pool, room tone "
+                      f"{'none' if args.room_tone is None else f'{args.room_tone:g} dBFS'}")
     print(f"server CPU per trial: {', '.join(f'{c:.1f} s' for c in cpu)}")
     path = write_json("endpointing", {
         "machine": machine_info(), "settings": settings, "load": args.load,
+        "room_tone_dbfs": args.room_tone,
         "trials": args.trials,
         "results": {str(s): [{k: v for k, v in r.items()} for r in results[s]]
                     for s in settings}})
