@@ -70,6 +70,21 @@ def test_set_aside_leaves_the_outbox_and_requeue_puts_it_back(tmp_path: Path) ->
         node.journal.close()
 
 
+def test_retention_purges_set_aside_events_as_it_does_shed_ones(tmp_path: Path) -> None:
+    node = Node(tmp_path / "journal.db", "room-a")
+    try:
+        journal_sessions(node, 2, 1)  # ids 1..3 (s0) and 4..6 (s1), ended long ago
+        j = node.journal
+        j.set_aside({1: "invalid", 2: "invalid", 3: "invalid", 5: "invalid"})
+        assert j.purge(time.time(), keep_unrelayed=True) == 1  # s1 still has pending
+        assert [e.id for e in j.set_aside_events()] == [5]
+        db = j._conn
+        assert db is not None
+        assert db.execute("SELECT COUNT(*) FROM set_aside").fetchone() == (1,)
+    finally:
+        node.journal.close()
+
+
 def test_schema_4_migrates_a_version_3_file(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     node = Node(path, "room-a")
