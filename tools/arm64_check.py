@@ -259,8 +259,20 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def copy_tracked_tree(dest: Path) -> int:
-    """The repository's tracked files as they are in the working tree."""
+def copy_source(dest: Path, ref: str | None) -> str:
+    """The repository as committed at ``ref`` (``git archive``), or with ``ref`` None its
+    tracked files as they are in the working tree. Says what was copied."""
+    dest.mkdir(parents=True)
+    if ref is not None:
+        commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+                     capture_output=True)
+        archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+                                   stdout=subprocess.PIPE)
+        unpack = run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout,
+                     capture_output=True)
+        if archive.wait() != 0 or unpack.returncode != 0 or commit.returncode != 0:
+            raise CheckFailed(f"git archive {ref} failed: {commit.stderr}{unpack.stderr}")
+        return f"commit {commit.stdout.strip()}"
     listing = run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True)
     if listing.returncode != 0:
         raise CheckFailed(f"git ls-files failed: {listing.stderr}")
@@ -276,7 +288,7 @@ def copy_tracked_tree(dest: Path) -> int:
         else:
             shutil.copy2(source, target)
         count += 1
-    return count
+    return f"the working tree's {count} tracked files"
 
 
 @dataclasses.dataclass
@@ -290,8 +302,8 @@ class Root:
 
     def run(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None
             ) -> str:
-        """Runs argv in the root (private mounts, a clean environment); returns its
-        stdout. Its stderr goes to the step's log."""
+        """Runs argv in the root (private mounts, a clean environment, in the copy of
+        the repository); returns its stdout. Its stderr goes to the step's log."""
         lines = ["set -eu", f"r={shlex.quote(str(self.path))}",
                  'mount --rbind /dev "$r/dev"', 'mount -t proc proc "$r/proc"',
                  'mount --rbind /sys "$r/sys"']
@@ -307,7 +319,8 @@ class Root:
                 lines.append(f"mount -o remount,bind,ro {dst}")
         variables = {"PATH": IN_ROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8",
                      **self.env, **(env or {})}
-        command = ["chroot", str(self.path), "/usr/bin/env", "-i",
+        # In the copy of the repository, as here: the fixtures' paths are relative.
+        command = ["chroot", str(self.path), "/usr/bin/env", "-i", "-C", IN_ROOT_SRC,
                    *(f"{k}={v}" for k, v in variables.items()), *argv]
         lines.append("exec " + " ".join(shlex.quote(x) for x in command))
         log = self.logs / f"{name.replace(' ', '-')}.log"
@@ -318,6 +331,7 @@ class Root:
             with log.open("a") as err:
                 err.write("--- stdout\n" + done.stdout)
             raise CheckFailed(f"{name} exited {done.returncode} (see {log}):\n{tail(log)}")
+        log.with_suffix(".out").write_text(done.stdout)
         return done.stdout
 
 
@@ -350,8 +364,8 @@ def default_cache() -> Path:
     return Path(xdg) / "edge-arm64" if xdg else Path("/var/cache/edge-arm64")
 
 
-def check(arch: str, cache: Path, *, rebuild: bool, keep: bool, pause_file: Path | None
-          ) -> int:
+def check(arch: str, cache: Path, *, ref: str | None, rebuild: bool, keep: bool,
+          pause_file: Path | None) -> int:
     machine = ARCHES[arch][1]
     timings = Timings(pause_file=pause_file)
     began = time.monotonic()
@@ -382,8 +396,8 @@ def check(arch: str, cache: Path, *, rebuild: bool, keep: bool, pause_file: Path
         if done.returncode != 0:
             raise CheckFailed(f"unpacking {tarball} failed: {done.stderr[-2000:]}")
         shutil.copy(Path("/etc/resolv.conf").resolve(), work / "etc" / "resolv.conf")
-        files = copy_tracked_tree(work / IN_ROOT_SRC.lstrip("/"))
-        print(f"  {files} tracked files copied to {IN_ROOT_SRC}", flush=True)
+        copied = copy_source(work / IN_ROOT_SRC.lstrip("/"), ref)
+        print(f"  {copied} copied to {IN_ROOT_SRC}", flush=True)
         # Downloads are kept between runs; wheels pip builds (PyAudio) are not, so
         # every run compiles what a Pi would compile.
         apt_cache.mkdir(exist_ok=True, mode=0o700)
@@ -422,7 +436,7 @@ def check(arch: str, cache: Path, *, rebuild: bool, keep: bool, pause_file: Path
             with timings.step(f"edge transcribe, {label}"):
                 emulated[label] = root.run(
                     f"transcribe {label}",
-                    [IN_ROOT_EDGE, "transcribe", f"{IN_ROOT_SRC}/{SPEECH}", *extra])
+                    [IN_ROOT_EDGE, "transcribe", SPEECH, *extra])
         with timings.step("edge transcribe here (x86 reference)"):
             reference = reference_transcripts()
         failed = False
@@ -453,6 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=default_cache(),
                         help="where the base root and downloads are kept "
                              "(default: $XDG_CACHE_HOME/edge-arm64 or /var/cache/edge-arm64)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--ref", default="HEAD",
+                        help="the commit to install (git archive; default HEAD)")
+    source.add_argument("--worktree", action="store_true",
+                        help="install the working tree's tracked files instead, edits included")
     parser.add_argument("--rebuild", action="store_true",
                         help="build the base root again and drop the download caches")
     parser.add_argument("--keep", action="store_true",
@@ -465,8 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return check(args.arch, args.cache.resolve(), rebuild=args.rebuild, keep=args.keep,
-                     pause_file=args.pause_while)
+        return check(args.arch, args.cache.resolve(), ref=None if args.worktree else args.ref,
+                     rebuild=args.rebuild, keep=args.keep, pause_file=args.pause_while)
     except CheckFailed as exc:
         print(f"arm64-check: FAILED: {exc}", file=sys.stderr)
         return 1
