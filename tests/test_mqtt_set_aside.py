@@ -251,3 +251,32 @@ async def test_an_unreadable_message_is_refused_by_its_keys_or_dropped_without(
             await trio.sleep(0.02)
     assert any("names no event keys" in r.getMessage() for r in caplog.records)
     assert b.events() == [] and ingest.state == "consuming"
+
+
+@needs_mosquitto
+async def test_an_event_over_the_brokers_size_limit_is_set_aside_after_three_drops(
+    nursery: trio.Nursery, nodes: tuple[Node, Node], tmp_path: Path,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under our cap, over Mosquitto's ``message_size_limit``: the broker drops the
+    connection (paho: a protocol error) and the event cannot be split; after the third
+    time with it alone in the largest message it is set aside and the rest goes on.
+    An 11 KB event, over the cap halved to 10 KB but under the broker's limit, still
+    goes through (only the configured cap sets aside unsent)."""
+    a, b = nodes
+    journal_sessions(a, 1, 2, prefix="before")
+    journal_sessions(a, 1, 1, text="가" * 6000, prefix="big")  # an 18 KB final
+    journal_sessions(a, 1, 1, text="가" * 3600, prefix="mid")  # an 11 KB final
+    journal_sessions(a, 1, 2, prefix="after")
+    with Broker(tmp_path / "small", extra="message_size_limit 12000\n") as small:
+        ingest = ingest_of(b, small.url)
+        await nursery.start(ingest.run)
+        await ingest.subscribed.wait()
+        relay = relay_of(a, small.url, batch_events=3)
+        await nursery.start(relay.run)
+        await drained(a, relay, timeout=60)
+    assert b.events() == [e for e in a.events() if e != ("big0", 1, "final")]
+    assert ("mid0", 1, "final") in b.events()
+    assert [e.reason for e in a.journal.set_aside_events()] == ["too_large"]
+    assert relay.failures == 0 and relay.set_aside_events == 1
+    assert any("dropped the connection 3 times" in r.getMessage() for r in caplog.records)

@@ -56,6 +56,7 @@ from edge.protocols.mqtt_relay import (
     MqttRelayError,
     Receipt,
     decode_receipt,
+    packet_size,
     split,
 )
 from edge.relay.sender import _CIRCUIT_OPEN_AFTER, _SHED_CHECK_INTERVAL, Relay, RelaySettings
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0
 _GO_BACKS_WARNING = 10
+_LONE_DROPS = 3  # connections a broker drops over one event before it is set aside
 _MIN_MESSAGE_BYTES = 4096
 _RC_NO_MATCHING_SUBSCRIBERS = 0x10
 _RC_IMPLEMENTATION_SPECIFIC = 0x83  # Mosquitto's answer to a message over its size limit
@@ -410,6 +412,8 @@ class MqttRelay(Relay):
         self.republished = 0
         self.go_backs = 0  # windows abandoned to send again in order
         self._go_backs_in_a_row = 0  # without the acknowledged prefix growing
+        self._lone_suspect: tuple[int, int] | None = None  # (event id, dropped links)
+        self._held: dict[int, str] = {}  # to set aside before the next window
         self.gaps = 0  # gap receipts acted on
         self.set_aside_events = 0  # since start: refused by a consumer or too large
         self.set_aside_reason: str | None = None  # the last one's
@@ -509,18 +513,27 @@ class MqttRelay(Relay):
         the abandoned messages that reach it first (they name an ``after`` it lacks),
         and re-sends it had already stored collapse by their keys."""
         m = self._m
+        if self._held:
+            held, self._held = self._held, {}
+            await self._set_aside(held, "the broker drops the connection over it")
+            return  # read the outbox again without it
         self._window += 1
         tag = str(self._window)
         parts = split(self._device, self.epoch, events, max_bytes=max_bytes,
                       max_events=m.batch_events, topic_name=m.topic,
                       response_topic=m.receipt_topic, chain=m.ack_level == "receipt",
                       tag=tag)
-        if parts.oversized:
-            # Never sent: set aside before anything after it is marked relayed.
-            big = {id(x) for x in parts.oversized}
-            await self._set_aside({x.first: "too_large" for x in parts.oversized},
-                                  f"larger than {max_bytes} bytes on its own")
-        messages = [x for x in parts.messages if not parts.oversized or id(x) not in big]
+        # Over the configured cap (or the broker's Maximum Packet Size) on its own: never
+        # sent, set aside before anything after it is marked relayed. Over a cap only
+        # learned from the broker's refusals, an event alone may still pass: it is sent.
+        limit = min(m.max_message_bytes, link.maximum_packet_size or m.max_message_bytes)
+        big = {id(x) for x in parts.oversized
+               if packet_size(m.topic, m.receipt_topic, x) > limit}
+        if big:
+            await self._set_aside({x.first: "too_large" for x in parts.oversized
+                                   if id(x) in big},
+                                  f"larger than {limit} bytes on its own")
+        messages = [x for x in parts.messages if id(x) not in big]
         done = [False] * len(messages)
         flights: dict[int, _Flight] = {}  # by mid
         marked = 0  # messages[:marked] are marked relayed
@@ -592,6 +605,8 @@ class MqttRelay(Relay):
                 self._unreported_shed = (0, 0)
                 self._link_works()
                 self._go_backs_in_a_row = 0
+                if self._lone_suspect and self._lone_suspect[0] <= messages[prefix - 1].last:
+                    self._lone_suspect = None  # it went through after all
                 marked = prefix
             if go_back and marked < len(messages):
                 self.go_backs += 1
@@ -668,7 +683,9 @@ class MqttRelay(Relay):
         """Mosquitto answers a message over its ``message_size_limit`` with PUBACK 0x95,
         which MQTT 5 does not allow there: paho calls it a protocol error and drops
         the connection without reporting the publish. So a protocol error with a
-        message of several events in flight halves the size cap (down to 4 KiB)."""
+        message of several events in flight halves the size cap (down to 4 KiB); with
+        one event alone in the largest message, the same event three times in a row,
+        that event is set aside as too large (it cannot be split)."""
         if "Protocol error" not in (link.error or ""):
             return
         largest = max(flights.values(), key=lambda f: len(f.message.encode())).message
@@ -678,6 +695,17 @@ class MqttRelay(Relay):
             logger.warning("relay: the broker dropped the connection with a message of %d "
                            "bytes in flight (its size limit?); sending at most %d bytes "
                            "per message", size, self._max_bytes)
+        elif len(largest.events) == 1:
+            suspect = self._lone_suspect
+            times = suspect[1] + 1 if suspect and suspect[0] == largest.first else 1
+            self._lone_suspect = (largest.first, times)
+            if times >= _LONE_DROPS:
+                self._lone_suspect = None
+                self._held[largest.first] = "too_large"
+                logger.warning("relay: the broker dropped the connection %d times with event "
+                               "%d (%d bytes) alone in the largest message in flight; "
+                               "taking it as over the broker's size limit", times,
+                               largest.first, size)
 
     def _refused(self, flight: _Flight, rc: ReasonCode) -> bool:
         """A PUBACK with a failure: True if its one event is to be set aside as too
