@@ -501,7 +501,9 @@ async def test_client_that_never_reads_is_dropped(
         # 20 large partials a second: the send blocks long before the outbox (64) is full.
         async with raw_client(server, make_token(sub="stalled"), receive_buffer=4096) as client:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await client.send({"type": "config", "phrases": ["flood"]})
+                # no pause rule: its gate would drop what the stand-in "hears" in silence
+                await client.send({"type": "config", "phrases": ["flood"],
+                                   "max_turn_silence_ms": 0})
                 for piece in itertools.cycle(chunks(silence(1.0))):
                     await client.send(piece)
                     await trio.sleep(0.05)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge.audio.pauses import FRAME_MS, PauseDetector, TurnEnd
+from edge.protocols.events import Utterance
 from helpers import FIXTURES
 
 RATE = 16000
@@ -82,19 +83,27 @@ def test_chunks_of_any_length_give_the_same_pauses() -> None:
     assert whole.paused_ms == pieces.paused_ms == 430  # whole 10 ms frames only
 
 
+def partial(text: str, start_ms: int, end_ms: int) -> Utterance:
+    return Utterance(is_final=False, text=text, start_ms=start_ms, end_ms=end_ms)
+
+
+def final(text: str, start_ms: int, end_ms: int) -> Utterance:
+    return Utterance(is_final=True, text=text, start_ms=start_ms, end_ms=end_ms)
+
+
 def test_a_turn_ends_only_with_words_heard_and_enough_pause() -> None:
     turn = TurnEnd(400)
     turn.heard(pcm(np.zeros(RATE // 5)), RATE)
-    turn.heard(pcm(tone(500, -20)), RATE)
+    turn.heard(pcm(tone(500, -20)), RATE)  # 200-700 ms
     turn.heard(pcm(np.zeros(RATE // 2)), RATE)
     assert not turn.due  # a pause, but no words yet
-    assert turn.admit("안녕", is_final=False)
+    assert turn.admit(partial("안녕", 0, 1200))
     assert turn.due
     turn.closed()
     assert not turn.due
-    turn.heard(pcm(tone(300, -20)), RATE)
-    assert turn.admit("안녕", is_final=False)
-    assert turn.admit("안녕 하세요", is_final=True)  # Vosk's own endpoint closed it
+    turn.heard(pcm(tone(300, -20)), RATE)  # 1200-1500 ms
+    assert turn.admit(partial("안녕", 1200, 1500))
+    assert turn.admit(final("안녕 하세요", 1250, 1450))  # Vosk's own endpoint closed it
     turn.heard(pcm(np.zeros(RATE)), RATE)
     assert not turn.due
 
@@ -102,24 +111,38 @@ def test_a_turn_ends_only_with_words_heard_and_enough_pause() -> None:
 def test_results_of_audio_without_speech_are_not_results() -> None:
     turn = TurnEnd(400)
     turn.heard(pcm(noise(1000, -70)), RATE)
-    assert not turn.admit("예", is_final=False)  # Vosk hears words in room tone
-    assert not turn.admit("예", is_final=True)
-    turn.heard(pcm(tone(300, -20)), RATE)
-    assert turn.admit("안녕", is_final=False)
+    assert not turn.admit(partial("예", 0, 1000))  # Vosk hears words in room tone
+    assert not turn.admit(final("예", 300, 500))
+    turn.heard(pcm(tone(300, -20)), RATE)  # 1000-1300 ms
+    assert turn.admit(partial("안녕", 0, 1300))
     turn.heard(pcm(np.zeros(RATE // 2)), RATE)
     assert turn.due
-    assert turn.admit("안녕", is_final=True)
+    assert turn.admit(final("안녕", 1010, 1290))
     turn.closed()
-    turn.heard(pcm(np.zeros(RATE // 2)), RATE)  # nothing spoken since
-    assert not turn.admit("예", is_final=True)
-    assert TurnEnd(0).admit("예", is_final=True)  # off: every result is one
+    turn.heard(pcm(np.zeros(RATE)), RATE)  # nothing spoken since: 1800-2800 ms
+    assert not turn.admit(partial("예", 1800, 2800))
+    assert not turn.admit(final("예", 2100, 2300))
+    assert TurnEnd(0).admit(final("예", 2100, 2300))  # off: every result is one
+
+
+def test_finals_decoded_together_are_judged_by_their_own_spans() -> None:
+    """A client may send seconds of audio in one frame: the turn hears it all before
+    the recogniser's results come, each with its own times."""
+    turn = TurnEnd(400)
+    turn.heard(pcm(np.concatenate((np.zeros(RATE // 5), tone(500, -20), np.zeros(RATE),
+                                   tone(500, -20), np.zeros(RATE)))), RATE)
+    # speech at 200-700 and 1700-2200 ms
+    assert turn.admit(final("하나", 210, 690))
+    assert turn.admit(partial("둘", 690, 2000))
+    assert turn.admit(final("둘", 1710, 2190))
+    assert not turn.admit(final("예", 2500, 2700))
 
 
 @pytest.mark.parametrize("silence", [0, None])
 def test_off_never_ends_a_turn(silence: int | None) -> None:
     turn = TurnEnd(silence)
     turn.heard(pcm(np.zeros(RATE * 5)), RATE)
-    turn.admit("안녕", is_final=False)
+    turn.admit(partial("안녕", 0, 5000))
     assert not turn.due
 
 
@@ -127,7 +150,7 @@ def test_a_turn_waits_for_the_whole_setting() -> None:
     turn = TurnEnd(500)
     turn.heard(pcm(np.zeros(RATE // 5)), RATE)
     turn.heard(pcm(tone(300, -20)), RATE)
-    turn.admit("안녕", is_final=False)
+    turn.admit(partial("안녕", 0, 500))
     turn.heard(pcm(np.zeros(RATE * 490 // 1000)), RATE)
     assert not turn.due
     turn.heard(pcm(np.zeros(RATE * FRAME_MS // 1000)), RATE)

@@ -37,7 +37,7 @@ def decode_pcm(recognizer: Recognizer, pcm: bytes, sample_rate: int, *,
     results: list[Utterance] = []
     def keep(utterance: Utterance | None) -> None:
         if utterance is not None and (
-                turn is None or turn.admit(utterance.text, utterance.is_final)):
+                turn is None or turn.admit(utterance)):
             results.append(utterance)
 
     for i in range(0, len(pcm), step):

@@ -20,9 +20,14 @@ speech frame. Pure arithmetic on samples, no trio; one per stream.
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge.protocols.events import Utterance
 
 FRAME_MS = 10
 BLOCK_FRAMES = 5  # the noise floor is measured on 50 ms blocks
@@ -33,6 +38,9 @@ QUIET_DBFS = -60.0
 #: A room whose floor is this loud is not told from speech: no pauses are reported.
 LOUD_FLOOR_DBFS = -30.0
 _FULL_SCALE_POWER = 32768.0 ** 2
+_SPEECH_RUNS = 2000  # minutes of speech: far more than one utterance spans
+#: Vosk's word times and the level's edges differ by up to this much.
+TIME_SLACK_MS = 200
 
 
 class PauseDetector:
@@ -45,7 +53,9 @@ class PauseDetector:
         self._blocks: deque[float] = deque(
             maxlen=int(FLOOR_WINDOW_S * 1000 / (FRAME_MS * BLOCK_FRAMES)))
         self._since_speech_ms = 0.0
-        self.speech_frames = 0  # frames taken for speech so far
+        self._clock_ms = 0  # audio fed so far
+        # (start_ms, end_ms) of the runs of speech frames, the newest last
+        self.speech: deque[tuple[int, int]] = deque(maxlen=_SPEECH_RUNS)
 
     @property
     def paused_ms(self) -> float:
@@ -78,11 +88,20 @@ class PauseDetector:
             self._blocks.append(sum(self._block) / BLOCK_FRAMES)
             self._block.clear()
         level = _dbfs(power)
+        start, self._clock_ms = self._clock_ms, self._clock_ms + FRAME_MS
         if level > QUIET_DBFS and level > self._floor_dbfs() + MARGIN_DB:
+            if self._since_speech_ms == 0 and self.speech:  # the run goes on
+                self.speech[-1] = (self.speech[-1][0], self._clock_ms)
+            else:
+                self.speech.append((start, self._clock_ms))
             self._since_speech_ms = 0.0
-            self.speech_frames += 1
         else:
             self._since_speech_ms += FRAME_MS
+
+    def spoke_between(self, start_ms: int, end_ms: int) -> bool:
+        """Whether speech was heard between these stream times (ms since the first
+        sample fed)."""
+        return any(s < end_ms and e > start_ms for s, e in reversed(self.speech))
 
     def _floor_dbfs(self) -> float:
         if not self._blocks:
@@ -93,37 +112,45 @@ class PauseDetector:
 class TurnEnd:
     """When to close the utterance in progress: ``silence_ms`` of audio without speech
     after words were heard in it (``silence_ms`` 0 or None: never; Vosk's endpointer
-    alone ends turns). Feed it the audio as it is decoded and the recogniser's results.
+    alone ends turns). Feed it the audio as it is decoded (:meth:`heard`, times counted
+    from the first sample, the recogniser's clock) and its results (:meth:`admit`).
 
-    With the rule on, results are also gated (:meth:`admit`): what the recogniser makes
-    of audio with no speech frame since the last turn closed (Vosk hears words in room
-    tone, and even in digital silence) is not a result.
+    With the rule on, results are also gated: what the recogniser makes of audio without
+    speech is not a result (Vosk hears words in room tone, and even in digital silence).
+    A final is one when speech was heard within its span; a partial, when speech was
+    heard after the last final.
     """
 
     def __init__(self, silence_ms: int | None) -> None:
         self.silence_ms = silence_ms
         self._pauses = PauseDetector()
         self._words = False  # the utterance in progress has words
-        self._speech_at_close = 0  # the detector's speech frames when the last turn closed
+        self._last_end_ms = -TIME_SLACK_MS  # where the last final ended
 
     def heard(self, pcm: bytes, sample_rate: int) -> None:
         self._pauses.feed(pcm, sample_rate)
 
-    def admit(self, text: str, is_final: bool) -> bool:
+    def admit(self, utterance: Utterance) -> bool:
         """Whether a result is one (see the class's doc); notes it when it is."""
-        if self.silence_ms and self._pauses.speech_frames == self._speech_at_close:
-            if is_final:
-                self._words = False
-            return False
-        self._words = bool(text) and not is_final
-        if is_final:
-            self._speech_at_close = self._pauses.speech_frames
+        if self.silence_ms:
+            if utterance.is_final:
+                spoke = self._pauses.spoke_between(utterance.start_ms - TIME_SLACK_MS,
+                                                   utterance.end_ms + TIME_SLACK_MS)
+            else:
+                spoke = self._pauses.spoke_between(self._last_end_ms + TIME_SLACK_MS,
+                                                   sys.maxsize)
+            if not spoke:
+                if utterance.is_final:
+                    self._words = False
+                return False
+        self._words = bool(utterance.text) and not utterance.is_final
+        if utterance.is_final:
+            self._last_end_ms = utterance.end_ms
         return True
 
     def closed(self) -> None:
         """The utterance was finalised (by this rule or by a ForceEndpoint)."""
         self._words = False
-        self._speech_at_close = self._pauses.speech_frames
 
     @property
     def due(self) -> bool:

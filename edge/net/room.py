@@ -198,6 +198,7 @@ class Room:
             if self._speakers is not None:
                 recognizer = LabelingRecognizer(recognizer, self._speakers)
             self._recognizer = recognizer
+            self._turn = TurnEnd(self._turn.silence_ms)  # on the new recogniser's clock
         for code in self._meter.feed(chunk.pcm, chunk.sample_rate):
             self._stats.count_warning(code)
             self.hub.publish(protocol.warning(self.id, code, _LEVEL_TEXT[code]))
@@ -214,7 +215,7 @@ class Room:
             final = await trio.to_thread.run_sync(self._recognizer.flush,
                                                   limiter=self._limiter)
             if final is not None:
-                await self._publish(final, None)
+                await self._publish(final, chunk.t)
             self._turn.closed()
 
     async def _flush(self) -> None:
@@ -232,7 +233,7 @@ class Room:
 
     async def _publish(self, utterance: Utterance, received: float | None) -> None:
         latency = None if received is None else trio.current_time() - received
-        if not self._turn.admit(utterance.text, utterance.is_final):
+        if not self._turn.admit(utterance):
             return  # what Vosk made of audio without speech
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return

@@ -353,7 +353,7 @@ class Session(Connection):
                     for utterance in results:
                         await self._emit(utterance, received)
                     if self._turn.due:
-                        await self._endpoint(recognizer)
+                        await self._endpoint(recognizer, received)
                     if self._every_frame:
                         self._send(Progress(self.id, self._partial))
                     if (self._audio_recv.statistics().current_buffer_used == 0
@@ -369,11 +369,13 @@ class Session(Connection):
             if recognizer is not None:
                 recognizer.close()
 
-    async def _endpoint(self, recognizer: Recognizer) -> None:
-        """Finalise the utterance in progress now; the stream goes on."""
+    async def _endpoint(self, recognizer: Recognizer, received: float | None = None
+                        ) -> None:
+        """Finalise the utterance in progress now; the stream goes on. ``received``:
+        when the audio that ended the turn came (for the final's latency)."""
         final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
         if final is not None:
-            await self._emit(final, None)
+            await self._emit(final, received)
         self._partial = ""
         self._turn.closed()
 
@@ -445,7 +447,7 @@ class Session(Connection):
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
         latency = None if received is None else trio.current_time() - received
-        admitted = self._turn.admit(utterance.text, utterance.is_final)
+        admitted = self._turn.admit(utterance)
         self._partial = utterance.text if admitted and not utterance.is_final else ""
         if not admitted:
             return  # what Vosk made of audio without speech
