@@ -664,9 +664,10 @@ async def test_audio_queued_behind_recognition_is_decoded_in_batches_in_order(
     batches: list[int] = []
     original = session_module.accept_each
 
-    def accept_each(recognizer: Recognizer, parts: list[bytes]) -> list[Utterance]:
+    def accept_each(recognizer: Recognizer, parts: list[bytes], *turn: Any
+                    ) -> list[Utterance]:
         batches.append(len(parts))
-        return original(recognizer, parts)
+        return original(recognizer, parts, *turn)
 
     monkeypatch.setattr(session_module, "accept_each", accept_each)
     recorder = RecordingRecognizer()

@@ -10,6 +10,7 @@ import wave
 import numpy as np
 import pytest
 
+from edge.asr.decode import accept_each
 from edge.audio.pauses import FRAME_MS, PauseDetector, TurnEnd
 from edge.protocols.events import Utterance
 from helpers import FIXTURES
@@ -191,3 +192,31 @@ def test_real_speech_pauses_between_utterances_and_not_inside_them(
     assert len(long_runs) == len(gaps), long_runs
     for (start, length), (gap_start, gap_end) in zip(long_runs, gaps, strict=True):
         assert abs(start - gap_start) <= 150 and abs(start + length - gap_end) <= 150
+
+
+def test_a_batch_decoded_late_ends_its_turn_where_the_pause_was() -> None:
+    """Audio queued behind recognition is decoded in batches: the turn ends after the
+    part that completed the pause, before the next utterance's audio is fed."""
+    calls: list[str] = []
+
+    class Scripted:
+        def __init__(self) -> None:
+            self.results = iter([[partial("하나", 0, 700)], [], [partial("둘", 0, 1700)]])
+
+        def accept(self, pcm: bytes) -> list[Utterance]:
+            calls.append("accept")
+            return next(self.results)
+
+        def flush(self) -> Utterance | None:
+            calls.append("flush")
+            return final("하나", 210, 690)
+
+        def close(self) -> None:
+            pass
+
+    parts = [pcm(np.concatenate((np.zeros(RATE // 5), tone(500, -20)))),  # 0-700 ms
+             pcm(np.zeros(RATE // 2)),  # 700-1200 ms: the pause
+             pcm(tone(500, -20))]  # 1200-1700 ms: the next utterance
+    got = accept_each(Scripted(), parts, TurnEnd(400), RATE)
+    assert calls == ["accept", "accept", "flush", "accept"]
+    assert [(u.text, u.is_final) for u in got] == [("하나", True), ("둘", False)]

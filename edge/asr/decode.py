@@ -12,10 +12,48 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     # edge.asr.recognizer imports edge.speakers (numpy); decoding needs neither.
     from edge.asr.recognizer import Recognizer
+    from edge.audio.pauses import TurnEnd
     from edge.protocols.live import Utterance
 
 #: What a streaming client sends per message (``edge client`` and the web page).
 CLIENT_CHUNK_MS = 100
+
+
+def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None = None,
+                sample_rate: int = 0) -> list[Utterance]:
+    """Feed ``parts`` one by one, as they came (Vosk's results depend on where its
+    input is cut, so batching must not move the cuts); the finals of all of them and
+    the partial of the last, if it ended on one (earlier partials are superseded).
+
+    With ``turn`` (audio at ``sample_rate``), a turn that is over after a part is
+    finalised there, before the next part is fed, and what the turn's gate refuses is
+    left out: a batch decoded late ends its turns where they would have ended live.
+    """
+    out: list[Utterance] = []
+    for part in parts:
+        out = [u for u in out if u.is_final]
+        got = recognizer.accept(part)
+        if turn is None:
+            out += got
+            continue
+        turn.heard(part, sample_rate)
+        out += [u for u in got if turn.admit(u)]
+        if turn.due:
+            final = flush_turn(recognizer, turn)
+            if final is not None:
+                out.append(final)
+    return out
+
+
+def flush_turn(recognizer: Recognizer, turn: TurnEnd | None) -> Utterance | None:
+    """The final of the utterance in progress (None: nothing, or what ``turn``'s gate
+    refuses); the recogniser goes on with a new one."""
+    final = recognizer.flush()
+    if turn is not None:
+        if final is not None and not turn.admit(final):
+            final = None
+        turn.closed()
+    return final
 
 
 def decode_pcm(recognizer: Recognizer, pcm: bytes, sample_rate: int, *,
@@ -35,22 +73,11 @@ def decode_pcm(recognizer: Recognizer, pcm: bytes, sample_rate: int, *,
         turn = TurnEnd(turn_silence_ms)
     step = max(1, sample_rate * chunk_ms // 1000) * 2  # whole samples
     results: list[Utterance] = []
-    def keep(utterance: Utterance | None) -> None:
-        if utterance is not None and (
-                turn is None or turn.admit(utterance)):
-            results.append(utterance)
-
     for i in range(0, len(pcm), step):
-        chunk = pcm[i:i + step]
-        got = recognizer.accept(chunk)
-        if turn is not None:
-            turn.heard(chunk, sample_rate)
-        for utterance in got:
-            keep(utterance)
-        if turn is not None and turn.due:
-            keep(recognizer.flush())
-            turn.closed()
-    keep(recognizer.flush())
+        results.extend(accept_each(recognizer, [pcm[i:i + step]], turn, sample_rate))
+    final = flush_turn(recognizer, turn)
+    if final is not None:
+        results.append(final)
     return results
 
 

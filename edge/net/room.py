@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from edge.asr.decode import accept_each, flush_turn
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter
 from edge.audio.pauses import TurnEnd
@@ -203,20 +204,14 @@ class Room:
             self._stats.count_warning(code)
             self.hub.publish(protocol.warning(self.id, code, _LEVEL_TEXT[code]))
         started = trio.current_time()
-        results = await trio.to_thread.run_sync(self._recognizer.accept, chunk.pcm,
-                                                limiter=self._limiter)
+        results = await trio.to_thread.run_sync(
+            accept_each, self._recognizer, [chunk.pcm], self._turn, chunk.sample_rate,
+            limiter=self._limiter)
         seconds = len(chunk.pcm) / 2 / chunk.sample_rate
         self._stats.observe_decode(seconds, trio.current_time() - started)
         self._audio_ms += 1000 * seconds
-        self._turn.heard(chunk.pcm, chunk.sample_rate)
         for utterance in results:
             await self._publish(utterance, chunk.t)
-        if self._turn.due:
-            final = await trio.to_thread.run_sync(self._recognizer.flush,
-                                                  limiter=self._limiter)
-            if final is not None:
-                await self._publish(final, chunk.t)
-            self._turn.closed()
 
     async def _flush(self) -> None:
         """End the current recogniser's stream: its last final, then a fresh clock offset."""
@@ -224,7 +219,8 @@ class Room:
         if recognizer is None:
             return
         try:
-            final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+            final = await trio.to_thread.run_sync(flush_turn, recognizer, self._turn,
+                                                  limiter=self._limiter)
         finally:
             recognizer.close()
         if final is not None:
@@ -233,8 +229,6 @@ class Room:
 
     async def _publish(self, utterance: Utterance, received: float | None) -> None:
         latency = None if received is None else trio.current_time() - received
-        if not self._turn.admit(utterance):
-            return  # what Vosk made of audio without speech
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
         message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))

@@ -37,6 +37,7 @@ from typing import Any
 
 import trio
 
+from edge.asr.decode import accept_each, flush_turn
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
 from edge.audio.pauses import TurnEnd
@@ -82,17 +83,6 @@ _WARNING_TEXT = {
     "clipping": "the audio is clipping (samples at full scale); lower the input gain",
     "silence": "no sound above the silence level; check the microphone",
 }
-
-
-def accept_each(recognizer: Recognizer, parts: list[bytes]) -> list[Utterance]:
-    """Feed ``parts`` one by one, as they came (Vosk's results depend on where its
-    input is cut, so batching must not move the cuts); the finals of all of them and
-    the partial of the last, if it ended on one (earlier partials are superseded)."""
-    out: list[Utterance] = []
-    for part in parts:
-        out = [u for u in out if u.is_final]
-        out += recognizer.accept(part)
-    return out
 
 
 class RecognitionLag:
@@ -343,24 +333,21 @@ class Session(Connection):
                     parts = [pcm] if self._every_frame else self._take_queued(pcm)
                     started = trio.current_time()
                     results = await trio.to_thread.run_sync(
-                        accept_each, recognizer, parts, limiter=self._limiter)
+                        accept_each, recognizer, parts, self._turn, self._rate,
+                        limiter=self._limiter)
                     seconds = sum(map(len, parts)) / 2 / self._rate
                     now = trio.current_time()
                     self._stats.observe_decode(seconds, now - started)
                     self._check_lag(self._lag.decoded(seconds, received, now))
-                    for part in parts:
-                        self._turn.heard(part, self._rate)
                     for utterance in results:
                         await self._emit(utterance, received)
-                    if self._turn.due:
-                        await self._endpoint(recognizer, received)
                     if self._every_frame:
                         self._send(Progress(self.id, self._partial))
                     if (self._audio_recv.statistics().current_buffer_used == 0
                             and self._held is None):
                         self._lag.caught_up()
             if recognizer is not None and (self._stop is None or self._stop.flush):
-                final = await trio.to_thread.run_sync(recognizer.flush,
+                final = await trio.to_thread.run_sync(flush_turn, recognizer, self._turn,
                                                       limiter=self._limiter)
                 if final is not None:
                     await self._emit(final, None)
@@ -369,15 +356,13 @@ class Session(Connection):
             if recognizer is not None:
                 recognizer.close()
 
-    async def _endpoint(self, recognizer: Recognizer, received: float | None = None
-                        ) -> None:
-        """Finalise the utterance in progress now; the stream goes on. ``received``:
-        when the audio that ended the turn came (for the final's latency)."""
-        final = await trio.to_thread.run_sync(recognizer.flush, limiter=self._limiter)
+    async def _endpoint(self, recognizer: Recognizer) -> None:
+        """Finalise the utterance in progress now; the stream goes on."""
+        final = await trio.to_thread.run_sync(flush_turn, recognizer, self._turn,
+                                              limiter=self._limiter)
         if final is not None:
-            await self._emit(final, received)
+            await self._emit(final, None)
         self._partial = ""
-        self._turn.closed()
 
     def _take_queued(self, pcm: bytes) -> list[bytes]:
         """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:
@@ -447,10 +432,7 @@ class Session(Connection):
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
         latency = None if received is None else trio.current_time() - received
-        admitted = self._turn.admit(utterance)
-        self._partial = utterance.text if admitted and not utterance.is_final else ""
-        if not admitted:
-            return  # what Vosk made of audio without speech
+        self._partial = "" if utterance.is_final else utterance.text
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
         if utterance.is_final:
