@@ -38,6 +38,19 @@ def test_parse_takes_the_words_of_finals_in_order() -> None:
     assert parse_transcript(text) == REFERENCE
 
 
+def test_parse_skips_a_clients_other_messages_when_asked() -> None:
+    text = "\n".join(['{"type": "session_init", "session_id": "s"}',
+                      final(1, ("머리", 450, 750), ("다", 750, 960)),
+                      '{"type": "warning", "code": "x", "message": "y"}',
+                      final(2, ("엄마", 3810, 4200)),
+                      '{"type": "session_end", "session_id": "s", "reason": "done"}'])
+    assert parse_transcript(text, other_messages=True) == REFERENCE
+    with pytest.raises(ValueError, match="line 1: not a transcription message"):
+        parse_transcript(text)
+    with pytest.raises(ValueError, match="line 2: not a transcription message"):
+        parse_transcript(final(1, ("a", 0, 1)) + "\n[1]", other_messages=True)
+
+
 @pytest.mark.parametrize("line, reason", [
     ("{not json", "line 1: not JSON"),
     ('["transcription"]', "line 1: not a transcription message"),

@@ -11,7 +11,9 @@ of the pristine root), unpacks a fresh copy of it for every run, and in that cop
 2. imports the compiled parts (numpy, vosk's library, PyAudio against PortAudio) and
    checks that the interpreter really is aarch64;
 3. runs ``edge check`` on the installed config (it loads the model);
-4. runs ``edge transcribe`` on the speech fixture, free and with its phrase list,
+4. runs ``edge transcribe`` on the speech fixture, free and with its phrase list;
+5. starts ``edge serve`` with the installed config, streams the fixture through one
+   Live API session (``edge client``) and stops it with SIGTERM (exit code 0),
 
 then runs the same ``edge transcribe`` commands here (x86) and asserts that both give
 the same words with start and end times within 100 ms.
@@ -34,6 +36,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +62,46 @@ TRANSCRIBE_RUNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("free dictation", ()),
     ("phrase list", ("--phrases", PHRASES)),
 )
+# Run by the root's Python: the daemon as the unit would start it (its config, the
+# secret file, a state directory), on a loopback port, ready when /healthz answers; one
+# Live API session streams the fixture; SIGTERM must stop it with exit code 0. Prints
+# the client's messages.
+SERVE_SCRIPT = """
+import os, signal, subprocess, sys, time, urllib.error, urllib.request
+port, edge, config = sys.argv[1], "/opt/edge/venv/bin/edge", ["--config", "/etc/edge/edge.toml"]
+os.makedirs("/var/lib/edge", mode=0o700, exist_ok=True)
+env = {**os.environ, "EDGE_JWT_SECRET_FILE": "/etc/edge/jwt-secret",
+       "EDGE_STATE_DIR": "/var/lib/edge"}
+server = subprocess.Popen([edge, "serve", *config, "--host", "127.0.0.1", "--port", port],
+                          env=env)
+try:
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            break
+        except urllib.error.HTTPError:
+            break  # 503: up, degraded (say, no NTP): it still serves
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"edge serve never answered /healthz (exit {server.poll()})")
+            time.sleep(0.5)
+    token = subprocess.run([edge, "token", *config, "--sub", "arm64-check"], env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    client = subprocess.run(
+        [edge, "client", f"ws://127.0.0.1:{port}/ws/transcribe",
+         "tests/fixtures/speech_ko.wav", "--fast"],
+        env={**env, "EDGE_TOKEN": token}, capture_output=True, text=True, timeout=900)
+    sys.stderr.write(client.stderr)
+    if client.returncode != 0:
+        sys.exit(f"edge client exited {client.returncode}")
+    sys.stdout.write(client.stdout)
+finally:
+    server.send_signal(signal.SIGTERM)
+    code = server.wait(timeout=120)
+if code != 0:
+    sys.exit(f"edge serve exited {code} on SIGTERM")
+"""
 IN_ROOT_SRC = "/root/edge"
 IN_ROOT_EDGE = "/opt/edge/venv/bin/edge"
 IN_ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -91,9 +134,10 @@ class Comparison:
         return not self.problems
 
 
-def parse_transcript(text: str) -> list[Word]:
+def parse_transcript(text: str, *, other_messages: bool = False) -> list[Word]:
     """The words of the finals in ``edge transcribe``'s output (one JSON message a line),
-    in order. Raises ValueError naming the line for anything else."""
+    in order. Raises ValueError naming the line for anything else, or, with
+    ``other_messages`` (``edge client``'s output), skips other Live API messages."""
     words: list[Word] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -103,6 +147,8 @@ def parse_transcript(text: str) -> list[Word]:
         except ValueError as exc:
             raise ValueError(f"line {number}: not JSON ({exc})") from exc
         if not isinstance(message, dict) or message.get("type") != "transcription":
+            if other_messages and isinstance(message, dict) and "type" in message:
+                continue
             raise ValueError(f"line {number}: not a transcription message")
         if message.get("is_final") is not True:
             continue
@@ -359,6 +405,14 @@ def reference_transcripts() -> dict[str, str]:
     return out
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (the root shares this machine's network)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def default_cache() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     return Path(xdg) / "edge-arm64" if xdg else Path("/var/cache/edge-arm64")
@@ -437,6 +491,14 @@ def check(arch: str, cache: Path, *, ref: str | None, rebuild: bool, keep: bool,
                 emulated[label] = root.run(
                     f"transcribe {label}",
                     [IN_ROOT_EDGE, "transcribe", SPEECH, *extra])
+        with timings.step("edge serve and one Live API session"):
+            out = root.run("serve", ["/opt/edge/venv/bin/python", "-c", SERVE_SCRIPT,
+                                     str(free_port())])
+            served = parse_transcript(out, other_messages=True)
+            if not served:
+                raise CheckFailed(f"the Live API session heard no words:\n{out[-2000:]}")
+            print(f"  | {len(served)} words in the session's finals; edge serve stopped "
+                  "with exit code 0 on SIGTERM", flush=True)
         with timings.step("edge transcribe here (x86 reference)"):
             reference = reference_transcripts()
         failed = False
