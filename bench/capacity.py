@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lib", choices=["websockets", "trio"], default="websockets")
     p.add_argument("--threads", type=int,
                    help="the server's recognizer.threads (default: its own, one per core)")
+    p.add_argument("--endpoint-silence-ms", type=int, metavar="MS",
+                   help="recognizer.endpoint_silence_ms for the server (default: the "
+                        "device default; 0: Vosk's endpointer only)")
     p.add_argument("--cold", action="store_true",
                    help="no recogniser pool (warm_recognizers = 0); compare with fresh "
                         "recognisers in bare Vosk")
@@ -169,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     trials: list[dict[str, Any]] = []
     pool = 0 if args.cold else math.ceil(bare_streams * 1.3)
     extra = "[recognizer]\n" + (f"threads = {args.threads}\n" if args.threads else "") + \
-        f"warm_recognizers = {pool}\n"
+        f"warm_recognizers = {pool}\n" + (
+            "" if args.endpoint_silence_ms is None
+            else f"endpoint_silence_ms = {args.endpoint_silence_ms}\n")
     with common.EdgeServer("capacity-server", config_extra=extra) as server:
         if pool:
             print(f"  warming the pool: {pool} streams of {speech.seconds:.0f} s, untimed",

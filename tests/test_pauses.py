@@ -198,13 +198,16 @@ def test_a_batch_decoded_late_ends_its_turn_where_the_pause_was() -> None:
     """Audio queued behind recognition is decoded in batches: the turn ends after the
     part that completed the pause, before the next utterance's audio is fed."""
     calls: list[str] = []
+    fed: list[int] = []  # bytes per accept
 
     class Scripted:
         def __init__(self) -> None:
-            self.results = iter([[partial("하나", 0, 700)], [], [partial("둘", 0, 1700)]])
+            self.results = iter([[partial("하나", 0, 700)], [], [],
+                                 [partial("둘", 0, 1700)]])
 
         def accept(self, pcm: bytes) -> list[Utterance]:
             calls.append("accept")
+            fed.append(len(pcm))
             return next(self.results)
 
         def flush(self) -> Utterance | None:
@@ -218,5 +221,23 @@ def test_a_batch_decoded_late_ends_its_turn_where_the_pause_was() -> None:
              pcm(np.zeros(RATE // 2)),  # 700-1200 ms: the pause
              pcm(tone(500, -20))]  # 1200-1700 ms: the next utterance
     got = accept_each(Scripted(), parts, TurnEnd(400), RATE)
-    assert calls == ["accept", "accept", "flush", "accept"]
+    # the pause's part is cut where 400 ms of it have passed, and finalised there
+    assert calls == ["accept", "accept", "flush", "accept", "accept"]
+    assert fed == [len(parts[0]), 2 * RATE * 400 // 1000, 2 * RATE * 100 // 1000,
+                   len(parts[2])]
     assert [(u.text, u.is_final) for u in got] == [("하나", True), ("둘", False)]
+
+
+def test_where_a_pause_would_complete() -> None:
+    d = PauseDetector()
+    d.feed(pcm(np.concatenate((np.zeros(RATE // 5), tone(500, -20)))), RATE)
+    quiet = pcm(np.zeros(RATE // 2))
+    assert d.bytes_until(400, quiet, RATE) == 2 * RATE * 400 // 1000
+    assert d.bytes_until(600, quiet, RATE) is None  # not within these 500 ms
+    assert d.paused_ms == 0  # nothing was taken
+    d.feed(pcm(np.zeros(RATE // 10)), RATE)  # 100 ms of the pause already
+    assert d.bytes_until(400, quiet, RATE) == 2 * RATE * 300 // 1000
+    odd = pcm(np.zeros(RATE * 7 // 1000))  # 7 ms: less than a frame
+    d.feed(odd, RATE)
+    assert d.bytes_until(400, quiet, RATE) == 2 * (RATE * 300 // 1000 - RATE * 7 // 1000)
+    assert d.bytes_until(400, pcm(tone(500, -20)), RATE) is None  # speech, no pause

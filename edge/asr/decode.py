@@ -25,23 +25,27 @@ def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None
     input is cut, so batching must not move the cuts); the finals of all of them and
     the partial of the last, if it ended on one (earlier partials are superseded).
 
-    With ``turn`` (audio at ``sample_rate``), a turn that is over after a part is
-    finalised there, before the next part is fed, and what the turn's gate refuses is
-    left out: a batch decoded late ends its turns where they would have ended live.
+    With ``turn`` (audio at ``sample_rate``), a turn is finalised where its pause
+    completes (the part is cut there, the one place a cut moves), before the rest is
+    fed, and what the turn's gate refuses is left out: a batch decoded late ends its
+    turns where they would have ended live, and a turn does not wait for the rest of
+    the client's chunk.
     """
     out: list[Utterance] = []
     for part in parts:
         out = [u for u in out if u.is_final]
-        got = recognizer.accept(part)
         if turn is None:
-            out += got
+            out += recognizer.accept(part)
             continue
-        turn.heard(part, sample_rate)
-        out += [u for u in got if turn.admit(u)]
-        if turn.due:
-            final = flush_turn(recognizer, turn)
-            if final is not None:
-                out.append(final)
+        at = turn.cut(part, sample_rate)
+        for piece in (part[:at], part[at:]) if 0 < at < len(part) else (part,):
+            got = recognizer.accept(piece)
+            turn.heard(piece, sample_rate)
+            out += [u for u in got if turn.admit(u)]
+            if turn.due:
+                final = flush_turn(recognizer, turn)
+                if final is not None:
+                    out.append(final)
     return out
 
 

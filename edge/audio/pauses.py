@@ -82,6 +82,30 @@ class PauseDetector:
         for power in powers.tolist():
             self._frame(power)
 
+    def bytes_until(self, pause_ms: float, pcm: bytes, sample_rate: int) -> int | None:
+        """How much of ``pcm`` (bytes, whole frames) would bring the pause to
+        ``pause_ms``, judged against the floor as it is now; None: not within it. Does
+        not take the audio (:meth:`feed` does)."""
+        if sample_rate != self._rate or self._floor_dbfs() > LOUD_FLOOR_DBFS:
+            return None
+        if self._since_speech_ms >= pause_ms:
+            return 0
+        per_frame = max(1, sample_rate * FRAME_MS // 1000)
+        carry = self._carry.size
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        whole = (carry + samples.size) // per_frame * per_frame
+        if whole * FRAME_MS // per_frame < pause_ms - self._since_speech_ms:
+            return None  # too short to complete it
+        frames = np.concatenate((self._carry, samples))[:whole].reshape(-1, per_frame)
+        powers = np.einsum("ij,ij->i", frames, frames) / per_frame / _FULL_SCALE_POWER
+        threshold = max(QUIET_DBFS, self._floor_dbfs() + MARGIN_DB)
+        paused = self._since_speech_ms
+        for i, power in enumerate(powers.tolist()):
+            paused = 0.0 if _dbfs(power) > threshold else paused + FRAME_MS
+            if paused >= pause_ms:
+                return 2 * ((i + 1) * per_frame - carry)
+        return None
+
     def _frame(self, power: float) -> None:
         self._block.append(power)
         if len(self._block) == BLOCK_FRAMES:
@@ -129,6 +153,15 @@ class TurnEnd:
 
     def heard(self, pcm: bytes, sample_rate: int) -> None:
         self._pauses.feed(pcm, sample_rate)
+
+    def cut(self, pcm: bytes, sample_rate: int) -> int:
+        """Where in ``pcm`` (bytes) the turn in progress would be over, so that the
+        recogniser can be given the audio up to there, finalised, then given the rest;
+        ``len(pcm)`` when it would not be over within it."""
+        if not (self.silence_ms and self._words):
+            return len(pcm)
+        at = self._pauses.bytes_until(self.silence_ms, pcm, sample_rate)
+        return len(pcm) if at is None else at
 
     def admit(self, utterance: Utterance) -> bool:
         """Whether a result is one (see the class's doc); notes it when it is."""
