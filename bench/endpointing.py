@@ -9,11 +9,12 @@ edge/audio/pauses.py: ``recognizer.endpoint_silence_ms`` / the Live API's
 conversation (tests/fixtures/speakers/conversation.wav: 18 utterances of three voices,
 1.2 s apart, times in voices.json), all at once, plus ``--load`` filler streams
 (speech_ko.wav looped, the device default) to bring the device near a given share of
-its capacity. ``--room-tone DBFS`` adds white noise at that level to every stream (the
-fixtures' gaps are digital silence, which no room is). The daemon warms its pool at
-start (one recogniser per stream) and the streams begin once /healthz says ``warm``:
-fresh recognisers cost about twice the CPU, and that many fresh ones at once would
-overload the device. For each setting:
+its capacity. The streams start spread over an utterance's period (fillers: over a
+loop), as rooms do not speak in lockstep. ``--room-tone DBFS`` adds white noise at that
+level to every stream (the fixtures' gaps are digital silence, which no room is). The
+daemon warms its pool at start (one recogniser per stream) and the streams begin once
+/healthz says ``warm``: fresh recognisers cost about twice the CPU, and that many fresh
+ones at once would overload the device. For each setting:
 
 * final latency: arrival of the utterance's final minus the time its last speech
   (voices.json's end) was sent, p50 / p95 over the utterances that got exactly one
@@ -105,13 +106,19 @@ async def run(server: EdgeServer, settings: list[int], load: int,
     pcm = with_room_tone(pcm, room_tone, 1)
     filler, filler_rate = read_wav(FIXTURE)
     filler = with_room_tone(filler, room_tone, 2)
+    loop = len(filler) / 2 / filler_rate
     filler = filler * max(1, -(-len(pcm) // len(filler)))
     token = mint_token()
     start = asyncio.get_running_loop().time() + 1.0  # monotonic on Linux
+    # Rooms do not speak in lockstep: the streams start spread over one utterance's
+    # period (the conversation's) or one loop (the fillers'), so that their utterances
+    # do not all end, and get finalised, at the same instant.
+    period = len(pcm) / 2 / rate / len(json.loads(VOICES.read_text())["conversation"])
     sessions = [paced_session(server.url, token, pcm, rate, {"max_turn_silence_ms": s},
-                              start_at=start) for s in settings]
+                              start_at=start + period * i / len(settings))
+                for i, s in enumerate(settings)]
     fillers = [paced_session(server.url, token, filler, filler_rate,
-                             start_at=start + 0.1 * i / max(1, load))
+                             start_at=start + loop * i / max(1, load))
                for i in range(load)]
     traces = await asyncio.gather(*sessions, *fillers)
     return list(traces[:len(settings)])
