@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,10 @@ async def start_server(
         return started
 
     yield start
+
+
+@pytest.fixture
+def mosquitto_installed() -> None:
+    """For the MQTT tests (``needs_mosquitto``): fail, never skip, without the broker."""
+    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        pytest.fail("mosquitto is not installed: run .ci/setup (apt-get install mosquitto)")
