@@ -125,7 +125,12 @@ class PauseDetector:
     def spoke_between(self, start_ms: int, end_ms: int) -> bool:
         """Whether speech was heard between these stream times (ms since the first
         sample fed)."""
-        return any(s < end_ms and e > start_ms for s, e in reversed(self.speech))
+        for s, e in reversed(self.speech):  # newest first: stop at the first run before
+            if e <= start_ms:
+                return False
+            if s < end_ms:
+                return True
+        return False
 
     def _floor_dbfs(self) -> float:
         if not self._blocks:
