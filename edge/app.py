@@ -229,7 +229,8 @@ async def open_journal(config: Config, model_name: str) -> JournalService:
     j = config.journal
     return JournalService(journal, retention_days=j.retention_days,
                           purge_interval=j.purge_interval,
-                          keep_unrelayed=config.relay.enabled, model=model_name)
+                          keep_unrelayed=config.relay.enabled, model=model_name,
+                          failing_seconds=j.failing_seconds)
 
 
 def relay_target(config: Config) -> str:

@@ -30,8 +30,10 @@ def make_token(
 
 
 def make_config(**sections: dict[str, Any]) -> Config:
-    """A config for tests: loopback, port 0, plus the given overrides by section."""
-    overrides = {"server.host": "127.0.0.1", "server.port": 0}
+    """A config for tests: loopback, port 0, no free-space check on the journal's
+    filesystem (a CI machine with little free disk must not degrade every server),
+    plus the given overrides by section."""
+    overrides = {"server.host": "127.0.0.1", "server.port": 0, "journal.min_free_mb": 0}
     for section, values in sections.items():
         for key, value in values.items():
             overrides[f"{section}.{key}"] = value

@@ -112,7 +112,11 @@ class Daemon:
             "server": {"host": "127.0.0.1", "port": self.port, "state_dir": str(self.state)},
             # Warming the recogniser pool at start costs CPU that tests and benchmarks
             # measure or wait on; those about the warm-up turn it on.
-            "recognizer": {"warm_at_start": False}}
+            "recognizer": {"warm_at_start": False},
+            # The state directory is a test's or benchmark's temporary one: a machine
+            # with little free disk must not make every daemon degraded. Those about
+            # free space set their own threshold.
+            "journal": {"min_free_mb": 0}}
         for section, values in (sections or {}).items():
             merged[section] = {**merged.get(section, {}), **values}
         self.directory.mkdir(parents=True, exist_ok=True)
