@@ -184,7 +184,7 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(
             assert any("journal.min_free_mb" in r for r in body["reasons"]), body
             # SQLite may fit a few writes into WAL pages it already has: sessions go
             # on until one is refused. Each gets all its captions either way.
-            full_sessions = []
+            full_sessions: list[list[dict[str, Any]]] = []
             with trio.fail_after(90):
                 while not any(journal_errors(m) for m in full_sessions):
                     full_sessions.append(await client_session(daemon, grammar))
