@@ -1,11 +1,15 @@
 """The journal's health, pure and with real SQLite: the failing/ok rule, errors told
-without transcript text, the /healthz body and reasons, the /metrics names, the config.
+without transcript text, the /healthz body and reasons, the /metrics names, the config;
+and, in a running server (real model, real sockets, SQLite refusing writes through
+``PRAGMA query_only``), a session and a room segment whose start could not be
+journaled, whose later finals are kept once writes go through again.
 
 The whole story on a real daemon with a full disk is in test_journal_disk_full.py.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -15,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
+from test_room import PlayedSource, first_phrase_end
 
 from edge.core.config import load_config
 from edge.core.errors import ConfigError
@@ -23,9 +28,11 @@ from edge.journal.db import Journal, JournalError
 from edge.journal.health import FAILING, OK, WriteHealth, describe, free_bytes
 from edge.journal.service import JournalService
 from edge.ops.health import ClockStatus, health, render_metrics
+from helpers import FIXTURES, connect, make_token, receive_json, stream
 
 CLOCK = ClockStatus(synchronized=True, sane=True)
 MIB = 1048576
+SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()
 TEXT = "환자는 어제부터 머리가 아프다고 합니다"  # a final's text: must never show
 
 
@@ -33,6 +40,10 @@ def journal_status(**overrides: Any) -> dict[str, Any]:
     status = {"state": OK, "failures": 0, "last_error": None, "last_failure_at": None,
               "free_bytes": 500 * MIB, "encrypted": False, "key_source": None}
     return {**status, **overrides}
+
+
+def finals(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == "transcription" and m["is_final"]]
 
 
 def body_for(journal: dict[str, Any] | None, min_free_bytes: int = 200 * MIB,
@@ -247,5 +258,88 @@ async def test_the_service_reports_a_real_failure_then_recovery(
         await trio.sleep(61)
         assert service.status()["state"] == OK and service.status()["failures"] == 1
         assert journal.finals("s1") == [message]
+    finally:
+        journal.close()
+
+
+# --- in a running server: a start that failed is journaled at the next final ------------
+
+def set_writable(journal: Journal, writable: bool) -> None:
+    """Make SQLite refuse (or accept again) the hot connection's writes."""
+    link = journal._hot
+    with link._lock:  # between two writes, never inside one
+        assert link.conn is not None
+        link.conn.execute(f"PRAGMA query_only = {'OFF' if writable else 'ON'}")
+
+
+async def test_a_session_started_while_writes_fail_keeps_its_later_finals(
+    start_server: Any, tmp_path: Path, phrases: dict[str, Any]
+) -> None:
+    journal = Journal.open(tmp_path / "journal.db", device_id="dev")
+    service = JournalService(journal, retention_days=30, purge_interval=3600,
+                             keep_unrelayed=False, failing_seconds=60)
+    first = first_phrase_end() + 16000 * 2  # the first phrase and 1 s of its pause
+    try:
+        server = await start_server(journal_service=service)
+        set_writable(journal, False)
+        before = time.time()
+        async with connect(server, make_token(sub="dr-kim")) as ws:
+            session_id = (await receive_json(ws))["session_id"]
+            await ws.send_message(json.dumps({"type": "config",
+                                              "phrases": phrases["grammar"]}))
+            await stream(ws, SPEECH[:first])
+            messages = [await receive_json(ws)]
+            while not finals(messages):
+                messages.append(await receive_json(ws))
+            first_final_at = time.time()
+            set_writable(journal, True)
+            await stream(ws, SPEECH[first:])
+            await ws.send_message(json.dumps({"type": "end"}))
+            while messages[-1]["type"] != "session_end":
+                messages.append(await receive_json(ws))
+        assert [f["text"] for f in finals(messages)] == phrases["utterances"]
+        assert [m["code"] for m in messages if m["type"] == "warning"] == ["journal_error"]
+        with trio.fail_after(10):  # the end is journaled after session_end is sent
+            while (row := journal.session(session_id)) is None or row.ended_at is None:
+                await trio.sleep(0.05)
+        assert row.sub == "dr-kim" and row.end_reason == "end"
+        # Its own start, not the moment the start was journaled (at the second final).
+        assert before <= row.started_at <= first_final_at
+        assert journal.finals(session_id) == finals(messages)[1:]
+        # Two failures: the start, then the start again at the first final.
+        assert service.failures == 2
+        assert server.health()[1]["journal"]["state"] == "failing"  # within the minute
+    finally:
+        journal.close()
+
+
+async def test_a_room_segment_started_while_writes_fail_keeps_its_later_finals(
+    start_server: Any, model: Any, tmp_path: Path
+) -> None:
+    journal = Journal.open(tmp_path / "journal.db", device_id="dev")
+    service = JournalService(journal, retention_days=30, purge_interval=3600,
+                             keep_unrelayed=False)
+    try:
+        set_writable(journal, False)
+        server = await start_server(journal_service=service, mic=PlayedSource(period=0.05),
+                                    microphone={"enabled": True},
+                                    recognizer_factory=model.recognizer)
+        async with connect(server, make_token(), "?source=room") as ws:
+            messages = [await receive_json(ws)]
+            while not any(m.get("code") == "journal_error" for m in messages):
+                messages.append(await receive_json(ws))
+            set_writable(journal, True)
+            while len(finals(messages)) < 3:
+                messages.append(await receive_json(ws))
+        errors = [m for m in messages if m.get("code") == "journal_error"]
+        assert len(errors) == 1 and errors[0]["room_id"] == server.room.id
+        # The one final the journal refused comes right after its warning.
+        after = messages[messages.index(errors[0]) + 1:]
+        refused = next(m for m in after if m["type"] == "transcription")
+        assert refused["is_final"] and refused == finals(messages)[0]
+        [room] = [row for row in journal.sessions() if row.source == "room"]
+        kept = [(f["text"], f["start_ms"]) for f in journal.finals(room.session_id)]
+        assert kept[:2] == [(f["text"], f["start_ms"]) for f in finals(messages)[1:3]]
+        assert server.stats.warnings["journal_error"] == 1
     finally:
         journal.close()
