@@ -45,10 +45,12 @@ class JournalService:
 
     def __init__(self, journal: Journal, *, retention_days: float, purge_interval: float,
                  keep_unrelayed: bool, model: str | None = None,
-                 separate_hot_path: bool = True) -> None:
+                 separate_hot_path: bool = True, key_source: str | None = None) -> None:
         """``separate_hot_path=False`` runs the hot path in the bulk lane, as one worker
-        did before the lanes were split (for benchmarks that measure the difference)."""
+        did before the lanes were split (for benchmarks that measure the difference).
+        ``key_source`` describes where the journal's key came from (for health)."""
         self.journal = journal
+        self.key_source = key_source
         self._retention = retention_days * _DAY
         self._purge_interval = purge_interval
         self._keep_unrelayed = keep_unrelayed
