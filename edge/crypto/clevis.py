@@ -95,20 +95,18 @@ def available(*, tang: bool = True, tpm2: bool = True) -> str | None:
     """None if ``clevis`` can seal and unseal with the given pins here, else why not.
 
     Looks for the programs on ``PATH`` (blocking, fast): ``clevis`` and ``jose``; for
-    ``tang`` the Tang pin and ``curl``; for ``tpm2`` the TPM2 pin and tpm2-tools. It does
-    not look for a TPM (``/dev/tpmrm0`` or ``TPM2TOOLS_TCTI``): :func:`seal` says so.
+    ``tang`` the Tang pin and ``curl``; for ``tpm2`` the TPM2 pin (Debian's clevis-tpm2)
+    and tpm2-tools. A board without a TPM asks with ``tpm2=False``. It does not look for
+    a TPM (``/dev/tpmrm0`` or ``TPM2TOOLS_TCTI``): :func:`seal` fails saying so.
     """
-    needed = ["clevis", "clevis-decrypt", "jose"]
+    # sss (several pins) is in the clevis package with the rest.
+    needed = ["clevis", "clevis-decrypt", "clevis-encrypt-sss", "clevis-decrypt-sss", "jose"]
     if tang:
         needed += ["clevis-encrypt-tang", "clevis-decrypt-tang", "curl"]
     if tpm2:
         needed += ["clevis-encrypt-tpm2", "clevis-decrypt-tpm2", "tpm2_createprimary",
                    "tpm2_unseal"]
     missing = [name for name in needed if shutil.which(name) is None]
-    if tang or tpm2:
-        # sss: several pins, or one of them twice.
-        missing += [name for name in ("clevis-encrypt-sss", "clevis-decrypt-sss")
-                    if shutil.which(name) is None]
     if not missing:
         return None
     hint = "install the Debian packages clevis" + (" and clevis-tpm2" if tpm2 else "")
@@ -221,6 +219,14 @@ def seal(
     except ClevisError as exc:
         raise ClevisError(f"{what}: clevis wrote something that is not a JWE ({exc})"
                           ) from None
+    if thumbprints is not None:
+        # clevis checked the pinned key already; the JWE must carry it too (an S256
+        # thumbprint: clevis also accepts the older SHA-1 ones, 27 characters).
+        carried = dict(zip(made.tang, made.tang_signing_keys, strict=True))
+        for url, thp in zip(urls, thumbprints, strict=True):
+            if len(thp) == 43 and thp not in carried.get(url, ()):
+                raise ClevisError(f"{what}: the JWE for {url} does not carry the pinned "
+                                  f"signing key {thp}")
     if trust_on_first_use:
         for url, keys in zip(made.tang, made.tang_signing_keys, strict=True):
             logger.info("Tang %s: its signing key was trusted on first use; thumbprint %s "
@@ -240,8 +246,8 @@ def unseal(jwe: bytes, *, timeout: float = 30.0, env: Mapping[str, str] | None =
     ``/dev/tpmrm0``). Raises :class:`ClevisError` naming the pins (with their URLs) when
     the JWE is malformed, no server answered, the TPM refused, or time ran out.
     """
-    jwe = bytes(jwe).strip()
     sealed = pins(jwe)
+    jwe = bytes(jwe).strip()
     what = f"unseal ({sealed.describe()})"
     code, out, err = _run(["clevis", "decrypt"], jwe, secret=None, timeout=timeout, env=env,
                           what=what)
