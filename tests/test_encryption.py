@@ -41,7 +41,7 @@ from edge.journal import db as journal_db
 from edge.journal.db import Journal, JournalKeyError
 from edge.speakers import VoiceprintStore
 from edge.speakers.voiceprints import encrypt_plaintext_store
-from helpers import FIXTURES, READ_WRITE, SECRET, TEST_KEY, make_config, make_token
+from helpers import FIXTURES, READ_WRITE, SECRET, TEST_KEY, make_config
 from tools.daemon import Daemon
 
 SPEECH = FIXTURES / "speech_ko.wav"
@@ -152,7 +152,7 @@ def plaintext_journal(path: Path, text: str) -> None:
     """A journal as an edge before encryption wrote it (stdlib sqlite3, no key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
-    journal_db._prepare(conn)  # type: ignore[arg-type]
+    journal_db._prepare(conn)
     conn.execute("INSERT INTO sessions (session_id, device_id, source, started_at) "
                  "VALUES ('old', 'room-1', 'client', 1.0)")
     payload = json.dumps({"type": "transcription", "is_final": True, "text": text,
@@ -263,8 +263,8 @@ async def test_nothing_on_disk_holds_a_final_or_a_voiceprint_in_the_clear(
             texts += [m["text"] for m in messages
                       if m["type"] == "transcription" and m["is_final"] and m["text"]]
         assert texts
-        needles = sorted({t.encode() for t in texts} | {
-            w.encode() for t in texts for w in t.split() if len(w) >= 2}) + [b"Dr. Kim"]
+        needles = [*sorted({t.encode() for t in texts} | {
+            w.encode() for t in texts for w in t.split() if len(w) >= 2}), b"Dr. Kim"]
         running = files_under(state)
         assert {"journal.db", "voiceprints.json"} <= {p.name for p in running}
         assert leaks(state, needles) == []

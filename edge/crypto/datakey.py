@@ -193,11 +193,11 @@ def read(source: KeySource, path: Path | None = None, *, timeout: float = 30.0) 
         raise DataKeyError(source.config_key,
                            f"cannot read the {where}: {exc.strerror}") from None
     if path.name.endswith(".jwe") or path.name.endswith(".jwe" + NEXT_SUFFIX):
-        from edge.crypto import clevis
+        from edge.crypto.clevis import ClevisError, unseal
 
         try:
-            data = clevis.unseal(data, timeout=timeout)
-        except clevis.ClevisError as exc:
+            data = unseal(data, timeout=timeout)
+        except ClevisError as exc:
             raise DataKeyError(source.config_key,
                                f"cannot unseal the {where}: {exc}") from None
     try:
