@@ -238,9 +238,14 @@ def _seal(material: bytes, old: DataKey, sealing: Sealing | None, *,
 
     try:
         if sealing is None or sealing.empty:
+            # As the current key is sealed, pinned to the Tang keys it was sealed
+            # with: a server whose keys changed since needs --tang-thp.
             pins = clevis.pins(old.source.path.read_bytes())
-            sealing = Sealing(tang=tuple(pins.tang), tpm2=pins.tpm2,
-                              threshold=pins.threshold)
+            keys = pins.tang_signing_keys
+            pinned = (tuple(k[0] for k in keys)
+                      if len(keys) == len(pins.tang) and all(keys) else None)
+            sealing = Sealing(tang=tuple(pins.tang), tang_thumbprints=pinned,
+                              tpm2=pins.tpm2, threshold=pins.threshold)
         return clevis.seal(encode(material), tang=sealing.tang,
                            tang_thumbprints=sealing.tang_thumbprints, tpm2=sealing.tpm2,
                            threshold=sealing.threshold, timeout=timeout)
