@@ -48,6 +48,16 @@ LOAD_CLIENT = BENCH / "load_client.py"
 PYTHON = sys.executable
 
 SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
+
+
+def _bench_key() -> Any:
+    from edge.crypto.datakey import FILE, DataKey, KeySource
+
+    return DataKey(bytes(range(7, 39)), KeySource(FILE, Path("bench-key"), "journal.key_file"))
+
+
+#: The data key of journals and voiceprint stores the benchmarks open themselves.
+BENCH_KEY = _bench_key()
 READ_WRITE = "transcription:read transcription:write"
 CHUNK_MS = 100
 CLK_TCK = os.sysconf("SC_CLK_TCK")

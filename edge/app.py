@@ -7,7 +7,8 @@ tests and benchmarks build the daemon through :func:`run` too, supplying stand-i
 :class:`Parts`.
 
 Order matters and is the contract with systemd and with clients: keys first (a bad
-key is a config error, exit 2), then the model (seconds; a broken model is exit 1),
+key, or a data key that is missing or does not open the journal, is a config error,
+exit 2), then the model (seconds; a broken model is exit 1),
 then the background services, then the socket. "Ready" means the model is loaded and
 the socket accepts.
 """
@@ -34,7 +35,9 @@ from edge.core.config import Config, journal_path, voiceprints_path
 from edge.core.errors import ConfigError
 from edge.core.keys import device_id, signing_key
 from edge.core.stats import Stats
-from edge.journal.db import Journal, JournalError
+from edge.crypto.datakey import DataKey, DataKeyError
+from edge.crypto.rotation import open_key
+from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
 from edge.net.hub import Hub
 from edge.net.peers import PeerContext, main_port_routes, start_listeners
@@ -46,7 +49,8 @@ from edge.ops.supervisor import Supervisor
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, mqtt_relay_settings
 from edge.relay.mqtt_ingest import mqtt_ingest
 from edge.relay.sender import Relay, RelaySettings
-from edge.speakers import SpeakerIdentification, VoiceprintStore
+from edge.speakers import SpeakerIdentification, VoiceprintStore, VoiceprintStoreError
+from edge.speakers.voiceprints import encrypt_plaintext_store
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ class Parts:
     recognizer_factory: RecognizerFactory | None = None
     microphone: Source | None = None
     journal: JournalService | None = None
+    data_key: DataKey | None = None
     # Warm the pool after ready: None follows recognizer.warm_at_start when the daemon
     # loads its own model, and is off when the caller supplies one (tests, benchmarks).
     warm_up: bool | None = None
@@ -85,6 +90,9 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     starts a graceful stop (:func:`stop_gracefully`); a second one stops at once.
     """
     auth = parts.auth or auth_settings(config, dev=dev)
+    key = parts.data_key
+    if key is None and (config.journal.enabled or config.recognizer.speaker_model):
+        key = await open_data_key(config, dev=dev)
     revocations = None
     if config.auth.revocation_file:
         revocations = RevocationFile(config.auth.revocation_file)
@@ -94,10 +102,11 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         logger.info("loading model %s", config.recognizer.model or "(default package)")
         model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
         logger.info("model %s loaded from %s", model.name, model.path)
-    model, speakers = await open_speakers(config, model)
+    model, speakers = await open_speakers(config, model, key)
     journal = parts.journal
     if journal is None and config.journal.enabled:
-        journal = await open_journal(config, model.name)
+        assert key is not None  # opened above when the journal is on
+        journal = await open_journal(config, model.name, key)
     stats = Stats()
     limiter = trio.CapacityLimiter(config.recognizer.threads or os.cpu_count() or 1)
     rc = config.recognizer
@@ -213,12 +222,31 @@ def relay_token(config: Config) -> str:
                           f"{exc.strerror}") from exc
 
 
-async def open_journal(config: Config, model_name: str) -> JournalService:
-    """Open the journal (setting a damaged one aside) and close what a crash left open."""
+async def open_data_key(config: Config, *, dev: bool = False) -> DataKey:
+    """The data key (settling an interrupted rotation), and the voiceprint store sealed
+    if an older edge left it in plaintext. Raises DataKeyError (exit 2)."""
+    key = await trio.to_thread.run_sync(functools.partial(open_key, config, dev=dev))
+    if key.development:
+        logger.warning("the journal's key is a development key (%s): for patient data, "
+                       "seal one with `edge keys init --tang URL` (or --tpm2)", key.describe())
+    else:
+        logger.info("data key: %s", key.describe())
+    try:
+        await trio.to_thread.run_sync(encrypt_plaintext_store, voiceprints_path(config), key)
+    except VoiceprintStoreError as exc:
+        logger.error("%s", exc)
+    return key
+
+
+async def open_journal(config: Config, model_name: str, key: DataKey) -> JournalService:
+    """Open the journal (setting a damaged one aside, encrypting a plaintext one) and
+    close what a crash left open. A journal the key does not open is exit 2."""
     path = journal_path(config)
     try:
         journal = await trio.to_thread.run_sync(
-            functools.partial(Journal.open, path, device_id=device_id(config)))
+            functools.partial(Journal.open, path, device_id=device_id(config), key=key))
+    except JournalKeyError as exc:
+        raise DataKeyError(key.source.config_key, str(exc)) from None
     except JournalError as exc:
         raise ConfigError("journal.path", str(exc)) from exc
     interrupted = await trio.to_thread.run_sync(journal.end_open_sessions)
@@ -230,7 +258,7 @@ async def open_journal(config: Config, model_name: str) -> JournalService:
     return JournalService(journal, retention_days=j.retention_days,
                           purge_interval=j.purge_interval,
                           keep_unrelayed=config.relay.enabled, model=model_name,
-                          failing_seconds=j.failing_seconds)
+                          failing_seconds=j.failing_seconds, key_source=key.describe())
 
 
 def relay_target(config: Config) -> str:
@@ -245,7 +273,7 @@ def _without_query(url: str) -> str:
     return url.split("?", 1)[0]  # a token in the query string must not reach the log
 
 
-async def open_speakers(config: Config, model: LoadedModel
+async def open_speakers(config: Config, model: LoadedModel, key: DataKey | None
                         ) -> tuple[LoadedModel, SpeakerIdentification | None]:
     """Load the speaker model (if configured) and the voiceprints.
 
@@ -258,10 +286,12 @@ async def open_speakers(config: Config, model: LoadedModel
         logger.info("no speaker model configured (recognizer.speaker_model): transcripts "
                     "carry no speaker labels")
         return model, None
+    assert key is not None  # opened by run() when a speaker model is configured
     spk = await trio.to_thread.run_sync(load_speaker_model, path)
     s = config.speakers
     speakers = SpeakerIdentification(
-        VoiceprintStore(voiceprints_path(config), threshold=s.identification_threshold),
+        VoiceprintStore(voiceprints_path(config), key=key,
+                        threshold=s.identification_threshold),
         diarization_threshold=s.diarization_threshold, max_speakers=s.max_speakers)
     status = await trio.to_thread.run_sync(speakers.refresh)
     logger.info("speaker model %s loaded; %s", spk.path,

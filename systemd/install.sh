@@ -6,6 +6,12 @@
 # - the package and its dependencies (the default model included) into $PREFIX/venv;
 # - /etc/edge/edge.toml (kept if present) and /etc/edge/jwt-secret (generated once,
 #   root-only; systemd hands it to the service as the credential "jwt-secret");
+# - the data key that encrypts the journal and voiceprints, made once: sealed with
+#   Clevis to the hospital's Tang server(s) (EDGE_KEY_TANG="URL[ URL...]", with
+#   EDGE_KEY_TANG_THP="THUMBPRINT[ ...]" to pin their keys) and/or this board's TPM2
+#   (EDGE_KEY_TPM2=1) in /etc/edge/journal-key.jwe; with neither, a plain key file
+#   /etc/edge/journal-key (root-only, but on the card: for evaluation only). A drop-in
+#   edge.service.d/journal-key.conf hands it to the service as a credential;
 # - the unit, enabled and started.
 # Re-running upgrades the package and the unit and keeps config and secret.
 # For packaging and tests: PREFIX, ETC, UNIT_DIR move the files; SKIP_APT=1 and
@@ -25,6 +31,12 @@ if [ -z "${SKIP_APT:-}" ]; then
             alsa-utils; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
+    if [ -n "${EDGE_KEY_TANG:-}${EDGE_KEY_TPM2:-}" ]; then
+        for pkg in clevis curl; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+    fi
+    if [ -n "${EDGE_KEY_TPM2:-}" ]; then
+        dpkg -s clevis-tpm2 >/dev/null 2>&1 || missing+=(clevis-tpm2)
+    fi
     if [ "${#missing[@]}" -gt 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -44,10 +56,41 @@ if [ ! -f "$ETC/jwt-secret" ]; then
 fi
 chmod 0600 "$ETC/jwt-secret"
 
+# The data key, made once (a key is never overwritten: it would make the data
+# unreadable; `edge keys rotate` replaces it).
+dropin="[Service]"
+if [ -f "$ETC/journal-key.jwe" ] || [ -n "${EDGE_KEY_TANG:-}${EDGE_KEY_TPM2:-}" ]; then
+    if [ ! -f "$ETC/journal-key.jwe" ]; then
+        args=()
+        for url in ${EDGE_KEY_TANG:-}; do args+=(--tang "$url"); done
+        for thp in ${EDGE_KEY_TANG_THP:-}; do args+=(--tang-thp "$thp"); done
+        [ -n "${EDGE_KEY_TPM2:-}" ] && args+=(--tpm2)
+        EDGE_STATE_DIR=$(mktemp -d) "$PREFIX/venv/bin/edge" keys init "${args[@]}" \
+            --jwe "$ETC/journal-key.jwe" --config "$ETC/edge.toml"
+    fi
+    dropin+=$'\n'"LoadCredential=journal-key.jwe:$ETC/journal-key.jwe"
+    if [ -n "${EDGE_KEY_TPM2:-}" ]; then
+        dropin+=$'\n'"DeviceAllow=/dev/tpmrm0 rw"$'\n'"SupplementaryGroups=tss"
+    fi
+else
+    if [ ! -f "$ETC/journal-key" ]; then
+        EDGE_STATE_DIR=$(mktemp -d) "$PREFIX/venv/bin/edge" keys init \
+            --file "$ETC/journal-key" --config "$ETC/edge.toml" >/dev/null
+        echo "WARNING: the journal's key is a plain file, $ETC/journal-key, on this card:" \
+             "for patient data re-install with EDGE_KEY_TANG=URL (or EDGE_KEY_TPM2=1)" \
+             "and rotate (see README, \"Encryption at rest\")" >&2
+    fi
+    chmod 0600 "$ETC/journal-key"
+    dropin+=$'\n'"LoadCredential=journal-key:$ETC/journal-key"
+fi
+
 install -d -m 0755 "$UNIT_DIR"
 sed -e "s#/opt/edge#$PREFIX#g" -e "s#/etc/edge#$ETC#g" "$SRC/systemd/edge.service" \
     > "$UNIT_DIR/edge.service"
 chmod 0644 "$UNIT_DIR/edge.service"
+install -d -m 0755 "$UNIT_DIR/edge.service.d"
+printf '%s\n' "$dropin" > "$UNIT_DIR/edge.service.d/journal-key.conf"
+chmod 0644 "$UNIT_DIR/edge.service.d/journal-key.conf"
 
 if [ -z "${NO_SYSTEMCTL:-}" ] && [ ! -d /run/systemd/system ]; then
     echo "systemd is not running here: installed $UNIT_DIR/edge.service, not started"

@@ -22,7 +22,11 @@ from edge.core.auth import AuthSettings
 from edge.core.config import Config
 from edge.journal.service import JournalService
 from edge.net.server import Server
-from helpers import FIXTURES, SECRET, make_config
+from helpers import FIXTURES, SECRET, TEST_KEY_FILE, make_config
+
+# Commands run in this process (``edge transcripts``, ``edge relay``, ...) find the
+# tests' data key as an operator's shell would; daemons in subprocesses get their own.
+os.environ["EDGE_JOURNAL_KEY_FILE"] = str(TEST_KEY_FILE)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ small WebSocket client over real sockets."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,28 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from edge.core.auth import mint
 from edge.core.config import Config, load_config
+from edge.crypto.datakey import FILE, DataKey, KeySource
 from edge.net.server import Server
 from tools.daemon import free_port as free_port  # for daemons started as subprocesses
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 READ_WRITE = "transcription:read transcription:write"
+
+
+def _test_key_file() -> Path:
+    """A data key file for the tests' configs, made once per test process (0600)."""
+    path = Path(tempfile.mkdtemp(prefix="edge-test-key-")) / "journal.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(TEST_KEY_MATERIAL.hex().encode() + b"\n")
+    return path
+
+
+TEST_KEY_MATERIAL = bytes(range(100, 132))
+TEST_KEY_FILE = _test_key_file()
+#: The data key of every test config (``journal.key_file``) and of journals tests open.
+TEST_KEY = DataKey(TEST_KEY_MATERIAL, KeySource(FILE, TEST_KEY_FILE, "journal.key_file"))
 
 
 def make_token(
@@ -30,10 +48,12 @@ def make_token(
 
 
 def make_config(**sections: dict[str, Any]) -> Config:
-    """A config for tests: loopback, port 0, no free-space check on the journal's
-    filesystem (a CI machine with little free disk must not degrade every server),
-    plus the given overrides by section."""
-    overrides = {"server.host": "127.0.0.1", "server.port": 0, "journal.min_free_mb": 0}
+    """A config for tests: loopback, port 0, the tests' data key, no free-space check on
+    the journal's filesystem (a CI machine with little free disk must not degrade every
+    server), plus the given overrides by section."""
+    overrides: dict[str, Any] = {"server.host": "127.0.0.1", "server.port": 0,
+                                 "journal.key_file": str(TEST_KEY_FILE),
+                                 "journal.min_free_mb": 0}
     for section, values in sections.items():
         for key, value in values.items():
             overrides[f"{section}.{key}"] = value

@@ -31,6 +31,12 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     unit = (units / "edge.service").read_text()
     assert f"ExecStart={edge} serve --config {etc}/edge.toml" in unit
     assert f"LoadCredential=jwt-secret:{secret}" in unit
+    # No Tang server or TPM given: a key file, root-only, said to be for evaluation.
+    key = etc / "journal-key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text().strip()) == 64
+    assert "WARNING: the journal's key is a plain file" in run.stderr
+    dropin = (units / "edge.service.d" / "journal-key.conf").read_text()
+    assert dropin == f"[Service]\nLoadCredential=journal-key:{key}\n"
     assert shutil.which("systemd-analyze"), "systemd-analyze missing: run .ci/setup"
     verify = subprocess.run(["systemd-analyze", "verify", str(units / "edge.service")],
                             capture_output=True, text=True, check=False)
@@ -39,22 +45,27 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     # Re-running keeps the operator's config and secret.
     (etc / "edge.toml").write_text('[server]\nport = 9000\n')
     before = secret.read_text()
+    key_before = key.read_text()
     again = subprocess.run(["bash", str(ROOT / "systemd" / "install.sh")], env=env,
                            capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-2000:]
     assert secret.read_text() == before
+    assert key.read_text() == key_before  # a key is never replaced by the installer
     assert "9000" in (etc / "edge.toml").read_text()
 
     # The installed daemon reads the credential the unit hands it.
     creds = tmp_path / "creds"
     creds.mkdir()
     shutil.copy(secret, creds / "jwt-secret")
+    shutil.copy(key, creds / "journal-key")
     check = subprocess.run(
         [str(edge), "check", "--config", str(etc / "edge.toml"), "--no-load"],
         env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds),
              "EDGE_STATE_DIR": str(tmp_path / "state")},
         capture_output=True, text=True, check=False)
     assert "ok   keys: HS256 secret present" in check.stdout, check.stdout
+    assert "data key: systemd credential journal-key: the key itself is on this disk" in (
+        check.stdout)
 
 
 def test_systemd_waits_longer_than_the_shutdown_grace() -> None:

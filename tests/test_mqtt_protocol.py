@@ -23,6 +23,7 @@ from edge.protocols.mqtt_relay import (
     topic,
 )
 from edge.protocols.relay import RelayEvent
+from helpers import TEST_KEY
 
 EPOCH = "0a1b2c3d4e5f6071"
 
@@ -160,31 +161,31 @@ def test_split_keeps_order_and_the_cap(sizes: list[int], max_bytes: int, max_eve
 def test_journal_epoch_is_set_once_and_survives_reopening(tmp_path: Any) -> None:
     from edge.journal.db import Journal
 
-    with Journal.open(tmp_path / "a.db", device_id="room-a") as journal:
+    with Journal.open(tmp_path / "a.db", key=TEST_KEY, device_id="room-a") as journal:
         epoch = journal.epoch
     assert len(epoch) == 16 and int(epoch, 16) >= 0
-    with Journal.open(tmp_path / "a.db", device_id="room-a") as journal:
+    with Journal.open(tmp_path / "a.db", key=TEST_KEY, device_id="room-a") as journal:
         assert journal.epoch == epoch
-    with Journal.open(tmp_path / "b.db", device_id="room-a") as journal:
+    with Journal.open(tmp_path / "b.db", key=TEST_KEY, device_id="room-a") as journal:
         assert journal.epoch != epoch
 
 
 def test_journal_epoch_added_to_a_version_2_file(tmp_path: Any) -> None:
-    import sqlite3
-
     from edge.journal.db import Journal
+    from edge.journal.db import connect as connect_journal
 
-    with Journal.open(tmp_path / "a.db", device_id="room-a"):
+    with Journal.open(tmp_path / "a.db", key=TEST_KEY, device_id="room-a"):
         pass
-    conn = sqlite3.connect(tmp_path / "a.db")
+    conn = connect_journal(tmp_path / "a.db", TEST_KEY)
     conn.execute("DROP TABLE meta")
     conn.execute("DROP TABLE set_aside")  # schema 4's, after the epoch
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
-    with Journal.open(tmp_path / "a.db", device_id="room-a", readonly=True) as journal:
+    with Journal.open(tmp_path / "a.db", key=TEST_KEY,
+                      device_id="room-a", readonly=True) as journal:
         assert journal.epoch == ""
-    with Journal.open(tmp_path / "a.db", device_id="room-a") as journal:
+    with Journal.open(tmp_path / "a.db", key=TEST_KEY, device_id="room-a") as journal:
         assert len(journal.epoch) == 16
 
 

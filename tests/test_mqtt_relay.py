@@ -16,6 +16,7 @@ from edge.journal.db import Journal
 from edge.journal.service import JournalService
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, MqttRelaySettings
 from edge.relay.mqtt_ingest import MqttIngest
+from helpers import TEST_KEY
 
 pytestmark = needs_mosquitto
 
@@ -27,7 +28,7 @@ SHARED = "$share/edge/edge/v1/+/+/events"
 class Node:
     def __init__(self, path: Path, device_id: str) -> None:
         self.path = path
-        self.journal = Journal.open(path, device_id=device_id)
+        self.journal = Journal.open(path, key=TEST_KEY, device_id=device_id)
         self.service = JournalService(self.journal, retention_days=30, purge_interval=3600,
                                       keep_unrelayed=True)
 

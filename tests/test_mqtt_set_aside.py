@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,9 @@ from test_mqtt_relay import (  # noqa: F401 (broker, nodes: fixtures)
 
 from edge.cli import main
 from edge.journal.db import PENDING, SCHEMA_VERSION, Journal
+from edge.journal.db import connect as connect_journal
 from edge.protocols.mqtt_relay import decode_receipt
+from helpers import TEST_KEY
 
 TEXT = "머리가 아픕니다"
 
@@ -92,14 +93,14 @@ def test_schema_4_migrates_a_version_3_file(tmp_path: Path) -> None:
     epoch = node.journal.epoch
     node.journal.mark_relayed(2)
     node.journal.close()
-    conn = sqlite3.connect(path)
+    conn = connect_journal(path, TEST_KEY)
     conn.execute("DROP TABLE set_aside")
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
-    with Journal.open(path, device_id="room-a", readonly=True) as old:
+    with Journal.open(path, key=TEST_KEY, device_id="room-a", readonly=True) as old:
         assert old.set_aside_events() == [] and old.set_aside_count() == 0
-    with Journal.open(path, device_id="room-a") as journal:
+    with Journal.open(path, key=TEST_KEY, device_id="room-a") as journal:
         db = journal._conn
         assert db is not None
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
@@ -107,7 +108,8 @@ def test_schema_4_migrates_a_version_3_file(tmp_path: Path) -> None:
         assert ids(journal, PENDING) == [3, 4]
         assert journal.set_aside({3: "invalid"}) == 1
         assert [e.id for e in journal.set_aside_events()] == [3]
-    with Journal.open(path, device_id="room-a") as again:  # reopening migrates nothing
+    with Journal.open(path, key=TEST_KEY,
+                      device_id="room-a") as again:  # reopening migrates nothing
         assert [e.reason for e in again.set_aside_events()] == ["invalid"]
 
 

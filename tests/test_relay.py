@@ -23,7 +23,7 @@ from trio_websocket import (
 from edge.journal.db import Journal
 from edge.journal.service import JournalService
 from edge.relay.sender import Relay, RelaySettings
-from helpers import FIXTURES, connect, free_port, make_token, receive_json, stream
+from helpers import FIXTURES, TEST_KEY, connect, free_port, make_token, receive_json, stream
 
 SPEECH = (FIXTURES / "speech_ko.wav").read_bytes()
 
@@ -33,13 +33,13 @@ class Node:
 
     def __init__(self, path: Path, device_id: str, *, keep_unrelayed: bool) -> None:
         self.path = path
-        self.journal = Journal.open(path, device_id=device_id)
+        self.journal = Journal.open(path, key=TEST_KEY, device_id=device_id)
         self.service = JournalService(self.journal, retention_days=30, purge_interval=3600,
                                       keep_unrelayed=keep_unrelayed)
 
     def events(self, device_id: str) -> list[tuple[str, int, str]]:
         """(session, seq, kind) of a device's events in this journal, in arrival order."""
-        with Journal.open(self.path, device_id="reader", readonly=True) as reader:
+        with Journal.open(self.path, key=TEST_KEY, device_id="reader", readonly=True) as reader:
             db = reader._conn
             assert db is not None
             rows = db.execute("SELECT session_id, seq, kind FROM events WHERE device_id = ?"

@@ -14,7 +14,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from edge.journal.db import Journal
 from edge.journal.service import JournalService
 from edge.relay.sender import Relay, RelaySettings
-from helpers import FIXTURES, SECRET, make_token, receive_json
+from helpers import FIXTURES, SECRET, TEST_KEY, make_token, receive_json
 from tools.daemon import Daemon
 
 SPEECH = (FIXTURES / "speech_ko.wav").read_bytes()
@@ -33,7 +33,7 @@ async def start(daemon: Daemon) -> None:
 
 
 def state_journal(daemon: Daemon, device_id: str) -> Journal:
-    return Journal.open(daemon.state / "journal.db", device_id=device_id)
+    return Journal.open(daemon.state / "journal.db", key=daemon.data_key, device_id=device_id)
 
 
 def events_of(journal: Journal, device_id: str, where: str = "") -> set[tuple[str, int]]:
@@ -81,7 +81,7 @@ async def stream_until_killed(port: int, grammar: list[str], received: list[dict
 async def test_kill_9_of_the_device_loses_no_final_a_client_saw(
     nursery: trio.Nursery, start_server: Any, tmp_path: Path, phrases: dict[str, Any],
 ) -> None:
-    upstream = Journal.open(tmp_path / "b" / "journal.db", device_id="clinic")
+    upstream = Journal.open(tmp_path / "b" / "journal.db", key=TEST_KEY, device_id="clinic")
     b = JournalService(upstream, retention_days=30, purge_interval=3600,
                        keep_unrelayed=False)
     server_b = await start_server(journal_service=b)
@@ -131,7 +131,7 @@ def _all_finals(journal: Journal, device_id: str) -> list[dict[str, Any]]:
 async def test_kill_9_of_the_upstream_after_an_ack_loses_nothing_acknowledged(
     nursery: trio.Nursery, start_server: Any, tmp_path: Path, phrases: dict[str, Any],
 ) -> None:
-    device = Journal.open(tmp_path / "a" / "journal.db", device_id="room-a")
+    device = Journal.open(tmp_path / "a" / "journal.db", key=TEST_KEY, device_id="room-a")
     a = JournalService(device, retention_days=30, purge_interval=3600, keep_unrelayed=True)
     server_a = await start_server(journal_service=a)
     b = relay_daemon(tmp_path, "b")

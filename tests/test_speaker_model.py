@@ -20,7 +20,7 @@ from edge.net.hub import Hub
 from edge.net.room import Room
 from edge.ops.check import check_speaker_model, check_voiceprints
 from edge.speakers import SpeakerIdentification, VoiceprintStore
-from helpers import FIXTURES, make_config
+from helpers import FIXTURES, TEST_KEY, make_config
 
 # --- loading -------------------------------------------------------------------------------
 
@@ -94,7 +94,7 @@ def pcm_of_8k() -> bytes:
 def test_labeling_recognizer_labels_finals_in_its_own_call(model: LoadedModel,
                                                            tmp_path: Path) -> None:
     served = model.with_speaker_model(load_speaker_model(SPK_MODEL))
-    ident = SpeakerIdentification(VoiceprintStore(tmp_path / "v.json"))
+    ident = SpeakerIdentification(VoiceprintStore(tmp_path / "v.json", key=TEST_KEY))
     rec = LabelingRecognizer(served.recognizer(16000, GRAMMAR), ident.track())
     audio, turns = conversation(["kim", "park"])
     out = [u for i in range(0, len(audio), 3200) for u in rec.accept(audio[i:i + 3200])]
@@ -141,7 +141,7 @@ class FastSource:
 async def test_the_room_diarizes_each_segment(model: LoadedModel, tmp_path: Path) -> None:
     audio, turns = conversation(["kim", "park"])
     served = model.with_speaker_model(load_speaker_model(SPK_MODEL))
-    ident = SpeakerIdentification(VoiceprintStore(tmp_path / "v.json"))
+    ident = SpeakerIdentification(VoiceprintStore(tmp_path / "v.json", key=TEST_KEY))
     config = make_config(microphone={"enabled": True})
 
     def recognizer(rate: int, phrases: Any) -> Any:
@@ -196,7 +196,7 @@ def test_check_reports_the_voiceprints(tmp_path: Path) -> None:
     config = make_config(recognizer={"speaker_model": str(SPK_MODEL)},
                          server={"state_dir": str(tmp_path)})
     assert "none enrolled" in check_voiceprints(config).message
-    SpeakerIdentification(VoiceprintStore(tmp_path / "voiceprints.json")).enroll(
+    SpeakerIdentification(VoiceprintStore(tmp_path / "voiceprints.json", key=TEST_KEY)).enroll(
         "Kim", None, [[1.0, 0.0]])
     finding = check_voiceprints(config)
     assert finding.level == "ok" and finding.message.startswith("1 enrolled speaker(s)")

@@ -17,6 +17,7 @@ from edge.core.errors import EdgeError
 from edge.speakers.diarize import NO_DECISION, Diarizer, SpeakerDecision, cosine
 from edge.speakers.identification import SpeakerIdentification, SpeakerLabeler, SpeakerStatus
 from edge.speakers.voiceprints import Match, VoiceprintStore, VoiceprintStoreError
+from helpers import TEST_KEY
 
 DIM = 32
 
@@ -205,7 +206,7 @@ FIXED_TIME = 1_700_000_000.0
 
 
 def store_at(path: Path, **kwargs: Any) -> VoiceprintStore:
-    return VoiceprintStore(path, clock=lambda: FIXED_TIME, **kwargs)
+    return VoiceprintStore(path, key=TEST_KEY, clock=lambda: FIXED_TIME, **kwargs)
 
 
 def test_missing_file_is_an_empty_store(tmp_path: Path) -> None:
@@ -472,7 +473,7 @@ def test_damaged_file_is_not_overwritten_by_a_failed_load(tmp_path: Path) -> Non
 
 def test_store_rejects_bad_threshold(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        VoiceprintStore(tmp_path / "v.json", threshold=2.0)
+        VoiceprintStore(tmp_path / "v.json", key=TEST_KEY, threshold=2.0)
 
 
 # --- labeler -------------------------------------------------------------------------------
@@ -506,7 +507,7 @@ def test_labeler_without_store_or_voiceprints_only_diarizes(tmp_path: Path) -> N
 # --- the daemon's view: reload, damage, tracks ----------------------------------------------
 
 def identification_at(path: Path, **kwargs: Any) -> SpeakerIdentification:
-    return SpeakerIdentification(VoiceprintStore(path, threshold=0.7), **kwargs)
+    return SpeakerIdentification(VoiceprintStore(path, key=TEST_KEY, threshold=0.7), **kwargs)
 
 
 def test_changed_notices_another_writer(tmp_path: Path) -> None:

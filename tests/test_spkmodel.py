@@ -23,7 +23,7 @@ from speaker_audio import best_mapping_accuracy
 
 from edge.asr.vosk import LoadedModel, load_speaker_model
 from edge.speakers import Diarizer, SpeakerLabeler, VoiceprintStore
-from helpers import FIXTURES
+from helpers import FIXTURES, TEST_KEY
 from tools.spkmodel import (
     FEATURE_DIM,
     FrameLayer,
@@ -145,7 +145,7 @@ def test_diarization_of_the_conversation(heard: list[Heard]) -> None:
 
 def test_enrolled_speakers_are_identified(heard: list[Heard], tmp_path: Path,
                                           clip_vectors: dict[str, list[np.ndarray]]) -> None:
-    store = VoiceprintStore(tmp_path / "voiceprints.json")
+    store = VoiceprintStore(tmp_path / "voiceprints.json", key=TEST_KEY)
     for who in META["enrolled"]:
         assert len(clip_vectors[who]) == 2
         store.enroll(who, "staff", clip_vectors[who])
@@ -167,7 +167,7 @@ def test_enrolled_speakers_are_identified(heard: list[Heard], tmp_path: Path,
 
 def test_labeler_over_the_conversation(heard: list[Heard], tmp_path: Path,
                                        clip_vectors: dict[str, list[np.ndarray]]) -> None:
-    store = VoiceprintStore(tmp_path / "voiceprints.json")
+    store = VoiceprintStore(tmp_path / "voiceprints.json", key=TEST_KEY)
     for who in META["enrolled"]:
         store.enroll(who, "staff", clip_vectors[who])
     labeler = SpeakerLabeler(Diarizer(), store)

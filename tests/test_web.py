@@ -18,7 +18,7 @@ from edge.core.auth import SCOPE_READ, SCOPE_TRANSCRIPTS, SCOPE_WRITE
 from edge.journal.db import Journal
 from edge.net import web
 from edge.net.server import Server
-from helpers import make_token
+from helpers import TEST_KEY, make_token
 
 WEB = Path(web.__file__).resolve().parent.parent / "web"
 
@@ -131,7 +131,7 @@ def journal_sessions(path: Path, device_id: str) -> dict[str, str]:
     """Sessions of three subjects, one still open; their ids by name."""
     ids = {name: str(uuid.uuid4()) for name in ("a1", "a2", "b1", "a_open", "room")}
     now = time.time()
-    with Journal.open(path, device_id=device_id) as journal:
+    with Journal.open(path, key=TEST_KEY, device_id=device_id) as journal:
         for i, (name, sid) in enumerate(ids.items()):
             sub = None if name == "room" else name[0]
             journal.start_session(sid, source="room" if sub is None else "client", sub=sub,

@@ -150,7 +150,8 @@ def finals_on(page: Page) -> list[dict[str, str]]:
 
 
 def room_finals_in_journal(daemon: Daemon) -> list[str]:
-    with Journal.open(daemon.state / "journal.db", device_id=socket.gethostname(),
+    with Journal.open(daemon.state / "journal.db", key=daemon.data_key,
+                      device_id=socket.gethostname(),
                       readonly=True) as journal:
         rows = [r for r in journal.sessions() if r.source == "room"]
         return [f["text"] for r in rows for f in journal.finals(r.session_id)
@@ -347,7 +348,8 @@ def insert_hostile_session(daemon: Daemon) -> str:
     journal (as a relayed or tampered record could carry them)."""
     sid = str(uuid.uuid4())
     now = time.time()
-    with Journal.open(daemon.state / "journal.db", device_id=socket.gethostname()) as journal:
+    with Journal.open(daemon.state / "journal.db", key=daemon.data_key,
+                      device_id=socket.gethostname()) as journal:
         journal.start_session(sid, source="client", sub="<b>clerk</b>", started_at=now - 5)
         journal.append_final(sid, {
             "type": "transcription", "session_id": sid, "seq": 1, "is_final": True,

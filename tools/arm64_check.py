@@ -72,7 +72,7 @@ import os, signal, subprocess, sys, time, urllib.error, urllib.request
 port, edge, config = sys.argv[1], "/opt/edge/venv/bin/edge", ["--config", "/etc/edge/edge.toml"]
 os.makedirs("/var/lib/edge", mode=0o700, exist_ok=True)
 env = {**os.environ, "EDGE_JWT_SECRET_FILE": "/etc/edge/jwt-secret",
-       "EDGE_STATE_DIR": "/var/lib/edge"}
+       "EDGE_JOURNAL_KEY_FILE": "/etc/edge/journal-key", "EDGE_STATE_DIR": "/var/lib/edge"}
 server = subprocess.Popen([edge, "serve", *config, "--host", "127.0.0.1", "--port", port],
                           env=env)
 try:
@@ -481,6 +481,7 @@ def check(arch: str, cache: Path, *, ref: str | None, rebuild: bool, keep: bool,
         with timings.step("edge check"):
             out = root.run("check", [IN_ROOT_EDGE, "check", "--config", "/etc/edge/edge.toml"],
                            env={"EDGE_JWT_SECRET_FILE": "/etc/edge/jwt-secret",
+                                "EDGE_JOURNAL_KEY_FILE": "/etc/edge/journal-key",
                                 "EDGE_STATE_DIR": "/var/lib/edge"})
             print("\n".join("  | " + x for x in out.splitlines()), flush=True)
             if not any(x.startswith("ok   model:") and " loads " in x for x in out.splitlines()):

@@ -3,10 +3,11 @@ real daemon.
 
 A :class:`Daemon` has its own config file and state directory (kept across restarts,
 so a test can kill it and start it again on the same journal), takes its secret from
-``EDGE_JWT_SECRET`` as a deployed device does, logs to a file, and is ready when
-``/healthz`` answers (200, or 503 for a degraded device: the model is loaded and the
-socket accepts). Everything here blocks; async tests call it through
-``trio.to_thread.run_sync``.
+``EDGE_JWT_SECRET`` and its data key from a key file of its own
+(``EDGE_JOURNAL_KEY_FILE``, made once, kept across restarts) as a deployed device
+does, logs to a file, and is ready when ``/healthz`` answers (200, or 503 for a
+degraded device: the model is loaded and the socket accepts). Everything here blocks;
+async tests call it through ``trio.to_thread.run_sync``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -124,13 +126,27 @@ class Daemon:
         inherited = {key: value for key, value in os.environ.items()
                      if key not in FOREIGN and (key == "EDGE_MODEL"
                                                 or not key.startswith("EDGE_"))}
+        self.key_file = self.directory / f"{name}-journal.key"
+        if not self.key_file.exists():
+            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
         self.env = {**inherited, "EDGE_JWT_SECRET": secret, "PYTHONUNBUFFERED": "1",
-                    **(env or {})}
+                    "EDGE_JOURNAL_KEY_FILE": str(self.key_file), **(env or {})}
         self.command = [a.replace("{config}", str(self.config_path)) for a in command or (
             sys.executable, "-m", "edge", "serve", "--config", "{config}")]
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0  # time.monotonic() of the last spawn
         self.ready_at = 0.0  # and of the last start's readiness
+
+    @property
+    def data_key(self) -> Any:
+        """The daemon's data key (a :class:`~edge.crypto.datakey.DataKey`), to open its
+        journal from the test or benchmark."""
+        from edge.crypto.datakey import FILE, DataKey, KeySource, decode
+
+        return DataKey(decode(self.key_file.read_bytes(), str(self.key_file)),
+                       KeySource(FILE, self.key_file, "journal.key_file"))
 
     @property
     def pid(self) -> int:

@@ -151,6 +151,38 @@ def _parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="list audio input devices (for microphone.device)")
     devices.set_defaults(command_function="devices:run")
 
+    keys = sub.add_parser("keys", help="the key that encrypts the journal and voiceprints")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+
+    def sealing_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tang", action="append", default=[], metavar="URL",
+                       help="seal with this Tang server (repeat for several)")
+        p.add_argument("--tang-thp", action="append", default=[], metavar="THUMBPRINT",
+                       help="the Tang server's signing key thumbprint (`tang-show-keys`); "
+                       "without it the key it advertises now is trusted")
+        p.add_argument("--tpm2", action="store_true", help="seal with this board's TPM2")
+        p.add_argument("--threshold", type=int, default=1,
+                       help="with several pins: how many must answer (default 1)")
+
+    keys_init = keys_sub.add_parser("init", help="make a key and keep it (sealed, or in a "
+                                    "file)")
+    sealing_args(keys_init)
+    keys_init.add_argument("--file", help="write the key itself to this file (development)")
+    keys_init.add_argument("--jwe", help="where the sealed key goes (default "
+                           "journal.key_jwe, or <state dir>/journal-key.jwe)")
+    _config_args(keys_init)
+    keys_init.set_defaults(command_function="keys:run_init")
+    keys_status = keys_sub.add_parser("status", help="where the key comes from; does it "
+                                      "open the journal")
+    keys_status.add_argument("--json", action="store_true", help="one JSON object")
+    _config_args(keys_status)
+    keys_status.set_defaults(command_function="keys:run_status")
+    keys_rotate = keys_sub.add_parser("rotate", help="re-encrypt everything under a new "
+                                      "key (stop the daemon first)")
+    sealing_args(keys_rotate)
+    _config_args(keys_rotate)
+    keys_rotate.set_defaults(command_function="keys:run_rotate")
+
     check = sub.add_parser("check", help="check config, keys, model, clock, port; exit 1 "
                            "if anything must be fixed")
     _config_args(check)

@@ -16,6 +16,7 @@ import sys
 import time
 
 from edge.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, load
+from edge.cli.keys import tool_key
 from edge.core.config import journal_path
 from edge.core.keys import device_id
 from edge.journal.db import Journal, JournalError
@@ -25,7 +26,7 @@ def run_list(args: argparse.Namespace) -> int:
     config = load(args)
     try:
         journal = Journal.open(journal_path(config), device_id=device_id(config),
-                               readonly=True)
+                               key=tool_key(config), readonly=True)
     except JournalError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -58,7 +59,8 @@ def run_requeue(args: argparse.Namespace) -> int:
         print(f"edge: no journal at {path}", file=sys.stderr)
         return EXIT_FAIL
     try:
-        with Journal.open(path, device_id=device_id(config)) as journal:
+        with Journal.open(path, device_id=device_id(config),
+                          key=tool_key(config)) as journal:
             count = journal.requeue(None if args.all else args.ids)
     except JournalError as exc:
         print(f"edge: {exc}", file=sys.stderr)

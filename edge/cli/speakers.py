@@ -14,6 +14,7 @@ from edge.asr.decode import decode_pcm, speaker_vectors_of
 from edge.asr.vosk import load_model, load_speaker_model
 from edge.cli.audiofile import read_pcm
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load, read_phrases
+from edge.cli.keys import tool_key
 from edge.core.config import Config, voiceprints_path
 from edge.core.errors import ConfigError
 from edge.speakers import SpeakerIdentification, VoiceprintStore, VoiceprintStoreError, check_name
@@ -29,7 +30,8 @@ def _voiceprints(config: Config) -> SpeakerIdentification | None:
         return None
     s = config.speakers
     return SpeakerIdentification(
-        VoiceprintStore(voiceprints_path(config), threshold=s.identification_threshold),
+        VoiceprintStore(voiceprints_path(config), key=tool_key(config),
+                        threshold=s.identification_threshold),
         diarization_threshold=s.diarization_threshold, max_speakers=s.max_speakers)
 
 

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load
+from edge.cli.keys import tool_key
 from edge.core.config import journal_path
 from edge.core.errors import ConfigError
 from edge.core.keys import device_id
@@ -19,7 +20,8 @@ from edge.journal.db import Journal, JournalError
 def _open_journal_readonly(args: argparse.Namespace) -> Journal | None:
     config = load(args)
     try:
-        return Journal.open(journal_path(config), device_id=device_id(config), readonly=True)
+        return Journal.open(journal_path(config), device_id=device_id(config),
+                            key=tool_key(config), readonly=True)
     except JournalError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return None

@@ -112,6 +112,11 @@ class JournalConfig:
     room_segment_seconds: float = 3600.0
     min_free_mb: int = 200  # MiB free on the journal's filesystem, else health degraded
     failing_seconds: float = 60.0  # health says failing this long after a failed write
+    # The data key that encrypts the journal and the voiceprints (edge.crypto.datakey):
+    # a file holding it, or a Clevis-sealed JWE. Neither: the systemd credential
+    # journal-key (or journal-key.jwe), then <state dir>/journal-key.jwe.
+    key_file: str = ""
+    key_jwe: str = ""
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,8 @@ ENVIRONMENT: Mapping[str, str] = {
     "EDGE_JWT_PUBLIC_KEY_FILE": "auth.public_key_file",
     "EDGE_MODEL": "recognizer.model",
     "EDGE_STATE_DIR": "server.state_dir",
+    "EDGE_JOURNAL_KEY_FILE": "journal.key_file",
+    "EDGE_JOURNAL_KEY_JWE": "journal.key_jwe",
     "EDGE_RELAY_TOKEN": "relay.token",
     "EDGE_DEVICE_ID": "relay.device_id",
     "EDGE_MQTT_PASSWORD": "relay.mqtt.password",

@@ -62,3 +62,28 @@ def create_private(path: str | os.PathLike[str]) -> None:
     os.close(fd)
     if os.stat(path).st_mode & 0o077:
         os.chmod(path, 0o600)
+
+
+def shred(path: str | os.PathLike[str]) -> None:
+    """Overwrite ``path`` with zeros, fsync it, and remove it (a missing file is fine).
+
+    On a filesystem that writes in place (ext4 without data journalling, on a disk) the
+    old bytes are gone. On flash (an SD card, eMMC, an SSD) the controller writes
+    elsewhere and keeps the old blocks until it reuses them: this is then a best effort,
+    and only data written encrypted from the start is out of reach without the key.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        zeros = bytes(1 << 16)
+        written = 0
+        while written < size:
+            written += os.write(fd, zeros[: min(len(zeros), size - written)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    fsync_dir(Path(path).parent)

@@ -20,9 +20,10 @@ before that rolls it back). Only writes whose loss is harmless are not durable.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Iterator
+
+from sqlcipher3 import dbapi2 as sqlite3
 
 from edge.journal.records import JournalError
 

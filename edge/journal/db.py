@@ -7,7 +7,8 @@ sessions), :mod:`~edge.journal.outbox` (the relay outbox), :mod:`~edge.journal.i
 (events relayed from downstream), :mod:`~edge.journal.retention` (purging) and
 :mod:`~edge.journal.reading`. Its values are in :mod:`~edge.journal.records`.
 
-Plain blocking code (stdlib ``sqlite3``); no trio. Every method blocks on disk I/O.
+Plain blocking code (SQLCipher through ``sqlcipher3``, the ``sqlite3`` API); no trio.
+Every method blocks on disk I/O.
 A read-write journal holds two connections (see :mod:`edge.journal.connection`): the
 *hot* one for :meth:`~Journal.start_session`, :meth:`~Journal.append_final` and
 :meth:`~Journal.end_session`, and the *bulk* one for every other method. The two may be
@@ -22,6 +23,19 @@ repeats work).
 Files. The journal lives where the caller says (normally ``<state dir>/journal.db``).
 Its directory is created 0700, the database 0600; SQLite gives its ``-wal`` and ``-shm``
 files the database's mode (and owner, when run as root).
+
+Encryption. The file is a SQLCipher 4 database: every page (the WAL's too, and any
+temporary file, though temporary tables are kept in memory) is encrypted with AES-256
+and authenticated with HMAC-SHA512, under the ``journal`` subkey of the device's data
+key (:class:`~edge.crypto.datakey.DataKey`; a raw key, so no KDF runs at open). Nothing
+is in the clear but the file's size: not table names, session ids or times. A journal
+that exists and does not open with the key raises :class:`JournalKeyError`; it is never
+set aside or replaced, and no plaintext file is ever created beside it. A plaintext
+journal (an edge from before encryption) is encrypted in place at the first read-write
+open with a key: exported to ``<name>.encrypting``, which then replaces it; the
+plaintext file is kept as ``<name>.plaintext`` until the encrypted one is in place,
+then overwritten with zeros and removed. A crash at any point leaves either the
+plaintext journal (encrypted again at the next open) or the encrypted one.
 
 Recovery. :meth:`Journal.open` runs ``PRAGMA quick_check``. A file that is not a
 database, is malformed, fails the check, or carries a schema from a newer edge is moved
@@ -69,13 +83,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.core.fs import create_private, fsync_dir
+from sqlcipher3 import dbapi2 as sqlite3
+
+from edge.core.fs import create_private, fsync_dir, shred
+from edge.crypto.datakey import DataKey
 from edge.journal import ingest as _ingest
 from edge.journal import local, outbox, reading, retention
 from edge.journal.connection import Link, WriteGate
@@ -86,13 +102,14 @@ from edge.journal.records import (
     SHED,
     Backlog,
     JournalError,
+    JournalKeyError,
     RelayEvent,
     SessionRow,
 )
 from edge.protocols.relay import check_id
 
 __all__ = ["PENDING", "RELAYED", "SCHEMA_VERSION", "SHED", "Backlog", "Journal",
-           "JournalError", "RelayEvent", "SessionRow", "SetAside"]
+           "JournalError", "JournalKeyError", "RelayEvent", "SessionRow", "SetAside"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +119,10 @@ _OLDEST_READABLE = 1  # read-only opening reads files of this version and later
 # SQLite primary result codes that mean "this file is damaged", not "the world is busy".
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+
+_PLAINTEXT_HEADER = b"SQLite format 3\x00"
+_PLAINTEXT_SUFFIX = ".plaintext"  # a plaintext journal while its encrypted copy goes in
+_ENCRYPTING_SUFFIX = ".encrypting"  # the encrypted copy being written
 
 _SCHEMA: dict[int, tuple[str, ...]] = {
     1: (
@@ -183,7 +204,7 @@ class Journal:
     # --- opening and closing ---------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, device_id: str,
+    def open(cls, path: str | os.PathLike[str], *, device_id: str, key: DataKey,
              readonly: bool = False) -> Journal:
         """Open (creating if needed) the journal at ``path``. Blocks on disk I/O,
         including an integrity check that reads the whole file.
@@ -195,12 +216,17 @@ class Journal:
         or moves anything, and raises :class:`JournalError` when there is no usable
         journal. ``device_id`` is this device's id: local sessions are journaled under
         it and preferred when a session id is ambiguous.
+
+        ``key`` encrypts the file (see the module doc). A journal that exists and does
+        not open with it raises :class:`JournalKeyError`; a plaintext journal is
+        encrypted in place (read-write only: read-only raises JournalError).
         """
         check_id("device_id", device_id)
         path = Path(path)
         gate = WriteGate()
+        secret = _key_pragma(key)
         if readonly:
-            conn, version = _connect_readonly(path)
+            conn, version = _connect_readonly(path, secret, key)
             return cls(Link(conn, gate, hot=False, readonly=True), None, path, device_id,
                        readonly=True, schema=version)
         try:
@@ -208,19 +234,25 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot create the journal's directory {path.parent}: "
                                f"{exc.strerror}") from exc
+        _recover_encryption(path)
+        if _is_plaintext(path):
+            _encrypt_plaintext(path, secret)
+            logger.warning("journal %s was not encrypted: encrypted it in place with the "
+                           "%s, and overwrote and removed the plaintext file", path,
+                           key.describe())
         try:
-            conn = _connect(path)
+            conn = _connect(path, secret, key)
         except _Unusable as exc:
             aside = _set_aside(path)
             logger.warning("journal %s is unusable (%s): moved it aside to %s and started "
                            "a fresh journal", path, exc, aside)
             try:
-                conn = _connect(path)
+                conn = _connect(path, secret, key)
             except _Unusable as again:
                 raise JournalError(f"a fresh journal at {path} is unusable too: {again}"
                                    ) from again
         try:
-            hot = _connect_hot(path)
+            hot = _connect_hot(path, secret)
         except BaseException:
             conn.close()
             raise
@@ -423,18 +455,54 @@ def _damaged(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """Open, check, configure and migrate. Raises _Unusable or JournalError."""
+def _key_pragma(key: DataKey) -> str:
+    """SQLCipher's form of a raw 256-bit key (no KDF runs at open)."""
+    return f"x'{key.subkey('journal').hex()}'"
+
+
+def _keyed(target: str | Path, secret: str, *, uri: bool = False) -> sqlite3.Connection:
+    """A SQLCipher connection with the key set and its error log off (it would print
+    to stderr). Raises sqlite3.Error."""
+    conn = sqlite3.connect(target, uri=uri, timeout=10.0, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.execute("PRAGMA cipher_log_level = NONE")
+        conn.execute(f'PRAGMA key = "{secret}"')
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_key(conn: sqlite3.Connection, path: Path, key: DataKey) -> None:
+    """Read the first page, the one place a wrong key shows. Raises JournalKeyError."""
+    try:
+        conn.execute("PRAGMA user_version").fetchone()  # decrypts page 1, no more
+    except sqlite3.Error as exc:
+        # SQLCipher reports a page that fails its HMAC as "not a database"; a file cut
+        # short or otherwise malformed past its first page is damage, not a key problem.
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF != _SQLITE_NOTADB:
+            raise
+        raise JournalKeyError(
+            f"the journal {path} does not open with the {key.describe()}: a wrong key, or "
+            "a damaged file (it is not set aside: move it away yourself if the key is "
+            "right and the data is lost)") from None
+
+
+def _connect(path: Path, secret: str, key: DataKey) -> sqlite3.Connection:
+    """Open, check, configure and migrate. Raises _Unusable, JournalKeyError or
+    JournalError."""
     try:
         _make_private(path)
     except OSError as exc:
         raise JournalError(f"cannot create the journal {path}: {exc.strerror}") from exc
     try:
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
+        conn = _keyed(path, secret)
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open the journal {path}: {exc}") from exc
     try:
+        _check_key(conn, path, key)
         _prepare(conn)
     except sqlite3.Error as exc:
         conn.close()
@@ -481,10 +549,11 @@ def _configure(conn: sqlite3.Connection, *, autocheckpoint: int = 1000) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA secure_delete = ON")  # purged transcripts are overwritten
     conn.execute("PRAGMA trusted_schema = OFF")
+    conn.execute("PRAGMA temp_store = MEMORY")  # no temporary files beside the journal
     conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
 
 
-def _connect_hot(path: Path) -> sqlite3.Connection:
+def _connect_hot(path: Path, secret: str) -> sqlite3.Connection:
     """A second connection to a journal :func:`_connect` just checked and migrated.
 
     Its commits hardly ever checkpoint (which would make a final wait for the WAL to be
@@ -492,8 +561,7 @@ def _connect_hot(path: Path) -> sqlite3.Connection:
     :meth:`Journal.checkpoint` do that; 10,000 pages is a bound for a journal whose
     service never runs one."""
     try:
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
+        conn = _keyed(path, secret)
         try:
             _configure(conn, autocheckpoint=10000)
         except BaseException:
@@ -504,18 +572,25 @@ def _connect_hot(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _connect_readonly(path: Path) -> tuple[sqlite3.Connection, int]:
+def _connect_readonly(path: Path, secret: str, key: DataKey
+                      ) -> tuple[sqlite3.Connection, int]:
     if not path.is_file():
         raise JournalError(f"no journal at {path}")
+    if _is_plaintext(path):
+        raise JournalError(f"the journal {path} is not encrypted yet: the daemon encrypts "
+                           "it at its next start")
     uri = path.resolve().as_uri() + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
+        conn = _keyed(uri, secret, uri=True)
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open the journal {path}: {exc}") from exc
     try:
+        _check_key(conn, path, key)
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         conn.execute("PRAGMA trusted_schema = OFF")
+    except JournalKeyError:
+        conn.close()
+        raise
     except sqlite3.Error as exc:
         conn.close()
         hint = "; the daemon sets it aside at its next start" if _damaged(exc) else ""
@@ -544,3 +619,171 @@ def _set_aside(path: Path) -> Path:
         raise JournalError(f"journal {path} is unusable and cannot be moved aside: "
                            f"{exc.strerror}") from exc
     return target
+
+
+# --- encryption ------------------------------------------------------------------------
+
+def _is_plaintext(path: Path) -> bool:
+    """Whether ``path`` is a plaintext SQLite database (SQLCipher's first 16 bytes are
+    a random salt; SQLite's are its magic string)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_PLAINTEXT_HEADER)) == _PLAINTEXT_HEADER
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise JournalError(f"cannot read the journal {path}: {exc.strerror}") from exc
+
+
+def _sidecars(path: Path) -> list[Path]:
+    return [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+
+
+def _recover_encryption(path: Path) -> None:
+    """Finish or undo an encryption in place that a crash interrupted."""
+    plain = path.with_name(path.name + _PLAINTEXT_SUFFIX)
+    partial = path.with_name(path.name + _ENCRYPTING_SUFFIX)
+    try:
+        if plain.exists():
+            if path.exists() and path.stat().st_size and not _is_plaintext(path):
+                for leftover in (plain, *_sidecars(plain)):
+                    shred(leftover)  # the encrypted journal is in place: this is stale
+            else:
+                os.replace(plain, path)  # the swap never happened: start again
+                for sidecar, original in zip(_sidecars(plain), _sidecars(path), strict=True):
+                    if sidecar.exists():
+                        os.replace(sidecar, original)
+                fsync_dir(path.parent)
+        for leftover in (partial, *_sidecars(partial)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+    except OSError as exc:
+        raise JournalError(f"cannot finish encrypting the journal {path}: "
+                           f"{exc.strerror}") from exc
+
+
+def export(source: sqlite3.Connection, target: Path, secret: str) -> None:
+    """Copy the database open on ``source`` into a new file ``target`` keyed by
+    ``secret`` (``sqlcipher_export``): same schema, rows and ``user_version``, WAL mode,
+    0600, fsynced. Raises sqlite3.Error or OSError; ``target`` must not exist."""
+    create_private(target)
+    (version,) = source.execute("PRAGMA user_version").fetchone()
+    source.execute("ATTACH DATABASE ? AS rekeyed KEY ?", (str(target), secret))
+    try:
+        source.execute("SELECT sqlcipher_export('rekeyed')").fetchall()
+        source.execute(f"PRAGMA rekeyed.user_version = {int(version)}")
+    finally:
+        source.execute("DETACH DATABASE rekeyed")
+    check = _keyed(target, secret)
+    try:
+        (mode,) = check.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise JournalError(f"the filesystem does not support WAL mode (got {mode!r})")
+    finally:
+        check.close()  # the last connection: its WAL is checkpointed and removed
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encrypt_plaintext(path: Path, secret: str) -> None:
+    """Encrypt a plaintext journal in place (see the module doc). Raises JournalError."""
+    partial = path.with_name(path.name + _ENCRYPTING_SUFFIX)
+    plain = path.with_name(path.name + _PLAINTEXT_SUFFIX)
+    try:
+        source = sqlite3.connect(path, timeout=10.0, isolation_level=None,
+                                 check_same_thread=False)
+        try:
+            source.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            export(source, partial, secret)
+        finally:
+            source.close()
+        os.replace(path, plain)
+        for sidecar in _sidecars(path):  # normally gone with the last connection
+            if sidecar.exists():
+                os.replace(sidecar, Path(f"{plain}{sidecar.name[len(path.name):]}"))
+        os.replace(partial, path)
+        fsync_dir(path.parent)
+        for leftover in (plain, *_sidecars(plain)):
+            shred(leftover)
+    except (OSError, sqlite3.Error) as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise JournalError(f"cannot encrypt the plaintext journal {path}: {detail}"
+                           ) from exc
+
+
+def key_opens(path: str | os.PathLike[str], key: DataKey) -> bool | None:
+    """Whether ``key`` opens the journal at ``path`` (None: there is no journal, or it
+    is plaintext). Reads the first page only; blocking."""
+    path = Path(path)
+    if not path.is_file() or not path.stat().st_size or _is_plaintext(path):
+        return None
+    try:
+        # immutable: no locks, no -wal or -shm made beside the file; the first page,
+        # all this reads, is in the main file once the journal has been opened.
+        conn = _keyed(path.resolve().as_uri() + "?mode=ro&immutable=1", _key_pragma(key),
+                      uri=True)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+    try:
+        _check_key(conn, path, key)
+    except JournalKeyError:
+        return False
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot read the journal {path}: {exc}") from exc
+    finally:
+        conn.close()
+    return True
+
+
+def export_rekeyed(path: str | os.PathLike[str], old: DataKey, new: DataKey,
+                   target: str | os.PathLike[str]) -> None:
+    """Write the journal at ``path`` (keyed by ``old``) to a new file ``target`` keyed by
+    ``new``, holding an exclusive lock meanwhile: raises JournalError if another process
+    (a running daemon, ``edge transcripts``) has the journal open. Leaves ``path`` as it
+    was, with its WAL checkpointed and removed. Blocking."""
+    path, target = Path(path), Path(target)
+    for leftover in (target, *_sidecars(target)):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    try:
+        conn = _keyed(path, _key_pragma(old))
+        conn.execute("PRAGMA busy_timeout = 100")
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+    try:
+        _check_key(conn, path, old)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            raise JournalError(f"the journal {path} is in use by another process: stop "
+                               "the daemon first (systemctl stop edge)") from None
+        export(conn, target, _key_pragma(new))
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot re-encrypt the journal {path}: {exc}") from exc
+    finally:
+        conn.close()
+    for sidecar in _sidecars(path):
+        if sidecar.exists() and sidecar.name.endswith("-wal") and sidecar.stat().st_size:
+            raise JournalError(f"the journal's WAL {sidecar} was not emptied")
+
+
+def connect(path: str | os.PathLike[str], key: DataKey) -> sqlite3.Connection:
+    """A bare connection to the journal at ``path``, keyed, for tools and tests that
+    inspect the file (autocommit; the caller closes it). Raises JournalKeyError when
+    the key does not open it."""
+    path = Path(path)
+    conn = _keyed(path, _key_pragma(key))
+    try:
+        _check_key(conn, path, key)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -8,10 +8,11 @@ densely by ``seq`` (0 for the start, then each final, then the end).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from sqlcipher3 import dbapi2 as sqlite3
 
 from edge.journal.connection import Link
 from edge.journal.records import JournalError

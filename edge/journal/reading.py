@@ -8,8 +8,9 @@ read-only journal). In WAL they never wait for a writer.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
+
+from sqlcipher3 import dbapi2 as sqlite3
 
 from edge.journal.connection import Link
 from edge.journal.records import SessionRow

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from edge.core.errors import EdgeError
 from edge.protocols.relay import RelayEvent
 
-__all__ = ["PENDING", "RELAYED", "SHED", "Backlog", "JournalError", "RelayEvent",
-           "SessionRow"]
+__all__ = ["PENDING", "RELAYED", "SHED", "Backlog", "JournalError", "JournalKeyError",
+           "RelayEvent", "SessionRow"]
 
 # An event's relay state (``events.relayed``): waiting for the upstream, acknowledged
 # by it, or shed from a full outbox (kept here, never sent).
@@ -22,6 +22,11 @@ PENDING, RELAYED, SHED = 0, 1, 2
 class JournalError(EdgeError):
     """The journal cannot do what was asked: closed, unknown or ended session, a disk
     or permission problem, or (read-only) a missing or damaged file."""
+
+
+class JournalKeyError(JournalError):
+    """The journal exists encrypted and the key given does not open it (a wrong key,
+    or a first page too damaged to tell). Never set aside: the data may be fine."""
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,11 @@ class JournalService:
                  failing_seconds: float = FAILING_SECONDS) -> None:
         """``separate_hot_path=False`` runs the hot path in the bulk lane, as one worker
         did before the lanes were split (for benchmarks that measure the difference).
-        ``key_source`` names where the journal's key came from (None: not encrypted);
-        ``failing_seconds``: how long :meth:`status` says ``failing`` after a failed
-        write (see :mod:`edge.journal.health`)."""
+        ``key_source`` describes where the journal's key came from (for health; None:
+        not encrypted); ``failing_seconds``: how long :meth:`status` says ``failing``
+        after a failed write (see :mod:`edge.journal.health`)."""
         self.journal = journal
+        self.key_source = key_source
         self._retention = retention_days * _DAY
         self._purge_interval = purge_interval
         self._keep_unrelayed = keep_unrelayed
@@ -68,7 +69,6 @@ class JournalService:
         self._hot_limiter = trio.CapacityLimiter(1) if separate_hot_path else self._limiter
         self._hot_writes = 0  # since the last checkpoint
         self.health = WriteHealth(failing_seconds)  # hot-path writes: shown in health
-        self.key_source = key_source
         self.free_bytes: int | None = None  # of the journal's filesystem; None: not read
         self._space_error: str | None = None  # the last statvfs error, logged once
         self._space_wanted = trio.Event()  # read the free space now

@@ -19,9 +19,10 @@ from edge import app
 from edge.asr.modeldir import check_model_dir, check_speaker_model_dir, default_model_path
 from edge.asr.vosk import load_model, load_speaker_model
 from edge.core.auth import RevocationFile
-from edge.core.config import Config, state_dir, voiceprints_path
+from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
 from edge.core.networks import TrustedNetworks
+from edge.crypto.rotation import open_key
 from edge.ops.health import clock_status
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -40,7 +41,7 @@ class Finding:
 def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
     """All checks, in the order an operator would fix them."""
     checks: list[Callable[[Config], Finding]] = [
-        check_keys, lambda c: check_model(c, load=load),
+        check_keys, check_data_key, lambda c: check_model(c, load=load),
         lambda c: check_speaker_model(c, load=load), check_voiceprints, check_clock,
         check_state_dir, check_tls, check_revocations, check_port, check_microphone,
     ]
@@ -57,6 +58,34 @@ def check_keys(config: Config) -> Finding:
     if config.auth.algorithm == "RS256":
         return Finding(OK, "keys", f"RS256 public key {config.auth.public_key_file}")
     return Finding(OK, "keys", "HS256 secret present")
+
+
+def check_data_key(config: Config) -> Finding:
+    """The key that encrypts the journal and voiceprints: found, unsealed, opens them."""
+    from edge.journal.db import JournalError, key_opens
+
+    try:
+        key = open_key(config, dev_existing=True)
+    except EdgeError as exc:
+        return Finding(FAIL, "data key", str(exc))
+    where = key.describe()
+    if not config.journal.enabled:
+        return Finding(OK, "data key", f"{where} (journal off)")
+    try:
+        opens = key_opens(journal_path(config), key)
+    except JournalError as exc:
+        return Finding(FAIL, "data key", f"{where}: {exc}")
+    if opens is False:
+        return Finding(FAIL, "data key", f"{where} does not open the journal "
+                       f"{journal_path(config)}: the daemon will not start")
+    note = "" if opens else "; no encrypted journal yet (made at the first start)"
+    if key.development:
+        return Finding(WARN, "data key", f"{where}: a development key on this disk; seal "
+                       f"one with `edge keys init --tang URL` for patient data{note}")
+    if key.source.kind == "file":
+        return Finding(WARN, "data key", f"{where}: the key itself is on this disk; seal "
+                       f"it with Clevis (`edge keys init --tang URL`) for patient data{note}")
+    return Finding(OK, "data key", f"{where}{note}")
 
 
 def check_model(config: Config, *, load: bool = True) -> Finding:
@@ -98,7 +127,11 @@ def check_voiceprints(config: Config) -> Finding:
         return Finding(OK, "voiceprints", "not used without a speaker model")
     from edge.speakers import VoiceprintStore, VoiceprintStoreError
 
-    store = VoiceprintStore(voiceprints_path(config))
+    try:
+        key = open_key(config, dev_existing=True)
+    except EdgeError as exc:
+        return Finding(WARN, "voiceprints", f"not checked without the data key ({exc})")
+    store = VoiceprintStore(voiceprints_path(config), key=key)
     try:
         store.load()
     except VoiceprintStoreError as exc:

@@ -1,9 +1,13 @@
-"""Enrolled voiceprints: named speakers in a JSON file, and matching vectors against them.
+"""Enrolled voiceprints: named speakers in an encrypted JSON file, and matching vectors
+against them.
 
 Blocking file I/O (reads, and durable writes through :func:`edge.core.fs.atomic_write`)
-with numpy for the arithmetic; no trio, no vosk. :class:`VoiceprintStore` keeps the
-voiceprints; the file is parsed strictly, so that a damaged file is an error and never
-silently an empty store.
+with numpy for the arithmetic; no trio, no vosk. The file is sealed with AES-256-GCM
+under the ``voiceprints`` subkey of the device's data key (:mod:`edge.crypto.sealed`);
+a plaintext store (an edge from before encryption) is read, and replaced by a sealed
+one with :func:`encrypt_plaintext_store` (the daemon does it at start).
+:class:`VoiceprintStore` keeps the voiceprints; the file is parsed strictly, so that a
+damaged file is an error and never silently an empty store.
 
 Speaker vectors are biometric data: nothing here logs them or puts them in a repr or an
 error message.
@@ -24,7 +28,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from edge.core.errors import EdgeError
-from edge.core.fs import atomic_write
+from edge.core.fs import atomic_write, fsync_dir, shred
+from edge.crypto.datakey import DataKey
+from edge.crypto.sealed import MAGIC, SealedError, is_sealed, open_sealed, seal
 from edge.speakers.diarize import Vector, as_unit_vector, unit_vector
 
 logger = logging.getLogger(__name__)
@@ -33,6 +39,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_IDENTIFY_THRESHOLD = 0.7
 MAX_NAME_CHARS = 200
 STORE_VERSION = 1
+PURPOSE = "voiceprints"  # the data key's subkey for this file
+_PLAINTEXT_SUFFIX = ".plaintext"  # a plaintext store while its sealed copy goes in
 
 
 class VoiceprintStoreError(EdgeError):
@@ -72,11 +80,13 @@ class VoiceprintStore:
     voiceprints are removed and the speakers enrolled again.
     """
 
-    def __init__(self, path: str | Path, *, threshold: float = DEFAULT_IDENTIFY_THRESHOLD,
+    def __init__(self, path: str | Path, *, key: DataKey,
+                 threshold: float = DEFAULT_IDENTIFY_THRESHOLD,
                  clock: Callable[[], float] = time.time) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise ValueError("threshold must be between -1 and 1")
         self.path = Path(path)
+        self._key = key
         self.threshold = threshold
         self._clock = clock
         self._prints: dict[str, Voiceprint] = {}
@@ -106,8 +116,10 @@ class VoiceprintStore:
         """Read the file (blocking). Raises :class:`VoiceprintStoreError`.
 
         A missing file gives an empty store. A damaged one is an error, never silently
-        an empty store: enrolling into it would destroy the voiceprints it holds.
+        an empty store: enrolling into it would destroy the voiceprints it holds; so is
+        a file that does not open with the key.
         """
+        _recover_plaintext(self.path)
         try:
             with self.path.open("rb") as f:
                 st = os.fstat(f.fileno())
@@ -125,7 +137,7 @@ class VoiceprintStore:
                            "it should be 0600", self.path, mode & 0o777)
         # Taken before parsing: a damaged file is not read again until it changes.
         self._signature = _signature(st)
-        self._prints = _parse_store(raw, self.path)
+        self._prints = _parse_store(_plaintext(self._key, raw, self.path), self.path)
         self._warned_dim = False
 
     def changed(self) -> bool:
@@ -155,7 +167,8 @@ class VoiceprintStore:
         }
         data = json.dumps(body, ensure_ascii=False, allow_nan=False, indent=1).encode()
         try:
-            self._signature = _signature(atomic_write(self.path, data + b"\n", mode=0o600))
+            self._signature = _signature(
+                _replace(self.path, seal(self._key, PURPOSE, data + b"\n")))
         except OSError as exc:
             raise VoiceprintStoreError(
                 f"cannot write voiceprints to {self.path}: {exc.strerror or exc}") from exc
@@ -303,3 +316,71 @@ def _parse_store(raw: bytes, path: Path) -> dict[str, Voiceprint]:
 
 def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _plaintext(key: DataKey, raw: bytes, path: Path) -> bytes:
+    if not is_sealed(raw):
+        return raw  # a store from before encryption: encrypt_plaintext_store seals it
+    try:
+        return open_sealed(key, PURPOSE, raw)
+    except SealedError as exc:
+        raise VoiceprintStoreError(f"voiceprint file {path} cannot be read with the "
+                                   f"{key.describe()}: {exc}") from None
+
+
+def _replace(path: Path, data: bytes) -> os.stat_result:
+    """Write ``data`` over the store; a plaintext store is overwritten and removed only
+    once the new file is in place (a crash in between leaves one or the other)."""
+    try:
+        with path.open("rb") as f:
+            plaintext = not is_sealed(f.read(len(MAGIC)))
+    except FileNotFoundError:
+        plaintext = False
+    if not plaintext:
+        return atomic_write(path, data, mode=0o600)
+    aside = path.with_name(path.name + _PLAINTEXT_SUFFIX)
+    os.replace(path, aside)
+    st = atomic_write(path, data, mode=0o600)
+    shred(aside)
+    return st
+
+
+def _recover_plaintext(path: Path) -> None:
+    """Finish or undo a sealing of a plaintext store that a crash interrupted."""
+    aside = path.with_name(path.name + _PLAINTEXT_SUFFIX)
+    if not aside.exists():
+        return
+    try:
+        if path.exists():
+            shred(aside)  # the sealed store is in place
+        else:
+            os.replace(aside, path)
+            fsync_dir(path.parent)
+    except OSError as exc:
+        raise VoiceprintStoreError(f"cannot finish encrypting {path}: "
+                                   f"{exc.strerror or exc}") from exc
+
+
+def encrypt_plaintext_store(path: str | Path, key: DataKey) -> bool:
+    """Seal a plaintext voiceprint store in place (the plaintext file overwritten and
+    removed); False when there is nothing to do. Blocking. Raises
+    :class:`VoiceprintStoreError` (a damaged plaintext file is left as it is)."""
+    path = Path(path)
+    _recover_plaintext(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise VoiceprintStoreError(f"cannot read voiceprints from {path}: "
+                                   f"{exc.strerror or exc}") from exc
+    if is_sealed(raw):
+        return False
+    _parse_store(raw, path)  # only a store we can read is replaced
+    try:
+        _replace(path, seal(key, PURPOSE, raw))
+    except OSError as exc:
+        raise VoiceprintStoreError(f"cannot encrypt {path}: {exc.strerror or exc}") from exc
+    logger.warning("voiceprint file %s was not encrypted: encrypted it in place with the "
+                   "%s, and overwrote and removed the plaintext file", path, key.describe())
+    return True
