@@ -21,6 +21,7 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from test_room import PlayedSource, first_phrase_end
 
+from edge.audio.source import Chunk, MicEvent
 from edge.core.config import load_config
 from edge.core.errors import ConfigError
 from edge.core.stats import Stats
@@ -313,22 +314,45 @@ async def test_a_session_started_while_writes_fail_keeps_its_later_finals(
         journal.close()
 
 
+class TwoPartSource(PlayedSource):
+    """The fixture's first phrase and a pause, then the rest once :attr:`go` is set, at
+    twice real time; then nothing (a quiet line)."""
+
+    def __init__(self) -> None:
+        super().__init__(period=0.05)
+        self.go = trio.Event()
+
+    async def run(self, send: trio.MemorySendChannel[Chunk | MicEvent], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        first = first_phrase_end() + 16000 * 2  # and 1 s of its pause
+        async with send:
+            for part in (SPEECH[:first], SPEECH[first:]):
+                for i in range(0, len(part), 3200):
+                    await send.send(Chunk(part[i:i + 3200], 16000, trio.current_time()))
+                    await trio.sleep(self.period)
+                await self.go.wait()
+            await trio.sleep_forever()
+
+
 async def test_a_room_segment_started_while_writes_fail_keeps_its_later_finals(
     start_server: Any, model: Any, tmp_path: Path
 ) -> None:
     journal = Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id="dev")
     service = JournalService(journal, retention_days=30, purge_interval=3600,
                              keep_unrelayed=False)
+    source = TwoPartSource()
     try:
         set_writable(journal, False)
-        server = await start_server(journal_service=service, mic=PlayedSource(period=0.05),
+        server = await start_server(journal_service=service, mic=source,
                                     microphone={"enabled": True},
                                     recognizer_factory=model.recognizer)
         async with connect(server, make_token(), "?source=room") as ws:
             messages = [await receive_json(ws)]
-            while not any(m.get("code") == "journal_error" for m in messages):
+            while not finals(messages):
                 messages.append(await receive_json(ws))
             set_writable(journal, True)
+            source.go.set()
             while len(finals(messages)) < 3:
                 messages.append(await receive_json(ws))
         errors = [m for m in messages if m.get("code") == "journal_error"]
