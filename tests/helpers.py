@@ -47,6 +47,13 @@ def make_token(
                 ttl=ttl, now=time.time(), extra=extra)
 
 
+def read_store(path: Path, key: DataKey | None = None) -> Any:
+    """A sealed voiceprint store's JSON, opened with the tests' data key."""
+    from edge.crypto.sealed import open_sealed
+
+    return json.loads(open_sealed(key or TEST_KEY, "voiceprints", path.read_bytes()))
+
+
 def make_config(**sections: dict[str, Any]) -> Config:
     """A config for tests: loopback, port 0, plus the given overrides by section."""
     overrides: dict[str, Any] = {"server.host": "127.0.0.1", "server.port": 0,
