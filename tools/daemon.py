@@ -145,8 +145,9 @@ class Daemon:
         journal from the test or benchmark."""
         from edge.crypto.datakey import FILE, DataKey, KeySource, decode
 
-        return DataKey(decode(self.key_file.read_bytes(), str(self.key_file)),
-                       KeySource(FILE, self.key_file, "journal.key_file"))
+        path = Path(self.env.get("EDGE_JOURNAL_KEY_FILE") or self.key_file)
+        return DataKey(decode(path.read_bytes(), str(path)),
+                       KeySource(FILE, path, "journal.key_file"))
 
     @property
     def pid(self) -> int:
