@@ -151,7 +151,7 @@ class Warmup:
             pcm, rate = self._speech
             step = 2 * max(1, int(rate * SLICE_SECONDS))
             while True:
-                if self.pool.held >= self.target:
+                if self.pool.held >= self.target or not self.pool.accepts_idle():
                     self.state = "warm"
                     await trio.sleep(_WARM_POLL)
                     continue

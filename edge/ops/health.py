@@ -64,6 +64,7 @@ def health(
     microphone: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None,
     services: Mapping[str, Mapping[str, Any]] | None = None, stopping: bool = False,
     recognizers: Mapping[str, Any] | None = None, ingest: Mapping[str, Any] | None = None,
+    memory: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -96,6 +97,16 @@ def health(
         body["recognizers"] = dict(recognizers)
     if ingest is not None:
         body["ingest"] = dict(ingest)  # the MQTT ingest (edge.relay.mqtt_ingest)
+    if memory is not None:
+        # The recognisers' memory budget (edge.asr.memory.Snapshot.status()).
+        body["memory"] = dict(memory)
+        if not memory.get("held", True):
+            problems.append(
+                f"the recognisers hold {memory['recognizer_bytes'] // 2**20} MB, over their "
+                f"budget of {memory['budget_bytes'] // 2**20} MB "
+                "(recognizer.memory_budget_mb), and cannot be recycled; new sessions are "
+                "refused")
+            body["status"] = "stopping" if stopping else "degraded"
     for name, state in (services or {}).items():
         if state.get("state") == "restarting":
             notes.append(f"the {name} service failed and is being restarted")
@@ -121,6 +132,7 @@ def render_metrics(
     recognizers: Mapping[str, Any] | None = None,
     service_restarts: Mapping[str, int] | None = None,
     relay_set_aside: int = 0, ingest: Mapping[str, Any] | None = None,
+    memory: Mapping[str, Any] | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
@@ -181,6 +193,26 @@ def render_metrics(
         metric("edge_recognizers_warming", "gauge",
                "1 while the start-up warm-up is warming a recogniser.",
                [({}, 1 if r["state"] == "warming" else 0)])
+    if memory is not None:
+        metric("edge_process_resident_bytes", "gauge",
+               "Resident memory of the daemon (VmRSS).", [({}, memory["rss_bytes"])])
+        metric("edge_model_resident_bytes", "gauge",
+               "Resident memory after the model was loaded, before any recogniser.",
+               [({}, memory["model_bytes"])])
+        metric("edge_recognizer_memory_bytes", "gauge",
+               "Resident memory above the model's share: the recognisers' (estimated).",
+               [({}, memory["recognizer_bytes"])])
+        metric("edge_recognizer_memory_budget_bytes", "gauge",
+               "recognizer.memory_budget_mb, in bytes.", [({}, memory["budget_bytes"])])
+        metric("edge_recognizers_live", "gauge",
+               "Recognisers held now (streams' and idle pooled).",
+               [({}, memory["recognizers"])])
+        metric("edge_recognizer_recycled_total", "counter",
+               "Recognisers let go for memory, by reason: idle (a pooled one dropped), "
+               "live (a stream's replaced between utterances), retired (after "
+               "its hours of audio).",
+               [({"reason": k}, memory["recycled"].get(k, 0))
+                for k in ("idle", "live", "retired")])
     metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
            [({"kind": "partial"}, stats.partials), ({"kind": "final"}, stats.finals)])
     metric("edge_warnings_total", "counter", "Warnings sent to clients, by code.",
