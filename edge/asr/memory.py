@@ -242,6 +242,11 @@ class MemoryBudget:
             return
         with self._lock:
             live = list(self._live)
+        if not live:
+            # No recogniser holds anything: what is above the model is not theirs to
+            # give back (the heap's fragments, the journal's cache).
+            self.held = True
+            return
         if any(r.recycle_requested for r in live):
             self.held = True  # one at a time: wait for it to be replaced
             return
