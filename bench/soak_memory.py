@@ -114,7 +114,7 @@ def client(url: str, seed: int, pace: float, until: float, session_s: float,
         while time.time() < until:
             try:
                 ws = connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                             open_timeout=30, max_size=None)
+                             open_timeout=30, max_size=None, ping_interval=None)
             except InvalidStatus as exc:
                 with lock:
                     totals["refused"] += 1

@@ -31,6 +31,10 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     unit = (units / "edge.service").read_text()
     assert f"ExecStart={edge} serve --config {etc}/edge.toml" in unit
     assert f"LoadCredential=jwt-secret:{secret}" in unit
+    # The memory limits come from the config's budget (1024 MB): above it and the model.
+    high, max_ = (int(line.split("=")[1].removesuffix("M")) for line in unit.splitlines()
+                  if line.startswith(("MemoryHigh=", "MemoryMax=")))
+    assert 1024 + 300 < high < max_ < 4096, (high, max_)
     assert shutil.which("systemd-analyze"), "systemd-analyze missing: run .ci/setup"
     verify = subprocess.run(["systemd-analyze", "verify", str(units / "edge.service")],
                             capture_output=True, text=True, check=False)
