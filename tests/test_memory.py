@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +22,10 @@ from edge.asr.memory import IDLE, LIVE, MB, MemoryBudget, RecyclingRecognizer
 from edge.audio.pauses import PauseDetector
 from edge.audio.source import Chunk, MicEvent
 from edge.core.auth import SCOPE_READ
-from edge.ops import health
+from edge.ops import check, health
 from edge.ops import memory as plan
 from edge.protocols.events import Utterance
-from helpers import FIXTURES, connect, http_get, make_token, receive_json, stream
+from helpers import FIXTURES, connect, http_get, make_config, make_token, receive_json, stream
 
 SPEECH = FIXTURES / "speech_ko.wav"
 RAW = (FIXTURES / "speech_ko.raw").read_bytes()
@@ -353,3 +354,19 @@ async def test_sessions_the_budget_cannot_hold_are_refused_with_retry_after(
     assert "edge_process_resident_bytes " in metrics
     assert 'edge_recognizer_recycled_total{reason="live"} 0' in metrics
     assert 'edge_sessions_refused_total{reason="memory_budget"} 1' in metrics
+
+
+def test_edge_check_says_whether_the_limits_fit_the_board(tmp_path: Path) -> None:
+    config = make_config()
+    unit = tmp_path / "edge.service"
+    gb = 1024 * MB
+    fits = check.check_memory(config, load=False, unit_file=unit, total=4 * gb - 200 * MB)
+    assert fits.level == check.OK and "MemoryMax=2202M" in fits.message
+    assert "2 GB: budget <= 448 MB" in fits.message
+    small = check.check_memory(config, load=False, unit_file=unit, total=2 * gb - 100 * MB)
+    assert small.level == check.FAIL and "memory_budget_mb to 448 or less" in small.message
+    unit.write_text("[Service]\nMemoryHigh=1000M\nMemoryMax=1200M\n")
+    stale = check.check_memory(config, load=False, unit_file=unit, total=4 * gb)
+    assert stale.level == check.WARN and "install.sh" in stale.message
+    shipped = (Path(__file__).parent.parent / "systemd" / "edge.service").read_text()
+    assert plan.limits(1024).unit_lines().splitlines()[1] in shipped.splitlines()
