@@ -151,8 +151,12 @@ class Warmup:
             pcm, rate = self._speech
             step = 2 * max(1, int(rate * SLICE_SECONDS))
             while True:
-                if self.pool.held >= self.target or not self.pool.accepts_idle():
+                if self.pool.held >= self.target:
                     self.state = "warm"
+                    await trio.sleep(_WARM_POLL)
+                    continue
+                if not self.pool.accepts_idle():  # over the memory budget: not now
+                    self.state = "waiting"
                     await trio.sleep(_WARM_POLL)
                     continue
                 self.state = "warming"
