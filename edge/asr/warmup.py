@@ -119,7 +119,8 @@ class Warmup:
     """The warm-up service (``async run``, started under the supervisor).
 
     ``state``: ``waiting`` (before the first recogniser, or while the recognisers are
-    over their memory budget), ``warming``, ``warm`` (the pool holds ``target``), ``off`` (target 0 or recognisers that cannot be pooled).
+    over their memory budget), ``warming``, ``warm`` (the pool holds ``target``),
+    ``off`` (target 0 or recognisers that cannot be pooled).
     """
 
     def __init__(self, pool: RecognizerPool, limiter: trio.CapacityLimiter, target: int,
