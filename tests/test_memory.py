@@ -160,7 +160,8 @@ def test_a_marked_recogniser_is_replaced_only_between_utterances() -> None:
         made.append(Stub(rate))
         return made[-1]
 
-    b = budget(Readings(700))
+    readings = Readings(700)
+    b = budget(readings)
     r = RecyclingRecognizer(factory, 16000, None, b)
     r.accept(b"\0" * 32000)  # one second, an utterance in progress
     r.request_recycle()
@@ -175,6 +176,15 @@ def test_a_marked_recogniser_is_replaced_only_between_utterances() -> None:
     assert second is not None and second.end_ms == 2500  # ...on the stream's clock
     r.close()
     assert made[1].closed and not made[1].retired
+    marked = RecyclingRecognizer(factory, 16000, None, b)
+    marked.request_recycle()
+    marked.accept(b"\0" * 3200)
+    marked.close()  # at the end of its stream: freed, the heap trimmed by the next check
+    assert made[2].retired and not made[2].closed and b.recycles[LIVE] == 2
+    assert b.trim_due
+    trims = readings.trims
+    b.check()
+    assert not b.trim_due and readings.trims == trims + 1
 
 
 def test_the_unit_limits_follow_the_budget_and_fit_a_4_gb_board() -> None:

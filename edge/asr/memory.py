@@ -149,6 +149,7 @@ class MemoryBudget:
         self.recycles: Counter[str] = Counter()
         self.rss = baseline
         self.held = True
+        self.trim_due = False  # a recogniser was freed where trimming would block
 
     # --- bookkeeping (any thread) ---------------------------------------------------
 
@@ -218,6 +219,9 @@ class MemoryBudget:
         """Read RSS; over the budget, drop idle recognisers (then trim and read again),
         then mark the live recogniser with the most audio decoded for recycling, one
         at a time. ``held`` is False when over with nothing left to do."""
+        if self.trim_due:
+            self.trim_due = False
+            self._trim()
         self.rss = self._read()
         if not self.over:
             self.held = True
@@ -331,13 +335,16 @@ class RecyclingRecognizer:
         return out
 
     def close(self) -> None:
+        """Cheap enough for the event loop: a recogniser marked for recycling is freed
+        (not pooled) and the heap is trimmed at the budget's next check."""
         inner, self._inner = self._inner, None
         self._budget._remove(self)
         if inner is not None:
             if self.recycle_requested:
                 _retire(inner)
+                del inner
                 self._budget.recycled(LIVE)
-                self._budget._trim()
+                self._budget.trim_due = True  # on the event loop: trimmed at the next check
             else:
                 inner.close()
 
