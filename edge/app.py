@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from edge.asr.memory import MemoryBudget, read_rss
 from edge.asr.recognizer import RecognizerFactory, RecognizerPool
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.asr.warmup import Warmup, pool_target
@@ -103,6 +104,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
         logger.info("model %s loaded from %s", model.name, model.path)
     model, speakers = await open_speakers(config, model, key)
+    model_rss = await trio.to_thread.run_sync(read_rss)  # before any recogniser
     journal = parts.journal
     if journal is None and config.journal.enabled:
         assert key is not None  # opened above when the journal is on
@@ -112,6 +114,10 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     rc = config.recognizer
     pool_size = pool_target(rc.warm_recognizers, rc.memory_budget_mb, rc.recognizer_memory_mb)
     recognizers = parts.recognizer_factory or RecognizerPool(model.recognizer, pool_size)
+    memory = MemoryBudget(
+        rc.memory_budget_mb, model_rss, recognizer_mb=rc.recognizer_memory_mb,
+        reserved=1 if config.microphone.enabled else 0,
+        pool=recognizers if isinstance(recognizers, RecognizerPool) else None)
     warm_up = parts.warm_up if parts.warm_up is not None else (
         rc.warm_at_start and parts.model is None)
     warmup = (Warmup(recognizers, limiter, pool_size)
@@ -124,8 +130,9 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     room = None
     if config.microphone.enabled:
         room = Room(config, parts.microphone or microphone(config),
-                    Hub(replay_size=config.microphone.replay_size), recognizers, limiter,
-                    stats, journal=journal, speakers=speakers)
+                    Hub(replay_size=config.microphone.replay_size),
+                    memory.factory(recognizers), limiter, stats, journal=journal,
+                    speakers=speakers)
     relay: Relay | None = None
     if config.relay.enabled:
         assert journal is not None  # the config requires it
@@ -145,10 +152,11 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     recognizer_factory=recognizers, admissions=admissions,
                     revocations=revocations, journal=journal, speakers=speakers, room=room,
                     relay=relay, supervisor=supervisor, routes=routes,
-                    http_routes=http_routes, ingest=ingest)
+                    http_routes=http_routes, ingest=ingest, memory=memory)
     async with trio.open_nursery() as nursery:
         if journal is not None:
             await supervisor.start(nursery, "retention", journal.run)
+        await supervisor.start(nursery, "memory", memory.run)
         if revocations is not None:
             await supervisor.start(nursery, "revocations",
                                    RevocationWatcher(revocations, admissions).run)

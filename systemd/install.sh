@@ -12,7 +12,8 @@
 #   (EDGE_KEY_TPM2=1) in /etc/edge/journal-key.jwe; with neither, a plain key file
 #   /etc/edge/journal-key (root-only, but on the card: for evaluation only). A drop-in
 #   edge.service.d/journal-key.conf hands it to the service as a credential;
-# - the unit, enabled and started.
+# - the unit, with MemoryHigh=/MemoryMax= computed from the config's memory budget,
+#   enabled and started.
 # Re-running upgrades the package and the unit and keeps config and secret.
 # For packaging and tests: PREFIX, ETC, UNIT_DIR move the files; SKIP_APT=1 and
 # NO_SYSTEMCTL=1 leave the system's packages and systemd alone (systemd is also left
@@ -87,6 +88,19 @@ fi
 install -d -m 0755 "$UNIT_DIR"
 sed -e "s#/opt/edge#$PREFIX#g" -e "s#/etc/edge#$ETC#g" "$SRC/systemd/edge.service" \
     > "$UNIT_DIR/edge.service"
+# MemoryHigh= and MemoryMax= from the config's memory budget and the model's measured
+# share (edge check loads the model once to measure it).
+if limits=$("$PREFIX/venv/bin/edge" check --config "$ETC/edge.toml" --memory-limits \
+        2>/dev/null); then
+    high=$(printf '%s\n' "$limits" | sed -n 's/^MemoryHigh=//p')
+    max=$(printf '%s\n' "$limits" | sed -n 's/^MemoryMax=//p')
+    sed -i -e "s/^MemoryHigh=.*/MemoryHigh=$high/" -e "s/^MemoryMax=.*/MemoryMax=$max/" \
+        "$UNIT_DIR/edge.service"
+    echo "memory limits: MemoryHigh=$high MemoryMax=$max (see: edge check)"
+else
+    echo "warning: could not compute the memory limits from $ETC/edge.toml; the unit" \
+         "keeps those of the default budget (run: edge check)" >&2
+fi
 chmod 0644 "$UNIT_DIR/edge.service"
 install -d -m 0755 "$UNIT_DIR/edge.service.d"
 printf '%s\n' "$dropin" > "$UNIT_DIR/edge.service.d/journal-key.conf"

@@ -37,6 +37,10 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     assert "WARNING: the journal's key is a plain file" in run.stderr
     dropin = (units / "edge.service.d" / "journal-key.conf").read_text()
     assert dropin == f"[Service]\nLoadCredential=journal-key:{key}\n"
+    # The memory limits come from the config's budget (1024 MB): above it and the model.
+    high, max_ = (int(line.split("=")[1].removesuffix("M")) for line in unit.splitlines()
+                  if line.startswith(("MemoryHigh=", "MemoryMax=")))
+    assert 1024 + 300 < high < max_ < 4096, (high, max_)
     assert shutil.which("systemd-analyze"), "systemd-analyze missing: run .ci/setup"
     verify = subprocess.run(["systemd-analyze", "verify", str(units / "edge.service")],
                             capture_output=True, text=True, check=False)

@@ -126,6 +126,11 @@ class RecognizerPool:
         # Set by the warm-up service: off, waiting, warming or warm, and its target.
         self.warm_state = "off"
         self.warm_target = 0
+        # Whether a recogniser may be kept idle now (the memory budget says no while
+        # recognisers are over it); ended streams' recognisers are dropped otherwise.
+        self.accepts_idle: Callable[[], bool] = lambda: True
+        self.retired = 0  # recognisers let go after retire_after seconds of audio
+        self.dropped = 0  # recognisers let go at the end of a stream, over the budget
 
     @property
     def idle(self) -> int:
@@ -233,12 +238,27 @@ class RecognizerPool:
         return _Lease(recognizer, self)
 
     def _give_back(self, recognizer: Reusable | None) -> None:
-        """A lease ended; ``recognizer`` is ``None`` when it failed (dropped)."""
+        """A lease ended; ``recognizer`` is ``None`` when it failed or was retired
+        (dropped)."""
         with self._lock:
             self.lent -= 1
-            if (recognizer is not None and len(self._idle) < self.size
-                    and recognizer.audio_seconds < self._retire_after):
+            if recognizer is None or len(self._idle) >= self.size:
+                return
+            if recognizer.audio_seconds >= self._retire_after:
+                self.retired += 1
+            elif self.accepts_idle():
                 self._idle.append(recognizer)
+            else:
+                self.dropped += 1
+
+    def drop_idle(self) -> bool:
+        """Let the idle recogniser with the most audio decoded go (the memory budget's
+        first resort); ``False`` if none is idle. The caller trims the heap."""
+        with self._lock:
+            if not self._idle:
+                return False
+            self._idle.remove(max(self._idle, key=lambda r: r.audio_seconds))
+        return True
 
 
 class _Lease:
@@ -266,7 +286,21 @@ class _Lease:
             self._failed = True
             raise
 
+    @property
+    def audio_seconds(self) -> float:
+        return self.inner.audio_seconds
+
+    @property
+    def at_boundary(self) -> bool:
+        return bool(getattr(self.inner, "at_boundary", False))
+
     def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool._give_back(None if self._failed else self.inner)
+
+    def retire(self) -> None:
+        """End the lease without giving the recogniser back: it is freed (memory)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool._give_back(None)

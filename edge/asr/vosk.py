@@ -151,6 +151,12 @@ class VoskRecognizer:
         """Audio decoded over the recogniser's whole life (all its streams)."""
         return (self._base + self._samples) / self.sample_rate
 
+    @property
+    def at_boundary(self) -> bool:
+        """Nothing fed since the last final: the recogniser holds no speech of the
+        stream (between utterances), so the stream may go on in another one."""
+        return self._samples == self._utterance_start
+
     def reset(self) -> None:
         """Start a new stream on the same recogniser: decoder state is cleared, the
         graph cache kept. Vosk keeps its feature pipeline (the online i-vector and CMN

@@ -118,8 +118,9 @@ class LowPriorityThread:
 class Warmup:
     """The warm-up service (``async run``, started under the supervisor).
 
-    ``state``: ``waiting`` (before the first recogniser), ``warming``, ``warm`` (the
-    pool holds ``target``), ``off`` (target 0 or recognisers that cannot be pooled).
+    ``state``: ``waiting`` (before the first recogniser, or while the recognisers are
+    over their memory budget), ``warming``, ``warm`` (the pool holds ``target``),
+    ``off`` (target 0 or recognisers that cannot be pooled).
     """
 
     def __init__(self, pool: RecognizerPool, limiter: trio.CapacityLimiter, target: int,
@@ -153,6 +154,10 @@ class Warmup:
             while True:
                 if self.pool.held >= self.target:
                     self.state = "warm"
+                    await trio.sleep(_WARM_POLL)
+                    continue
+                if not self.pool.accepts_idle():  # over the memory budget: not now
+                    self.state = "waiting"
                     await trio.sleep(_WARM_POLL)
                     continue
                 self.state = "warming"

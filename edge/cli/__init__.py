@@ -189,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--model", help="Vosk model directory (recognizer.model)")
     check.add_argument("--no-load", action="store_true",
                        help="check the model's files without loading it")
+    check.add_argument("--memory-limits", action="store_true",
+                       help="print the unit's MemoryHigh= and MemoryMax= for this config "
+                       "(measured with the model loaded) and exit")
     check.set_defaults(command_function="check:run")
 
     client = sub.add_parser("client", help="stream a file to a server, print its messages")

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load
-from edge.ops.check import FAIL, run_checks
+from edge.ops.check import FAIL, memory_limits, run_checks
 
 
 def run(args: argparse.Namespace) -> int:
     """Blocking: loads the model unless ``--no-load``."""
     config = load(args, **{"recognizer.model": args.model})
+    if args.memory_limits:  # for systemd/install.sh: the unit's lines, nothing else
+        limits, _ = memory_limits(config)
+        print(limits.unit_lines(), end="")
+        return EXIT_OK
     findings = run_checks(config, load=not args.no_load)
     for finding in findings:
         print(finding.line())

@@ -27,6 +27,7 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from edge import __version__
+from edge.asr.memory import MemoryBudget
 from edge.asr.recognizer import RecognizerFactory, RecognizerPool
 from edge.core.admission import Admissions
 from edge.core.auth import (
@@ -131,12 +132,17 @@ class Server:
         ingest: MqttIngest | None = None,
         routes: Mapping[str, Route] | None = None,
         http_routes: Mapping[str, HttpRoute] | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self.config = config
         self.model_name = model_name
         self.auth = auth
         self.revocations = revocations
         self.recognizer_factory = recognizer_factory
+        # Sessions' recognisers are counted against the memory budget and recycled.
+        self.memory = memory
+        self._session_recognizers = (memory.factory(recognizer_factory) if memory
+                                     else recognizer_factory)
         self.stats = stats
         self.limiter = limiter
         self.admissions = admissions
@@ -336,7 +342,8 @@ class Server:
             stopping=self.stopping, recognizers=self._pool_status(),
             ingest=self.ingest.status() if self.ingest else None,
             journal=self.journal.status() if self.journal else None,
-            min_free_bytes=self._min_free_bytes)
+            min_free_bytes=self._min_free_bytes,
+            memory=self.memory.snapshot().status() if self.memory else None)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
@@ -352,6 +359,7 @@ class Server:
             relay_set_aside=getattr(self.relay, "set_aside_events", 0),
             ingest=self.ingest.status() if self.ingest else None,
             recognizers=self._pool_status(),
+            memory=self.memory.snapshot().status() if self.memory else None,
             service_restarts=({name: s.restarts for name, s in self.supervisor.services.items()}
                               if self.supervisor else None),
             journal=self.journal.status() if self.journal else None,
@@ -492,6 +500,7 @@ class Server:
         handle = _Handle()
         try:
             self._check_running()
+            self._check_memory()
             ticket = self.admission.admit(str(uuid.uuid4()), admitted.claims, handle.revoke)
         except AuthError as exc:
             await self._refuse_by(request, exc, in_band, deadline)
@@ -510,6 +519,7 @@ class Server:
         is stopping or full."""
         handle = _Handle()
         self._check_running()
+        self._check_memory()
         ticket = self.admission.admit(str(uuid.uuid4()), admitted.claims, handle.revoke)
         with ticket, self._live_while(handle):
             await self._run_client(channel, ticket.session_id, admitted, handle)
@@ -518,7 +528,7 @@ class Server:
                           handle: _Handle, *,
                           enroll: tuple[str, str | None] | None = None) -> None:
         info = await self._session_info(session_id, admitted.claims, admitted.declared_rate)
-        session = Session(channel, info, self.config, self.recognizer_factory, self.limiter,
+        session = Session(channel, info, self.config, self._session_recognizers, self.limiter,
                           self.stats, self.journal, speakers=self.speakers, enroll=enroll,
                           dialect=admitted.dialect, dialect_name=admitted.dialect_name,
                           phrases=admitted.phrases, configure=admitted.configure)
@@ -538,6 +548,15 @@ class Server:
         if self.stopping:
             raise AuthError("server_shutdown", "the server is restarting; retry shortly",
                             status=503, close_code=CLOSE_SERVICE_RESTART,
+                            retry_after=self.config.server.retry_after)
+
+    def _check_memory(self) -> None:
+        """A live session needs a recogniser: refused (503) when the memory budget
+        cannot hold one more (:meth:`MemoryBudget.refuses`)."""
+        why = self.memory.refuses(self.admission.current) if self.memory else None
+        if why is not None:
+            raise AuthError("memory_budget", why, status=503,
+                            close_code=protocol.CLOSE_TRY_AGAIN_LATER,
                             retry_after=self.config.server.retry_after)
 
     @contextlib.contextmanager

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge import app
+from edge.asr.memory import mem_total, read_rss
 from edge.asr.modeldir import check_model_dir, check_speaker_model_dir, default_model_path
-from edge.asr.vosk import load_model, load_speaker_model
+from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.core.auth import RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
 from edge.core.networks import TrustedNetworks
 from edge.crypto.rotation import open_key
+from edge.ops import memory
 from edge.ops.health import clock_status
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -44,6 +46,7 @@ def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
         check_keys, check_data_key, lambda c: check_model(c, load=load),
         lambda c: check_speaker_model(c, load=load), check_voiceprints, check_clock,
         check_state_dir, check_tls, check_revocations, check_port, check_microphone,
+        lambda c: check_memory(c, load=load),
     ]
     return [check(config) for check in checks] + check_peers(config)
 
@@ -93,8 +96,9 @@ def check_model(config: Config, *, load: bool = True) -> Finding:
         path = Path(config.recognizer.model) if config.recognizer.model else default_model_path()
         check_model_dir(path)
         if load:
-            model = load_model(path)
-            return Finding(OK, "model", f"{model.name} loads ({path})")
+            model, share = measured_model(path)
+            return Finding(OK, "model", f"{model.name} loads ({path}; "
+                           f"{share // memory.MB} MB resident)")
     except EdgeError as exc:
         return Finding(FAIL, "model", f"{exc}; install one with `edge models install` or "
                        "fix recognizer.model")
@@ -280,3 +284,84 @@ def check_peers(config: Config) -> list[Finding]:
                                 "and read its transcript, unencrypted: list only the "
                                 "machines that need it"))
     return findings
+
+
+#: The installed unit, whose MemoryHigh/MemoryMax ``edge check`` compares (systemd/install.sh).
+UNIT_FILE = Path("/etc/systemd/system/edge.service")
+
+_measured: dict[Path, tuple[LoadedModel, int]] = {}
+
+
+def measured_model(path: Path) -> tuple[LoadedModel, int]:
+    """The model loaded once per ``edge check`` (blocking), and its resident share in
+    bytes (this process's RSS after the load, less before)."""
+    if path not in _measured:
+        before = read_rss()
+        model = load_model(path)
+        _measured[path] = model, max(0, read_rss() - before)
+    return _measured[path]
+
+
+def memory_limits(config: Config, *, load: bool = True) -> tuple[memory.Limits, str]:
+    """The unit's limits for ``config``, from the model's measured share when it loads
+    (else the small Korean model's), and where that figure came from."""
+    path = Path(config.recognizer.model) if config.recognizer.model else default_model_path()
+    share = 0
+    if load:
+        try:
+            check_model_dir(path)
+            share = measured_model(path)[1] // memory.MB
+        except EdgeError:
+            share = 0
+    source = f"measured {share} MB" if share else f"assumed {memory.MODEL_MB} MB"
+    return (memory.limits(config.recognizer.memory_budget_mb,
+                          model_mb=share or memory.MODEL_MB), source)
+
+
+def board_summary(model_mb: int = memory.MODEL_MB) -> str:
+    """What 2, 4 and 8 GB boards hold: the largest budget, and recognisers at
+    ``recognizer_memory_mb`` = 90 (room and sessions, or warm)."""
+    parts = []
+    for gb in memory.BOARDS_GB:
+        budget = memory.largest_budget(memory.board_mem_total_mb(gb), model_mb=model_mb)
+        parts.append(f"{gb} GB: budget <= {budget} MB ({budget // 90} recognisers)")
+    return "; ".join(parts)
+
+
+def check_memory(config: Config, *, load: bool = True, unit_file: Path = UNIT_FILE,
+                 total: int | None = None) -> Finding:
+    """Whether the daemon's limits (model + ``recognizer.memory_budget_mb``) fit this
+    board's RAM (``total`` bytes: MemTotal), and the installed unit's ``MemoryMax=``
+    holds them."""
+    limit, source = memory_limits(config, load=load)
+    total_mb = (mem_total() if total is None else total) // memory.MB
+    budget = config.recognizer.memory_budget_mb
+    model_mb = limit.expected_mb - budget - memory.RUNTIME_MB
+    what = (f"model {source} + recognizer.memory_budget_mb {budget} MB: "
+            f"MemoryHigh={limit.high_mb}M MemoryMax={limit.max_mb}M")
+    boards = board_summary(model_mb)
+    if total_mb and not memory.fits(limit, total_mb):
+        largest = memory.largest_budget(total_mb, model_mb=model_mb)
+        return Finding(FAIL, "memory", f"{what} do not fit this board's {total_mb} MB "
+                       f"(MemTotal, {memory.SYSTEM_MB} MB kept for the system): set "
+                       f"recognizer.memory_budget_mb to {largest} or less ({boards})")
+    installed = _unit_memory_max(unit_file)
+    if installed is not None and installed < limit.max_mb:
+        return Finding(WARN, "memory", f"{what}, but {unit_file} has MemoryMax="
+                       f"{installed}M: run systemd/install.sh again to update it")
+    fit = f" fit this board's {total_mb} MB" if total_mb else ""
+    return Finding(OK, "memory", f"{what}{fit} ({boards})")
+
+
+def _unit_memory_max(unit_file: Path) -> int | None:
+    try:
+        text = unit_file.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemoryMax=") and line.endswith("M"):
+            try:
+                return int(line.removeprefix("MemoryMax=").removesuffix("M"))
+            except ValueError:
+                return None
+    return None

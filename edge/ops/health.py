@@ -65,6 +65,7 @@ def health(
     services: Mapping[str, Mapping[str, Any]] | None = None, stopping: bool = False,
     recognizers: Mapping[str, Any] | None = None, ingest: Mapping[str, Any] | None = None,
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
+    memory: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -106,6 +107,16 @@ def health(
     body["journal"] = ({**journal, "min_free_bytes": min_free_bytes,
                         "low_space": low_space(journal, min_free_bytes)}
                        if journal is not None else {"state": "not_configured"})
+    if memory is not None:
+        # The recognisers' memory budget (edge.asr.memory.Snapshot.status()).
+        body["memory"] = dict(memory)
+        if not memory.get("held", True):
+            problems.append(
+                f"the recognisers hold {memory['recognizer_bytes'] // 2**20} MB, over their "
+                f"budget of {memory['budget_bytes'] // 2**20} MB "
+                "(recognizer.memory_budget_mb), and cannot be recycled; new sessions are "
+                "refused")
+            body["status"] = "stopping" if stopping else "degraded"
     for name, state in (services or {}).items():
         if state.get("state") == "restarting":
             notes.append(f"the {name} service failed and is being restarted")
@@ -160,6 +171,7 @@ def render_metrics(
     service_restarts: Mapping[str, int] | None = None,
     relay_set_aside: int = 0, ingest: Mapping[str, Any] | None = None,
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
+    memory: Mapping[str, Any] | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
@@ -221,6 +233,26 @@ def render_metrics(
         metric("edge_recognizers_warming", "gauge",
                "1 while the start-up warm-up is warming a recogniser.",
                [({}, 1 if r["state"] == "warming" else 0)])
+    if memory is not None:
+        metric("edge_process_resident_bytes", "gauge",
+               "Resident memory of the daemon (VmRSS).", [({}, memory["rss_bytes"])])
+        metric("edge_model_resident_bytes", "gauge",
+               "Resident memory after the model was loaded, before any recogniser.",
+               [({}, memory["model_bytes"])])
+        metric("edge_recognizer_memory_bytes", "gauge",
+               "Resident memory above the model's share: the recognisers' (estimated).",
+               [({}, memory["recognizer_bytes"])])
+        metric("edge_recognizer_memory_budget_bytes", "gauge",
+               "recognizer.memory_budget_mb, in bytes.", [({}, memory["budget_bytes"])])
+        metric("edge_recognizers_live", "gauge",
+               "Recognisers held now (streams' and idle pooled).",
+               [({}, memory["recognizers"])])
+        metric("edge_recognizer_recycled_total", "counter",
+               "Recognisers let go for memory, by reason: idle (a pooled one dropped), "
+               "live (a stream's replaced between utterances), retired (after "
+               "its hours of audio).",
+               [({"reason": k}, memory["recycled"].get(k, 0))
+                for k in ("idle", "live", "retired")])
     metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
            [({"kind": "partial"}, stats.partials), ({"kind": "final"}, stats.finals)])
     metric("edge_warnings_total", "counter", "Warnings sent to clients, by code.",
