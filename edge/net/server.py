@@ -44,6 +44,7 @@ from edge.core.auth import (
 )
 from edge.core.config import Config
 from edge.core.errors import AuthError, ProtocolError
+from edge.core.jwks import token_kids
 from edge.core.stats import Stats
 from edge.journal import transcripts
 from edge.journal.service import JournalService
@@ -63,6 +64,7 @@ from edge.relay.sender import Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
 
 if TYPE_CHECKING:
+    from edge.net.jwks import JwksRefresher
     from edge.relay.mqtt_ingest import MqttIngest
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class Server:
         ingest: MqttIngest | None = None,
         routes: Mapping[str, Route] | None = None,
         http_routes: Mapping[str, HttpRoute] | None = None,
+        jwks: JwksRefresher | None = None,
     ) -> None:
         self.config = config
         self.model_name = model_name
@@ -149,6 +152,7 @@ class Server:
         self.relay = relay  # None: not relaying upstream
         self.ingest = ingest  # None: not consuming from an MQTT broker
         self.supervisor = supervisor
+        self.jwks = jwks  # None: no identity provider key set (auth.jwks_url)
         # Peer protocols' WebSocket paths; a key ending in "/" covers every path under it.
         self.routes = dict(routes or {})
         self.http_routes = dict(http_routes or {})
@@ -226,6 +230,8 @@ class Server:
         if read is None:
             return
         head, trailing = read
+        if self.jwks is not None:  # a token naming a new key: fetch the key set first
+            await self.jwks.wait_for(token_kids(head.target, head.headers), deadline)
         if not head.is_websocket_upgrade:
             await self._http(stream, head)
             return
@@ -334,7 +340,8 @@ class Server:
             relay=self.relay.status() if self.relay else None,
             services=self.supervisor.status() if self.supervisor else {},
             stopping=self.stopping, recognizers=self._pool_status(),
-            ingest=self.ingest.status() if self.ingest else None)
+            ingest=self.ingest.status() if self.ingest else None,
+            jwks=self.jwks.store.status() if self.jwks else None)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
@@ -351,7 +358,8 @@ class Server:
             ingest=self.ingest.status() if self.ingest else None,
             recognizers=self._pool_status(),
             service_restarts=({name: s.restarts for name, s in self.supervisor.services.items()}
-                              if self.supervisor else None))
+                              if self.supervisor else None),
+            jwks=self.jwks.store if self.jwks else None)
 
     def _pool_status(self) -> dict[str, int | str] | None:
         pool = self.recognizer_factory
