@@ -132,9 +132,9 @@ class KeySet:
 
         Raises ``AuthError`` (``invalid_token``, 401) for a ``kid`` not in the set, a
         key that is not a public signing key (``kty`` oct, ``use`` other than ``sig``,
-        ``key_ops`` without ``verify``, an RSA key under 2048 bits), and an ``alg`` the
-        configuration does not allow or the key contradicts (its own ``alg``, or its
-        type and curve). The configuration decides; the token only names its key.
+        ``key_ops`` with neither ``verify`` nor ``sign``, an RSA key under 2048 bits),
+        and an ``alg`` the configuration does not allow or the key contradicts (its own
+        ``alg``, or its type and curve). The configuration decides; the token only names its key.
         """
         key = self.keys.get(kid)
         if key is None:
@@ -143,8 +143,10 @@ class KeySet:
         ops = data.get("key_ops")
         if key.key_type == "oct":
             raise _invalid("the token's key is a shared secret; only public keys are used")
-        if key.public_key_use not in (None, "sig") or (
-                ops is not None and (not isinstance(ops, list) or "verify" not in ops)):
+        # key_ops "sign" is tolerated: providers that export a key pair publish the
+        # private half's operations with the public one.
+        if key.public_key_use not in (None, "sig") or (ops is not None and (
+                not isinstance(ops, list) or not {"verify", "sign"} & set(map(str, ops)))):
             raise _invalid("the token's key is not a signing key (use, key_ops)")
         if isinstance(key.key, RSAPublicKey) and key.key.key_size < MIN_RSA_KEY_BITS:
             raise _invalid(f"the token's key is shorter than {MIN_RSA_KEY_BITS} bits")

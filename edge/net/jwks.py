@@ -36,7 +36,7 @@ from edge.crypto.datakey import DataKey
 
 logger = logging.getLogger(__name__)
 
-_GRACE = 1.0  # past the fetch's own timeout, for the worker thread to report back
+_GRACE = 1.0  # past a fetch's timeout, that a waiting handshake allows it to report
 
 
 class JwksRefresher:
@@ -139,7 +139,9 @@ class JwksRefresher:
                                   timeout=self.timeout, user_agent=f"edge/{__version__}")
         document: object = None
         timed_out = True
-        with trio.move_on_after(self.timeout + _GRACE):
+        # fetch_document bounds itself; this also frees the service from a thread that
+        # overruns (it is abandoned, and ends at its own deadline).
+        with trio.move_on_after(self.timeout):
             try:
                 document = await trio.to_thread.run_sync(fetch, abandon_on_cancel=True)
                 timed_out = False
