@@ -501,3 +501,23 @@ async def test_made_up_kids_over_real_handshakes_cause_no_fetch_storm(
     assert b'edge_auth_jwks_fetch_total{result="ok"} 1' in metrics
     assert b'edge_auth_jwks_fetch_total{result="error"} 0' in metrics
     assert b"edge_auth_jwks_keys 2" in metrics
+
+
+async def test_edge_check_fetches_the_key_set_once(nursery: trio.Nursery,
+                                                   tmp_path: Path) -> None:
+    from edge.ops.check import OK, WARN, check_keys
+    from tools.daemon import free_port
+
+    requests: list[str] = []
+    port = await nursery.start(functools.partial(serve_jwks, STANDARD, requests))
+    config = load_config(None, environ={}, overrides={
+        "auth.jwks_url": f"http://127.0.0.1:{port}/jwks", "auth.algorithms": "ES256",
+        "server.state_dir": str(tmp_path)})
+    finding = await trio.to_thread.run_sync(check_keys, config)
+    assert finding.level == OK and "2 key(s), 1 for ES256" in finding.message
+    assert requests == ["/jwks"]
+    down = load_config(None, environ={}, overrides={
+        "auth.jwks_url": f"http://127.0.0.1:{free_port()}/jwks",
+        "server.state_dir": str(tmp_path)})
+    finding = await trio.to_thread.run_sync(check_keys, down)
+    assert finding.level == WARN and "cannot reach" in finding.message

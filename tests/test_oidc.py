@@ -13,16 +13,17 @@ down, the device admits the current key's tokens from its sealed copy of the set
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from oidc_provider import RESOURCE, OidcProvider, ec_jwk, require_node, rsa_jwk
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from edge.core.jwks import CACHE_NAME
 from helpers import receive_json
-from oidc_provider import RESOURCE, OidcProvider, ec_jwk, rsa_jwk, require_node
 from tools.daemon import Daemon, http_get
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,8 +56,6 @@ async def health(daemon: Daemon) -> tuple[int, dict[str, Any]]:
 
 async def fetches(daemon: Daemon) -> dict[str, int]:
     def get() -> str:
-        import socket
-
         with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             data = b""
