@@ -63,8 +63,8 @@ class AuthSettings:
     ``key`` is the shared secret for HS256 (at least 32 bytes) or the PEM text of an RSA
     public key (at least 2048 bits) for RS256. ``jwks``, when given, is the identity
     provider's key set: a token that names a key (``kid``) is verified with that key
-    and one of ``jwks_algorithms``, a token without a ``kid`` with ``key``; with a key
-    set, ``key`` may be None (no shared secret). ``issuer`` and ``audience`` are checked
+    and one of the set's ``algorithms``, a token without a ``kid`` with ``key``; with a
+    key set, ``key`` may be None (no shared secret). ``issuer`` and ``audience`` are checked
     only when set. ``leeway`` (seconds) absorbs clock skew on ``exp``, ``nbf`` and ``iat``;
     ``max_lifetime`` bounds ``exp - iat``.
 
