@@ -196,6 +196,14 @@ def test_tokens_without_a_kid_use_the_static_key_or_are_refused() -> None:
     assert "names no key" in error.message
 
 
+@pytest.mark.parametrize("alg", [["RS256"], {"RS256": 1}, 256, None])
+def test_an_alg_that_is_not_a_string_is_refused(alg: Any) -> None:
+    header = b64(json.dumps({"alg": alg, "kid": "rsa-1"}).encode())
+    body = b64(json.dumps(claims()).encode())
+    signature = jwt.get_algorithm_by_name("RS256").sign(f"{header}.{body}".encode(), RSA_KEY)
+    refusal(f"{header}.{body}.{b64(signature)}", settings(store_of(STANDARD)))
+
+
 def test_a_kid_that_is_not_a_string_is_refused() -> None:
     header = b64(json.dumps({"alg": "RS256", "kid": 7}).encode())
     body = b64(json.dumps(claims()).encode())
@@ -432,8 +440,9 @@ async def test_a_start_without_the_network_uses_the_saved_copy(
     assert second.store.knows("rsa-1") and second.store.status()["source"] == "disk"
     verify(signed(RSA_KEY, "RS256", "rsa-1"), settings(second.store), now=time.time())
     with trio.fail_after(10):
-        while down.calls < 1:
+        while second.store.fetches["error"] < 1:
             await trio.sleep(0.02)
+    assert down.calls == 1
     assert second.store.status()["last_error"].startswith("cannot reach")
 
 

@@ -150,7 +150,7 @@ class KeySet:
             raise _invalid("the token's key is not a signing key (use, key_ops)")
         if isinstance(key.key, RSAPublicKey) and key.key.key_size < MIN_RSA_KEY_BITS:
             raise _invalid(f"the token's key is shorter than {MIN_RSA_KEY_BITS} bits")
-        if alg not in set(algorithms) or alg != key.algorithm_name:
+        if not isinstance(alg, str) or alg not in set(algorithms) or alg != key.algorithm_name:
             raise _invalid("token algorithm is not accepted")
         return key
 
