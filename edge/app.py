@@ -32,15 +32,17 @@ from edge.asr.warmup import Warmup, pool_target
 from edge.audio.source import Source
 from edge.core.admission import Admission, Admissions
 from edge.core.auth import AuthSettings, RevocationFile
-from edge.core.config import Config, journal_path, voiceprints_path
+from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import ConfigError
-from edge.core.keys import device_id, signing_key
+from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
+from edge.core.keys import device_id, optional_signing_key
 from edge.core.stats import Stats
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
 from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
 from edge.net.hub import Hub
+from edge.net.jwks import JwksRefresher
 from edge.net.peers import PeerContext, main_port_routes, start_listeners
 from edge.net.revocation import RevocationWatcher
 from edge.net.room import Room
@@ -58,9 +60,28 @@ logger = logging.getLogger(__name__)
 MAX_RELAYING_DEVICES = 64  # downstream devices relaying into this one at once
 def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
     a = config.auth
-    return AuthSettings(algorithm=a.algorithm, key=signing_key(config, dev=dev),
+    jwks = KeyStore(a.jwks_url, a.algorithms) if a.jwks_url else None
+    return AuthSettings(algorithm=a.algorithm, key=optional_signing_key(config, dev=dev),
                         issuer=a.issuer or None, audience=a.audience or None,
-                        leeway=a.leeway, max_lifetime=a.max_token_lifetime)
+                        leeway=a.leeway, max_lifetime=a.max_token_lifetime, jwks=jwks)
+
+
+def jwks_refresher(config: Config, store: KeyStore, key: DataKey | None) -> JwksRefresher:
+    """The service that keeps the identity provider's key set (blocking: reads
+    ``auth.jwks_cafile``; a CA file that cannot be used is a ConfigError)."""
+    a = config.auth
+    try:
+        context = ssl_context(a.jwks_cafile or None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("auth.jwks_cafile", f"cannot use {a.jwks_cafile} as CA "
+                          f"certificates: {getattr(exc, 'strerror', None) or exc}") from exc
+    if key is None:
+        logger.warning("auth.jwks: no data key (the journal is off): the key set is kept in "
+                       "memory only, and a restart without the network admits no token "
+                       "of the identity provider until it is reached")
+    return JwksRefresher(store, context=context, refresh=a.jwks_refresh,
+                         cooldown=a.jwks_cooldown, timeout=a.jwks_timeout,
+                         cache_path=state_dir(config) / CACHE_NAME, data_key=key)
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     if config.ingest.mqtt.enabled:
         assert journal is not None  # the config requires it
         ingest = mqtt_ingest(config, journal)
+    jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
     supervisor = Supervisor()
     peer_context = PeerContext(auth=auth, model_name=model.name,
                                model_sample_rate=model.sample_rate)
@@ -152,8 +174,10 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     recognizer_factory=recognizers, admissions=admissions,
                     revocations=revocations, journal=journal, speakers=speakers, room=room,
                     relay=relay, supervisor=supervisor, routes=routes,
-                    http_routes=http_routes, ingest=ingest, memory=memory)
+                    http_routes=http_routes, ingest=ingest, memory=memory, jwks=jwks)
     async with trio.open_nursery() as nursery:
+        if jwks is not None:
+            await supervisor.start(nursery, "jwks", jwks.run)
         if journal is not None:
             await supervisor.start(nursery, "retention", journal.run)
         await supervisor.start(nursery, "memory", memory.run)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from edge.core.errors import AuthError
+from edge.core.jwks import KeyStore
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ class AuthSettings:
     """How tokens are verified.
 
     ``key`` is the shared secret for HS256 (at least 32 bytes) or the PEM text of an RSA
-    public key (at least 2048 bits) for RS256. ``issuer`` and ``audience`` are checked
+    public key (at least 2048 bits) for RS256. ``jwks``, when given, is the identity
+    provider's key set: a token that names a key (``kid``) is verified with that key
+    and one of the set's ``algorithms``, a token without a ``kid`` with ``key``; with a
+    key set, ``key`` may be None (no shared secret). ``issuer`` and ``audience`` are checked
     only when set. ``leeway`` (seconds) absorbs clock skew on ``exp``, ``nbf`` and ``iat``;
     ``max_lifetime`` bounds ``exp - iat``.
 
@@ -70,11 +74,12 @@ class AuthSettings:
     """
 
     algorithm: str
-    key: str | bytes = field(repr=False)
+    key: str | bytes | None = field(repr=False)
     issuer: str | None = None
     audience: str | None = None
     leeway: float = 30.0
     max_lifetime: float = 86400.0
+    jwks: KeyStore | None = field(default=None, compare=False)
     # The key parsed once; PyJWT would otherwise parse the PEM on every handshake.
     _verify_key: Any = field(init=False, repr=False, compare=False)
 
@@ -84,12 +89,13 @@ class AuthSettings:
                 f"unsupported JWT algorithm {self.algorithm!r}; expected one of "
                 + ", ".join(ALGORITHMS)
             )
+        if self.key is None and self.jwks is not None:
+            object.__setattr__(self, "_verify_key", None)
+            self._check_times()
+            return
         if not isinstance(self.key, (str, bytes)) or not self.key:
             raise ValueError(f"{self.algorithm} key must be a non-empty string")
-        if not math.isfinite(self.leeway) or self.leeway < 0:
-            raise ValueError("leeway must be a finite number of seconds >= 0")
-        if not math.isfinite(self.max_lifetime) or self.max_lifetime <= 0:
-            raise ValueError("max_lifetime must be a finite number of seconds > 0")
+        self._check_times()
         try:
             prepared = jwt.get_algorithm_by_name(self.algorithm).prepare_key(self.key)
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
@@ -104,6 +110,17 @@ class AuthSettings:
             if prepared.key_size < MIN_RSA_KEY_BITS:
                 raise ValueError(f"RS256 key must be at least {MIN_RSA_KEY_BITS} bits")
         object.__setattr__(self, "_verify_key", prepared)
+
+    def _check_times(self) -> None:
+        if not math.isfinite(self.leeway) or self.leeway < 0:
+            raise ValueError("leeway must be a finite number of seconds >= 0")
+        if not math.isfinite(self.max_lifetime) or self.max_lifetime <= 0:
+            raise ValueError("max_lifetime must be a finite number of seconds > 0")
+
+    @property
+    def can_mint(self) -> bool:
+        """True when this device holds a key that signs (an HS256 secret)."""
+        return self.algorithm == "HS256" and self.key is not None
 
 
 @dataclass(frozen=True)
@@ -399,8 +416,10 @@ def verify(
     """Verify ``token`` and return its claims.
 
     ``now`` is the current Unix time (``time.time()``, not a monotonic clock); all time
-    checks use it, with ``settings.leeway``. ``revoked``, when given, refuses listed token
-    ids and subjects. CPU only; an RS256 check takes well under a millisecond.
+    checks use it, with ``settings.leeway``. With a key set (``settings.jwks``), a
+    token's ``kid`` picks its key from the set in force, never a fetch: the caller
+    refreshes the set beforehand (:mod:`edge.net.jwks`). ``revoked``, when given,
+    refuses listed token ids and subjects. CPU only; an RS256 check takes well under a millisecond.
 
     Raises ``AuthError`` (401, close code 1002) with code ``invalid_token``,
     ``token_expired``, ``token_not_yet_valid`` or ``token_revoked``.
@@ -422,13 +441,14 @@ def verify(
         # one. PyJWT would otherwise refuse every token carrying ``aud``.
         "verify_aud": settings.audience is not None,
     }
+    key, algorithms = _key_for(token, settings)
     try:
         payload = jwt.decode(
             token,
-            settings._verify_key,
+            key,
             # From the configuration, never from the token header: this is what stops
             # "alg": "none" and HS256/RS256 confusion.
-            algorithms=[settings.algorithm],
+            algorithms=algorithms,
             options=options,  # type: ignore[arg-type]
             audience=settings.audience,
             issuer=settings.issuer,
@@ -482,6 +502,29 @@ def verify(
     if revoked is not None and revoked.is_revoked(claims):
         raise AuthError("token_revoked", "token has been revoked", status=401, close_code=1002)
     return claims
+
+
+def _key_for(token: str, settings: AuthSettings) -> tuple[Any, list[str]]:
+    """The key to verify ``token`` with and the algorithms allowed with it.
+
+    A token that names a key (``kid``) when a key set is configured gets that key,
+    checked against the configured algorithms (:meth:`KeyStore.key_for`); any other
+    token gets the configured secret or public key with the configured algorithm.
+    """
+    if settings.jwks is not None:
+        try:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise _translate(exc) from exc
+        kid = header.get("kid")
+        if kid is not None:
+            if not isinstance(kid, str):
+                raise _invalid("header 'kid' must be a string")
+            jwks = settings.jwks
+            return jwks.key_for(kid, header.get("alg")), list(jwks.algorithms)
+        if settings._verify_key is None:
+            raise _invalid("the token names no key (kid)")
+    return settings._verify_key, [settings.algorithm]
 
 
 def require_scope(claims: Claims, scope: str) -> None:

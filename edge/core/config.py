@@ -54,6 +54,14 @@ class AuthConfig:
     max_token_lifetime: float = 86400.0
     revocation_file: str = ""
     expiry_warning: float = 60.0
+    # The identity provider's key set (edge.core.jwks): tokens naming a key (`kid`) are
+    # verified with that key, with one of `algorithms`; no shared secret is needed.
+    jwks_url: str = ""
+    jwks_cafile: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwks_refresh: float = 3600.0
+    jwks_cooldown: float = 30.0
+    jwks_timeout: float = 5.0
 
 
 MAX_ENDPOINT_SILENCE_MS = 60_000
@@ -261,6 +269,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "EDGE_JWT_SECRET": "auth.secret",
     "EDGE_JWT_SECRET_FILE": "auth.secret_file",
     "EDGE_JWT_PUBLIC_KEY_FILE": "auth.public_key_file",
+    "EDGE_JWKS_URL": "auth.jwks_url",
     "EDGE_MODEL": "recognizer.model",
     "EDGE_STATE_DIR": "server.state_dir",
     "EDGE_JOURNAL_KEY_FILE": "journal.key_file",
@@ -365,6 +374,8 @@ def _coerce(key: str, kind: Any, value: Any, *, from_text: bool) -> Any:
     the TOML file a value must already have the right type (``port = "8000"`` is an
     error, as TOML has integers).
     """
+    if kind == tuple[str, ...]:
+        return _words(key, value, from_text=from_text)
     if isinstance(value, str) and kind is not str and not from_text:
         raise ConfigError(key, f"expected {_KIND_NAMES[kind]}, got the string {value!r}")
     if kind is bool:
@@ -402,6 +413,17 @@ def _coerce(key: str, kind: Any, value: Any, *, from_text: bool) -> Any:
             raise ConfigError(key, f"expected a string, got {value!r}")
         return value
     raise AssertionError(f"unsupported config type {kind!r} for {key}")  # programming error
+
+
+def _words(key: str, value: Any, *, from_text: bool) -> tuple[str, ...]:
+    """A TOML list of strings; from the environment or the command line, the words of a
+    comma- or space-separated string."""
+    if isinstance(value, str) and from_text:
+        value = value.replace(",", " ").split()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, f'expected a list of strings such as ["RS256", "ES256"], '
+                          f"got {value!r}")
+    return tuple(value)
 
 
 def _positive(key: str, value: float) -> None:
@@ -488,6 +510,7 @@ def _validate(c: Config) -> None:
                           "set auth.algorithm = \"RS256\"")
     if a.secret and a.secret_file:
         raise ConfigError("auth.secret_file", "set auth.secret or auth.secret_file, not both")
+    _validate_jwks(a)
     if a.leeway < 0:
         raise ConfigError("auth.leeway", f"must not be negative, got {a.leeway}")
     _positive("auth.max_token_lifetime", a.max_token_lifetime)
@@ -562,6 +585,33 @@ def _validate(c: Config) -> None:
         _positive(f"relay.{name}", getattr(rl, name))
     if c.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError("log.level", f"must be one of {', '.join(_LOG_LEVELS)}")
+
+
+def _validate_jwks(a: AuthConfig) -> None:
+    from edge.core.jwks import ASYMMETRIC, check_url
+
+    if a.jwks_url:
+        try:
+            check_url(a.jwks_url)
+        except ValueError as exc:
+            raise ConfigError("auth.jwks_url", str(exc)) from None
+    elif a.jwks_cafile:
+        raise ConfigError("auth.jwks_cafile", "set auth.jwks_url too (the CA is for its "
+                          "TLS certificate)")
+    if not a.algorithms:
+        raise ConfigError("auth.algorithms", "must name at least one algorithm")
+    for name in a.algorithms:
+        if name not in ASYMMETRIC:
+            raise ConfigError("auth.algorithms", f"{name!r} is not a public-key algorithm "
+                              f"this device accepts from a key set (one of "
+                              f"{', '.join(ASYMMETRIC)})")
+    for name in ("jwks_refresh", "jwks_cooldown", "jwks_timeout"):
+        value = getattr(a, name)
+        if value < 1:
+            raise ConfigError(f"auth.{name}", f"must be at least 1 second, got {value!r}")
+    if a.jwks_timeout > 60:
+        raise ConfigError("auth.jwks_timeout", f"must be at most 60 seconds, got "
+                          f"{a.jwks_timeout!r}")
 
 
 def _validate_mqtt_client(key: str, m: MqttClientConfig) -> None:

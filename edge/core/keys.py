@@ -61,6 +61,21 @@ def signing_key(config: Config, *, dev: bool = False) -> str:
     return secret
 
 
+def optional_signing_key(config: Config, *, dev: bool = False) -> str | None:
+    """:func:`signing_key`, or None when a JWKS URL is configured (``auth.jwks_url``)
+    and neither a secret nor a public key is: the identity provider's keys are enough.
+    Blocking (files)."""
+    a = config.auth
+    if a.jwks_url:
+        credential = os.environ.get("CREDENTIALS_DIRECTORY")
+        configured = (a.public_key_file if a.algorithm == "RS256" else
+                      a.secret or a.secret_file or dev or (
+                          credential and (Path(credential) / CREDENTIAL_NAME).is_file()))
+        if not configured:
+            return None
+    return signing_key(config, dev=dev)
+
+
 def _read_key_file(key: str, path: str) -> str:
     try:
         return Path(path).read_text()

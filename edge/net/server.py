@@ -45,6 +45,7 @@ from edge.core.auth import (
 )
 from edge.core.config import Config
 from edge.core.errors import AuthError, ProtocolError
+from edge.core.jwks import token_kids
 from edge.core.stats import Stats
 from edge.journal import transcripts
 from edge.journal.service import JournalService
@@ -64,6 +65,7 @@ from edge.relay.sender import Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
 
 if TYPE_CHECKING:
+    from edge.net.jwks import JwksRefresher
     from edge.relay.mqtt_ingest import MqttIngest
 
 logger = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ class Server:
         routes: Mapping[str, Route] | None = None,
         http_routes: Mapping[str, HttpRoute] | None = None,
         memory: MemoryBudget | None = None,
+        jwks: JwksRefresher | None = None,
     ) -> None:
         self.config = config
         self.model_name = model_name
@@ -155,6 +158,7 @@ class Server:
         self.relay = relay  # None: not relaying upstream
         self.ingest = ingest  # None: not consuming from an MQTT broker
         self.supervisor = supervisor
+        self.jwks = jwks  # None: no identity provider key set (auth.jwks_url)
         # Peer protocols' WebSocket paths; a key ending in "/" covers every path under it.
         self.routes = dict(routes or {})
         self.http_routes = dict(http_routes or {})
@@ -232,6 +236,8 @@ class Server:
         if read is None:
             return
         head, trailing = read
+        if self.jwks is not None:  # a token naming a new key: fetch the key set first
+            await self.jwks.wait_for(token_kids(head.target, head.headers), deadline)
         if not head.is_websocket_upgrade:
             await self._http(stream, head)
             return
@@ -343,7 +349,8 @@ class Server:
             ingest=self.ingest.status() if self.ingest else None,
             journal=self.journal.status() if self.journal else None,
             min_free_bytes=self._min_free_bytes,
-            memory=self.memory.snapshot().status() if self.memory else None)
+            memory=self.memory.snapshot().status() if self.memory else None,
+            jwks=self.jwks.store.status() if self.jwks else None)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
@@ -363,7 +370,8 @@ class Server:
             service_restarts=({name: s.restarts for name, s in self.supervisor.services.items()}
                               if self.supervisor else None),
             journal=self.journal.status() if self.journal else None,
-            min_free_bytes=self._min_free_bytes)
+            min_free_bytes=self._min_free_bytes,
+            jwks=self.jwks.store if self.jwks else None)
 
     @property
     def _min_free_bytes(self) -> int:

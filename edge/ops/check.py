@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +54,39 @@ def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
 
 def check_keys(config: Config) -> Finding:
     try:
-        app.auth_settings(config)
+        settings = app.auth_settings(config)
     except EdgeError as exc:
         return Finding(FAIL, "keys", str(exc))
     except ValueError as exc:
         return Finding(FAIL, "keys", f"the configured key is not usable: {exc}")
+    if config.auth.jwks_url:
+        return check_jwks(config, static=settings.key is not None)
     if config.auth.algorithm == "RS256":
         return Finding(OK, "keys", f"RS256 public key {config.auth.public_key_file}")
     return Finding(OK, "keys", "HS256 secret present")
+
+
+def check_jwks(config: Config, *, static: bool) -> Finding:
+    """Fetch the identity provider's key set once, as the daemon would."""
+    from edge.core.jwks import JwksError, KeySet, fetch_document, ssl_context
+
+    a = config.auth
+    also = (f"; tokens without a kid: {a.algorithm} "
+            f"{'public key' if a.algorithm == 'RS256' else 'secret'}" if static else "")
+    try:
+        document = fetch_document(a.jwks_url, context=ssl_context(a.jwks_cafile or None),
+                                  timeout=a.jwks_timeout)
+        keys = KeySet.parse(document, fetched_at=time.time())
+    except TimeoutError:
+        return Finding(WARN, "keys", f"key set {a.jwks_url}: no answer within "
+                       f"{a.jwks_timeout:g}s (the daemon uses the keys it saved last){also}")
+    except (JwksError, OSError, ValueError) as exc:
+        return Finding(WARN, "keys", f"key set {a.jwks_url}: {exc} (the daemon uses the "
+                       f"keys it saved last){also}")
+    usable = [k for k in keys.describe() if k["alg"] in a.algorithms]
+    level = OK if usable else FAIL
+    return Finding(level, "keys", f"key set {a.jwks_url}: {len(keys.keys)} key(s), "
+                   f"{len(usable)} for {', '.join(a.algorithms)}{also}")
 
 
 def check_data_key(config: Config) -> Finding:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge.core.jwks import KeyStore
 from edge.core.stats import Histogram, Stats
 
 #: A wall clock before this is certainly wrong (a Pi without RTC boots in 1970 or at
@@ -66,6 +67,7 @@ def health(
     recognizers: Mapping[str, Any] | None = None, ingest: Mapping[str, Any] | None = None,
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
     memory: Mapping[str, Any] | None = None,
+    jwks: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -117,6 +119,15 @@ def health(
                 "(recognizer.memory_budget_mb), and cannot be recycled; new sessions are "
                 "refused")
             body["status"] = "stopping" if stopping else "degraded"
+    if jwks is not None:
+        # The identity provider's key set (edge.core.jwks.KeyStore.status).
+        body["auth"] = {"jwks": dict(jwks)}
+        if not jwks.get("keys"):
+            problems.append("no signing keys from the identity provider yet (auth.jwks_url): "
+                            "its tokens are refused")
+        elif jwks.get("last_error"):
+            notes.append("the identity provider's key set cannot be fetched; the keys last "
+                         "fetched stay in force")
     for name, state in (services or {}).items():
         if state.get("state") == "restarting":
             notes.append(f"the {name} service failed and is being restarted")
@@ -172,6 +183,7 @@ def render_metrics(
     relay_set_aside: int = 0, ingest: Mapping[str, Any] | None = None,
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
     memory: Mapping[str, Any] | None = None,
+    jwks: KeyStore | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
@@ -316,6 +328,15 @@ def render_metrics(
                [({}, min_free_bytes)])
         metric("edge_journal_encrypted", "gauge", "1 when the journal is encrypted at rest.",
                [({}, 1 if journal.get("encrypted") else 0)])
+    if jwks is not None:
+        metric("edge_auth_jwks_fetch_total", "counter",
+               "Fetches of the identity provider's key set (auth.jwks_url), by result: "
+               "ok, error (unreachable, HTTP, TLS), invalid (not a usable key set), "
+               "timeout.",
+               [({"result": k}, v) for k, v in sorted(jwks.fetches.items())])
+        metric("edge_auth_jwks_keys", "gauge",
+               "Keys in the identity provider's key set in force.",
+               [({}, len(jwks.current.keys) if jwks.current else 0)])
     if service_restarts is not None:
         metric("edge_service_restarts_total", "counter",
                "Background services restarted after a failure, by service.",

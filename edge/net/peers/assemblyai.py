@@ -109,10 +109,10 @@ class TokenRoute:
         self.auth = auth
 
     async def __call__(self, head: RequestHead, verify: Verify) -> HttpResponse:
-        if self.auth.algorithm != "HS256":
-            return _refusal(501, "this device verifies RS256 tokens and holds no private "
-                            "key, so it cannot issue temporary tokens: get them from your "
-                            "token issuer")
+        if not self.auth.can_mint:
+            return _refusal(501, "this device verifies its token issuer's signatures "
+                            "(RS256 or a JWKS) and holds no signing key, so it cannot issue "
+                            "temporary tokens: get them from your token issuer")
         query = head.query
         try:
             claims = verify(token_from(query, head.headers))
@@ -140,6 +140,7 @@ class TokenRoute:
             value = getattr(claims, name)
             if value is not None:
                 extra[name] = value
+        assert self.auth.key is not None  # can_mint, checked first
         token = mint(algorithm="HS256", key=self.auth.key, sub=claims.sub,
                      scope=" ".join(sorted(claims.scopes)), user_type=claims.user_type,
                      ttl=ttl, now=now, issuer=self.auth.issuer, audience=self.auth.audience,
