@@ -35,6 +35,7 @@ from edge.core.config import Config, journal_path, voiceprints_path
 from edge.core.errors import ConfigError
 from edge.core.keys import device_id, signing_key
 from edge.core.stats import Stats
+from edge.core.terms import TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
 from edge.journal.db import Journal, JournalError, JournalKeyError
@@ -46,6 +47,8 @@ from edge.net.room import Room
 from edge.net.server import Server
 from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.ops.supervisor import Supervisor
+from edge.ops.terms import TermWatcher, open_terms
+from edge.protocols.scriptix import model_language
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, mqtt_relay_settings
 from edge.relay.mqtt_ingest import mqtt_ingest
 from edge.relay.sender import Relay, RelaySettings
@@ -97,12 +100,15 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     if config.auth.revocation_file:
         revocations = RevocationFile(config.auth.revocation_file)
         await trio.to_thread.run_sync(revocations.reload_if_changed)
+    terms = await open_terms(config)
     model = parts.model
     if model is None:
         logger.info("loading model %s", config.recognizer.model or "(default package)")
         model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
         logger.info("model %s loaded from %s", model.name, model.path)
     model, speakers = await open_speakers(config, model, key)
+    if terms is not None:
+        model = model.with_terms(TermAnnotator(terms, model_language(model.name)))
     journal = parts.journal
     if journal is None and config.journal.enabled:
         assert key is not None  # opened above when the journal is on
@@ -152,6 +158,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         if revocations is not None:
             await supervisor.start(nursery, "revocations",
                                    RevocationWatcher(revocations, admissions).run)
+        if isinstance(terms, TermFile):
+            await supervisor.start(nursery, "terms", TermWatcher(terms).run)
         if relay is not None:
             await supervisor.start(nursery, "relay", relay.run)
             logger.info("relaying the journal to %s as %s", relay_target(config),
