@@ -94,10 +94,10 @@ class Term:
 # --- reading lists ---------------------------------------------------------------------
 
 def parse_terms(text: str, source: str = "term list") -> tuple[Term, ...]:
-    """Parse a list as JSON (text starting with ``[``) or CSV; :class:`TermListError`
-    naming ``source``, the entry and the key otherwise."""
+    """Parse a list as JSON (text starting with ``[`` or ``{``) or CSV;
+    :class:`TermListError` naming ``source``, the entry and the key otherwise."""
     stripped = text.lstrip("\ufeff \t\r\n")
-    if stripped.startswith("["):
+    if stripped.startswith(("[", "{")):
         return parse_json(stripped, source)
     return parse_csv(stripped, source)
 
