@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from speaker_audio import conversation
 
 from edge.asr.modeldir import default_model_path
 from edge.asr.nonspeech import is_nonspeech, speech_text, words_only
@@ -23,7 +24,6 @@ from edge.asr.vosk import LoadedModel, VoskRecognizer, final_from_json
 from edge.journal.db import Journal
 from edge.protocols.events import Utterance, Word
 from helpers import TEST_KEY, connect, make_token, receive_json, receive_until_closed, stream
-from speaker_audio import conversation
 
 BRACKETED = re.compile(r"[\[<!]")
 

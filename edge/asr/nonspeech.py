@@ -7,7 +7,8 @@ brackets (``<unk>``, ``<UNK>``, ``<SPOKEN_NOISE>``, ``<s>``, ``<eps>``) or behin
 exclamation mark (``!SIL``). The Korean small model's vocabulary (the word table inside
 its ``graph/Gr.fst``) has 122 bracketed symbols, ``[0]`` to ``[99]``, ``[00]`` to
 ``[09]`` and ``[공]``, ``[일]``, ... ``[쩜]``, besides ``<UNK>``, ``<SPOKEN_NOISE>``,
-``<s>``, ``</s>``, ``<eps>`` and ``!SIL``; on room noise and unclear speech it says ``[1]``, ``[2]``, ``[5]``, ``[25]``.
+``<s>``, ``</s>``, ``<eps>`` and ``!SIL``; on room noise and unclear speech it says
+``[1]``, ``[2]``, ``[5]``, ``[25]``.
 Vosk itself adds ``[unk]`` to every grammar. Every one of them has that shape, and no
 word of any model's vocabulary has it, so the shape is the rule
 (``tests/test_nonspeech.py`` checks it against the Korean model's own word table).
