@@ -8,10 +8,10 @@ exclamation mark (``!SIL``). The Korean small model's vocabulary (the word table
 its ``graph/Gr.fst``) has 122 bracketed symbols, ``[0]`` to ``[99]``, ``[00]`` to
 ``[09]`` and ``[공]``, ``[일]``, ... ``[쩜]``, besides ``<UNK>``, ``<SPOKEN_NOISE>``,
 ``<s>``, ``</s>``, ``<eps>`` and ``!SIL``; on room noise and unclear speech it says
-``[1]``, ``[2]``, ``[5]``, ``[25]``.
-Vosk itself adds ``[unk]`` to every grammar. Every one of them has that shape, and no
-word of any model's vocabulary has it, so the shape is the rule
-(``tests/test_nonspeech.py`` checks it against the Korean model's own word table).
+``[1]``, ``[2]``, ``[5]``, ``[25]``. Grammars end with ``[unk]``, the name of
+out-of-grammar speech in the models that have it. All of them have that shape and no
+word of the Korean model's table has it, so the shape is the rule
+(``tests/test_nonspeech.py`` checks it against that table).
 
 A final keeps the times and confidences of its remaining words; one made only of
 such tokens is no final.
