@@ -171,8 +171,8 @@ class RawRecording(VoskRecognizer):
 async def test_a_real_session_never_sees_the_models_nonspeech_tokens(
         start_server: Any, model: LoadedModel, tmp_path: Path) -> None:
     # The conversation's first 6 s: the real model hears "수원 스니키 [16] 억여 시즈마" in
-    # its second turn, [16] in partials and in the final (with Vosk's own endpointer; the
-    # device's pause rule would cut the turn elsewhere).
+    # its second turn (with Vosk's own endpointer; the device's pause rule would cut the
+    # turn elsewhere), and usually in the partials before it.
     audio = conversation()[0][:6000 * 32]
     recognizers: list[RawRecording] = []
 
@@ -193,7 +193,6 @@ async def test_a_real_session_never_sees_the_models_nonspeech_tokens(
     raw_finals = [r for r in recognizer.raw if r.get("text")]
     said = [x["word"] for r in raw_finals for x in r["result"]]
     assert any(is_nonspeech(x) for x in said), said  # the model did say them
-    assert any(is_nonspeech(t) for r in recognizer.raw for t in r.get("partial", "").split())
 
     transcriptions = [m for m in messages if m["type"] == "transcription"]
     finals = [m for m in transcriptions if m["is_final"]]
