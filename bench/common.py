@@ -51,13 +51,18 @@ SECRET = "bench-secret-that-is-long-enough-for-hs256-signing"
 
 
 def _bench_key() -> Any:
-    from edge.crypto.datakey import FILE, DataKey, KeySource
+    from edge.crypto.datakey import FILE, DataKey, KeySource, write_key_file
 
-    return DataKey(bytes(range(7, 39)), KeySource(FILE, Path("bench-key"), "journal.key_file"))
+    material = bytes(range(7, 39))
+    path = Path(tempfile.mkdtemp(prefix="edge-bench-key-")) / "journal.key"
+    write_key_file(path, material)
+    return DataKey(material, KeySource(FILE, path, "journal.key_file"))
 
 
-#: The data key of journals and voiceprint stores the benchmarks open themselves.
+#: The data key of the journals and voiceprint stores the benchmarks open, and of the
+#: daemons they start with ``KEY_ENV`` (so that they can read those daemons' journals).
 BENCH_KEY = _bench_key()
+KEY_ENV = {"EDGE_JOURNAL_KEY_FILE": str(BENCH_KEY.source.path)}
 READ_WRITE = "transcription:read transcription:write"
 CHUNK_MS = 100
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -9,13 +9,15 @@ side by side are compared):
   journals are open side by side and every final is written to both, in alternating
   order.
 * (b) **relay drain after a 100,000-event outage.** A device journal holding
-  ``--events`` pending events (sessions of a start, 48 finals and an end) is drained:
-  *outbox cycle*: ``Journal.pending`` (the relay's batch limits) + ``Journal.ingest``
-  into a second journal (what an upstream edge does with a batch, one durable
-  transaction) + ``Journal.mark_relayed``, in one thread, until the backlog is 0;
-  *WebSocket relay*: the real :class:`edge.relay.sender.Relay` to an upstream in a
+  ``--events`` pending events (sessions of a start, 48 finals and an end) is drained,
+  both ends encrypted or both plain. *Outbox cycle*: ``Journal.pending`` (the relay's
+  batch limits) + ``Journal.ingest`` into a second journal (what an upstream edge does
+  with a batch: one durable transaction) + ``Journal.mark_relayed``, in one thread,
+  until the backlog is 0; the two variants advance batch by batch in alternating order,
+  and each one's time is the sum of its own batches. *WebSocket relay*
+  (``--relay-drains N``): the real :class:`edge.relay.sender.Relay` to an upstream in a
   process of its own that stores every batch with ``Journal.ingest`` before acking it
-  (``bench/hotpath.py``'s upstream). Both ends are encrypted, or both plain.
+  (``bench/hotpath.py``'s upstream), one variant after the other.
 * (c) **start-up.** ``Journal.open`` of that 100,000-event journal (it runs ``PRAGMA
   quick_check``, which reads every page): page cache warm, and cold (the file's pages
   dropped from the page cache with ``posix_fadvise`` before each open).
@@ -26,8 +28,9 @@ The baseline: edge has no plain journal any more. For this benchmark only, the p
 variant is the same code on the same SQLCipher library with ``PRAGMA key`` left out (so
 SQLCipher works as plain SQLite): see :func:`plain_journal`.
 
-    .venv/bin/python bench/encryption.py            # about 4 minutes
-    .venv/bin/python bench/encryption.py --quick    # under a minute
+    .venv/bin/python bench/encryption.py                   # about 5 minutes
+    .venv/bin/python bench/encryption.py --relay-drains 1  # about 10 minutes
+    .venv/bin/python bench/encryption.py --quick           # about a minute
 """
 
 from __future__ import annotations
@@ -246,51 +249,75 @@ def copy_journal(source: Path, target: Path) -> None:
 
 # --- (b) relay drain -----------------------------------------------------------------------
 
-def drain_cycle(source: Path, work: Path, variant: str, events: int, batch_events: int,
-                batch_bytes: int) -> dict[str, Any]:
-    """Drain a copy of ``source`` through the outbox into a fresh second journal:
-    ``pending`` -> ``ingest`` (durable) -> ``mark_relayed``, until the backlog is 0."""
-    device_path = work / "device" / "journal.db"
-    upstream_path = work / "upstream" / "journal.db"
-    copy_journal(source, device_path)
-    device = open_journal(device_path, variant, DEVICE)
-    upstream = open_journal(upstream_path, variant, UPSTREAM)
-    read_s = ingest_s = mark_s = 0.0
-    moved = batches = 0
+def drain_cycles(sources: dict[str, Path], work: Path, events: int, batch_events: int,
+                 batch_bytes: int) -> list[dict[str, Any]]:
+    """Drain a copy of each variant's journal through the outbox into a fresh second
+    journal of the same variant: ``pending`` -> ``ingest`` (one durable transaction) ->
+    ``mark_relayed``, until the backlog is 0. The two drains advance batch by batch in
+    alternating order; each variant's drain time is the sum of its own batches' times."""
+    device: dict[str, Journal] = {}
+    upstream: dict[str, Journal] = {}
+    paths = {v: (work / v / "device" / "journal.db", work / v / "upstream" / "journal.db")
+             for v in VARIANTS}
+    wall = {v: {"pending": 0.0, "ingest": 0.0, "mark": 0.0} for v in VARIANTS}
+    cpu = {v: 0.0 for v in VARIANTS}
+    moved = {v: 0 for v in VARIANTS}
+    batches = {v: 0 for v in VARIANTS}
+    done: set[str] = set()
+    stored: dict[str, int] = {}
+    backlog: dict[str, int] = {}
     try:
+        for v in VARIANTS:
+            copy_journal(sources[v], paths[v][0])
+            device[v] = open_journal(paths[v][0], v, DEVICE)
+            upstream[v] = open_journal(paths[v][1], v, UPSTREAM)
         window = common.CpuWindow({"bench": os.getpid()})
-        t0 = time.perf_counter()
-        while True:
-            a = time.perf_counter()
-            batch = device.pending(batch_events, batch_bytes)
-            b = time.perf_counter()
-            if not batch:
-                break
-            upstream.ingest(batch)
-            c = time.perf_counter()
-            device.mark_relayed(batch[-1].id)
-            d = time.perf_counter()
-            read_s, ingest_s, mark_s = read_s + b - a, ingest_s + c - b, mark_s + d - c
-            moved += len(batch)
-            batches += 1
-        elapsed = time.perf_counter() - t0
-        cpu = window.read()
-        backlog = device.backlog().events
-        db = upstream._conn
-        assert db is not None
-        (stored,) = db.execute("SELECT COUNT(*) FROM events WHERE device_id = ?",
-                               (DEVICE,)).fetchone()
+        i = 0
+        while len(done) < len(VARIANTS):
+            i += 1
+            for v in alternate(i):
+                if v in done:
+                    continue
+                c0, a = time.thread_time(), time.perf_counter()
+                batch = device[v].pending(batch_events, batch_bytes)
+                b = time.perf_counter()
+                if batch:
+                    upstream[v].ingest(batch)
+                    c = time.perf_counter()
+                    device[v].mark_relayed(batch[-1].id)
+                    d = time.perf_counter()
+                else:
+                    c = d = b
+                    done.add(v)
+                cpu[v] += time.thread_time() - c0
+                wall[v]["pending"] += b - a
+                wall[v]["ingest"] += c - b
+                wall[v]["mark"] += d - c
+                moved[v] += len(batch)
+                batches[v] += bool(batch)
+        machine = window.read()
+        for v in VARIANTS:
+            backlog[v] = device[v].backlog().events
+            db = upstream[v]._conn
+            assert db is not None
+            (stored[v],) = db.execute("SELECT COUNT(*) FROM events WHERE device_id = ?",
+                                      (DEVICE,)).fetchone()
     finally:
-        device.close()
-        upstream.close()
-    if backlog or moved != events or stored != events:
-        raise SystemExit(f"{variant}: the outbox cycle moved {moved}, stored {stored} of "
-                         f"{events} events, {backlog} left")
-    check_variant(upstream_path, variant)
-    out = {"path": "cycle", "variant": variant, "events": events, "batches": batches,
-           "elapsed_s": elapsed, "events_per_s": events / elapsed, "pending_s": read_s,
-           "ingest_s": ingest_s, "mark_s": mark_s, "process_cores": cpu["bench"],
-           "others_cores": cpu["others"], "upstream_disk": disk_size(upstream_path)}
+        for j in (*device.values(), *upstream.values()):
+            j.close()
+    out = []
+    for v in VARIANTS:
+        if backlog[v] or moved[v] != events or stored[v] != events:
+            raise SystemExit(f"{v}: the outbox cycle moved {moved[v]}, stored {stored[v]} "
+                             f"of {events} events, {backlog[v]} left")
+        check_variant(paths[v][1], v)
+        elapsed = sum(wall[v].values())
+        out.append({"path": "cycle", "variant": v, "events": events,
+                    "batches": batches[v], "elapsed_s": elapsed,
+                    "events_per_s": events / elapsed, "pending_s": wall[v]["pending"],
+                    "ingest_s": wall[v]["ingest"], "mark_s": wall[v]["mark"],
+                    "cpu_s": cpu[v], "others_cores": machine["others"],
+                    "upstream_disk": disk_size(paths[v][1])})
     shutil.rmtree(work)
     return out
 
@@ -352,8 +379,9 @@ def drain_relay(source: Path, work: Path, variant: str, events: int, batch_event
                 cpu = window.read()
                 nursery.cancel_scope.cancel()
             out.update({"elapsed_s": elapsed, "events_per_s": events / elapsed,
-                        "batches": relay._batch, "process_cores": cpu["bench"],
-                        "upstream_cores": cpu["upstream"], "others_cores": cpu["others"],
+                        "batches": relay._batch, "cpu_s": cpu["bench"] * elapsed,
+                        "upstream_cpu_s": cpu["upstream"] * elapsed,
+                        "others_cores": cpu["others"],
                         "backlog_after": (await service.backlog()).events})
         finally:
             device.close()
@@ -397,6 +425,7 @@ def startup(sources: dict[str, Path], opens: int) -> dict[str, Any]:
     alternating order; warm (one untimed open first) and with the file's pages evicted."""
     times: dict[str, dict[str, list[float]]] = {
         v: {"warm": [], "cold": []} for v in VARIANTS}
+    cpu: dict[str, dict[str, list[float]]] = {v: {"warm": [], "cold": []} for v in VARIANTS}
     for v in VARIANTS:
         open_journal(sources[v], v, DEVICE).close()
     for i in range(opens):
@@ -404,12 +433,15 @@ def startup(sources: dict[str, Path], opens: int) -> dict[str, Any]:
             for v in alternate(i):
                 if cache == "cold":
                     drop_cache(sources[v])
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 j = open_journal(sources[v], v, DEVICE)
-                times[v][cache].append(time.perf_counter() - t0)
+                t1, c1 = time.perf_counter(), time.thread_time()
+                times[v][cache].append(t1 - t0)
+                cpu[v][cache].append(c1 - c0)
                 j.close()
     return {v: {cache: {"median_s": statistics.median(ts), "min_s": min(ts),
-                        "max_s": max(ts), "runs": ts}
+                        "max_s": max(ts), "cpu_median_s": statistics.median(cpu[v][cache]),
+                        "runs": ts, "cpu_runs": cpu[v][cache]}
                 for cache, ts in by_cache.items()}
             for v, by_cache in times.items()}
 
@@ -435,28 +467,32 @@ def main() -> int:
     p.add_argument("--per-session", type=int, default=20,
                    help="finals per session in (a) (default 20)")
     p.add_argument("--events", type=int, help="events in the backlog (default 100000)")
-    p.add_argument("--drains", type=int,
-                   help="outbox-cycle drains per variant (default 3; quick 1)")
-    p.add_argument("--relay-drains", type=int,
-                   help="WebSocket relay drains per variant (default 1; 0: none)")
+    p.add_argument("--drains", type=int, default=1,
+                   help="interleaved outbox-cycle drains of both variants (default 1)")
+    p.add_argument("--relay-drains", type=int, default=0,
+                   help="then this many drains per variant by the real relay over "
+                        "WebSocket, one after the other (default 0; each about 2 minutes "
+                        "per variant at 100,000 events on 2 cores)")
     p.add_argument("--opens", type=int,
-                   help="timed opens per variant and cache state (default 7; quick 3)")
+                   help="timed opens per variant and cache state (default 5; quick 3)")
     p.add_argument("--batch-events", type=int, default=relay_defaults.batch_events,
                    help="events per batch (default: the relay's, %(default)s)")
     p.add_argument("--batch-bytes", type=int, default=relay_defaults.batch_bytes,
                    help="payload bytes per batch (default: the relay's, %(default)s)")
     p.add_argument("--dir", type=Path, help="where the journals go (default: a temporary "
                    "directory; put it on the device's state filesystem)")
+    p.add_argument("--quiet-wait", type=float, default=20.0,
+                   help="seconds to wait at most for an idle machine before each part (20)")
     p.add_argument("--seed", type=int, default=20261207)
     args = p.parse_args()
     common.exit_on_sigterm()
     quick = args.quick
     finals = args.finals or (500 if quick else 3000)
     events = args.events or (20_000 if quick else 100_000)
-    drains = args.drains or (1 if quick else 3)
-    relay_drains = args.relay_drains if args.relay_drains is not None else 1
-    opens = args.opens or (3 if quick else 7)
-    quiet_wait = 10.0 if quick else 60.0
+    drains = args.drains
+    relay_drains = args.relay_drains
+    opens = args.opens or (3 if quick else 5)
+    quiet_wait = 10.0 if quick else args.quiet_wait
 
     started = datetime.datetime.now(datetime.UTC)
     info = common.machine_info()
@@ -510,16 +546,23 @@ def main() -> int:
         # (b) drains
         runs: list[dict[str, Any]] = []
         others["before_drains"] = common.wait_quiet(max_wait=quiet_wait)
-        plan = ([("cycle", i) for i in range(drains)]
-                + [("websocket", i) for i in range(relay_drains)])
-        for kind, i in plan:
-            for v in alternate(i):
-                work = directory / f"drain-{kind}-{v}-{i}"
-                drain = drain_cycle if kind == "cycle" else drain_relay
-                r = drain(sources[v], work, v, events, args.batch_events, args.batch_bytes)
+        for i in range(drains):
+            with common.timed(f"outbox cycles, {events} events, both variants"):
+                cycle = drain_cycles(sources, directory / f"drain-cycle-{i}", events,
+                                     args.batch_events, args.batch_bytes)
+            for r in cycle:
                 r["repeat"] = i
                 runs.append(r)
-                print(f"  {kind} drain, {v}: {r['elapsed_s']:.2f} s "
+                print(f"  outbox cycle, {r['variant']}: {r['elapsed_s']:.2f} s "
+                      f"({r['events_per_s']:.0f} events/s, CPU {r['cpu_s']:.1f} s, others "
+                      f"{r['others_cores']:.2f} cores)", flush=True)
+        for i in range(relay_drains):
+            for v in alternate(i):
+                r = drain_relay(sources[v], directory / f"drain-ws-{v}-{i}", v, events,
+                                args.batch_events, args.batch_bytes)
+                r["repeat"] = i
+                runs.append(r)
+                print(f"  WebSocket relay, {v}: {r['elapsed_s']:.2f} s "
                       f"({r['events_per_s']:.0f} events/s, others "
                       f"{r['others_cores']:.2f} cores)", flush=True)
     finally:
@@ -547,56 +590,58 @@ def main() -> int:
 
     summary: dict[str, dict[str, Any]] = {}
     rows = []
-    for kind, label in (("cycle", "outbox cycle (pending + ingest + mark)"),
-                        ("websocket", "WebSocket relay to a 2nd process")):
+    for kind, label in (("cycle", "outbox cycle, interleaved"),
+                        ("websocket", "WebSocket relay, one after the other")):
         for v in VARIANTS:
             mine = [r for r in runs if r["path"] == kind and r["variant"] == v]
             if not mine:
                 continue
-            med = {k: statistics.median(float(r[k]) for r in mine)
-                   for k in ("elapsed_s", "events_per_s", "process_cores", "others_cores")}
+            keys = ["elapsed_s", "events_per_s", "cpu_s", "others_cores"]
+            keys += (["pending_s", "ingest_s", "mark_s"] if kind == "cycle"
+                     else ["upstream_cpu_s"])
+            med = {k: statistics.median(float(r[k]) for r in mine) for k in keys}
             if kind == "cycle":
-                split = {k: statistics.median(float(r[k]) for r in mine)
-                         for k in ("pending_s", "ingest_s", "mark_s")}
-                med.update(split)
-                detail = (f"{split['pending_s']:.1f} / {split['ingest_s']:.1f} / "
-                          f"{split['mark_s']:.1f}")
-                cores = f"{med['process_cores']:.2f}"
+                detail = (f"{med['pending_s']:.1f} / {med['ingest_s']:.1f} / "
+                          f"{med['mark_s']:.1f}")
+                cpu_s = f"{med['cpu_s']:.1f}"
             else:
-                med["upstream_cores"] = statistics.median(float(r["upstream_cores"])
-                                                          for r in mine)
                 detail = ""
-                cores = f"{med['process_cores']:.2f} + {med['upstream_cores']:.2f}"
+                cpu_s = f"{med['cpu_s']:.1f} + {med['upstream_cpu_s']:.1f}"
             summary[f"{kind}-{v}"] = {"runs": len(mine), **med}
             rows.append([label, v, len(mine), f"{med['elapsed_s']:.2f}",
                          f"{med['events_per_s']:.0f}",
                          f"{backlog[v]['payload_bytes'] / med['elapsed_s'] / 1e6:.2f}",
-                         detail, cores, f"{med['others_cores']:.2f}"])
+                         detail, cpu_s, f"{med['others_cores']:.2f}"])
         if f"{kind}-plain" in summary and f"{kind}-encrypted" in summary:
             e, pl = summary[f"{kind}-encrypted"], summary[f"{kind}-plain"]
             rows.append([label, "encrypted vs plain", "", pct(e["elapsed_s"], pl["elapsed_s"]),
-                         pct(e["events_per_s"], pl["events_per_s"]), "", "", "", ""])
+                         pct(e["events_per_s"], pl["events_per_s"]), "", "",
+                         pct(e["cpu_s"], pl["cpu_s"]), ""])
     print()
     common.print_table(
         ["(b) drain", "variant", "runs", "drain s", "events/s", "payload MB/s",
-         "pending / ingest / mark s", "cores", "others"], rows,
+         "pending / ingest / mark s", "CPU s", "others"], rows,
         title=f"(b) relay drain of a {events}-event backlog ({FINALS_PER_SESSION} finals per "
               f"session; batches of {args.batch_events} events / {args.batch_bytes} bytes; "
-              "both ends encrypted or both plain; median of the runs)")
+              "both ends encrypted or both plain; median of the runs; CPU: the draining "
+              "thread, or device + upstream process)")
 
     rows = []
     for cache in ("warm", "cold"):
         for v in VARIANTS:
             c = s[v][cache]
             rows.append([f"{cache} page cache", v, opens, common.ms(c["median_s"], 1),
-                         common.ms(c["min_s"], 1), common.ms(c["max_s"], 1)])
+                         common.ms(c["min_s"], 1), common.ms(c["max_s"], 1),
+                         common.ms(c["cpu_median_s"], 1)])
+        e, pl = s["encrypted"][cache], s["plain"][cache]
         rows.append([f"{cache} page cache", "encrypted vs plain", "",
-                     pct(s["encrypted"][cache]["median_s"], s["plain"][cache]["median_s"]),
-                     "", ""])
+                     pct(e["median_s"], pl["median_s"]), "", "",
+                     pct(e["cpu_median_s"], pl["cpu_median_s"])])
     print()
     mib = backlog["encrypted"]["disk"]["total"] / 2**20
     common.print_table(
-        ["(c) Journal.open", "variant", "opens", "median ms", "min ms", "max ms"], rows,
+        ["(c) Journal.open", "variant", "opens", "median ms", "min ms", "max ms",
+         "CPU median ms"], rows,
         title=f"(c) start-up: Journal.open (with PRAGMA quick_check) of the {events}-event "
               f"journal ({mib:.0f} MiB encrypted; others {s['others_cores']:.2f} cores)")
 

@@ -31,7 +31,6 @@ import functools
 import os
 import random
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -63,11 +62,12 @@ def prefill(path: Path, events: int, expired: int) -> dict[str, int]:
     transaction, no fsync): this is setup, not measurement."""
     from edge.journal import local
     from edge.journal.db import Journal
+    from edge.journal.db import connect as connect_journal
 
     Journal.open(path, key=common.BENCH_KEY,
                  device_id=DEVICE).close()  # schema, settings, private file
     rng = random.Random(7)
-    db = sqlite3.connect(path, isolation_level=None)
+    db = connect_journal(path, common.BENCH_KEY)
     db.execute("PRAGMA synchronous = OFF")
     db.execute("BEGIN")
     made = 0

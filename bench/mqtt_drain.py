@@ -22,7 +22,6 @@ import argparse
 import functools
 import json
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from test_mqtt_broker import Broker
 
 from edge.core.auth import mint
 from edge.journal.db import Journal
+from edge.journal.db import connect as connect_journal
 from edge.journal.service import JournalService
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, MqttRelaySettings
 from edge.relay.sender import Relay, RelaySettings
@@ -53,7 +53,8 @@ RESULT = common.RESULTS / "mqtt_drain.json"
 def build_journal(path: Path, events: int) -> int:
     """A fresh journal with ``events`` pending events (sessions of 100); their bytes."""
     Journal.open(path, key=common.BENCH_KEY, device_id=DEVICE).close()
-    db = sqlite3.connect(path)
+    db = connect_journal(path, common.BENCH_KEY)
+    db.execute("BEGIN")
     total = 0
     with db:
         n = 0
@@ -126,7 +127,7 @@ async def run_one(name: str, work: Path, source: Path, events: int) -> dict[str,
         broker = Broker(work / name / "broker").start()
         sections["ingest.mqtt"] = {"enabled": True, "url": broker.url}
     upstream = Daemon(work / name, "upstream", secret=SECRET, sections=sections,
-                      env={"EDGE_DEVICE_ID": "clinic"})
+                      env={"EDGE_DEVICE_ID": "clinic", **common.KEY_ENV})
     try:
         await trio.to_thread.run_sync(upstream.start, 120)
         relay: Relay

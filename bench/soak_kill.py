@@ -206,7 +206,7 @@ class Upstream(Daemon):
     def __init__(self, directory: Path) -> None:
         super().__init__(directory, "upstream", secret=common.SECRET,
                          sections=common.server_sections(log_level="warning"),
-                         log_path=UPSTREAM_LOG)
+                         log_path=UPSTREAM_LOG, env=common.KEY_ENV)
         self.kills = 0
 
     @property
@@ -225,10 +225,12 @@ def stored_not_marked(device_path: Path, upstream_path: Path) -> int | None:
     """Events pending on the device that the upstream already stored: their ack (or
     the device's record of it) was lost to a kill, so the next worker sends them again
     and the upstream must drop the copies. ``None`` if a journal could not be read."""
-    import sqlite3
+    from sqlcipher3 import dbapi2 as sqlite3
+
+    from edge.journal.db import connect as connect_journal
 
     def connect(path: Path) -> sqlite3.Connection:
-        return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
+        return connect_journal(path, common.BENCH_KEY)
 
     try:
         with contextlib.closing(connect(device_path)) as dev:

@@ -266,7 +266,7 @@ async def open_journal(config: Config, model_name: str, key: DataKey) -> Journal
     return JournalService(journal, retention_days=j.retention_days,
                           purge_interval=j.purge_interval,
                           keep_unrelayed=config.relay.enabled, model=model_name,
-                          key_source=key.describe())
+                          failing_seconds=j.failing_seconds, key_source=key.describe())
 
 
 def relay_target(config: Config) -> str:

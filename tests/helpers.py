@@ -47,10 +47,20 @@ def make_token(
                 ttl=ttl, now=time.time(), extra=extra)
 
 
+def read_store(path: Path, key: DataKey | None = None) -> Any:
+    """A sealed voiceprint store's JSON, opened with the tests' data key."""
+    from edge.crypto.sealed import open_sealed
+
+    return json.loads(open_sealed(key or TEST_KEY, "voiceprints", path.read_bytes()))
+
+
 def make_config(**sections: dict[str, Any]) -> Config:
-    """A config for tests: loopback, port 0, plus the given overrides by section."""
+    """A config for tests: loopback, port 0, the tests' data key, no free-space check on
+    the journal's filesystem (a CI machine with little free disk must not degrade every
+    server), plus the given overrides by section."""
     overrides: dict[str, Any] = {"server.host": "127.0.0.1", "server.port": 0,
-                                 "journal.key_file": str(TEST_KEY_FILE)}
+                                 "journal.key_file": str(TEST_KEY_FILE),
+                                 "journal.min_free_mb": 0}
     for section, values in sections.items():
         for key, value in values.items():
             overrides[f"{section}.{key}"] = value

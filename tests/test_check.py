@@ -108,3 +108,21 @@ def test_the_protocols_without_tokens_say_whom_they_admit(
     assert "anyone on those networks can stream audio" in out
     assert ("warn wyoming: tcp://0.0.0.0:10390 admits nobody: wyoming.trusted_networks is "
             "empty") in out
+
+
+def test_the_data_key_and_free_space_are_checked(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("EDGE_JWT_SECRET", SECRET)
+    config = config_file(tmp_path, "[journal]\nmin_free_mb = 1000000000\n")
+    main(["check", "--no-load", "--config", str(config)])
+    out = capsys.readouterr().out
+    # The tests' key file: found, but the key itself is on this disk.
+    assert "warn data key: key file" in out and "the key itself is on this disk" in out
+    assert "warn state:" in out and "under journal.min_free_mb (1000000000)" in out
+    monkeypatch.delenv("EDGE_JOURNAL_KEY_FILE")
+    assert main(["check", "--no-load", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL data key: config: journal.key_file: no key" in out
+    assert "edge keys init --tang URL" in out

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge.cli import main
 from edge.core.auth import AuthSettings, verify
-from helpers import FIXTURES, READ_WRITE, SECRET, free_port, make_token
+from helpers import FIXTURES, READ_WRITE, SECRET, TEST_KEY_FILE, free_port, make_token
 from tools.daemon import Daemon
 from tools.daemon import http_get as daemon_get
 
@@ -48,6 +48,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("EDGE_") or name in FOREIGN:
             monkeypatch.delenv(name)
     monkeypatch.setenv("EDGE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("EDGE_JOURNAL_KEY_FILE", str(TEST_KEY_FILE))  # as an operator would
 
 
 @pytest.fixture(autouse=True)

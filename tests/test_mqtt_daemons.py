@@ -15,7 +15,7 @@ from test_relay_crash import start, stream_until_killed
 
 import helpers
 from edge.journal.db import Journal
-from helpers import SECRET, TEST_KEY, make_token, receive_json
+from helpers import SECRET, make_token, receive_json
 from tools.daemon import Daemon, http_get
 
 pytestmark = needs_mosquitto
@@ -43,7 +43,8 @@ def finals_at(daemon: Daemon, device_id: str = "room-a") -> dict[str, list[dict[
     path = daemon.state / "journal.db"
     if not path.exists():
         return {}
-    with Journal.open(path, key=TEST_KEY, device_id="reader", readonly=True) as journal:
+    with Journal.open(path, key=daemon.data_key, device_id="reader",
+                      readonly=True) as journal:
         return {row.session_id: journal.finals(row.session_id, device_id)
                 for row in journal.sessions(device_id=device_id, limit=100000)}
 

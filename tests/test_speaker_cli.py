@@ -16,7 +16,7 @@ from speaker_audio import SPK_MODEL, clip_words, clips, conversation, finals, se
 
 from edge import cli
 from edge.cli import main
-from helpers import FIXTURES
+from helpers import FIXTURES, read_store
 
 STATE = "state"
 
@@ -73,7 +73,7 @@ def test_enroll_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert lines[2].startswith("park")
 
     # Biometric data stays in the file: not in the output, not in the log.
-    data = json.loads(store.read_text())
+    data = read_store(store)
     digits = [f"{abs(x):.6f}"[2:] for p in data["voiceprints"] for x in p["vector"]]
     assert len(digits) == 2 * 32
     for text in (caplog.text, out, err):
@@ -83,7 +83,7 @@ def test_enroll_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert code == 0 and out.strip() == "removed Dr. Lee"
     code, out, err = run(capsys, "speakers", "remove", "Dr. Lee", "--config", config)
     assert code == 1 and "no speaker named 'Dr. Lee'" in err
-    assert [p["name"] for p in json.loads(store.read_text())["voiceprints"]] == ["park"]
+    assert [p["name"] for p in read_store(store)["voiceprints"]] == ["park"]
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
 
 

@@ -29,8 +29,17 @@ from trio_websocket import ConnectionRejected
 from edge import cli
 from edge.cli import main
 from edge.core.auth import SCOPE_ENROLL
+from edge.crypto.sealed import open_sealed
 from edge.net.server import Server
-from helpers import READ_WRITE, connect, make_token, receive_json, receive_until_closed
+from helpers import (
+    READ_WRITE,
+    TEST_KEY,
+    connect,
+    make_token,
+    read_store,
+    receive_json,
+    receive_until_closed,
+)
 
 ENROLL = f"{READ_WRITE} {SCOPE_ENROLL}"
 
@@ -109,7 +118,7 @@ async def test_three_voices_of_the_conversation(start_server: Any, tmp_path: Pat
 
 def vector_digits(store: Path) -> list[str]:
     """Distinctive digits of every stored vector entry, to look for in logs."""
-    data = json.loads(store.read_text())
+    data = read_store(store)
     return [f"{abs(x):.6f}"[2:] for p in data["voiceprints"] for x in p["vector"]]
 
 
@@ -130,7 +139,7 @@ async def test_enrolled_voice_is_named_until_removed(
                         "name": "kim", "role": "nurse", "utterances": 2}
     store = state / "voiceprints.json"
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
-    assert [p["name"] for p in json.loads(store.read_text())["voiceprints"]] == ["kim"]
+    assert [p["name"] for p in read_store(store)["voiceprints"]] == ["kim"]
     assert not any(d in caplog.text for d in vector_digits(store))
 
     audio, turns = conversation(["kim", "park"])
@@ -221,7 +230,8 @@ async def test_a_damaged_voiceprint_store(start_server: Any, tmp_path: Path,
             pass
     assert info.value.status_code == 503
     assert json.loads(info.value.body or b"{}")["code"] == "voiceprints_unavailable"
-    assert store.read_bytes() == before  # never overwritten
+    # Never overwritten: sealed as it was at the start (an older edge wrote it plain).
+    assert open_sealed(TEST_KEY, "voiceprints", store.read_bytes()) == before
     # Logged once, not once per session.
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
 

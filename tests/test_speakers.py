@@ -17,7 +17,7 @@ from edge.core.errors import EdgeError
 from edge.speakers.diarize import NO_DECISION, Diarizer, SpeakerDecision, cosine
 from edge.speakers.identification import SpeakerIdentification, SpeakerLabeler, SpeakerStatus
 from edge.speakers.voiceprints import Match, VoiceprintStore, VoiceprintStoreError
-from helpers import TEST_KEY
+from helpers import TEST_KEY, read_store
 
 DIM = 32
 
@@ -334,7 +334,7 @@ def test_re_enroll_replaces(tmp_path: Path) -> None:
     assert kim is not None and kim.role == "nurse" and kim.count == 1
     assert s.identify(voice(1)) is None
     assert s.identify(voice(2)).name == "Kim"  # type: ignore[union-attr]
-    assert len(json.loads(path.read_text())["voiceprints"]) == 1
+    assert len(read_store(path)["voiceprints"]) == 1
 
 
 def test_enrolment_is_the_mean_direction(tmp_path: Path) -> None:

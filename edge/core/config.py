@@ -110,6 +110,8 @@ class JournalConfig:
     retention_days: float = 30.0
     purge_interval: float = 3600.0
     room_segment_seconds: float = 3600.0
+    min_free_mb: int = 200  # MiB free on the journal's filesystem, else health degraded
+    failing_seconds: float = 60.0  # health says failing this long after a failed write
     # The data key that encrypts the journal and the voiceprints (edge.crypto.datakey):
     # a file holding it, or a Clevis-sealed JWE. Neither: the systemd credential
     # journal-key (or journal-key.jwe), then <state dir>/journal-key.jwe.
@@ -549,6 +551,10 @@ def _validate(c: Config) -> None:
         _positive(f"microphone.{name}", getattr(m, name))
     for name in ("retention_days", "purge_interval", "room_segment_seconds"):
         _positive(f"journal.{name}", getattr(c.journal, name))
+    if c.journal.min_free_mb < 0:
+        raise ConfigError("journal.min_free_mb",
+                          f"must not be negative (0: no check), got {c.journal.min_free_mb}")
+    _positive("journal.failing_seconds", c.journal.failing_seconds)
     rl = c.relay
     _validate_mqtt(c)
     if rl.enabled and rl.transport == "websocket":

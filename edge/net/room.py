@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -85,6 +86,8 @@ class Room:
         self._journal = journal
         self._segment: str | None = None  # the current segment (its journal session id)
         self._segment_started = 0.0
+        self._segment_wall = 0.0  # its start on the wall clock, for the journal
+        self._segment_journaled = False  # its start is in the journal
         self._segment_seconds = config.journal.room_segment_seconds
         self._speakers = speakers.track() if speakers is not None else None
         self._turn = TurnEnd(config.recognizer.endpoint_silence_ms)
@@ -243,12 +246,22 @@ class Room:
         """A segment starts with its first final (a journal session per segment, so that
         retention can expire the room's transcripts piece by piece)."""
         self._segment, self._segment_started = str(uuid.uuid4()), trio.current_time()
+        self._segment_wall, self._segment_journaled = time.time(), False
         if self._journal is not None:
-            await self._journal.start_session(self._segment, None, source="room")
+            self._segment_journaled = await self._journal.start_session(
+                self._segment, None, source="room", started_at=self._segment_wall)
 
     async def _journal_final(self, message: dict[str, Any]) -> None:
+        """Journal a final of the segment (its start first, if that failed before: once
+        the disk has room again, the rest of the segment is kept); every listener gets
+        ``journal_error`` when it could not be."""
         assert self._journal is not None and self._segment is not None
-        if not await self._journal.append_final(self._segment, message):
+        if not self._segment_journaled:
+            self._segment_journaled = await self._journal.start_session(
+                self._segment, None, source="room", started_at=self._segment_wall)
+        if not (self._segment_journaled
+                and await self._journal.append_final(self._segment, message)):
+            self._stats.count_warning("journal_error")
             self.hub.publish(protocol.warning(self.id, "journal_error", "a room final could "
                                               "not be saved on the device"))
 
@@ -257,7 +270,7 @@ class Room:
         if self._speakers is not None:
             # Safe here: the room awaits every recogniser call, so none is running.
             self._speakers.reset()
-        if segment is not None and self._journal is not None:
+        if segment is not None and self._journal is not None and self._segment_journaled:
             await self._journal.end_session(segment, reason)
 
 

@@ -334,7 +334,9 @@ class Server:
             relay=self.relay.status() if self.relay else None,
             services=self.supervisor.status() if self.supervisor else {},
             stopping=self.stopping, recognizers=self._pool_status(),
-            ingest=self.ingest.status() if self.ingest else None)
+            ingest=self.ingest.status() if self.ingest else None,
+            journal=self.journal.status() if self.journal else None,
+            min_free_bytes=self._min_free_bytes)
 
     def metrics(self) -> str:
         """``/metrics`` in the Prometheus text format."""
@@ -351,7 +353,13 @@ class Server:
             ingest=self.ingest.status() if self.ingest else None,
             recognizers=self._pool_status(),
             service_restarts=({name: s.restarts for name, s in self.supervisor.services.items()}
-                              if self.supervisor else None))
+                              if self.supervisor else None),
+            journal=self.journal.status() if self.journal else None,
+            min_free_bytes=self._min_free_bytes)
+
+    @property
+    def _min_free_bytes(self) -> int:
+        return self.config.journal.min_free_mb * 1048576
 
     def _pool_status(self) -> dict[str, int | str] | None:
         pool = self.recognizer_factory

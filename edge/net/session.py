@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from typing import Any
 
@@ -143,6 +144,8 @@ class Session(Connection):
         super().__init__(channel, info, config, stats, dialect)
         self.dialect_name = dialect_name
         self._journal = journal
+        self._journaled = False  # the start is in the journal (its finals can follow)
+        self._wall_started = time.time()
         self._speakers = speakers
         self._enroll = enroll if speakers is not None else None  # (name, role)
         self._enroll_vectors: list[tuple[float, ...]] = []
@@ -184,8 +187,7 @@ class Session(Connection):
         next start).
         """
         if self._journal is not None:
-            await self._journal.start_session(self.id, self.info.claims, source="client",
-                                              dialect=self.dialect_name)
+            await self._journal_start()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender)
@@ -202,7 +204,7 @@ class Session(Connection):
                     await self._enroll_voice(*self._enroll)
                 self._finish()  # the audio queue only closes through stop(): _stop is set
         finally:
-            if self._journal is not None:
+            if self._journal is not None and self._journaled:
                 reason = self._stop.reason if self._stop else "internal_error"
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await self._journal.end_session(self.id, reason)
@@ -211,6 +213,24 @@ class Session(Connection):
 
     def _on_stop(self, stop: Stop) -> None:
         self._audio_send.close()
+
+    async def _journal_start(self) -> bool:
+        """Journal the session's start; tried again at each final until it is in (a
+        final cannot be journaled before its session's start: once the disk has room
+        again, the rest of the session is kept)."""
+        assert self._journal is not None
+        self._journaled = await self._journal.start_session(
+            self.id, self.info.claims, source="client", dialect=self.dialect_name,
+            started_at=self._wall_started)
+        return self._journaled
+
+    async def _journal_final(self, utterance: Utterance) -> bool:
+        """Journal a final (numbered ``self._seq``); False if it could not be."""
+        assert self._journal is not None
+        if not self._journaled and not await self._journal_start():
+            return False
+        return await self._journal.append_final(
+            self.id, protocol.transcription(self.id, self._seq, utterance))
 
     # --- receiving -----------------------------------------------------------------
 
@@ -441,8 +461,7 @@ class Session(Connection):
                 self._enroll_vectors.append(utterance.speaker_vector)
         self._seq += 1
         if (utterance.is_final and self._journal is not None
-                and not await self._journal.append_final(
-                    self.id, protocol.transcription(self.id, self._seq, utterance))):
+                and not await self._journal_final(utterance)):
             self._warn("journal_error", "this final could not be saved on the device; "
                        "keep your own copy")
         if self._send_transcripts:

@@ -171,7 +171,19 @@ def check_state_dir(config: Config) -> Finding:
     if mode & 0o077:
         return Finding(WARN, "state", f"{path} is readable by others (mode {mode:o}); it "
                        "holds patient data: chmod 700")
-    return Finding(OK, "state", str(path))
+    from edge.journal.health import free_bytes
+
+    journal_dir = journal_path(config).parent
+    minimum = config.journal.min_free_mb * 1024 * 1024
+    try:
+        free = free_bytes(journal_dir if journal_dir.exists() else path)
+    except OSError as exc:
+        return Finding(WARN, "state", f"cannot tell the free space of {path}: {exc}")
+    if config.journal.enabled and free < minimum:
+        return Finding(WARN, "state", f"{path}: only {free // 2**20} MiB free, under "
+                       f"journal.min_free_mb ({config.journal.min_free_mb}): the daemon "
+                       "reports itself degraded and finals may not be saved; free space")
+    return Finding(OK, "state", f"{path} ({free // 2**20} MiB free)")
 
 
 def check_tls(config: Config) -> Finding:

@@ -64,12 +64,18 @@ def health(
     microphone: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None,
     services: Mapping[str, Mapping[str, Any]] | None = None, stopping: bool = False,
     recognizers: Mapping[str, Any] | None = None, ingest: Mapping[str, Any] | None = None,
+    journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
 
-    Only what stops transcription itself is a problem (503): a background service
-    that is restarting is a note, since client sessions go on without it.
+    Only what stops transcription itself, or the keeping of its record, is a problem
+    (503): a background service that is restarting is a note, since client sessions go
+    on without it; a journal that cannot save finals (``journal["state"] ==
+    "failing"``, see :mod:`edge.journal.health`) or whose filesystem has fewer than
+    ``min_free_bytes`` free (0: no check) is a problem, since clients still get
+    captions the device no longer keeps. ``journal``: ``JournalService.status()``, or
+    None when the journal is off.
     """
     problems = []
     notes = []
@@ -80,6 +86,7 @@ def health(
                         "check NTP / time-sync")
     elif clock.synchronized is False:
         notes.append("the system clock is not NTP-synchronised")
+    problems.extend(journal_problems(journal, min_free_bytes))
     body: dict[str, Any] = {
         "status": "stopping" if stopping else "degraded" if problems else "ok",
         "version": version,
@@ -96,6 +103,9 @@ def health(
         body["recognizers"] = dict(recognizers)
     if ingest is not None:
         body["ingest"] = dict(ingest)  # the MQTT ingest (edge.relay.mqtt_ingest)
+    body["journal"] = ({**journal, "min_free_bytes": min_free_bytes,
+                        "low_space": low_space(journal, min_free_bytes)}
+                       if journal is not None else {"state": "not_configured"})
     for name, state in (services or {}).items():
         if state.get("state") == "restarting":
             notes.append(f"the {name} service failed and is being restarted")
@@ -114,6 +124,34 @@ def health(
     return (503 if problems else 200), body
 
 
+def journal_problems(journal: Mapping[str, Any] | None, min_free_bytes: int) -> list[str]:
+    """Why the journal makes the device degraded, one line per cause (none if it does
+    not): finals are not being saved, and/or its filesystem is nearly full."""
+    if journal is None:
+        return []
+    out = []
+    if journal.get("state") == "failing":
+        out.append(f"the journal cannot save finals ({journal.get('last_error')}; "
+                   f"{journal.get('failures')} failed write(s) since start): clients still "
+                   "get their captions, the device keeps no copy")
+    if low_space(journal, min_free_bytes):
+        out.append(f"the journal's filesystem has {_mib(journal['free_bytes'])} MiB free, under "
+                   f"journal.min_free_mb ({_mib(min_free_bytes)} MiB): free space before "
+                   "finals are lost")
+    return out
+
+
+def low_space(journal: Mapping[str, Any], min_free_bytes: int) -> bool:
+    """Whether the journal's filesystem has less than ``min_free_bytes`` free (False
+    when unchecked: ``min_free_bytes`` 0, or the free space could not be read)."""
+    free = journal.get("free_bytes")
+    return bool(min_free_bytes) and free is not None and free < min_free_bytes
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f}".removesuffix(".0")
+
+
 def render_metrics(
     stats: Stats, *, version: str, model: str, sessions_current: int, max_sessions: int,
     clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
@@ -121,10 +159,12 @@ def render_metrics(
     recognizers: Mapping[str, Any] | None = None,
     service_restarts: Mapping[str, int] | None = None,
     relay_set_aside: int = 0, ingest: Mapping[str, Any] | None = None,
+    journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
     ``recognizers``: the recogniser pool's status (``RecognizerPool.status()``), if pooled.
+    ``journal``: ``JournalService.status()``, if the journal is on.
     """
     out: list[str] = []
 
@@ -226,6 +266,24 @@ def render_metrics(
         metric("edge_ingest_mqtt_failures", "gauge",
                "Consecutive failures to reach the broker (0 when consuming).",
                [({}, ingest["failures"])])
+    if journal is not None:
+        metric("edge_journal_write_failures_total", "counter",
+               "Journal writes of a session's start, final or end that failed since start "
+               "(the client got the final; the device kept no copy).",
+               [({}, journal["failures"])])
+        metric("edge_journal_failing", "gauge",
+               "1 while the journal is failing: a write failed and none has gone through "
+               "since, or one failed within journal.failing_seconds.",
+               [({}, 1 if journal["state"] == "failing" else 0)])
+        if journal.get("free_bytes") is not None:
+            metric("edge_journal_free_bytes", "gauge",
+                   "Bytes free on the journal's filesystem (statvfs f_bavail * f_frsize).",
+                   [({}, journal["free_bytes"])])
+        metric("edge_journal_min_free_bytes", "gauge",
+               "journal.min_free_mb in bytes (0: no check); /healthz is degraded below it.",
+               [({}, min_free_bytes)])
+        metric("edge_journal_encrypted", "gauge", "1 when the journal is encrypted at rest.",
+               [({}, 1 if journal.get("encrypted") else 0)])
     if service_restarts is not None:
         metric("edge_service_restarts_total", "counter",
                "Background services restarted after a failure, by service.",

@@ -364,7 +364,7 @@ def _recover_plaintext(path: Path) -> None:
 def encrypt_plaintext_store(path: str | Path, key: DataKey) -> bool:
     """Seal a plaintext voiceprint store in place (the plaintext file overwritten and
     removed); False when there is nothing to do. Blocking. Raises
-    :class:`VoiceprintStoreError` (a damaged plaintext file is left as it is)."""
+    :class:`VoiceprintStoreError` when it cannot read or write the file."""
     path = Path(path)
     _recover_plaintext(path)
     try:
@@ -376,7 +376,8 @@ def encrypt_plaintext_store(path: str | Path, key: DataKey) -> bool:
                                    f"{exc.strerror or exc}") from exc
     if is_sealed(raw):
         return False
-    _parse_store(raw, path)  # only a store we can read is replaced
+    # Sealed as it is, even damaged: its bytes are kept (encrypted) for whoever repairs
+    # it, and the store reports the damage when it reads the sealed file.
     try:
         _replace(path, seal(key, PURPOSE, raw))
     except OSError as exc:
