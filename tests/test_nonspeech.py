@@ -170,10 +170,11 @@ class RawRecording(VoskRecognizer):
 
 async def test_a_real_session_never_sees_the_models_nonspeech_tokens(
         start_server: Any, model: LoadedModel, tmp_path: Path) -> None:
-    # The conversation's first 6 s: the real model hears "수원 스니키 [16] 억여 시즈마" in
-    # its second turn (with Vosk's own endpointer; the device's pause rule would cut the
-    # turn elsewhere), and usually in the partials before it.
-    audio = conversation()[0][:6000 * 32]
+    # The conversation's first 12 s: the real model hears "수원 스니키 [16] 억여 시즈마" in
+    # the second turn and "... 쥐고 [1] 머리 가 ..." in the third, with Vosk's own
+    # endpointer (the device's pause rule would cut the turns elsewhere). What it hears
+    # depends on what ran before in the process: two chances, not one.
+    audio = conversation()[0][:12_000 * 32]
     recognizers: list[RawRecording] = []
 
     def factory(rate: int, phrases: Sequence[str] | None) -> Recognizer:

@@ -359,9 +359,15 @@ async def test_a_real_sessions_finals_carry_the_terms_it_said(
     assert ("아세트아미노펜", "drug", "ATC:N02BE01") in terms
     assert ("밀리그램", "dose", None) in terms
     assert finals[0]["terms"][0]["text"] == "머리가"
-    # The journal, and the transcripts API that reads it, keep them.
-    status, _, body = await http_get(server.port, f"/transcripts/{session_id}?format=json",
-                                     make_token(sub="dr-lee"))
+    # The journal, and the transcripts API that reads it, keep them (once the session's
+    # end is journaled, just after its close: 409 in_progress until then).
+    with trio.fail_after(30):
+        while True:
+            status, _, body = await http_get(
+                server.port, f"/transcripts/{session_id}?format=json", make_token(sub="dr-lee"))
+            if status != 409:
+                break
+            await trio.sleep(0.05)
     assert status == 200
     assert [f["terms"] for f in json.loads(body)["finals"]] == [f["terms"] for f in finals]
     status, _, body = await http_get(server.port, f"/transcripts/{session_id}?format=vtt",
