@@ -37,6 +37,7 @@ from edge.core.errors import ConfigError
 from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
 from edge.core.keys import device_id, optional_signing_key
 from edge.core.stats import Stats
+from edge.core.terms import TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
 from edge.journal.db import Journal, JournalError, JournalKeyError
@@ -49,6 +50,8 @@ from edge.net.room import Room
 from edge.net.server import Server
 from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.ops.supervisor import Supervisor
+from edge.ops.terms import TermWatcher, open_terms
+from edge.protocols.scriptix import model_language
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, mqtt_relay_settings
 from edge.relay.mqtt_ingest import mqtt_ingest
 from edge.relay.sender import Relay, RelaySettings
@@ -119,6 +122,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     if config.auth.revocation_file:
         revocations = RevocationFile(config.auth.revocation_file)
         await trio.to_thread.run_sync(revocations.reload_if_changed)
+    terms = await open_terms(config)
     model = parts.model
     if model is None:
         logger.info("loading model %s", config.recognizer.model or "(default package)")
@@ -126,6 +130,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         logger.info("model %s loaded from %s", model.name, model.path)
     model, speakers = await open_speakers(config, model, key)
     model_rss = await trio.to_thread.run_sync(read_rss)  # before any recogniser
+    if terms is not None:
+        model = model.with_terms(TermAnnotator(terms, model_language(model.name)))
     journal = parts.journal
     if journal is None and config.journal.enabled:
         assert key is not None  # opened above when the journal is on
@@ -184,6 +190,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         if revocations is not None:
             await supervisor.start(nursery, "revocations",
                                    RevocationWatcher(revocations, admissions).run)
+        if isinstance(terms, TermFile):
+            await supervisor.start(nursery, "terms", TermWatcher(terms).run)
         if relay is not None:
             await supervisor.start(nursery, "relay", relay.run)
             logger.info("relaying the journal to %s as %s", relay_target(config),

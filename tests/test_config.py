@@ -23,6 +23,7 @@ from edge.core.config import (
     ScriptixConfig,
     ServerConfig,
     SpeakersConfig,
+    TermsConfig,
     VoskServerConfig,
     WyomingConfig,
     load_config,
@@ -95,14 +96,15 @@ def test_sections_lists_every_field_with_its_default() -> None:
     assert list(s) == ["server", "auth", "recognizer", "speakers", "audio", "microphone",
                        "journal", "relay", "ingest", "assemblyai", "scriptix",
                        "vosk_server",
-                       "wyoming", "log"]
+                       "wyoming", "terms", "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
                       ("recognizer", RecognizerConfig), ("speakers", SpeakersConfig),
                       ("audio", AudioConfig),
                       ("microphone", MicrophoneConfig), ("journal", JournalConfig),
                       ("relay", RelayConfig), ("assemblyai", AssemblyAIConfig),
                       ("scriptix", ScriptixConfig), ("vosk_server", VoskServerConfig),
-                      ("wyoming", WyomingConfig), ("log", LogConfig)]:
+                      ("wyoming", WyomingConfig), ("terms", TermsConfig),
+                      ("log", LogConfig)]:
         assert s[name] == dataclasses.asdict(cls())
 
 

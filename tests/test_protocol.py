@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 
 from edge.core.errors import ProtocolError
-from edge.protocols.events import Speaker, Utterance, Word
+from edge.protocols.events import Speaker, TermMatch, Utterance, Word
 from edge.protocols.live import (
     CLOSE_AUTH,
     CLOSE_POLICY,
@@ -182,7 +183,16 @@ def test_transcription_shape() -> None:
         "speaker_id": None,
         "speaker_confidence": None,
         "speaker_role": None,
+        "terms": [],
     }
+    with_terms = dataclasses.replace(utterance, terms=(
+        TermMatch("혈압", "혈압", 120, 700, "procedure", None),
+        TermMatch("측정", "측정", 700, 1500, "procedure", "X-1")))
+    assert transcription("sess-1", 7, with_terms)["terms"] == [
+        {"text": "혈압", "term": "혈압", "start_ms": 120, "end_ms": 700,
+         "category": "procedure", "code": None},
+        {"text": "측정", "term": "측정", "start_ms": 700, "end_ms": 1500,
+         "category": "procedure", "code": "X-1"}]
 
 
 def test_transcription_partial_without_words() -> None:
@@ -190,6 +200,7 @@ def test_transcription_partial_without_words() -> None:
     assert body["is_final"] is False
     assert body["words"] == []
     assert body["speaker"] is None
+    assert "terms" not in body
 
 
 def test_transcription_with_speaker() -> None:

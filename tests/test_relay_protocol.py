@@ -168,6 +168,8 @@ def test_a_start_keeps_its_dialect_and_may_have_none() -> None:
     (frame(events=[{**FINAL, "payload": {**FINAL["payload"], "start_ms": "0"}}]),
      CLOSE_POLICY, "payload.start_ms"),
     (frame(events=[{**FINAL, "kind": ["final"]}]), CLOSE_POLICY, "kind"),
+    (frame(events=[{**FINAL, "payload": {**FINAL["payload"], "terms": "두통"}}]),
+     CLOSE_POLICY, "payload.terms"),
     (frame(events=[{**START, "payload": {**START["payload"], "dialect": 1}}]),
      CLOSE_POLICY, "payload.dialect"),
     (frame(events=[{**START, "payload": {**START["payload"], "dialect": SECRET_TEXT}}]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from edge.asr.modeldir import (
     model_rate,
     read_conf,
 )
+from edge.asr.nonspeech import speech_text, words_only
 from edge.asr.recognizer import Recognizer
 from edge.core.errors import RecognizerError
 from edge.protocols.events import Utterance, Word
@@ -68,6 +69,9 @@ class LoadedModel:
     name: str
     sample_rate: int
     speaker_model: SpeakerModel | None = None
+    # Adds the listed terms to finals (edge.core.terms.TermAnnotator), in the
+    # recogniser's worker thread.
+    terms: Callable[[Utterance], Utterance] | None = field(default=None, repr=False)
 
     def recognizer(self, sample_rate: int, phrases: Sequence[str] | None = None) -> Recognizer:
         """A new recogniser for one stream (blocking: compiles a grammar if given).
@@ -78,6 +82,9 @@ class LoadedModel:
 
     def with_speaker_model(self, speaker_model: SpeakerModel | None) -> LoadedModel:
         return dataclasses.replace(self, speaker_model=speaker_model)
+
+    def with_terms(self, terms: Callable[[Utterance], Utterance] | None) -> LoadedModel:
+        return dataclasses.replace(self, terms=terms)
 
 
 def load_model(path: str | Path | None = None) -> LoadedModel:
@@ -139,6 +146,7 @@ class VoskRecognizer:
         # SetPartialWords(True) is not used: with the small models it leaves partials
         # empty for most of an utterance. Partials carry text only; finals carry words.
         self.sample_rate = sample_rate
+        self._terms = model.terms
         self._slice = max(2, int(sample_rate * _SLICE_MS / 1000) * 2)
         self._samples = 0  # fed so far: the session's audio clock
         self._utterance_start = 0  # samples at the last endpoint
@@ -195,13 +203,16 @@ class VoskRecognizer:
 
     def _final(self, raw: str) -> Utterance | None:
         start, self._utterance_start = self._utterance_start, self._samples
-        return final_from_json(raw, fallback_start_ms=self._ms(start),
-                               fallback_end_ms=self._ms(self._samples),
-                               offset_ms=self._ms(self._base) if self._base else 0)
+        final = final_from_json(raw, fallback_start_ms=self._ms(start),
+                                fallback_end_ms=self._ms(self._samples),
+                                offset_ms=self._ms(self._base) if self._base else 0)
+        if final is not None and self._terms is not None:
+            final = self._terms(final)
+        return final
 
     def _partial(self, raw: str) -> Utterance | None:
         data = json.loads(raw)
-        text = data.get("partial", "")
+        text = speech_text(data.get("partial", ""))
         if not text:
             return None
         return Utterance(is_final=False, text=text, start_ms=self._ms(self._utterance_start),
@@ -210,7 +221,8 @@ class VoskRecognizer:
 
 def final_from_json(raw: str, *, fallback_start_ms: int, fallback_end_ms: int,
                     offset_ms: int = 0) -> Utterance | None:
-    """Convert a Vosk final result; ``None`` for an endpoint with no words.
+    """Convert a Vosk final result; ``None`` for an endpoint with no words (non-speech
+    tokens are not words: :mod:`edge.asr.nonspeech`).
 
     Times come from the words when there are any (Vosk's times count from the
     recogniser's first sample; ``offset_ms`` is where this stream started on that
@@ -223,14 +235,14 @@ def final_from_json(raw: str, *, fallback_start_ms: int, fallback_end_ms: int,
     words = _words(data.get("result", []), offset_ms)
     spk = data.get("spk")
     vector = tuple(float(x) for x in spk) if isinstance(spk, list) else None
-    return Utterance(
+    return words_only(Utterance(
         is_final=True,
         text=text,
         start_ms=words[0].start_ms if words else fallback_start_ms,
         end_ms=words[-1].end_ms if words else fallback_end_ms,
         words=words,
         speaker_vector=vector,
-    )
+    ))
 
 
 def _words(items: list[dict[str, Any]], offset_ms: int = 0) -> tuple[Word, ...]:

@@ -242,6 +242,16 @@ class WyomingConfig:
 
 
 @dataclass(frozen=True)
+class TermsConfig:
+    """Listed terms (symptoms, drugs, doses, ...) marked in finals (docs/terms.md).
+    ``file``: a JSON or CSV term list, reread when it changes; empty: the Korean starter
+    list shipped with edge."""
+
+    enabled: bool = True
+    file: str = ""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -261,6 +271,7 @@ class Config:
     scriptix: ScriptixConfig = field(default_factory=ScriptixConfig)
     vosk_server: VoskServerConfig = field(default_factory=VoskServerConfig)
     wyoming: WyomingConfig = field(default_factory=WyomingConfig)
+    terms: TermsConfig = field(default_factory=TermsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 

@@ -42,12 +42,13 @@ def to_text(session: SessionRow, finals: Sequence[Final]) -> str:
 
 def to_vtt(session: SessionRow, finals: Sequence[Final]) -> str:
     """WebVTT: one cue per final, in order of start time, with a ``<v Speaker>`` voice
-    span when the speaker is known. Finals without text are left out."""
+    span when the speaker is known and each listed term said in a class span,
+    ``<c.term.symptom>두통이</c>`` (its category). Finals without text are left out."""
     blocks = ["WEBVTT\n"]
     for final in sorted(_spoken(finals), key=lambda f: f["start_ms"]):
         start = max(0, int(final["start_ms"]))
         end = max(start + 1, int(final["end_ms"]))  # a cue must end after it starts
-        text = _vtt_escape(_one_line(final["text"]))
+        text = _vtt_text(final)
         speaker = _speaker(final)
         if speaker is not None:
             text = f"<v {_vtt_escape(_one_line(speaker))}>{text}</v>"
@@ -137,6 +138,56 @@ def _clock(ms: int) -> str:
     minutes, rest = divmod(rest, 60_000)
     seconds, millis = divmod(rest, 1000)
     return f"{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}"
+
+
+def term_spans(final: Final) -> list[tuple[int, int, str]]:
+    """The words of ``final`` that are terms: (first word, last word, category), in
+    order, from its ``terms`` (word times); none when its ``words`` do not spell its
+    ``text`` or anything is malformed (a relayed record is checked, not trusted)."""
+    words, terms = final.get("words"), final.get("terms")
+    if not isinstance(words, list) or not isinstance(terms, list) or not terms:
+        return []
+    times = []
+    for word in words:
+        if not (isinstance(word, dict) and isinstance(word.get("word"), str)
+                and _is_ms(word.get("start_ms")) and _is_ms(word.get("end_ms"))):
+            return []
+        times.append((word["start_ms"], word["end_ms"]))
+    if " ".join(w["word"] for w in words) != _one_line(str(final.get("text", ""))):
+        return []
+    spans: list[tuple[int, int, str]] = []
+    for term in terms:
+        if not (isinstance(term, dict) and _is_ms(term.get("start_ms"))
+                and _is_ms(term.get("end_ms")) and isinstance(term.get("category"), str)):
+            continue
+        inside = [i for i, (start, end) in enumerate(times)
+                  if start >= term["start_ms"] and end <= term["end_ms"]]
+        category = "".join(ch for ch in term["category"].lower() if ch in _CLASS_CHARS)
+        if inside and category and (not spans or inside[0] > spans[-1][1]):
+            spans.append((inside[0], inside[-1], category))
+    return spans
+
+
+_CLASS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _is_ms(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _vtt_text(final: Final) -> str:
+    spans = term_spans(final)
+    if not spans:
+        return _vtt_escape(_one_line(final["text"]))
+    words = [w["word"] for w in final["words"]]
+    out: list[str] = []
+    at = 0
+    for first, last, category in spans:
+        out.extend(_vtt_escape(w) for w in words[at:first])
+        out.append(f"<c.term.{category}>{_vtt_escape(' '.join(words[first:last + 1]))}</c>")
+        at = last + 1
+    out.extend(_vtt_escape(w) for w in words[at:])
+    return " ".join(out)
 
 
 def _vtt_escape(text: str) -> str:

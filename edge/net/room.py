@@ -285,5 +285,7 @@ def _shift(utterance: Utterance, offset_ms: int) -> Utterance:
         return utterance
     words = tuple(dataclasses.replace(w, start_ms=w.start_ms + offset_ms,
                                       end_ms=w.end_ms + offset_ms) for w in utterance.words)
+    terms = tuple(dataclasses.replace(t, start_ms=t.start_ms + offset_ms,
+                                      end_ms=t.end_ms + offset_ms) for t in utterance.terms)
     return dataclasses.replace(utterance, start_ms=utterance.start_ms + offset_ms,
-                               end_ms=utterance.end_ms + offset_ms, words=words)
+                               end_ms=utterance.end_ms + offset_ms, words=words, terms=terms)

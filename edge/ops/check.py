@@ -24,6 +24,7 @@ from edge.core.auth import RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
 from edge.core.networks import TrustedNetworks
+from edge.core.terms import TermFile, TermListError, TermMatcher, builtin_terms
 from edge.crypto.rotation import open_key
 from edge.ops import memory
 from edge.ops.health import clock_status
@@ -46,8 +47,8 @@ def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
     checks: list[Callable[[Config], Finding]] = [
         check_keys, check_data_key, lambda c: check_model(c, load=load),
         lambda c: check_speaker_model(c, load=load), check_voiceprints, check_clock,
-        check_state_dir, check_tls, check_revocations, check_port, check_microphone,
-        lambda c: check_memory(c, load=load),
+        check_state_dir, check_tls, check_revocations, check_terms, check_port,
+        check_microphone, lambda c: check_memory(c, load=load),
     ]
     return [check(config) for check in checks] + check_peers(config)
 
@@ -237,6 +238,19 @@ def check_revocations(config: Config) -> Finding:
     entries = RevocationFile(path).current
     return Finding(OK, "revocation",
                    f"{len(entries.jtis)} token(s) and {len(entries.subs)} subject(s) revoked")
+
+
+def check_terms(config: Config) -> Finding:
+    t = config.terms
+    if not t.enabled:
+        return Finding(OK, "terms", "off (terms.enabled = false)")
+    try:
+        matcher = TermFile(t.file).current if t.file else TermMatcher(builtin_terms())
+    except TermListError as exc:
+        return Finding(FAIL, "terms", f"terms.file: {exc}")
+    where = t.file or "the starter list shipped with edge"
+    return Finding(OK, "terms", f"{len(matcher)} terms ({', '.join(matcher.languages)}) "
+                   f"from {where}")
 
 
 def check_port(config: Config) -> Finding:

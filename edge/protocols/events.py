@@ -36,12 +36,27 @@ class Speaker:
 
 
 @dataclass(frozen=True)
+class TermMatch:
+    """A listed term said in a final (:mod:`edge.core.terms`): ``text`` is the words as
+    said (``두통이``), ``term`` the list's entry (``두통``); the times are the matched
+    words' own."""
+
+    text: str
+    term: str
+    start_ms: int
+    end_ms: int
+    category: str
+    code: str | None = None
+
+
+@dataclass(frozen=True)
 class Utterance:
     """A recognition result, before it is numbered and addressed to a session.
 
     ``speaker_vector`` is the recogniser's speaker vector (finals only, when a speaker
     model is loaded). It is biometric data: it never goes on the wire and is kept out of
     the repr, so that no log line can carry it. ``speaker`` is the label decided for it.
+    ``terms``: the listed terms said in a final, in order.
     """
 
     is_final: bool
@@ -51,6 +66,7 @@ class Utterance:
     words: tuple[Word, ...] = ()
     speaker_vector: tuple[float, ...] | None = field(default=None, repr=False)
     speaker: Speaker | None = None
+    terms: tuple[TermMatch, ...] = ()
 
 
 # --- what the client asks for ------------------------------------------------------------

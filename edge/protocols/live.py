@@ -54,9 +54,10 @@ CLOSE_TRY_AGAIN_LATER = 1013  # capacity and limits
 def transcription(
     session_id: str, seq: int, utterance: Utterance, speaker: Speaker | None = None
 ) -> dict[str, Any]:
-    """A ``transcription`` message; ``speaker`` defaults to the utterance's own."""
+    """A ``transcription`` message; ``speaker`` defaults to the utterance's own. Finals
+    carry ``terms`` (the listed terms said, :mod:`edge.core.terms`); partials do not."""
     speaker = speaker or utterance.speaker or Speaker()
-    return {
+    message = {
         "type": "transcription",
         "session_id": session_id,
         "seq": seq,
@@ -74,6 +75,13 @@ def transcription(
         "speaker_confidence": speaker.confidence,
         "speaker_role": speaker.role,
     }
+    if utterance.is_final:
+        message["terms"] = [
+            {"text": t.text, "term": t.term, "start_ms": t.start_ms, "end_ms": t.end_ms,
+             "category": t.category, "code": t.code}
+            for t in utterance.terms
+        ]
+    return message
 
 
 def warning(session_id: str | None, code: str, message: str, **details: Any

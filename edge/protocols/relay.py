@@ -181,6 +181,8 @@ def check_payload(kind: str, p: Mapping[str, Any]) -> None:
             raise bad("speaker", "a string or null")
         if not isinstance(p.get("words", []), list):
             raise bad("words", "a list")
+        if not isinstance(p.get("terms", []), list):
+            raise bad("terms", "a list")
 
 
 def is_dialect(value: Any) -> TypeGuard[str]:

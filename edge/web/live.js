@@ -170,6 +170,68 @@ export class Status {
 
 const PALETTE_SIZE = 8;
 
+/** Categories with a style of their own (colour, underline and a mark: style.css);
+ * any other category gets the plain term style. */
+const TERM_CATEGORIES = new Set(["symptom", "condition", "drug", "dose", "anatomy", "procedure"]);
+
+function isMs(value) {
+  return Number.isInteger(value) && value >= 0;
+}
+
+/** The words of a final that are listed terms: [{first, last, term}] in order, from its
+ * `terms` (word times). None when its `words` do not spell its `text` or anything is
+ * malformed: a journaled or relayed record is checked, not trusted. */
+export function termSpans(message) {
+  const { words, terms } = message;
+  if (!Array.isArray(words) || !Array.isArray(terms) || !terms.length) return [];
+  if (!words.every((w) => w && typeof w.word === "string" && isMs(w.start_ms) && isMs(w.end_ms))) return [];
+  if (words.map((w) => w.word).join(" ") !== String(message.text).split(/\s+/).filter(Boolean).join(" ")) return [];
+  const spans = [];
+  for (const term of terms) {
+    if (!term || !isMs(term.start_ms) || !isMs(term.end_ms) || typeof term.category !== "string") continue;
+    const inside = [];
+    words.forEach((w, i) => {
+      if (w.start_ms >= term.start_ms && w.end_ms <= term.end_ms) inside.push(i);
+    });
+    if (inside.length && (!spans.length || inside[0] > spans[spans.length - 1].last)) {
+      spans.push({ first: inside[0], last: inside[inside.length - 1], term });
+    }
+  }
+  return spans;
+}
+
+/** A final's text as DOM nodes: plain text, with each listed term in a `<mark>` that
+ * says its category by colour, underline and mark, and in words in its title. */
+export function textWithTerms(message) {
+  const spans = termSpans(message);
+  if (!spans.length) return [document.createTextNode(message.text)];
+  const words = message.words.map((w) => w.word);
+  const nodes = [];
+  let at = 0;
+  const plain = (from, to) => {
+    if (to > from) nodes.push(document.createTextNode(words.slice(from, to).join(" ") + " "));
+  };
+  for (const { first, last, term } of spans) {
+    plain(at, first);
+    const category = term.category.toLowerCase();
+    const mark = document.createElement("mark");
+    mark.className = `term term-${TERM_CATEGORIES.has(category) ? category : "other"}`;
+    mark.dataset.category = category;
+    if (typeof term.term === "string") mark.dataset.term = term.term;
+    if (typeof term.code === "string") mark.dataset.code = term.code;
+    const listed = typeof term.term === "string" ? term.term : words.slice(first, last + 1).join(" ");
+    mark.title = `${category}: ${listed}${typeof term.code === "string" ? ` (${term.code})` : ""}`;
+    mark.textContent = words.slice(first, last + 1).join(" ");
+    nodes.push(mark);
+    at = last + 1;
+    if (at < words.length) nodes.push(document.createTextNode(" "));
+  }
+  plain(at, words.length);
+  const tail = nodes[nodes.length - 1];
+  if (tail.nodeType === Node.TEXT_NODE) tail.textContent = tail.textContent.replace(/ $/, "");
+  return nodes;
+}
+
 /** The captions: one line per final (class `final`, speaker in `data-speaker`), and the
  * utterance in progress apart (class `partial`), replaced by its final. */
 export class Captions {
@@ -225,7 +287,7 @@ export class Captions {
     }
     const text = document.createElement("span");
     text.className = "text";
-    text.textContent = message.text;
+    text.append(...textWithTerms(message));
     line.append(when, who, text);
     this.log.append(line);
     while (this.log.querySelectorAll(".final").length > this.maxLines) {
