@@ -144,3 +144,11 @@ def test_the_commands_table_names_every_command() -> None:
         words = words or [f"edge {name}"]
         for word in words:
             assert any(f"`{word}" in row for row in rows), word
+
+
+def test_metrics_table_names_every_metric() -> None:
+    source = (REPO / "edge" / "ops" / "health.py").read_text(encoding="utf-8")
+    exported = set(re.findall(r'(?:metric|histogram)\(\s*"(edge_\w+)"', source))
+    rows = table(OPERATIONS.read_text(encoding="utf-8"), "| metric | type |")
+    documented = {code(row[0]).split("{")[0] for row in rows}
+    assert exported and documented == exported
