@@ -48,6 +48,8 @@ install -d -m 0755 "$PREFIX"
 [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install -q --upgrade ${PIP_ARGS:-} "$SRC"
 install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
+install -d -m 0755 "$PREFIX/docs"
+install -m 0644 "$SRC"/docs/*.md "$SRC"/docs/*.png "$PREFIX/docs/"
 
 install -d -m 0755 "$ETC"
 [ -f "$ETC/edge.toml" ] || install -m 0644 "$SRC/config/edge.toml" "$ETC/edge.toml"
@@ -79,7 +81,7 @@ else
             --file "$ETC/journal-key" --config "$ETC/edge.toml" >/dev/null
         echo "WARNING: the journal's key is a plain file, $ETC/journal-key, on this card:" \
              "for patient data re-install with EDGE_KEY_TANG=URL (or EDGE_KEY_TPM2=1)" \
-             "and rotate (see README, \"Encryption at rest\")" >&2
+             "and rotate (see docs/encryption.md)" >&2
     fi
     chmod 0600 "$ETC/journal-key"
     dropin+=$'\n'"LoadCredential=journal-key:$ETC/journal-key"

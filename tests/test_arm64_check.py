@@ -1,6 +1,6 @@
 """The pure parts of tools/arm64-check: reading `edge transcribe` output, the comparison
 with its 100 ms tolerance, and carrying this machine's pip settings into the root. (The
-check itself runs by hand: README, "Install on a device".)"""
+check itself runs by hand: docs/operations.md, "Which Raspberry Pis".)"""
 
 from __future__ import annotations
 

@@ -240,8 +240,8 @@ async def test_python_sdk_streams_the_recording(start_server: StartServer) -> No
     assert any(not t.end_of_turn for t in turns), "no partial turns"
     finals = end_of_turn_texts(seen)
     # Free dictation (the SDK cannot send a grammar): one turn per spoken phrase, whose
-    # words vary between recognisers sharing the model (README: "Known behaviour of
-    # shared Vosk models"), so their text is checked against the journal below.
+    # words vary between recognisers sharing the model (docs/architecture.md, "Known
+    # behaviour of shared Vosk models"), so their text is checked against the journal below.
     spoken = json.loads((FIXTURES / "phrases.json").read_text())["utterances"]
     assert len(finals) == len(spoken) and all(finals), finals
     # What the device journaled is what the client got, turn for turn.

@@ -28,6 +28,8 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert len(secret.read_text().strip()) >= 32
     assert tomllib.loads((etc / "edge.toml").read_text())["server"]["port"] == 8000
+    # The README the unit names, and the pages it links to.
+    assert (prefix / "README.md").is_file() and (prefix / "docs" / "operations.md").is_file()
     unit = (units / "edge.service").read_text()
     assert f"ExecStart={edge} serve --config {etc}/edge.toml" in unit
     assert f"LoadCredential=jwt-secret:{secret}" in unit

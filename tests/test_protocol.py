@@ -27,7 +27,7 @@ from edge.protocols.live import (
     warning,
 )
 
-INVALID_PARAMETER = "invalid_parameter"  # the README's error table: a bad query parameter
+INVALID_PARAMETER = "invalid_parameter"  # docs/protocol.md's refusals: a bad query parameter
 
 
 def msg(**fields: Any) -> str:

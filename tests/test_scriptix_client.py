@@ -4,7 +4,7 @@ client_v2 is written for: ``websockets.connect(..., extra_headers=...)`` of webs
 13), the same frames in the same order, the same checks on what comes back.
 
 client_v2 itself (no licence, so not in this tree) was also run by hand against a
-daemon; see the README. ffmpeg is not needed here: :func:`ffmpeg_pipe_wav` writes the
+daemon; see docs/peers.md. ffmpeg is not needed here: :func:`ffmpeg_pipe_wav` writes the
 header that ``ffmpeg -f wav -`` writes to a pipe (sizes 0xFFFFFFFF, a LIST chunk),
 checked byte for byte against ffmpeg 5.1.
 """

@@ -176,8 +176,9 @@ async def test_test_py_gets_one_reply_per_frame_and_the_finals(
         assert inside(words[0]["start"], words[-1]["end"], spans) == i
         assert all(0 < w["conf"] <= 1 and w["start"] < w["end"] for w in words)
     # Without a grammar the model mishears espeak's Korean, and how it mishears it
-    # varies between recognisers sharing the model (README: "Known behaviour of shared
-    # Vosk models"); the texts are checked against the journal, not against the phrases.
+    # varies between recognisers sharing the model (docs/architecture.md, "Known
+    # behaviour of shared Vosk models"); the texts are checked against the journal,
+    # not against the phrases.
     # The daemon journaled exactly what the client printed, under where it came from.
     [(row, journal_finals)] = await journaled(server)
     assert [f["text"] for f in journal_finals] == [f["text"] for f in finals]

@@ -104,7 +104,7 @@ _HANDLED = frozenset({
     "min_turn_silence", "min_end_of_turn_silence_when_confident", "inactivity_timeout",
     "speaker_labels", "token",
 })
-#: Read and validated, but they change nothing here (the README says why).
+#: Read and validated, but they change nothing here (docs/peers.md says why).
 _WITHOUT_EFFECT = ("end_of_turn_confidence_threshold", "keyterms_prompt")
 
 MAX_SILENCE_MS = 60_000

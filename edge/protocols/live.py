@@ -1,7 +1,7 @@
 """The Live API wire protocol: every message, client message parsing, close codes.
 
-Pure (sans-IO): builds and parses JSON text; no trio, no vosk, no sockets. The README's
-"Protocol reference" documents exactly what this module produces and accepts.
+Pure (sans-IO): builds and parses JSON text; no trio, no vosk, no sockets. docs/protocol.md
+(the Live API) documents exactly what this module produces and accepts.
 :class:`LiveDialect` is the Live API as a dialect of the session core (see
 :mod:`edge.protocols.events`); the ``transcription`` message is also the journal's
 record of a final, whatever dialect carried it.

@@ -4,7 +4,7 @@ Pure (sans-IO): typed values in, JSON text out, and back; no trio, no sockets, n
 SQLite. The device side (:mod:`edge.relay.sender`) and the upstream side
 (:mod:`edge.relay.ingest`) build every frame with :func:`encode` and read every frame with
 :func:`parse_upstream` (what a device receives) or :func:`parse_downstream` (what an
-upstream receives). The README's "The relay (store and forward)" documents the messages:
+upstream receives). docs/journal-and-relay.md ("The relay") documents the messages:
 
 * upstream -> device on accept: :class:`RelayInit`
 * device -> upstream: :class:`RelayBatch` (numbered; its events in id order; ``shed``

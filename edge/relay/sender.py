@@ -7,9 +7,10 @@ when the upstream acknowledges a batch, which it does after storing it durably. 
 crash anywhere means events are sent again, never lost; the upstream removes
 duplicates by (device, session, seq).
 
-The messages (JSON text frames) are :mod:`edge.protocols.relay`'s, documented in the
-README: ``relay_init`` from the upstream on accept, then a ``relay_batch`` from the
-device and a ``relay_ack`` for exactly that batch (or an ``error`` and a close).
+The messages (JSON text frames) are :mod:`edge.protocols.relay`'s, documented in
+docs/journal-and-relay.md: ``relay_init`` from the upstream on accept, then a
+``relay_batch`` from the device and a ``relay_ack`` for exactly that batch (or an
+``error`` and a close).
 
 Whatever the upstream sends or does (a frame that is not the ack expected, an error, a
 close, silence past ``ack_timeout``, a refused handshake) is a failure of the link:
