@@ -24,6 +24,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
+from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
 from edge.core.errors import AuthError
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def _invalid(message: str) -> AuthError:
-    return AuthError("invalid_token", message, status=401, close_code=1002)
+    return AuthError("invalid_token", message, status=401)
 
 
 @dataclass(frozen=True)
@@ -274,18 +275,18 @@ def extract_token(path: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
 
     if len(authorizations) > 1:
         raise AuthError(
-            "invalid_request", "more than one Authorization header", status=400, close_code=1002
+            "invalid_request", "more than one Authorization header", status=400
         )
     if len(query_tokens) > 1:
         raise AuthError(
-            "invalid_request", "more than one token query parameter", status=400, close_code=1002
+            "invalid_request", "more than one token query parameter", status=400
         )
     if authorizations and query_tokens:
         raise AuthError(
             "invalid_request",
             "token given both in the Authorization header and the query string",
             status=400,
-            close_code=1002,
+            close_code=CLOSE_AUTH,
         )
     if query_tokens:
         token = query_tokens[0].strip()
@@ -313,10 +314,10 @@ def _translate(exc: Exception) -> AuthError:
     PyJWT messages may echo header values chosen by the client, so they are not reused.
     """
     if isinstance(exc, jwt.ExpiredSignatureError):
-        return AuthError("token_expired", "token has expired", status=401, close_code=1002)
+        return AuthError("token_expired", "token has expired", status=401)
     if isinstance(exc, jwt.ImmatureSignatureError):
         return AuthError(
-            "token_not_yet_valid", "token is not yet valid", status=401, close_code=1002
+            "token_not_yet_valid", "token is not yet valid", status=401
         )
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return _invalid(f"token lacks the required claim {exc.claim!r}")
@@ -453,14 +454,14 @@ def verify(
 
     leeway = settings.leeway
     if exp <= now - leeway:
-        raise AuthError("token_expired", "token has expired", status=401, close_code=1002)
+        raise AuthError("token_expired", "token has expired", status=401)
     if nbf is not None and nbf > now + leeway:
         raise AuthError(
-            "token_not_yet_valid", "token is not yet valid", status=401, close_code=1002
+            "token_not_yet_valid", "token is not yet valid", status=401
         )
     if iat > now + leeway:
         raise AuthError(
-            "token_not_yet_valid", "token is issued in the future", status=401, close_code=1002
+            "token_not_yet_valid", "token is issued in the future", status=401
         )
     if exp <= iat:
         raise _invalid("claim 'exp' must be later than 'iat'")
@@ -480,7 +481,7 @@ def verify(
         rate_limit=rate_limit,
     )
     if revoked is not None and revoked.is_revoked(claims):
-        raise AuthError("token_revoked", "token has been revoked", status=401, close_code=1002)
+        raise AuthError("token_revoked", "token has been revoked", status=401)
     return claims
 
 
@@ -491,7 +492,7 @@ def require_scope(claims: Claims, scope: str) -> None:
             "insufficient_scope",
             f"token lacks the {scope!r} scope",
             status=403,
-            close_code=1008,
+            close_code=CLOSE_POLICY,
             scope=scope,
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from edge.core.auth import SCOPE_READ, SCOPE_WRITE, Claims
+from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import parse_networks
 from edge.core.errors import AuthError
 
@@ -37,7 +38,7 @@ class TrustedNetworks:
         if not self.admits(host):
             raise AuthError("untrusted_network", f"{dialect} clients are admitted only from "
                             f"{self.key}; this address is not in it", status=403,
-                            close_code=1008)
+                            close_code=CLOSE_POLICY)
 
 
 def network_claims(dialect: str, host: str, *, now: float, lifetime: float) -> Claims:

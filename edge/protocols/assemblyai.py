@@ -31,6 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.close_codes import (
+    CLOSE_AUTH,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_UNSUPPORTED_DATA,
+)
 from edge.core.errors import ProtocolError
 from edge.protocols.events import (
     Audio,
@@ -50,11 +57,7 @@ from edge.protocols.events import (
 )
 from edge.protocols.text import JsonTextError, json_object
 
-# AssemblyAI's close codes (the SDKs' tables) and the IANA ones they also use.
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN_LATER = 1013
+# AssemblyAI's close codes (the SDKs' tables); it uses IANA's 1000, 1008, 1012, 1013 too.
 CLOSE_SERVER_ERROR = 3005
 CLOSE_INPUT_ERROR = 3006
 CLOSE_SESSION_EXPIRED = 3008  # maximum session duration exceeded
@@ -76,9 +79,9 @@ _CLOSE_FOR_REASON = {
 }
 #: The core's (IANA) close codes, for reasons not in the table above.
 _CLOSE_FOR_CODE = {
-    1002: CLOSE_NOT_AUTHORIZED,  # the core's authentication failures
-    1003: CLOSE_INPUT_ERROR,  # audio that cannot be decoded
-    1011: CLOSE_SERVER_ERROR,
+    CLOSE_AUTH: CLOSE_NOT_AUTHORIZED,
+    CLOSE_UNSUPPORTED_DATA: CLOSE_INPUT_ERROR,  # audio that cannot be decoded
+    CLOSE_INTERNAL_ERROR: CLOSE_SERVER_ERROR,
 }
 
 #: ``Warning.warning_code`` for the core's notices (AssemblyAI's SDKs only log the

@@ -15,6 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge import __version__
+
+# The Live API's close codes are the daemon's own; its readers find them here too.
+from edge.core.close_codes import CLOSE_AUTH as CLOSE_AUTH
+from edge.core.close_codes import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
+from edge.core.close_codes import CLOSE_INTERNAL_ERROR as CLOSE_INTERNAL_ERROR
+from edge.core.close_codes import CLOSE_NORMAL as CLOSE_NORMAL
+from edge.core.close_codes import CLOSE_POLICY as CLOSE_POLICY
+from edge.core.close_codes import CLOSE_SERVICE_RESTART as CLOSE_SERVICE_RESTART
+from edge.core.close_codes import CLOSE_TOO_BIG as CLOSE_TOO_BIG
+from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER
+from edge.core.close_codes import CLOSE_UNSUPPORTED_DATA as CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
 from edge.protocols.events import (
     Audio,
@@ -38,17 +49,6 @@ from edge.protocols.events import (
 from edge.protocols.text import JsonTextError, json_object
 
 PROTOCOL_VERSION = 1
-
-# WebSocket close codes used by the server (RFC 6455 section 7.4.1).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_AUTH = 1002  # the Live API's clients treat 1002 as "authentication failed"
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY = 1008  # scope, session length, rate of messages
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_SERVICE_RESTART = 1012  # the daemon is stopping or restarting: reconnect soon
-CLOSE_TRY_AGAIN_LATER = 1013  # capacity and limits
 
 
 def transcription(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
 from edge.core.errors import AuthError, ProtocolError
 from edge.protocols.events import (
     Audio,
@@ -53,9 +54,6 @@ MODEL_TYPES = ("fast", "quality")
 #: Headers a Scriptix client may carry its key in (the examples use the first).
 TOKEN_HEADERS = (b"x-zoom-s2t-key", b"x-api-key", b"api-key")
 
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-_LIVE_CLOSE_AUTH = 1002  # the Live API's "authentication failed"; IANA's protocol error
 
 MAX_TEXT_CHARS = 65536
 STOPPED = '{"state":"stopped"}'  # exactly: clients match this substring
@@ -271,6 +269,6 @@ class ScriptixDialect:
         return []  # Enrolled, Progress, Flushed: nothing in Scriptix's protocol
 
     def close_code(self, ended: Ended) -> int:
-        if ended.close_code == _LIVE_CLOSE_AUTH:
+        if ended.close_code == CLOSE_AUTH:
             return CLOSE_POLICY  # a token that expired or was revoked mid-session
         return ended.close_code

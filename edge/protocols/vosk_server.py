@@ -36,6 +36,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge.core.close_codes import (
+    CLOSE_AUTH,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
+)
 from edge.core.errors import ProtocolError
 from edge.protocols.events import (
     Audio,
@@ -51,12 +58,6 @@ from edge.protocols.events import (
     Utterance,
 )
 from edge.protocols.text import JsonTextError, json_object
-
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-_CLOSE_AUTH = 1002  # the Live API's "authentication failed"; vosk clients read 1008
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class VoskServerDialect:
     def close_code(self, ended: Ended) -> int:
         if ended.reason == "end":
             return CLOSE_NORMAL
-        if ended.close_code == _CLOSE_AUTH:
+        if ended.close_code == CLOSE_AUTH:  # vosk clients read 1008 as refused
             return CLOSE_POLICY
         return ended.close_code
 

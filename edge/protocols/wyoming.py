@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 
 from edge import __version__
+
+# Close codes only for the session core's bookkeeping: TCP has none, the socket closes.
+from edge.core.close_codes import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
 from edge.protocols.events import (
     Audio,
@@ -53,11 +56,6 @@ from edge.protocols.events import (
 WYOMING_VERSION = "1.10.2"
 
 PROGRAM_NAME = "edge"
-
-# Close codes for the session core's bookkeeping (TCP has none: the socket just closes).
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_TOO_BIG = 1009
 
 MIN_RATE, MAX_RATE = 8000, 192000
 MAX_WIDTH = 4  # bytes per sample: 8, 16, 24 and 32-bit integer PCM
