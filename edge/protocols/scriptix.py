@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from edge.core import languages
 from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
 from edge.core.errors import AuthError, ProtocolError
+from edge.core.languages import MAX_TAG_CHARS, primary_language
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -58,10 +60,6 @@ TOKEN_HEADERS = (b"x-zoom-s2t-key", b"x-api-key", b"api-key")
 MAX_TEXT_CHARS = 65536
 STOPPED = '{"state":"stopped"}'  # exactly: clients match this substring
 
-# Vosk model names use a few codes that are not ISO 639-1.
-_VOSK_LANGUAGE_ALIASES = {"cn": "zh", "ua": "uk", "vn": "vi", "kz": "kk", "gr": "el",
-                          "ph": "tl", "jp": "ja"}
-
 STREAM_MODE_REFUSED = (
     "stream mode is not served: this device never fetches URLs (a server that fetches "
     "what a client names could be made to reach any address on the clinic network). "
@@ -76,24 +74,12 @@ def encode(message: Mapping[str, Any]) -> str:
 
 
 def model_language(model_name: str) -> str | None:
-    """The language of a Vosk model, from its name (``vosk-model-small-ko-0.22`` ->
-    ``ko``, ``vosk-model-en-us-0.22-lgraph`` -> ``en``, ``vosk-model-cn-0.22`` -> ``zh``);
-    None when the name does not say."""
-    name = model_name.strip().lower()
-    if not name.startswith("vosk-model-"):
-        return None
-    parts = name.removeprefix("vosk-model-").split("-")
-    if parts[0] == "small" and len(parts) > 1:
-        parts = parts[1:]
-    code = parts[0]
-    if not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
-        return None
-    return _VOSK_LANGUAGE_ALIASES.get(code, code)
-
-
-def primary_language(tag: str) -> str:
-    """``nl-NL``, ``nl_nl``, ``NL`` -> ``nl``."""
-    return tag.strip().replace("_", "-").split("-", 1)[0].lower()
+    """The language of a Vosk model as Scriptix names languages, the primary subtag of
+    :func:`edge.core.languages.model_language` (``vosk-model-small-ko-0.22`` -> ``ko``,
+    ``vosk-model-en-us-0.22-lgraph`` -> ``en``, ``vosk-model-cn-0.22`` -> ``zh``); None
+    when the name does not say."""
+    tag = languages.model_language(model_name)
+    return None if tag is None else primary_language(tag)
 
 
 @dataclass(frozen=True)
@@ -110,13 +96,13 @@ def parse_connect_params(query: Mapping[str, Sequence[str]], device_language: st
     if language is not None:
         primary = primary_language(language)
         if not (language.strip() and primary.isascii() and primary.isalpha()
-                and len(language) <= 35):
+                and len(language) <= MAX_TAG_CHARS):
             raise ProtocolError("invalid_parameter", "language must be a language code "
                                 "such as \"en\" or \"nl-NL\"")
         if device_language is not None and primary != device_language:
             raise ProtocolError("unsupported_language", f"this device transcribes only "
                                 f"{device_language!r} (its one model); language="
-                                f"{language[:35]!r} is not available")
+                                f"{language[:MAX_TAG_CHARS]!r} is not available")
     model_type = _single(query, "type")
     if model_type is not None and model_type not in MODEL_TYPES:
         raise ProtocolError("invalid_parameter", 'type must be "fast" or "quality"')
@@ -206,7 +192,8 @@ class ScriptixDialect:
         if device_language is None and params.language is not None:
             self._held.append(encode(warning(
                 "language_unverified", "the device cannot tell its model's language from "
-                f"its name; transcribing {params.language[:35]!r} with the one model it has")))
+                f"its name; transcribing {params.language[:MAX_TAG_CHARS]!r} with the one model "
+                "it has")))
 
     def parse(self, frame: str | bytes) -> ClientEvent:
         if isinstance(frame, bytes | bytearray):

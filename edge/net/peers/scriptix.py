@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge.core.config import Config
 from edge.core.errors import AuthError, ConfigError, ProtocolError
+from edge.core.languages import primary_language
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, HttpResponse, HttpRoute, Route, Verify
@@ -63,7 +64,7 @@ async def stream_mode_http(head: RequestHead, verify: Verify) -> HttpResponse:
 def device_language(config: Config, context: PeerContext) -> str | None:
     configured = config.scriptix.language.strip()
     if configured:
-        return scriptix.primary_language(configured)
+        return primary_language(configured)
     return scriptix.model_language(context.model_name)
 
 
