@@ -44,7 +44,7 @@ from edge.core.auth import (
 )
 from edge.core.close_codes import CLOSE_POLICY, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
 from edge.core.config import Config
-from edge.core.errors import AuthError, ProtocolError
+from edge.core.errors import AuthError
 from edge.core.stats import Stats
 from edge.journal import transcripts
 from edge.journal.service import JournalService
@@ -59,6 +59,7 @@ from edge.ops import health
 from edge.ops.supervisor import Supervisor
 from edge.protocols import live as protocol
 from edge.protocols.live import Limits, LiveDialect
+from edge.protocols.query import bad_request
 from edge.relay.ingest import RelayIngest
 from edge.relay.sender import Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
@@ -409,11 +410,8 @@ class Server:
             if head.path != self.config.server.path:
                 raise AuthError("not_found", "no such endpoint", status=404,
                                 close_code=CLOSE_POLICY)
-            try:
+            with bad_request(CLOSE_POLICY):
                 params = protocol.parse_connect_params(head.query)
-            except ProtocolError as exc:
-                raise AuthError(exc.code, exc.message, status=400,
-                                close_code=CLOSE_POLICY) from None
             in_band = params.errors_in_band
             claims = self._verify(extract_token(request.path, request.headers))
             if params.source == "room":

@@ -55,6 +55,7 @@ from edge.protocols.events import (
     Utterance,
     Word,
 )
+from edge.protocols.query import optional
 from edge.protocols.text import JsonTextError, json_object
 
 # AssemblyAI's close codes (the SDKs' tables); it uses IANA's 1000, 1008, 1012, 1013 too.
@@ -147,7 +148,9 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     """Validate a ``/v3/ws`` query. Raises :class:`ProtocolError` (``invalid_parameter``,
     close code 3006) naming the parameter; never echoes a value."""
     rate = _int_param(query, "sample_rate", 8000, 192000)
-    encoding = _single(query, "encoding") if "encoding" in query else "pcm_s16le"
+    encoding = _param(query, "encoding")
+    if encoding is None:
+        encoding = "pcm_s16le"
     if encoding not in ENCODINGS:
         raise _invalid_param("encoding must be pcm_s16le or pcm_mulaw (this device "
                              "decodes no compressed audio)")
@@ -165,7 +168,7 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     keyterms: tuple[str, ...] = ()
     if "keyterms_prompt" in query:
         try:
-            value = json.loads(_single(query, "keyterms_prompt"))
+            value = json.loads(_param(query, "keyterms_prompt") or "")
         except (ValueError, RecursionError):
             raise _invalid_param("keyterms_prompt must be a JSON list of strings") from None
         keyterms = _keyterms(value, _invalid_param)
@@ -414,18 +417,16 @@ def _input_error(message: str) -> ProtocolError:
     return ProtocolError("invalid_message", message, close_code=CLOSE_INPUT_ERROR)
 
 
-def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
-    values = query[name]
-    if len(values) != 1:
-        raise _invalid_param(f"{name} given more than once")
-    return values[0]
+def _param(query: Mapping[str, Sequence[str]], name: str) -> str | None:
+    return optional(query, name, close_code=CLOSE_INPUT_ERROR)
 
 
 def _int_param(query: Mapping[str, Sequence[str]], name: str, low: int, high: int
                ) -> int | None:
-    if name not in query:
+    raw = _param(query, name)
+    if raw is None:
         return None
-    raw = _single(query, name).strip()
+    raw = raw.strip()
     # The Python SDK writes floats it was given as floats ("16000.0"): accept whole ones.
     if raw.endswith(".0"):
         raw = raw[:-2]
@@ -436,7 +437,7 @@ def _int_param(query: Mapping[str, Sequence[str]], name: str, low: int, high: in
 
 def _float_param(query: Mapping[str, Sequence[str]], name: str, low: float, high: float
                  ) -> float:
-    raw = _single(query, name).strip()
+    raw = (_param(query, name) or "").strip()
     try:
         value = float(raw) if len(raw) <= 32 else math.nan
     except ValueError:
@@ -447,9 +448,10 @@ def _float_param(query: Mapping[str, Sequence[str]], name: str, low: float, high
 
 
 def _bool_param(query: Mapping[str, Sequence[str]], name: str) -> bool | None:
-    if name not in query:
+    raw = _param(query, name)
+    if raw is None:
         return None
-    raw = _single(query, name).strip().lower()  # "True" from Python, "true" from JS
+    raw = raw.strip().lower()  # "True" from Python, "true" from JS
     if raw not in ("true", "false"):
         raise _invalid_param(f"{name} must be true or false")
     return raw == "true"

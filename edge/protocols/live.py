@@ -46,6 +46,7 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
+from edge.protocols.query import single
 from edge.protocols.text import JsonTextError, json_object
 
 PROTOCOL_VERSION = 1
@@ -267,7 +268,7 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     """Validate the query parameters of a handshake. Raises ProtocolError(400-worthy)."""
     rate: int | None = None
     if "sample_rate" in query:
-        raw = _single(query, "sample_rate")
+        raw = single(query, "sample_rate")
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
                 8000 <= int(raw) <= 192000):
             raise ProtocolError("invalid_parameter",
@@ -275,20 +276,20 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
         rate = int(raw)
     in_band = False
     if "errors" in query:
-        raw = _single(query, "errors")
+        raw = single(query, "errors")
         if raw not in ("http", "message"):
             raise ProtocolError("invalid_parameter", 'errors must be "http" or "message"')
         in_band = raw == "message"
-    if "encoding" in query and _single(query, "encoding") not in ("pcm_s16le", "wav"):
+    if "encoding" in query and single(query, "encoding") not in ("pcm_s16le", "wav"):
         raise ProtocolError("invalid_parameter", 'encoding must be "pcm_s16le" or "wav"')
     source = "client"
     if "source" in query:
-        source = _single(query, "source")
+        source = single(query, "source")
         if source not in ("client", "room"):
             raise ProtocolError("invalid_parameter", 'source must be "client" or "room"')
     since: int | None = None
     if "since_seq" in query:
-        raw = _single(query, "since_seq")
+        raw = single(query, "since_seq")
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
             raise ProtocolError("invalid_parameter", "since_seq must be a non-negative integer")
         if source != "room":
@@ -311,16 +312,9 @@ MAX_NAME_CHARS = 200  # enrolled names and roles (as edge.speakers.voiceprints.M
 def _name_param(query: Mapping[str, Sequence[str]], name: str) -> str | None:
     if name not in query:
         return None
-    value = _single(query, name).strip()
+    value = single(query, name).strip()
     if not value or len(value) > MAX_NAME_CHARS or any(ord(ch) < 32 or ord(ch) == 127
                                                        for ch in value):
         raise ProtocolError("invalid_parameter", f"{name} must be 1 to {MAX_NAME_CHARS} "
                             "characters without control characters")
     return value
-
-
-def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
-    values = query[name]
-    if len(values) != 1:
-        raise ProtocolError("invalid_parameter", f"{name} given more than once")
-    return values[0]

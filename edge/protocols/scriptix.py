@@ -46,6 +46,7 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
+from edge.protocols.query import optional
 from edge.protocols.text import JsonTextError, json_object
 
 PATH = "/v2/realtime"
@@ -92,7 +93,7 @@ def parse_connect_params(query: Mapping[str, Sequence[str]], device_language: st
                          ) -> ConnectParams:
     """Validate ``language`` and ``type``. ``device_language`` is the model's language
     (None: unknown, any language is accepted). Raises :class:`ProtocolError` (a 400)."""
-    language = _single(query, "language")
+    language = optional(query, "language")
     if language is not None:
         primary = primary_language(language)
         if not (language.strip() and primary.isascii() and primary.isalpha()
@@ -103,19 +104,10 @@ def parse_connect_params(query: Mapping[str, Sequence[str]], device_language: st
             raise ProtocolError("unsupported_language", f"this device transcribes only "
                                 f"{device_language!r} (its one model); language="
                                 f"{language[:MAX_TAG_CHARS]!r} is not available")
-    model_type = _single(query, "type")
+    model_type = optional(query, "type")
     if model_type is not None and model_type not in MODEL_TYPES:
         raise ProtocolError("invalid_parameter", 'type must be "fast" or "quality"')
     return ConnectParams(language=language, model_type=model_type)
-
-
-def _single(query: Mapping[str, Sequence[str]], name: str) -> str | None:
-    values = query.get(name)
-    if not values:
-        return None
-    if len(values) != 1:
-        raise ProtocolError("invalid_parameter", f"{name} given more than once")
-    return values[0]
 
 
 def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]]) -> str:

@@ -17,12 +17,13 @@ from collections.abc import Iterable
 
 from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, mint, require_scope
 from edge.core.config import Config
-from edge.core.errors import AuthError, ProtocolError
+from edge.core.errors import AuthError
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, HttpResponse, HttpRoute, Route, Verify
 from edge.protocols.assemblyai import CLOSE_INPUT_ERROR, AssemblyAIDialect, parse_connect_params
 from edge.protocols.events import Configure
+from edge.protocols.query import bad_request
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,8 @@ class StreamingRoute:
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         query = head.query
         claims = verify(token_from(query, head.headers))
-        try:
+        with bad_request(CLOSE_INPUT_ERROR):
             params = parse_connect_params(query)
-        except ProtocolError as exc:
-            raise AuthError(exc.code, exc.message, status=400,
-                            close_code=CLOSE_INPUT_ERROR) from None
         s = self.config.server
         expires_at = min(claims.expires_at, time.time() + s.max_session_seconds)
         idle = None

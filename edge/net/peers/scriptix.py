@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import Config
-from edge.core.errors import AuthError, ConfigError, ProtocolError
+from edge.core.errors import AuthError, ConfigError
 from edge.core.languages import primary_language
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, HttpResponse, HttpRoute, Route, Verify
 from edge.protocols import scriptix
+from edge.protocols.query import bad_request
 from edge.protocols.scriptix import ScriptixDialect
 
 logger = logging.getLogger(__name__)
@@ -38,11 +40,8 @@ class RealtimeRoute:
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         claims = verify(scriptix.extract_token(head.target, head.headers))
-        try:
+        with bad_request(CLOSE_POLICY):
             params = scriptix.parse_connect_params(head.query, self.device_language)
-        except ProtocolError as exc:
-            raise AuthError(exc.code, exc.message, status=400,
-                            close_code=scriptix.CLOSE_POLICY) from None
         return Admitted(claims, ScriptixDialect(params, self.device_language), DIALECT,
                         declared_rate=scriptix.SAMPLE_RATE, phrases=self.phrases)
 
@@ -52,7 +51,7 @@ class StreamModeRoute:
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         raise AuthError("stream_mode_refused", scriptix.STREAM_MODE_REFUSED,
-                        status=_STREAM_STATUS, close_code=scriptix.CLOSE_POLICY)
+                        status=_STREAM_STATUS, close_code=CLOSE_POLICY)
 
 
 async def stream_mode_http(head: RequestHead, verify: Verify) -> HttpResponse:
