@@ -39,6 +39,7 @@ from edge.core.close_codes import (
     CLOSE_UNSUPPORTED_DATA,
 )
 from edge.core.errors import ProtocolError
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -147,7 +148,7 @@ def turn_silence(max_ms: int | None, min_ms: int | None) -> int | None:
 def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     """Validate a ``/v3/ws`` query. Raises :class:`ProtocolError` (``invalid_parameter``,
     close code 3006) naming the parameter; never echoes a value."""
-    rate = _int_param(query, "sample_rate", 8000, 192000)
+    rate = _int_param(query, "sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
     encoding = _param(query, "encoding")
     if encoding is None:
         encoding = "pcm_s16le"

@@ -27,6 +27,7 @@ from edge.core.close_codes import CLOSE_TOO_BIG as CLOSE_TOO_BIG
 from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER
 from edge.core.close_codes import CLOSE_UNSUPPORTED_DATA as CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -213,10 +214,9 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
     if phrases is not None:
         phrases = _parse_phrases(phrases, limits)
     rate = data.get("sample_rate")
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 192000
-    ):
-        raise _bad("config.sample_rate must be an integer between 8000 and 192000")
+    if rate is not None and not is_sample_rate(rate):
+        raise _bad(f"config.sample_rate must be an integer between {MIN_SAMPLE_RATE} and "
+                   f"{MAX_SAMPLE_RATE}")
     partials = data.get("partial_results")
     if partials is not None and not isinstance(partials, bool):
         raise _bad("config.partial_results must be true or false")
@@ -269,10 +269,10 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     rate: int | None = None
     if "sample_rate" in query:
         raw = single(query, "sample_rate")
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
-                8000 <= int(raw) <= 192000):
-            raise ProtocolError("invalid_parameter",
-                                "sample_rate must be an integer between 8000 and 192000")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6
+                and is_sample_rate(int(raw))):
+            raise ProtocolError("invalid_parameter", f"sample_rate must be an integer "
+                                f"between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}")
         rate = int(raw)
     in_band = False
     if "errors" in query:

@@ -44,6 +44,7 @@ from edge.core.close_codes import (
     CLOSE_UNSUPPORTED_DATA,
 )
 from edge.core.errors import ProtocolError
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -218,9 +219,9 @@ def _rate(value: Any) -> int:
         value = int(value)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 8000 <= value <= 192000:
-        raise _invalid("config.sample_rate must be a whole number of Hz between 8000 and "
-                       "192000")
+    if not is_sample_rate(value):
+        raise _invalid(f"config.sample_rate must be a whole number of Hz between "
+                       f"{MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}")
     return value
 
 

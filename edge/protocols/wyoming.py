@@ -41,6 +41,7 @@ from edge import __version__
 from edge.core.close_codes import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
 from edge.core.languages import MAX_TAG_CHARS, model_language, primary_language
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -58,7 +59,6 @@ WYOMING_VERSION = "1.10.2"
 
 PROGRAM_NAME = "edge"
 
-MIN_RATE, MAX_RATE = 8000, 192000
 MAX_WIDTH = 4  # bytes per sample: 8, 16, 24 and 32-bit integer PCM
 MAX_CHANNELS = 8
 _MAX_NAME = 64  # event types and codes quoted in an error
@@ -320,8 +320,8 @@ def parse_format(event: WyomingEvent) -> Format:
     rate = _int_field(event, "rate")
     width = _int_field(event, "width")
     channels = _int_field(event, "channels")
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise _unsupported(f"{event.type}: rate must be {MIN_RATE}-{MAX_RATE} Hz")
+    if not is_sample_rate(rate):
+        raise _unsupported(f"{event.type}: rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     if not 1 <= width <= MAX_WIDTH:
         raise _unsupported(f"{event.type}: width must be 1-{MAX_WIDTH} bytes (integer PCM)")
     if not 1 <= channels <= MAX_CHANNELS:
