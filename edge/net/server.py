@@ -58,8 +58,9 @@ from edge.net.session import Session
 from edge.ops import health
 from edge.ops.supervisor import Supervisor
 from edge.protocols import live as protocol
-from edge.protocols.live import Limits, LiveDialect
+from edge.protocols.live import LiveDialect
 from edge.protocols.query import bad_request
+from edge.protocols.text import Limits
 from edge.relay.ingest import RelayIngest
 from edge.relay.sender import Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus

@@ -48,7 +48,7 @@ from edge.protocols.events import (
     Utterance,
 )
 from edge.protocols.query import single
-from edge.protocols.text import JsonTextError, json_object
+from edge.protocols.text import JsonTextError, Limits, json_object, phrase_list
 
 PROTOCOL_VERSION = 1
 
@@ -169,14 +169,10 @@ _CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results",
 MAX_TURN_SILENCE_MS = 60_000
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_phrases: int = 1000
-    max_phrase_chars: int = 200
-    max_text_chars: int = 65536
+_LIMITS = Limits()
 
 
-def parse_client_text(text: str, limits: Limits = Limits()) -> ClientMessage:
+def parse_client_text(text: str, limits: Limits = _LIMITS) -> ClientMessage:
     """Parse one client text frame.
 
     Raises :class:`ProtocolError` with code ``bad_message``; the session answers it with
@@ -234,15 +230,9 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
 
 
 def _parse_phrases(value: Any, limits: Limits) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise _bad("config.phrases must be a list of strings")
-    if len(value) > limits.max_phrases:
-        raise _bad(f"config.phrases has more than {limits.max_phrases} entries")
-    phrases = tuple(p.strip() for p in value if p.strip())
+    phrases = phrase_list(value, limits, "config.phrases", _bad)
     if not phrases:
         raise _bad("config.phrases is empty")
-    if any(len(p) > limits.max_phrase_chars for p in phrases):
-        raise _bad(f"a phrase is longer than {limits.max_phrase_chars} characters")
     return phrases
 
 

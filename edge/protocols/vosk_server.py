@@ -58,14 +58,7 @@ from edge.protocols.events import (
     Result,
     Utterance,
 )
-from edge.protocols.text import JsonTextError, json_object
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_phrases: int = 1000
-    max_phrase_chars: int = 200
-    max_text_chars: int = 65536
+from edge.protocols.text import JsonTextError, Limits, json_object, phrase_list
 
 
 class VoskServerDialect:
@@ -226,13 +219,7 @@ def _rate(value: Any) -> int:
 
 
 def _phrases(value: Any, limits: Limits) -> tuple[str, ...] | None:
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise _invalid("config.phrase_list must be a list of strings")
-    if len(value) > limits.max_phrases:
-        raise _invalid(f"config.phrase_list has more than {limits.max_phrases} entries")
-    phrases = tuple(p.strip() for p in value if p.strip())
-    if any(len(p) > limits.max_phrase_chars for p in phrases):
-        raise _invalid(f"a phrase is longer than {limits.max_phrase_chars} characters")
+    phrases = phrase_list(value, limits, "config.phrase_list", _invalid)
     return phrases or None  # vosk-server decodes without a grammar for an empty list
 
 

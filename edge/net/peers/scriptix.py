@@ -10,12 +10,12 @@ is accepted and the client is warned after ``listening``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import Config
-from edge.core.errors import AuthError, ConfigError
+from edge.core.errors import AuthError
 from edge.core.languages import primary_language
+from edge.core.phrases import read_phrases_file
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, HttpResponse, HttpRoute, Route, Verify
@@ -67,39 +67,14 @@ def device_language(config: Config, context: PeerContext) -> str | None:
     return scriptix.model_language(context.model_name)
 
 
-MAX_PHRASE_CHARS = 200
-
-
-def read_phrases(path: str, max_phrases: int) -> tuple[str, ...] | None:
-    """``scriptix.phrases_file``: one phrase a line, blank lines and ``#`` comments
-    skipped (blocking: read once, at start). None when unset; ConfigError naming the key
-    when it cannot be used."""
-    if not path:
-        return None
-    key = "scriptix.phrases_file"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc}") from None
-    phrases = tuple(line.strip() for line in text.splitlines()
-                    if line.strip() and not line.lstrip().startswith("#"))
-    if not phrases:
-        raise ConfigError(key, f"{path} holds no phrase")
-    if len(phrases) > max_phrases:
-        raise ConfigError(key, f"{path} holds {len(phrases)} phrases; at most "
-                          f"{max_phrases} (recognizer.max_phrases)")
-    if any(len(p) > MAX_PHRASE_CHARS for p in phrases):
-        raise ConfigError(key, f"a phrase in {path} is longer than {MAX_PHRASE_CHARS} "
-                          "characters")
-    return phrases
-
-
 def routes(config: Config, context: PeerContext
            ) -> tuple[dict[str, Route], dict[str, HttpRoute]]:
     """The WebSocket and HTTP paths of Scriptix realtime on the main port (a path
     ending in ``/`` covers every path under it). Reads ``scriptix.phrases_file``."""
     language = device_language(config, context)
-    phrases = read_phrases(config.scriptix.phrases_file, config.recognizer.max_phrases)
+    path = config.scriptix.phrases_file
+    phrases = (read_phrases_file("scriptix.phrases_file", path, config.recognizer.max_phrases)
+               if path else None)
     if language is None:
         logger.warning("scriptix: the model's language is not in its name (%s) and "
                        "scriptix.language is not set: any language is accepted",

@@ -19,7 +19,8 @@ from edge.core.networks import TrustedNetworks, network_claims
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, Route, Verify
-from edge.protocols.vosk_server import Limits, VoskServerDialect
+from edge.protocols.text import Limits
+from edge.protocols.vosk_server import VoskServerDialect
 
 logger = logging.getLogger(__name__)
 
