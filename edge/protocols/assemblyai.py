@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.auth import TokenPlaces
 from edge.core.close_codes import (
     CLOSE_AUTH,
     CLOSE_INTERNAL_ERROR,
@@ -67,6 +68,9 @@ CLOSE_TOO_MANY_SESSIONS = 3009
 CLOSE_NOT_AUTHORIZED = 4001
 CLOSE_TOO_FAST = 4029
 CLOSE_IDLE = 4031
+
+#: The SDKs send ``Authorization: <key>`` (Python) or ``?token=`` (JS), never both.
+TOKEN_PLACES = TokenPlaces(bare_authorization=True, close_code=CLOSE_NOT_AUTHORIZED)
 
 #: The core's end reasons, as AssemblyAI's close codes.
 _CLOSE_FOR_REASON = {

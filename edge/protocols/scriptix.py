@@ -28,11 +28,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from edge.core import languages
+from edge.core import auth, languages
+from edge.core.auth import TokenPlaces
 from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
-from edge.core.errors import AuthError, ProtocolError
+from edge.core.errors import ProtocolError
 from edge.core.languages import MAX_TAG_CHARS, primary_language
 from edge.protocols.events import (
     Audio,
@@ -56,6 +56,7 @@ SAMPLE_RATE = 16000  # what Scriptix clients send
 MODEL_TYPES = ("fast", "quality")
 #: Headers a Scriptix client may carry its key in (the examples use the first).
 TOKEN_HEADERS = (b"x-zoom-s2t-key", b"x-api-key", b"api-key")
+TOKEN_PLACES = TokenPlaces(headers=TOKEN_HEADERS, repeats_agree=True)
 
 
 MAX_TEXT_CHARS = 65536
@@ -114,29 +115,7 @@ def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The token of a handshake: ``?token=``, one of :data:`TOKEN_HEADERS`, or
     ``Authorization: Bearer``. The same token in several places is fine; different
     ones are refused (400), none is 401. Never echoes a token in a message."""
-    found: list[str] = []
-    for key, text in parse_qsl(urlsplit(target).query, keep_blank_values=True):
-        if key == "token":
-            found.append(text.strip())
-    for name, raw in headers:
-        lname = name.lower()
-        if lname in TOKEN_HEADERS:
-            found.append(raw.decode("latin-1").strip())
-        elif lname == b"authorization":
-            scheme, _, credentials = raw.decode("latin-1").strip().partition(" ")
-            if scheme.lower() != "bearer":
-                raise AuthError("invalid_token", "the Authorization header must be "
-                                "\"Bearer <token>\"", status=401)
-            found.append(credentials.strip())
-    if not found:
-        raise AuthError("missing_token", "a token is required: ?token=, or the "
-                        "x-zoom-s2t-key, x-api-key or api-key header", status=401)
-    if not all(found):
-        raise AuthError("invalid_token", "empty token", status=401)
-    if len(set(found)) > 1:
-        raise AuthError("invalid_request", "different tokens in the query and the headers",
-                        status=400)
-    return found[0]
+    return auth.extract_token(target, headers, TOKEN_PLACES)
 
 
 # --- messages ------------------------------------------------------------------------
