@@ -21,7 +21,7 @@ import trio
 
 from edge.core.config import Config
 from edge.core.errors import AuthError
-from edge.core.networks import TrustedNetworks, network_claims
+from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
 from edge.core.phrases import read_phrases_file
 from edge.net.channel import ChannelClosed
 from edge.net.peers import PeerContext
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 _RECEIVE_BYTES = 65536
 _LINGER = 5.0  # seconds a closing connection waits for the peer's own close
-_CLOSE_MARGIN = 60.0  # the claims outlive the session's own length limit by this much
 
 
 class WyomingChannel:
@@ -160,8 +159,8 @@ class WyomingListener:
         if begin.replay is not None:
             channel.push_back(begin.replay)
         now = time.time()
-        lifetime = (self.config.server.max_session_seconds + self.config.auth.expiry_warning
-                    + _CLOSE_MARGIN)
+        lifetime = network_lifetime(self.config.server.max_session_seconds,
+                                    self.config.auth.expiry_warning)
         admitted = Admitted(
             claims=network_claims("wyoming", host, now=now, lifetime=lifetime),
             dialect=WyomingDialect(self.service, begin.request), dialect_name="wyoming",
