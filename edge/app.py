@@ -33,7 +33,7 @@ from edge.core.admission import Admission, Admissions
 from edge.core.auth import AuthSettings, RevocationFile
 from edge.core.config import Config, journal_path, voiceprints_path
 from edge.core.errors import ConfigError
-from edge.core.keys import device_id, signing_key
+from edge.core.keys import auth_settings, device_id
 from edge.core.stats import Stats
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
@@ -55,11 +55,6 @@ from edge.speakers.voiceprints import encrypt_plaintext_store
 logger = logging.getLogger(__name__)
 
 MAX_RELAYING_DEVICES = 64  # downstream devices relaying into this one at once
-def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
-    a = config.auth
-    return AuthSettings(algorithm=a.algorithm, key=signing_key(config, dev=dev),
-                        issuer=a.issuer or None, audience=a.audience or None,
-                        leeway=a.leeway, max_lifetime=a.max_token_lifetime)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,13 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.core.config import Config, state_dir
 from edge.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.core.auth import AuthSettings
 
 DEV_SECRET_NAME = "dev-jwt-secret"
 CREDENTIAL_NAME = "jwt-secret"
@@ -59,6 +63,18 @@ def signing_key(config: Config, *, dev: bool = False) -> str:
     if len(secret.encode()) < 32:
         raise ConfigError("auth.secret", "the HS256 secret must be at least 32 bytes")
     return secret
+
+
+def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
+    """How tokens are verified: ``[auth]`` with the key of :func:`signing_key`. Blocking
+    (files). Raises :class:`ConfigError` naming the key, ``ValueError`` for a key that
+    does not fit the algorithm."""
+    from edge.core.auth import AuthSettings  # PyJWT is loaded only where tokens are verified
+
+    a = config.auth
+    return AuthSettings(algorithm=a.algorithm, key=signing_key(config, dev=dev),
+                        issuer=a.issuer or None, audience=a.audience or None,
+                        leeway=a.leeway, max_lifetime=a.max_token_lifetime)
 
 
 def _read_key_file(key: str, path: str) -> str:

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge import app
 from edge.asr.modeldir import check_model_dir, check_speaker_model_dir, default_model_path
 from edge.asr.vosk import load_model, load_speaker_model
 from edge.core.auth import RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
+from edge.core.keys import auth_settings
 from edge.core.networks import TrustedNetworks
 from edge.crypto.rotation import open_key
 from edge.ops.health import clock_status
@@ -50,7 +50,7 @@ def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
 
 def check_keys(config: Config) -> Finding:
     try:
-        app.auth_settings(config)
+        auth_settings(config)
     except EdgeError as exc:
         return Finding(FAIL, "keys", str(exc))
     except ValueError as exc:
