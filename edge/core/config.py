@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from edge.core.errors import ConfigError
+from edge.core.languages import primary_language
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 
 
@@ -447,7 +448,7 @@ def _validate_peers(c: Config) -> None:
 
 
 def _validate_scriptix(s: ScriptixConfig) -> None:
-    code = s.language.strip().replace("_", "-").split("-", 1)[0]
+    code = primary_language(s.language)
     if s.language and not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
         raise ConfigError("scriptix.language", f"must be a language code such as \"ko\" "
                           f"or empty (from the model's name), got {s.language!r}")
