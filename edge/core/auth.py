@@ -317,14 +317,14 @@ def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]],
     if not found:
         raise AuthError("missing_token", f"a token is required: {places.describe()}",
                         status=401, close_code=places.close_code)
+    places_used = ", ".join(sorted({where for where, _ in found}))
     if len(found) > 1 and not places.repeats_agree:
-        where = sorted({w for w, _ in found})
         raise AuthError("invalid_request", f"the token is given more than once "
-                        f"({', '.join(where)}); give it once", status=400,
+                        f"({places_used}); give it once", status=400,
                         close_code=places.close_code)
     tokens = {_token_in(where, value, places) for where, value in found}
     if len(tokens) > 1:
-        raise AuthError("invalid_request", "different tokens in the query and the headers",
+        raise AuthError("invalid_request", f"different tokens ({places_used}); give one",
                         status=400, close_code=places.close_code)
     return tokens.pop()
 
