@@ -35,7 +35,7 @@ from edge.core.auth import AuthSettings, RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import ConfigError
 from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
-from edge.core.keys import device_id, optional_signing_key
+from edge.core.keys import auth_settings, device_id
 from edge.core.stats import Stats
 from edge.core.terms import TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
@@ -61,14 +61,6 @@ from edge.speakers.voiceprints import encrypt_plaintext_store
 logger = logging.getLogger(__name__)
 
 MAX_RELAYING_DEVICES = 64  # downstream devices relaying into this one at once
-def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
-    a = config.auth
-    jwks = KeyStore(a.jwks_url, a.algorithms) if a.jwks_url else None
-    return AuthSettings(algorithm=a.algorithm, key=optional_signing_key(config, dev=dev),
-                        issuer=a.issuer or None, audience=a.audience or None,
-                        leeway=a.leeway, max_lifetime=a.max_token_lifetime, jwks=jwks)
-
-
 def jwks_refresher(config: Config, store: KeyStore, key: DataKey | None) -> JwksRefresher:
     """The service that keeps the identity provider's key set (blocking: reads
     ``auth.jwks_cafile``; a CA file that cannot be used is a ConfigError)."""

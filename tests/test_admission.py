@@ -6,8 +6,8 @@ import pytest
 
 from edge.core.admission import Admission, Ticket
 from edge.core.auth import Claims, Revocations
+from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER
 from edge.core.errors import AuthError
-from edge.protocols.live import CLOSE_TRY_AGAIN_LATER
 
 
 def claims(sub: str = "user-1", *, jti: str | None = None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.core.errors import AudioFormatError
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 
 _WAVE_FORMAT_PCM = 1
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
@@ -76,9 +77,9 @@ def parse_wav_header(data: bytes) -> WavHeader:
                                        "send 16-bit PCM")
             if not 1 <= channels <= 8:
                 raise AudioFormatError(f"WAV with {channels} channels is not supported")
-            if not 8000 <= rate <= 192000:
+            if not is_sample_rate(rate):
                 raise AudioFormatError(f"WAV sample rate {rate} Hz is not supported "
-                                       "(8000-192000)")
+                                       f"({MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE})")
             fmt = AudioFormat(sample_rate=rate, channels=channels)
         elif chunk_id == b"data":
             if fmt is None:

@@ -13,9 +13,9 @@ import trio
 from trio_websocket import ConnectionRejected, HandshakeError
 
 from edge.cli.common import EXIT_FAIL, EXIT_OK, read_phrases
+from edge.core.close_codes import CLOSE_NORMAL
 from edge.core.errors import ConfigError
 from edge.net.client import stream_file
-from edge.protocols import live as protocol
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    if result.close_code != protocol.CLOSE_NORMAL:
+    if result.close_code != CLOSE_NORMAL:
         print(f"edge: connection closed with {result.close_code} {result.close_reason or ''}",
               file=sys.stderr)
         return EXIT_FAIL

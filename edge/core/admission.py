@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from edge.core.auth import Claims, Revocations
+from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER
 from edge.core.errors import AuthError
-from edge.protocols.live import CLOSE_TRY_AGAIN_LATER
 
 
 @dataclass

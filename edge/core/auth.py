@@ -18,12 +18,13 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
+from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
 from edge.core.errors import AuthError
 from edge.core.jwks import KeyStore
 
@@ -53,7 +54,7 @@ _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def _invalid(message: str) -> AuthError:
-    return AuthError("invalid_token", message, status=401, close_code=1002)
+    return AuthError("invalid_token", message, status=401)
 
 
 @dataclass(frozen=True)
@@ -274,54 +275,93 @@ class RevocationFile:
             self._last_problem = problem
 
 
-def extract_token(path: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """Return the bearer token of a handshake request.
+@dataclass(frozen=True)
+class TokenPlaces:
+    """Where a protocol's clients may put their token. Every client may use ``?token=``
+    and ``Authorization: Bearer <token>``; ``headers`` are more headers that carry the
+    bare token (Scriptix's ``x-api-key``, ...); with ``bare_authorization``,
+    ``Authorization: <token>`` without the Bearer word is read too (AssemblyAI's SDKs
+    send their key so).
 
-    ``path`` is the request target including the query string; ``headers`` are
-    ``(name, value)`` byte pairs. The token comes from ``Authorization: Bearer <jwt>``
-    (scheme case-insensitive) or from the ``token`` query parameter, never both.
-
-    Raises ``AuthError``: ``invalid_request`` (400) when both are present or either is
-    repeated, ``missing_token`` (401) when neither is, ``invalid_token`` (401) for another
-    authorization scheme or an empty token.
+    A token in two places is refused (400), unless ``repeats_agree``: then the same
+    token in several places is one token and only different ones are refused
+    (Scriptix's clients may send it in a header and in the URL). ``close_code`` goes
+    with every refusal, for clients that take their errors in-band.
     """
-    authorizations = [value for name, value in headers if name.lower() == b"authorization"]
-    _, _, query = path.partition("?")
-    query_tokens = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "token"]
 
-    if len(authorizations) > 1:
-        raise AuthError(
-            "invalid_request", "more than one Authorization header", status=400, close_code=1002
-        )
-    if len(query_tokens) > 1:
-        raise AuthError(
-            "invalid_request", "more than one token query parameter", status=400, close_code=1002
-        )
-    if authorizations and query_tokens:
-        raise AuthError(
-            "invalid_request",
-            "token given both in the Authorization header and the query string",
-            status=400,
-            close_code=1002,
-        )
-    if query_tokens:
-        token = query_tokens[0].strip()
-        if not token:
-            raise _invalid("empty token query parameter")
-        return token
-    if not authorizations:
-        raise AuthError("missing_token", "a bearer token is required", status=401)
+    headers: tuple[bytes, ...] = ()
+    bare_authorization: bool = False
+    repeats_agree: bool = False
+    close_code: int = CLOSE_AUTH
 
-    value = authorizations[0].decode("latin-1").strip()
-    scheme, _, credentials = value.partition(" ")
-    if scheme.lower() != "bearer":
-        raise _invalid("Authorization header must use the Bearer scheme")
-    credentials = credentials.strip()
-    if not credentials:
-        raise _invalid("empty bearer token")
-    if any(c.isspace() for c in credentials):
-        raise _invalid("malformed Authorization header")
-    return credentials
+    def describe(self) -> str:
+        """Where a token may be, in words, for the refusal of a request without one."""
+        names = ["?token=", "the Authorization header" if self.bare_authorization
+                 else "Authorization: Bearer", *(f"the {h.decode()} header" for h in self.headers)]
+        return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+#: The Live API's places, and those of every endpoint that is not a peer's.
+BEARER = TokenPlaces()
+
+_AUTHORIZATION = "the Authorization header"
+
+
+def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]],
+                  places: TokenPlaces = BEARER) -> str:
+    """Return the token of a handshake request.
+
+    ``target`` is the request target including the query string; ``headers`` are
+    ``(name, value)`` byte pairs. The token comes from ``?token=``, ``Authorization``
+    (scheme case-insensitive) or another of ``places``'s headers.
+
+    Raises ``AuthError`` with ``places.close_code``: ``invalid_request`` (400) when the
+    token is given in more than one place (or, where ``places.repeats_agree``, when
+    they differ), ``missing_token`` (401) when it is given nowhere, ``invalid_token``
+    (401) for another authorization scheme or an empty or malformed token. Messages
+    never quote a token.
+    """
+    found: list[tuple[str, str]] = []  # (where, the value as sent)
+    for key, value in parse_qsl(urlsplit(target).query, keep_blank_values=True):
+        if key == "token":
+            found.append(("?token=", value))
+    for name, raw in headers:
+        lname = name.lower()
+        if lname == b"authorization":
+            found.append((_AUTHORIZATION, raw.decode("latin-1")))
+        elif lname in places.headers:
+            found.append((f"the {lname.decode('latin-1')} header", raw.decode("latin-1")))
+    if not found:
+        raise AuthError("missing_token", f"a token is required: {places.describe()}",
+                        status=401, close_code=places.close_code)
+    places_used = ", ".join(sorted({where for where, _ in found}))
+    if len(found) > 1 and not places.repeats_agree:
+        raise AuthError("invalid_request", f"the token is given more than once "
+                        f"({places_used}); give it once", status=400,
+                        close_code=places.close_code)
+    tokens = {_token_in(where, value, places) for where, value in found}
+    if len(tokens) > 1:
+        raise AuthError("invalid_request", f"different tokens ({places_used}); give one",
+                        status=400, close_code=places.close_code)
+    return tokens.pop()
+
+
+def _token_in(where: str, value: str, places: TokenPlaces) -> str:
+    token = value.strip()
+    if where == _AUTHORIZATION:
+        scheme, _, credentials = token.partition(" ")
+        if scheme.lower() == "bearer":
+            token = credentials.strip()
+        elif not places.bare_authorization:
+            raise AuthError("invalid_token", "the Authorization header must be "
+                            "\"Bearer <token>\"", status=401, close_code=places.close_code)
+    if not token:
+        raise AuthError("invalid_token", f"empty token in {where}", status=401,
+                        close_code=places.close_code)
+    if any(c.isspace() for c in token):
+        raise AuthError("invalid_token", f"malformed token in {where}", status=401,
+                        close_code=places.close_code)
+    return token
 
 
 def _translate(exc: Exception) -> AuthError:
@@ -330,10 +370,10 @@ def _translate(exc: Exception) -> AuthError:
     PyJWT messages may echo header values chosen by the client, so they are not reused.
     """
     if isinstance(exc, jwt.ExpiredSignatureError):
-        return AuthError("token_expired", "token has expired", status=401, close_code=1002)
+        return AuthError("token_expired", "token has expired", status=401)
     if isinstance(exc, jwt.ImmatureSignatureError):
         return AuthError(
-            "token_not_yet_valid", "token is not yet valid", status=401, close_code=1002
+            "token_not_yet_valid", "token is not yet valid", status=401
         )
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return _invalid(f"token lacks the required claim {exc.claim!r}")
@@ -473,14 +513,14 @@ def verify(
 
     leeway = settings.leeway
     if exp <= now - leeway:
-        raise AuthError("token_expired", "token has expired", status=401, close_code=1002)
+        raise AuthError("token_expired", "token has expired", status=401)
     if nbf is not None and nbf > now + leeway:
         raise AuthError(
-            "token_not_yet_valid", "token is not yet valid", status=401, close_code=1002
+            "token_not_yet_valid", "token is not yet valid", status=401
         )
     if iat > now + leeway:
         raise AuthError(
-            "token_not_yet_valid", "token is issued in the future", status=401, close_code=1002
+            "token_not_yet_valid", "token is issued in the future", status=401
         )
     if exp <= iat:
         raise _invalid("claim 'exp' must be later than 'iat'")
@@ -500,7 +540,7 @@ def verify(
         rate_limit=rate_limit,
     )
     if revoked is not None and revoked.is_revoked(claims):
-        raise AuthError("token_revoked", "token has been revoked", status=401, close_code=1002)
+        raise AuthError("token_revoked", "token has been revoked", status=401)
     return claims
 
 
@@ -534,7 +574,7 @@ def require_scope(claims: Claims, scope: str) -> None:
             "insufficient_scope",
             f"token lacks the {scope!r} scope",
             status=403,
-            close_code=1008,
+            close_code=CLOSE_POLICY,
             scope=scope,
         )
 

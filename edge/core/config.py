@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from edge.core.errors import ConfigError
+from edge.core.languages import primary_language
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 
 
 @dataclass(frozen=True)
@@ -470,15 +472,16 @@ def _validate_peers(c: Config) -> None:
             raise ConfigError(f"{name}.port", f"{section.port} is already {other}")
         if section.enabled:
             ports[f"{name}.port"] = section.port
-    if not 8000 <= c.vosk_server.sample_rate <= 192000:
-        raise ConfigError("vosk_server.sample_rate", "must be between 8000 and 192000")
+    if not is_sample_rate(c.vosk_server.sample_rate):
+        raise ConfigError("vosk_server.sample_rate", f"must be between {MIN_SAMPLE_RATE} and "
+                          f"{MAX_SAMPLE_RATE}")
     _positive("assemblyai.max_token_seconds", c.assemblyai.max_token_seconds)
     _validate_wyoming(c.wyoming)
     _validate_scriptix(c.scriptix)
 
 
 def _validate_scriptix(s: ScriptixConfig) -> None:
-    code = s.language.strip().replace("_", "-").split("-", 1)[0]
+    code = primary_language(s.language)
     if s.language and not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
         raise ConfigError("scriptix.language", f"must be a language code such as \"ko\" "
                           f"or empty (from the model's name), got {s.language!r}")
@@ -527,9 +530,9 @@ def _validate(c: Config) -> None:
     _positive("auth.max_token_lifetime", a.max_token_lifetime)
     if a.expiry_warning < 0:
         raise ConfigError("auth.expiry_warning", f"must not be negative, got {a.expiry_warning}")
-    if not 8000 <= r.sample_rate <= 192000:
-        raise ConfigError("recognizer.sample_rate",
-                          f"must be between 8000 and 192000, got {r.sample_rate}")
+    if not is_sample_rate(r.sample_rate):
+        raise ConfigError("recognizer.sample_rate", f"must be between {MIN_SAMPLE_RATE} and "
+                          f"{MAX_SAMPLE_RATE}, got {r.sample_rate}")
     if r.threads < 0:
         raise ConfigError("recognizer.threads", f"must not be negative, got {r.threads}")
     if r.warm_recognizers < 0:
@@ -565,9 +568,9 @@ def _validate(c: Config) -> None:
     if not m.device:
         raise ConfigError("microphone.device", 'must name a device ("default", a name or '
                           "an index from `edge devices`)")
-    if not 8000 <= m.sample_rate <= 192000:
-        raise ConfigError("microphone.sample_rate",
-                          f"must be between 8000 and 192000, got {m.sample_rate}")
+    if not is_sample_rate(m.sample_rate):
+        raise ConfigError("microphone.sample_rate", f"must be between {MIN_SAMPLE_RATE} and "
+                          f"{MAX_SAMPLE_RATE}, got {m.sample_rate}")
     if not 10 <= m.chunk_ms <= 1000:
         raise ConfigError("microphone.chunk_ms", f"must be between 10 and 1000, got {m.chunk_ms}")
     for name in ("max_listeners", "listener_queue", "replay_size", "retry_max"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY, CLOSE_UNSUPPORTED_DATA
+
 
 class EdgeError(Exception):
     """Base class of the errors edge raises on purpose."""
@@ -33,7 +35,7 @@ class AuthError(EdgeError):
         message: str,
         *,
         status: int = 401,
-        close_code: int = 1002,
+        close_code: int = CLOSE_AUTH,
         retry_after: int | None = None,
         scope: str | None = None,
     ) -> None:
@@ -49,7 +51,7 @@ class AuthError(EdgeError):
 class ProtocolError(EdgeError):
     """A client broke the session protocol; carries the close code to use."""
 
-    def __init__(self, code: str, message: str, *, close_code: int = 1008) -> None:
+    def __init__(self, code: str, message: str, *, close_code: int = CLOSE_POLICY) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -60,7 +62,7 @@ class AudioFormatError(ProtocolError):
     """Audio the server cannot decode (bad or unsupported WAV header)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("unsupported_audio", message, close_code=1003)
+        super().__init__("unsupported_audio", message, close_code=CLOSE_UNSUPPORTED_DATA)
 
 
 class RecognizerError(EdgeError):

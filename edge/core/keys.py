@@ -9,9 +9,13 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.core.config import Config, state_dir
 from edge.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge.core.auth import AuthSettings
 
 DEV_SECRET_NAME = "dev-jwt-secret"
 CREDENTIAL_NAME = "jwt-secret"
@@ -74,6 +78,20 @@ def optional_signing_key(config: Config, *, dev: bool = False) -> str | None:
         if not configured:
             return None
     return signing_key(config, dev=dev)
+
+
+def auth_settings(config: Config, *, dev: bool = False) -> AuthSettings:
+    """How tokens are verified: ``[auth]`` with the key of :func:`signing_key`. Blocking
+    (files). Raises :class:`ConfigError` naming the key, ``ValueError`` for a key that
+    does not fit the algorithm."""
+    from edge.core.auth import AuthSettings  # PyJWT is loaded only where tokens are verified
+    from edge.core.jwks import KeyStore
+
+    a = config.auth
+    jwks = KeyStore(a.jwks_url, a.algorithms) if a.jwks_url else None
+    return AuthSettings(algorithm=a.algorithm, key=optional_signing_key(config, dev=dev),
+                        issuer=a.issuer or None, audience=a.audience or None,
+                        leeway=a.leeway, max_lifetime=a.max_token_lifetime, jwks=jwks)
 
 
 def _read_key_file(key: str, path: str) -> str:

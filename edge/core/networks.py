@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from edge.core.auth import SCOPE_READ, SCOPE_WRITE, Claims
+from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import parse_networks
 from edge.core.errors import AuthError
 
@@ -37,10 +38,23 @@ class TrustedNetworks:
         if not self.admits(host):
             raise AuthError("untrusted_network", f"{dialect} clients are admitted only from "
                             f"{self.key}; this address is not in it", status=403,
-                            close_code=1008)
+                            close_code=CLOSE_POLICY)
+
+
+#: How long network claims outlive the session-length limit and the expiry warning.
+CLAIMS_MARGIN = 60.0
+
+
+def network_lifetime(max_session_seconds: float, expiry_warning: float) -> float:
+    """How long the claims of a client from a trusted network last: past
+    ``server.max_session_seconds`` by ``auth.expiry_warning`` and :data:`CLAIMS_MARGIN`,
+    so that the session ends at its length limit before its claims warn of, or reach,
+    their expiry."""
+    return max_session_seconds + expiry_warning + CLAIMS_MARGIN
 
 
 def network_claims(dialect: str, host: str, *, now: float, lifetime: float) -> Claims:
-    """The claims of an unauthenticated client admitted from a trusted network."""
+    """The claims of an unauthenticated client admitted from a trusted network
+    (``lifetime``: :func:`network_lifetime`)."""
     return Claims(sub=f"{dialect}@{host}", scopes=frozenset({SCOPE_READ, SCOPE_WRITE}),
                   user_type="network", issued_at=now, expires_at=now + lifetime)

@@ -20,19 +20,19 @@ from typing import Any
 import trio
 
 from edge.core.auth import Claims
-from edge.core.config import Config
-from edge.core.stats import Stats
-from edge.net.channel import Channel, ChannelClosed
-from edge.protocols import live as protocol
-from edge.protocols.events import CoreEvent, Dialect, Ended, Notice
-from edge.protocols.live import (
+from edge.core.close_codes import (
     CLOSE_AUTH,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY,
     CLOSE_SERVICE_RESTART,
-    LiveDialect,
 )
+from edge.core.config import Config
+from edge.core.stats import Stats
+from edge.net.channel import Channel, ChannelClosed
+from edge.protocols import live as protocol
+from edge.protocols.events import CoreEvent, Dialect, Ended, Notice
+from edge.protocols.live import LiveDialect
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from edge.core.auth import SCOPE_WRITE
+from edge.core.close_codes import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 from edge.core.config import Config
 from edge.core.errors import ProtocolError
 from edge.core.stats import Stats
@@ -24,7 +25,6 @@ from edge.net.hub import SLOW_LISTENER
 from edge.net.room import Room
 from edge.protocols import live as protocol
 from edge.protocols.events import Audio, End, KeepAlive, Pause, Resume, Started
-from edge.protocols.live import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 
 logger = logging.getLogger(__name__)
 

@@ -43,8 +43,9 @@ from edge.core.auth import (
     require_scope,
     verify,
 )
+from edge.core.close_codes import CLOSE_POLICY, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
 from edge.core.config import Config
-from edge.core.errors import AuthError, ProtocolError
+from edge.core.errors import AuthError
 from edge.core.jwks import token_kids
 from edge.core.stats import Stats
 from edge.journal import transcripts
@@ -59,7 +60,9 @@ from edge.net.session import Session
 from edge.ops import health
 from edge.ops.supervisor import Supervisor
 from edge.protocols import live as protocol
-from edge.protocols.live import CLOSE_SERVICE_RESTART, Limits, LiveDialect
+from edge.protocols.live import LiveDialect
+from edge.protocols.query import bad_request
+from edge.protocols.text import Limits
 from edge.relay.ingest import RelayIngest
 from edge.relay.sender import Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
@@ -423,12 +426,9 @@ class Server:
                 return
             if head.path != self.config.server.path:
                 raise AuthError("not_found", "no such endpoint", status=404,
-                                close_code=protocol.CLOSE_POLICY)
-            try:
+                                close_code=CLOSE_POLICY)
+            with bad_request(CLOSE_POLICY):
                 params = protocol.parse_connect_params(head.query)
-            except ProtocolError as exc:
-                raise AuthError(exc.code, exc.message, status=400,
-                                close_code=protocol.CLOSE_POLICY) from None
             in_band = params.errors_in_band
             claims = self._verify(extract_token(request.path, request.headers))
             if params.source == "room":
@@ -436,7 +436,7 @@ class Server:
                 if self.room is None:
                     raise AuthError("no_room", "this device has no room microphone "
                                     "(microphone.enabled is false)", status=404,
-                                    close_code=protocol.CLOSE_POLICY)
+                                    close_code=CLOSE_POLICY)
             else:
                 require_scope(claims, SCOPE_WRITE)
                 if params.enroll is not None:
@@ -460,7 +460,7 @@ class Server:
         try:
             if self.journal is None or not self.config.relay.accept_ingest:
                 raise AuthError("not_found", "this server does not accept relayed journals",
-                                status=404, close_code=protocol.CLOSE_POLICY)
+                                status=404, close_code=CLOSE_POLICY)
             claims = self._verify(extract_token(request.path, request.headers))
             require_scope(claims, SCOPE_RELAY)
             self._check_running()
@@ -591,11 +591,11 @@ class Server:
         if self.speakers is None:
             raise AuthError("no_speaker_model", "this device has no speaker model "
                             "(recognizer.speaker_model is empty): nothing can be enrolled",
-                            status=404, close_code=protocol.CLOSE_POLICY)
+                            status=404, close_code=CLOSE_POLICY)
         if self.speakers.error is not None:
             raise AuthError("voiceprints_unavailable", "the voiceprint store is damaged; "
                             "enrolment is off until an administrator repairs it",
-                            status=503, close_code=protocol.CLOSE_TRY_AGAIN_LATER)
+                            status=503, close_code=CLOSE_TRY_AGAIN_LATER)
 
     async def _run_session(self, session: Connection, claims: Claims, dialect: str) -> None:
         self.stats.count_session(dialect)

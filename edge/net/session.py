@@ -43,6 +43,13 @@ from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactor
 from edge.audio.frames import LevelMeter, PcmDecoder
 from edge.audio.pauses import TurnEnd
 from edge.core.auth import SCOPE_READ
+from edge.core.close_codes import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+)
 from edge.core.config import Config
 from edge.core.errors import ProtocolError
 from edge.core.stats import ResultFilter, Stats
@@ -64,13 +71,6 @@ from edge.protocols.events import (
     Result,
     Started,
     Utterance,
-)
-from edge.protocols.live import (
-    CLOSE_GOING_AWAY,
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN_LATER,
 )
 from edge.speakers import SpeakerIdentification, VoiceprintStoreError
 

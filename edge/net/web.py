@@ -29,11 +29,12 @@ from http import HTTPStatus
 from importlib import resources
 
 from edge.core.auth import SCOPE_READ, SCOPE_TRANSCRIPTS, Claims, extract_token, require_scope
-from edge.core.errors import AuthError
+from edge.core.errors import AuthError, ProtocolError
 from edge.core.stats import Stats
 from edge.journal.service import JournalService
 from edge.net import http
 from edge.protocols import live as protocol
+from edge.protocols.query import single
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ async def listing(head: http.RequestHead, *, verify: Verify,
         return exc.status, protocol.error(exc.code, exc.message), headers
     try:
         since, limit = _listing_params(head.query)
-    except ValueError as exc:
+    except (ValueError, ProtocolError) as exc:
         return 400, protocol.error("invalid_parameter", str(exc)), []
     if journal is None:
         return 404, protocol.error("no_journal", "this device keeps no journal"), []
@@ -190,7 +191,7 @@ def _listing_params(query: Mapping[str, Sequence[str]]) -> tuple[float | None, i
     since: float | None = None
     limit = DEFAULT_LISTING
     if "since" in query:
-        raw = _single(query, "since")
+        raw = single(query, "since")
         try:
             since = float(raw)
         except ValueError:
@@ -198,16 +199,9 @@ def _listing_params(query: Mapping[str, Sequence[str]]) -> tuple[float | None, i
         if not math.isfinite(since) or not 0 <= since <= time.time() + 86400 * 365 * 100:
             raise ValueError("since must be a time in Unix seconds")
     if "limit" in query:
-        raw = _single(query, "limit")
+        raw = single(query, "limit")
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 4
                 and 1 <= int(raw) <= MAX_LISTING):
             raise ValueError(f"limit must be an integer from 1 to {MAX_LISTING}")
         limit = int(raw)
     return since, limit
-
-
-def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
-    values = query[name]
-    if len(values) != 1:
-        raise ValueError(f"{name} given more than once")
-    return values[0]

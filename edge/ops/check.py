@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge import app
 from edge.asr.memory import mem_total, read_rss
 from edge.asr.modeldir import check_model_dir, check_speaker_model_dir, default_model_path
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.core.auth import RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
+from edge.core.keys import auth_settings
 from edge.core.networks import TrustedNetworks
 from edge.core.terms import TermFile, TermListError, TermMatcher, builtin_terms
 from edge.crypto.rotation import open_key
@@ -55,7 +55,7 @@ def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
 
 def check_keys(config: Config) -> Finding:
     try:
-        settings = app.auth_settings(config)
+        settings = auth_settings(config)
     except EdgeError as exc:
         return Finding(FAIL, "keys", str(exc))
     except ValueError as exc:

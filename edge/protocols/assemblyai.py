@@ -31,7 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.auth import TokenPlaces
+from edge.core.close_codes import (
+    CLOSE_AUTH,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_UNSUPPORTED_DATA,
+)
 from edge.core.errors import ProtocolError
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -48,13 +57,10 @@ from edge.protocols.events import (
     Utterance,
     Word,
 )
+from edge.protocols.query import optional
 from edge.protocols.text import JsonTextError, json_object
 
-# AssemblyAI's close codes (the SDKs' tables) and the IANA ones they also use.
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN_LATER = 1013
+# AssemblyAI's close codes (the SDKs' tables); it uses IANA's 1000, 1008, 1012, 1013 too.
 CLOSE_SERVER_ERROR = 3005
 CLOSE_INPUT_ERROR = 3006
 CLOSE_SESSION_EXPIRED = 3008  # maximum session duration exceeded
@@ -62,6 +68,9 @@ CLOSE_TOO_MANY_SESSIONS = 3009
 CLOSE_NOT_AUTHORIZED = 4001
 CLOSE_TOO_FAST = 4029
 CLOSE_IDLE = 4031
+
+#: The SDKs send ``Authorization: <key>`` (Python) or ``?token=`` (JS), never both.
+TOKEN_PLACES = TokenPlaces(bare_authorization=True, close_code=CLOSE_NOT_AUTHORIZED)
 
 #: The core's end reasons, as AssemblyAI's close codes.
 _CLOSE_FOR_REASON = {
@@ -76,9 +85,9 @@ _CLOSE_FOR_REASON = {
 }
 #: The core's (IANA) close codes, for reasons not in the table above.
 _CLOSE_FOR_CODE = {
-    1002: CLOSE_NOT_AUTHORIZED,  # the core's authentication failures
-    1003: CLOSE_INPUT_ERROR,  # audio that cannot be decoded
-    1011: CLOSE_SERVER_ERROR,
+    CLOSE_AUTH: CLOSE_NOT_AUTHORIZED,
+    CLOSE_UNSUPPORTED_DATA: CLOSE_INPUT_ERROR,  # audio that cannot be decoded
+    CLOSE_INTERNAL_ERROR: CLOSE_SERVER_ERROR,
 }
 
 #: ``Warning.warning_code`` for the core's notices (AssemblyAI's SDKs only log the
@@ -143,8 +152,10 @@ def turn_silence(max_ms: int | None, min_ms: int | None) -> int | None:
 def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     """Validate a ``/v3/ws`` query. Raises :class:`ProtocolError` (``invalid_parameter``,
     close code 3006) naming the parameter; never echoes a value."""
-    rate = _int_param(query, "sample_rate", 8000, 192000)
-    encoding = _single(query, "encoding") if "encoding" in query else "pcm_s16le"
+    rate = _int_param(query, "sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
+    encoding = _param(query, "encoding")
+    if encoding is None:
+        encoding = "pcm_s16le"
     if encoding not in ENCODINGS:
         raise _invalid_param("encoding must be pcm_s16le or pcm_mulaw (this device "
                              "decodes no compressed audio)")
@@ -162,7 +173,7 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     keyterms: tuple[str, ...] = ()
     if "keyterms_prompt" in query:
         try:
-            value = json.loads(_single(query, "keyterms_prompt"))
+            value = json.loads(_param(query, "keyterms_prompt") or "")
         except (ValueError, RecursionError):
             raise _invalid_param("keyterms_prompt must be a JSON list of strings") from None
         keyterms = _keyterms(value, _invalid_param)
@@ -411,18 +422,16 @@ def _input_error(message: str) -> ProtocolError:
     return ProtocolError("invalid_message", message, close_code=CLOSE_INPUT_ERROR)
 
 
-def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
-    values = query[name]
-    if len(values) != 1:
-        raise _invalid_param(f"{name} given more than once")
-    return values[0]
+def _param(query: Mapping[str, Sequence[str]], name: str) -> str | None:
+    return optional(query, name, close_code=CLOSE_INPUT_ERROR)
 
 
 def _int_param(query: Mapping[str, Sequence[str]], name: str, low: int, high: int
                ) -> int | None:
-    if name not in query:
+    raw = _param(query, name)
+    if raw is None:
         return None
-    raw = _single(query, name).strip()
+    raw = raw.strip()
     # The Python SDK writes floats it was given as floats ("16000.0"): accept whole ones.
     if raw.endswith(".0"):
         raw = raw[:-2]
@@ -433,7 +442,7 @@ def _int_param(query: Mapping[str, Sequence[str]], name: str, low: int, high: in
 
 def _float_param(query: Mapping[str, Sequence[str]], name: str, low: float, high: float
                  ) -> float:
-    raw = _single(query, name).strip()
+    raw = (_param(query, name) or "").strip()
     try:
         value = float(raw) if len(raw) <= 32 else math.nan
     except ValueError:
@@ -444,9 +453,10 @@ def _float_param(query: Mapping[str, Sequence[str]], name: str, low: float, high
 
 
 def _bool_param(query: Mapping[str, Sequence[str]], name: str) -> bool | None:
-    if name not in query:
+    raw = _param(query, name)
+    if raw is None:
         return None
-    raw = _single(query, name).strip().lower()  # "True" from Python, "true" from JS
+    raw = raw.strip().lower()  # "True" from Python, "true" from JS
     if raw not in ("true", "false"):
         raise _invalid_param(f"{name} must be true or false")
     return raw == "true"

@@ -15,7 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge import __version__
+
+# The Live API's close codes are the daemon's own; its readers find them here too.
+from edge.core.close_codes import CLOSE_AUTH as CLOSE_AUTH
+from edge.core.close_codes import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
+from edge.core.close_codes import CLOSE_INTERNAL_ERROR as CLOSE_INTERNAL_ERROR
+from edge.core.close_codes import CLOSE_NORMAL as CLOSE_NORMAL
+from edge.core.close_codes import CLOSE_POLICY as CLOSE_POLICY
+from edge.core.close_codes import CLOSE_SERVICE_RESTART as CLOSE_SERVICE_RESTART
+from edge.core.close_codes import CLOSE_TOO_BIG as CLOSE_TOO_BIG
+from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER
+from edge.core.close_codes import CLOSE_UNSUPPORTED_DATA as CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -35,20 +47,10 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
-from edge.protocols.text import JsonTextError, json_object
+from edge.protocols.query import single
+from edge.protocols.text import JsonTextError, Limits, json_object, phrase_list
 
 PROTOCOL_VERSION = 1
-
-# WebSocket close codes used by the server (RFC 6455 section 7.4.1).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_AUTH = 1002  # the Live API's clients treat 1002 as "authentication failed"
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY = 1008  # scope, session length, rate of messages
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_SERVICE_RESTART = 1012  # the daemon is stopping or restarting: reconnect soon
-CLOSE_TRY_AGAIN_LATER = 1013  # capacity and limits
 
 
 def transcription(
@@ -175,14 +177,10 @@ _CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results",
 MAX_TURN_SILENCE_MS = 60_000
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_phrases: int = 1000
-    max_phrase_chars: int = 200
-    max_text_chars: int = 65536
+_LIMITS = Limits()
 
 
-def parse_client_text(text: str, limits: Limits = Limits()) -> ClientMessage:
+def parse_client_text(text: str, limits: Limits = _LIMITS) -> ClientMessage:
     """Parse one client text frame.
 
     Raises :class:`ProtocolError` with code ``bad_message``; the session answers it with
@@ -220,10 +218,9 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
     if phrases is not None:
         phrases = _parse_phrases(phrases, limits)
     rate = data.get("sample_rate")
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 192000
-    ):
-        raise _bad("config.sample_rate must be an integer between 8000 and 192000")
+    if rate is not None and not is_sample_rate(rate):
+        raise _bad(f"config.sample_rate must be an integer between {MIN_SAMPLE_RATE} and "
+                   f"{MAX_SAMPLE_RATE}")
     partials = data.get("partial_results")
     if partials is not None and not isinstance(partials, bool):
         raise _bad("config.partial_results must be true or false")
@@ -241,15 +238,9 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
 
 
 def _parse_phrases(value: Any, limits: Limits) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise _bad("config.phrases must be a list of strings")
-    if len(value) > limits.max_phrases:
-        raise _bad(f"config.phrases has more than {limits.max_phrases} entries")
-    phrases = tuple(p.strip() for p in value if p.strip())
+    phrases = phrase_list(value, limits, "config.phrases", _bad)
     if not phrases:
         raise _bad("config.phrases is empty")
-    if any(len(p) > limits.max_phrase_chars for p in phrases):
-        raise _bad(f"a phrase is longer than {limits.max_phrase_chars} characters")
     return phrases
 
 
@@ -275,28 +266,28 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
     """Validate the query parameters of a handshake. Raises ProtocolError(400-worthy)."""
     rate: int | None = None
     if "sample_rate" in query:
-        raw = _single(query, "sample_rate")
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
-                8000 <= int(raw) <= 192000):
-            raise ProtocolError("invalid_parameter",
-                                "sample_rate must be an integer between 8000 and 192000")
+        raw = single(query, "sample_rate")
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6
+                and is_sample_rate(int(raw))):
+            raise ProtocolError("invalid_parameter", f"sample_rate must be an integer "
+                                f"between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}")
         rate = int(raw)
     in_band = False
     if "errors" in query:
-        raw = _single(query, "errors")
+        raw = single(query, "errors")
         if raw not in ("http", "message"):
             raise ProtocolError("invalid_parameter", 'errors must be "http" or "message"')
         in_band = raw == "message"
-    if "encoding" in query and _single(query, "encoding") not in ("pcm_s16le", "wav"):
+    if "encoding" in query and single(query, "encoding") not in ("pcm_s16le", "wav"):
         raise ProtocolError("invalid_parameter", 'encoding must be "pcm_s16le" or "wav"')
     source = "client"
     if "source" in query:
-        source = _single(query, "source")
+        source = single(query, "source")
         if source not in ("client", "room"):
             raise ProtocolError("invalid_parameter", 'source must be "client" or "room"')
     since: int | None = None
     if "since_seq" in query:
-        raw = _single(query, "since_seq")
+        raw = single(query, "since_seq")
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
             raise ProtocolError("invalid_parameter", "since_seq must be a non-negative integer")
         if source != "room":
@@ -319,16 +310,9 @@ MAX_NAME_CHARS = 200  # enrolled names and roles (as edge.speakers.voiceprints.M
 def _name_param(query: Mapping[str, Sequence[str]], name: str) -> str | None:
     if name not in query:
         return None
-    value = _single(query, name).strip()
+    value = single(query, name).strip()
     if not value or len(value) > MAX_NAME_CHARS or any(ord(ch) < 32 or ord(ch) == 127
                                                        for ch in value):
         raise ProtocolError("invalid_parameter", f"{name} must be 1 to {MAX_NAME_CHARS} "
                             "characters without control characters")
     return value
-
-
-def _single(query: Mapping[str, Sequence[str]], name: str) -> str:
-    values = query[name]
-    if len(values) != 1:
-        raise ProtocolError("invalid_parameter", f"{name} given more than once")
-    return values[0]

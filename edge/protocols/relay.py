@@ -29,14 +29,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+# The WebSocket close codes this protocol answers with; its readers find them here too.
+from edge.core.close_codes import CLOSE_NORMAL as CLOSE_NORMAL
+from edge.core.close_codes import CLOSE_POLICY as CLOSE_POLICY
+from edge.core.close_codes import CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
 from edge.protocols.text import JsonTextError, json_object
-
-# WebSocket close codes (RFC 6455 section 7.4.1) this protocol answers with.
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED_DATA = 1003  # a binary frame where JSON text is expected
-CLOSE_POLICY = 1008  # a malformed or unexpected message
-CLOSE_TOO_BIG = 1009
 
 SOURCES = ("client", "room", "relay")
 KINDS = ("start", "final", "end")

@@ -28,9 +28,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from edge.core.errors import AuthError, ProtocolError
+from edge.core import auth, languages
+from edge.core.auth import TokenPlaces
+from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
+from edge.core.errors import ProtocolError
+from edge.core.languages import MAX_TAG_CHARS, primary_language
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -43,6 +46,7 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
+from edge.protocols.query import optional
 from edge.protocols.text import JsonTextError, json_object
 
 PATH = "/v2/realtime"
@@ -52,17 +56,11 @@ SAMPLE_RATE = 16000  # what Scriptix clients send
 MODEL_TYPES = ("fast", "quality")
 #: Headers a Scriptix client may carry its key in (the examples use the first).
 TOKEN_HEADERS = (b"x-zoom-s2t-key", b"x-api-key", b"api-key")
+TOKEN_PLACES = TokenPlaces(headers=TOKEN_HEADERS, repeats_agree=True)
 
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-_LIVE_CLOSE_AUTH = 1002  # the Live API's "authentication failed"; IANA's protocol error
 
 MAX_TEXT_CHARS = 65536
 STOPPED = '{"state":"stopped"}'  # exactly: clients match this substring
-
-# Vosk model names use a few codes that are not ISO 639-1.
-_VOSK_LANGUAGE_ALIASES = {"cn": "zh", "ua": "uk", "vn": "vi", "kz": "kk", "gr": "el",
-                          "ph": "tl", "jp": "ja"}
 
 STREAM_MODE_REFUSED = (
     "stream mode is not served: this device never fetches URLs (a server that fetches "
@@ -78,24 +76,12 @@ def encode(message: Mapping[str, Any]) -> str:
 
 
 def model_language(model_name: str) -> str | None:
-    """The language of a Vosk model, from its name (``vosk-model-small-ko-0.22`` ->
-    ``ko``, ``vosk-model-en-us-0.22-lgraph`` -> ``en``, ``vosk-model-cn-0.22`` -> ``zh``);
-    None when the name does not say."""
-    name = model_name.strip().lower()
-    if not name.startswith("vosk-model-"):
-        return None
-    parts = name.removeprefix("vosk-model-").split("-")
-    if parts[0] == "small" and len(parts) > 1:
-        parts = parts[1:]
-    code = parts[0]
-    if not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
-        return None
-    return _VOSK_LANGUAGE_ALIASES.get(code, code)
-
-
-def primary_language(tag: str) -> str:
-    """``nl-NL``, ``nl_nl``, ``NL`` -> ``nl``."""
-    return tag.strip().replace("_", "-").split("-", 1)[0].lower()
+    """The language of a Vosk model as Scriptix names languages, the primary subtag of
+    :func:`edge.core.languages.model_language` (``vosk-model-small-ko-0.22`` -> ``ko``,
+    ``vosk-model-en-us-0.22-lgraph`` -> ``en``, ``vosk-model-cn-0.22`` -> ``zh``); None
+    when the name does not say."""
+    tag = languages.model_language(model_name)
+    return None if tag is None else primary_language(tag)
 
 
 @dataclass(frozen=True)
@@ -108,59 +94,28 @@ def parse_connect_params(query: Mapping[str, Sequence[str]], device_language: st
                          ) -> ConnectParams:
     """Validate ``language`` and ``type``. ``device_language`` is the model's language
     (None: unknown, any language is accepted). Raises :class:`ProtocolError` (a 400)."""
-    language = _single(query, "language")
+    language = optional(query, "language")
     if language is not None:
         primary = primary_language(language)
         if not (language.strip() and primary.isascii() and primary.isalpha()
-                and len(language) <= 35):
+                and len(language) <= MAX_TAG_CHARS):
             raise ProtocolError("invalid_parameter", "language must be a language code "
                                 "such as \"en\" or \"nl-NL\"")
         if device_language is not None and primary != device_language:
             raise ProtocolError("unsupported_language", f"this device transcribes only "
                                 f"{device_language!r} (its one model); language="
-                                f"{language[:35]!r} is not available")
-    model_type = _single(query, "type")
+                                f"{language[:MAX_TAG_CHARS]!r} is not available")
+    model_type = optional(query, "type")
     if model_type is not None and model_type not in MODEL_TYPES:
         raise ProtocolError("invalid_parameter", 'type must be "fast" or "quality"')
     return ConnectParams(language=language, model_type=model_type)
-
-
-def _single(query: Mapping[str, Sequence[str]], name: str) -> str | None:
-    values = query.get(name)
-    if not values:
-        return None
-    if len(values) != 1:
-        raise ProtocolError("invalid_parameter", f"{name} given more than once")
-    return values[0]
 
 
 def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The token of a handshake: ``?token=``, one of :data:`TOKEN_HEADERS`, or
     ``Authorization: Bearer``. The same token in several places is fine; different
     ones are refused (400), none is 401. Never echoes a token in a message."""
-    found: list[str] = []
-    for key, text in parse_qsl(urlsplit(target).query, keep_blank_values=True):
-        if key == "token":
-            found.append(text.strip())
-    for name, raw in headers:
-        lname = name.lower()
-        if lname in TOKEN_HEADERS:
-            found.append(raw.decode("latin-1").strip())
-        elif lname == b"authorization":
-            scheme, _, credentials = raw.decode("latin-1").strip().partition(" ")
-            if scheme.lower() != "bearer":
-                raise AuthError("invalid_token", "the Authorization header must be "
-                                "\"Bearer <token>\"", status=401)
-            found.append(credentials.strip())
-    if not found:
-        raise AuthError("missing_token", "a token is required: ?token=, or the "
-                        "x-zoom-s2t-key, x-api-key or api-key header", status=401)
-    if not all(found):
-        raise AuthError("invalid_token", "empty token", status=401)
-    if len(set(found)) > 1:
-        raise AuthError("invalid_request", "different tokens in the query and the headers",
-                        status=400)
-    return found[0]
+    return auth.extract_token(target, headers, TOKEN_PLACES)
 
 
 # --- messages ------------------------------------------------------------------------
@@ -208,7 +163,8 @@ class ScriptixDialect:
         if device_language is None and params.language is not None:
             self._held.append(encode(warning(
                 "language_unverified", "the device cannot tell its model's language from "
-                f"its name; transcribing {params.language[:35]!r} with the one model it has")))
+                f"its name; transcribing {params.language[:MAX_TAG_CHARS]!r} with the one model "
+                "it has")))
 
     def parse(self, frame: str | bytes) -> ClientEvent:
         if isinstance(frame, bytes | bytearray):
@@ -271,6 +227,6 @@ class ScriptixDialect:
         return []  # Enrolled, Progress, Flushed: nothing in Scriptix's protocol
 
     def close_code(self, ended: Ended) -> int:
-        if ended.close_code == _LIVE_CLOSE_AUTH:
+        if ended.close_code == CLOSE_AUTH:
             return CLOSE_POLICY  # a token that expired or was revoked mid-session
         return ended.close_code

