@@ -40,13 +40,11 @@ from edge.core.jwks import (
     KeySet,
     KeyStore,
     check_url,
-    load_cache,
-    save_cache,
     token_kids,
 )
 from edge.crypto.datakey import FILE, DataKey, KeySource
 from edge.net import jwks as jwks_service
-from edge.net.jwks import JwksRefresher
+from edge.net.jwks import JwksRefresher, load_cache, save_cache
 from helpers import SECRET, TEST_KEY, http_get, make_token
 
 pytestmark = pytest.mark.timeout(60)

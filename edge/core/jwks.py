@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
-import os
 import ssl
 import time
 import urllib.error
@@ -27,7 +25,6 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -36,9 +33,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt import PyJWK, PyJWKSet
 
 from edge.core.errors import AuthError
-from edge.core.fs import atomic_write
-from edge.crypto.datakey import DataKey
-from edge.crypto.sealed import SealedError, open_sealed, seal
 
 #: The algorithms a key set may be used with: public-key signatures only. A symmetric
 #: ("oct") key published in a key set would be a secret known to everyone.
@@ -308,35 +302,3 @@ def _reason(reason: object) -> str:
         return reason.strerror
     return str(reason) or type(reason).__name__
 
-
-def save_cache(path: str | os.PathLike[str], key: DataKey, url: str, keys: KeySet) -> None:
-    """Write ``keys`` to ``path``, sealed with the data key (AES-256-GCM, purpose
-    ``jwks``): authenticated, so a key slipped into the file does not open. Blocking."""
-    blob = json.dumps({"url": url, "fetched_at": keys.fetched_at,
-                       "jwks": keys.document}, separators=(",", ":")).encode()
-    atomic_write(path, seal(key, PURPOSE, blob))
-
-
-def load_cache(path: str | os.PathLike[str], key: DataKey, url: str) -> KeySet | None:
-    """The key set last saved for ``url`` at ``path``; None when there is none, or it
-    was saved for another URL. Blocking. Raises :class:`JwksError` when the file does
-    not open with ``key`` (altered, damaged, or sealed under an older data key)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise JwksError(f"cannot read {os.fspath(path)}: {exc.strerror}") from None
-    try:
-        saved = json.loads(open_sealed(key, PURPOSE, data))
-    except SealedError as exc:
-        raise JwksError(f"{os.fspath(path)} {exc}") from None
-    except ValueError:
-        raise JwksError(f"{os.fspath(path)} is damaged") from None
-    if not isinstance(saved, dict) or saved.get("url") != url:
-        return None
-    fetched_at = saved.get("fetched_at")
-    if (isinstance(fetched_at, bool) or not isinstance(fetched_at, int | float)
-            or not math.isfinite(fetched_at)):
-        raise JwksError(f"{os.fspath(path)} is damaged")
-    return KeySet.parse(saved.get("jwks"), fetched_at=float(fetched_at))

@@ -14,8 +14,10 @@ costs at most one fetch per ``cooldown``.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
+import os
 import ssl
 import time
 from collections.abc import Iterable
@@ -24,15 +26,10 @@ from pathlib import Path
 import trio
 
 from edge import __version__
-from edge.core.jwks import (
-    JwksError,
-    KeySet,
-    KeyStore,
-    fetch_document,
-    load_cache,
-    save_cache,
-)
+from edge.core.fs import atomic_write
+from edge.core.jwks import PURPOSE, JwksError, KeySet, KeyStore, fetch_document
 from edge.crypto.datakey import DataKey
+from edge.crypto.sealed import SealedError, open_sealed, seal
 
 logger = logging.getLogger(__name__)
 
@@ -183,3 +180,36 @@ class JwksRefresher:
                            "; the keys last fetched stay in force")
         self.store.failed(result, error)
         self._failures += 1
+
+
+def save_cache(path: str | os.PathLike[str], key: DataKey, url: str, keys: KeySet) -> None:
+    """Write ``keys`` to ``path``, sealed with the data key (AES-256-GCM, purpose
+    ``jwks``): authenticated, so a key slipped into the file does not open. Blocking."""
+    blob = json.dumps({"url": url, "fetched_at": keys.fetched_at,
+                       "jwks": keys.document}, separators=(",", ":")).encode()
+    atomic_write(path, seal(key, PURPOSE, blob))
+
+
+def load_cache(path: str | os.PathLike[str], key: DataKey, url: str) -> KeySet | None:
+    """The key set last saved for ``url`` at ``path``; None when there is none, or it
+    was saved for another URL. Blocking. Raises :class:`JwksError` when the file does
+    not open with ``key`` (altered, damaged, or sealed under an older data key)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise JwksError(f"cannot read {os.fspath(path)}: {exc.strerror}") from None
+    try:
+        saved = json.loads(open_sealed(key, PURPOSE, data))
+    except SealedError as exc:
+        raise JwksError(f"{os.fspath(path)} {exc}") from None
+    except ValueError:
+        raise JwksError(f"{os.fspath(path)} is damaged") from None
+    if not isinstance(saved, dict) or saved.get("url") != url:
+        return None
+    fetched_at = saved.get("fetched_at")
+    if (isinstance(fetched_at, bool) or not isinstance(fetched_at, int | float)
+            or not math.isfinite(fetched_at)):
+        raise JwksError(f"{os.fspath(path)} is damaged")
+    return KeySet.parse(saved.get("jwks"), fetched_at=float(fetched_at))
