@@ -54,7 +54,7 @@ from edge.protocols.mqtt_relay import (
     idempotency_key,
     keys_of,
 )
-from edge.relay.mqtt import LinkError, MqttClientSettings, MqttLink
+from edge.relay.mqtt_link import LinkError, MqttClientSettings, MqttLink, client_settings
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,6 @@ class MqttIngest:
 def mqtt_ingest(config: Any, journal: JournalService) -> MqttIngest:
     """The ingest from ``[ingest.mqtt]``; its client id defaults to ``<device>-ingest``."""
     from edge.core.keys import device_id
-    from edge.relay.mqtt import client_settings
 
     i = config.ingest.mqtt
     allow = frozenset(d.strip() for d in i.allow_devices.split(",") if d.strip())
