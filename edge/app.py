@@ -48,6 +48,7 @@ from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.ops.supervisor import Supervisor
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, mqtt_relay_settings
 from edge.relay.mqtt_ingest import mqtt_ingest
+from edge.relay.outbox import OutboxRelay
 from edge.relay.sender import Relay, RelaySettings
 from edge.speakers import SpeakerIdentification, VoiceprintStore, VoiceprintStoreError
 from edge.speakers.voiceprints import encrypt_plaintext_store
@@ -126,7 +127,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         room = Room(config, parts.microphone or microphone(config),
                     Hub(replay_size=config.microphone.replay_size), recognizers, limiter,
                     stats, journal=journal, speakers=speakers)
-    relay: Relay | None = None
+    relay: OutboxRelay | None = None
     if config.relay.enabled:
         assert journal is not None  # the config requires it
         if config.relay.transport == "mqtt":

@@ -59,7 +59,7 @@ from edge.ops.supervisor import Supervisor
 from edge.protocols import live as protocol
 from edge.protocols.live import CLOSE_SERVICE_RESTART, Limits, LiveDialect
 from edge.relay.ingest import RelayIngest
-from edge.relay.sender import Relay
+from edge.relay.outbox import OutboxRelay as Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
 
 if TYPE_CHECKING:

@@ -1,9 +1,10 @@
 """Store and forward over MQTT 5: publish the journal into a broker, in order, at least once.
 
 :class:`MqttRelay` is the WebSocket :class:`~edge.relay.sender.Relay`'s counterpart for
-brokers (Mosquitto, EMQX, HiveMQ, AWS IoT Core, ...), with the same face for
-``/healthz`` and ``/metrics`` (state, backlog, circuit, shed, last error) and the same
-bookkeeping (backoff with jitter, the circuit after three failures, outbox shedding).
+brokers (Mosquitto, EMQX, HiveMQ, AWS IoT Core, ...). Both build on
+:class:`~edge.relay.outbox.OutboxRelay`: the same face for ``/healthz`` and
+``/metrics`` (state, backlog, circuit, shed, last error) and the same bookkeeping
+(backoff with jitter, the circuit after three failures, outbox shedding).
 
 What "sent" means. A broker's PUBACK does not always mean the message is on disk
 (Mosquitto keeps it in memory until its autosave), and paho reports a publish complete
@@ -24,15 +25,17 @@ Each failure of the link closes the client; the next attempt is a new one.
 The relay works in windows: it reads up to ``max_inflight`` messages' worth of pending
 events, splits them under ``max_message_bytes`` (and the broker's Maximum Packet
 Size), keeps at most ``max_inflight`` (and the broker's Receive Maximum) unacknowledged,
-and marks events relayed as the acknowledged prefix grows. Re-sends carry the same
-idempotency keys; consumers collapse them.
+and marks events relayed as the acknowledged prefix grows. The window's logic (what to
+publish, what an answer or a timeout means) is :mod:`edge.protocols.mqtt_window`, pure;
+this module feeds it PUBACKs and receipts and does what it answers. Re-sends carry the
+same idempotency keys; consumers collapse them.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -49,6 +52,7 @@ from edge.protocols.mqtt_relay import (
     packet_size,
     split,
 )
+from edge.protocols.mqtt_window import Step, Window
 from edge.relay.mqtt_link import (
     LinkError,
     MqttClientSettings,
@@ -57,11 +61,10 @@ from edge.relay.mqtt_link import (
     describe_reason,
     wait_either,
 )
-from edge.relay.sender import _CIRCUIT_OPEN_AFTER, _SHED_CHECK_INTERVAL, Relay, RelaySettings
+from edge.relay.outbox import IDLE_POLL, OutboxRelay
 
 logger = logging.getLogger(__name__)
 
-_IDLE_POLL = 1.0
 _GO_BACKS_WARNING = 10
 _LONE_DROPS = 3  # connections a broker drops over one event before it is set aside
 _MIN_MESSAGE_BYTES = 4096
@@ -86,40 +89,18 @@ class MqttRelaySettings:
     backoff_max: float = 60.0
 
 
-@dataclass
-class _Flight:
-    index: int
-    message: EventsMessage
-    mid: int
-    sent_at: float
-    puback: bool = False
-
-
 class _Resplit(Exception):
     """The broker refused a message as too large: split the window smaller."""
 
 
-@dataclass
-class _Answers:
-    """What one pass over PUBACKs and receipts found."""
-
-    changed: bool = False
-    refused: dict[int, str] = field(default_factory=dict)  # event id -> reason
-    gap: bool = False  # a gap receipt for a message of this window
-
-
-class MqttRelay(Relay):
+class MqttRelay(OutboxRelay):
     """Start with ``await nursery.start(relay.run)``; runs until cancelled. Never raises
     for the broker's or the network's behaviour."""
 
     def __init__(self, settings: MqttRelaySettings, journal: JournalService) -> None:
-        super().__init__(RelaySettings(
-            url=settings.client.where, token="", batch_events=settings.batch_events,
-            batch_bytes=settings.max_message_bytes,
-            max_backlog_bytes=settings.max_backlog_bytes,
-            ack_timeout=settings.receipt_timeout, backoff_base=settings.backoff_base,
-            backoff_max=settings.backoff_max), journal)
-        self._m = settings
+        super().__init__(journal, max_backlog_bytes=settings.max_backlog_bytes,
+                         backoff_base=settings.backoff_base, backoff_max=settings.backoff_max)
+        self._settings = settings
         self._max_bytes = settings.max_message_bytes
         # Receipts with the window tag their correlation data carried ("" if none).
         self._receipts: collections.deque[tuple[Receipt, str]] = collections.deque(
@@ -138,7 +119,8 @@ class MqttRelay(Relay):
         self.epoch = ""
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "transport": "mqtt", "ack_level": self._m.ack_level,
+        return {**super().status(), "transport": "mqtt",
+                "ack_level": self._settings.ack_level,
                 "republished": self.republished, "go_backs": self.go_backs,
                 "set_aside": self.set_aside_events,
                 "set_aside_reason": self.set_aside_reason,
@@ -150,25 +132,15 @@ class MqttRelay(Relay):
         task_status.started()
         self.epoch = await self._journal.call(lambda: self._journal.journal.epoch)
         while True:
-            link = MqttLink(self._m.client, on_message=self._on_receipt)
+            link = MqttLink(self._settings.client, on_message=self._on_receipt)
             try:
                 await link.open()
                 await self._session(link)
             except (LinkError, JournalError) as exc:
-                self.failures += 1
-                self.last_error = str(exc)
-                level = logging.WARNING if self.failures <= _CIRCUIT_OPEN_AFTER else logging.DEBUG
-                logger.log(level, "relay: broker %s unavailable (%s); attempt %d",
-                           self._m.client.where, self.last_error, self.failures)
-                if self.failures == _CIRCUIT_OPEN_AFTER:
-                    logger.warning("relay: circuit open after %d failures; transcription "
-                                   "goes on locally and the journal keeps everything",
-                                   self.failures)
+                self._link_failed(f"broker {self._settings.client.where}", str(exc))
             finally:
                 await link.aclose()
-            self.state = "backoff"
-            await self._shed_if_full()
-            await trio.sleep(self._delay())
+            await self._back_off()
 
     def _on_receipt(self, message: paho.MQTTMessage) -> None:
         try:
@@ -189,27 +161,25 @@ class MqttRelay(Relay):
 
     async def _session(self, link: MqttLink) -> None:
         self.state = "connected"
-        if self._m.ack_level == "receipt":
-            await link.subscribe(self._m.receipt_topic, self._m.receipt_timeout)
+        if self._settings.ack_level == "receipt":
+            await link.subscribe(self._settings.receipt_topic, self._settings.receipt_timeout)
         journal = self._journal
         while True:
             link.check()
-            if trio.current_time() >= self._next_shed_check:
-                self._next_shed_check = trio.current_time() + _SHED_CHECK_INTERVAL
-                await self._shed_if_full()
+            if await self._shed_if_due():
                 self.set_aside_waiting = await journal.call(journal.journal.set_aside_count)
-            cap = max(1, min(self._m.max_inflight, link.receive_maximum))
+            cap = max(1, min(self._settings.max_inflight, link.receive_maximum))
             max_bytes = self._max_bytes
             if link.maximum_packet_size:
                 max_bytes = min(max_bytes, link.maximum_packet_size)
             changed = journal.changed
             events = await journal.call(journal.journal.pending,
-                                        self._m.batch_events * cap, max_bytes * cap)
+                                        self._settings.batch_events * cap, max_bytes * cap)
             if not events:
                 self._link_works()
                 self.state = "idle"
                 self.backlog = Backlog(0, 0)
-                with trio.move_on_after(_IDLE_POLL):
+                with trio.move_on_after(IDLE_POLL):
                     await wait_either(changed, link.disconnected)
                 continue
             self.state = "sending"
@@ -228,7 +198,7 @@ class MqttRelay(Relay):
         first message carries no ``after``). A consumer that keeps the order refuses
         the abandoned messages that reach it first (they name an ``after`` it lacks),
         and re-sends it had already stored collapse by their keys."""
-        m = self._m
+        m = self._settings
         if self._held:
             held, self._held = self._held, {}
             await self._set_aside(held, "the broker drops the connection over it")
@@ -250,91 +220,80 @@ class MqttRelay(Relay):
                                    if id(x) in big},
                                   f"larger than {limit} bytes on its own")
         messages = [x for x in parts.messages if id(x) not in big]
-        done = [False] * len(messages)
-        flights: dict[int, _Flight] = {}  # by mid
-        marked = 0  # messages[:marked] are marked relayed
-        next_index = 0
+        window = Window(messages, tag=tag, cap=cap, receipt_timeout=m.receipt_timeout,
+                        broker_acks=m.ack_level == "broker")
         link.published.clear()  # PUBACKs of an abandoned window
-
-        def send(index: int) -> None:
-            message = messages[index]
-            mid = link.publish(m.topic, message.encode(),
-                               user_properties=message.user_properties(),
-                               response_topic=m.receipt_topic,
-                               correlation=message.correlation)
-            flights[mid] = _Flight(index, message, mid, trio.current_time())
-            self.messages += 1
-
-        while marked < len(messages):
-            try:
-                while next_index < len(messages) and len(flights) < cap:
-                    if not done[next_index]:  # a receipt may come before we publish again
-                        send(next_index)
-                    next_index += 1
-            except LinkError:
-                # paho knew of the disconnect before its callback reached us: wait for
-                # the reason (a size limit shows only there).
-                with trio.move_on_after(2.0):
-                    await link.disconnected.wait()
-                if flights:
-                    self._maybe_too_big(link, flights)
-                raise
+        while not window.finished:
+            await self._publish_window(link, window)
             wake = link.wake
-            now = trio.current_time()
-            deadline = min((f.sent_at + m.receipt_timeout for f in flights.values()),
-                           default=now + _IDLE_POLL)
-            answers = self._settle(link, flights, messages, done, tag)
-            if not answers.changed:
+            deadline = window.deadline(trio.current_time(), IDLE_POLL)
+            if not self._settle(link, window):
                 with trio.move_on_at(deadline):
                     await wake.wait()
-            if link.disconnected.is_set() and flights:
-                self._maybe_too_big(link, flights)
+            if link.disconnected.is_set() and window.flights:
+                self._maybe_too_big(link, window)
             link.check()
-            more = self._settle(link, flights, messages, done, tag)
-            answers.refused.update(more.refused)
-            go_back = answers.gap or more.gap
-            if go_back:
-                self.gaps += 1
-            now = trio.current_time()
-            for flight in sorted(flights.values(), key=lambda f: f.index):
-                if now < flight.sent_at + m.receipt_timeout:
-                    continue
-                if not flight.puback:
-                    raise LinkError(f"the broker did not acknowledge a message within "
-                                    f"{m.receipt_timeout:g}s")
-                if not go_back:
-                    logger.info("relay: no receipt for events %d-%d within %gs; sending "
-                                "again from there, in order", flight.message.first,
-                                flight.message.last, m.receipt_timeout)
-                go_back = True
-                break
-            if answers.refused:
-                await self._set_aside(answers.refused, "refused by the consumer")
-            prefix = marked
-            while prefix < len(messages) and done[prefix]:
-                prefix += 1
-            if prefix > marked:
-                await self._journal.call(self._journal.journal.mark_relayed,
-                                         messages[prefix - 1].last)
-                self.sent_events += sum(len(x.events) for x in messages[marked:prefix])
-                self.last_ack = trio.current_time()
-                self._unreported_shed = (0, 0)
-                self._link_works()
-                self._go_backs_in_a_row = 0
-                if self._lone_suspect and self._lone_suspect[0] <= messages[prefix - 1].last:
-                    self._lone_suspect = None  # it went through after all
-                marked = prefix
-            if go_back and marked < len(messages):
-                self.go_backs += 1
-                self._go_backs_in_a_row += 1
-                if self._go_backs_in_a_row == _GO_BACKS_WARNING:
-                    logger.warning(
-                        "relay: sent again from event %d %d times without a receipt for "
-                        "it; is another consumer (perhaps offline) in the consumer's shared "
-                        "subscription while it keeps the order (ingest.mqtt.ordered)?",
-                        messages[marked].first, self._go_backs_in_a_row)
-                self.republished += sum(1 for i in range(marked, next_index) if not done[i])
+            self._settle(link, window)
+            if not await self._apply(window.step(trio.current_time())):
                 return
+
+    async def _publish_window(self, link: MqttLink, window: Window) -> None:
+        """Publish what the window has room for (paho's thread sends it)."""
+        m = self._settings
+        try:
+            while (index := window.next_to_publish()) is not None:
+                message = window.messages[index]
+                mid = link.publish(m.topic, message.encode(),
+                                   user_properties=message.user_properties(),
+                                   response_topic=m.receipt_topic,
+                                   correlation=message.correlation)
+                window.published(index, mid, trio.current_time())
+                self.messages += 1
+        except LinkError:
+            # paho knew of the disconnect before its callback reached us: wait for
+            # the reason (a size limit shows only there).
+            with trio.move_on_after(2.0):
+                await link.disconnected.wait()
+            if window.flights:
+                self._maybe_too_big(link, window)
+            raise
+
+    async def _apply(self, step: Step) -> bool:
+        """Do what the window's step says; False when the window ends (go back)."""
+        m = self._settings
+        if step.gap:
+            self.gaps += 1
+        if step.unacknowledged:
+            raise LinkError(f"the broker did not acknowledge a message within "
+                            f"{m.receipt_timeout:g}s")
+        if step.overdue is not None:
+            logger.info("relay: no receipt for events %d-%d within %gs; sending "
+                        "again from there, in order", step.overdue.first,
+                        step.overdue.last, m.receipt_timeout)
+        if step.refused:
+            await self._set_aside(step.refused, "refused by the consumer")
+        if step.relayed:
+            last = step.relayed[-1].last
+            await self._journal.call(self._journal.journal.mark_relayed, last)
+            self.sent_events += sum(len(x.events) for x in step.relayed)
+            self.last_ack = trio.current_time()
+            self._unreported_shed = (0, 0)
+            self._link_works()
+            self._go_backs_in_a_row = 0
+            if self._lone_suspect and self._lone_suspect[0] <= last:
+                self._lone_suspect = None  # it went through after all
+        if not step.go_back:
+            return True
+        self.go_backs += 1
+        self._go_backs_in_a_row += 1
+        if self._go_backs_in_a_row == _GO_BACKS_WARNING:
+            logger.warning(
+                "relay: sent again from event %d %d times without a receipt for "
+                "it; is another consumer (perhaps offline) in the consumer's shared "
+                "subscription while it keeps the order (ingest.mqtt.ordered)?",
+                step.resend_from, self._go_backs_in_a_row)
+        self.republished += step.republished
+        return False
 
     async def _set_aside(self, reasons: dict[int, str], why: str) -> None:
         """Take events out of the outbox for good (kept in the journal): counted, and
@@ -353,49 +312,27 @@ class MqttRelay(Relay):
                        "'edge relay requeue' sends them again)", count, ids[0], ids[-1],
                        why, self.set_aside_reason)
 
-    def _settle(self, link: MqttLink, flights: dict[int, _Flight],
-                messages: list[EventsMessage], done: list[bool], tag: str) -> _Answers:
-        """Apply PUBACKs and receipts that arrived."""
-        answers = _Answers()
-        for mid in [mid for mid in flights if mid in link.published]:
+    def _settle(self, link: MqttLink, window: Window) -> bool:
+        """Feed the PUBACKs and receipts that arrived into ``window``; whether any did."""
+        changed = False
+        for mid in [mid for mid in window.flights if mid in link.published]:
             rc = link.published.pop(mid)
-            flight = flights[mid]
-            answers.changed = True
+            changed = True
             if rc.is_failure:
-                if self._refused(flight, rc):
-                    answers.refused[flight.message.first] = "too_large"
-                    done[flight.index] = True
-                    del flights[mid]
-                    continue
-            elif rc.value == _RC_NO_MATCHING_SUBSCRIBERS:
-                raise LinkError(f"the broker has no subscriber for {self._m.topic}: "
+                self._refused(window.flights[mid].message, rc)
+                window.refused_by_broker(mid)
+                continue
+            if rc.value == _RC_NO_MATCHING_SUBSCRIBERS:
+                raise LinkError(f"the broker has no subscriber for {self._settings.topic}: "
                                 f"{describe_reason(rc)}; not delivered")
-            flight.puback = True
-            if self._m.ack_level == "broker":
-                done[flight.index] = True
-                del flights[mid]
+            window.acknowledged(mid)
         while self._receipts:
             receipt, receipt_tag = self._receipts.popleft()
-            answers.changed = True
-            if receipt.gap is not None:
-                # Only an answer to this window's messages: older ones were abandoned.
-                if receipt_tag == tag and any(
-                        receipt.first == x.first and receipt.last == x.last
-                        for x in messages):
-                    answers.gap = True
-                continue
-            # A receipt from an earlier connection (queued in the persistent session)
-            # covers the same events as the message published again now.
-            for index, message in enumerate(messages):
-                if not done[index] and receipt.covers(message):
-                    done[index] = True
-                    answers.refused.update(receipt.refused_ids(message))
-            for mid, flight in list(flights.items()):
-                if done[flight.index]:
-                    del flights[mid]
-        return answers
+            changed = True
+            window.received(receipt, receipt_tag)
+        return changed
 
-    def _maybe_too_big(self, link: MqttLink, flights: dict[int, _Flight]) -> None:
+    def _maybe_too_big(self, link: MqttLink, window: Window) -> None:
         """Mosquitto answers a message over its ``message_size_limit`` with PUBACK 0x95,
         which MQTT 5 does not allow there: paho calls it a protocol error and drops
         the connection without reporting the publish. So a protocol error with a
@@ -404,7 +341,8 @@ class MqttRelay(Relay):
         that event is set aside as too large (it cannot be split)."""
         if "Protocol error" not in (link.error or ""):
             return
-        largest = max(flights.values(), key=lambda f: len(f.message.encode())).message
+        largest = max((f.message for f in window.flights.values()),
+                      key=lambda x: len(x.encode()))
         size = len(largest.encode())
         if len(largest.events) > 1 and self._max_bytes > _MIN_MESSAGE_BYTES:
             self._max_bytes = max(_MIN_MESSAGE_BYTES, min(self._max_bytes, size) // 2)
@@ -423,21 +361,21 @@ class MqttRelay(Relay):
                                "taking it as over the broker's size limit", times,
                                largest.first, size)
 
-    def _refused(self, flight: _Flight, rc: ReasonCode) -> bool:
-        """A PUBACK with a failure: True if its one event is to be set aside as too
-        large (the broker says so of a message that cannot be split); otherwise
-        raises _Resplit (split smaller) or LinkError."""
+    def _refused(self, message: EventsMessage, rc: ReasonCode) -> None:
+        """A PUBACK with a failure for ``message``: returns if its one event is to be
+        set aside as too large (the broker says so of a message that cannot be split);
+        otherwise raises _Resplit (split smaller) or LinkError."""
         code = rc.value
-        size = len(flight.message.encode())
+        size = len(message.encode())
         if (code in (_RC_PACKET_TOO_LARGE, _RC_IMPLEMENTATION_SPECIFIC, _RC_QUOTA_EXCEEDED)
-                and len(flight.message.events) > 1 and self._max_bytes > _MIN_MESSAGE_BYTES):
+                and len(message.events) > 1 and self._max_bytes > _MIN_MESSAGE_BYTES):
             self._max_bytes = max(_MIN_MESSAGE_BYTES, min(self._max_bytes, size) // 2)
             logger.warning("relay: the broker refused a message of %d bytes (%s); sending "
                            "at most %d bytes per message", size, describe_reason(rc),
                            self._max_bytes)
             raise _Resplit
-        if code == _RC_PACKET_TOO_LARGE and len(flight.message.events) == 1:
-            return True
+        if code == _RC_PACKET_TOO_LARGE and len(message.events) == 1:
+            return
         raise LinkError(f"the broker refused a message of {size} bytes: "
                         f"{describe_reason(rc)}")
 
