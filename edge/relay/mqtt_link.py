@@ -94,7 +94,7 @@ class MqttLink:
         thread waits while it is full (backpressure onto TCP: Mosquitto does not keep
         to the Receive Maximum we announce). Close the channel's receiving end before
         :meth:`aclose`, so that a waiting paho thread is released."""
-        self._s = settings
+        self._settings = settings
         self._token = trio.lowlevel.current_trio_token()
         self._on_message = on_message
         self._sink = sink
@@ -176,7 +176,7 @@ class MqttLink:
     def _closed_by_broker(self, reason: str) -> None:
         if self.connected.is_set():
             self._lost(f"the broker closed the connection: {reason}")
-        elif urlsplit(self._s.url).scheme == "mqtts":
+        elif urlsplit(self._settings.url).scheme == "mqtts":
             self._lost(f"the broker closed the connection before accepting it: {reason} "
                        "(a broker that requires a client certificate does this without "
                        "one, or with one its CA did not sign)")
@@ -209,16 +209,16 @@ class MqttLink:
         # Abandoned if cancelled (a TLS handshake with a silent peer blocks up to
         # connect_timeout): _start then sees the link closed and starts no loop.
         await trio.to_thread.run_sync(self._start, abandon_on_cancel=True)
-        with trio.move_on_after(self._s.connect_timeout):
+        with trio.move_on_after(self._settings.connect_timeout):
             while not (self.connected.is_set() or self.disconnected.is_set()):
                 await self.wake.wait()
         if self.disconnected.is_set():
             raise LinkError(self.error)
         if not self.connected.is_set():
-            raise LinkError(f"no answer from the broker within {self._s.connect_timeout:g}s")
+            raise LinkError(f"no answer from the broker within {self._settings.connect_timeout:g}s")
 
     def _start(self) -> None:
-        s, c = self._s, self._client
+        s, c = self._settings, self._client
         if s.username or s.password:
             c.username_pw_set(s.username or None, s.password or None)
         if urlsplit(s.url).scheme == "mqtts":

@@ -20,8 +20,6 @@ from edge.core.backoff import Backoff, Circuit
 from edge.journal.db import Backlog
 from edge.journal.service import JournalService
 
-logger = logging.getLogger(__name__)
-
 IDLE_POLL = 1.0  # seconds between looks at an empty outbox
 _SHED_CHECK_INTERVAL = 5.0
 
@@ -32,6 +30,7 @@ class OutboxRelay:
     def __init__(self, journal: JournalService, *, max_backlog_bytes: int,
                  backoff_base: float, backoff_max: float) -> None:
         self._journal = journal
+        self._log = logging.getLogger(type(self).__module__)  # the link's module logs
         self._max_backlog_bytes = max_backlog_bytes
         # The first retry may already wait up to twice the base.
         self._backoff = Backoff(first=2 * backoff_base, most=backoff_max, least=backoff_base)
@@ -74,10 +73,10 @@ class OutboxRelay:
         a WARNING up to the one that opens the circuit, which is said once."""
         self.circuit = self.circuit.failed()
         self.last_error = why
-        logger.log(logging.WARNING if self.circuit.loud else logging.DEBUG,
+        self._log.log(logging.WARNING if self.circuit.loud else logging.DEBUG,
                    "relay: %s unavailable (%s); attempt %d", what, why, self.failures)
         if self.circuit.just_opened:
-            logger.warning("relay: circuit open after %d failures; transcription "
+            self._log.warning("relay: circuit open after %d failures; transcription "
                            "goes on locally and the journal keeps everything",
                            self.failures)
 
@@ -86,7 +85,7 @@ class OutboxRelay:
         the failures in a row end here (one that greets and then answers garbage
         keeps counting them, and opens the circuit)."""
         if self.failures:
-            logger.info("relay: upstream reachable again after %d failure(s)", self.failures)
+            self._log.info("relay: upstream reachable again after %d failure(s)", self.failures)
         self.circuit = self.circuit.closed()
         self.last_error = None
 
@@ -117,6 +116,6 @@ class OutboxRelay:
             self.shed_bytes += shed.bytes
             events, nbytes = self._unreported_shed
             self._unreported_shed = (events + shed.events, nbytes + shed.bytes)
-            logger.warning("relay: outbox over %d bytes; %d oldest event(s) (%d bytes) will "
+            self._log.warning("relay: outbox over %d bytes; %d oldest event(s) (%d bytes) will "
                            "not be relayed; they remain in the local journal",
                            self._max_backlog_bytes, shed.events, shed.bytes)
