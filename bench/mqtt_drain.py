@@ -41,6 +41,7 @@ from edge.journal.db import Journal
 from edge.journal.db import connect as connect_journal
 from edge.journal.service import JournalService
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, MqttRelaySettings
+from edge.relay.outbox import OutboxRelay
 from edge.relay.sender import Relay, RelaySettings
 from tools.daemon import Daemon
 
@@ -100,7 +101,7 @@ def upstream_count(daemon: Daemon) -> int:
     return int(count)
 
 
-async def drain(relay: Relay, service: JournalService, upstream: Daemon, events: int
+async def drain(relay: OutboxRelay, service: JournalService, upstream: Daemon, events: int
                 ) -> float:
     async with trio.open_nursery() as nursery:
         started = time.monotonic()
@@ -130,7 +131,7 @@ async def run_one(name: str, work: Path, source: Path, events: int) -> dict[str,
                       env={"EDGE_DEVICE_ID": "clinic", **common.KEY_ENV})
     try:
         await trio.to_thread.run_sync(upstream.start, 120)
-        relay: Relay
+        relay: OutboxRelay
         if name == "websocket":
             token = mint(algorithm="HS256", key=SECRET, sub=DEVICE, scope="relay:write",
                          user_type="device", ttl=3600, now=time.time(), extra={})

@@ -54,6 +54,7 @@ from edge.ops.terms import TermWatcher, open_terms
 from edge.protocols.scriptix import model_language
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, mqtt_relay_settings
 from edge.relay.mqtt_ingest import mqtt_ingest
+from edge.relay.outbox import OutboxRelay
 from edge.relay.sender import Relay, RelaySettings
 from edge.speakers import SpeakerIdentification, VoiceprintStore, VoiceprintStoreError
 from edge.speakers.voiceprints import encrypt_plaintext_store
@@ -152,7 +153,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     Hub(replay_size=config.microphone.replay_size),
                     memory.factory(recognizers), limiter, stats, journal=journal,
                     speakers=speakers)
-    relay: Relay | None = None
+    relay: OutboxRelay | None = None
     if config.relay.enabled:
         assert journal is not None  # the config requires it
         if config.relay.transport == "mqtt":

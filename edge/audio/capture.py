@@ -58,16 +58,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyaudio
 import trio
 
+from edge.audio.portaudio import (
+    MAX_CHANNELS,
+    Backend,
+    DeviceInfo,
+    RealTimePace,
+    choose_format,
+    downmix,
+    initialise,
+    list_input_devices,
+    resolve,
+    resolve_device,
+)
 from edge.audio.source import (
     MIC_LOST,
     MIC_OVERRUN,
@@ -78,128 +86,17 @@ from edge.audio.source import (
     MicEvent,
     MicStatistics,
 )
+from edge.core.backoff import Backoff
 from edge.core.errors import AudioSourceError
+
+# Device listing lives with the rest of PortAudio's side; callers also find it here.
+__all__ = ["Chunk", "DeviceInfo", "MicEvent", "MicSource", "list_input_devices",
+           "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
 
 _MAX_PENDING_EVENTS = 64
-_MAX_CHANNELS = 8
-
-#: What ``MicSource(backend=...)`` must return: an object with PyAudio's interface.
-Backend = Callable[[], Any]
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    index: int  # PortAudio's device index (changes when devices come and go)
-    name: str
-    max_input_channels: int
-    default_sample_rate: float
-    host_api: str  # "ALSA" on Linux
-
-
-# --- devices ---------------------------------------------------------------------------
-
-def list_input_devices(*, backend: Backend = pyaudio.PyAudio) -> list[DeviceInfo]:
-    """Every device PortAudio can capture from. Blocking (initialises PortAudio, which
-    probes every ALSA PCM): call it from a worker thread inside the daemon."""
-    pa = _initialise(backend)
-    try:
-        return _input_devices(pa)
-    finally:
-        pa.terminate()
-
-
-def resolve_device(spec: str | int, *, backend: Backend = pyaudio.PyAudio) -> DeviceInfo:
-    """The input device ``spec`` names. Blocking, like :func:`list_input_devices`.
-
-    ``spec`` is an index (an int, or a string of digits that is no device's name), a
-    name (exact, then case-insensitively exact, then a case-insensitive substring that
-    must match only one device), or ``"default"`` for PortAudio's default input.
-    Raises :class:`AudioSourceError` naming ``spec`` and listing the devices.
-    """
-    pa = _initialise(backend)
-    try:
-        return _resolve(pa, spec)
-    finally:
-        pa.terminate()
-
-
-def _initialise(backend: Backend) -> Any:
-    try:
-        return backend()
-    except OSError as exc:
-        raise AudioSourceError(f"PortAudio could not be initialised: {exc}") from exc
-
-
-def _input_devices(pa: Any) -> list[DeviceInfo]:
-    devices = []
-    for index in range(pa.get_device_count()):
-        info = pa.get_device_info_by_index(index)
-        if int(info["maxInputChannels"]) <= 0:
-            continue
-        try:
-            host_api = str(pa.get_host_api_info_by_index(info["hostApi"])["name"])
-        except (OSError, KeyError):
-            host_api = str(info.get("hostApi", "?"))
-        devices.append(DeviceInfo(index=index, name=str(info["name"]),
-                                  max_input_channels=int(info["maxInputChannels"]),
-                                  default_sample_rate=float(info["defaultSampleRate"]),
-                                  host_api=host_api))
-    return devices
-
-
-def _resolve(pa: Any, spec: str | int) -> DeviceInfo:
-    devices = _input_devices(pa)
-
-    def by_index(index: int) -> DeviceInfo:
-        for device in devices:
-            if device.index == index:
-                return device
-        raise AudioSourceError(f"no input device with index {index}; "
-                               f"{_describe(devices)}")
-
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        return by_index(spec)
-    text = str(spec).strip()
-    if text.lower() == "default":
-        try:
-            default = pa.get_default_input_device_info()
-        except OSError as exc:
-            raise AudioSourceError(f"there is no default input device; "
-                                   f"{_describe(devices)}") from exc
-        return by_index(int(default["index"]))
-    for matches in (
-        [d for d in devices if d.name == text],
-        [d for d in devices if d.name.casefold() == text.casefold()],
-    ):
-        if matches:
-            return matches[0]
-    if text.isascii() and text.isdigit():
-        return by_index(int(text))
-    matches = [d for d in devices if text.casefold() in d.name.casefold()]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        names = ", ".join(f"{d.index} {d.name!r}" for d in matches)
-        raise AudioSourceError(f"input device {text!r} is ambiguous: it matches {names}; "
-                               "give the full name or the index")
-    raise AudioSourceError(f"no input device matches {text!r}; {_describe(devices)}")
-
-
-def _describe(devices: list[DeviceInfo]) -> str:
-    if not devices:
-        return "no input devices are available (PortAudio sees no capture device)"
-    return "available: " + ", ".join(f"{d.index} {d.name!r}" for d in devices)
-
-
-def _downmix(pcm: bytes, channels: int) -> bytes:
-    samples = np.frombuffer(pcm, dtype="<i2")
-    samples = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)
-    return samples.mean(axis=1).round().astype("<i2").tobytes()
-
-
 # --- the source ------------------------------------------------------------------------
 
 class _Run:
@@ -210,31 +107,6 @@ class _Run:
         self.token = token
         self.started = False  # written by the thread
         self.closed = trio.Event()
-
-
-class _RealTimePace:
-    """Never hands on audio faster than real time.
-
-    A sound card's read blocks until the samples exist, so this never waits for one.
-    Devices without a clock (ALSA ``file``/``null`` plugins, some virtual devices)
-    return at once and would flood the recogniser; this holds them to the wall clock.
-    When reads fall behind (a stalled driver), the schedule restarts instead of
-    letting the device catch up in a burst.
-    """
-
-    def __init__(self, rate: int) -> None:
-        self._rate = rate
-        self._start = time.monotonic()
-        self._frames = 0
-
-    def wait(self, frames: int) -> None:
-        self._frames += frames
-        due = self._start + self._frames / self._rate
-        now = time.monotonic()
-        if now < due:
-            time.sleep(due - now)
-        elif now - due > 1.0:
-            self._start, self._frames = now, 0
 
 
 class MicSource:
@@ -263,8 +135,8 @@ class MicSource:
         close_timeout: float = 2.0,
         backend: Backend = pyaudio.PyAudio,
     ) -> None:
-        if channels is not None and not 1 <= channels <= _MAX_CHANNELS:
-            raise ValueError(f"channels must be between 1 and {_MAX_CHANNELS}")
+        if channels is not None and not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"channels must be between 1 and {MAX_CHANNELS}")
         if chunk_ms <= 0 or backoff_base <= 0 or backoff_max < backoff_base:
             raise ValueError("chunk_ms and backoff_base must be > 0, "
                              "backoff_max >= backoff_base")
@@ -272,8 +144,7 @@ class MicSource:
         self._target_rate = sample_rate
         self._channels_wanted = channels
         self._chunk_ms = chunk_ms
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(backoff_base, backoff_max)
         self._overrun_interval = overrun_interval
         self._close_timeout = close_timeout
         self._backend = backend
@@ -384,13 +255,13 @@ class MicSource:
 
     async def _supervise(self, send: trio.MemorySendChannel[Chunk | MicEvent],
                          ready: trio.Event) -> None:
-        delay = self._backoff_base
+        attempt = 0  # retries since the device last captured (or was paused)
         try:
             while not self._consumer_gone:
                 if self._paused:
                     self._state = "paused"
                     ready.set()
-                    delay = self._backoff_base
+                    attempt = 0
                     await self._idle(send, math.inf)
                     continue
                 if self._state == "stopped":
@@ -407,11 +278,13 @@ class MicSource:
                 if self._paused or self._consumer_gone or error is None:
                     continue
                 if self._opened_gen == self._gen:
-                    delay = self._backoff_base  # it was capturing: a new loss, not a retry
+                    attempt = 0  # it was capturing: a new loss, not a retry
+                attempt += 1
+                # No jitter: mic_lost announces the delay (retry_in).
+                delay = self._backoff.delay(attempt, None)
                 self._lost(error, delay)
                 ready.set()
                 await self._idle(send, trio.current_time() + delay)
-                delay = min(delay * 2, self._backoff_max)
         finally:
             ready.set()
 
@@ -555,9 +428,10 @@ class MicSource:
         stream: Any = None
         try:
             trio.from_thread.check_cancelled()
-            pa = _initialise(self._backend)
-            device = _resolve(pa, self._spec)
-            rate, channels = self._choose_format(pa, device)
+            pa = initialise(self._backend)
+            device = resolve(pa, self._spec)
+            rate, channels = choose_format(pa, device, self._target_rate,
+                                           self._channels_wanted)
             frames = max(1, rate * self._chunk_ms // 1000)
             try:
                 stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
@@ -569,7 +443,7 @@ class MicSource:
                     f"{channels} channel(s): {exc}") from exc
             self._stream_open = True
             trio.from_thread.run_sync(self._opened, run.gen, device, rate, channels)
-            pace = _RealTimePace(rate)
+            pace = RealTimePace(rate)
             while True:
                 trio.from_thread.check_cancelled()
                 try:
@@ -584,7 +458,7 @@ class MicSource:
                 trio.from_thread.check_cancelled()  # paused or stopped during the read
                 pace.wait(len(data) // (2 * channels))
                 if channels > 1:
-                    data = _downmix(data, channels)
+                    data = downmix(data, channels)
                 if not trio.from_thread.run_sync(self._deliver, run.gen, data):
                     return
         finally:
@@ -600,27 +474,3 @@ class MicSource:
             finally:
                 with contextlib.suppress(trio.RunFinishedError):  # trio.run is over
                     trio.from_thread.run_sync(run.closed.set, trio_token=run.token)
-
-    def _choose_format(self, pa: Any, device: DeviceInfo) -> tuple[int, int]:
-        default_rate = round(device.default_sample_rate)
-        if self._channels_wanted is not None:
-            channel_options = [self._channels_wanted]
-        else:
-            widest = min(device.max_input_channels, _MAX_CHANNELS)
-            channel_options = [1, min(2, widest), widest]
-        candidates: list[tuple[int, int]] = []
-        for channels in channel_options:
-            for rate in (self._target_rate, default_rate):
-                if (rate, channels) not in candidates:
-                    candidates.append((rate, channels))
-        for rate, channels in candidates:
-            try:
-                if pa.is_format_supported(rate, input_device=device.index,
-                                          input_channels=channels,
-                                          input_format=pyaudio.paInt16):
-                    return rate, channels
-            except ValueError:
-                continue
-        tried = ", ".join(f"{r} Hz x{c}" for r, c in candidates)
-        raise AudioSourceError(f"input device {device.name!r} supports none of the 16-bit "
-                               f"formats tried ({tried})")

@@ -64,7 +64,7 @@ from edge.protocols.live import LiveDialect
 from edge.protocols.query import bad_request
 from edge.protocols.text import Limits
 from edge.relay.ingest import RelayIngest
-from edge.relay.sender import Relay
+from edge.relay.outbox import OutboxRelay as Relay
 from edge.speakers import UNAVAILABLE, SpeakerIdentification, SpeakerStatus
 
 if TYPE_CHECKING:

@@ -23,6 +23,8 @@ from typing import Any
 
 import trio
 
+from edge.core.backoff import Backoff
+
 logger = logging.getLogger(__name__)
 
 Service = Callable[..., Awaitable[Any]]  # run(*, task_status=...)
@@ -57,6 +59,7 @@ class Supervisor:
                  rng: random.Random | None = None) -> None:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self._backoff = Backoff(backoff_base, backoff_max)
         self._rng = rng or random.Random()
         self.services: dict[str, ServiceState] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
@@ -78,8 +81,7 @@ class Supervisor:
 
     def delay(self, failures: int) -> float:
         """Seconds before run number ``failures + 1``: exponential, full jitter, capped."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(failures - 1, 30))
-        return self._rng.uniform(self.backoff_base, max(self.backoff_base, ceiling))
+        return self._backoff.delay(failures, self._rng)
 
     async def _supervise(self, name: str, run: Service,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -1,9 +1,10 @@
 """Store and forward over MQTT 5: publish the journal into a broker, in order, at least once.
 
 :class:`MqttRelay` is the WebSocket :class:`~edge.relay.sender.Relay`'s counterpart for
-brokers (Mosquitto, EMQX, HiveMQ, AWS IoT Core, ...), with the same face for
-``/healthz`` and ``/metrics`` (state, backlog, circuit, shed, last error) and the same
-bookkeeping (backoff with jitter, the circuit after three failures, outbox shedding).
+brokers (Mosquitto, EMQX, HiveMQ, AWS IoT Core, ...). Both build on
+:class:`~edge.relay.outbox.OutboxRelay`: the same face for ``/healthz`` and
+``/metrics`` (state, backlog, circuit, shed, last error) and the same bookkeeping
+(backoff with jitter, the circuit after three failures, outbox shedding).
 
 What "sent" means. A broker's PUBACK does not always mean the message is on disk
 (Mosquitto keeps it in memory until its autosave), and paho reports a publish complete
@@ -17,36 +18,28 @@ receipt topic, which a consumer publishes after storing them; a message without 
 receipt after ``receipt_timeout`` is published again. ``ack_level = "broker"`` takes a
 successful PUBACK as enough, for brokers whose PUBACK is durable.
 
-How it runs. paho's network loop runs in its own thread (:class:`MqttLink`); its
-callbacks hand their arguments to trio with ``TrioToken.run_sync_soon`` and never block;
-creating the client (TLS files), connecting and stopping its thread run in
-``trio.to_thread``. A connection is a persistent session (``clean_start`` false, a
-session expiry) so receipts published while the device is away wait at the broker.
+How it runs. Each connection is an :class:`~edge.relay.mqtt_link.MqttLink`: a
+persistent session, so receipts published while the device is away wait at the broker.
 Each failure of the link closes the client; the next attempt is a new one.
 
 The relay works in windows: it reads up to ``max_inflight`` messages' worth of pending
 events, splits them under ``max_message_bytes`` (and the broker's Maximum Packet
 Size), keeps at most ``max_inflight`` (and the broker's Receive Maximum) unacknowledged,
-and marks events relayed as the acknowledged prefix grows. Re-sends carry the same
-idempotency keys; consumers collapse them.
+and marks events relayed as the acknowledged prefix grows. The window's logic (what to
+publish, what an answer or a timeout means) is :mod:`edge.protocols.mqtt_window`, pure;
+this module feeds it PUBACKs and receipts and does what it answers. Re-sends carry the
+same idempotency keys; consumers collapse them.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import ssl
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 import trio
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.journal.db import Backlog, JournalError
@@ -59,11 +52,19 @@ from edge.protocols.mqtt_relay import (
     packet_size,
     split,
 )
-from edge.relay.sender import _CIRCUIT_OPEN_AFTER, _SHED_CHECK_INTERVAL, Relay, RelaySettings
+from edge.protocols.mqtt_window import Step, Window
+from edge.relay.mqtt_link import (
+    LinkError,
+    MqttClientSettings,
+    MqttLink,
+    client_settings,
+    describe_reason,
+    wait_either,
+)
+from edge.relay.outbox import IDLE_POLL, OutboxRelay
 
 logger = logging.getLogger(__name__)
 
-_IDLE_POLL = 1.0
 _GO_BACKS_WARNING = 10
 _LONE_DROPS = 3  # connections a broker drops over one event before it is set aside
 _MIN_MESSAGE_BYTES = 4096
@@ -71,38 +72,6 @@ _RC_NO_MATCHING_SUBSCRIBERS = 0x10
 _RC_IMPLEMENTATION_SPECIFIC = 0x83  # Mosquitto's answer to a message over its size limit
 _RC_PACKET_TOO_LARGE = 0x95
 _RC_QUOTA_EXCEEDED = 0x97
-
-
-class LinkError(Exception):
-    """The broker or the network failed the link (described for ``last_error``)."""
-
-
-@dataclass(frozen=True)
-class MqttClientSettings:
-    url: str  # mqtt://HOST:PORT or mqtts://HOST:PORT
-    client_id: str
-    username: str = ""
-    password: str = ""  # never logged
-    cafile: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    keepalive: int = 30
-    session_expiry: int = 86400
-    connect_timeout: float = 30.0
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def where(self) -> str:
-        """The broker for the log: scheme, host and port (never a password)."""
-        return f"{urlsplit(self.url).scheme}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -120,290 +89,18 @@ class MqttRelaySettings:
     backoff_max: float = 60.0
 
 
-async def wait_either(a: trio.Event, b: trio.Event) -> None:
-    """Return when either event is set."""
-    async with trio.open_nursery() as nursery:
-        async def wait(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-        nursery.start_soon(wait, a)
-        nursery.start_soon(wait, b)
-
-
-def describe_reason(rc: ReasonCode | int) -> str:
-    if isinstance(rc, ReasonCode):
-        return f"{rc.getName()} (0x{rc.value:02x})"
-    return f"error {rc}"
-
-
-@dataclass
-class _Published:
-    reason: ReasonCode | None = None
-
-
-class MqttLink:
-    """One connection to a broker: a paho client whose network loop runs in its own
-    thread. Open with :meth:`open` (in a worker thread), close with :meth:`aclose`.
-
-    State changes arrive on the trio thread only (``run_sync_soon``): ``connected``,
-    ``disconnected`` (with ``error``), PUBACK reason codes by message id in
-    ``published``, SUBACK reason codes in ``subscribed``; ``on_message`` is called
-    on the trio thread with each message. ``wake`` is set at every change.
-    """
-
-    def __init__(self, settings: MqttClientSettings, *,
-                 on_message: Callable[[paho.MQTTMessage], None] | None = None,
-                 sink: trio.MemorySendChannel[paho.MQTTMessage] | None = None,
-                 manual_ack: bool = False, receive_maximum: int | None = None) -> None:
-        """``on_message`` runs on the trio thread for each message; or, with ``sink``
-        (for a consumer), each message is sent into that bounded channel and paho's
-        thread waits while it is full (backpressure onto TCP: Mosquitto does not keep
-        to the Receive Maximum we announce). Close the channel's receiving end before
-        :meth:`aclose`, so that a waiting paho thread is released."""
-        self._s = settings
-        self._token = trio.lowlevel.current_trio_token()
-        self._on_message = on_message
-        self._sink = sink
-        self.connected = trio.Event()
-        self.disconnected = trio.Event()
-        self.error: str | None = None
-        self.wake = trio.Event()
-        self.published: dict[int, ReasonCode] = {}
-        self.subscribed: dict[int, list[ReasonCode]] = {}
-        self.receive_maximum = 65535  # the broker's, from CONNACK
-        self.maximum_packet_size: int | None = None
-        self.session_present = False
-        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                                   client_id=settings.client_id, protocol=paho.MQTTv5,
-                                   reconnect_on_failure=False, manual_ack=manual_ack)
-        self._receive_maximum = receive_maximum
-        self._lock = threading.Lock()  # _start's loop_start against _stop
-        self._closed = False
-        c = self._client
-        c.on_connect = self._cb_connect
-        c.on_connect_fail = self._cb_connect_fail
-        c.on_disconnect = self._cb_disconnect
-        c.on_publish = self._cb_publish
-        c.on_subscribe = self._cb_subscribe
-        c.on_message = self._cb_message
-
-    # --- from the paho thread: hand over, never block ----------------------------------
-
-    def _soon(self, fn: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone
-            self._token.run_sync_soon(fn, *args)
-
-    def _cb_connect(self, client: Any, userdata: Any, flags: Any, rc: ReasonCode,
-                    properties: Properties | None) -> None:
-        self._soon(self._connect_done, rc, properties, bool(getattr(flags, "session_present",
-                                                                     False)))
-
-    def _cb_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._soon(self._lost, "cannot connect to the broker (network or TLS)")
-
-    def _cb_disconnect(self, client: Any, userdata: Any, flags: Any, rc: ReasonCode,
-                       properties: Properties | None) -> None:
-        self._soon(self._closed_by_broker, describe_reason(rc))
-
-    def _cb_publish(self, client: Any, userdata: Any, mid: int, rc: ReasonCode,
-                    properties: Properties | None) -> None:
-        self._soon(self._publish_done, mid, rc)
-
-    def _cb_subscribe(self, client: Any, userdata: Any, mid: int, rcs: list[ReasonCode],
-                      properties: Properties | None) -> None:
-        self._soon(self._subscribe_done, mid, list(rcs))
-
-    def _cb_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
-        if self._sink is None:
-            self._soon(self._message, message)
-            return
-        with contextlib.suppress(trio.RunFinishedError, trio.BrokenResourceError,
-                                 trio.ClosedResourceError, trio.Cancelled):
-            trio.from_thread.run(self._sink.send, message, trio_token=self._token)
-
-    # --- on the trio thread ------------------------------------------------------------
-
-    def _poke(self) -> None:
-        self.wake.set()
-        self.wake = trio.Event()
-
-    def _connect_done(self, rc: ReasonCode, properties: Properties | None,
-                      session_present: bool) -> None:
-        if rc.is_failure:
-            self._lost(f"the broker refused the connection: {describe_reason(rc)}")
-            return
-        if properties is not None:
-            self.receive_maximum = getattr(properties, "ReceiveMaximum", 65535)
-            self.maximum_packet_size = getattr(properties, "MaximumPacketSize", None)
-        self.session_present = session_present
-        self.connected.set()
-        self._poke()
-
-    def _closed_by_broker(self, reason: str) -> None:
-        if self.connected.is_set():
-            self._lost(f"the broker closed the connection: {reason}")
-        elif urlsplit(self._s.url).scheme == "mqtts":
-            self._lost(f"the broker closed the connection before accepting it: {reason} "
-                       "(a broker that requires a client certificate does this without "
-                       "one, or with one its CA did not sign)")
-        else:
-            self._lost(f"the broker closed the connection before accepting it: {reason}")
-
-    def _lost(self, why: str) -> None:
-        if self.error is None:
-            self.error = why
-        self.disconnected.set()
-        self._poke()
-
-    def _publish_done(self, mid: int, rc: ReasonCode) -> None:
-        self.published[mid] = rc
-        self._poke()
-
-    def _subscribe_done(self, mid: int, rcs: list[ReasonCode]) -> None:
-        self.subscribed[mid] = rcs
-        self._poke()
-
-    def _message(self, message: paho.MQTTMessage) -> None:
-        if self._on_message is not None:
-            self._on_message(message)
-        self._poke()
-
-    # --- the caller's side -------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Connect, waiting for the CONNACK; LinkError if refused or not in time."""
-        # Abandoned if cancelled (a TLS handshake with a silent peer blocks up to
-        # connect_timeout): _start then sees the link closed and starts no loop.
-        await trio.to_thread.run_sync(self._start, abandon_on_cancel=True)
-        with trio.move_on_after(self._s.connect_timeout):
-            while not (self.connected.is_set() or self.disconnected.is_set()):
-                await self.wake.wait()
-        if self.disconnected.is_set():
-            raise LinkError(self.error)
-        if not self.connected.is_set():
-            raise LinkError(f"no answer from the broker within {self._s.connect_timeout:g}s")
-
-    def _start(self) -> None:
-        s, c = self._s, self._client
-        if s.username or s.password:
-            c.username_pw_set(s.username or None, s.password or None)
-        if urlsplit(s.url).scheme == "mqtts":
-            try:
-                c.tls_set(ca_certs=s.cafile, certfile=s.certfile, keyfile=s.keyfile,
-                          cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise LinkError(f"TLS settings: {exc}") from exc
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = s.session_expiry
-        if self._receive_maximum is not None:
-            props.ReceiveMaximum = self._receive_maximum
-        c.max_inflight_messages_set(65535)  # the caller keeps its own cap
-        c.max_queued_messages_set(0)
-        c.connect_timeout = s.connect_timeout
-        try:
-            # Here, not in paho's thread: a refused TCP connection or TLS handshake (a
-            # CA that does not sign the broker's certificate) comes out with its reason.
-            c.connect(s.host, s.port, keepalive=s.keepalive, clean_start=False,
-                      properties=props)
-        except ssl.SSLError as exc:
-            raise LinkError(f"TLS with the broker failed: {exc.reason or exc}") from exc
-        except OSError as exc:
-            raise LinkError(f"cannot connect to the broker: {exc.strerror or exc}") from exc
-        with self._lock:
-            if self._closed:
-                c.disconnect()
-                return
-            c.loop_start()
-
-    def check(self) -> None:
-        if self.disconnected.is_set():
-            raise LinkError(self.error)
-
-    def publish(self, topic: str, payload: bytes, *, user_properties: Sequence[tuple[str, str]]
-                = (), response_topic: str | None = None, correlation: bytes | None = None
-                ) -> int:
-        """Queue a QoS 1 PUBLISH (paho's thread sends it); its message id."""
-        self.check()
-        props = Properties(PacketTypes.PUBLISH)
-        if user_properties:
-            props.UserProperty = list(user_properties)
-        if response_topic is not None:
-            props.ResponseTopic = response_topic
-        if correlation is not None:
-            props.CorrelationData = correlation
-        info = self._client.publish(topic, payload, qos=1, properties=props)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise LinkError(f"cannot publish: {paho.error_string(info.rc)}")
-        return info.mid
-
-    async def subscribe(self, topic_filter: str, timeout: float) -> None:
-        """Subscribe with QoS 1 and wait for the SUBACK; LinkError if refused."""
-        self.check()
-        rc, mid = self._client.subscribe(topic_filter, qos=1)
-        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
-            raise LinkError(f"cannot subscribe: {paho.error_string(rc)}")
-        with trio.move_on_after(timeout):
-            while mid not in self.subscribed:
-                self.check()
-                await self.wake.wait()
-        self.check()
-        codes = self.subscribed.pop(mid, None)
-        if codes is None:
-            raise LinkError("the broker did not answer a subscription in time")
-        if any(code.is_failure for code in codes):
-            raise LinkError(f"the broker refused the subscription to {topic_filter}: "
-                            f"{', '.join(describe_reason(c) for c in codes)}")
-
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a message received with manual acks (after it is stored)."""
-        self._client.ack(mid, qos)
-
-    async def aclose(self) -> None:
-        """Disconnect and stop paho's thread (in a worker thread: it joins)."""
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._stop)
-
-    def _stop(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._client.disconnect()
-            self._client.loop_stop()
-
-
-@dataclass
-class _Flight:
-    index: int
-    message: EventsMessage
-    mid: int
-    sent_at: float
-    puback: bool = False
-
-
 class _Resplit(Exception):
     """The broker refused a message as too large: split the window smaller."""
 
 
-@dataclass
-class _Answers:
-    """What one pass over PUBACKs and receipts found."""
-
-    changed: bool = False
-    refused: dict[int, str] = field(default_factory=dict)  # event id -> reason
-    gap: bool = False  # a gap receipt for a message of this window
-
-
-class MqttRelay(Relay):
+class MqttRelay(OutboxRelay):
     """Start with ``await nursery.start(relay.run)``; runs until cancelled. Never raises
     for the broker's or the network's behaviour."""
 
     def __init__(self, settings: MqttRelaySettings, journal: JournalService) -> None:
-        super().__init__(RelaySettings(
-            url=settings.client.where, token="", batch_events=settings.batch_events,
-            batch_bytes=settings.max_message_bytes,
-            max_backlog_bytes=settings.max_backlog_bytes,
-            ack_timeout=settings.receipt_timeout, backoff_base=settings.backoff_base,
-            backoff_max=settings.backoff_max), journal)
-        self._m = settings
+        super().__init__(journal, max_backlog_bytes=settings.max_backlog_bytes,
+                         backoff_base=settings.backoff_base, backoff_max=settings.backoff_max)
+        self._settings = settings
         self._max_bytes = settings.max_message_bytes
         # Receipts with the window tag their correlation data carried ("" if none).
         self._receipts: collections.deque[tuple[Receipt, str]] = collections.deque(
@@ -422,7 +119,8 @@ class MqttRelay(Relay):
         self.epoch = ""
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "transport": "mqtt", "ack_level": self._m.ack_level,
+        return {**super().status(), "transport": "mqtt",
+                "ack_level": self._settings.ack_level,
                 "republished": self.republished, "go_backs": self.go_backs,
                 "set_aside": self.set_aside_events,
                 "set_aside_reason": self.set_aside_reason,
@@ -434,25 +132,15 @@ class MqttRelay(Relay):
         task_status.started()
         self.epoch = await self._journal.call(lambda: self._journal.journal.epoch)
         while True:
-            link = MqttLink(self._m.client, on_message=self._on_receipt)
+            link = MqttLink(self._settings.client, on_message=self._on_receipt)
             try:
                 await link.open()
                 await self._session(link)
             except (LinkError, JournalError) as exc:
-                self.failures += 1
-                self.last_error = str(exc)
-                level = logging.WARNING if self.failures <= _CIRCUIT_OPEN_AFTER else logging.DEBUG
-                logger.log(level, "relay: broker %s unavailable (%s); attempt %d",
-                           self._m.client.where, self.last_error, self.failures)
-                if self.failures == _CIRCUIT_OPEN_AFTER:
-                    logger.warning("relay: circuit open after %d failures; transcription "
-                                   "goes on locally and the journal keeps everything",
-                                   self.failures)
+                self._link_failed(f"broker {self._settings.client.where}", str(exc))
             finally:
                 await link.aclose()
-            self.state = "backoff"
-            await self._shed_if_full()
-            await trio.sleep(self._delay())
+            await self._back_off()
 
     def _on_receipt(self, message: paho.MQTTMessage) -> None:
         try:
@@ -473,27 +161,25 @@ class MqttRelay(Relay):
 
     async def _session(self, link: MqttLink) -> None:
         self.state = "connected"
-        if self._m.ack_level == "receipt":
-            await link.subscribe(self._m.receipt_topic, self._m.receipt_timeout)
+        if self._settings.ack_level == "receipt":
+            await link.subscribe(self._settings.receipt_topic, self._settings.receipt_timeout)
         journal = self._journal
         while True:
             link.check()
-            if trio.current_time() >= self._next_shed_check:
-                self._next_shed_check = trio.current_time() + _SHED_CHECK_INTERVAL
-                await self._shed_if_full()
+            if await self._shed_if_due():
                 self.set_aside_waiting = await journal.call(journal.journal.set_aside_count)
-            cap = max(1, min(self._m.max_inflight, link.receive_maximum))
+            cap = max(1, min(self._settings.max_inflight, link.receive_maximum))
             max_bytes = self._max_bytes
             if link.maximum_packet_size:
                 max_bytes = min(max_bytes, link.maximum_packet_size)
             changed = journal.changed
             events = await journal.call(journal.journal.pending,
-                                        self._m.batch_events * cap, max_bytes * cap)
+                                        self._settings.batch_events * cap, max_bytes * cap)
             if not events:
                 self._link_works()
                 self.state = "idle"
                 self.backlog = Backlog(0, 0)
-                with trio.move_on_after(_IDLE_POLL):
+                with trio.move_on_after(IDLE_POLL):
                     await wait_either(changed, link.disconnected)
                 continue
             self.state = "sending"
@@ -512,7 +198,7 @@ class MqttRelay(Relay):
         first message carries no ``after``). A consumer that keeps the order refuses
         the abandoned messages that reach it first (they name an ``after`` it lacks),
         and re-sends it had already stored collapse by their keys."""
-        m = self._m
+        m = self._settings
         if self._held:
             held, self._held = self._held, {}
             await self._set_aside(held, "the broker drops the connection over it")
@@ -534,91 +220,80 @@ class MqttRelay(Relay):
                                    if id(x) in big},
                                   f"larger than {limit} bytes on its own")
         messages = [x for x in parts.messages if id(x) not in big]
-        done = [False] * len(messages)
-        flights: dict[int, _Flight] = {}  # by mid
-        marked = 0  # messages[:marked] are marked relayed
-        next_index = 0
+        window = Window(messages, tag=tag, cap=cap, receipt_timeout=m.receipt_timeout,
+                        broker_acks=m.ack_level == "broker")
         link.published.clear()  # PUBACKs of an abandoned window
-
-        def send(index: int) -> None:
-            message = messages[index]
-            mid = link.publish(m.topic, message.encode(),
-                               user_properties=message.user_properties(),
-                               response_topic=m.receipt_topic,
-                               correlation=message.correlation)
-            flights[mid] = _Flight(index, message, mid, trio.current_time())
-            self.messages += 1
-
-        while marked < len(messages):
-            try:
-                while next_index < len(messages) and len(flights) < cap:
-                    if not done[next_index]:  # a receipt may come before we publish again
-                        send(next_index)
-                    next_index += 1
-            except LinkError:
-                # paho knew of the disconnect before its callback reached us: wait for
-                # the reason (a size limit shows only there).
-                with trio.move_on_after(2.0):
-                    await link.disconnected.wait()
-                if flights:
-                    self._maybe_too_big(link, flights)
-                raise
+        while not window.finished:
+            await self._publish_window(link, window)
             wake = link.wake
-            now = trio.current_time()
-            deadline = min((f.sent_at + m.receipt_timeout for f in flights.values()),
-                           default=now + _IDLE_POLL)
-            answers = self._settle(link, flights, messages, done, tag)
-            if not answers.changed:
+            deadline = window.deadline(trio.current_time(), IDLE_POLL)
+            if not self._settle(link, window):
                 with trio.move_on_at(deadline):
                     await wake.wait()
-            if link.disconnected.is_set() and flights:
-                self._maybe_too_big(link, flights)
+            if link.disconnected.is_set() and window.flights:
+                self._maybe_too_big(link, window)
             link.check()
-            more = self._settle(link, flights, messages, done, tag)
-            answers.refused.update(more.refused)
-            go_back = answers.gap or more.gap
-            if go_back:
-                self.gaps += 1
-            now = trio.current_time()
-            for flight in sorted(flights.values(), key=lambda f: f.index):
-                if now < flight.sent_at + m.receipt_timeout:
-                    continue
-                if not flight.puback:
-                    raise LinkError(f"the broker did not acknowledge a message within "
-                                    f"{m.receipt_timeout:g}s")
-                if not go_back:
-                    logger.info("relay: no receipt for events %d-%d within %gs; sending "
-                                "again from there, in order", flight.message.first,
-                                flight.message.last, m.receipt_timeout)
-                go_back = True
-                break
-            if answers.refused:
-                await self._set_aside(answers.refused, "refused by the consumer")
-            prefix = marked
-            while prefix < len(messages) and done[prefix]:
-                prefix += 1
-            if prefix > marked:
-                await self._journal.call(self._journal.journal.mark_relayed,
-                                         messages[prefix - 1].last)
-                self.sent_events += sum(len(x.events) for x in messages[marked:prefix])
-                self.last_ack = trio.current_time()
-                self._unreported_shed = (0, 0)
-                self._link_works()
-                self._go_backs_in_a_row = 0
-                if self._lone_suspect and self._lone_suspect[0] <= messages[prefix - 1].last:
-                    self._lone_suspect = None  # it went through after all
-                marked = prefix
-            if go_back and marked < len(messages):
-                self.go_backs += 1
-                self._go_backs_in_a_row += 1
-                if self._go_backs_in_a_row == _GO_BACKS_WARNING:
-                    logger.warning(
-                        "relay: sent again from event %d %d times without a receipt for "
-                        "it; is another consumer (perhaps offline) in the consumer's shared "
-                        "subscription while it keeps the order (ingest.mqtt.ordered)?",
-                        messages[marked].first, self._go_backs_in_a_row)
-                self.republished += sum(1 for i in range(marked, next_index) if not done[i])
+            self._settle(link, window)
+            if not await self._apply(window.step(trio.current_time())):
                 return
+
+    async def _publish_window(self, link: MqttLink, window: Window) -> None:
+        """Publish what the window has room for (paho's thread sends it)."""
+        m = self._settings
+        try:
+            while (index := window.next_to_publish()) is not None:
+                message = window.messages[index]
+                mid = link.publish(m.topic, message.encode(),
+                                   user_properties=message.user_properties(),
+                                   response_topic=m.receipt_topic,
+                                   correlation=message.correlation)
+                window.published(index, mid, trio.current_time())
+                self.messages += 1
+        except LinkError:
+            # paho knew of the disconnect before its callback reached us: wait for
+            # the reason (a size limit shows only there).
+            with trio.move_on_after(2.0):
+                await link.disconnected.wait()
+            if window.flights:
+                self._maybe_too_big(link, window)
+            raise
+
+    async def _apply(self, step: Step) -> bool:
+        """Do what the window's step says; False when the window ends (go back)."""
+        m = self._settings
+        if step.gap:
+            self.gaps += 1
+        if step.unacknowledged:
+            raise LinkError(f"the broker did not acknowledge a message within "
+                            f"{m.receipt_timeout:g}s")
+        if step.overdue is not None:
+            logger.info("relay: no receipt for events %d-%d within %gs; sending "
+                        "again from there, in order", step.overdue.first,
+                        step.overdue.last, m.receipt_timeout)
+        if step.refused:
+            await self._set_aside(step.refused, "refused by the consumer")
+        if step.relayed:
+            last = step.relayed[-1].last
+            await self._journal.call(self._journal.journal.mark_relayed, last)
+            self.sent_events += sum(len(x.events) for x in step.relayed)
+            self.last_ack = trio.current_time()
+            self._unreported_shed = (0, 0)
+            self._link_works()
+            self._go_backs_in_a_row = 0
+            if self._lone_suspect and self._lone_suspect[0] <= last:
+                self._lone_suspect = None  # it went through after all
+        if not step.go_back:
+            return True
+        self.go_backs += 1
+        self._go_backs_in_a_row += 1
+        if self._go_backs_in_a_row == _GO_BACKS_WARNING:
+            logger.warning(
+                "relay: sent again from event %d %d times without a receipt for "
+                "it; is another consumer (perhaps offline) in the consumer's shared "
+                "subscription while it keeps the order (ingest.mqtt.ordered)?",
+                step.resend_from, self._go_backs_in_a_row)
+        self.republished += step.republished
+        return False
 
     async def _set_aside(self, reasons: dict[int, str], why: str) -> None:
         """Take events out of the outbox for good (kept in the journal): counted, and
@@ -637,49 +312,27 @@ class MqttRelay(Relay):
                        "'edge relay requeue' sends them again)", count, ids[0], ids[-1],
                        why, self.set_aside_reason)
 
-    def _settle(self, link: MqttLink, flights: dict[int, _Flight],
-                messages: list[EventsMessage], done: list[bool], tag: str) -> _Answers:
-        """Apply PUBACKs and receipts that arrived."""
-        answers = _Answers()
-        for mid in [mid for mid in flights if mid in link.published]:
+    def _settle(self, link: MqttLink, window: Window) -> bool:
+        """Feed the PUBACKs and receipts that arrived into ``window``; whether any did."""
+        changed = False
+        for mid in [mid for mid in window.flights if mid in link.published]:
             rc = link.published.pop(mid)
-            flight = flights[mid]
-            answers.changed = True
+            changed = True
             if rc.is_failure:
-                if self._refused(flight, rc):
-                    answers.refused[flight.message.first] = "too_large"
-                    done[flight.index] = True
-                    del flights[mid]
-                    continue
-            elif rc.value == _RC_NO_MATCHING_SUBSCRIBERS:
-                raise LinkError(f"the broker has no subscriber for {self._m.topic}: "
+                self._refused(window.flights[mid].message, rc)
+                window.refused_by_broker(mid)
+                continue
+            if rc.value == _RC_NO_MATCHING_SUBSCRIBERS:
+                raise LinkError(f"the broker has no subscriber for {self._settings.topic}: "
                                 f"{describe_reason(rc)}; not delivered")
-            flight.puback = True
-            if self._m.ack_level == "broker":
-                done[flight.index] = True
-                del flights[mid]
+            window.acknowledged(mid)
         while self._receipts:
             receipt, receipt_tag = self._receipts.popleft()
-            answers.changed = True
-            if receipt.gap is not None:
-                # Only an answer to this window's messages: older ones were abandoned.
-                if receipt_tag == tag and any(
-                        receipt.first == x.first and receipt.last == x.last
-                        for x in messages):
-                    answers.gap = True
-                continue
-            # A receipt from an earlier connection (queued in the persistent session)
-            # covers the same events as the message published again now.
-            for index, message in enumerate(messages):
-                if not done[index] and receipt.covers(message):
-                    done[index] = True
-                    answers.refused.update(receipt.refused_ids(message))
-            for mid, flight in list(flights.items()):
-                if done[flight.index]:
-                    del flights[mid]
-        return answers
+            changed = True
+            window.received(receipt, receipt_tag)
+        return changed
 
-    def _maybe_too_big(self, link: MqttLink, flights: dict[int, _Flight]) -> None:
+    def _maybe_too_big(self, link: MqttLink, window: Window) -> None:
         """Mosquitto answers a message over its ``message_size_limit`` with PUBACK 0x95,
         which MQTT 5 does not allow there: paho calls it a protocol error and drops
         the connection without reporting the publish. So a protocol error with a
@@ -688,7 +341,8 @@ class MqttRelay(Relay):
         that event is set aside as too large (it cannot be split)."""
         if "Protocol error" not in (link.error or ""):
             return
-        largest = max(flights.values(), key=lambda f: len(f.message.encode())).message
+        largest = max((f.message for f in window.flights.values()),
+                      key=lambda x: len(x.encode()))
         size = len(largest.encode())
         if len(largest.events) > 1 and self._max_bytes > _MIN_MESSAGE_BYTES:
             self._max_bytes = max(_MIN_MESSAGE_BYTES, min(self._max_bytes, size) // 2)
@@ -707,47 +361,23 @@ class MqttRelay(Relay):
                                "taking it as over the broker's size limit", times,
                                largest.first, size)
 
-    def _refused(self, flight: _Flight, rc: ReasonCode) -> bool:
-        """A PUBACK with a failure: True if its one event is to be set aside as too
-        large (the broker says so of a message that cannot be split); otherwise
-        raises _Resplit (split smaller) or LinkError."""
+    def _refused(self, message: EventsMessage, rc: ReasonCode) -> None:
+        """A PUBACK with a failure for ``message``: returns if its one event is to be
+        set aside as too large (the broker says so of a message that cannot be split);
+        otherwise raises _Resplit (split smaller) or LinkError."""
         code = rc.value
-        size = len(flight.message.encode())
+        size = len(message.encode())
         if (code in (_RC_PACKET_TOO_LARGE, _RC_IMPLEMENTATION_SPECIFIC, _RC_QUOTA_EXCEEDED)
-                and len(flight.message.events) > 1 and self._max_bytes > _MIN_MESSAGE_BYTES):
+                and len(message.events) > 1 and self._max_bytes > _MIN_MESSAGE_BYTES):
             self._max_bytes = max(_MIN_MESSAGE_BYTES, min(self._max_bytes, size) // 2)
             logger.warning("relay: the broker refused a message of %d bytes (%s); sending "
                            "at most %d bytes per message", size, describe_reason(rc),
                            self._max_bytes)
             raise _Resplit
-        if code == _RC_PACKET_TOO_LARGE and len(flight.message.events) == 1:
-            return True
+        if code == _RC_PACKET_TOO_LARGE and len(message.events) == 1:
+            return
         raise LinkError(f"the broker refused a message of {size} bytes: "
                         f"{describe_reason(rc)}")
-
-
-def read_password(key: str, password: str, password_file: str) -> str:
-    """The password from the config (or the environment) or its file; ConfigError
-    naming ``key`` if the file cannot be read. Blocks on file I/O (at startup)."""
-    from edge.core.errors import ConfigError
-
-    if password or not password_file:
-        return password
-    try:
-        with open(password_file, encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"{key}.password_file", f"cannot read {password_file}: "
-                          f"{exc.strerror}") from exc
-
-
-def client_settings(key: str, m: Any, client_id: str) -> MqttClientSettings:
-    """:class:`MqttClientSettings` from a ``[relay.mqtt]`` or ``[ingest.mqtt]`` table."""
-    return MqttClientSettings(
-        url=m.url, client_id=m.client_id or client_id, username=m.username,
-        password=read_password(key, m.password, m.password_file),
-        cafile=m.cafile or None, certfile=m.certfile or None, keyfile=m.keyfile or None,
-        keepalive=m.keepalive, session_expiry=m.session_expiry)
 
 
 def mqtt_relay_settings(config: Any) -> MqttRelaySettings:

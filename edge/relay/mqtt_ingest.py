@@ -44,6 +44,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import trio
 
+from edge.core.backoff import Backoff, Circuit
 from edge.journal.db import JournalError
 from edge.journal.service import JournalService
 from edge.protocols.mqtt_relay import (
@@ -54,7 +55,7 @@ from edge.protocols.mqtt_relay import (
     idempotency_key,
     keys_of,
 )
-from edge.relay.mqtt import LinkError, MqttClientSettings, MqttLink
+from edge.relay.mqtt_link import LinkError, MqttClientSettings, MqttLink, client_settings
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +75,15 @@ class MqttIngest:
         self._subscription = subscription
         self._allow = allow_devices
         self._max_inflight = max_inflight
-        self._backoff_max = backoff_max
         self._ordered = ordered
         # (device, epoch) -> the highest event id stored or refused, most recent last.
         self._high: collections.OrderedDict[tuple[str, str], int] = (
             collections.OrderedDict())
+        # Retries from a quarter second; the first may already wait a second.
+        self._backoff = Backoff(first=1.0, most=backoff_max, least=0.25)
+        self._rng = random.Random()
         self.state = "starting"
-        self.failures = 0
+        self.circuit = Circuit()
         self.last_error: str | None = None
         self.messages = 0
         self.stored = 0
@@ -90,6 +93,11 @@ class MqttIngest:
         self.gaps = 0  # messages not stored for want of an earlier one
         self.receipts = 0
         self.subscribed = trio.Event()  # set once the first subscription is granted
+
+    @property
+    def failures(self) -> int:
+        """Failures of the link in a row."""
+        return self.circuit.failures
 
     def status(self) -> dict[str, Any]:
         """For ``/healthz`` (``ingest``) and ``/metrics``."""
@@ -116,13 +124,13 @@ class MqttIngest:
                 self.subscribed.set()
                 if self.failures:
                     logger.info("mqtt ingest: broker %s reachable again", self._client.where)
-                self.failures = 0
+                self.circuit = self.circuit.closed()
                 self.last_error = None
                 await self._consume(link, receive)
             except (LinkError, JournalError) as exc:
-                self.failures += 1
+                self.circuit = self.circuit.failed()
                 self.last_error = str(exc)
-                logger.log(logging.WARNING if self.failures <= 3 else logging.DEBUG,
+                logger.log(logging.WARNING if self.circuit.loud else logging.DEBUG,
                            "mqtt ingest: broker %s unavailable (%s); attempt %d",
                            self._client.where, self.last_error, self.failures)
             finally:
@@ -130,8 +138,7 @@ class MqttIngest:
                 receive.close()
                 await link.aclose()
             self.state = "backoff"
-            ceiling = min(self._backoff_max, 0.5 * 2 ** min(self.failures, 16))
-            await trio.sleep(random.uniform(0.25, max(0.25, ceiling)))
+            await trio.sleep(self._backoff.delay(self.failures, self._rng))
 
     async def _consume(self, link: MqttLink,
                        receive: trio.MemoryReceiveChannel[paho.MQTTMessage]) -> None:
@@ -233,11 +240,9 @@ class MqttIngest:
         self._answer(link, message, Receipt(device, epoch, ids[0], ids[-1], 0, keys))
 
 
-
 def mqtt_ingest(config: Any, journal: JournalService) -> MqttIngest:
     """The ingest from ``[ingest.mqtt]``; its client id defaults to ``<device>-ingest``."""
     from edge.core.keys import device_id
-    from edge.relay.mqtt import client_settings
 
     i = config.ingest.mqtt
     allow = frozenset(d.strip() for d in i.allow_devices.split(",") if d.strip())

@@ -33,11 +33,8 @@ while the worst stall, which queueing behind bulk work caused, falls from 0.4 s 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 from trio_websocket import (
@@ -47,7 +44,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from edge.journal.db import Backlog, JournalError
+from edge.journal.db import JournalError
 from edge.journal.service import JournalService
 from edge.protocols.relay import (
     CLOSE_TOO_BIG,
@@ -61,13 +58,11 @@ from edge.protocols.relay import (
     expect_ack,
     parse_upstream,
 )
+from edge.relay.outbox import IDLE_POLL, OutboxRelay
 
 logger = logging.getLogger(__name__)
 
-_IDLE_POLL = 1.0
-_SHED_CHECK_INTERVAL = 5.0
 _MIN_BATCH_BYTES = 16 * 1024
-_CIRCUIT_OPEN_AFTER = 3  # consecutive failures before health calls the link down
 
 
 @dataclass(frozen=True)
@@ -83,41 +78,22 @@ class RelaySettings:
     cafile: str | None = None
 
 
-class Relay:
+class Relay(OutboxRelay):
     """Start with ``await nursery.start(relay.run)``; runs until cancelled."""
 
     def __init__(self, settings: RelaySettings, journal: JournalService) -> None:
-        self._s = settings
-        self._journal = journal
-        self.state = "starting"
-        self.failures = 0  # link failures in a row (ended by an ack; see _link_works)
-        self.sent_events = 0
-        self.shed_events = 0
-        self.shed_bytes = 0
-        self.last_ack: float | None = None  # trio.current_time() of the last ack
-        self.last_error: str | None = None
-        self._unreported_shed = (0, 0)
+        super().__init__(journal, max_backlog_bytes=settings.max_backlog_bytes,
+                         backoff_base=settings.backoff_base, backoff_max=settings.backoff_max)
+        self._settings = settings
         self._batch = 0
-        self.backlog = Backlog(0, 0)  # refreshed as the relay works
         self._batch_bytes = settings.batch_bytes  # halved if the upstream finds it too big
-        self._next_shed_check = -math.inf
-
-    @property
-    def circuit_open(self) -> bool:
-        return self.failures >= _CIRCUIT_OPEN_AFTER
-
-    def status(self) -> dict[str, Any]:
-        return {"state": self.state, "circuit_open": self.circuit_open,
-                "failures": self.failures, "backlog": self.backlog.events,
-                "backlog_bytes": self.backlog.bytes, "sent_events": self.sent_events,
-                "shed_events": self.shed_events, "last_error": self.last_error}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
         context = None
-        if self._s.url.startswith("wss:"):
-            context = ssl.create_default_context(cafile=self._s.cafile)
+        if self._settings.url.startswith("wss:"):
+            context = ssl.create_default_context(cafile=self._settings.cafile)
         while True:
             try:
                 await self._connected(context)
@@ -128,37 +104,22 @@ class Relay:
                     self._batch_bytes = max(_MIN_BATCH_BYTES, self._batch_bytes // 2)
                     logger.warning("relay: the upstream refused a batch as too big; sending "
                                    "at most %d bytes per batch", self._batch_bytes)
-                self.failures += 1
-                self.last_error = _describe(exc)
-                level = logging.WARNING if self.failures <= _CIRCUIT_OPEN_AFTER else logging.DEBUG
-                logger.log(level, "relay: upstream unavailable (%s); attempt %d",
-                           self.last_error, self.failures)
-                if self.failures == _CIRCUIT_OPEN_AFTER:
-                    logger.warning("relay: circuit open after %d failures; transcription "
-                                   "goes on locally and the journal keeps everything",
-                                   self.failures)
-            self.state = "backoff"
-            await self._shed_if_full()
-            await trio.sleep(self._delay())
-
-    def _delay(self) -> float:
-        """Exponential backoff with full jitter, capped."""
-        ceiling = min(self._s.backoff_max, self._s.backoff_base * 2 ** min(self.failures, 16))
-        return random.uniform(self._s.backoff_base, max(self._s.backoff_base, ceiling))
+                self._link_failed("upstream", _describe(exc))
+            await self._back_off()
 
     async def _connected(self, context: ssl.SSLContext | None) -> None:
-        headers = [(b"authorization", f"Bearer {self._s.token}".encode())]
-        async with open_websocket_url(self._s.url, extra_headers=headers,
+        headers = [(b"authorization", f"Bearer {self._settings.token}".encode())]
+        async with open_websocket_url(self._settings.url, extra_headers=headers,
                                       ssl_context=context, message_queue_size=4,
-                                      connect_timeout=self._s.ack_timeout,
+                                      connect_timeout=self._settings.ack_timeout,
                                       disconnect_timeout=2.0) as ws:
-            with trio.fail_after(self._s.ack_timeout):
+            with trio.fail_after(self._settings.ack_timeout):
                 hello = await _receive(ws)
             if not isinstance(hello, RelayInit):
                 raise RelayProtocolError("bad_reply", "expected relay_init from the upstream, "
                                          f"got {_name(hello)}")
             self.state = "connected"
-            limit = self._s.batch_events
+            limit = self._settings.batch_events
             if hello.max_batch_events is not None:
                 limit = min(limit, hello.max_batch_events)
             await self._pump(ws, limit)
@@ -166,17 +127,13 @@ class Relay:
     async def _pump(self, ws: WebSocketConnection, limit: int) -> None:
         journal = self._journal
         while True:
-            if trio.current_time() >= self._next_shed_check:
-                # Bounding the outbox reads the whole of it: do it every few seconds,
-                # not before every batch of a long drain.
-                self._next_shed_check = trio.current_time() + _SHED_CHECK_INTERVAL
-                await self._shed_if_full()
+            await self._shed_if_due()
             changed = journal.changed
             events = await journal.call(journal.journal.pending, limit, self._batch_bytes)
             if not events:
                 self._link_works()
                 self.state = "idle"
-                with trio.move_on_after(_IDLE_POLL):
+                with trio.move_on_after(IDLE_POLL):
                     await changed.wait()
                 continue
             self.state = "sending"
@@ -186,7 +143,7 @@ class Relay:
         self._batch += 1
         shed = Shed(*self._unreported_shed) if self._unreported_shed != (0, 0) else None
         batch = RelayBatch(self._batch, self._journal.journal.device_id, tuple(events), shed)
-        with trio.fail_after(self._s.ack_timeout):
+        with trio.fail_after(self._settings.ack_timeout):
             await ws.send_message(encode(batch))
             expect_ack(await _receive(ws), batch)
         self._unreported_shed = (0, 0)
@@ -194,31 +151,6 @@ class Relay:
         await self._journal.call(self._journal.journal.mark_relayed, batch.up_to)
         self.sent_events += len(events)
         self.last_ack = trio.current_time()
-
-    def _link_works(self) -> None:
-        """The upstream acknowledged a batch, or greeted us with nothing to send: the
-        failures in a row end here (an upstream that greets and then answers garbage
-        keeps counting them, and opens the circuit)."""
-        if self.failures:
-            logger.info("relay: upstream reachable again after %d failure(s)", self.failures)
-        self.failures = 0
-        self.last_error = None
-
-    async def _shed_if_full(self) -> None:
-        """Keep the outbox within ``max_backlog_bytes``: the oldest unsent events stop
-        being queued for the upstream (they stay in the local journal). Logged, counted
-        in health and metrics, and reported upstream with the next batch."""
-        shed = await self._journal.call(self._journal.journal.shed_backlog,
-                                        self._s.max_backlog_bytes)
-        self.backlog = await self._journal.backlog()
-        if shed.events:
-            self.shed_events += shed.events
-            self.shed_bytes += shed.bytes
-            events, nbytes = self._unreported_shed
-            self._unreported_shed = (events + shed.events, nbytes + shed.bytes)
-            logger.warning("relay: outbox over %d bytes; %d oldest event(s) (%d bytes) will "
-                           "not be relayed; they remain in the local journal",
-                           self._s.max_backlog_bytes, shed.events, shed.bytes)
 
 
 async def _receive(ws: WebSocketConnection) -> UpstreamMessage:
