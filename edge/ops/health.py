@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge.core.backoff import CIRCUIT_OPEN_AFTER
 from edge.core.jwks import KeyStore
 from edge.core.stats import Histogram, Stats
 
@@ -137,7 +138,7 @@ def health(
     if relay and relay.get("set_aside"):
         notes.append(f"the relay set aside {relay['set_aside']} event(s) "
                      f"({relay.get('set_aside_reason')}); see 'edge relay set-aside'")
-    if ingest and ingest.get("failures", 0) >= 3:
+    if ingest and ingest.get("failures", 0) >= CIRCUIT_OPEN_AFTER:
         notes.append("the MQTT ingest cannot reach its broker")
     if problems:
         body["reasons"] = problems
