@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,26 @@ def make_token(
 ) -> str:
     return mint(algorithm="HS256", key=secret, sub=sub, scope=scope, user_type=user_type,
                 ttl=ttl, now=time.time(), extra=extra)
+
+
+def chromium_args(*extra: str) -> list[str]:
+    """Debian's Chromium with a fake microphone and no permission prompt (and no
+    sandbox as root, where Chromium refuses to run with it)."""
+    args = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", *extra]
+    if os.geteuid() == 0:
+        args.append("--no-sandbox")
+    return args
+
+
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
+    """SIGTERM a helper process (a broker, a provider), SIGKILL after ``timeout``."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def read_store(path: Path, key: DataKey | None = None) -> Any:

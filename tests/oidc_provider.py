@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from helpers import terminate
 from tools.daemon import free_port
 
 OIDC_DIR = Path(__file__).parent / "oidc"
@@ -147,13 +148,7 @@ class OidcProvider:
                                + (self.directory / "provider.log").read_text()[-3000:])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def token(self, client_id: str) -> str:

@@ -11,7 +11,6 @@ the model hears.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from alsa_file_device import FileDevice, child_env, make_home
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from edge.core.auth import SCOPE_READ
-from helpers import FIXTURES, READ_WRITE, SECRET, make_token
+from helpers import FIXTURES, READ_WRITE, SECRET, chromium_args, make_token
 from tools.daemon import ROOT, Daemon
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,13 +39,6 @@ LOOKS = {"symptom": ("rgb(255, 138, 128)", "wavy", "▲"),
          "anatomy": ("rgb(255, 241, 118)", "dotted", "◆")}
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ALSA and Debian's chromium")
-
-
-def chromium_args(*extra: str) -> list[str]:
-    args = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", *extra]
-    if os.geteuid() == 0:
-        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
-    return args
 
 
 @pytest.fixture(scope="module")

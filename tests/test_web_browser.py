@@ -10,7 +10,6 @@ also has pytest-timeout's deadline.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from speaker_audio import SPEAKERS, SPK_MODEL, conversation
 
 from edge.core.auth import SCOPE_READ, SCOPE_TRANSCRIPTS, SCOPE_WRITE, mint
 from edge.journal.db import Journal
-from helpers import FIXTURES, READ_WRITE, SECRET, make_token
+from helpers import FIXTURES, READ_WRITE, SECRET, chromium_args, make_token
 from tools.daemon import ROOT, Daemon
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,13 +39,6 @@ ENROLLED = "kim"
 ROOM_AUDIO = conversation()[0][:23_500 * 32]
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ALSA and Debian's chromium")
-
-
-def chromium_args(*extra: str) -> list[str]:
-    args = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", *extra]
-    if os.geteuid() == 0:
-        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
-    return args
 
 
 @pytest.fixture(scope="module")
