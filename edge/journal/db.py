@@ -37,9 +37,10 @@ from typing import Any
 
 from sqlcipher3 import dbapi2 as sqlite3
 
+from edge.core.audit import Access
 from edge.crypto.datakey import DataKey
+from edge.journal import audit, local, opening, outbox, reading, retention
 from edge.journal import ingest as _ingest
-from edge.journal import local, opening, outbox, reading, retention
 from edge.journal.connection import Link, WriteGate
 from edge.journal.outbox import SetAside
 from edge.journal.records import (
@@ -63,6 +64,7 @@ from edge.journal.sqlcipher import (
     key_pragma,
     recover_encryption,
 )
+from edge.protocols.audit import Anchor, AuditRecord
 from edge.protocols.relay import check_id
 
 __all__ = ["PENDING", "RELAYED", "SCHEMA_VERSION", "SHED", "Backlog", "Journal",
@@ -297,6 +299,51 @@ class Journal:
         the hot connection leaves this to the bulk side, so that no final waits for it."""
         with self._bulk.read() as db:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    # --- the audit trail (the bulk connection) ---------------------------------------
+
+    def audit_append(self, entries: Sequence[tuple[Access, float]]) -> list[AuditRecord]:
+        """Chain and store audit records (an access and its Unix time each), durably;
+        returns them. See :mod:`edge.journal.audit`."""
+        return audit.append(self._writable(self._bulk), entries)
+
+    def audit_head(self) -> Anchor:
+        """The last audit record written (``seq`` 0: none)."""
+        return audit.head(self._bulk) if self._schema >= 5 else Anchor()
+
+    def audit_records(self, which: audit.Filter | None = None) -> list[AuditRecord]:
+        """Audit records in ``seq`` order, this device's or a relaying device's."""
+        if self._schema < 5:
+            return []
+        return audit.records(self._bulk, which or audit.Filter())
+
+    def audit_verify(self, device_id: str | None = None) -> tuple[int, str | None]:
+        """Check the audit chain (this device's, or the records relayed from
+        ``device_id``): the records read and the first fault, or None."""
+        return audit.verify(self._bulk, device_id) if self._schema >= 5 else (0, None)
+
+    def audit_pending(self, limit: int) -> list[AuditRecord]:
+        """Audit records not yet relayed, oldest first."""
+        return audit.pending(self._bulk, limit)
+
+    def audit_mark_relayed(self, up_to: int) -> int:
+        return audit.mark_relayed(self._writable(self._bulk), up_to)
+
+    def audit_relayed_seq(self) -> int:
+        return audit.relayed_seq(self._bulk)
+
+    def audit_ingest(self, device_id: str, records: Sequence[AuditRecord]
+                     ) -> audit.Ingested:
+        """Store audit records relayed from ``device_id``, checking their chain."""
+        return audit.ingest(self._writable(self._bulk), device_id, records)
+
+    def audit_purge(self, older_than: float, *, keep_unrelayed: bool) -> int:
+        """Delete audit records past retention (see :func:`edge.journal.audit.purge`)."""
+        gone = audit.purge(self._writable(self._bulk), older_than,
+                           keep_unrelayed=keep_unrelayed)
+        if gone:
+            logger.info("journal: purged %d audit record(s) past retention", gone)
+        return gone
 
     # --- reading (the bulk connection) -----------------------------------------------
 
