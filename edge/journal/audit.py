@@ -194,8 +194,10 @@ def mark_relayed(link: Link, up_to: int) -> int:
 def relayed_seq(link: Link) -> int:
     """The highest ``seq`` the upstream has (0: none)."""
     with link.read() as db:
-        row = db.execute("SELECT MAX(seq) FROM audit WHERE relayed = 1").fetchone()
-        if row[0] is None:
+        # From the newest down: only the unrelayed tail is passed over.
+        row = db.execute("SELECT seq FROM audit WHERE relayed = 1 ORDER BY seq DESC"
+                         " LIMIT 1").fetchone()
+        if row is None:
             anchor = _meta(db, _ANCHOR)
             return 0 if anchor is None else anchor.seq
     return int(row[0])
