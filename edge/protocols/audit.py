@@ -21,6 +21,7 @@ A record never holds transcript text or a token (an ``Access`` cannot carry them
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -185,3 +186,41 @@ def verify_chain(records: Iterable[AuditRecord], anchor: Anchor = Anchor(),
     if head is not None and head >= expected_seq:
         return f"record {expected_seq} is missing (the trail was written up to {head})"
     return None
+
+
+# --- relayed ----------------------------------------------------------------------------
+
+AUDIT_BATCH = "relay_audit"  # the message's type on /ws/relay
+MAX_BATCH_RECORDS = 1000
+
+
+@dataclass(frozen=True)
+class AuditBatch:
+    """A device's audit records for its upstream, in ``seq`` order: on ``/ws/relay``
+    ``{"type": "relay_audit", "batch": N, "device_id": ..., "records": [...]}``,
+    acknowledged by a ``relay_ack`` whose ``up_to`` is the last record's ``seq``. A
+    device sends it only to an upstream whose ``relay_init`` says ``"audit": true``."""
+
+    batch: int
+    device_id: str
+    records: tuple[AuditRecord, ...]
+
+    @property
+    def up_to(self) -> int:
+        return self.records[-1].seq
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": AUDIT_BATCH, "batch": self.batch, "device_id": self.device_id,
+                "records": [r.to_wire() for r in self.records]}
+
+
+def records_from_wire(raw: Any, max_records: int = MAX_BATCH_RECORDS
+                      ) -> tuple[AuditRecord, ...]:
+    """1 to ``max_records`` records in strictly increasing ``seq`` order, or
+    :class:`AuditRecordError`."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= max_records:
+        raise AuditRecordError(f"records: expected a list of 1 to {max_records} records")
+    records = tuple(AuditRecord.from_wire(item) for item in raw)
+    if any(a.seq >= b.seq for a, b in itertools.pairwise(records)):
+        raise AuditRecordError("records: expected strictly increasing seq")
+    return records
