@@ -224,3 +224,97 @@ def records_from_wire(raw: Any, max_records: int = MAX_BATCH_RECORDS
     if any(a.seq >= b.seq for a, b in itertools.pairwise(records)):
         raise AuditRecordError("records: expected strictly increasing seq")
     return records
+
+
+# --- over MQTT --------------------------------------------------------------------------
+
+AUDIT_SCHEMA = "edge.audit/1"
+AUDIT_RECEIPT_SCHEMA = "edge.audit-receipt/1"
+
+
+def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise AuditRecordError(f"{what}: not UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise AuditRecordError(f"{what}: expected a JSON object")
+    return data
+
+
+def _device(data: Mapping[str, Any], what: str) -> str:
+    device = data.get("device_id")
+    if not isinstance(device, str) or not device or len(device) > MAX_TEXT:
+        raise AuditRecordError(f"{what}: device_id: expected a non-empty string")
+    return device
+
+
+@dataclass(frozen=True)
+class AuditMessage:
+    """A device's audit records published on its events topic (with the MQTT 5 user
+    property ``schema`` = :data:`AUDIT_SCHEMA`, so a consumer tells it from events
+    without parsing): ``{"schema": "edge.audit/1", "device_id": ..., "records": [...]}``.
+    A consumer stores them, then publishes an :class:`AuditReceipt` to the response
+    topic with the same correlation data, then acknowledges the message."""
+
+    device_id: str
+    records: tuple[AuditRecord, ...]
+
+    @property
+    def last(self) -> int:
+        return self.records[-1].seq
+
+    @property
+    def correlation(self) -> bytes:
+        return f"audit-{self.records[0].seq}-{self.last}".encode()
+
+    def encode(self) -> bytes:
+        return canonical({"schema": AUDIT_SCHEMA, "device_id": self.device_id,
+                          "records": [r.to_wire() for r in self.records]})
+
+
+def is_audit(payload: bytes) -> bool:
+    """Whether an MQTT payload is a JSON object whose ``schema`` is :data:`AUDIT_SCHEMA`
+    (a consumer asks after an events message failed to decode)."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("schema") == AUDIT_SCHEMA
+
+
+def decode_audit(payload: bytes) -> AuditMessage:
+    """An :class:`AuditMessage`, or :class:`AuditRecordError` naming what is wrong."""
+    data = _json_object(payload, "audit message")
+    if data.get("schema") != AUDIT_SCHEMA:
+        raise AuditRecordError(f"audit message: schema: expected {AUDIT_SCHEMA}")
+    return AuditMessage(_device(data, "audit message"),
+                        records_from_wire(data.get("records")))
+
+
+@dataclass(frozen=True)
+class AuditReceipt:
+    """``{"schema": "edge.audit-receipt/1", "device_id": ..., "last": N, "stored": K}``:
+    the consumer holds the device's records up to ``last``."""
+
+    device_id: str
+    last: int
+    stored: int
+
+    def encode(self) -> bytes:
+        return canonical({"schema": AUDIT_RECEIPT_SCHEMA, "device_id": self.device_id,
+                          "last": self.last, "stored": self.stored})
+
+
+def decode_audit_receipt(payload: bytes) -> AuditReceipt:
+    data = _json_object(payload, "audit receipt")
+    if data.get("schema") != AUDIT_RECEIPT_SCHEMA:
+        raise AuditRecordError(f"audit receipt: schema: expected {AUDIT_RECEIPT_SCHEMA}")
+    values = []
+    for name in ("last", "stored"):
+        value = data.get(name)
+        if not (isinstance(value, int) and not isinstance(value, bool)
+                and 0 <= value <= _MAX_SEQ):
+            raise AuditRecordError(f"audit receipt: {name}: expected a non-negative integer")
+        values.append(value)
+    return AuditReceipt(_device(data, "audit receipt"), values[0], values[1])

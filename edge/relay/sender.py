@@ -89,6 +89,7 @@ class Relay(OutboxRelay):
         self._batch = 0
         self._batch_bytes = settings.batch_bytes  # halved if the upstream finds it too big
         self.sent_audit = 0  # audit records acknowledged since start
+        self._next_audit_look = 0.0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -128,15 +129,18 @@ class Relay(OutboxRelay):
 
     async def _pump(self, ws: WebSocketConnection, limit: int, *, audit: bool) -> None:
         """Send events, and (to an upstream that takes them) audit records, as they
-        come; an audit batch follows each events batch, so a long drain of events
-        does not hold the trail back."""
+        come; during a long drain of events the trail is looked at once a second, so
+        it is not held back and costs the drain little."""
         journal = self._journal
         while True:
             await self._shed_if_due()
             changed = journal.changed
             events = await journal.call(journal.journal.pending, limit, self._batch_bytes)
-            records = (await journal.call(journal.journal.audit_pending, limit)
-                       if audit else [])
+            records = []
+            # Between event batches of a drain, a look at the trail once a second.
+            if audit and (not events or trio.current_time() >= self._next_audit_look):
+                self._next_audit_look = trio.current_time() + IDLE_POLL
+                records = await journal.call(journal.journal.audit_pending, limit)
             if not events and not records:
                 self._link_works()
                 self.state = "idle"
