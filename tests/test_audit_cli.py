@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -49,6 +50,13 @@ def test_reading_transcripts_is_recorded_and_listed(state: Path,
         (2, "transcript.read", "s-1", "unix:nurse-kim", "cli", "ok"),
         (3, "transcript.read", "nope", "unix:nurse-kim", "cli", "ok")]
     assert all(str(r["time"]).endswith("Z") for r in records)
+    for r in records:  # the recipe docs/audit.md gives the hospital's IT
+        body = {k: r[k] for k in ("seq", "sub", "organization", "department", "action",
+                                  "object", "outcome", "reason", "peer", "detail", "prev")}
+        body["time_ms"] = round(float(r["unix_time"]) * 1000)  # type: ignore[arg-type]
+        assert r["hash"] == hashlib.sha256(json.dumps(
+            body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
     text = json.dumps(records, ensure_ascii=False)
     assert "머리가" not in text  # never transcript text
     assert main(["audit", "list", "--json", "--session", "s-1"]) == 0
