@@ -98,3 +98,28 @@ async def test_retention_purges_relayed_records(service: JournalService) -> None
         nursery.cancel_scope.cancel()
     assert auditor.relayed_seq == 2 and auditor.last_seq == 3
     assert journal.audit_verify() == (1, None)
+
+
+def test_health_shows_the_audit_object_and_metrics_count_by_action() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edge.core.stats import Stats
+    from edge.ops import health
+
+    clock = health.ClockStatus(True, True)
+    status = {"records": 3, "last_seq": 9, "relayed_seq": 6, "errors": 0, "dropped": 0,
+              "last_error": None}
+    code, body = health.health(version="t", model="m", sessions=0, max_sessions=8,
+                               clock=clock, audit=status)
+    assert code == 200 and body["audit"] == status and "notes" not in body
+    failing = {**status, "errors": 2, "last_error": "journal write failed: disk I/O error"}
+    code, body = health.health(version="t", model="m", sessions=0, max_sessions=8,
+                               clock=clock, audit=failing)
+    assert code == 200 and any("audit trail cannot be stored" in n for n in body["notes"])
+    text = health.render_metrics(Stats(), version="1", model="m", sessions_current=0,
+                                 max_sessions=1, clock=clock,
+                                 audit_records={"transcript.read": 4, "session.start": 2})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("edge_audit_records_total", (("action", "transcript.read"),))] == 4
+    assert samples[("edge_audit_records_total", (("action", "session.start"),))] == 2
