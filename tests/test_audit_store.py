@@ -166,3 +166,20 @@ def test_a_readonly_look_at_an_older_journal_lists_nothing(tmp_path: Path) -> No
         assert j.audit_records() == [] and j.audit_verify() == (0, None)
         with pytest.raises(JournalError):
             j.audit_append(accesses(1))
+
+
+def test_audit_into_writes_beside_an_open_journal_or_defers_an_older_file(
+        tmp_path: Path) -> None:
+    from edge.journal.db import audit_into
+
+    path = tmp_path / "journal.db"
+    with Journal.open(path, key=TEST_KEY, device_id=DEVICE) as running:
+        running.audit_append(accesses(2))
+        written = audit_into(path, TEST_KEY, accesses(1, 5000.0))  # another process's
+        assert written is not None and written[0].seq == 3
+        assert running.audit_append(accesses(1, 6000.0))[0].seq == 4
+        assert running.audit_verify() == (4, None)
+    conn = connect_journal(path, TEST_KEY)
+    conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    assert audit_into(path, TEST_KEY, accesses(1)) is None  # Journal.open migrates it

@@ -24,7 +24,7 @@ from edge.core.errors import ConfigError
 from edge.core.keys import device_id
 from edge.journal import transcripts
 from edge.journal.audit import Filter
-from edge.journal.db import Journal, JournalError
+from edge.journal.db import Journal, JournalError, audit_into
 from edge.protocols.audit import AuditRecord
 
 
@@ -52,9 +52,14 @@ def record(config: Config, action: str, *, object: str | None = None,
         return True
     access = Access(action, outcome=outcome, sub=cli_user(), object=object, peer="cli",
                     detail=detail or {})
+    entries = [(access, time.time())]
+    key = tool_key(config)
     try:
-        with Journal.open(path, device_id=device_id(config), key=tool_key(config)) as j:
-            j.audit_append([(access, time.time())])
+        # Beside a running daemon, without re-checking the whole file; an older file
+        # (or none yet) is opened as the daemon opens it, which migrates or creates it.
+        if not path.is_file() or audit_into(path, key, entries) is None:
+            with Journal.open(path, device_id=device_id(config), key=key) as j:
+                j.audit_append(entries)
     except JournalError as exc:
         print(f"edge: cannot record {action} in the audit trail: {exc}", file=sys.stderr)
         return False

@@ -53,7 +53,7 @@ from edge.journal.records import (
     RelayEvent,
     SessionRow,
 )
-from edge.journal.schema import SCHEMA_VERSION, Unusable
+from edge.journal.schema import SCHEMA_VERSION, Unusable, configure
 from edge.journal.sqlcipher import (
     connect,
     encrypt_plaintext,
@@ -69,7 +69,7 @@ from edge.protocols.relay import check_id
 
 __all__ = ["PENDING", "RELAYED", "SCHEMA_VERSION", "SHED", "Backlog", "Journal",
            "JournalError", "JournalKeyError", "RelayEvent", "SessionRow", "SetAside",
-           "connect", "export", "export_rekeyed", "key_opens"]
+           "audit_into", "connect", "export", "export_rekeyed", "key_opens"]
 
 logger = logging.getLogger(__name__)
 
@@ -369,3 +369,23 @@ class Journal:
         if self.readonly:
             raise JournalError("the journal is open read-only")
         return link
+
+
+def audit_into(path: str | os.PathLike[str], key: DataKey,
+               entries: Sequence[tuple[Access, float]]) -> list[AuditRecord] | None:
+    """Append audit records to the existing journal at ``path`` without
+    :meth:`Journal.open`'s integrity check of the whole file (for a command recording
+    itself beside a running daemon); None when the file is of an older schema (open it
+    with :meth:`Journal.open`, which migrates it, instead). Raises JournalKeyError,
+    JournalError. Blocking, one durable transaction."""
+    conn = connect(path, key)
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version != SCHEMA_VERSION:
+            return None
+        configure(conn)
+        return audit.append(Link(conn, WriteGate(), hot=False), entries)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot write the audit trail into {path}: {exc}") from exc
+    finally:
+        conn.close()
