@@ -397,6 +397,11 @@ def test_rotate_reencrypts_everything(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(JournalKeyError):
         contents(config, old)
     assert not Path(f"{key_file}.next").exists()
+    with Journal.open(state / "journal.db", key=new, device_id="x", readonly=True) as j:
+        (rotated,) = [r for r in j.audit_records() if r.action == "key.rotate"]
+        assert rotated.object == new.fingerprint and rotated.peer == "cli"
+        assert rotated.detail == {"previous": old.fingerprint}
+        assert j.audit_verify()[1] is None
     assert main(["keys", "status", "--json", "--config", str(toml)]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["fingerprint"] == new.fingerprint and status["voiceprints"] == "opens"
