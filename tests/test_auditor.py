@@ -123,3 +123,13 @@ def test_health_shows_the_audit_object_and_metrics_count_by_action() -> None:
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("edge_audit_records_total", (("action", "transcript.read"),))] == 4
     assert samples[("edge_audit_records_total", (("action", "session.start"),))] == 2
+
+
+def test_the_retention_is_six_years_and_a_bad_one_names_its_key() -> None:
+    from edge.core.config import load_config
+    from edge.core.errors import ConfigError
+
+    assert load_config(None, environ={}).audit.retention_days == 2190
+    for bad in (0, -1, "long"):
+        with pytest.raises(ConfigError, match=r"audit\.retention_days"):
+            load_config(None, environ={}, overrides={"audit.retention_days": bad})
