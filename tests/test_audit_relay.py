@@ -126,7 +126,8 @@ def test_relay_audit_frames() -> None:
         parsed.up_to == 1
     assert parse_upstream(encode(RelayInit("edge", "1", audit=True))) == RelayInit(
         "edge", "1", audit=True)
-    assert parse_upstream('{"type":"relay_init","server":"x","version":"1"}').audit is False
+    older = parse_upstream('{"type":"relay_init","server":"x","version":"1"}')
+    assert isinstance(older, RelayInit) and older.audit is False
     good = json.loads(frame)
     for bad in ({**good, "records": []}, {**good, "batch": 0},
                 {**good, "records": [record.to_wire(), record.to_wire()]},
