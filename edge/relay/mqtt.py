@@ -129,7 +129,6 @@ class MqttRelay(OutboxRelay):
         self.epoch = ""
         self._audit_receipts: collections.deque[AuditReceipt] = collections.deque(maxlen=64)
         self._audit_retry_at = -math.inf  # after an unanswered audit message: later
-        self.sent_audit = 0  # audit records acknowledged since start
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "transport": "mqtt",

@@ -88,7 +88,6 @@ class Relay(OutboxRelay):
         self._settings = settings
         self._batch = 0
         self._batch_bytes = settings.batch_bytes  # halved if the upstream finds it too big
-        self.sent_audit = 0  # audit records acknowledged since start
         self._next_audit_look = 0.0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
