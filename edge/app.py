@@ -40,6 +40,7 @@ from edge.core.stats import Stats
 from edge.core.terms import TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
+from edge.journal.auditor import Auditor
 from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
 from edge.net.hub import Hub
@@ -165,6 +166,12 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         assert journal is not None  # the config requires it
         ingest = mqtt_ingest(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
+    # The audit trail's sink: the front door hands it every access once the server
+    # takes it (``audit=``); until then it records what the daemon itself does.
+    auditor = (Auditor(journal, retention_days=config.audit.retention_days,
+                       purge_interval=config.journal.purge_interval,
+                       keep_unrelayed=config.relay.enabled)
+               if journal is not None else None)
     supervisor = Supervisor()
     peer_context = PeerContext(auth=auth, model_name=model.name,
                                model_sample_rate=model.sample_rate)
@@ -179,6 +186,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
             await supervisor.start(nursery, "jwks", jwks.run)
         if journal is not None:
             await supervisor.start(nursery, "retention", journal.run)
+        if auditor is not None:
+            await supervisor.start(nursery, "audit", auditor.run)
         await supervisor.start(nursery, "memory", memory.run)
         if revocations is not None:
             await supervisor.start(nursery, "revocations",
