@@ -201,6 +201,7 @@ def soak(name: str, budget_mb: int, args: argparse.Namespace) -> dict[str, Any]:
             "peak_mb": max(rss), "last_mb": rss[-1], "slope_mb_per_min": slope,
             "model_mb": model_mb, "peak_over_mb": max(rss) - limit,
             "over_pct": 100 * len(over) / len(rss), "prewarmed": memory.get("prewarmed"),
+            "prewarm_late": memory.get("prewarm_late"),
             "degraded_pct": 100 * sum(1 for h in health if h.get("status") == "degraded")
             / max(1, len(health)),
             "recycled": memory.get("recycled"), "held": memory.get("held"),
@@ -233,12 +234,13 @@ def main() -> int:
              fmt(r["idle_mb"], ".0f"), fmt(r["peak_mb"], ".0f"),
              f"{r['peak_over_mb']:+.0f} ({100 * r['peak_over_mb'] / args.budget:+.0f}%)",
              fmt(r["over_pct"], ".1f"), fmt(r["last_mb"], ".0f"),
-             fmt(r["slope_mb_per_min"], ".1f"), json.dumps(r["recycled"]), r["prewarmed"],
+             fmt(r["slope_mb_per_min"], ".1f"), json.dumps(r["recycled"]),
+             f"{r['prewarmed']} / {r['prewarm_late']}",
              fmt(r["degraded_pct"], ".0f"), r["sessions"], r["finals"], r["audio_s"],
              r["refused"], r["room_dropped"]] for r in runs]
     common.print_table(["recycling", "budget MB", "model MB", "idle MB", "peak MB",
                         f"peak vs model+{args.budget} MB", "% samples over", "last MB",
-                        "slope MB/min (2nd half)", "recycled", "prewarmed", "% degraded",
+                        "slope MB/min (2nd half)", "recycled", "prewarmed / late", "% degraded",
                         "sessions", "finals", "session audio s", "refused", "room dropped"],
                        rows,
                        title=f"{args.sessions} sessions at {args.pace:g}x + the room, ever-new "

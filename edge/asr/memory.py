@@ -116,6 +116,7 @@ class Snapshot:
     high_water: int = 0  # recycling starts above this (bytes)
     near: bool = False  # above the high-water mark: new live sessions are refused
     prewarmed: int = 0  # swaps that got a pre-warmed replacement
+    prewarm_late: int = 0  # replacements ordered but not warm at their swap
 
     def status(self) -> dict[str, Any]:
         return {"rss_bytes": self.rss, "model_bytes": self.model,
@@ -123,6 +124,7 @@ class Snapshot:
                 "recognizer_bytes": self.recognizer_bytes, "budget_bytes": self.budget,
                 "high_water_bytes": self.high_water, "recycled": dict(self.recycles),
                 "recycling": self.pending, "prewarmed": self.prewarmed,
+                "prewarm_late": self.prewarm_late,
                 "held": self.held}
 
 
@@ -251,7 +253,8 @@ class MemoryBudget:
                         recognizer_bytes=self.recognizer_bytes, budget=self.budget,
                         recycles=recycles, pending=pending, held=self.held,
                         high_water=self.high_water, near=self.near,
-                        prewarmed=self.prewarmed)
+                        prewarmed=self.prewarmed,
+                        prewarm_late=self.prewarmer.late if self.prewarmer else 0)
 
     # --- deciding (blocking: reads /proc, may trim) ----------------------------------
 

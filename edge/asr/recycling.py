@@ -90,8 +90,8 @@ class Prewarmer:
         self._thread: threading.Thread | None = None
         self._waiting: Ticket | None = None  # warmed, not yet taken
         self._idle = threading.Condition()
-        self.made = 0  # replacements warmed
-        self.late = 0  # warmed after their swap (pooled or freed)
+        self.made = 0  # replacements warmed in time
+        self.late = 0  # orders whose swap came first (begun or not)
 
     def order(self, sample_rate: int, phrases: Sequence[str] | None) -> Ticket:
         ticket = Ticket(sample_rate, phrases)
@@ -111,6 +111,7 @@ class Prewarmer:
         lower_this_threads_priority()
         while (ticket := self._orders.get()) is not None:
             if ticket.cancelled:
+                self.late += 1
                 continue
             try:
                 self._serve(ticket)
@@ -123,6 +124,7 @@ class Prewarmer:
                 self._idle.wait(timeout=1.0)
             self._waiting = None
         if ticket.cancelled:
+            self.late += 1
             return
         if self._speech is None:
             self._speech = warmup_speech()
