@@ -78,7 +78,8 @@ class Prewarmer:
 
     At most one warmed replacement waits for its swap: the next order is warmed only once
     it was taken or cancelled, so pre-warming holds at most one recogniser's memory
-    (:attr:`replacement_bytes` in the budget's headroom).
+    (which the budget's headroom counts). A stream at another sample rate than the
+    warm-up speech's gets its replacement made ahead but not fed.
     """
 
     def __init__(self, supplier: Supplier, *, on_freed: Callable[[], None] = lambda: None,
@@ -130,8 +131,10 @@ class Prewarmer:
             self._speech = warmup_speech()
         pcm, rate = self._speech
         recognizer = self.supplier.fresh(ticket.sample_rate, ticket.phrases)
-        step = _SLICE * ticket.sample_rate // 16000
+        step = _SLICE * rate // 16000
         end = min(len(pcm), 2 * int(rate * PREWARM_SECONDS))
+        if rate != ticket.sample_rate:
+            end = 0
         for i in range(0, end, step):
             if ticket.cancelled:
                 break
