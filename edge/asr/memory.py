@@ -52,7 +52,9 @@ MB = 1024 * 1024
 CHECK_INTERVAL = 1.0
 #: Audio (seconds) a live recogniser decodes before it may be recycled again: a fresh
 #: recogniser costs about twice the CPU of a warm one, so recycling is never a loop
-#: per utterance; a budget that cannot hold recognisers this young is not held.
+#: per utterance. Over the budget itself a sixth of it is enough
+#: (:data:`edge.asr.budget_policy.OVER_BUDGET_AGE`); a budget that cannot hold
+#: recognisers that young is not held.
 MIN_AUDIO_BEFORE_RECYCLE = 30.0
 
 # Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, from edge.asr.recycling)
