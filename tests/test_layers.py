@@ -22,14 +22,23 @@ def imported(path: Path) -> set[str]:
     return names
 
 
-ABOVE_CORE = ("edge.protocols.live", "edge.net", "edge.app", "edge.ops", "edge.cli",
+ABOVE_CORE = ("edge.protocols", "edge.net", "edge.app", "edge.ops", "edge.cli",
               "edge.asr", "edge.audio", "edge.journal", "edge.relay", "edge.speakers",
               "edge.crypto")
 
 
 @pytest.mark.parametrize("path", sorted((EDGE / "core").glob("*.py")), ids=lambda p: p.name)
 def test_core_imports_nothing_above_it(path: Path) -> None:
-    assert not {name for name in imported(path) if name.startswith(ABOVE_CORE)}
+    above = {name for name in imported(path) if name.startswith(ABOVE_CORE)}
+    assert above <= CORE_EXCEPTIONS.get(path.name, set())
+
+
+# Imports from above core/ that are still to be moved down (each is a known debt).
+CORE_EXCEPTIONS = {
+    # The session core's vocabulary (Utterance, Word, TermMatch) lives in protocols/.
+    "terms.py": {"edge.protocols.events", "edge.protocols.events.TermMatch",
+                 "edge.protocols.events.Utterance", "edge.protocols.events.Word"},
+}
 
 
 def test_check_does_not_import_the_composition_root() -> None:
