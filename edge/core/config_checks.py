@@ -31,16 +31,19 @@ def validate(c: Config) -> None:
 
 
 def positive(key: str, value: float) -> None:
+    """ConfigError naming ``key`` unless ``value`` > 0."""
     if value <= 0:
         raise ConfigError(key, f"must be greater than 0, got {value!r}")
 
 
 def not_negative(key: str, value: float, hint: str = "") -> None:
+    """ConfigError naming ``key`` if ``value`` < 0 (``hint``: what 0 means)."""
     if value < 0:
         raise ConfigError(key, f"must not be negative{hint}, got {value}")
 
 
 def sample_rate(key: str, value: int) -> None:
+    """ConfigError naming ``key`` unless ``value`` is a sample rate the daemon accepts."""
     if not is_sample_rate(value):
         raise ConfigError(key, f"must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}, "
                           f"got {value}")

@@ -268,10 +268,12 @@ class Family:
 
 def metric(name: str, kind: str, help_: str,
            read: Callable[[Any], Samples | None]) -> Family:
+    """A gauge or counter family (one row of :data:`METRICS`)."""
     return Family(name, kind, help_, read)
 
 
 def histogram(name: str, help_: str, read: Callable[[Any], Histogram]) -> Family:
+    """A histogram family (one row of :data:`METRICS`)."""
     return Family(name, "histogram", help_, read)
 
 
