@@ -294,6 +294,7 @@ ENVIRONMENT: Mapping[str, str] = {
     "EDGE_INGEST_MQTT_PASSWORD": "ingest.mqtt.password",
 }
 
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
