@@ -40,6 +40,7 @@ from edge.core.stats import Stats
 from edge.core.terms import FixedTerms, TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
+from edge.journal.auditor import Auditor
 from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
 from edge.net.hub import Hub
@@ -145,6 +146,12 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     speakers=speakers)
     relay, ingest = relay_parts(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
+    # The audit trail's sink: the front door hands it every access once the server
+    # takes it (``audit=``); until then it records what the daemon itself does.
+    auditor = (Auditor(journal, retention_days=config.audit.retention_days,
+                       purge_interval=config.journal.purge_interval,
+                       keep_unrelayed=config.relay.enabled)
+               if journal is not None else None)
     supervisor = Supervisor()
     peer_context = PeerContext(auth=auth, model_name=model.name,
                                model_sample_rate=model.sample_rate)
@@ -156,8 +163,9 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     http_routes=http_routes, ingest=ingest, memory=memory, jwks=jwks)
     async with trio.open_nursery() as nursery:
         await start_services(nursery, supervisor, config, jwks=jwks, journal=journal,
-                             memory=memory, revocations=revocations, admissions=admissions,
-                             terms=terms, relay=relay, ingest=ingest, room=room)
+                             auditor=auditor, memory=memory, revocations=revocations,
+                             admissions=admissions, terms=terms, relay=relay, ingest=ingest,
+                             room=room)
         await nursery.start(server.run)
         await start_listeners(nursery, supervisor, server, config, peer_context)
         notify("READY=1")
@@ -210,7 +218,8 @@ def relay_parts(config: Config, journal: JournalService | None
 
 async def start_services(
     nursery: trio.Nursery, supervisor: Supervisor, config: Config, *,
-    jwks: JwksRefresher | None, journal: JournalService | None, memory: MemoryBudget,
+    jwks: JwksRefresher | None, journal: JournalService | None, auditor: Auditor | None,
+    memory: MemoryBudget,
     revocations: RevocationFile | None, admissions: Admissions,
     terms: FixedTerms | TermFile | None, relay: OutboxRelay | None,
     ingest: MqttIngest | None, room: Room | None,
@@ -221,6 +230,8 @@ async def start_services(
         await supervisor.start(nursery, "jwks", jwks.run)
     if journal is not None:
         await supervisor.start(nursery, "retention", journal.run)
+    if auditor is not None:
+        await supervisor.start(nursery, "audit", auditor.run)
     await supervisor.start(nursery, "memory", memory.run)
     if revocations is not None:
         await supervisor.start(nursery, "revocations",

@@ -131,6 +131,24 @@ def _add_transcripts(sub: Subparsers) -> None:
     scripts_show.set_defaults(command_function="transcripts:run_show")
 
 
+def _add_audit(sub: Subparsers) -> None:
+    audit = sub.add_parser("audit", help="read and verify the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_list = audit_sub.add_parser("list", help="audit records, oldest first")
+    audit_list.add_argument("--since", help="e.g. 12h, 7d, or 2026-11-01T08:00")
+    audit_list.add_argument("--sub", help="only this subject's acts")
+    audit_list.add_argument("--session", help="only acts on this session id (or speaker)")
+    audit_list.add_argument("--device", help="the records relayed from this device")
+    audit_list.add_argument("--limit", type=int, default=10000, help="the last N")
+    audit_list.add_argument("--json", action="store_true", help="one JSON object a line")
+    _config_args(audit_list)
+    audit_list.set_defaults(command_function="audit:run_list")
+    audit_verify = audit_sub.add_parser("verify", help="check the hash chain")
+    audit_verify.add_argument("--device", help="the records relayed from this device")
+    _config_args(audit_verify)
+    audit_verify.set_defaults(command_function="audit:run_verify")
+
+
 def _add_relay(sub: Subparsers) -> None:
     relay = sub.add_parser("relay", help="events the relay set aside (refused, too large)")
     relay_sub = relay.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
@@ -231,6 +249,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_transcribe,
     _add_models,
     _add_transcripts,
+    _add_audit,
     _add_relay,
     _add_speakers,
     _add_devices,

@@ -255,6 +255,14 @@ class TermsConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail (docs/audit.md). Records are purged when older than
+    ``retention_days`` (six years: HIPAA's documentation period) and relayed."""
+
+    retention_days: float = 2190.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -275,6 +283,7 @@ class Config:
     vosk_server: VoskServerConfig = field(default_factory=VoskServerConfig)
     wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     terms: TermsConfig = field(default_factory=TermsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 

@@ -223,6 +223,10 @@ def check_journal(c: Config) -> None:
     positive("journal.failing_seconds", c.journal.failing_seconds)
 
 
+def check_audit(c: Config) -> None:
+    positive("audit.retention_days", c.audit.retention_days)
+
+
 # --- the relay and the ingest ------------------------------------------------------------
 
 def check_relay_mqtt(c: Config) -> None:
@@ -310,6 +314,7 @@ CHECKS: tuple[Callable[[Config], None], ...] = (
     check_audio,
     check_microphone,
     check_journal,
+    check_audit,
     check_relay_mqtt,
     check_ingest_mqtt,
     check_relay,

@@ -69,6 +69,7 @@ def health(
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
     memory: Mapping[str, Any] | None = None,
     jwks: Mapping[str, Any] | None = None,
+    audit: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -110,15 +111,18 @@ def health(
     body["journal"] = ({**journal, "min_free_bytes": min_free_bytes,
                         "low_space": low_space(journal, min_free_bytes)}
                        if journal is not None else {"state": "not_configured"})
+    if audit is not None:
+        # The audit trail (edge.journal.auditor.Auditor.status): a store that fails is a
+        # note, not a 503: sessions go on, and the failure is counted.
+        body["audit"] = dict(audit)
+        if audit.get("last_error"):
+            notes.append(f"the audit trail cannot be stored ({audit['last_error']}); "
+                         f"{audit.get('errors')} failed write(s) since start")
     if memory is not None:
         # The recognisers' memory budget (edge.asr.memory.Snapshot.status()).
         body["memory"] = dict(memory)
         if not memory.get("held", True):
-            problems.append(
-                f"the recognisers hold {memory['recognizer_bytes'] // 2**20} MB, over their "
-                f"budget of {memory['budget_bytes'] // 2**20} MB "
-                "(recognizer.memory_budget_mb), and cannot be recycled; new sessions are "
-                "refused")
+            problems.append(over_budget(memory))
             body["status"] = "stopping" if stopping else "degraded"
     if jwks is not None:
         # The identity provider's key set (edge.core.jwks.KeyStore.status).
@@ -156,6 +160,14 @@ def background_notes(services: Mapping[str, Mapping[str, Any]] | None,
     if ingest and ingest.get("failures", 0) >= CIRCUIT_OPEN_AFTER:
         notes.append("the MQTT ingest cannot reach its broker")
     return notes
+
+
+def over_budget(memory: Mapping[str, Any]) -> str:
+    """The problem of recognisers over their memory budget that cannot be recycled."""
+    return (f"the recognisers hold {memory['recognizer_bytes'] // 2**20} MB, over their "
+            f"budget of {memory['budget_bytes'] // 2**20} MB "
+            "(recognizer.memory_budget_mb), and cannot be recycled; new sessions are "
+            "refused")
 
 
 def journal_problems(journal: Mapping[str, Any] | None, min_free_bytes: int) -> list[str]:
@@ -209,6 +221,7 @@ class MetricsState:
     min_free_bytes: int
     memory: Mapping[str, Any] | None
     jwks: KeyStore | None
+    audit_records: Mapping[str, int] | None
 
 
 def render_metrics(
@@ -221,6 +234,7 @@ def render_metrics(
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
     memory: Mapping[str, Any] | None = None,
     jwks: KeyStore | None = None,
+    audit_records: Mapping[str, int] | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4: every family of :data:`METRICS` whose
     part is present, in the table's order.
@@ -434,6 +448,11 @@ METRICS: tuple[tuple[str | None, tuple[Family, ...]], ...] = (
         metric("edge_auth_jwks_keys", "gauge",
                "Keys in the identity provider's key set in force.",
                lambda s: _one(len(s.jwks.current.keys) if s.jwks.current else 0)),
+    )),
+    ("audit_records", (
+        metric("edge_audit_records_total", "counter",
+               "Audit records written since start, by action (Auditor.by_action).",
+               lambda s: _by("action", s.audit_records)),
     )),
     ("service_restarts", (
         metric("edge_service_restarts_total", "counter",
