@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -26,7 +27,7 @@ import tempfile
 import time
 import tomllib
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ def mint_token(sub: str = "bench", ttl: float = 4 * 3600, **extra: Any) -> str:
 
     return mint(algorithm="HS256", key=SECRET, sub=sub, scope=READ_WRITE,
                 user_type="doctor", ttl=ttl, now=time.time(), extra=extra or None)
+
+
+def relay_token(device: str) -> str:
+    """An hour's token for ``device`` to relay its journal (scope ``relay:write``)."""
+    from edge.core.auth import SCOPE_RELAY, mint
+
+    return mint(algorithm="HS256", key=SECRET, sub=device, scope=SCOPE_RELAY,
+                user_type="device", ttl=3600, now=time.time())
 
 
 # --- the fixture -----------------------------------------------------------------------
@@ -358,6 +367,97 @@ def _dist_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
+
+
+# --- journals ------------------------------------------------------------------------
+
+def filesystem_of(path: Path) -> str:
+    """The filesystem type holding ``path`` (from /proc/mounts): fsync is free on tmpfs."""
+    best, kind = "", "?"
+    target = str(path.resolve())
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 3 and (target == fields[1] or target.startswith(
+                fields[1].rstrip("/") + "/")) and len(fields[1]) >= len(best):
+            best, kind = fields[1], fields[2]
+    return kind
+
+
+def warn_if_in_memory(filesystem: str) -> None:
+    """Say so when the journals are on a RAM filesystem: their fsyncs cost nothing."""
+    if filesystem in ("tmpfs", "ramfs"):
+        print("  WARNING: the journals are on a RAM filesystem, where fsync costs nothing; "
+              "use --dir on a disk", flush=True)
+
+
+def copy_journal(source: Path, target: Path, *, clear: Path | None = None) -> Path:
+    """Copy the journal ``source`` to ``target`` (mode 0600, in a new 0700 folder) and
+    return ``target``. ``clear`` (default: ``target``'s folder) is deleted first."""
+    clear = clear or target.parent
+    if clear.exists():
+        shutil.rmtree(clear)
+    target.parent.mkdir(parents=True, mode=0o700)
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o600)
+    return target
+
+
+def events_stored(journal: Any, device: str) -> int:
+    """How many events of ``device`` an (upstream) journal holds."""
+    db = journal._conn
+    assert db is not None
+    (count,) = db.execute("SELECT COUNT(*) FROM events WHERE device_id = ?",
+                          (device,)).fetchone()
+    return int(count)
+
+
+async def relay_until_sent(nursery: Any, relay: Any, events: int, pids: dict[str, int], *,
+                           timeout: float, poll: float) -> tuple[float, dict[str, float]]:
+    """Start ``relay`` in ``nursery`` and wait until it has sent ``events`` events;
+    return the seconds that took and the CPU of ``pids`` (a :class:`CpuWindow`) over
+    them. A relay failure raises RuntimeError."""
+    import trio
+
+    window = CpuWindow(pids)
+    t0 = time.perf_counter()
+    await nursery.start(relay.run)
+    with trio.fail_after(timeout):
+        while relay.sent_events < events:
+            if relay.failures:
+                raise RuntimeError(f"relay failed: {relay.last_error}")
+            await trio.sleep(poll)
+    elapsed = time.perf_counter() - t0
+    return elapsed, window.read()
+
+
+async def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    """Return once something accepts on 127.0.0.1:``port`` (a child's server is up)."""
+    import trio
+
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                return
+            except OSError:
+                await trio.sleep(0.05)
+
+
+def trio_run_beside(child: subprocess.Popen[bytes], main: Callable[[], Awaitable[None]]
+                    ) -> None:
+    """``trio.run(main)`` while ``child`` (an upstream, say) runs; ``child`` is
+    terminated afterwards, whatever happened."""
+    import trio
+
+    try:
+        trio.run(main)
+    finally:
+        child.terminate()
+        child.wait(30)
 
 
 # --- results ---------------------------------------------------------------------------

@@ -244,14 +244,6 @@ def disk_size(path: Path) -> dict[str, int]:
     return {"main": main, "wal": wal_bytes, "total": main + wal_bytes}
 
 
-def copy_journal(source: Path, target: Path) -> None:
-    if target.parent.exists():
-        shutil.rmtree(target.parent)
-    target.parent.mkdir(parents=True, mode=0o700)
-    shutil.copyfile(source, target)
-    os.chmod(target, 0o600)
-
-
 # --- (b) relay drain -----------------------------------------------------------------------
 
 def drain_cycles(sources: dict[str, Path], work: Path, events: int, batch_events: int,
@@ -273,7 +265,7 @@ def drain_cycles(sources: dict[str, Path], work: Path, events: int, batch_events
     backlog: dict[str, int] = {}
     try:
         for v in VARIANTS:
-            copy_journal(sources[v], paths[v][0])
+            common.copy_journal(sources[v], paths[v][0])
             device[v] = open_journal(paths[v][0], v, DEVICE)
             upstream[v] = open_journal(paths[v][1], v, UPSTREAM)
         window = common.CpuWindow({"bench": os.getpid()})
@@ -303,10 +295,7 @@ def drain_cycles(sources: dict[str, Path], work: Path, events: int, batch_events
         machine = window.read()
         for v in VARIANTS:
             backlog[v] = device[v].backlog().events
-            db = upstream[v]._conn
-            assert db is not None
-            (stored[v],) = db.execute("SELECT COUNT(*) FROM events WHERE device_id = ?",
-                                      (DEVICE,)).fetchone()
+            stored[v] = common.events_stored(upstream[v], DEVICE)
     finally:
         for j in (*device.values(), *upstream.values()):
             j.close()
@@ -339,15 +328,13 @@ def drain_relay(source: Path, work: Path, variant: str, events: int, batch_event
     time from the relay's start until every event is acknowledged."""
     import trio
 
-    from edge.core.auth import mint
     from edge.journal.service import JournalService
     from edge.relay.sender import Relay, RelaySettings
 
     device_path = work / "device" / "journal.db"
     upstream_path = work / "upstream" / "journal.db"
-    copy_journal(source, device_path)
-    token = mint(algorithm="HS256", key=common.SECRET, sub=DEVICE, scope="relay:write",
-                 user_type="device", ttl=3600, now=time.time())
+    common.copy_journal(source, device_path)
+    token = common.relay_token(DEVICE)
     port = common.free_port()
     # The upstream's journal holds the hot path's key (common.BENCH_KEY), not KEY: the
     # same cipher and cost.
@@ -360,28 +347,15 @@ def drain_relay(source: Path, work: Path, variant: str, events: int, batch_event
         try:
             service = JournalService(device, retention_days=30, purge_interval=3600,
                                      keep_unrelayed=True)
-            with trio.fail_after(60):
-                while True:
-                    try:
-                        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                        break
-                    except OSError:
-                        await trio.sleep(0.05)
+            await common.wait_for_port(port)
             relay = Relay(RelaySettings(
                 url=f"ws://127.0.0.1:{port}/ws/relay", token=token,
                 batch_events=batch_events, batch_bytes=batch_bytes, ack_timeout=60.0,
                 backoff_base=0.05, backoff_max=0.5), service)
             async with trio.open_nursery() as nursery:
-                window = common.CpuWindow({"bench": os.getpid(), "upstream": child.pid})
-                t0 = time.perf_counter()
-                await nursery.start(relay.run)
-                with trio.fail_after(1800):
-                    while relay.sent_events < events:
-                        if relay.failures:
-                            raise RuntimeError(f"relay failed: {relay.last_error}")
-                        await trio.sleep(0.002)
-                elapsed = time.perf_counter() - t0
-                cpu = window.read()
+                elapsed, cpu = await common.relay_until_sent(
+                    nursery, relay, events, {"bench": os.getpid(), "upstream": child.pid},
+                    timeout=1800, poll=0.002)
                 nursery.cancel_scope.cancel()
             out.update({"elapsed_s": elapsed, "events_per_s": events / elapsed,
                         "batches": relay._batch, "cpu_s": cpu["bench"] * elapsed,
@@ -391,17 +365,10 @@ def drain_relay(source: Path, work: Path, variant: str, events: int, batch_event
         finally:
             device.close()
 
-    try:
-        trio.run(run)
-    finally:
-        child.terminate()
-        child.wait(30)
+    common.trio_run_beside(child, run)
     with open_journal(upstream_path, variant, "reader", readonly=True,
                       key=common.BENCH_KEY) as upstream:
-        db = upstream._conn
-        assert db is not None
-        (stored,) = db.execute("SELECT COUNT(*) FROM events WHERE device_id = ?",
-                               (DEVICE,)).fetchone()
+        stored = common.events_stored(upstream, DEVICE)
     check_variant(upstream_path, variant)
     if out["backlog_after"] or stored != events:
         raise SystemExit(f"{variant}: the relay left {out['backlog_after']} events, "
@@ -512,15 +479,13 @@ def main() -> int:
     cipher.close()
     tmp = tempfile.TemporaryDirectory(prefix="edge-bench-encryption-", dir=args.dir)
     directory = Path(tmp.name)
-    fs = journal_bench.filesystem_of(directory)
+    fs = common.filesystem_of(directory)
     head = (f"{started:%Y-%m-%d %H:%M} UTC; {info['cpu_model']}, {info['cores']} cores, "
             f"{info['memory_gib']} GiB, Linux {info['kernel']}; journals in {directory} "
             f"({fs}); SQLCipher {info['sqlcipher']} (SQLite {info['sqlite']}, "
             f"{info['cipher_provider']}); git {info['git']}")
     print(head, flush=True)
-    if fs in ("tmpfs", "ramfs"):
-        print("  WARNING: the journals are on a RAM filesystem, where fsync costs nothing; "
-              "use --dir on a disk", flush=True)
+    common.warn_if_in_memory(fs)
     pool = message_pool(args.seed)
     others: dict[str, float] = {}
     try:

@@ -30,7 +30,6 @@ import argparse
 import functools
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,19 +146,12 @@ def run_mode(source: Path, work: Path, *, separate: bool, idle_finals: int,
              interval: float, batch_events: int, info: dict[str, int]) -> dict[str, Any]:
     import trio
 
-    from edge.core.auth import mint
     from edge.journal.db import Journal
     from edge.journal.service import JournalService
     from edge.relay.sender import Relay, RelaySettings
 
-    if work.exists():
-        shutil.rmtree(work)
-    (work / "device").mkdir(parents=True, mode=0o700)
-    device_path = work / "device" / "journal.db"
-    shutil.copyfile(source, device_path)
-    os.chmod(device_path, 0o600)
-    token = mint(algorithm="HS256", key=common.SECRET, sub=DEVICE, scope="relay:write",
-                 user_type="device", ttl=3600, now=time.time())
+    device_path = common.copy_journal(source, work / "device" / "journal.db", clear=work)
+    token = common.relay_token(DEVICE)
     out: dict[str, Any] = {"separate_hot_path": separate}
 
     upstream_path = work / "upstream" / "journal.db"
@@ -172,13 +164,7 @@ def run_mode(source: Path, work: Path, *, separate: bool, idle_finals: int,
         try:
             dev = JournalService(device, retention_days=30, purge_interval=3600,
                                  keep_unrelayed=True, separate_hot_path=separate)
-            with trio.fail_after(60):
-                while True:
-                    try:
-                        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                        break
-                    except OSError:
-                        await trio.sleep(0.05)
+            await common.wait_for_port(port)
             await dev.start_session("live", None, source="client")
             rng = random.Random(11)
             seq = 0
@@ -241,17 +227,10 @@ def run_mode(source: Path, work: Path, *, separate: bool, idle_finals: int,
         finally:
             device.close()
 
-    try:
-        trio.run(run)
-    finally:
-        child.terminate()
-        child.wait(30)
+    common.trio_run_beside(child, run)
     with Journal.open(upstream_path, key=common.BENCH_KEY, device_id="reader",
                       readonly=True) as upstream:
-        db = upstream._conn
-        assert db is not None
-        (stored,) = db.execute("SELECT COUNT(*) FROM events WHERE device_id = ?",
-                               (DEVICE,)).fetchone()
+        stored = common.events_stored(upstream, DEVICE)
     assert stored >= info["pending"], (stored, info["pending"])
     out["stored_upstream"] = stored
     return out

@@ -77,22 +77,6 @@ def message_bytes(message: dict[str, Any]) -> int:
     return len(protocol.encode(message).encode())
 
 
-def filesystem_of(path: Path) -> str:
-    """The filesystem type holding ``path`` (from /proc/mounts): fsync is free on tmpfs."""
-    best, kind = "", "?"
-    target = str(path.resolve())
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return kind
-    for line in mounts:
-        fields = line.split()
-        if len(fields) >= 3 and (target == fields[1] or target.startswith(
-                fields[1].rstrip("/") + "/")) and len(fields[1]) >= len(best):
-            best, kind = fields[1], fields[2]
-    return kind
-
-
 # --- (a) journal write cost ---------------------------------------------------------------
 
 def journal_writes(directory: Path, finals: int, per_session: int, rng: random.Random
@@ -263,26 +247,20 @@ def drain_once(model: Any, source: Path, work: Path, batch_events: int, events: 
     import trio
 
     from edge import app
-    from edge.core.auth import AuthSettings, mint
+    from edge.core.auth import AuthSettings
     from edge.core.config import load_config
     from edge.journal.db import Journal
     from edge.journal.service import JournalService
     from edge.relay.sender import Relay, RelaySettings
 
-    if work.exists():
-        shutil.rmtree(work)
-    (work / "device").mkdir(parents=True, mode=0o700)
-    device_path = work / "device" / "journal.db"
-    shutil.copyfile(source, device_path)
-    os.chmod(device_path, 0o600)
+    device_path = common.copy_journal(source, work / "device" / "journal.db", clear=work)
     config = load_config(None, environ={}, overrides={
         "server.host": "127.0.0.1", "server.port": 0,
         "server.max_frame_bytes": FRAME_BYTES, "server.handshake_timeout": 3600.0})
     a = config.auth
     auth = AuthSettings(algorithm="HS256", key=common.SECRET, leeway=a.leeway,
                         max_lifetime=a.max_token_lifetime)
-    token = mint(algorithm="HS256", key=common.SECRET, sub=DEVICE, scope="relay:write",
-                 user_type="device", ttl=3600, now=time.time())
+    token = common.relay_token(DEVICE)
     out: dict[str, Any] = {"batch_events": batch_events, "batch_bytes": BATCH_BYTES}
 
     async def run() -> None:
@@ -295,23 +273,15 @@ def drain_once(model: Any, source: Path, work: Path, batch_events: int, events: 
             up = JournalService(upstream, retention_days=30, purge_interval=3600,
                                 keep_unrelayed=False)
             assert (await dev.backlog()).events == events
-            parts = app.Parts(auth=auth, model=model, journal=up)
+            parts = app.Parts(auth=auth, model=model, journal=up, data_key=common.BENCH_KEY)
             async with trio.open_nursery() as nursery:
                 server = await nursery.start(functools.partial(app.run, config, parts=parts))
                 relay = Relay(RelaySettings(
                     url=f"ws://127.0.0.1:{server.port}/ws/relay", token=token,
                     batch_events=batch_events, batch_bytes=BATCH_BYTES, ack_timeout=30.0,
                     backoff_base=0.05, backoff_max=0.5), dev)
-                window = common.CpuWindow({"bench": os.getpid()})
-                t0 = time.perf_counter()
-                await nursery.start(relay.run)
-                with trio.fail_after(600):
-                    while relay.sent_events < events:
-                        if relay.failures:
-                            raise RuntimeError(f"relay failed: {relay.last_error}")
-                        await trio.sleep(0.001)
-                elapsed = time.perf_counter() - t0
-                cpu = window.read()
+                elapsed, cpu = await common.relay_until_sent(
+                    nursery, relay, events, {"bench": os.getpid()}, timeout=600, poll=0.001)
                 nursery.cancel_scope.cancel()
             backlog = await dev.backlog()
             db = upstream._conn
@@ -368,12 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     info = common.machine_info()
     tmp = tempfile.TemporaryDirectory(prefix="edge-bench-journal-", dir=args.dir)
     directory = Path(tmp.name)
-    fs = filesystem_of(directory)
+    fs = common.filesystem_of(directory)
     print(f"{info['cpu_model']}, {info['cores']} cores; journals in {directory} ({fs})",
           flush=True)
-    if fs in ("tmpfs", "ramfs"):
-        print("  WARNING: the journals are on a RAM filesystem, where fsync costs nothing; "
-              "use --dir on a disk", flush=True)
+    common.warn_if_in_memory(fs)
 
     from edge.asr.vosk import load_model
 

@@ -192,10 +192,7 @@ class Worker:
 
 
 def _relay_token() -> str:
-    from edge.core.auth import mint
-
-    return mint(algorithm="HS256", key=common.SECRET, sub=DEVICE, scope="relay:write",
-                user_type="device", ttl=3600, now=time.time())
+    return common.relay_token(DEVICE)
 
 
 # --- the upstream (edge serve) ----------------------------------------------------------------

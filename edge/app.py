@@ -37,7 +37,7 @@ from edge.core.errors import ConfigError
 from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
 from edge.core.keys import auth_settings, device_id
 from edge.core.stats import Stats
-from edge.core.terms import TermAnnotator, TermFile
+from edge.core.terms import FixedTerms, TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
 from edge.journal.auditor import Auditor
@@ -54,7 +54,7 @@ from edge.ops.supervisor import Supervisor
 from edge.ops.terms import TermWatcher, open_terms
 from edge.protocols.scriptix import model_language
 from edge.relay.mqtt import MqttClientSettings, MqttRelay, mqtt_relay_settings
-from edge.relay.mqtt_ingest import mqtt_ingest
+from edge.relay.mqtt_ingest import MqttIngest, mqtt_ingest
 from edge.relay.outbox import OutboxRelay
 from edge.relay.sender import Relay, RelaySettings
 from edge.speakers import SpeakerIdentification, VoiceprintStore, VoiceprintStoreError
@@ -132,17 +132,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         journal = await open_journal(config, model.name, key)
     stats = Stats()
     limiter = trio.CapacityLimiter(config.recognizer.threads or os.cpu_count() or 1)
-    rc = config.recognizer
-    pool_size = pool_target(rc.warm_recognizers, rc.memory_budget_mb, rc.recognizer_memory_mb)
-    recognizers = parts.recognizer_factory or RecognizerPool(model.recognizer, pool_size)
-    memory = MemoryBudget(
-        rc.memory_budget_mb, model_rss, recognizer_mb=rc.recognizer_memory_mb,
-        reserved=1 if config.microphone.enabled else 0,
-        pool=recognizers if isinstance(recognizers, RecognizerPool) else None)
-    warm_up = parts.warm_up if parts.warm_up is not None else (
-        rc.warm_at_start and parts.model is None)
-    warmup = (Warmup(recognizers, limiter, pool_size)
-              if warm_up and isinstance(recognizers, RecognizerPool) else None)
+    recognizers, memory, warmup = recognizer_parts(config, parts, model, model_rss, limiter)
     s = config.server
     admissions = Admissions(
         sessions=Admission(s.max_sessions, s.retry_after),
@@ -154,17 +144,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     Hub(replay_size=config.microphone.replay_size),
                     memory.factory(recognizers), limiter, stats, journal=journal,
                     speakers=speakers)
-    relay: OutboxRelay | None = None
-    if config.relay.enabled:
-        assert journal is not None  # the config requires it
-        if config.relay.transport == "mqtt":
-            relay = MqttRelay(mqtt_relay_settings(config), journal)
-        else:
-            relay = Relay(relay_settings(config), journal)
-    ingest = None
-    if config.ingest.mqtt.enabled:
-        assert journal is not None  # the config requires it
-        ingest = mqtt_ingest(config, journal)
+    relay, ingest = relay_parts(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
     # The audit trail's sink: the front door hands it every access once the server
     # takes it (``audit=``); until then it records what the daemon itself does.
@@ -182,33 +162,10 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     relay=relay, supervisor=supervisor, routes=routes,
                     http_routes=http_routes, ingest=ingest, memory=memory, jwks=jwks)
     async with trio.open_nursery() as nursery:
-        if jwks is not None:
-            await supervisor.start(nursery, "jwks", jwks.run)
-        if journal is not None:
-            await supervisor.start(nursery, "retention", journal.run)
-        if auditor is not None:
-            await supervisor.start(nursery, "audit", auditor.run)
-        await supervisor.start(nursery, "memory", memory.run)
-        if revocations is not None:
-            await supervisor.start(nursery, "revocations",
-                                   RevocationWatcher(revocations, admissions).run)
-        if isinstance(terms, TermFile):
-            await supervisor.start(nursery, "terms", TermWatcher(terms).run)
-        if relay is not None:
-            await supervisor.start(nursery, "relay", relay.run)
-            logger.info("relaying the journal to %s as %s", relay_target(config),
-                        device_id(config))
-        if ingest is not None:
-            await supervisor.start(nursery, "mqtt_ingest", ingest.run)
-            logger.info("consuming relayed journals from %s (%s)",
-                        MqttClientSettings(config.ingest.mqtt.url, "").where,
-                        config.ingest.mqtt.subscription)
-        if room is not None:
-            await supervisor.start(nursery, "room", room.run)
-            logger.info("room microphone %r: %s", config.microphone.device, room.state)
-        else:
-            logger.info("no room microphone configured (microphone.enabled = false): serving "
-                        "client-streamed sessions only")
+        await start_services(nursery, supervisor, config, jwks=jwks, journal=journal,
+                             auditor=auditor, memory=memory, revocations=revocations,
+                             admissions=admissions, terms=terms, relay=relay, ingest=ingest,
+                             room=room)
         await nursery.start(server.run)
         await start_listeners(nursery, supervisor, server, config, peer_context)
         notify("READY=1")
@@ -221,6 +178,81 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         if threading.current_thread() is threading.main_thread():
             nursery.start_soon(_stop_on_signal, server, supervisor, nursery.cancel_scope)
         task_status.started(server)
+
+
+def recognizer_parts(config: Config, parts: Parts, model: LoadedModel, model_rss: int,
+                     limiter: trio.CapacityLimiter
+                     ) -> tuple[RecognizerFactory, MemoryBudget, Warmup | None]:
+    """The recognisers sessions take (the pool, unless ``parts`` supplies a factory), the
+    memory budget that watches them, and the warm-up to run once ready (if any)."""
+    rc = config.recognizer
+    pool_size = pool_target(rc.warm_recognizers, rc.memory_budget_mb, rc.recognizer_memory_mb)
+    recognizers = parts.recognizer_factory or RecognizerPool(model.recognizer, pool_size)
+    memory = MemoryBudget(
+        rc.memory_budget_mb, model_rss, recognizer_mb=rc.recognizer_memory_mb,
+        reserved=1 if config.microphone.enabled else 0,
+        pool=recognizers if isinstance(recognizers, RecognizerPool) else None)
+    warm_up = parts.warm_up if parts.warm_up is not None else (
+        rc.warm_at_start and parts.model is None)
+    warmup = (Warmup(recognizers, limiter, pool_size)
+              if warm_up and isinstance(recognizers, RecognizerPool) else None)
+    return recognizers, memory, warmup
+
+
+def relay_parts(config: Config, journal: JournalService | None
+                ) -> tuple[OutboxRelay | None, MqttIngest | None]:
+    """The relay upstream (WebSocket or MQTT) and the MQTT ingest, each if configured."""
+    relay: OutboxRelay | None = None
+    if config.relay.enabled:
+        assert journal is not None  # the config requires it
+        if config.relay.transport == "mqtt":
+            relay = MqttRelay(mqtt_relay_settings(config), journal)
+        else:
+            relay = Relay(relay_settings(config), journal)
+    ingest = None
+    if config.ingest.mqtt.enabled:
+        assert journal is not None  # the config requires it
+        ingest = mqtt_ingest(config, journal)
+    return relay, ingest
+
+
+async def start_services(
+    nursery: trio.Nursery, supervisor: Supervisor, config: Config, *,
+    jwks: JwksRefresher | None, journal: JournalService | None, auditor: Auditor | None,
+    memory: MemoryBudget,
+    revocations: RevocationFile | None, admissions: Admissions,
+    terms: FixedTerms | TermFile | None, relay: OutboxRelay | None,
+    ingest: MqttIngest | None, room: Room | None,
+) -> None:
+    """Start the background services of the parts present under ``supervisor``, in
+    order, each once it is ready (before the socket accepts)."""
+    if jwks is not None:
+        await supervisor.start(nursery, "jwks", jwks.run)
+    if journal is not None:
+        await supervisor.start(nursery, "retention", journal.run)
+    if auditor is not None:
+        await supervisor.start(nursery, "audit", auditor.run)
+    await supervisor.start(nursery, "memory", memory.run)
+    if revocations is not None:
+        await supervisor.start(nursery, "revocations",
+                               RevocationWatcher(revocations, admissions).run)
+    if isinstance(terms, TermFile):
+        await supervisor.start(nursery, "terms", TermWatcher(terms).run)
+    if relay is not None:
+        await supervisor.start(nursery, "relay", relay.run)
+        logger.info("relaying the journal to %s as %s", relay_target(config),
+                    device_id(config))
+    if ingest is not None:
+        await supervisor.start(nursery, "mqtt_ingest", ingest.run)
+        logger.info("consuming relayed journals from %s (%s)",
+                    MqttClientSettings(config.ingest.mqtt.url, "").where,
+                    config.ingest.mqtt.subscription)
+    if room is not None:
+        await supervisor.start(nursery, "room", room.run)
+        logger.info("room microphone %r: %s", config.microphone.device, room.state)
+    else:
+        logger.info("no room microphone configured (microphone.enabled = false): serving "
+                    "client-streamed sessions only")
 
 
 def microphone(config: Config) -> Source:

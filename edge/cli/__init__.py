@@ -26,6 +26,9 @@ from edge.core.errors import AudioFormatError, ConfigError, RecognizerError
 
 __all__ = ["main", "setup_logging"]
 
+# What ArgumentParser.add_subparsers returns, which argparse does not name publicly.
+Subparsers = argparse._SubParsersAction
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -55,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(sub)
+    return parser
 
+
+def _add_serve(sub: Subparsers) -> None:
     serve = sub.add_parser("serve", help="run the daemon")
     _config_args(serve)
     serve.add_argument("--host", help="address to bind (server.host)")
@@ -66,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                             "secret in the state directory")
     serve.set_defaults(command_function="serve:run")
 
+
+def _add_token(sub: Subparsers) -> None:
     token = sub.add_parser("token", help="print a signed JWT (for operators and tests)")
     _config_args(token)
     token.add_argument("--sub", required=True, help="subject (user or device id)")
@@ -78,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--dev", action="store_true", help="sign with the development secret")
     token.set_defaults(command_function="token:run")
 
+
+def _add_transcribe(sub: Subparsers) -> None:
     transcribe = sub.add_parser("transcribe", help="transcribe a WAV file offline")
     transcribe.add_argument("file", type=Path)
     transcribe.add_argument("--model", help="Vosk model directory")
@@ -87,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(transcribe)
     transcribe.set_defaults(command_function="transcribe:run")
 
+
+def _add_models(sub: Subparsers) -> None:
     models = sub.add_parser("models", help="list and install Vosk models")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     models_list = models_sub.add_parser("list", help="known models and what is installed")
@@ -101,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(models_install)
     models_install.set_defaults(command_function="models:run_install")
 
+
+def _add_transcripts(sub: Subparsers) -> None:
     scripts = sub.add_parser("transcripts", help="read the journal of sessions")
     scripts_sub = scripts.add_subparsers(dest="transcripts_command", required=True,
                                          metavar="ACTION")
@@ -114,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(scripts_show)
     scripts_show.set_defaults(command_function="transcripts:run_show")
 
+
+def _add_audit(sub: Subparsers) -> None:
     audit = sub.add_parser("audit", help="read and verify the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_list = audit_sub.add_parser("list", help="audit records, oldest first")
@@ -130,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(audit_verify)
     audit_verify.set_defaults(command_function="audit:run_verify")
 
+
+def _add_relay(sub: Subparsers) -> None:
     relay = sub.add_parser("relay", help="events the relay set aside (refused, too large)")
     relay_sub = relay.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
     relay_list = relay_sub.add_parser("set-aside", help="list the events set aside")
@@ -143,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(relay_requeue)
     relay_requeue.set_defaults(command_function="relay:run_requeue")
 
+
+def _add_speakers(sub: Subparsers) -> None:
     speakers = sub.add_parser("speakers", help="enrol, list and remove named voiceprints")
     speakers_sub = speakers.add_subparsers(dest="speakers_command", required=True,
                                            metavar="ACTION")
@@ -164,25 +186,18 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(speakers_remove)
     speakers_remove.set_defaults(command_function="speakers:run_remove")
 
+
+def _add_devices(sub: Subparsers) -> None:
     devices = sub.add_parser("devices", help="list audio input devices (for microphone.device)")
     devices.set_defaults(command_function="devices:run")
 
+
+def _add_keys(sub: Subparsers) -> None:
     keys = sub.add_parser("keys", help="the key that encrypts the journal and voiceprints")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-
-    def sealing_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tang", action="append", default=[], metavar="URL",
-                       help="seal with this Tang server (repeat for several)")
-        p.add_argument("--tang-thp", action="append", default=[], metavar="THUMBPRINT",
-                       help="the Tang server's signing key thumbprint (`tang-show-keys`); "
-                       "without it the key it advertises now is trusted")
-        p.add_argument("--tpm2", action="store_true", help="seal with this board's TPM2")
-        p.add_argument("--threshold", type=int, default=1,
-                       help="with several pins: how many must answer (default 1)")
-
     keys_init = keys_sub.add_parser("init", help="make a key and keep it (sealed, or in a "
                                     "file)")
-    sealing_args(keys_init)
+    _sealing_args(keys_init)
     keys_init.add_argument("--file", help="write the key itself to this file (development)")
     keys_init.add_argument("--jwe", help="where the sealed key goes (default "
                            "journal.key_jwe, or <state dir>/journal-key.jwe)")
@@ -195,10 +210,12 @@ def _parser() -> argparse.ArgumentParser:
     keys_status.set_defaults(command_function="keys:run_status")
     keys_rotate = keys_sub.add_parser("rotate", help="re-encrypt everything under a new "
                                       "key (stop the daemon first)")
-    sealing_args(keys_rotate)
+    _sealing_args(keys_rotate)
     _config_args(keys_rotate)
     keys_rotate.set_defaults(command_function="keys:run_rotate")
 
+
+def _add_check(sub: Subparsers) -> None:
     check = sub.add_parser("check", help="check config, keys, model, clock, port; exit 1 "
                            "if anything must be fixed")
     _config_args(check)
@@ -210,6 +227,8 @@ def _parser() -> argparse.ArgumentParser:
                        "(measured with the model loaded) and exit")
     check.set_defaults(command_function="check:run")
 
+
+def _add_client(sub: Subparsers) -> None:
     client = sub.add_parser("client", help="stream a file to a server, print its messages")
     client.add_argument("url", help="e.g. ws://127.0.0.1:8000/ws/transcribe")
     client.add_argument("file", help="WAV or raw s16le PCM file, or - for stdin")
@@ -221,7 +240,34 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--phrases", type=Path, help="JSON list of phrases to send as config")
     client.add_argument("--cafile", help="CA certificate to trust for wss://")
     client.set_defaults(command_function="client:run")
-    return parser
+
+
+#: Each adds one command (and its actions) to the parser, in the order ``--help`` lists.
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    _add_serve,
+    _add_token,
+    _add_transcribe,
+    _add_models,
+    _add_transcripts,
+    _add_audit,
+    _add_relay,
+    _add_speakers,
+    _add_devices,
+    _add_keys,
+    _add_check,
+    _add_client,
+)
+
+
+def _sealing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tang", action="append", default=[], metavar="URL",
+                   help="seal with this Tang server (repeat for several)")
+    p.add_argument("--tang-thp", action="append", default=[], metavar="THUMBPRINT",
+                   help="the Tang server's signing key thumbprint (`tang-show-keys`); "
+                   "without it the key it advertises now is trusted")
+    p.add_argument("--tpm2", action="store_true", help="seal with this board's TPM2")
+    p.add_argument("--threshold", type=int, default=1,
+                   help="with several pins: how many must answer (default 1)")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:

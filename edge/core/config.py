@@ -5,23 +5,27 @@ file, ``EDGE_*`` environment variables, command-line flags (only those given).
 Every mistake raises :class:`~edge.core.errors.ConfigError` naming the dotted key.
 ``config/edge.toml`` documents every key; ``tests/test_config.py`` keeps it in step
 with the dataclasses below.
+
+This module holds what a key *is*: one dataclass per section, :class:`Config` naming
+the sections, :data:`ENVIRONMENT`, :func:`load_config` and the paths derived from a
+config. How a value is read and typed is :mod:`edge.core.config_load`; the rules a
+value must pass are :mod:`edge.core.config_checks`, one function per section. A new
+key is a field here, a row in ``config/edge.toml`` and ``docs/operations.md``, and,
+if it has a rule, a line in its section's check.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from edge.core.errors import ConfigError
-from edge.core.languages import primary_language
-from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
+from edge.core.config_checks import parse_networks as parse_networks  # the public parser
+from edge.core.config_checks import validate
+from edge.core.config_load import build, read_toml, set_key
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,6 @@ class AuthConfig:
     jwks_refresh: float = 3600.0
     jwks_cooldown: float = 30.0
     jwks_timeout: float = 5.0
-
-
-MAX_ENDPOINT_SILENCE_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -302,9 +303,6 @@ ENVIRONMENT: Mapping[str, str] = {
     "EDGE_INGEST_MQTT_PASSWORD": "ingest.mqtt.password",
 }
 
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
-
 
 def load_config(
     path: str | os.PathLike[str] | None = None,
@@ -321,372 +319,20 @@ def load_config(
     """
     values: dict[str, dict[str, Any]] = {}
     if path is not None:
-        values = _read_toml(Path(path))
+        values = read_toml(Path(path))
     from_text: set[str] = set()
     env = os.environ if environ is None else environ
     for name, key in ENVIRONMENT.items():
         if env.get(name):
-            _set(values, key, env[name])
+            set_key(values, key, env[name])
             from_text.add(key)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set(values, key, value)
+            set_key(values, key, value)
             from_text.add(key)
-    config = _build(values, from_text)
-    _validate(config)
+    config = build(Config, values, from_text)
+    validate(config)
     return config
-
-
-def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError("--config", f"file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
-    for section, body in data.items():
-        if not isinstance(body, dict):
-            raise ConfigError(section, "expected a [section] table")
-    return data
-
-
-def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:
-    *tables, name = key.split(".")
-    target: dict[str, Any] = values
-    for table in tables:
-        target = target.setdefault(table, {})
-    target[name] = value
-
-
-def _build(values: Mapping[str, Mapping[str, Any]], from_text: set[str]) -> Config:
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    built: dict[str, Any] = {}
-    for section, body in values.items():
-        if section not in sections:
-            raise ConfigError(section, f"unknown section (known: {', '.join(sections)})")
-        cls = get_type_hints(Config)[section]
-        built[section] = _build_section(section, cls, body, from_text)
-    return Config(**built)
-
-
-def _build_section(section: str, cls: type, body: Mapping[str, Any],
-                   from_text: set[str]) -> Any:
-    hints = get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in body.items():
-        key = f"{section}.{name}"
-        if name not in hints:
-            raise ConfigError(key, "unknown key")
-        if dataclasses.is_dataclass(hints[name]):  # a nested table: [relay.mqtt]
-            if not isinstance(value, dict):
-                raise ConfigError(key, f"expected a [{key}] table")
-            kwargs[name] = _build_section(key, hints[name], value, from_text)
-            continue
-        kwargs[name] = _coerce(key, hints[name], value, from_text=key in from_text)
-    return cls(**kwargs)
-
-
-def _coerce(key: str, kind: Any, value: Any, *, from_text: bool) -> Any:
-    """Check ``value`` against the field type.
-
-    Strings from the environment and the command line (``from_text``) are parsed; in
-    the TOML file a value must already have the right type (``port = "8000"`` is an
-    error, as TOML has integers).
-    """
-    if kind == tuple[str, ...]:
-        return _words(key, value, from_text=from_text)
-    if isinstance(value, str) and kind is not str and not from_text:
-        raise ConfigError(key, f"expected {_KIND_NAMES[kind]}, got the string {value!r}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-        raise ConfigError(key, f"expected true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise ConfigError(key, f"expected an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(key, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except OverflowError:
-            raise ConfigError(key, f"number too large: {value!r}") from None
-        if not math.isfinite(number):
-            raise ConfigError(key, f"expected a finite number, got {value!r}")
-        return number
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
-    raise AssertionError(f"unsupported config type {kind!r} for {key}")  # programming error
-
-
-def _words(key: str, value: Any, *, from_text: bool) -> tuple[str, ...]:
-    """A TOML list of strings; from the environment or the command line, the words of a
-    comma- or space-separated string."""
-    if isinstance(value, str) and from_text:
-        value = value.replace(",", " ").split()
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(key, f'expected a list of strings such as ["RS256", "ES256"], '
-                          f"got {value!r}")
-    return tuple(value)
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(key, f"must be greater than 0, got {value!r}")
-
-
-def parse_networks(key: str, text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
-                                                  ...]:
-    """``"10.0.0.0/8, 192.168.1.20"`` as networks; ConfigError naming ``key``."""
-    networks = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise ConfigError(key, f"not an IP network: {part!r} (expected a comma-"
-                              "separated list such as \"127.0.0.0/8, 192.168.1.0/24\")"
-                              ) from None
-    return tuple(networks)
-
-
-def _validate_peers(c: Config) -> None:
-    ports = {"server.port": c.server.port}
-    for name, section in (("vosk_server", c.vosk_server), ("wyoming", c.wyoming)):
-        parse_networks(f"{name}.trusted_networks", section.trusted_networks)
-        if not 0 <= section.port <= 65535:
-            raise ConfigError(f"{name}.port", f"must be between 0 and 65535, got "
-                              f"{section.port}")
-        if section.enabled and section.port and section.port in ports.values():
-            other = next(k for k, v in ports.items() if v == section.port)
-            raise ConfigError(f"{name}.port", f"{section.port} is already {other}")
-        if section.enabled:
-            ports[f"{name}.port"] = section.port
-    if not is_sample_rate(c.vosk_server.sample_rate):
-        raise ConfigError("vosk_server.sample_rate", f"must be between {MIN_SAMPLE_RATE} and "
-                          f"{MAX_SAMPLE_RATE}")
-    _positive("assemblyai.max_token_seconds", c.assemblyai.max_token_seconds)
-    _validate_wyoming(c.wyoming)
-    _validate_scriptix(c.scriptix)
-
-
-def _validate_scriptix(s: ScriptixConfig) -> None:
-    code = primary_language(s.language)
-    if s.language and not (code.isascii() and code.isalpha() and 2 <= len(code) <= 3):
-        raise ConfigError("scriptix.language", f"must be a language code such as \"ko\" "
-                          f"or empty (from the model's name), got {s.language!r}")
-
-
-def _validate_wyoming(w: WyomingConfig) -> None:
-    parts = w.language.split("-")
-    if w.language and not (
-            parts[0].isascii() and parts[0].isalpha() and 2 <= len(parts[0]) <= 3
-            and all(p.isascii() and p.isalnum() and 1 <= len(p) <= 8 for p in parts[1:])):
-        raise ConfigError("wyoming.language", f"must be a language tag such as \"ko\" or "
-                          f"\"en-US\", or empty (from the model's name), got {w.language!r}")
-
-
-def _validate(c: Config) -> None:
-    _validate_peers(c)
-    s, a, r, au = c.server, c.auth, c.recognizer, c.audio
-    if not 0 <= s.port <= 65535:
-        raise ConfigError("server.port", f"must be between 0 and 65535, got {s.port}")
-    if not s.path.startswith("/"):
-        raise ConfigError("server.path", f"must start with '/', got {s.path!r}")
-    if bool(s.tls_cert) != bool(s.tls_key):
-        key = "server.tls_key" if s.tls_cert else "server.tls_cert"
-        raise ConfigError(key, "tls_cert and tls_key must be set together")
-    for name in (
-        "max_sessions", "handshake_timeout", "idle_timeout", "max_session_seconds",
-        "ping_interval", "ping_timeout", "send_timeout", "max_frame_bytes", "retry_after",
-        "shutdown_grace",
-    ):
-        _positive(f"server.{name}", getattr(s, name))
-    if s.max_frame_bytes < 4096:
-        raise ConfigError("server.max_frame_bytes", "must be at least 4096 bytes")
-    if a.algorithm not in ("HS256", "RS256"):
-        raise ConfigError("auth.algorithm", f"must be HS256 or RS256, got {a.algorithm!r}")
-    if a.algorithm == "RS256" and (a.secret or a.secret_file):
-        raise ConfigError("auth.secret", "a shared secret is not used with RS256; "
-                          "set auth.public_key_file")
-    if a.algorithm == "HS256" and a.public_key_file:
-        raise ConfigError("auth.public_key_file", "a public key is not used with HS256; "
-                          "set auth.algorithm = \"RS256\"")
-    if a.secret and a.secret_file:
-        raise ConfigError("auth.secret_file", "set auth.secret or auth.secret_file, not both")
-    _validate_jwks(a)
-    if a.leeway < 0:
-        raise ConfigError("auth.leeway", f"must not be negative, got {a.leeway}")
-    _positive("auth.max_token_lifetime", a.max_token_lifetime)
-    if a.expiry_warning < 0:
-        raise ConfigError("auth.expiry_warning", f"must not be negative, got {a.expiry_warning}")
-    if not is_sample_rate(r.sample_rate):
-        raise ConfigError("recognizer.sample_rate", f"must be between {MIN_SAMPLE_RATE} and "
-                          f"{MAX_SAMPLE_RATE}, got {r.sample_rate}")
-    if r.threads < 0:
-        raise ConfigError("recognizer.threads", f"must not be negative, got {r.threads}")
-    if r.warm_recognizers < 0:
-        raise ConfigError("recognizer.warm_recognizers",
-                          f"must not be negative, got {r.warm_recognizers}")
-    if r.memory_budget_mb < 0:
-        raise ConfigError("recognizer.memory_budget_mb",
-                          f"must not be negative, got {r.memory_budget_mb}")
-    if r.recognizer_memory_mb < 0:
-        raise ConfigError("recognizer.recognizer_memory_mb",
-                          f"must not be negative, got {r.recognizer_memory_mb}")
-    if not 0 <= r.endpoint_silence_ms <= MAX_ENDPOINT_SILENCE_MS:
-        raise ConfigError("recognizer.endpoint_silence_ms",
-                          f"must be between 0 (off) and {MAX_ENDPOINT_SILENCE_MS}, got "
-                          f"{r.endpoint_silence_ms}")
-    _positive("recognizer.lag_warning", r.lag_warning)
-    _positive("recognizer.max_phrases", r.max_phrases)
-    for name in ("diarization_threshold", "identification_threshold"):
-        value = getattr(c.speakers, name)
-        if not 0 < value < 1:
-            raise ConfigError(f"speakers.{name}", f"must be a cosine similarity between 0 "
-                              f"and 1 (exclusive), got {value}")
-    if not 1 <= c.speakers.max_speakers <= 100:
-        raise ConfigError("speakers.max_speakers",
-                          f"must be between 1 and 100, got {c.speakers.max_speakers}")
-    _positive("audio.silence_seconds", au.silence_seconds)
-    if au.silence_dbfs >= 0:
-        raise ConfigError("audio.silence_dbfs", f"must be below 0 dBFS, got {au.silence_dbfs}")
-    if not 0 < au.clipping_ratio <= 1:
-        raise ConfigError("audio.clipping_ratio", f"must be in (0, 1], got {au.clipping_ratio}")
-    _positive("audio.warning_interval", au.warning_interval)
-    m = c.microphone
-    if not m.device:
-        raise ConfigError("microphone.device", 'must name a device ("default", a name or '
-                          "an index from `edge devices`)")
-    if not is_sample_rate(m.sample_rate):
-        raise ConfigError("microphone.sample_rate", f"must be between {MIN_SAMPLE_RATE} and "
-                          f"{MAX_SAMPLE_RATE}, got {m.sample_rate}")
-    if not 10 <= m.chunk_ms <= 1000:
-        raise ConfigError("microphone.chunk_ms", f"must be between 10 and 1000, got {m.chunk_ms}")
-    for name in ("max_listeners", "listener_queue", "replay_size", "retry_max"):
-        _positive(f"microphone.{name}", getattr(m, name))
-    for name in ("retention_days", "purge_interval", "room_segment_seconds"):
-        _positive(f"journal.{name}", getattr(c.journal, name))
-    if c.journal.min_free_mb < 0:
-        raise ConfigError("journal.min_free_mb",
-                          f"must not be negative (0: no check), got {c.journal.min_free_mb}")
-    _positive("journal.failing_seconds", c.journal.failing_seconds)
-    _positive("audit.retention_days", c.audit.retention_days)
-    rl = c.relay
-    _validate_mqtt(c)
-    if rl.enabled and rl.transport == "websocket":
-        if not rl.url.startswith(("ws://", "wss://")):
-            raise ConfigError("relay.url", f"must be a ws:// or wss:// URL, got {rl.url!r}")
-        if not (rl.token or rl.token_file):
-            raise ConfigError("relay.token_file", "the relay needs credentials: set "
-                              "relay.token_file (or EDGE_RELAY_TOKEN)")
-        if not c.journal.enabled:
-            raise ConfigError("relay.enabled", "the relay sends the journal: set "
-                              "journal.enabled = true")
-    if rl.token and rl.token_file:
-        raise ConfigError("relay.token_file", "set relay.token or relay.token_file, not both")
-    for name in ("batch_events", "batch_bytes", "max_backlog_bytes", "ack_timeout",
-                 "backoff_max"):
-        _positive(f"relay.{name}", getattr(rl, name))
-    if c.log.level.lower() not in _LOG_LEVELS:
-        raise ConfigError("log.level", f"must be one of {', '.join(_LOG_LEVELS)}")
-
-
-def _validate_jwks(a: AuthConfig) -> None:
-    from edge.core.jwks import ASYMMETRIC, check_url
-
-    if a.jwks_url:
-        try:
-            check_url(a.jwks_url)
-        except ValueError as exc:
-            raise ConfigError("auth.jwks_url", str(exc)) from None
-    elif a.jwks_cafile:
-        raise ConfigError("auth.jwks_cafile", "set auth.jwks_url too (the CA is for its "
-                          "TLS certificate)")
-    if not a.algorithms:
-        raise ConfigError("auth.algorithms", "must name at least one algorithm")
-    for name in a.algorithms:
-        if name not in ASYMMETRIC:
-            raise ConfigError("auth.algorithms", f"{name!r} is not a public-key algorithm "
-                              f"this device accepts from a key set (one of "
-                              f"{', '.join(ASYMMETRIC)})")
-    for name in ("jwks_refresh", "jwks_cooldown", "jwks_timeout"):
-        value = getattr(a, name)
-        if value < 1:
-            raise ConfigError(f"auth.{name}", f"must be at least 1 second, got {value!r}")
-    if a.jwks_timeout > 60:
-        raise ConfigError("auth.jwks_timeout", f"must be at most 60 seconds, got "
-                          f"{a.jwks_timeout!r}")
-
-
-def _validate_mqtt_client(key: str, m: MqttClientConfig) -> None:
-    if not m.url.startswith(("mqtt://", "mqtts://")):
-        raise ConfigError(f"{key}.url", f"must be an mqtt:// or mqtts:// URL, got {m.url!r}")
-    if m.password and m.password_file:
-        raise ConfigError(f"{key}.password_file", "set password or password_file, not both")
-    if bool(m.certfile) != bool(m.keyfile):
-        raise ConfigError(f"{key}.keyfile", "certfile and keyfile must be set together")
-    if not 5 <= m.keepalive <= 65535:
-        raise ConfigError(f"{key}.keepalive", f"must be between 5 and 65535, got {m.keepalive}")
-    if not 0 <= m.session_expiry <= 0xFFFFFFFF:
-        raise ConfigError(f"{key}.session_expiry", "must be between 0 and 4294967295")
-
-
-def _validate_mqtt(c: Config) -> None:
-    from edge.protocols.mqtt_relay import check_template
-
-    rl, m = c.relay, c.relay.mqtt
-    if rl.transport not in ("websocket", "mqtt"):
-        raise ConfigError("relay.transport", f'must be "websocket" or "mqtt", got '
-                          f"{rl.transport!r}")
-    for name in ("topic", "receipt_topic"):
-        try:
-            check_template(getattr(m, name))
-        except ValueError as exc:
-            raise ConfigError(f"relay.mqtt.{name}", str(exc)) from None
-    if m.ack_level not in ("receipt", "broker"):
-        raise ConfigError("relay.mqtt.ack_level", f'must be "receipt" or "broker", got '
-                          f"{m.ack_level!r}")
-    _positive("relay.mqtt.receipt_timeout", m.receipt_timeout)
-    if not 1 <= m.max_inflight <= 65535:
-        raise ConfigError("relay.mqtt.max_inflight", "must be between 1 and 65535")
-    if m.max_message_bytes < 4096:
-        raise ConfigError("relay.mqtt.max_message_bytes", "must be at least 4096 bytes")
-    if rl.enabled and rl.transport == "mqtt":
-        _validate_mqtt_client("relay.mqtt", m)
-        if not c.journal.enabled:
-            raise ConfigError("relay.enabled", "the relay sends the journal: set "
-                              "journal.enabled = true")
-    i = c.ingest.mqtt
-    if not 1 <= i.max_inflight <= 65535:
-        raise ConfigError("ingest.mqtt.max_inflight", "must be between 1 and 65535")
-    if i.enabled:
-        _validate_mqtt_client("ingest.mqtt", i)
-        if not i.subscription or "#" in i.subscription.split("/")[:-1]:
-            raise ConfigError("ingest.mqtt.subscription", "must be a topic filter such as "
-                              '"$share/edge/edge/v1/+/+/events"')
-        if not c.journal.enabled:
-            raise ConfigError("ingest.mqtt.enabled", "the ingest stores into the journal: "
-                              "set journal.enabled = true")
 
 
 def state_dir(config: Config) -> Path:

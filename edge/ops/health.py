@@ -11,7 +11,7 @@ import ctypes
 import ctypes.util
 import functools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,11 +122,7 @@ def health(
         # The recognisers' memory budget (edge.asr.memory.Snapshot.status()).
         body["memory"] = dict(memory)
         if not memory.get("held", True):
-            problems.append(
-                f"the recognisers hold {memory['recognizer_bytes'] // 2**20} MB, over their "
-                f"budget of {memory['budget_bytes'] // 2**20} MB "
-                "(recognizer.memory_budget_mb), and cannot be recycled; new sessions are "
-                "refused")
+            problems.append(over_budget(memory))
             body["status"] = "stopping" if stopping else "degraded"
     if jwks is not None:
         # The identity provider's key set (edge.core.jwks.KeyStore.status).
@@ -137,6 +133,21 @@ def health(
         elif jwks.get("last_error"):
             notes.append("the identity provider's key set cannot be fetched; the keys last "
                          "fetched stay in force")
+    notes.extend(background_notes(services, relay, ingest))
+    if problems:
+        body["reasons"] = problems
+    if notes:
+        body["notes"] = notes
+    return (503 if problems else 200), body
+
+
+def background_notes(services: Mapping[str, Mapping[str, Any]] | None,
+                     relay: Mapping[str, Any] | None,
+                     ingest: Mapping[str, Any] | None) -> list[str]:
+    """What the background services report that is not a problem for transcription:
+    a service restarting, the relay's upstream unreachable or events set aside, the
+    MQTT ingest's broker unreachable."""
+    notes = []
     for name, state in (services or {}).items():
         if state.get("state") == "restarting":
             notes.append(f"the {name} service failed and is being restarted")
@@ -148,11 +159,15 @@ def health(
                      f"({relay.get('set_aside_reason')}); see 'edge relay set-aside'")
     if ingest and ingest.get("failures", 0) >= CIRCUIT_OPEN_AFTER:
         notes.append("the MQTT ingest cannot reach its broker")
-    if problems:
-        body["reasons"] = problems
-    if notes:
-        body["notes"] = notes
-    return (503 if problems else 200), body
+    return notes
+
+
+def over_budget(memory: Mapping[str, Any]) -> str:
+    """The problem of recognisers over their memory budget that cannot be recycled."""
+    return (f"the recognisers hold {memory['recognizer_bytes'] // 2**20} MB, over their "
+            f"budget of {memory['budget_bytes'] // 2**20} MB "
+            "(recognizer.memory_budget_mb), and cannot be recycled; new sessions are "
+            "refused")
 
 
 def journal_problems(journal: Mapping[str, Any] | None, min_free_bytes: int) -> list[str]:
@@ -183,6 +198,32 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:.1f}".removesuffix(".0")
 
 
+@dataclass(frozen=True)
+class MetricsState:
+    """What :func:`render_metrics` was given, for the families in :data:`METRICS` to read."""
+
+    stats: Stats
+    version: str
+    model: str
+    sessions_current: int
+    max_sessions: int
+    clock: ClockStatus
+    microphone_state: str
+    relay_backlog: int
+    listeners: int
+    relay_circuit_open: bool
+    relay_shed: int
+    recognizers: Mapping[str, Any] | None
+    service_restarts: Mapping[str, int] | None
+    relay_set_aside: int
+    ingest: Mapping[str, Any] | None
+    journal: Mapping[str, Any] | None
+    min_free_bytes: int
+    memory: Mapping[str, Any] | None
+    jwks: KeyStore | None
+    audit_records: Mapping[str, int] | None
+
+
 def render_metrics(
     stats: Stats, *, version: str, model: str, sessions_current: int, max_sessions: int,
     clock: ClockStatus, microphone_state: str = "not_configured", relay_backlog: int = 0,
@@ -195,169 +236,235 @@ def render_metrics(
     jwks: KeyStore | None = None,
     audit_records: Mapping[str, int] | None = None,
 ) -> str:
-    """Prometheus text exposition format 0.0.4.
+    """Prometheus text exposition format 0.0.4: every family of :data:`METRICS` whose
+    part is present, in the table's order.
 
     ``recognizers``: the recogniser pool's status (``RecognizerPool.status()``), if pooled.
     ``journal``: ``JournalService.status()``, if the journal is on.
     """
+    state = MetricsState(**locals())  # the arguments, by name
     out: list[str] = []
+    for part, families in METRICS:
+        if part is not None and getattr(state, part) is None:
+            continue  # that part of the daemon is off
+        for family in families:
+            read = family.read(state)
+            if read is not None:
+                out.extend(family.exposition(read))
+    return "\n".join(out) + "\n"
 
-    def metric(name: str, kind: str, help_: str,
-               samples: Iterable[tuple[Mapping[str, str], float]]) -> None:
-        out.append(f"# HELP {name} {help_}")
-        out.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            out.append(f"{name}{_labels(labels)} {_number(value)}")
 
-    def histogram(name: str, help_: str, h: Histogram) -> None:
-        out.append(f"# HELP {name} {help_}")
-        out.append(f"# TYPE {name} histogram")
-        for le, count in h.cumulative():
-            out.append(f'{name}_bucket{{le="{le}"}} {count}')
-        out.append(f"{name}_sum {_number(h.total)}")
-        out.append(f"{name}_count {h.count}")
+Samples = list[tuple[Mapping[str, str], float]]
 
-    metric("edge_build_info", "gauge", "Version and model of this daemon.",
-           [({"version": version, "model": model}, 1)])
-    metric("edge_sessions", "gauge", "Sessions open now.", [({}, sessions_current)])
-    metric("edge_sessions_max", "gauge", "Configured session capacity.",
-           [({}, max_sessions)])
-    metric("edge_sessions_total", "counter",
-           "Sessions accepted since start, by dialect (wire protocol).",
-           [({"dialect": k}, v) for k, v in sorted(stats.sessions_by_dialect.items())])
-    metric("edge_sessions_refused_total", "counter", "Handshakes refused, by reason.",
-           [({"reason": k}, v) for k, v in sorted(stats.refused.items())])
-    metric("edge_sessions_closed_total", "counter", "Sessions ended, by reason.",
-           [({"reason": k}, v) for k, v in sorted(stats.closes.items())])
-    metric("edge_audio_seconds_total", "counter", "Seconds of audio decoded.",
-           [({}, stats.audio_seconds)])
-    metric("edge_decode_seconds_total", "counter",
-           "Seconds spent in the recogniser (wall time in worker threads).",
-           [({}, stats.decode_seconds)])
-    rtf = stats.real_time_factor
-    metric("edge_real_time_factor", "gauge",
-           "Decode seconds per audio second since start (lower is faster).",
-           [({}, rtf if rtf is not None else 0.0)])
-    if recognizers is not None:
-        r = recognizers
+
+@dataclass(frozen=True)
+class Family:
+    """A metric family. ``read`` takes the :class:`MetricsState` and returns the
+    family's samples (a Histogram for a histogram), or None to leave it out."""
+
+    name: str
+    kind: str
+    help: str
+    read: Callable[[Any], Samples | Histogram | None]
+
+    def exposition(self, read: Samples | Histogram) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        if isinstance(read, Histogram):
+            lines += [f'{self.name}_bucket{{le="{le}"}} {count}'
+                      for le, count in read.cumulative()]
+            lines += [f"{self.name}_sum {_number(read.total)}",
+                      f"{self.name}_count {read.count}"]
+        else:
+            lines += [f"{self.name}{_labels(labels)} {_number(value)}"
+                      for labels, value in read]
+        return lines
+
+
+def metric(name: str, kind: str, help_: str,
+           read: Callable[[Any], Samples | None]) -> Family:
+    """A gauge or counter family (one row of :data:`METRICS`)."""
+    return Family(name, kind, help_, read)
+
+
+def histogram(name: str, help_: str, read: Callable[[Any], Histogram]) -> Family:
+    """A histogram family (one row of :data:`METRICS`)."""
+    return Family(name, "histogram", help_, read)
+
+
+def _one(value: float) -> Samples:
+    return [({}, value)]
+
+
+def _by(label: str, counts: Mapping[str, float]) -> Samples:
+    return [({label: k}, v) for k, v in sorted(counts.items())]
+
+
+#: Every metric family, in the order of the exposition, grouped by the optional part
+#: of :class:`MetricsState` they need: a group is left out while its part is None
+#: (that part of the daemon is off); None: always present.
+METRICS: tuple[tuple[str | None, tuple[Family, ...]], ...] = (
+    (None, (
+        metric("edge_build_info", "gauge", "Version and model of this daemon.",
+               lambda s: [({"version": s.version, "model": s.model}, 1)]),
+        metric("edge_sessions", "gauge", "Sessions open now.",
+               lambda s: _one(s.sessions_current)),
+        metric("edge_sessions_max", "gauge", "Configured session capacity.",
+               lambda s: _one(s.max_sessions)),
+        metric("edge_sessions_total", "counter",
+               "Sessions accepted since start, by dialect (wire protocol).",
+               lambda s: _by("dialect", s.stats.sessions_by_dialect)),
+        metric("edge_sessions_refused_total", "counter", "Handshakes refused, by reason.",
+               lambda s: _by("reason", s.stats.refused)),
+        metric("edge_sessions_closed_total", "counter", "Sessions ended, by reason.",
+               lambda s: _by("reason", s.stats.closes)),
+        metric("edge_audio_seconds_total", "counter", "Seconds of audio decoded.",
+               lambda s: _one(s.stats.audio_seconds)),
+        metric("edge_decode_seconds_total", "counter",
+               "Seconds spent in the recogniser (wall time in worker threads).",
+               lambda s: _one(s.stats.decode_seconds)),
+        metric("edge_real_time_factor", "gauge",
+               "Decode seconds per audio second since start (lower is faster).",
+               lambda s: _one(s.stats.real_time_factor or 0.0)),
+    )),
+    ("recognizers", (
         metric("edge_recognizers_total", "counter",
                "Recognisers handed to streams without a grammar: fresh, reused warm, or "
                "taken while being warmed at start.",
-               [({"kind": "fresh"}, r["fresh"]), ({"kind": "warm"}, r["reused"]),
-                ({"kind": "warming"}, r["taken_warming"])])
+               lambda s: [({"kind": "fresh"}, s.recognizers["fresh"]),
+                          ({"kind": "warm"}, s.recognizers["reused"]),
+                          ({"kind": "warming"}, s.recognizers["taken_warming"])]),
         metric("edge_recognizers_idle", "gauge", "Warm recognisers waiting for a stream.",
-               [({}, r["warm"])])
+               lambda s: _one(s.recognizers["warm"])),
         metric("edge_recognizers_target", "gauge",
                "Warm recognisers the start-up warm-up aims for (0: no warm-up).",
-               [({}, r["target"])])
+               lambda s: _one(s.recognizers["target"])),
         metric("edge_recognizers_warmed_total", "counter",
-               "Recognisers warmed by the start-up warm-up.", [({}, r["warmed"])])
+               "Recognisers warmed by the start-up warm-up.",
+               lambda s: _one(s.recognizers["warmed"])),
         metric("edge_recognizers_warming", "gauge",
                "1 while the start-up warm-up is warming a recogniser.",
-               [({}, 1 if r["state"] == "warming" else 0)])
-    if memory is not None:
+               lambda s: _one(1 if s.recognizers["state"] == "warming" else 0)),
+    )),
+    ("memory", (
         metric("edge_process_resident_bytes", "gauge",
-               "Resident memory of the daemon (VmRSS).", [({}, memory["rss_bytes"])])
+               "Resident memory of the daemon (VmRSS).",
+               lambda s: _one(s.memory["rss_bytes"])),
         metric("edge_model_resident_bytes", "gauge",
                "Resident memory after the model was loaded, before any recogniser.",
-               [({}, memory["model_bytes"])])
+               lambda s: _one(s.memory["model_bytes"])),
         metric("edge_recognizer_memory_bytes", "gauge",
                "Resident memory above the model's share: the recognisers' (estimated).",
-               [({}, memory["recognizer_bytes"])])
+               lambda s: _one(s.memory["recognizer_bytes"])),
         metric("edge_recognizer_memory_budget_bytes", "gauge",
-               "recognizer.memory_budget_mb, in bytes.", [({}, memory["budget_bytes"])])
+               "recognizer.memory_budget_mb, in bytes.",
+               lambda s: _one(s.memory["budget_bytes"])),
         metric("edge_recognizers_live", "gauge",
                "Recognisers held now (streams' and idle pooled).",
-               [({}, memory["recognizers"])])
+               lambda s: _one(s.memory["recognizers"])),
         metric("edge_recognizer_recycled_total", "counter",
                "Recognisers let go for memory, by reason: idle (a pooled one dropped), "
                "live (a stream's replaced between utterances), retired (after "
                "its hours of audio).",
-               [({"reason": k}, memory["recycled"].get(k, 0))
-                for k in ("idle", "live", "retired")])
-    metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
-           [({"kind": "partial"}, stats.partials), ({"kind": "final"}, stats.finals)])
-    metric("edge_warnings_total", "counter", "Warnings sent to clients, by code.",
-           [({"code": k}, v) for k, v in sorted(stats.warnings.items())])
-    histogram("edge_partial_latency_seconds",
-              "From the arrival of audio to the partial it produced.", stats.partial_latency)
-    histogram("edge_final_latency_seconds",
-              "From the arrival of an utterance's last audio to its final.",
-              stats.final_latency)
-    metric("edge_microphone_state", "gauge", "Room microphone state (1 for the current one).",
-           [({"state": microphone_state}, 1)])
-    metric("edge_room_listeners", "gauge", "Clients listening to the room stream.",
-           [({}, listeners)])
-    metric("edge_relay_backlog_events", "gauge", "Journal events waiting for the upstream.",
-           [({}, relay_backlog)])
-    metric("edge_relay_circuit_open", "gauge",
-           "1 while the relay has failed to reach its upstream several times in a row.",
-           [({}, 1 if relay_circuit_open else 0)])
-    metric("edge_relay_shed_events_total", "counter",
-           "Events left out of the relay because the outbox was full (kept locally).",
-           [({}, relay_shed)])
-    metric("edge_relay_set_aside_total", "counter",
-           "Events set aside from the relay (refused by the consumer, or too large to "
-           "send; kept locally, re-queued by 'edge relay requeue').",
-           [({}, relay_set_aside)])
-    if ingest is not None:
+               lambda s: [({"reason": k}, s.memory["recycled"].get(k, 0))
+                          for k in ("idle", "live", "retired")]),
+    )),
+    (None, (
+        metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
+               lambda s: [({"kind": "partial"}, s.stats.partials),
+                          ({"kind": "final"}, s.stats.finals)]),
+        metric("edge_warnings_total", "counter", "Warnings sent to clients, by code.",
+               lambda s: _by("code", s.stats.warnings)),
+        histogram("edge_partial_latency_seconds",
+                  "From the arrival of audio to the partial it produced.",
+                  lambda s: s.stats.partial_latency),
+        histogram("edge_final_latency_seconds",
+                  "From the arrival of an utterance's last audio to its final.",
+                  lambda s: s.stats.final_latency),
+        metric("edge_microphone_state", "gauge",
+               "Room microphone state (1 for the current one).",
+               lambda s: [({"state": s.microphone_state}, 1)]),
+        metric("edge_room_listeners", "gauge", "Clients listening to the room stream.",
+               lambda s: _one(s.listeners)),
+        metric("edge_relay_backlog_events", "gauge",
+               "Journal events waiting for the upstream.", lambda s: _one(s.relay_backlog)),
+        metric("edge_relay_circuit_open", "gauge",
+               "1 while the relay has failed to reach its upstream several times in a row.",
+               lambda s: _one(1 if s.relay_circuit_open else 0)),
+        metric("edge_relay_shed_events_total", "counter",
+               "Events left out of the relay because the outbox was full (kept locally).",
+               lambda s: _one(s.relay_shed)),
+        metric("edge_relay_set_aside_total", "counter",
+               "Events set aside from the relay (refused by the consumer, or too large to "
+               "send; kept locally, re-queued by 'edge relay requeue').",
+               lambda s: _one(s.relay_set_aside)),
+    )),
+    ("ingest", (
         metric("edge_ingest_mqtt_connected", "gauge",
                "1 while the MQTT ingest is subscribed and consuming.",
-               [({}, 1 if ingest["connected"] else 0)])
+               lambda s: _one(1 if s.ingest["connected"] else 0)),
         metric("edge_ingest_mqtt_messages_total", "counter",
-               "Events messages received by the MQTT ingest.", [({}, ingest["messages"])])
+               "Events messages received by the MQTT ingest.",
+               lambda s: _one(s.ingest["messages"])),
         metric("edge_ingest_mqtt_events_total", "counter",
                "Events the MQTT ingest handled: stored (new), duplicate, refused.",
-               [({"result": "stored"}, ingest["stored"]),
-                ({"result": "duplicate"}, ingest["duplicates"]),
-                ({"result": "refused"}, ingest["refused"])])
+               lambda s: [({"result": "stored"}, s.ingest["stored"]),
+                          ({"result": "duplicate"}, s.ingest["duplicates"]),
+                          ({"result": "refused"}, s.ingest["refused"])]),
         metric("edge_ingest_mqtt_gaps_total", "counter",
                "Messages not stored because an earlier one of the device was missing.",
-               [({}, ingest["gaps"])])
+               lambda s: _one(s.ingest["gaps"])),
         metric("edge_ingest_mqtt_dropped_total", "counter",
                "Messages dropped unanswered (unreadable, naming no event keys).",
-               [({}, ingest["dropped"])])
+               lambda s: _one(s.ingest["dropped"])),
         metric("edge_ingest_mqtt_failures", "gauge",
                "Consecutive failures to reach the broker (0 when consuming).",
-               [({}, ingest["failures"])])
-    if journal is not None:
+               lambda s: _one(s.ingest["failures"])),
+    )),
+    ("journal", (
         metric("edge_journal_write_failures_total", "counter",
                "Journal writes of a session's start, final or end that failed since start "
                "(the client got the final; the device kept no copy).",
-               [({}, journal["failures"])])
+               lambda s: _one(s.journal["failures"])),
         metric("edge_journal_failing", "gauge",
                "1 while the journal is failing: a write failed and none has gone through "
                "since, or one failed within journal.failing_seconds.",
-               [({}, 1 if journal["state"] == "failing" else 0)])
-        if journal.get("free_bytes") is not None:
-            metric("edge_journal_free_bytes", "gauge",
-                   "Bytes free on the journal's filesystem (statvfs f_bavail * f_frsize).",
-                   [({}, journal["free_bytes"])])
+               lambda s: _one(1 if s.journal["state"] == "failing" else 0)),
+        metric("edge_journal_free_bytes", "gauge",
+               "Bytes free on the journal's filesystem (statvfs f_bavail * f_frsize).",
+               lambda s: None if s.journal.get("free_bytes") is None
+               else _one(s.journal["free_bytes"])),
         metric("edge_journal_min_free_bytes", "gauge",
                "journal.min_free_mb in bytes (0: no check); /healthz is degraded below it.",
-               [({}, min_free_bytes)])
+               lambda s: _one(s.min_free_bytes)),
         metric("edge_journal_encrypted", "gauge", "1 when the journal is encrypted at rest.",
-               [({}, 1 if journal.get("encrypted") else 0)])
-    if jwks is not None:
+               lambda s: _one(1 if s.journal.get("encrypted") else 0)),
+    )),
+    ("jwks", (
         metric("edge_auth_jwks_fetch_total", "counter",
                "Fetches of the identity provider's key set (auth.jwks_url), by result: "
                "ok, error (unreachable, HTTP, TLS), invalid (not a usable key set), "
                "timeout.",
-               [({"result": k}, v) for k, v in sorted(jwks.fetches.items())])
+               lambda s: _by("result", s.jwks.fetches)),
         metric("edge_auth_jwks_keys", "gauge",
                "Keys in the identity provider's key set in force.",
-               [({}, len(jwks.current.keys) if jwks.current else 0)])
-    if audit_records is not None:
+               lambda s: _one(len(s.jwks.current.keys) if s.jwks.current else 0)),
+    )),
+    ("audit_records", (
         metric("edge_audit_records_total", "counter",
                "Audit records written since start, by action (Auditor.by_action).",
-               [({"action": k}, v) for k, v in sorted(audit_records.items())])
-    if service_restarts is not None:
+               lambda s: _by("action", s.audit_records)),
+    )),
+    ("service_restarts", (
         metric("edge_service_restarts_total", "counter",
                "Background services restarted after a failure, by service.",
-               [({"service": k}, v) for k, v in sorted(service_restarts.items())])
-    metric("edge_clock_synchronized", "gauge", "1 when the kernel clock is NTP-synchronised.",
-           [({}, 1 if clock.synchronized else 0)])
-    return "\n".join(out) + "\n"
+               lambda s: _by("service", s.service_restarts)),
+    )),
+    (None, (
+        metric("edge_clock_synchronized", "gauge",
+               "1 when the kernel clock is NTP-synchronised.",
+               lambda s: _one(1 if s.clock.synchronized else 0)),
+    )),
+)
 
 
 def _labels(labels: Mapping[str, str]) -> str:

@@ -46,8 +46,6 @@ from edge.protocols.relay import (
 
 logger = logging.getLogger(__name__)
 
-SCOPE_RELAY = "relay:write"
-
 
 class RelayIngest(Connection):
     def __init__(self, channel: Channel, info: SessionInfo, config: Config,
