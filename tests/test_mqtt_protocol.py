@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from edge.core.mqtt_topics import check_template
 from edge.protocols.mqtt_relay import (
     DEFAULT_RECEIPT_TOPIC,
     DEFAULT_TOPIC,
@@ -14,7 +15,6 @@ from edge.protocols.mqtt_relay import (
     EventsMessage,
     MqttRelayError,
     Receipt,
-    check_template,
     decode_events,
     decode_receipt,
     idempotency_key,

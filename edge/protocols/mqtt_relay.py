@@ -51,12 +51,12 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edge.core.errors import ProtocolError
+from edge.core.mqtt_topics import check_topic
 from edge.protocols.relay import RelayEvent, RelayProtocolError, is_int, kind_of
 
 EVENTS_SCHEMA = "edge.events/1"
@@ -72,7 +72,6 @@ MAX_EPOCH_LENGTH = 64
 _PACKET_OVERHEAD = 32
 _MAX_INT = 2**63 - 1
 _EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")
-_FIELDS = {"site", "device"}
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
 MAX_REFUSED = 10000
 
@@ -95,20 +94,6 @@ def _error(code: str, message: str) -> MqttRelayError:
 
 # --- topics and keys ------------------------------------------------------------------
 
-def check_template(template: str) -> None:
-    """Raise ValueError unless ``template`` is a publishable topic template using only
-    ``{site}`` and ``{device}`` (no wildcards, no empty levels, not a ``$`` topic)."""
-    try:
-        names = {name for _, name, spec, _ in string.Formatter().parse(template)
-                 if name is not None}
-    except ValueError as exc:
-        raise ValueError(f"not a topic template: {exc}") from None
-    if not names <= _FIELDS:
-        raise ValueError(f"only {{site}} and {{device}} may appear, got "
-                         f"{', '.join(sorted(names - _FIELDS))}")
-    _check_topic(template.format(site="s", device="d"))
-
-
 def topic(template: str, *, site: str, device: str) -> str:
     """The topic for ``device`` at ``site``; ValueError if a value would make a level
     empty or a wildcard (an id with ``/``, ``+`` or ``#``)."""
@@ -117,17 +102,8 @@ def topic(template: str, *, site: str, device: str) -> str:
             raise ValueError(f"{name}: a topic level must be non-empty and contain no "
                              f"'/', '+' or '#', got {value!r:.60}")
     result = template.format(site=site, device=device)
-    _check_topic(result)
+    check_topic(result)
     return result
-
-
-def _check_topic(name: str) -> None:
-    if not name or any(c in name for c in "+#\0") or "" in name.split("/"):
-        raise ValueError(f"not a publishable topic (empty level or wildcard): {name!r:.80}")
-    if name.startswith("$"):
-        raise ValueError(f"a topic starting with '$' is reserved: {name!r:.80}")
-    if len(name.encode()) > 65535:
-        raise ValueError("a topic longer than 65535 bytes")
 
 
 def check_epoch(epoch: Any) -> str:
