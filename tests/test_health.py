@@ -96,6 +96,19 @@ def test_an_unset_clock_degrades_health() -> None:
     assert status == 200 and body["notes"]
 
 
+def test_every_problem_makes_the_status_degraded_not_only_the_code() -> None:
+    clock = ClockStatus(synchronized=True, sane=True)
+    status, body = health(version="1", model="m", sessions=0, max_sessions=1, clock=clock,
+                          jwks={"url": "https://idp.example/jwks", "keys": 0})
+    assert (status, body["status"]) == (503, "degraded")
+    assert "signing keys" in body["reasons"][0]
+    status, body = health(version="1", model="m", sessions=0, max_sessions=1, clock=clock,
+                          memory={"held": False, "rss_bytes": 1, "budget_bytes": 1,
+                                  "recognizer_bytes": 2},
+                          stopping=True)
+    assert (status, body["status"]) == (503, "stopping")
+
+
 def test_result_filter_sends_finals_and_new_partials_and_counts_them() -> None:
     from edge.core.stats import ResultFilter, Stats
 

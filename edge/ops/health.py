@@ -93,7 +93,7 @@ def health(
         notes.append("the system clock is not NTP-synchronised")
     problems.extend(journal_problems(journal, min_free_bytes))
     body: dict[str, Any] = {
-        "status": "stopping" if stopping else "degraded" if problems else "ok",
+        "status": "ok",  # set below, once every part has had its say
         "version": version,
         "model": model,
         "sessions": sessions,
@@ -123,7 +123,6 @@ def health(
         body["memory"] = dict(memory)
         if not memory.get("held", True):
             problems.append(over_budget(memory))
-            body["status"] = "stopping" if stopping else "degraded"
     if jwks is not None:
         # The identity provider's key set (edge.core.jwks.KeyStore.status).
         body["auth"] = {"jwks": dict(jwks)}
@@ -134,6 +133,7 @@ def health(
             notes.append("the identity provider's key set cannot be fetched; the keys last "
                          "fetched stay in force")
     notes.extend(background_notes(services, relay, ingest))
+    body["status"] = "stopping" if stopping else "degraded" if problems else "ok"
     if problems:
         body["reasons"] = problems
     if notes:
