@@ -31,6 +31,7 @@ from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.asr.warmup import Warmup, pool_target
 from edge.audio.source import Source
 from edge.core.admission import Admission, Admissions
+from edge.core.audit import discard
 from edge.core.auth import AuthSettings, RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import ConfigError
@@ -42,12 +43,13 @@ from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
 from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
+from edge.net.gate import Gate
 from edge.net.hub import Hub
 from edge.net.jwks import JwksRefresher
 from edge.net.peers import PeerContext, main_port_routes, start_listeners
 from edge.net.revocation import RevocationWatcher
 from edge.net.room import Room
-from edge.net.server import Server
+from edge.net.server import Engine, Server, Services
 from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.ops.supervisor import Supervisor
 from edge.ops.terms import TermWatcher, open_terms
@@ -168,12 +170,12 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     supervisor = Supervisor()
     peer_context = PeerContext(auth=auth, model_name=model.name,
                                model_sample_rate=model.sample_rate)
-    routes, http_routes = main_port_routes(config, peer_context)
-    server = Server(config, auth, model_name=model.name, stats=stats, limiter=limiter,
-                    recognizer_factory=recognizers, admissions=admissions,
-                    revocations=revocations, journal=journal, speakers=speakers, room=room,
-                    relay=relay, supervisor=supervisor, routes=routes,
-                    http_routes=http_routes, ingest=ingest, memory=memory, jwks=jwks)
+    server = Server(
+        config, Gate(auth, revocations),
+        Engine(model.name, stats, limiter, recognizers, admissions, memory),
+        Services(journal=journal, speakers=speakers, room=room, relay=relay, ingest=ingest,
+                 supervisor=supervisor, jwks=jwks),
+        peers=main_port_routes(config, peer_context), audit=discard)
     async with trio.open_nursery() as nursery:
         if jwks is not None:
             await supervisor.start(nursery, "jwks", jwks.run)

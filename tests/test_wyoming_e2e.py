@@ -280,8 +280,8 @@ async def test_a_graceful_stop_ends_a_session_with_server_shutdown(
             while b"transcript-chunk" not in received:  # the session is live and decoding
                 received += await stream.receive_some(65536)
             async with trio.open_nursery() as stopping:
-                assert server.supervisor is not None
-                stopping.start_soon(app.stop_gracefully, server, server.supervisor)
+                assert server.services.supervisor is not None
+                stopping.start_soon(app.stop_gracefully, server, server.services.supervisor)
                 while not server.stopping:
                     await trio.sleep(0.01)
                 late = await raw_exchange(port, wire("audio-start", fmt))

@@ -412,6 +412,11 @@ class Session(Connection):
         return await self._audio_recv.receive()
 
     @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio received so far (at the rate it was decoded at)."""
+        return self._audio_bytes / (2 * self._rate)
+
+    @property
     def _rate(self) -> int:
         fmt = self._decoder.format
         return fmt.sample_rate if fmt else self._cfg.recognizer.sample_rate
@@ -528,7 +533,7 @@ class Session(Connection):
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {
             **super()._summary(stop),
-            "audio_ms": round(1000 * self._audio_bytes / (2 * self._rate)),
+            "audio_ms": round(1000 * self.audio_seconds),
             "finals": self._finals,
             "last_seq": self._seq,
         }

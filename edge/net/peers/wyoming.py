@@ -20,7 +20,7 @@ import time
 import trio
 
 from edge.core.config import Config
-from edge.core.errors import AuthError
+from edge.core.errors import Refusal
 from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
 from edge.core.phrases import read_phrases_file
 from edge.net.channel import ChannelClosed
@@ -150,7 +150,7 @@ class WyomingListener:
         channel = WyomingChannel(stream, EventReader(self.limits))
         try:
             self.trusted.check("wyoming", host)
-        except AuthError as exc:
+        except Refusal as exc:
             await self._refuse(channel, host, Refuse(exc.code, exc.message))
             return
         begin = await self._opening(channel, host)
@@ -166,8 +166,8 @@ class WyomingListener:
             dialect=WyomingDialect(self.service, begin.request), dialect_name="wyoming",
             declared_rate=begin.request.rate, phrases=self.phrases)
         try:
-            await self.server.serve_channel(channel, admitted)
-        except AuthError as exc:  # stopping, or at capacity
+            await self.server.serve_channel(channel, admitted, host)
+        except Refusal as exc:  # stopping, or at capacity
             await self._refuse(channel, host, Refuse(exc.code, exc.message))
 
     async def _opening(self, channel: WyomingChannel, host: str) -> Begin | None:
