@@ -43,13 +43,14 @@ from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
 from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
+from edge.net.boundary import Engine, Services
 from edge.net.gate import Gate
 from edge.net.hub import Hub
 from edge.net.jwks import JwksRefresher
 from edge.net.peers import PeerContext, main_port_routes, start_listeners
 from edge.net.revocation import RevocationWatcher
 from edge.net.room import Room
-from edge.net.server import Engine, Server, Services
+from edge.net.server import Server
 from edge.ops.sdnotify import keep_watchdog_fed, notify, watchdog_interval
 from edge.ops.supervisor import Supervisor
 from edge.ops.terms import TermWatcher, open_terms
