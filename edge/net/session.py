@@ -69,6 +69,7 @@ from edge.protocols.events import (
     Progress,
     Reply,
     Result,
+    SessionDescription,
     Started,
     Utterance,
 )
@@ -510,25 +511,17 @@ class Session(Connection):
 
     # --- messages ------------------------------------------------------------------
 
-    def _description(self) -> dict[str, Any]:
+    def _description(self) -> SessionDescription:
         info, claims, cfg = self.info, self.info.claims, self._cfg
-        return {
-            "model": info.model_name,
-            "sample_rate": info.declared_rate or info.default_rate,
-            "audio_formats": ["wav", "pcm_s16le"],
-            "max_frame_bytes": cfg.server.max_frame_bytes,
-            "partial_results": self._results.partials,
-            "transcripts": self._send_transcripts,
-            "speaker_identification": info.speaker_identification,
-            "speaker_identification_reason": info.speaker_reason,
-            **({"enroll": {"name": self._enroll[0], "role": self._enroll[1]}}
-               if self._enroll is not None else {}),
-            "expires_at": int(claims.expires_at),
-            "idle_timeout": cfg.server.idle_timeout,
-            "max_session_seconds": cfg.server.max_session_seconds,
-            "rate_limit": claims.rate_limit,
-            **info.extra,
-        }
+        return SessionDescription(
+            model=info.model_name, sample_rate=info.declared_rate or info.default_rate,
+            transcripts=self._send_transcripts, expires_at=int(claims.expires_at),
+            max_session_seconds=cfg.server.max_session_seconds,
+            idle_timeout=cfg.server.idle_timeout, max_frame_bytes=cfg.server.max_frame_bytes,
+            partial_results=self._results.partials,
+            speaker_identification=info.speaker_identification,
+            speaker_identification_reason=info.speaker_reason,
+            rate_limit=claims.rate_limit, enroll=self._enroll)
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {

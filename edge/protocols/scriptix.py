@@ -43,6 +43,7 @@ from edge.protocols.events import (
     Notice,
     Reply,
     Result,
+    SessionDescription,
     Started,
     Utterance,
 )
@@ -158,7 +159,7 @@ class ScriptixDialect:
         self.params = params
         self.device_language = device_language
         self.started = False
-        self._description: dict[str, Any] = {}
+        self._session: Started | None = None  # what the core said (before any start)
         self._held: list[str] = []  # warnings raised before ``listening`` went out
         if device_language is None and params.language is not None:
             self._held.append(encode(warning(
@@ -196,20 +197,22 @@ class ScriptixDialect:
         raise _bad(f'unknown action {action[:40]!r}; expected "start" or "stop"; ignored')
 
     def _listening(self) -> str:
-        d = self._description
         language = self.params.language or self.device_language
         body: dict[str, Any] = {
-            "state": "listening", "session_id": d.get("session_id"),
-            "language": language, "type": self.params.model_type,
-            "model": d.get("model"), "sample_rate": d.get("sample_rate", SAMPLE_RATE),
-            "transcripts": d.get("transcripts"), "expires_at": d.get("expires_at"),
-            "max_session_seconds": d.get("max_session_seconds"),
+            "state": "listening", "session_id": None, "language": language,
+            "type": self.params.model_type, "model": None, "sample_rate": SAMPLE_RATE,
+            "transcripts": None, "expires_at": None, "max_session_seconds": None,
         }
+        if self._session is not None and isinstance(d := self._session.description,
+                                                    SessionDescription):
+            body.update(session_id=self._session.session_id, model=d.model,
+                        sample_rate=d.sample_rate, transcripts=d.transcripts,
+                        expires_at=d.expires_at, max_session_seconds=d.max_session_seconds)
         return encode(body)
 
     def encode(self, event: CoreEvent) -> list[str | bytes]:
         if isinstance(event, Started):
-            self._description = {"session_id": event.session_id, **event.description}
+            self._session = event
             return []
         if isinstance(event, Result):
             return [encode(result(event.utterance))]
