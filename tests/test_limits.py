@@ -30,7 +30,7 @@ from edge.asr.recognizer import Recognizer, RecognizerFactory
 from edge.asr.vosk import LoadedModel
 from edge.net import session as session_module
 from edge.net.server import Server
-from edge.net.session import RecognitionLag
+from edge.net.pacing import MessageRate, RecognitionLag
 from edge.protocols.events import Utterance
 from helpers import FIXTURES, connect, make_token, receive_json, receive_until_closed
 
@@ -638,6 +638,14 @@ def test_recognition_lag_arithmetic() -> None:
     assert values[0] == pytest.approx(0.05) and values[-1] == pytest.approx(2.0)
     lag.caught_up()  # the queue ran dry: the clock restarts at the next chunk's arrival
     assert lag.decoded(0.1, 30.0, 30.02) == pytest.approx(-0.08)
+
+
+def test_message_rate_counts_the_last_minute() -> None:
+    rate = MessageRate(3)
+    assert [rate.allows(t) for t in (0.0, 1.0, 2.0, 3.0, 59.9)] == [True] * 3 + [False] * 2
+    assert rate.allows(60.0)  # the message at 0.0 has left the window
+    assert not rate.allows(60.5)
+    assert all(MessageRate(None).allows(float(t)) for t in range(1000))
 
 
 class RecordingRecognizer:

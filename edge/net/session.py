@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from typing import Any
 
 import trio
@@ -56,6 +55,7 @@ from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
 from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
+from edge.net.pacing import MessageRate, RecognitionLag
 from edge.protocols import live as protocol
 from edge.protocols.events import (
     Audio,
@@ -85,35 +85,6 @@ _WARNING_TEXT = {
     "clipping": "the audio is clipping (samples at full scale); lower the input gain",
     "silence": "no sound above the silence level; check the microphone",
 }
-
-
-class RecognitionLag:
-    """How far recognition is behind real time, while audio waits to be decoded.
-
-    The clock starts with the first chunk decoded after the recogniser caught up (found
-    no audio waiting): from then on, audio arriving at real-time pace is decoded in time
-    while the seconds elapsed stay under the seconds decoded. A client sending slower
-    than real time lets the recogniser catch up, which restarts the clock; one sending
-    faster only makes the lag negative. Unlike counting the audio queued inside the
-    server (bounded: a full queue pushes back through TCP, and the rest waits in socket
-    buffers and the client), this keeps growing for as long as recognition is slower
-    than the audio.
-    """
-
-    def __init__(self) -> None:
-        self._start: float | None = None
-        self._decoded = 0.0
-
-    def caught_up(self) -> None:
-        self._start = None
-
-    def decoded(self, seconds: float, received: float, now: float) -> float:
-        """Record ``seconds`` of audio decoded (its chunk arrived at ``received``);
-        returns the lag in seconds at ``now``."""
-        if self._start is None:
-            self._start, self._decoded = received, 0.0
-        self._decoded += seconds
-        return now - self._start - self._decoded
 
 
 class Session(Connection):
@@ -175,7 +146,7 @@ class Session(Connection):
         self._lag = RecognitionLag()
         self._last_lag_warning = -math.inf
         self._last_audio = self._started
-        self._message_times: deque[float] = deque()
+        self._messages = MessageRate(info.claims.rate_limit)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -251,7 +222,7 @@ class Session(Connection):
             self._last_client_message = now
             if self._stop is not None:
                 return  # stopped while this message was on its way
-            if not self._rate_ok(now):
+            if not self._messages.allows(now):
                 limit = self.info.claims.rate_limit
                 self.stop(Stop(CLOSE_TRY_AGAIN_LATER, "rate_limited", (
                     "rate_limited", f"more than {limit} messages per minute")))
@@ -280,18 +251,6 @@ class Session(Connection):
                 return
             except trio.ClosedResourceError:
                 return  # stopped while waiting for room in the audio queue
-
-    def _rate_ok(self, now: float) -> bool:
-        limit = self.info.claims.rate_limit
-        if limit is None:
-            return True
-        times = self._message_times
-        while times and now - times[0] >= 60.0:
-            times.popleft()
-        if len(times) >= limit:
-            return False
-        times.append(now)
-        return True
 
     async def _on_audio(self, frame: bytes) -> None:
         pcm, notices = self._decoder.feed(frame)
