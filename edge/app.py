@@ -32,11 +32,12 @@ from edge.asr.warmup import Warmup, pool_target
 from edge.audio.source import Source
 from edge.core.admission import Admission, Admissions
 from edge.core.audit import discard
-from edge.core.auth import AuthSettings, RevocationFile
+from edge.core.auth import AuthSettings
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import ConfigError
 from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
 from edge.core.keys import auth_settings, device_id
+from edge.core.revocations import RevocationFile
 from edge.core.stats import Stats
 from edge.core.terms import TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError

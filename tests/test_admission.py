@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from edge.core.admission import Admission, Ticket
-from edge.core.auth import Claims, Revocations
+from edge.core.auth import Claims
 from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER
 from edge.core.errors import Refusal
+from edge.core.revocations import Revocations
 
 
 def claims(sub: str = "user-1", *, jti: str | None = None,

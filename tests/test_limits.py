@@ -29,8 +29,8 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 from edge.asr.recognizer import Recognizer, RecognizerFactory
 from edge.asr.vosk import LoadedModel
 from edge.net import session as session_module
-from edge.net.server import Server
 from edge.net.pacing import MessageRate, RecognitionLag
+from edge.net.server import Server
 from edge.protocols.events import Utterance
 from helpers import FIXTURES, connect, make_token, receive_json, receive_until_closed
 

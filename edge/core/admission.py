@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from edge.core.auth import Claims, Revocations
+from edge.core.auth import Claims
 from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER
 from edge.core.errors import Refusal
+from edge.core.revocations import Revocations
 
 
 @dataclass

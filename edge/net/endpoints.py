@@ -7,17 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge.core.auth import (
-    SCOPE_ENROLL,
-    SCOPE_READ,
-    SCOPE_RELAY,
-    SCOPE_TRANSCRIPTS,
-    SCOPE_WRITE,
-    extract_token,
-)
+from edge.core.auth import SCOPE_ENROLL, SCOPE_READ, SCOPE_RELAY, SCOPE_TRANSCRIPTS, SCOPE_WRITE
 from edge.core.close_codes import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
 from edge.core.config import Config
 from edge.core.errors import Refusal
+from edge.core.tokens import extract_token
 from edge.journal import transcripts
 from edge.journal.service import JournalService
 from edge.net import web

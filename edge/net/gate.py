@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import time
 
-from edge.core.auth import (
-    BEARER,
-    SCOPE_WRITE,
-    AuthSettings,
-    Claims,
-    RevocationFile,
-    TokenPlaces,
-    extract_token,
-    require_scope,
-    verify,
-)
+from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, require_scope, verify
 from edge.core.errors import Refusal
+from edge.core.revocations import RevocationFile
+from edge.core.tokens import BEARER, TokenPlaces, extract_token
 from edge.net.http import RequestHead
 from edge.net.routes import Need
 

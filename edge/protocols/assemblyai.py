@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from edge.core.auth import TokenPlaces
 from edge.core.close_codes import (
     CLOSE_AUTH,
     CLOSE_INTERNAL_ERROR,
@@ -41,6 +40,7 @@ from edge.core.close_codes import (
 )
 from edge.core.errors import ProtocolError
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from edge.core.tokens import TokenPlaces
 from edge.protocols.events import (
     Audio,
     ClientEvent,

@@ -29,11 +29,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.core import auth, languages
-from edge.core.auth import TokenPlaces
+from edge.core import languages, tokens
 from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
 from edge.core.errors import ProtocolError
 from edge.core.languages import MAX_TAG_CHARS, primary_language
+from edge.core.tokens import TokenPlaces
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -116,7 +116,7 @@ def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The token of a handshake: ``?token=``, one of :data:`TOKEN_HEADERS`, or
     ``Authorization: Bearer``. The same token in several places is fine; different
     ones are refused (400), none is 401. Never echoes a token in a message."""
-    return auth.extract_token(target, headers, TOKEN_PLACES)
+    return tokens.extract_token(target, headers, TOKEN_PLACES)
 
 
 # --- messages ------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import time
 
-from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, extract_token, mint
+from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, mint
 from edge.core.config import Config
 from edge.core.errors import Refusal
+from edge.core.tokens import extract_token
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, Answer, HttpRequest, HttpResponse, HttpRoute, Route, Verify

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import time
 
-from edge.core.auth import SCOPE_READ, Claims, extract_token
+from edge.core.auth import SCOPE_READ, Claims
 from edge.core.config import Config
 from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
+from edge.core.tokens import extract_token
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
 from edge.net.routes import Admitted, Admitter, Verify
