@@ -51,12 +51,10 @@ class RoomListener(Connection):
                     inner.start_soon(self._token_expiry)
                     inner.start_soon(self._keepalive)
                     inner.start_soon(self._max_length)
-                    async for message in listener:
+                    async for published in listener:
                         self._forwarded += 1
-                        # The room speaks the Live API: its messages are forwarded as
-                        # they are, re-addressed to this listener.
-                        await self._put_wait(protocol.encode(
-                            {**message, "session_id": self.id, "room_id": self._room.id}))
+                        await self._put_wait(protocol.encode(protocol.room_message(
+                            self.id, self._room.id, published.seq, published.event)))
                     self._ended(listener.dropped_reason)
                     inner.cancel_scope.cancel()
             self._finish()

@@ -203,6 +203,17 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class RoomState:
+    """The room microphone's state changed (``listening``, ``paused``, ``mic_lost``...)."""
+
+    state: str
+
+
+#: What the room publishes to its listeners: results, warnings and its state.
+RoomEvent = Utterance | Notice | RoomState
+
+
+@dataclass(frozen=True)
 class Enrolled:
     session_id: str
     name: str

@@ -44,6 +44,8 @@ from edge.protocols.events import (
     Result,
     Resume,
     RoomDescription,
+    RoomEvent,
+    RoomState,
     SessionDescription,
     Speaker,
     Started,
@@ -150,6 +152,23 @@ def enrolled(session_id: str, name: str, role: str | None, utterances: int
 
 def room_state(session_id: str, state: str) -> dict[str, Any]:
     return {"type": "room_state", "session_id": session_id, "state": state}
+
+
+def room_message(session_id: str, room_id: str, seq: int | None, event: RoomEvent
+                 ) -> dict[str, Any]:
+    """A room event as one listener (``session_id``) gets it: ``transcription``,
+    ``warning`` or ``room_state``, with the stream's ``seq`` (none for a warning the
+    hub made up for this listener) and the ``room_id``."""
+    if isinstance(event, Utterance):
+        body = transcription(session_id, seq or 0, event)
+    elif isinstance(event, RoomState):
+        body = room_state(session_id, event.state)
+    else:
+        body = warning(session_id, event.code, event.message, **event.details)
+    if seq is not None:
+        body["seq"] = seq
+    body["room_id"] = room_id
+    return body
 
 
 def message(event: Started | Result | Notice | Enrolled | Ended) -> dict[str, Any]:
