@@ -94,6 +94,18 @@ async def test_the_table_names_every_endpoint(start_server: Any) -> None:
     assert rows[HttpRoute, "/api/transcripts"].action == "transcript.list"
 
 
+async def transcribe(server: Server, token: str) -> tuple[str, list[str]]:
+    """A Live API session of the speech fixture to its end: its id and the texts sent."""
+    async with connect(server, token) as ws:
+        session_id = (await receive_json(ws))["session_id"]
+        await stream(ws, SPEECH)
+        await ws.send_message(json.dumps({"type": "end"}))
+        texts = []
+        while (message := await receive_json(ws, 60))["type"] != "session_end":
+            texts += [message["text"]] if message.get("text") else []
+    return session_id, texts
+
+
 def no_secrets(accesses: list[Access], *secrets: str) -> None:
     text = repr(accesses)
     for secret in secrets:
@@ -106,13 +118,7 @@ async def test_every_access_is_told_once_through_the_one_path(start_server: Any)
     server.audit = seen.append
     owner = make_token(sub="dr-audit", scope=f"{SCOPE_READ} {SCOPE_WRITE}")
 
-    async with connect(server, owner) as ws:
-        session_id = (await receive_json(ws))["session_id"]
-        await stream(ws, SPEECH)
-        await ws.send_message(json.dumps({"type": "end"}))
-        texts = []
-        while (message := await receive_json(ws, 60))["type"] != "session_end":
-            texts += [message["text"]] if message.get("text") else []
+    session_id, _ = await transcribe(server, owner)
     with trio.fail_after(10):
         while not any(a.action == "session.end" for a in seen):
             await trio.sleep(0.02)
@@ -175,13 +181,7 @@ async def test_no_token_or_text_reaches_the_audit_trail(start_server: Any) -> No
     seen: list[Access] = []
     server.audit = seen.append
     owner = make_token(sub="dr-audit", scope=f"{SCOPE_READ} {SCOPE_WRITE}")
-    async with connect(server, owner) as ws:
-        session_id = (await receive_json(ws))["session_id"]
-        await stream(ws, SPEECH)
-        await ws.send_message(json.dumps({"type": "end"}))
-        texts = []
-        while (message := await receive_json(ws, 60))["type"] != "session_end":
-            texts += [message["text"]] if message.get("text") else []
+    session_id, texts = await transcribe(server, owner)
     with trio.fail_after(30):
         while (await http_get(server.port, f"/transcripts/{session_id}?format=text",
                               owner))[0] != 200:
