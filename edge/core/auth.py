@@ -244,6 +244,16 @@ def verify(
     Raises ``AuthError`` (401, close code 1002) with code ``invalid_token``,
     ``token_expired``, ``token_not_yet_valid`` or ``token_revoked``.
     """
+    payload = _decode(token, settings)
+    claims, nbf = _claims(payload)
+    _check_times(claims, nbf, settings, now)
+    if revoked is not None and revoked.is_revoked(claims):
+        raise AuthError("token_revoked", "token has been revoked", status=401)
+    return claims
+
+
+def _decode(token: str, settings: AuthSettings) -> dict[str, Any]:
+    """The payload of ``token`` once its form and signature are checked."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise _invalid(f"token is longer than {MAX_TOKEN_LENGTH} characters")
     if not token.isascii() or _COMPACT_JWS.fullmatch(token) is None:
@@ -275,7 +285,11 @@ def verify(
         )
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise _translate(exc) from exc
+    return payload
 
+
+def _claims(payload: dict[str, Any]) -> tuple[Claims, float | None]:
+    """The claims of a verified payload, each of its type, and its ``nbf``."""
     sub = _required_text(payload, "sub")
     user_type = _required_text(payload, "user_type")
     scopes = _scopes(payload)
@@ -290,7 +304,24 @@ def verify(
     department = _optional_text(payload, "department")
     session_limit = _positive_int(payload, "session_limit")
     rate_limit = _positive_int(payload, "rate_limit")
+    return Claims(
+        sub=sub,
+        scopes=scopes,
+        user_type=user_type,
+        issued_at=iat,
+        expires_at=exp,
+        jti=jti,
+        organization=organization,
+        department=department,
+        session_limit=session_limit,
+        rate_limit=rate_limit,
+    ), nbf
 
+
+def _check_times(claims: Claims, nbf: float | None, settings: AuthSettings,
+                 now: float) -> None:
+    """Refuse a token expired, not yet valid, issued in the future or too long-lived."""
+    iat, exp = claims.issued_at, claims.expires_at
     leeway = settings.leeway
     if exp <= now - leeway:
         raise AuthError("token_expired", "token has expired", status=401)
@@ -306,22 +337,6 @@ def verify(
         raise _invalid("claim 'exp' must be later than 'iat'")
     if exp - iat > settings.max_lifetime:
         raise _invalid(f"token lifetime exceeds {settings.max_lifetime:g} seconds")
-
-    claims = Claims(
-        sub=sub,
-        scopes=scopes,
-        user_type=user_type,
-        issued_at=iat,
-        expires_at=exp,
-        jti=jti,
-        organization=organization,
-        department=department,
-        session_limit=session_limit,
-        rate_limit=rate_limit,
-    )
-    if revoked is not None and revoked.is_revoked(claims):
-        raise AuthError("token_revoked", "token has been revoked", status=401)
-    return claims
 
 
 def _key_for(token: str, settings: AuthSettings) -> tuple[Any, list[str]]:
