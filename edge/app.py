@@ -39,7 +39,7 @@ from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
 from edge.core.keys import auth_settings, device_id
 from edge.core.revocations import RevocationFile
 from edge.core.stats import Stats
-from edge.core.terms import TermAnnotator, TermFile
+from edge.core.terms import FixedTerms, TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
 from edge.journal.db import Journal, JournalError, JournalKeyError
@@ -120,15 +120,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         revocations = RevocationFile(config.auth.revocation_file)
         await trio.to_thread.run_sync(revocations.reload_if_changed)
     terms = await open_terms(config)
-    model = parts.model
-    if model is None:
-        logger.info("loading model %s", config.recognizer.model or "(default package)")
-        model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
-        logger.info("model %s loaded from %s", model.name, model.path)
-    model, speakers = await open_speakers(config, model, key)
-    model_rss = await trio.to_thread.run_sync(read_rss)  # before any recogniser
-    if terms is not None:
-        model = model.with_terms(TermAnnotator(terms, model_language(model.name)))
+    model, speakers, model_rss = await open_model(config, parts.model, key, terms)
     journal = parts.journal
     if journal is None and config.journal.enabled:
         assert key is not None  # opened above when the journal is on
@@ -179,31 +171,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                  supervisor=supervisor, jwks=jwks),
         peers=main_port_routes(config, peer_context), audit=discard)
     async with trio.open_nursery() as nursery:
-        if jwks is not None:
-            await supervisor.start(nursery, "jwks", jwks.run)
-        if journal is not None:
-            await supervisor.start(nursery, "retention", journal.run)
-        await supervisor.start(nursery, "memory", memory.run)
-        if revocations is not None:
-            await supervisor.start(nursery, "revocations",
-                                   RevocationWatcher(revocations, admissions).run)
-        if isinstance(terms, TermFile):
-            await supervisor.start(nursery, "terms", TermWatcher(terms).run)
-        if relay is not None:
-            await supervisor.start(nursery, "relay", relay.run)
-            logger.info("relaying the journal to %s as %s", relay_target(config),
-                        device_id(config))
-        if ingest is not None:
-            await supervisor.start(nursery, "mqtt_ingest", ingest.run)
-            logger.info("consuming relayed journals from %s (%s)",
-                        MqttClientSettings(config.ingest.mqtt.url, "").where,
-                        config.ingest.mqtt.subscription)
-        if room is not None:
-            await supervisor.start(nursery, "room", room.run)
-            logger.info("room microphone %r: %s", config.microphone.device, room.state)
-        else:
-            logger.info("no room microphone configured (microphone.enabled = false): serving "
-                        "client-streamed sessions only")
+        await start_services(nursery, supervisor, server, revocations, terms, memory)
         await nursery.start(server.run)
         await start_listeners(nursery, supervisor, server, config, peer_context)
         notify("READY=1")
@@ -216,6 +184,55 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         if threading.current_thread() is threading.main_thread():
             nursery.start_soon(_stop_on_signal, server, supervisor, nursery.cancel_scope)
         task_status.started(server)
+
+
+async def open_model(config: Config, model: LoadedModel | None, key: DataKey | None,
+                     terms: FixedTerms | TermFile | None
+                     ) -> tuple[LoadedModel, SpeakerIdentification | None, int]:
+    """The model (loaded in a worker thread unless given), speaker identification, the
+    process's RSS once they are loaded (before any recogniser), with ``terms`` marked."""
+    if model is None:
+        logger.info("loading model %s", config.recognizer.model or "(default package)")
+        model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
+        logger.info("model %s loaded from %s", model.name, model.path)
+    model, speakers = await open_speakers(config, model, key)
+    model_rss = await trio.to_thread.run_sync(read_rss)
+    if terms is not None:
+        model = model.with_terms(TermAnnotator(terms, model_language(model.name)))
+    return model, speakers, model_rss
+
+
+async def start_services(nursery: trio.Nursery, supervisor: Supervisor, server: Server,
+                         revocations: RevocationFile | None,
+                         terms: FixedTerms | TermFile | None, memory: MemoryBudget
+                         ) -> None:
+    """The daemon's background services, each under ``supervisor``, before it serves."""
+    config, v = server.config, server.services
+    if v.jwks is not None:
+        await supervisor.start(nursery, "jwks", v.jwks.run)
+    if v.journal is not None:
+        await supervisor.start(nursery, "retention", v.journal.run)
+    await supervisor.start(nursery, "memory", memory.run)
+    if revocations is not None:
+        await supervisor.start(nursery, "revocations",
+                               RevocationWatcher(revocations, server.engine.admissions).run)
+    if isinstance(terms, TermFile):
+        await supervisor.start(nursery, "terms", TermWatcher(terms).run)
+    if v.relay is not None:
+        await supervisor.start(nursery, "relay", v.relay.run)
+        logger.info("relaying the journal to %s as %s", relay_target(config),
+                    device_id(config))
+    if v.ingest is not None:
+        await supervisor.start(nursery, "mqtt_ingest", v.ingest.run)
+        logger.info("consuming relayed journals from %s (%s)",
+                    MqttClientSettings(config.ingest.mqtt.url, "").where,
+                    config.ingest.mqtt.subscription)
+    if v.room is not None:
+        await supervisor.start(nursery, "room", v.room.run)
+        logger.info("room microphone %r: %s", config.microphone.device, v.room.state)
+    else:
+        logger.info("no room microphone configured (microphone.enabled = false): serving "
+                    "client-streamed sessions only")
 
 
 def microphone(config: Config) -> Source:
