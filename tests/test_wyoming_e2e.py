@@ -16,6 +16,7 @@ from conftest import StartServer
 from wyoming.event import read_event
 
 from edge import app
+from edge.core.audit import Access
 from edge.net.server import Server
 from helpers import FIXTURES
 
@@ -172,12 +173,16 @@ async def test_another_language_is_refused_with_an_error_event(
 async def test_an_untrusted_peer_gets_an_error_and_the_close(
         start_server: StartServer, tmp_path: Path) -> None:
     server = await wyoming_server(start_server, tmp_path, trusted_networks="10.0.0.0/8")
+    seen: list[Access] = []
+    server.audit = seen.append
     port = server.peer_ports["wyoming"]
     [error] = await raw_exchange(port, wire("describe"))
     assert error.type == "error"
     assert error.data["code"] == "untrusted_network"
     assert "wyoming.trusted_networks" in error.data["text"]
     assert server.stats.refused["untrusted_network"] == 1
+    assert [(a.action, a.outcome, a.reason, a.peer) for a in seen] == [
+        ("handshake.refused", "refused", "untrusted_network", "127.0.0.1")]
     assert await sessions(server) == []
 
 

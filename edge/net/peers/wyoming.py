@@ -147,6 +147,7 @@ class WyomingListener:
         try:
             self.trusted.check("wyoming", host)
         except Refusal as exc:
+            self.server.boundary.refused(exc, "session.start", host)
             await self._refuse(channel, host, Refuse(exc.code, exc.message))
             return
         begin = await self._opening(channel, host)
