@@ -1,5 +1,4 @@
-"""The network front: TCP/TLS listener, request heads, the route table, the one
-admit-and-run path, the connection boundary.
+"""The network front: TCP/TLS listener, request heads, the route table, handshakes.
 
 The server reads each request head itself, once, with h11 (bounded by
 ``server.handshake_timeout`` and the head size limit; :mod:`edge.net.http`), looks its
@@ -7,8 +6,9 @@ path up in one table of rows (:func:`edge.net.endpoints.front_door`; :mod:`edge.
 answers plain HTTP requests on the same port and hands WebSocket upgrades, already
 parsed, to trio-websocket (:mod:`edge.net.ws`). Tokens are checked in one place
 (:class:`edge.net.gate.Gate`); every admitted client, whatever its row or port, goes
-through :meth:`Server.admit_and_run`: the admission books, the audit trail, and a
-boundary that catches exceptions, so one client can never take the server down. It
+through :meth:`edge.net.boundary.Boundary.admit_and_run`: the admission books, the
+audit trail, and a boundary that catches exceptions, so one client can never take the
+server down. It
 builds nothing long-lived itself: :mod:`edge.app` hands it every part.
 :meth:`Server.shutdown` starts a graceful stop.
 """
@@ -317,6 +317,7 @@ class Server:
         Raises :class:`Refusal` (the caller answers in its protocol) when the daemon
         is stopping or full."""
         await self.boundary.admit_and_run(ChannelDoor(channel), admitted, None, peer)
+
 
 def _outcome(status: int) -> str:
     return OK if status < 400 else REFUSED if status < 500 else FAILED
