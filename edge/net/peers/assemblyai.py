@@ -38,11 +38,11 @@ MAX_EXPIRES_IN = 600  # AssemblyAI's own bound for expires_in_seconds
 
 
 def routes(config: Config, context: PeerContext) -> list[Route | HttpRoute]:
-    """The WebSocket route ``/v3/ws`` and the HTTP route ``/v3/token`` (which issues a
-    token for the caller: audited as ``token.issue``)."""
+    """The WebSocket route ``/v3/ws`` and the HTTP route ``/v3/token`` (a token for the
+    caller, checked in AssemblyAI's places by the endpoint itself: no patient data)."""
     return [Route(WS_PATH, StreamingAdmitter(config), action="session.start",
                   scope=SCOPE_WRITE),
-            HttpRoute(TOKEN_PATH, TokenRoute(config, context.auth), action="token.issue")]
+            HttpRoute(TOKEN_PATH, TokenRoute(config, context.auth))]
 
 
 class StreamingAdmitter:
