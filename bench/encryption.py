@@ -59,6 +59,8 @@ import journal as journal_bench
 
 from edge.crypto.datakey import FILE, DataKey, KeySource
 from edge.journal import db as journal_db
+from edge.journal import opening as journal_opening
+from edge.journal import sqlcipher as journal_sqlcipher
 from edge.journal.db import Journal
 
 DEVICE = "room-bench"
@@ -78,9 +80,10 @@ KEY = DataKey(os.urandom(32), KeySource(FILE, Path("bench"), "journal.key_file")
 def plain_journal() -> Iterator[None]:
     """BENCHMARK BASELINE ONLY: journals opened inside this block are plain SQLite.
 
-    ``edge.journal.db`` opens every connection through ``_keyed``, which sets ``PRAGMA
-    key``; here it is replaced by the same function without that pragma, so the same
-    SQLCipher library reads and writes an unencrypted file. ``_is_plaintext`` is made
+    ``edge.journal`` opens every connection through ``sqlcipher.keyed``, which sets
+    ``PRAGMA key``; here it is replaced (where ``opening`` and ``sqlcipher`` call it) by
+    the same function without that pragma, so the same SQLCipher library reads and
+    writes an unencrypted file. ``is_plaintext`` is made
     to answer no, so that ``Journal.open`` does not encrypt the plain file in place as it
     would an old edge's journal. Connections keep what they were opened with: only the
     opening has to be inside the block.
@@ -96,8 +99,10 @@ def plain_journal() -> Iterator[None]:
             raise
         return conn
 
-    with (mock.patch.object(journal_db, "_keyed", unkeyed),
-          mock.patch.object(journal_db, "_is_plaintext", lambda path: False)):
+    with (mock.patch.object(journal_opening, "keyed", unkeyed),
+          mock.patch.object(journal_sqlcipher, "keyed", unkeyed),
+          mock.patch.object(journal_db, "is_plaintext", lambda path: False),
+          mock.patch.object(journal_opening, "is_plaintext", lambda path: False)):
         yield
 
 
@@ -497,7 +502,7 @@ def main() -> int:
     started = datetime.datetime.now(datetime.UTC)
     info = common.machine_info()
     cipher = journal_db.sqlite3.connect(":memory:")
-    cipher.execute(f'PRAGMA key = "{journal_db._key_pragma(KEY)}"')
+    cipher.execute(f'PRAGMA key = "{journal_sqlcipher.key_pragma(KEY)}"')
     for name, query in (("sqlite", "SELECT sqlite_version()"),
                         ("sqlcipher", "PRAGMA cipher_version"),
                         ("cipher_provider", "PRAGMA cipher_provider_version"),

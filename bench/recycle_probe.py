@@ -9,6 +9,15 @@ allocations land in a per-thread arena, which is where glibc is slowest to give 
 
     .venv/bin/python bench/recycle_probe.py                  # 90 s of speech, 3 cycles
     .venv/bin/python bench/recycle_probe.py --seconds 300
+
+``--swap`` asks instead what a recycle costs the captions: the speech a stream sends
+after a swap (``--seconds`` of ever-new speech), decoded in 100 ms chunks by a fresh
+recogniser (a swap without a pre-warmed replacement) and by one pre-warmed as
+:class:`edge.asr.recycling.Prewarmer` does (the packaged 16 s of warm-up speech, then
+flush and reset), alternately, ``--cycles`` times each, in one process: CPU seconds
+per second of audio, and the slowest chunk (a caption's delay).
+
+    .venv/bin/python bench/recycle_probe.py --swap --seconds 20 --cycles 3
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -84,10 +94,60 @@ def probe(speech: Path, cycles: int, in_thread: bool) -> dict[str, Any]:
     return out
 
 
+def swap_probe(speech: Path, cycles: int) -> list[dict[str, Any]]:
+    """Fresh vs pre-warmed replacement on the same speech, alternately."""
+    from edge.asr import recycling
+    from edge.asr.vosk import load_model
+    from edge.asr.warmup import warmup_speech
+
+    pcm = speech.read_bytes()
+    model = load_model(None)
+    warm_pcm, rate = warmup_speech()
+    warm_pcm = warm_pcm[:2 * int(rate * recycling.PREWARM_SECONDS)]
+    rows = []
+    for _ in range(cycles):
+        for kind in ("fresh", "prewarmed"):
+            rec = model.recognizer(16000, None)
+            if kind == "prewarmed":
+                for i in range(0, len(warm_pcm), CHUNK):
+                    rec.accept(warm_pcm[i:i + CHUNK])
+                rec.flush()
+                rec.reset()  # type: ignore[attr-defined]
+            chunks = []
+            cpu0 = time.thread_time()
+            for i in range(0, len(pcm), CHUNK):
+                t = time.monotonic()
+                rec.accept(pcm[i:i + CHUNK])
+                chunks.append(time.monotonic() - t)
+            rec.flush()
+            cpu = time.thread_time() - cpu0
+            chunks.sort()
+            rows.append({"kind": kind, "cpu_per_audio_s": cpu / (len(pcm) / 32000),
+                         "p95_chunk_ms": 1000 * chunks[int(0.95 * (len(chunks) - 1))],
+                         "max_chunk_ms": 1000 * chunks[-1]})
+            rec.close()
+            del rec
+    return rows
+
+
+def print_swap(rows: list[dict[str, Any]], seconds: float) -> None:
+    print(f"{seconds:g} s of ever-new speech after a swap, 100 ms chunks")
+    for row in rows:
+        print(f"  {row['kind']:9}: CPU {row['cpu_per_audio_s']:.3f} s per audio s, "
+              f"p95 chunk {row['p95_chunk_ms']:.0f} ms, slowest {row['max_chunk_ms']:.0f} ms")
+    for key in ("cpu_per_audio_s", "p95_chunk_ms", "max_chunk_ms"):
+        fresh = statistics.median(r[key] for r in rows if r["kind"] == "fresh")
+        warm = statistics.median(r[key] for r in rows if r["kind"] == "prewarmed")
+        print(f"  median {key}: fresh {fresh:.3f}, prewarmed {warm:.3f}, "
+              f"fresh / prewarmed {fresh / warm:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--swap", action="store_true",
+                        help="fresh vs pre-warmed replacement: what captions pay")
     parser.add_argument("--probe", nargs=3, metavar=("SPEECH", "CYCLES", "THREAD"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -98,6 +158,9 @@ def main() -> int:
     speech = Path(f"/tmp/edge-babble-{int(args.seconds)}s.raw")
     if not speech.exists():
         make_speech(args.seconds, speech)
+    if args.swap:
+        print_swap(swap_probe(speech, args.cycles), args.seconds)
+        return 0
     print(f"{args.seconds:g} s of ever-new speech per recogniser, {args.cycles} cycles; "
           "VmRSS in MB")
     for name, env, thread in (("default, main thread", {}, False),

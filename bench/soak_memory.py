@@ -10,8 +10,11 @@ the daemon is read every second; ``/healthz`` every 10 s.
 
 Two runs of ``--minutes`` each: recycling on (``recognizer.memory_budget_mb =
 --budget``) and off (a budget too large to reach). Reported: idle RSS after the
-warm-up, peak, the slope over the second half (MB per minute), the last figure, the
-recycles, finals, refusals and the room's dropped chunks.
+warm-up, peak, the peak against the model's share plus ``--budget`` and the share of
+one-second samples above that line (both runs measured against the same line), the
+slope over the second half (MB per minute), the last figure, the recycles, the swaps to
+a pre-warmed replacement, the share of ``/healthz`` samples ``degraded``, finals,
+refusals and the room's dropped chunks.
 
     .venv/bin/python bench/soak_memory.py --minutes 15       # about 32 minutes
     .venv/bin/python bench/soak_memory.py --minutes 2 --only on
@@ -189,10 +192,18 @@ def soak(name: str, budget_mb: int, args: argparse.Namespace) -> dict[str, Any]:
     half = [(t, mb) for t, mb in samples if t >= times[-1] / 2]
     slope = common.slope([t / 60 for t, _ in half], [mb for _, mb in half])
     memory = last.get("memory", {})
+    model_mb = memory.get("model_bytes", 0) / 2**20
+    # Against the budget of the run with recycling (the same line for the run without).
+    limit = model_mb + args.budget
+    over = [mb - limit for mb in rss if mb > limit]
     return {"name": name, "budget_mb": budget_mb, "minutes": args.minutes,
             "sessions": args.sessions, "pace": args.pace, "idle_mb": idle_mb,
             "peak_mb": max(rss), "last_mb": rss[-1], "slope_mb_per_min": slope,
-            "model_mb": memory.get("model_bytes", 0) / 2**20,
+            "model_mb": model_mb, "peak_over_mb": max(rss) - limit,
+            "over_pct": 100 * len(over) / len(rss), "prewarmed": memory.get("prewarmed"),
+            "prewarm_late": memory.get("prewarm_late"),
+            "degraded_pct": 100 * sum(1 for h in health if h.get("status") == "degraded")
+            / max(1, len(health)),
             "recycled": memory.get("recycled"), "held": memory.get("held"),
             "room_dropped": last.get("microphone", {}).get("dropped_chunks"),
             **totals, "samples": samples, "health": health}
@@ -220,12 +231,18 @@ def main() -> int:
             print(f"recycling {name}: {args.minutes:g} min ...", flush=True)
             runs.append(soak(name, budget, args))
     rows = [[r["name"], r["budget_mb"] if r["name"] == "on" else "-", fmt(r["model_mb"], ".0f"),
-             fmt(r["idle_mb"], ".0f"), fmt(r["peak_mb"], ".0f"), fmt(r["last_mb"], ".0f"),
-             fmt(r["slope_mb_per_min"], ".1f"), json.dumps(r["recycled"]), r["sessions"],
-             r["finals"], r["audio_s"], r["refused"], r["room_dropped"]] for r in runs]
-    common.print_table(["recycling", "budget MB", "model MB", "idle MB", "peak MB", "last MB",
-                        "slope MB/min (2nd half)", "recycled", "sessions", "finals",
-                        "session audio s", "refused", "room dropped"], rows,
+             fmt(r["idle_mb"], ".0f"), fmt(r["peak_mb"], ".0f"),
+             f"{r['peak_over_mb']:+.0f} ({100 * r['peak_over_mb'] / args.budget:+.0f}%)",
+             fmt(r["over_pct"], ".1f"), fmt(r["last_mb"], ".0f"),
+             fmt(r["slope_mb_per_min"], ".1f"), json.dumps(r["recycled"]),
+             f"{r['prewarmed']} / {r['prewarm_late']}",
+             fmt(r["degraded_pct"], ".0f"), r["sessions"], r["finals"], r["audio_s"],
+             r["refused"], r["room_dropped"]] for r in runs]
+    common.print_table(["recycling", "budget MB", "model MB", "idle MB", "peak MB",
+                        f"peak vs model+{args.budget} MB", "% samples over", "last MB",
+                        "slope MB/min (2nd half)", "recycled", "prewarmed / late", "% degraded",
+                        "sessions", "finals", "session audio s", "refused", "room dropped"],
+                       rows,
                        title=f"{args.sessions} sessions at {args.pace:g}x + the room, ever-new "
                        f"speech, {args.minutes:g} min each")
     path = common.write_json("soak_memory", {"machine": common.machine_info(),

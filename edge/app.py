@@ -42,6 +42,7 @@ from edge.core.stats import Stats
 from edge.core.terms import FixedTerms, TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
 from edge.crypto.rotation import open_key
+from edge.journal.auditor import Auditor
 from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
 from edge.net.boundary import Engine, Services
@@ -161,6 +162,12 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         assert journal is not None  # the config requires it
         ingest = mqtt_ingest(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
+    # The audit trail's sink: the front door hands it every access once the server
+    # takes it (``audit=``); until then it records what the daemon itself does.
+    auditor = (Auditor(journal, retention_days=config.audit.retention_days,
+                       purge_interval=config.journal.purge_interval,
+                       keep_unrelayed=config.relay.enabled)
+               if journal is not None else None)
     supervisor = Supervisor()
     peer_context = PeerContext(auth=auth, model_name=model.name,
                                model_sample_rate=model.sample_rate)
@@ -171,7 +178,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                  supervisor=supervisor, jwks=jwks),
         peers=main_port_routes(config, peer_context), audit=discard)
     async with trio.open_nursery() as nursery:
-        await start_services(nursery, supervisor, server, revocations, terms, memory)
+        await start_services(nursery, supervisor, server, revocations, terms, memory,
+                             auditor)
         await nursery.start(server.run)
         await start_listeners(nursery, supervisor, server, config, peer_context)
         notify("READY=1")
@@ -204,14 +212,16 @@ async def open_model(config: Config, model: LoadedModel | None, key: DataKey | N
 
 async def start_services(nursery: trio.Nursery, supervisor: Supervisor, server: Server,
                          revocations: RevocationFile | None,
-                         terms: FixedTerms | TermFile | None, memory: MemoryBudget
-                         ) -> None:
+                         terms: FixedTerms | TermFile | None, memory: MemoryBudget,
+                         auditor: Auditor | None = None) -> None:
     """The daemon's background services, each under ``supervisor``, before it serves."""
     config, v = server.config, server.services
     if v.jwks is not None:
         await supervisor.start(nursery, "jwks", v.jwks.run)
     if v.journal is not None:
         await supervisor.start(nursery, "retention", v.journal.run)
+    if auditor is not None:
+        await supervisor.start(nursery, "audit", auditor.run)
     await supervisor.start(nursery, "memory", memory.run)
     if revocations is not None:
         await supervisor.start(nursery, "revocations",

@@ -13,6 +13,7 @@ from edge.core.config import (
     ENVIRONMENT,
     AssemblyAIConfig,
     AudioConfig,
+    AuditConfig,
     AuthConfig,
     Config,
     JournalConfig,
@@ -96,7 +97,7 @@ def test_sections_lists_every_field_with_its_default() -> None:
     assert list(s) == ["server", "auth", "recognizer", "speakers", "audio", "microphone",
                        "journal", "relay", "ingest", "assemblyai", "scriptix",
                        "vosk_server",
-                       "wyoming", "terms", "log"]
+                       "wyoming", "terms", "audit", "log"]
     for name, cls in [("server", ServerConfig), ("auth", AuthConfig),
                       ("recognizer", RecognizerConfig), ("speakers", SpeakersConfig),
                       ("audio", AudioConfig),
@@ -104,7 +105,7 @@ def test_sections_lists_every_field_with_its_default() -> None:
                       ("relay", RelayConfig), ("assemblyai", AssemblyAIConfig),
                       ("scriptix", ScriptixConfig), ("vosk_server", VoskServerConfig),
                       ("wyoming", WyomingConfig), ("terms", TermsConfig),
-                      ("log", LogConfig)]:
+                      ("audit", AuditConfig), ("log", LogConfig)]:
         assert s[name] == dataclasses.asdict(cls())
 
 

@@ -38,6 +38,7 @@ from edge.crypto.datakey import (
 from edge.crypto.rotation import open_key
 from edge.crypto.sealed import MAGIC, SealedError, open_sealed, seal
 from edge.journal import db as journal_db
+from edge.journal import schema as journal_schema
 from edge.journal.db import Journal, JournalKeyError
 from edge.speakers import VoiceprintStore
 from edge.speakers.voiceprints import encrypt_plaintext_store
@@ -152,7 +153,7 @@ def plaintext_journal(path: Path, text: str) -> None:
     """A journal as an edge before encryption wrote it (stdlib sqlite3, no key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
-    journal_db._prepare(conn)
+    journal_schema.prepare(conn)
     conn.execute("INSERT INTO sessions (session_id, device_id, source, started_at) "
                  "VALUES ('old', 'room-1', 'client', 1.0)")
     payload = json.dumps({"type": "transcription", "is_final": True, "text": text,
@@ -396,6 +397,11 @@ def test_rotate_reencrypts_everything(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(JournalKeyError):
         contents(config, old)
     assert not Path(f"{key_file}.next").exists()
+    with Journal.open(state / "journal.db", key=new, device_id="x", readonly=True) as j:
+        (rotated,) = [r for r in j.audit_records() if r.action == "key.rotate"]
+        assert rotated.object == new.fingerprint and rotated.peer == "cli"
+        assert rotated.detail == {"previous": old.fingerprint}
+        assert j.audit_verify()[1] is None
     assert main(["keys", "status", "--json", "--config", str(toml)]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["fingerprint"] == new.fingerprint and status["voiceprints"] == "opens"

@@ -20,7 +20,9 @@ from tools.daemon import Daemon, http_get
 
 pytestmark = needs_mosquitto
 
-ROUNDS = 20
+# Kills per test: enough for kills before, during and after a final's journaling;
+# bench/soak_kill.py runs a thousand rounds of the journal path outside the suite.
+ROUNDS = 8
 
 
 def device(tmp_path: Path, broker: Broker) -> Daemon:

@@ -95,6 +95,8 @@ def test_schema_4_migrates_a_version_3_file(tmp_path: Path) -> None:
     node.journal.close()
     conn = connect_journal(path, TEST_KEY)
     conn.execute("DROP TABLE set_aside")
+    conn.execute("DROP TABLE audit")  # version 5's
+    conn.execute("DROP TABLE audit_ingested")
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
@@ -103,7 +105,7 @@ def test_schema_4_migrates_a_version_3_file(tmp_path: Path) -> None:
     with Journal.open(path, key=TEST_KEY, device_id="room-a") as journal:
         db = journal._conn
         assert db is not None
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
         assert journal.epoch == epoch  # kept: the idempotency keys stay the same
         assert ids(journal, PENDING) == [3, 4]
         assert journal.set_aside({3: "invalid"}) == 1

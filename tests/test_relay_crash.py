@@ -18,7 +18,9 @@ from helpers import FIXTURES, SECRET, TEST_KEY, make_token, receive_json
 from tools.daemon import Daemon
 
 SPEECH = (FIXTURES / "speech_ko.wav").read_bytes()
-ROUNDS = 20
+# Kills per test: enough for kills before, during and after a final's journaling;
+# bench/soak_kill.py runs a thousand rounds of the journal path outside the suite.
+ROUNDS = 8
 
 
 def relay_daemon(tmp_path: Path, name: str, sections: dict[str, dict[str, Any]] | None = None,

@@ -85,6 +85,12 @@ def test_enroll_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert code == 1 and "no speaker named 'Dr. Lee'" in err
     assert [p["name"] for p in read_store(store)["voiceprints"]] == ["park"]
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    # Each enrolment and removal is in the audit trail (a failed removal changed nothing).
+    code, out, err = run(capsys, "audit", "list", "--json", "--config", config)
+    assert code == 0, err
+    assert [(r["action"], r["object"], r["peer"]) for r in map(json.loads, out.splitlines())
+            ] == [("voiceprint.enrol", "Dr. Lee", "cli"), ("voiceprint.enrol", "park", "cli"),
+                  ("voiceprint.remove", "Dr. Lee", "cli")]
 
 
 async def test_a_cli_enrolment_names_the_speaker_in_sessions(

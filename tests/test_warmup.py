@@ -28,7 +28,7 @@ from helpers import FIXTURES, connect, http_get, make_config, make_token, receiv
 
 def test_the_pool_size_comes_from_the_memory_budget() -> None:
     assert pool_target(8, 1024, 90) == 8
-    assert pool_target(8, 500, 90) == 5
+    assert pool_target(8, 500, 90) == 4  # below the high-water mark: 500 - 90 MB
     assert pool_target(8, 50, 90) == 0
     assert pool_target(3, 1024, 0) == 3
 

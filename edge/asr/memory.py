@@ -8,11 +8,14 @@ outside:
 * the daemon's RSS is read from ``/proc/self/status``; what it holds above the RSS
   measured after the model was loaded (before any recogniser) is the recognisers'
   share (:class:`MemoryBudget.baseline`);
-* when that share passes ``recognizer.memory_budget_mb``, idle pooled recognisers are
-  dropped first (most audio decoded first), then live ones are *recycled*: marked, and
-  replaced by their stream at the next moment between utterances
-  (:class:`RecyclingRecognizer`), so no audio is skipped or decoded twice and times go
-  on where the old recogniser stopped;
+* when that share passes a high-water mark below ``recognizer.memory_budget_mb``
+  (:mod:`edge.asr.budget_policy`: headroom for what recognisers grow until their next
+  pause, from the measured growth rate and mark-to-swap wait), idle pooled recognisers
+  are dropped first (most audio decoded first), then as many live ones as needed are
+  *recycled*: marked, and replaced by their stream at the next moment between
+  utterances (:class:`~edge.asr.recycling.RecyclingRecognizer`) by a replacement
+  pre-warmed meanwhile at idle priority, so no audio is skipped or decoded twice and
+  times go on where the old recogniser stopped;
 * after a recogniser is freed, ``malloc_trim(0)`` hands glibc's free pages back to the
   kernel (without it, most of a freed recogniser stays in the process's RSS).
 
@@ -24,19 +27,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import dataclasses
 import functools
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge.protocols.events import Utterance
+from edge.asr import budget_policy
+from edge.asr.recycling import LIVE, Prewarmer, RecyclingRecognizer, Supplier
 
 if TYPE_CHECKING:
     from edge.asr.recognizer import Recognizer, RecognizerFactory, RecognizerPool
+
+__all__ = ["IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget", "RecyclingRecognizer",
+           "Snapshot", "malloc_trim", "mem_total", "read_rss"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +52,13 @@ MB = 1024 * 1024
 CHECK_INTERVAL = 1.0
 #: Audio (seconds) a live recogniser decodes before it may be recycled again: a fresh
 #: recogniser costs about twice the CPU of a warm one, so recycling is never a loop
-#: per utterance; a budget that cannot hold recognisers this young is not held.
+#: per utterance. Over the budget itself a sixth of it is enough
+#: (:data:`edge.asr.budget_policy.OVER_BUDGET_AGE`); a budget that cannot hold
+#: recognisers that young is not held.
 MIN_AUDIO_BEFORE_RECYCLE = 30.0
 
-# Reasons, in edge_recognizer_recycled_total{reason}
+# Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, from edge.asr.recycling)
 IDLE = "idle"  # an idle pooled recogniser dropped for the budget
-LIVE = "live"  # a live stream's recogniser replaced between utterances for the budget
 RETIRED = "retired"  # the pool retired a recogniser after recognizer_retire_hours of audio
 
 
@@ -107,12 +115,18 @@ class Snapshot:
     recycles: dict[str, int]
     pending: int  # live recognisers marked, waiting for a pause
     held: bool  # False: over the budget with nothing left to recycle
+    high_water: int = 0  # recycling starts above this (bytes)
+    near: bool = False  # above the high-water mark: new live sessions are refused
+    prewarmed: int = 0  # swaps that got a pre-warmed replacement
+    prewarm_late: int = 0  # replacements ordered but not warm at their swap
 
     def status(self) -> dict[str, Any]:
         return {"rss_bytes": self.rss, "model_bytes": self.model,
                 "recognizers": self.recognizers,
                 "recognizer_bytes": self.recognizer_bytes, "budget_bytes": self.budget,
-                "recycled": dict(self.recycles), "recycling": self.pending,
+                "high_water_bytes": self.high_water, "recycled": dict(self.recycles),
+                "recycling": self.pending, "prewarmed": self.prewarmed,
+                "prewarm_late": self.prewarm_late,
                 "held": self.held}
 
 
@@ -123,22 +137,24 @@ class MemoryBudget:
     the caller right after loading). ``pool`` (the recogniser pool, if any) gives up
     idle recognisers. :meth:`check` decides (called every second by :meth:`run`);
     :meth:`factory` wraps a recogniser factory so its recognisers can be recycled.
-    ``read`` and ``trim`` are :func:`read_rss` and :func:`malloc_trim` (stand-ins in
-    tests).
+    ``prewarm`` (by default the pool, when it can make fresh recognisers) supplies the
+    pre-warmed replacements. ``read``, ``trim`` and ``clock`` are :func:`read_rss`,
+    :func:`malloc_trim` and ``time.monotonic`` (stand-ins in tests).
     """
 
     def __init__(self, budget_mb: int, baseline: int, *, recognizer_mb: int = 0,
                  reserved: int = 0, pool: RecognizerPool | None = None,
                  recycle: bool = True, read: Callable[[], int] = read_rss,
-                 trim: Callable[[], bool] = malloc_trim, min_audio: float | None = None
-                 ) -> None:
+                 trim: Callable[[], bool] = malloc_trim, min_audio: float | None = None,
+                 prewarm: Supplier | bool | None = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.budget = budget_mb * MB
         self.baseline = baseline
         self.recognizer_mb = recognizer_mb
         self.reserved = reserved  # recognisers held outside sessions (the room's)
         self.pool = pool
         if pool is not None:
-            pool.accepts_idle = lambda: not self.over
+            pool.accepts_idle = lambda: not self.near
         self.recycle = recycle
         # Read at start (a module constant: the suite lowers it to force recycles).
         self.min_audio = MIN_AUDIO_BEFORE_RECYCLE if min_audio is None else min_audio
@@ -149,7 +165,18 @@ class MemoryBudget:
         self.recycles: Counter[str] = Counter()
         self.rss = baseline
         self.held = True
+        self.near = False
+        self.high_water = self.budget
         self.trim_due = False  # a recogniser was freed where trimming would block
+        self._clock = clock
+        self._last: tuple[float, int, int] | None = None  # (time, rss, frees) last check
+        self.growth: float | None = None  # bytes/s the recognisers grow (measured)
+        self.wait: float | None = None  # seconds from a mark to its swap (measured)
+        self.prewarmed = 0
+        if prewarm is True:
+            prewarm = pool if pool is not None and hasattr(pool, "fresh") else None
+        self.prewarmer = (Prewarmer(prewarm, on_freed=self._freed)
+                          if prewarm and recycle else None)
 
     # --- bookkeeping (any thread) ---------------------------------------------------
 
@@ -172,6 +199,18 @@ class MemoryBudget:
     def recycled(self, reason: str, n: int = 1) -> None:
         with self._lock:
             self.recycles[reason] += n
+
+    def swapped(self, wait: float) -> None:
+        """A marked recogniser was replaced ``wait`` seconds after it was marked."""
+        with self._lock:
+            self.wait = budget_policy.smooth(self.wait, wait)
+
+    def prewarmed_swap(self) -> None:
+        with self._lock:
+            self.prewarmed += 1
+
+    def _freed(self) -> None:
+        self.trim_due = True
 
     @property
     def recognizer_bytes(self) -> int:
@@ -197,6 +236,9 @@ class MemoryBudget:
         if not self.held:
             return ("the recognisers' memory is over its budget "
                     "(recognizer.memory_budget_mb); retry later")
+        if self.near and live_sessions > 0:
+            return ("the recognisers' memory is near its budget "
+                    "(recognizer.memory_budget_mb) and being recycled; retry later")
         return None
 
     def snapshot(self) -> Snapshot:
@@ -211,63 +253,79 @@ class MemoryBudget:
             recycles[RETIRED] = recycles.get(RETIRED, 0) + self.pool.retired
         return Snapshot(rss=self.rss, model=self.baseline, recognizers=live + idle,
                         recognizer_bytes=self.recognizer_bytes, budget=self.budget,
-                        recycles=recycles, pending=pending, held=self.held)
+                        recycles=recycles, pending=pending, held=self.held,
+                        high_water=self.high_water, near=self.near,
+                        prewarmed=self.prewarmed,
+                        prewarm_late=self.prewarmer.late if self.prewarmer else 0)
 
     # --- deciding (blocking: reads /proc, may trim) ----------------------------------
 
     def check(self) -> None:
-        """Read RSS; over the budget, drop idle recognisers (then trim and read again),
-        then mark the live recogniser with the most audio decoded for recycling, one
-        at a time. ``held`` is False when over with nothing left to do."""
+        """Read RSS and act on :func:`budget_policy.plan`: above the high-water mark drop
+        idle recognisers (then trim and read again), then mark as many live ones as it
+        takes. ``held`` is False when over the budget with nothing left to do."""
         if self.trim_due:
             self.trim_due = False
             self._trim()
         self.rss = self._read()
-        if not self.over:
-            self.held = True
-            return
+        self._measure_growth()
         if not self.recycle:
-            self.held = False
+            self.held, self.near = not self.over, False
             return
+        if self._plan().near:
+            self._drop_idle()
+        with self._lock:
+            live = list(self._live)
+        decision = self._plan(live)
+        for victim in live:
+            if victim in decision.mark:
+                victim.request_recycle()
+        if decision.mark:
+            logger.info("memory: recognisers hold %d MB (high-water mark %d MB, budget %d "
+                        "MB): recycling %d more at their next pause",
+                        self.recognizer_bytes // MB, decision.high_water // MB,
+                        self.budget // MB, len(decision.mark))
+        if self.held and not decision.held:
+            logger.warning("memory: recognisers hold %d MB, over the budget of %d MB, "
+                           "and not enough can be recycled yet",
+                           self.recognizer_bytes // MB, self.budget // MB)
+        self.held, self.near, self.high_water = (decision.held, decision.near,
+                                                 decision.high_water)
+
+    def _plan(self, live: Sequence[RecyclingRecognizer] = ()) -> budget_policy.Plan:
+        replacement = self.recognizer_mb * MB
+        return budget_policy.plan(
+            used=self.recognizer_bytes, budget=self.budget, growth=self.growth or 0.0,
+            wait=budget_policy.DEFAULT_WAIT if self.wait is None else self.wait,
+            replacement=replacement, min_audio=self.min_audio,
+            live=[budget_policy.Candidate(r, r.audio_seconds, r.recycle_requested)
+                  for r in live])
+
+    def _drop_idle(self) -> None:
         dropped = 0
         while self.pool is not None and self.pool.drop_idle():
             dropped += 1
             self.recycled(IDLE)
             self._trim()
             self.rss = self._read()
-            if not self.over:
+            if not self._plan().near:
                 break
         if dropped:
+            self._last = None  # not growth
             logger.info("memory: dropped %d idle recogniser(s); recognisers now hold "
                         "%d MB of %d", dropped, self.recognizer_bytes // MB,
                         self.budget // MB)
-        if not self.over:
-            self.held = True
-            return
+
+    def _measure_growth(self) -> None:
+        """The recognisers' growth (bytes/s) from checks between which nothing was freed."""
+        now = self._clock()
         with self._lock:
-            live = list(self._live)
-        if not live:
-            # No recogniser holds anything: what is above the model is not theirs to
-            # give back (the heap's fragments, the journal's cache).
-            self.held = True
+            frees = sum(self.recycles.values())
+        last, self._last = self._last, (now, self.rss, frees)
+        if last is None or last[2] != frees or now <= last[0]:
             return
-        if any(r.recycle_requested for r in live):
-            self.held = True  # one at a time: wait for it to be replaced
-            return
-        candidates = [r for r in live if r.audio_seconds >= self.min_audio]
-        if not candidates:
-            if self.held:
-                logger.warning("memory: recognisers hold %d MB, over the budget of %d MB, "
-                               "and none can be recycled yet", self.recognizer_bytes // MB,
-                               self.budget // MB)
-            self.held = False
-            return
-        victim = max(candidates, key=lambda r: r.audio_seconds)
-        victim.request_recycle()
-        self.held = True
-        logger.info("memory: recognisers hold %d MB, over the budget of %d MB: recycling "
-                    "one (%.0f s of audio) at its next pause", self.recognizer_bytes // MB,
-                    self.budget // MB, victim.audio_seconds)
+        rate = max(0.0, (self.rss - last[1]) / (now - last[0]))
+        self.growth = budget_policy.smooth(self.growth, rate)
 
     async def run(self, *, task_status: Any = None) -> None:
         """Check every :data:`CHECK_INTERVAL` seconds until cancelled (a service)."""
@@ -275,117 +333,10 @@ class MemoryBudget:
 
         if task_status is not None:
             task_status.started()
-        while True:
-            await trio.to_thread.run_sync(self.check)
-            await trio.sleep(CHECK_INTERVAL)  # read each time: the suite shortens it
-
-
-class RecyclingRecognizer:
-    """A stream's recogniser that can be swapped for a new one between utterances.
-
-    Wraps what ``factory`` makes for the stream. When :meth:`request_recycle` was
-    called, the recogniser is retired (freed, not pooled; then ``malloc_trim``) at the
-    first moment nothing is pending in it: right after a final that ended the audio fed
-    so far (a turn's flush, or Vosk's endpoint at the end of a call). The next audio
-    goes to a new one from ``factory``, and its results are shifted by the audio fed
-    before it, so the stream's times go on without a jump.
-    """
-
-    def __init__(self, factory: RecognizerFactory, sample_rate: int,
-                 phrases: Sequence[str] | None, budget: MemoryBudget) -> None:
-        self._factory = factory
-        self.sample_rate = sample_rate
-        self._phrases = phrases
-        self._budget = budget
-        self._inner: Recognizer | None = factory(sample_rate, phrases)
-        self._fed = 0  # samples fed to this stream
-        self._inner_start = 0  # samples fed before the current inner recogniser
-        self._inner_life = _audio_seconds(self._inner)  # its audio before this stream
-        self.recycle_requested = False
-        self.recycles = 0
-        budget._add(self)
-
-    @property
-    def audio_seconds(self) -> float:
-        """Audio the current inner recogniser has decoded over its life."""
-        if self._inner is None:
-            return 0.0
-        return self._inner_life + (self._fed - self._inner_start) / self.sample_rate
-
-    def request_recycle(self) -> None:
-        self.recycle_requested = True
-
-    def accept(self, pcm: bytes) -> list[Utterance]:
-        inner = self._inner
-        if inner is None:
-            inner = self._inner = self._factory(self.sample_rate, self._phrases)
-            self._inner_start, self._inner_life = self._fed, _audio_seconds(inner)
-        offset = self._offset_ms()
-        self._fed += len(pcm) // 2
-        out = [_shift(u, offset) for u in inner.accept(pcm)]
-        self._maybe_retire()
-        return out
-
-    def flush(self) -> Utterance | None:
-        if self._inner is None:
-            return None
-        final = self._inner.flush()
-        out = None if final is None else _shift(final, self._offset_ms())
-        self._maybe_retire()
-        return out
-
-    def close(self) -> None:
-        """Cheap enough for the event loop: a recogniser marked for recycling is freed
-        (not pooled) and the heap is trimmed at the budget's next check."""
-        inner, self._inner = self._inner, None
-        self._budget._remove(self)
-        if inner is not None:
-            if self.recycle_requested:
-                _retire(inner)
-                del inner
-                self._budget.recycled(LIVE)
-                self._budget.trim_due = True  # on the event loop: trimmed at the next check
-            else:
-                inner.close()
-
-    def _offset_ms(self) -> int:
-        return round(1000 * self._inner_start / self.sample_rate)
-
-    def _maybe_retire(self) -> None:
-        inner = self._inner
-        if not self.recycle_requested or inner is None or not _at_boundary(inner):
-            return
-        self._inner = None
-        self.recycle_requested = False
-        self.recycles += 1
-        _retire(inner)
-        del inner
-        self._budget.recycled(LIVE)
-        self._budget._trim()
-
-
-def _audio_seconds(recognizer: Recognizer) -> float:
-    value = getattr(recognizer, "audio_seconds", 0.0)
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
-def _at_boundary(recognizer: Recognizer) -> bool:
-    return bool(getattr(recognizer, "at_boundary", False))
-
-
-def _retire(recognizer: Recognizer) -> None:
-    retire = getattr(recognizer, "retire", None)
-    if retire is not None:
-        retire()
-    else:
-        recognizer.close()
-
-
-def _shift(utterance: Utterance, offset_ms: int) -> Utterance:
-    """``utterance`` on the stream's clock (its recogniser started ``offset_ms`` in)."""
-    if not offset_ms:
-        return utterance
-    words = tuple(dataclasses.replace(w, start_ms=w.start_ms + offset_ms,
-                                      end_ms=w.end_ms + offset_ms) for w in utterance.words)
-    return dataclasses.replace(utterance, start_ms=utterance.start_ms + offset_ms,
-                               end_ms=utterance.end_ms + offset_ms, words=words)
+        try:
+            while True:
+                await trio.to_thread.run_sync(self.check)
+                await trio.sleep(CHECK_INTERVAL)  # read each time: the suite shortens it
+        finally:
+            if self.prewarmer is not None:
+                self.prewarmer.close()

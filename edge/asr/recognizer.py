@@ -251,6 +251,29 @@ class RecognizerPool:
             else:
                 self.dropped += 1
 
+    # --- pre-warmed replacements (edge.asr.recycling.Prewarmer's supplier) -----------
+
+    def fresh(self, sample_rate: int, phrases: Sequence[str] | None) -> Recognizer:
+        """A new recogniser from the model (blocking), not counted as lent."""
+        return self._factory(sample_rate, phrases or None)
+
+    def adopt(self, recognizer: Recognizer, phrases: Sequence[str] | None) -> Recognizer:
+        """``recognizer`` (made by :meth:`fresh`) lent to a stream: pooled at its end
+        like any other (grammar streams' are never pooled)."""
+        if phrases or self.size <= 0 or not isinstance(recognizer, Reusable):
+            return recognizer
+        return self._lease(recognizer)
+
+    def offer(self, recognizer: Recognizer, phrases: Sequence[str] | None) -> None:
+        """Keep ``recognizer`` idle if the pool has room and the budget allows; else it
+        is let go (freed once the caller drops it)."""
+        if phrases or not isinstance(recognizer, Reusable):
+            recognizer.close()
+            return
+        with self._lock:
+            if len(self._idle) < self.size and self.accepts_idle():
+                self._idle.append(recognizer)
+
     def drop_idle(self) -> bool:
         """Let the idle recogniser with the most audio decoded go (the memory budget's
         first resort); ``False`` if none is idle. The caller trims the heap."""

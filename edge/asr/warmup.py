@@ -32,6 +32,7 @@ from typing import Any
 import outcome
 import trio
 
+from edge.asr.budget_policy import headroom
 from edge.asr.recognizer import RecognizerPool
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,14 @@ def warmup_speech() -> tuple[bytes, int]:
 
 def pool_target(warm_recognizers: int, memory_budget_mb: int, recognizer_mb: int) -> int:
     """How many warm recognisers the pool keeps: ``warm_recognizers``, fewer if the
-    memory budget does not hold that many (``recognizer_mb`` each)."""
+    memory budget's high-water mark (:func:`edge.asr.budget_policy.headroom` with
+    nothing growing) does not hold that many (``recognizer_mb`` each): above it idle
+    recognisers are dropped, so a pool filled past it would be warmed and dropped in
+    turn."""
     if recognizer_mb <= 0:
         return warm_recognizers
-    return max(0, min(warm_recognizers, memory_budget_mb // recognizer_mb))
+    room = memory_budget_mb - headroom(memory_budget_mb, 0.0, 0.0, recognizer_mb)
+    return max(0, min(warm_recognizers, room // recognizer_mb))
 
 
 def lower_this_threads_priority() -> None:

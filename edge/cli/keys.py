@@ -77,6 +77,9 @@ def run_init(args: argparse.Namespace) -> int:
         where = f"Clevis-sealed key {target} ({clevis.pins(sealed).describe()})"
     key = DataKey(material, KeySource(datakey.FILE, target, "journal.key_file"))
     print(f"made key {key.fingerprint}: {where}")
+    from edge.cli.audit import record
+
+    record(config, "key.init", object=key.fingerprint, create=False)
     return EXIT_OK
 
 
@@ -141,5 +144,9 @@ def run_rotate(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     print(f"rotated: {new.describe()} now holds key {new.fingerprint} (was "
           f"{old.fingerprint}); the journal and voiceprints are re-encrypted")
+    from edge.cli.audit import record
+
+    record(config, "key.rotate", object=new.fingerprint, create=False,
+           detail={"previous": old.fingerprint})
     return EXIT_OK
 

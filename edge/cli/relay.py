@@ -15,6 +15,7 @@ import json
 import sys
 import time
 
+from edge.cli.audit import record
 from edge.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, load
 from edge.cli.keys import tool_key
 from edge.core.config import journal_path
@@ -65,5 +66,8 @@ def run_requeue(args: argparse.Namespace) -> int:
     except JournalError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    record(config, "relay.requeue", object="all" if args.all else None,
+           detail={"events": count} if args.all else
+           {"events": count, "ids": ",".join(map(str, args.ids))[:200]})
     print(f"re-queued {count} event(s); the relay sends them at its next pass")
     return EXIT_OK

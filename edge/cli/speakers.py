@@ -13,6 +13,7 @@ import edge.cli
 from edge.asr.decode import decode_pcm, speaker_vectors_of
 from edge.asr.vosk import load_model, load_speaker_model
 from edge.cli.audiofile import read_pcm
+from edge.cli.audit import record
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load, read_phrases
 from edge.cli.keys import tool_key
 from edge.core.config import Config, voiceprints_path
@@ -75,6 +76,8 @@ def run_enroll(args: argparse.Namespace) -> int:
     except (ValueError, VoiceprintStoreError) as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    record(config, "voiceprint.enrol", object=voiceprint.name,
+           detail={"utterances": voiceprint.count})
     role = f" ({voiceprint.role})" if voiceprint.role else ""
     print(f"enrolled {voiceprint.name}{role} from {voiceprint.count} utterance(s) in "
           f"{len(audio)} file(s) into {identification.store.path}")
@@ -116,5 +119,6 @@ def run_remove(args: argparse.Namespace) -> int:
     if not removed:
         print(f"edge: no speaker named {args.name!r} is enrolled", file=sys.stderr)
         return EXIT_FAIL
+    record(config, "voiceprint.remove", object=args.name)
     print(f"removed {args.name}")
     return EXIT_OK

@@ -1,6 +1,8 @@
 """``edge transcripts list`` and ``edge transcripts show``: read the journal.
 
-The journal is opened read-only: the daemon may be writing it at the same time.
+The journal is opened read-only: the daemon may be writing it at the same time. Each
+read is recorded in the audit trail first (``transcript.list``, ``transcript.read``);
+a read that cannot be recorded is refused.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edge.cli.audit import record
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load
 from edge.cli.keys import tool_key
 from edge.core.config import journal_path
@@ -17,8 +20,11 @@ from edge.journal import transcripts
 from edge.journal.db import Journal, JournalError
 
 
-def _open_journal_readonly(args: argparse.Namespace) -> Journal | None:
+def _open_journal_readonly(args: argparse.Namespace, action: str,
+                           object_: str | None = None) -> Journal | None:
     config = load(args)
+    if journal_path(config).is_file() and not record(config, action, object=object_):
+        return None
     try:
         return Journal.open(journal_path(config), device_id=device_id(config),
                             key=tool_key(config), readonly=True)
@@ -34,7 +40,7 @@ def run_list(args: argparse.Namespace) -> int:
             since = transcripts.parse_since(args.since)
         except ValueError as exc:
             raise ConfigError("--since", str(exc)) from None
-    journal = _open_journal_readonly(args)
+    journal = _open_journal_readonly(args, "transcript.list")
     if journal is None:
         return EXIT_FAIL
     with journal:
@@ -43,7 +49,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    journal = _open_journal_readonly(args)
+    journal = _open_journal_readonly(args, "transcript.read", args.session_id)
     if journal is None:
         return EXIT_FAIL
     with journal:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edge.core.auth import Claims
@@ -47,7 +47,7 @@ class Access:
     detail: Mapping[str, str | int] = field(default_factory=dict)
 
     @classmethod
-    def by(cls, claims: Claims | None, action: str, **values: object) -> Access:
+    def by(cls, claims: Claims | None, action: str, **values: Any) -> Access:
         """An ``Access`` done by the holder of ``claims`` (None: nobody authenticated)."""
         who: dict[str, object] = {}
         if claims is not None:

@@ -254,6 +254,14 @@ class TermsConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit trail (docs/audit.md). Records are purged when older than
+    ``retention_days`` (six years: HIPAA's documentation period) and relayed."""
+
+    retention_days: float = 2190.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -274,6 +282,7 @@ class Config:
     vosk_server: VoskServerConfig = field(default_factory=VoskServerConfig)
     wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     terms: TermsConfig = field(default_factory=TermsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -581,6 +590,7 @@ def _validate(c: Config) -> None:
         raise ConfigError("journal.min_free_mb",
                           f"must not be negative (0: no check), got {c.journal.min_free_mb}")
     _positive("journal.failing_seconds", c.journal.failing_seconds)
+    _positive("audit.retention_days", c.audit.retention_days)
     rl = c.relay
     _validate_mqtt(c)
     if rl.enabled and rl.transport == "websocket":

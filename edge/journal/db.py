@@ -1,11 +1,15 @@
 """The transcript journal: every session and every final transcription, durably, in SQLite.
 
-This module is the journal's face and its file: the schema and its migrations, opening
-(with recovery from a damaged file) and closing, and :class:`Journal`, whose methods
-are implemented by one module per concern: :mod:`~edge.journal.local` (local
+This module is the journal's face: :class:`Journal`, opened with :meth:`Journal.open`
+and closed with :meth:`Journal.close`, whose methods are implemented by one module per
+concern: :mod:`~edge.journal.local` (local
 sessions), :mod:`~edge.journal.outbox` (the relay outbox), :mod:`~edge.journal.ingest`
 (events relayed from downstream), :mod:`~edge.journal.retention` (purging) and
-:mod:`~edge.journal.reading`. Its values are in :mod:`~edge.journal.records`.
+:mod:`~edge.journal.reading`, :mod:`~edge.journal.audit` (the audit trail). Its values
+are in :mod:`~edge.journal.records`. The file itself is handled apart: its schema and
+migrations in :mod:`~edge.journal.schema`, opening and recovery from a damaged file in
+:mod:`~edge.journal.opening`, SQLCipher (keys, encrypting a plaintext journal in place,
+re-keying) in :mod:`~edge.journal.sqlcipher`.
 
 Plain blocking code (SQLCipher through ``sqlcipher3``, the ``sqlite3`` API); no trio.
 Every method blocks on disk I/O.
@@ -20,80 +24,23 @@ before sending it never sends what a power cut could lose. The relay's bookkeepi
 retention write in short transactions without an fsync of their own (their loss only
 repeats work).
 
-Files. The journal lives where the caller says (normally ``<state dir>/journal.db``).
-Its directory is created 0700, the database 0600; SQLite gives its ``-wal`` and ``-shm``
-files the database's mode (and owner, when run as root).
-
-Encryption. The file is a SQLCipher 4 database: every page (the WAL's too, and any
-temporary file, though temporary tables are kept in memory) is encrypted with AES-256
-and authenticated with HMAC-SHA512, under the ``journal`` subkey of the device's data
-key (:class:`~edge.crypto.datakey.DataKey`; a raw key, so no KDF runs at open). Nothing
-is in the clear but the file's size: not table names, session ids or times. A journal
-that exists and does not open with the key raises :class:`JournalKeyError`; it is never
-set aside or replaced, and no plaintext file is ever created beside it. A plaintext
-journal (an edge from before encryption) is encrypted in place at the first read-write
-open with a key: exported to ``<name>.encrypting``, which then replaces it; the
-plaintext file is kept as ``<name>.plaintext`` until the encrypted one is in place,
-then overwritten with zeros and removed. A crash at any point leaves either the
-plaintext journal (encrypted again at the next open) or the encrypted one.
-
-Recovery. :meth:`Journal.open` runs ``PRAGMA quick_check``. A file that is not a
-database, is malformed, fails the check, or carries a schema from a newer edge is moved
-aside to ``<name>.corrupt-<UTC time>`` (with its ``-wal``/``-shm``) and a fresh journal
-is started, with one WARNING naming the moved file; the daemon keeps running. A WAL cut
-mid-write needs nothing from us: SQLite replays the frames up to the last intact commit.
-
-Events. Each session is a sequence of events numbered by ``seq`` within the session:
-``0`` for ``start``, then ``1, 2, ...`` for each ``final`` and one last number for
-``end``. The journal keeps this counter itself (dense, so a gap upstream means lost
-events); a transcription's own ``seq`` stays in its payload. ``(device_id, session_id,
-seq)`` is unique, which is what lets an upstream journal drop duplicates of events
-relayed at least once. Payloads:
-
-* ``start``: ``{"source", "sub", "organization", "department", "model", "started_at",
-  "dialect"}``; ``dialect`` is the wire protocol a client session spoke (``live``,
-  ``assemblyai``, ...), left out for the room, and absent from the events of devices
-  older than schema version 2
-* ``final``: the whole ``transcription`` message (text, words, times, speaker)
-* ``end``: ``{"reason", "ended_at"}``
-
-Dialects. ``sessions.dialect`` (schema version 2) says which wire protocol a session
-spoke; ``NULL`` for the room (it speaks none) and for a relayed session whose start
-never came or did not say. Before dialects a client could speak only the Live API, so
-a client session journaled without one spoke ``live``: opening a version-1 file adds
-the column and fills it in so (from the start event's payload for relayed sessions),
-and a read-only look at a version-1 file (``edge transcripts`` before the daemon has
-opened it) reads it so without writing.
-
-Epoch (schema version 3): a ``meta`` row ``epoch``, random, written in the transaction
-that creates the file (or migrates an older one); see :attr:`Journal.epoch`.
-
-Relay state per event: pending (``0``), acknowledged by the upstream (``1``), or shed
-from a full outbox by :meth:`Journal.shed_backlog` (``2``: kept here, never sent).
-
-Set aside (schema version 4): a ``set_aside`` row per event taken out of the outbox
-because a consumer refused it or it cannot be sent (``relayed`` is ``2`` for it, as for
-shed events), with the reason; :meth:`Journal.requeue` puts it back.
-
 Nothing here logs transcript text or payloads; log lines carry counts, paths and ids.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlcipher3 import dbapi2 as sqlite3
 
-from edge.core.fs import create_private, fsync_dir, shred
+from edge.core.audit import Access
 from edge.crypto.datakey import DataKey
+from edge.journal import audit, local, opening, outbox, reading, retention
 from edge.journal import ingest as _ingest
-from edge.journal import local, outbox, reading, retention
 from edge.journal.connection import Link, WriteGate
 from edge.journal.outbox import SetAside
 from edge.journal.records import (
@@ -106,80 +53,25 @@ from edge.journal.records import (
     RelayEvent,
     SessionRow,
 )
+from edge.journal.schema import SCHEMA_VERSION, Unusable, configure
+from edge.journal.sqlcipher import (
+    connect,
+    encrypt_plaintext,
+    export,
+    export_rekeyed,
+    is_plaintext,
+    key_opens,
+    key_pragma,
+    recover_encryption,
+)
+from edge.protocols.audit import Anchor, AuditRecord
 from edge.protocols.relay import check_id
 
 __all__ = ["PENDING", "RELAYED", "SCHEMA_VERSION", "SHED", "Backlog", "Journal",
-           "JournalError", "JournalKeyError", "RelayEvent", "SessionRow", "SetAside"]
+           "JournalError", "JournalKeyError", "RelayEvent", "SessionRow", "SetAside",
+           "audit_into", "connect", "export", "export_rekeyed", "key_opens"]
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 4
-_OLDEST_READABLE = 1  # read-only opening reads files of this version and later
-
-# SQLite primary result codes that mean "this file is damaged", not "the world is busy".
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
-
-_PLAINTEXT_HEADER = b"SQLite format 3\x00"
-_PLAINTEXT_SUFFIX = ".plaintext"  # a plaintext journal while its encrypted copy goes in
-_ENCRYPTING_SUFFIX = ".encrypting"  # the encrypted copy being written
-
-_SCHEMA: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE sessions (
-            session_id TEXT NOT NULL,
-            device_id TEXT NOT NULL,
-            source TEXT NOT NULL CHECK (source IN ('client', 'room', 'relay')),
-            sub TEXT,
-            organization TEXT,
-            department TEXT,
-            model TEXT,
-            started_at REAL NOT NULL,
-            ended_at REAL,
-            end_reason TEXT,
-            PRIMARY KEY (device_id, session_id)
-        )""",
-        "CREATE INDEX sessions_started ON sessions (started_at)",
-        "CREATE INDEX sessions_ended ON sessions (ended_at) WHERE ended_at IS NOT NULL",
-        # AUTOINCREMENT: ids are never reused after a purge, so an upstream's
-        # acknowledgement "up to id N" can never cover a later event.
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            device_id TEXT NOT NULL,
-            session_id TEXT NOT NULL,
-            seq INTEGER NOT NULL CHECK (seq >= 0),
-            kind TEXT NOT NULL CHECK (kind IN ('start', 'final', 'end')),
-            created_at REAL NOT NULL,
-            payload TEXT NOT NULL,
-            size INTEGER NOT NULL,
-            relayed INTEGER NOT NULL DEFAULT 0 CHECK (relayed IN (0, 1, 2)),
-            UNIQUE (device_id, session_id, seq),
-            FOREIGN KEY (device_id, session_id)
-                REFERENCES sessions (device_id, session_id) ON DELETE CASCADE
-        )""",
-        "CREATE INDEX events_pending ON events (id) WHERE relayed = 0",
-    ),
-    2: (
-        "ALTER TABLE sessions ADD COLUMN dialect TEXT",
-        f"UPDATE sessions SET dialect = {reading.LEGACY_DIALECT}",
-    ),
-    # The journal's epoch, set once when the file is created (or first opened by an
-    # edge with version 3): event ids restart only in a new file, so (device, epoch,
-    # id) names an event for good (the MQTT relay's idempotency key).
-    3: (
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(8))))",
-    ),
-    # Events set aside from the outbox (refused by a consumer, or too large to send):
-    # why and when, until an operator re-queues them or retention purges them.
-    4: (
-        """CREATE TABLE set_aside (
-            event_id INTEGER PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
-            reason TEXT NOT NULL,
-            at REAL NOT NULL
-        )""",
-    ),
-}
 
 
 class Journal:
@@ -224,9 +116,9 @@ class Journal:
         check_id("device_id", device_id)
         path = Path(path)
         gate = WriteGate()
-        secret = _key_pragma(key)
+        secret = key_pragma(key)
         if readonly:
-            conn, version = _connect_readonly(path, secret, key)
+            conn, version = opening.connect_readonly(path, secret, key)
             return cls(Link(conn, gate, hot=False, readonly=True), None, path, device_id,
                        readonly=True, schema=version)
         try:
@@ -234,25 +126,25 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot create the journal's directory {path.parent}: "
                                f"{exc.strerror}") from exc
-        _recover_encryption(path)
-        if _is_plaintext(path):
-            _encrypt_plaintext(path, secret)
+        recover_encryption(path)
+        if is_plaintext(path):
+            encrypt_plaintext(path, secret)
             logger.warning("journal %s was not encrypted: encrypted it in place with the "
                            "%s, and overwrote and removed the plaintext file", path,
                            key.describe())
         try:
-            conn = _connect(path, secret, key)
-        except _Unusable as exc:
-            aside = _set_aside(path)
+            conn = opening.connect(path, secret, key)
+        except Unusable as exc:
+            aside = opening.set_aside(path)
             logger.warning("journal %s is unusable (%s): moved it aside to %s and started "
                            "a fresh journal", path, exc, aside)
             try:
-                conn = _connect(path, secret, key)
-            except _Unusable as again:
+                conn = opening.connect(path, secret, key)
+            except Unusable as again:
                 raise JournalError(f"a fresh journal at {path} is unusable too: {again}"
                                    ) from again
         try:
-            hot = _connect_hot(path, secret)
+            hot = opening.connect_hot(path, secret)
         except BaseException:
             conn.close()
             raise
@@ -408,6 +300,51 @@ class Journal:
         with self._bulk.read() as db:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    # --- the audit trail (the bulk connection) ---------------------------------------
+
+    def audit_append(self, entries: Sequence[tuple[Access, float]]) -> list[AuditRecord]:
+        """Chain and store audit records (an access and its Unix time each), durably;
+        returns them. See :mod:`edge.journal.audit`."""
+        return audit.append(self._writable(self._bulk), entries)
+
+    def audit_head(self) -> Anchor:
+        """The last audit record written (``seq`` 0: none)."""
+        return audit.head(self._bulk) if self._schema >= 5 else Anchor()
+
+    def audit_records(self, which: audit.Filter | None = None) -> list[AuditRecord]:
+        """Audit records in ``seq`` order, this device's or a relaying device's."""
+        if self._schema < 5:
+            return []
+        return audit.records(self._bulk, which or audit.Filter())
+
+    def audit_verify(self, device_id: str | None = None) -> tuple[int, str | None]:
+        """Check the audit chain (this device's, or the records relayed from
+        ``device_id``): the records read and the first fault, or None."""
+        return audit.verify(self._bulk, device_id) if self._schema >= 5 else (0, None)
+
+    def audit_pending(self, limit: int) -> list[AuditRecord]:
+        """Audit records not yet relayed, oldest first."""
+        return audit.pending(self._bulk, limit)
+
+    def audit_mark_relayed(self, up_to: int) -> int:
+        return audit.mark_relayed(self._writable(self._bulk), up_to)
+
+    def audit_relayed_seq(self) -> int:
+        return audit.relayed_seq(self._bulk)
+
+    def audit_ingest(self, device_id: str, records: Sequence[AuditRecord]
+                     ) -> audit.Ingested:
+        """Store audit records relayed from ``device_id``, checking their chain."""
+        return audit.ingest(self._writable(self._bulk), device_id, records)
+
+    def audit_purge(self, older_than: float, *, keep_unrelayed: bool) -> int:
+        """Delete audit records past retention (see :func:`edge.journal.audit.purge`)."""
+        gone = audit.purge(self._writable(self._bulk), older_than,
+                           keep_unrelayed=keep_unrelayed)
+        if gone:
+            logger.info("journal: purged %d audit record(s) past retention", gone)
+        return gone
+
     # --- reading (the bulk connection) -----------------------------------------------
 
     def sessions(self, since: float | None = None, *, limit: int = 1000,
@@ -434,356 +371,21 @@ class Journal:
         return link
 
 
-# --- files -----------------------------------------------------------------------------
-
-class _Unusable(Exception):
-    """The file is damaged or not ours: set it aside."""
-
-
-def _make_private(path: Path) -> None:
-    # Created 0600 before SQLite opens it: SQLite creates -wal and -shm with the
-    # database's mode. Files of an older edge may be looser: tightened.
-    create_private(path)
-    for name in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-        with contextlib.suppress(FileNotFoundError):
-            if name.stat().st_mode & 0o077:
-                name.chmod(0o600)
-
-
-def _damaged(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-
-
-def _key_pragma(key: DataKey) -> str:
-    """SQLCipher's form of a raw 256-bit key (no KDF runs at open)."""
-    return f"x'{key.subkey('journal').hex()}'"
-
-
-def _keyed(target: str | Path, secret: str, *, uri: bool = False) -> sqlite3.Connection:
-    """A SQLCipher connection with the key set and its error log off (it would print
-    to stderr). Raises sqlite3.Error."""
-    conn = sqlite3.connect(target, uri=uri, timeout=10.0, isolation_level=None,
-                           check_same_thread=False)
+def audit_into(path: str | os.PathLike[str], key: DataKey,
+               entries: Sequence[tuple[Access, float]]) -> list[AuditRecord] | None:
+    """Append audit records to the existing journal at ``path`` without
+    :meth:`Journal.open`'s integrity check of the whole file (for a command recording
+    itself beside a running daemon); None when the file is of an older schema (open it
+    with :meth:`Journal.open`, which migrates it, instead). Raises JournalKeyError,
+    JournalError. Blocking, one durable transaction."""
+    conn = connect(path, key)
     try:
-        conn.execute("PRAGMA cipher_log_level = NONE")
-        conn.execute(f'PRAGMA key = "{secret}"')
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _check_key(conn: sqlite3.Connection, path: Path, key: DataKey) -> None:
-    """Read the first page, the one place a wrong key shows. Raises JournalKeyError."""
-    try:
-        conn.execute("PRAGMA user_version").fetchone()  # decrypts page 1, no more
-    except sqlite3.Error as exc:
-        # SQLCipher reports a page that fails its HMAC as "not a database"; a file cut
-        # short or otherwise malformed past its first page is damage, not a key problem.
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is None or code & 0xFF != _SQLITE_NOTADB:
-            raise
-        raise JournalKeyError(
-            f"the journal {path} does not open with the {key.describe()}: a wrong key, or "
-            "a damaged file (it is not set aside: move it away yourself if the key is "
-            "right and the data is lost)") from None
-
-
-def _connect(path: Path, secret: str, key: DataKey) -> sqlite3.Connection:
-    """Open, check, configure and migrate. Raises _Unusable, JournalKeyError or
-    JournalError."""
-    try:
-        _make_private(path)
-    except OSError as exc:
-        raise JournalError(f"cannot create the journal {path}: {exc.strerror}") from exc
-    try:
-        conn = _keyed(path, secret)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-    try:
-        _check_key(conn, path, key)
-        _prepare(conn)
-    except sqlite3.Error as exc:
-        conn.close()
-        if _damaged(exc):
-            raise _Unusable(str(exc)) from exc
-        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _prepare(conn: sqlite3.Connection) -> None:
-    check = conn.execute("PRAGMA quick_check").fetchall()
-    if check != [("ok",)]:
-        first = str(check[0][0]) if check else "no result"
-        raise _Unusable(f"integrity check failed: {first[:200]}")
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > SCHEMA_VERSION:
-        raise _Unusable(f"schema version {version} is newer than this edge's "
-                        f"({SCHEMA_VERSION})")
-    if version == 0 and conn.execute("SELECT COUNT(*) FROM sqlite_schema").fetchone()[0]:
-        raise _Unusable("a database that is not an edge journal")
-    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-    if str(mode).lower() != "wal":
-        raise JournalError(f"the filesystem does not support WAL mode (got {mode!r})")
-    _configure(conn)
-    if version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _SCHEMA[step]:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-
-def _configure(conn: sqlite3.Connection, *, autocheckpoint: int = 1000) -> None:
-    """Per-connection settings (WAL itself is a property of the file)."""
-    conn.execute("PRAGMA synchronous = FULL")  # WAL + FULL: fsync at every commit
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA secure_delete = ON")  # purged transcripts are overwritten
-    conn.execute("PRAGMA trusted_schema = OFF")
-    conn.execute("PRAGMA temp_store = MEMORY")  # no temporary files beside the journal
-    conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
-
-
-def _connect_hot(path: Path, secret: str) -> sqlite3.Connection:
-    """A second connection to a journal :func:`_connect` just checked and migrated.
-
-    Its commits hardly ever checkpoint (which would make a final wait for the WAL to be
-    copied into the database): the bulk link's commits and
-    :meth:`Journal.checkpoint` do that; 10,000 pages is a bound for a journal whose
-    service never runs one."""
-    try:
-        conn = _keyed(path, secret)
-        try:
-            _configure(conn, autocheckpoint=10000)
-        except BaseException:
-            conn.close()
-            raise
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-    return conn
-
-
-def _connect_readonly(path: Path, secret: str, key: DataKey
-                      ) -> tuple[sqlite3.Connection, int]:
-    if not path.is_file():
-        raise JournalError(f"no journal at {path}")
-    if _is_plaintext(path):
-        raise JournalError(f"the journal {path} is not encrypted yet: the daemon encrypts "
-                           "it at its next start")
-    uri = path.resolve().as_uri() + "?mode=ro"
-    try:
-        conn = _keyed(uri, secret, uri=True)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-    try:
-        _check_key(conn, path, key)
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        conn.execute("PRAGMA trusted_schema = OFF")
-    except JournalKeyError:
-        conn.close()
-        raise
+        if version != SCHEMA_VERSION:
+            return None
+        configure(conn)
+        return audit.append(Link(conn, WriteGate(), hot=False), entries)
     except sqlite3.Error as exc:
-        conn.close()
-        hint = "; the daemon sets it aside at its next start" if _damaged(exc) else ""
-        raise JournalError(f"cannot read the journal {path}: {exc}{hint}") from exc
-    if not _OLDEST_READABLE <= version <= SCHEMA_VERSION:
-        conn.close()
-        raise JournalError(f"{path} is not an edge journal of schema version "
-                           f"{_OLDEST_READABLE} to {SCHEMA_VERSION} (found {version})")
-    return conn, version
-
-
-def _set_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    try:
-        os.replace(path, target)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{path}{suffix}", f"{target}{suffix}")
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise JournalError(f"journal {path} is unusable and cannot be moved aside: "
-                           f"{exc.strerror}") from exc
-    return target
-
-
-# --- encryption ------------------------------------------------------------------------
-
-def _is_plaintext(path: Path) -> bool:
-    """Whether ``path`` is a plaintext SQLite database (SQLCipher's first 16 bytes are
-    a random salt; SQLite's are its magic string)."""
-    try:
-        with path.open("rb") as f:
-            return f.read(len(_PLAINTEXT_HEADER)) == _PLAINTEXT_HEADER
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise JournalError(f"cannot read the journal {path}: {exc.strerror}") from exc
-
-
-def _sidecars(path: Path) -> list[Path]:
-    return [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
-
-
-def _recover_encryption(path: Path) -> None:
-    """Finish or undo an encryption in place that a crash interrupted."""
-    plain = path.with_name(path.name + _PLAINTEXT_SUFFIX)
-    partial = path.with_name(path.name + _ENCRYPTING_SUFFIX)
-    try:
-        if plain.exists():
-            if path.exists() and path.stat().st_size and not _is_plaintext(path):
-                for leftover in (plain, *_sidecars(plain)):
-                    shred(leftover)  # the encrypted journal is in place: this is stale
-            else:
-                os.replace(plain, path)  # the swap never happened: start again
-                for sidecar, original in zip(_sidecars(plain), _sidecars(path), strict=True):
-                    if sidecar.exists():
-                        os.replace(sidecar, original)
-                fsync_dir(path.parent)
-        for leftover in (partial, *_sidecars(partial)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-    except OSError as exc:
-        raise JournalError(f"cannot finish encrypting the journal {path}: "
-                           f"{exc.strerror}") from exc
-
-
-def export(source: sqlite3.Connection, target: Path, secret: str) -> None:
-    """Copy the database open on ``source`` into a new file ``target`` keyed by
-    ``secret`` (``sqlcipher_export``): same schema, rows and ``user_version``, WAL mode,
-    0600, fsynced. Raises sqlite3.Error or OSError; ``target`` must not exist."""
-    create_private(target)
-    (version,) = source.execute("PRAGMA user_version").fetchone()
-    source.execute("ATTACH DATABASE ? AS rekeyed KEY ?", (str(target), secret))
-    try:
-        source.execute("SELECT sqlcipher_export('rekeyed')").fetchall()
-        source.execute(f"PRAGMA rekeyed.user_version = {int(version)}")
-    finally:
-        source.execute("DETACH DATABASE rekeyed")
-    check = _keyed(target, secret)
-    try:
-        (mode,) = check.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(mode).lower() != "wal":
-            raise JournalError(f"the filesystem does not support WAL mode (got {mode!r})")
-    finally:
-        check.close()  # the last connection: its WAL is checkpointed and removed
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _encrypt_plaintext(path: Path, secret: str) -> None:
-    """Encrypt a plaintext journal in place (see the module doc). Raises JournalError."""
-    partial = path.with_name(path.name + _ENCRYPTING_SUFFIX)
-    plain = path.with_name(path.name + _PLAINTEXT_SUFFIX)
-    try:
-        source = sqlite3.connect(path, timeout=10.0, isolation_level=None,
-                                 check_same_thread=False)
-        try:
-            source.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            export(source, partial, secret)
-        finally:
-            source.close()
-        os.replace(path, plain)
-        for sidecar in _sidecars(path):  # normally gone with the last connection
-            if sidecar.exists():
-                os.replace(sidecar, Path(f"{plain}{sidecar.name[len(path.name):]}"))
-        os.replace(partial, path)
-        fsync_dir(path.parent)
-        for leftover in (plain, *_sidecars(plain)):
-            shred(leftover)
-    except (OSError, sqlite3.Error) as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        detail = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise JournalError(f"cannot encrypt the plaintext journal {path}: {detail}"
-                           ) from exc
-
-
-def key_opens(path: str | os.PathLike[str], key: DataKey) -> bool | None:
-    """Whether ``key`` opens the journal at ``path`` (None: there is no journal, or it
-    is plaintext). Reads the first page only; blocking."""
-    path = Path(path)
-    if not path.is_file() or not path.stat().st_size or _is_plaintext(path):
-        return None
-    try:
-        # immutable: no locks, no -wal or -shm made beside the file; the first page,
-        # all this reads, is in the main file once the journal has been opened.
-        conn = _keyed(path.resolve().as_uri() + "?mode=ro&immutable=1", _key_pragma(key),
-                      uri=True)
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-    try:
-        _check_key(conn, path, key)
-    except JournalKeyError:
-        return False
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot read the journal {path}: {exc}") from exc
+        raise JournalError(f"cannot write the audit trail into {path}: {exc}") from exc
     finally:
         conn.close()
-    return True
-
-
-def export_rekeyed(path: str | os.PathLike[str], old: DataKey, new: DataKey,
-                   target: str | os.PathLike[str]) -> None:
-    """Write the journal at ``path`` (keyed by ``old``) to a new file ``target`` keyed by
-    ``new``, holding an exclusive lock meanwhile: raises JournalError if another process
-    (a running daemon, ``edge transcripts``) has the journal open. Leaves ``path`` as it
-    was, with its WAL checkpointed and removed. Blocking."""
-    path, target = Path(path), Path(target)
-    for leftover in (target, *_sidecars(target)):
-        with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
-    try:
-        conn = _keyed(path, _key_pragma(old))
-        conn.execute("PRAGMA busy_timeout = 100")
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {path}: {exc}") from exc
-    try:
-        _check_key(conn, path, old)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        try:
-            conn.execute("BEGIN EXCLUSIVE")
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError:
-            raise JournalError(f"the journal {path} is in use by another process: stop "
-                               "the daemon first (systemctl stop edge)") from None
-        export(conn, target, _key_pragma(new))
-    except sqlite3.Error as exc:
-        raise JournalError(f"cannot re-encrypt the journal {path}: {exc}") from exc
-    finally:
-        conn.close()
-    for sidecar in _sidecars(path):
-        if sidecar.exists() and sidecar.name.endswith("-wal") and sidecar.stat().st_size:
-            raise JournalError(f"the journal's WAL {sidecar} was not emptied")
-
-
-def connect(path: str | os.PathLike[str], key: DataKey) -> sqlite3.Connection:
-    """A bare connection to the journal at ``path``, keyed, for tools and tests that
-    inspect the file (autocommit; the caller closes it). Raises JournalKeyError when
-    the key does not open it."""
-    path = Path(path)
-    conn = _keyed(path, _key_pragma(key))
-    try:
-        _check_key(conn, path, key)
-    except BaseException:
-        conn.close()
-        raise
-    return conn

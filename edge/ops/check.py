@@ -360,11 +360,13 @@ def memory_limits(config: Config, *, load: bool = True) -> tuple[memory.Limits, 
 
 def board_summary(model_mb: int = memory.MODEL_MB) -> str:
     """What 2, 4 and 8 GB boards hold: the largest budget, and recognisers at
-    ``recognizer_memory_mb`` = 90 (room and sessions, or warm)."""
+    ``recognizer_memory_mb`` = 90 below its high-water mark (room and sessions, or
+    warm)."""
     parts = []
     for gb in memory.BOARDS_GB:
         budget = memory.largest_budget(memory.board_mem_total_mb(gb), model_mb=model_mb)
-        parts.append(f"{gb} GB: budget <= {budget} MB ({budget // 90} recognisers)")
+        parts.append(f"{gb} GB: budget <= {budget} MB "
+                     f"({memory.recognizers_held(budget)} recognisers)")
     return "; ".join(parts)
 
 

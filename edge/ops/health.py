@@ -69,6 +69,7 @@ def health(
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
     memory: Mapping[str, Any] | None = None,
     jwks: Mapping[str, Any] | None = None,
+    audit: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -110,6 +111,13 @@ def health(
     body["journal"] = ({**journal, "min_free_bytes": min_free_bytes,
                         "low_space": low_space(journal, min_free_bytes)}
                        if journal is not None else {"state": "not_configured"})
+    if audit is not None:
+        # The audit trail (edge.journal.auditor.Auditor.status): a store that fails is a
+        # note, not a 503: sessions go on, and the failure is counted.
+        body["audit"] = dict(audit)
+        if audit.get("last_error"):
+            notes.append(f"the audit trail cannot be stored ({audit['last_error']}); "
+                         f"{audit.get('errors')} failed write(s) since start")
     if memory is not None:
         # The recognisers' memory budget (edge.asr.memory.Snapshot.status()).
         body["memory"] = dict(memory)
@@ -185,6 +193,7 @@ def render_metrics(
     journal: Mapping[str, Any] | None = None, min_free_bytes: int = 0,
     memory: Mapping[str, Any] | None = None,
     jwks: KeyStore | None = None,
+    audit_records: Mapping[str, int] | None = None,
 ) -> str:
     """Prometheus text exposition format 0.0.4.
 
@@ -338,6 +347,10 @@ def render_metrics(
         metric("edge_auth_jwks_keys", "gauge",
                "Keys in the identity provider's key set in force.",
                [({}, len(jwks.current.keys) if jwks.current else 0)])
+    if audit_records is not None:
+        metric("edge_audit_records_total", "counter",
+               "Audit records written since start, by action (Auditor.by_action).",
+               [({"action": k}, v) for k, v in sorted(audit_records.items())])
     if service_restarts is not None:
         metric("edge_service_restarts_total", "counter",
                "Background services restarted after a failure, by service.",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edge.asr.budget_policy import headroom
+
 MB = 1024 * 1024
 
 #: Measured on the development machine (2026-12-07): ``edge serve`` before the model
@@ -26,6 +28,8 @@ SLACK_MB = 128
 SYSTEM_MB = 400
 
 BOARDS_GB = (2, 4, 8)
+#: A warm recogniser's size (``recognizer.recognizer_memory_mb``'s default).
+RECOGNIZER_MB = 90
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,11 @@ def largest_budget(mem_total_mb: int, *, model_mb: int = MODEL_MB,
 def board_mem_total_mb(gb: int) -> int:
     """A Pi's ``MemTotal`` (the firmware keeps some: about 3.7 GiB of a 4 GB board)."""
     return gb * 1024 - 64 - 32 * gb
+
+
+def recognizers_held(budget_mb: int, recognizer_mb: int = RECOGNIZER_MB) -> int:
+    """Warm recognisers of ``recognizer_mb`` the budget holds below its high-water mark
+    with nothing growing (above it, recycling starts: :mod:`edge.asr.budget_policy`)."""
+    if recognizer_mb <= 0:
+        return 0
+    return (budget_mb - headroom(budget_mb, 0.0, 0.0, recognizer_mb)) // recognizer_mb

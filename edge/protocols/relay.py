@@ -34,6 +34,7 @@ from edge.core.close_codes import CLOSE_NORMAL as CLOSE_NORMAL
 from edge.core.close_codes import CLOSE_POLICY as CLOSE_POLICY
 from edge.core.close_codes import CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
+from edge.protocols.audit import AUDIT_BATCH, AuditBatch, AuditRecordError, records_from_wire
 from edge.protocols.text import JsonTextError, json_object
 
 SOURCES = ("client", "room", "relay")
@@ -223,12 +224,15 @@ def _check_event_id(name: str, value: Any) -> None:
 @dataclass(frozen=True)
 class RelayInit:
     """The upstream's greeting on accept. ``device_id`` and ``max_batch_events`` are
-    what an edge upstream says; other upstreams may leave them out."""
+    what an edge upstream says; other upstreams may leave them out. ``audit``: the
+    upstream takes ``relay_audit`` messages (:class:`~edge.protocols.audit.AuditBatch`);
+    a device sends its audit trail only to one that says so."""
 
     server: str
     version: str
     device_id: str | None = None
     max_batch_events: int | None = None
+    audit: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"type": "relay_init", "server": self.server,
@@ -237,6 +241,8 @@ class RelayInit:
             body["device_id"] = self.device_id
         if self.max_batch_events is not None:
             body["max_batch_events"] = self.max_batch_events
+        if self.audit:
+            body["audit"] = True
         return body
 
 
@@ -296,7 +302,7 @@ class RelayErrorMessage:
         return {"type": "error", "code": self.code, "message": self.message}
 
 
-RelayMessage = RelayInit | RelayBatch | RelayAck | RelayErrorMessage
+RelayMessage = RelayInit | RelayBatch | AuditBatch | RelayAck | RelayErrorMessage
 UpstreamMessage = RelayInit | RelayAck | RelayErrorMessage
 
 
@@ -323,7 +329,7 @@ def parse_upstream(frame: str | bytes, *, max_chars: int = MAX_FRAME_CHARS
         return RelayInit(server=_text(data, "relay_init", "server"),
                          version=_text(data, "relay_init", "version"),
                          device_id=None if device is None else device[:MAX_ID_LENGTH],
-                         max_batch_events=max_events)
+                         max_batch_events=max_events, audit=data.get("audit") is True)
     if kind == "relay_ack":
         return RelayAck(batch=_count(data, "relay_ack", "batch", 1),
                         up_to=_count(data, "relay_ack", "up_to", 1),
@@ -340,16 +346,43 @@ def parse_downstream(frame: str | bytes, *, max_chars: int = MAX_FRAME_CHARS,
     events in strictly increasing id order. Raises :class:`RelayProtocolError` (code
     ``bad_batch``). Whether the events are the sender's own is the caller's check."""
     data = _decode(frame, max_chars, "bad_batch")
+    return _batch(data, max_events)
+
+
+def parse_downstream_any(frame: str | bytes, *, max_chars: int = MAX_FRAME_CHARS,
+                         max_events: int = MAX_BATCH_EVENTS) -> RelayBatch | AuditBatch:
+    """What an edge upstream receives: a :class:`RelayBatch` (as
+    :func:`parse_downstream`) or an :class:`~edge.protocols.audit.AuditBatch` of 1 to
+    ``max_events`` well-formed records (whether their chain holds is the store's
+    check). Raises :class:`RelayProtocolError` (code ``bad_batch``)."""
+    data = _decode(frame, max_chars, "bad_batch")
+    if data.get("type") != AUDIT_BATCH:
+        return _batch(data, max_events)
+    batch, device = _batch_head(data)
+    try:
+        records = records_from_wire(data.get("records"), max_events)
+    except AuditRecordError as exc:
+        raise _bad_batch(f"relay_audit.{exc}".replace("audit record: ", "")) from None
+    return AuditBatch(batch=batch, device_id=device, records=records)
+
+
+def _batch_head(data: dict[str, Any]) -> tuple[int, str]:
+    kind = data.get("type")
+    batch = data.get("batch")
+    if not (is_int(batch) and 1 <= batch <= _MAX_INT):
+        raise _bad_batch(f"{kind}.batch: expected a positive integer, got {kind_of(batch)}")
+    device = data.get("device_id")
+    if not isinstance(device, str):
+        raise _bad_batch(f"{kind}.device_id: expected a string, got {kind_of(device)}")
+    _check_event_id(f"{kind}.device_id", device)
+    return batch, device
+
+
+def _batch(data: dict[str, Any], max_events: int) -> RelayBatch:
     if data.get("type") != "relay_batch":
         raise _bad_batch(f'expected {{"type": "relay_batch", ...}}, got '
                          f"{_type_name(data.get('type'))}")
-    batch = data.get("batch")
-    if not (is_int(batch) and 1 <= batch <= _MAX_INT):
-        raise _bad_batch(f"relay_batch.batch: expected a positive integer, got {kind_of(batch)}")
-    device = data.get("device_id")
-    if not isinstance(device, str):
-        raise _bad_batch(f"relay_batch.device_id: expected a string, got {kind_of(device)}")
-    _check_event_id("relay_batch.device_id", device)
+    batch, device = _batch_head(data)
     raw = data.get("events")
     if not isinstance(raw, list) or not 1 <= len(raw) <= max_events:
         raise _bad_batch(f"relay_batch.events: expected a list of 1 to {max_events} events")
@@ -366,7 +399,7 @@ def parse_downstream(frame: str | bytes, *, max_chars: int = MAX_FRAME_CHARS,
     return RelayBatch(batch=batch, device_id=device, events=events, shed=shed)
 
 
-def expect_ack(message: UpstreamMessage, batch: RelayBatch) -> RelayAck:
+def expect_ack(message: UpstreamMessage, batch: RelayBatch | AuditBatch) -> RelayAck:
     """The reply to ``batch`` must be its ack, exactly (same batch number, same last
     id); anything else raises :class:`RelayProtocolError` (an error message included,
     with the upstream's code and message, clipped)."""

@@ -7,7 +7,12 @@ ignored, so a device resending after a lost ack changes nothing. Relayed session
 served to this daemon's own clients (``/transcripts/<id>``) and, when this daemon
 relays too, passed on upstream (tiers: room devices -> clinic server -> cloud).
 
-Frames are read with :func:`edge.protocols.relay.parse_downstream`. A device that sends
+Audit records (``relay_audit``, announced by ``"audit": true`` in ``relay_init``) are
+stored per device in the same way, acknowledged with a ``relay_ack`` up to their last
+``seq``; a record whose chain is broken is stored flagged, with a WARNING (see
+:mod:`edge.journal.audit`).
+
+Frames are read with :func:`edge.protocols.relay.parse_downstream_any`. A device that sends
 anything but a valid batch of its own events gets an ``error`` message with the protocol
 error's code (``bad_batch``) and its close code (1003 for a binary frame, 1008 for a
 malformed batch, 1009 for one too big); only a failure to store here is ``store_failed``
@@ -29,13 +34,14 @@ from edge.journal.db import JournalError
 from edge.journal.service import JournalService
 from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
+from edge.protocols.audit import AuditBatch
 from edge.protocols.relay import (
     MAX_BATCH_EVENTS,
     RelayAck,
     RelayBatch,
     RelayInit,
     RelayProtocolError,
-    parse_downstream,
+    parse_downstream_any,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,13 +56,14 @@ class RelayIngest(Connection):
         self._journal = journal
         self._device = info.claims.sub
         self.stored = 0
+        self.stored_audit = 0
         self._cancel = trio.CancelScope()
 
     async def run(self) -> Stop:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sender)
             self._queue(RelayInit("edge", __version__, self._device,
-                                  MAX_BATCH_EVENTS).to_wire())
+                                  MAX_BATCH_EVENTS, audit=True).to_wire())
             with self._cancel:
                 async with trio.open_nursery() as inner:
                     inner.start_soon(self._token_expiry)
@@ -85,6 +92,10 @@ class RelayIngest(Connection):
                 self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message)))
                 return
             try:
+                if isinstance(batch, AuditBatch):
+                    new = await self._store_audit(batch)
+                    self._queue(RelayAck(batch.batch, batch.up_to, new).to_wire())
+                    continue
                 new = await self._journal.call(self._journal.journal.ingest, batch.events)
             except JournalError as exc:
                 logger.error("relay from %s: cannot store a batch: %s", self._device, exc)
@@ -99,11 +110,25 @@ class RelayIngest(Connection):
                                "keep queued for relaying", self._device, batch.shed.events)
             self._queue(RelayAck(batch.batch, batch.up_to, new).to_wire())
 
-    def _parse(self, frame: str | bytes) -> RelayBatch:
-        """A batch of this device's own events, or RelayProtocolError (``bad_batch``)."""
-        batch = parse_downstream(frame, max_events=MAX_BATCH_EVENTS)
+    async def _store_audit(self, batch: AuditBatch) -> int:
+        """Store a device's audit records; a broken chain is stored, flagged and logged
+        (see :func:`edge.journal.audit.ingest`). Raises JournalError."""
+        journal = self._journal.journal
+        done = await self._journal.call(journal.audit_ingest, self._device, batch.records)
+        for fault in done.faults:
+            logger.warning("relay from %s: the audit trail is broken: %s (stored, flagged; "
+                           "see 'edge audit verify --device %s')", self._device, fault,
+                           self._device)
+        self.stored_audit += done.stored
+        return done.stored
+
+    def _parse(self, frame: str | bytes) -> RelayBatch | AuditBatch:
+        """A batch of this device's own events or audit records, or RelayProtocolError
+        (``bad_batch``)."""
+        batch = parse_downstream_any(frame, max_events=MAX_BATCH_EVENTS)
+        events = batch.events if isinstance(batch, RelayBatch) else ()
         if batch.device_id != self._device or any(e.device_id != self._device
-                                                  for e in batch.events):
+                                                  for e in events):
             raise RelayProtocolError("bad_batch", "a device may only relay its own events "
                                      "(device_id must be the token's sub)")
         if self._device == self._journal.journal.device_id:
@@ -112,4 +137,5 @@ class RelayIngest(Connection):
         return batch
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
-        return {**super()._summary(stop), "stored": self.stored}
+        return {**super()._summary(stop), "stored": self.stored,
+                "stored_audit": self.stored_audit}

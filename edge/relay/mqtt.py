@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.journal.db import Backlog, JournalError
 from edge.journal.service import JournalService
+from edge.protocols.audit import (
+    AUDIT_SCHEMA,
+    AuditMessage,
+    AuditReceipt,
+    AuditRecordError,
+    decode_audit_receipt,
+)
 from edge.protocols.mqtt_relay import (
+    SCHEMA_PROPERTY,
     EventsMessage,
     MqttRelayError,
     Receipt,
@@ -72,6 +81,7 @@ _RC_NO_MATCHING_SUBSCRIBERS = 0x10
 _RC_IMPLEMENTATION_SPECIFIC = 0x83  # Mosquitto's answer to a message over its size limit
 _RC_PACKET_TOO_LARGE = 0x95
 _RC_QUOTA_EXCEEDED = 0x97
+_AUDIT_RETRY = 10  # receipt timeouts before unanswered audit records are offered again
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,8 @@ class MqttRelay(OutboxRelay):
         self.set_aside_waiting = 0  # in the journal now (re-read every few seconds)
         self.messages = 0
         self.epoch = ""
+        self._audit_receipts: collections.deque[AuditReceipt] = collections.deque(maxlen=64)
+        self._audit_retry_at = -math.inf  # after an unanswered audit message: later
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "transport": "mqtt",
@@ -146,7 +158,11 @@ class MqttRelay(OutboxRelay):
         try:
             receipt = decode_receipt(bytes(message.payload))
         except MqttRelayError as exc:
-            logger.warning("relay: ignored a message on the receipt topic (%s)", exc.message)
+            try:
+                self._audit_receipts.append(decode_audit_receipt(bytes(message.payload)))
+            except AuditRecordError:
+                logger.warning("relay: ignored a message on the receipt topic (%s)",
+                               exc.message)
             return
         props = message.properties
         correlation = getattr(props, "CorrelationData", None) if props else None
@@ -173,6 +189,7 @@ class MqttRelay(OutboxRelay):
             if link.maximum_packet_size:
                 max_bytes = min(max_bytes, link.maximum_packet_size)
             changed = journal.changed
+            await self._send_audit(link, max_bytes)
             events = await journal.call(journal.journal.pending,
                                         self._settings.batch_events * cap, max_bytes * cap)
             if not events:
@@ -187,6 +204,58 @@ class MqttRelay(OutboxRelay):
                 await self._send_window(link, events, cap, max_bytes)
             except _Resplit:
                 continue
+
+    async def _send_audit(self, link: MqttLink, max_bytes: int) -> None:
+        """Publish the pending audit records (one message, between windows) and mark
+        them relayed when the consumer's audit receipt (or, with ``ack_level =
+        "broker"``, a successful PUBACK) covers them. A message left unanswered for
+        ``receipt_timeout`` (a consumer that does not take audit records) is not a
+        failure of the link: the records wait, and are offered again later."""
+        m = self._settings
+        if trio.current_time() < self._audit_retry_at:
+            return
+        journal = self._journal
+        records = await journal.call(journal.journal.audit_pending, m.batch_events)
+        if not records:
+            self._audit_retry_at = trio.current_time() + IDLE_POLL  # a look a second
+            return
+        message = AuditMessage(self._device, tuple(records))
+        while len(message.records) > 1 and len(message.encode()) + 1024 > max_bytes:
+            message = AuditMessage(self._device, message.records[:len(message.records) // 2])
+        by_receipt = m.ack_level == "receipt"
+        mid = link.publish(m.topic, message.encode(),
+                           user_properties=[(SCHEMA_PROPERTY, AUDIT_SCHEMA)],
+                           response_topic=m.receipt_topic if by_receipt else None,
+                           correlation=message.correlation)
+        self.messages += 1
+        outcome: str | None = None
+        with trio.move_on_after(m.receipt_timeout):
+            while (outcome := self._audit_settled(link, mid, message, by_receipt)) is None:
+                wake = link.wake
+                link.check()
+                await wake.wait()
+        if outcome != "ok":
+            self._audit_retry_at = trio.current_time() + _AUDIT_RETRY * m.receipt_timeout
+            logger.info("relay: audit records %d-%d not taken (%s); offered again later",
+                        message.records[0].seq, message.last,
+                        outcome or f"no receipt within {m.receipt_timeout:g}s: does the "
+                        f"consumer take {AUDIT_SCHEMA}?")
+            return
+        await journal.call(journal.journal.audit_mark_relayed, message.last)
+        self.sent_audit += len(message.records)
+
+    def _audit_settled(self, link: MqttLink, mid: int, message: AuditMessage,
+                       by_receipt: bool) -> str | None:
+        """``ok`` when the audit message is acknowledged, why not when it was refused,
+        None while waiting."""
+        rc = link.published.pop(mid, None)
+        if rc is not None and (rc.is_failure or rc.value == _RC_NO_MATCHING_SUBSCRIBERS):
+            return f"the broker answered {describe_reason(rc)}"
+        if not by_receipt:
+            return None if rc is None else "ok"
+        covered = any(r.device_id == self._device and r.last >= message.last
+                      for r in self._audit_receipts)
+        return "ok" if covered else None
 
     async def _send_window(self, link: MqttLink, events: list[Any], cap: int,
                            max_bytes: int) -> None:

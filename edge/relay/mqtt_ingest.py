@@ -47,6 +47,7 @@ import trio
 from edge.core.backoff import Backoff, Circuit
 from edge.journal.db import JournalError
 from edge.journal.service import JournalService
+from edge.protocols.audit import AuditReceipt, AuditRecordError, decode_audit, is_audit
 from edge.protocols.mqtt_relay import (
     EventsMessage,
     MqttRelayError,
@@ -92,6 +93,7 @@ class MqttIngest:
         self.refused = 0  # events refused (answered in receipts)
         self.gaps = 0  # messages not stored for want of an earlier one
         self.receipts = 0
+        self.audit_stored = 0  # audit records of devices stored since start
         self.subscribed = trio.Event()  # set once the first subscription is granted
 
     @property
@@ -155,7 +157,10 @@ class MqttIngest:
         try:
             events = decode_events(bytes(message.payload), max_bytes=_MAX_PAYLOAD)
         except MqttRelayError as exc:
-            self._refuse_unreadable(link, message, exc.message)
+            if is_audit(bytes(message.payload)):
+                await self._handle_audit(link, message)
+            else:
+                self._refuse_unreadable(link, message, exc.message)
             return
         device = events.device_id
         if self._allow and device not in self._allow:
@@ -192,14 +197,46 @@ class MqttIngest:
         self._advance(source, events.last)
         self._answer(link, message, events.receipt(new))
 
+    async def _handle_audit(self, link: MqttLink, message: paho.MQTTMessage) -> None:
+        """Store a device's audit records (a broken chain stored flagged, with a
+        WARNING), then answer with an audit receipt. A message this ingest will not
+        store is acknowledged without a receipt: the device offers it again later."""
+        try:
+            audit = decode_audit(bytes(message.payload))
+        except AuditRecordError as exc:
+            self.dropped += 1
+            logger.warning("mqtt ingest: dropped audit records on %s (%s)", message.topic,
+                           exc)
+            self._answer(link, message, None)
+            return
+        device = audit.device_id
+        if (self._allow and device not in self._allow) or (
+                device == self._journal.journal.device_id):
+            logger.warning("mqtt ingest: refused audit records of %s on %s (not an allowed "
+                           "device)", f"{device!r:.60}", message.topic)
+            self._answer(link, message, None)
+            return
+        try:
+            done = await self._journal.call(self._journal.journal.audit_ingest, device,
+                                            audit.records)
+        except JournalError as exc:
+            logger.error("mqtt ingest: cannot store audit records from %s: %s", device, exc)
+            raise LinkError(f"cannot store: {exc}") from exc
+        for fault in done.faults:
+            logger.warning("mqtt ingest: the audit trail of %s is broken: %s (stored, "
+                           "flagged; see 'edge audit verify --device %s')", device, fault,
+                           device)
+        self.audit_stored += done.stored
+        self._answer(link, message, AuditReceipt(device, audit.last, done.stored))
+
     def _advance(self, source: tuple[str, str], last: int) -> None:
         self._high[source] = max(last, self._high.get(source, 0))
         self._high.move_to_end(source)
         while len(self._high) > _MAX_SOURCES:
             self._high.popitem(last=False)  # forgotten: its next message is a gap
 
-    def _answer(self, link: MqttLink, message: paho.MQTTMessage, receipt: Receipt | None
-                ) -> None:
+    def _answer(self, link: MqttLink, message: paho.MQTTMessage,
+                receipt: Receipt | AuditReceipt | None) -> None:
         """Publish ``receipt`` to the message's response topic (if it names one), then
         acknowledge the message to the broker."""
         props = message.properties

@@ -38,6 +38,7 @@ class OutboxRelay:
         self.state = "starting"
         self.circuit = Circuit()  # failures in a row, ended by an ack (see _link_works)
         self.sent_events = 0
+        self.sent_audit = 0  # audit records the other end acknowledged since start
         self.shed_events = 0
         self.shed_bytes = 0
         self.last_ack: float | None = None  # trio.current_time() of the last ack
@@ -66,7 +67,8 @@ class OutboxRelay:
         return {"state": self.state, "circuit_open": self.circuit_open,
                 "failures": self.failures, "backlog": self.backlog.events,
                 "backlog_bytes": self.backlog.bytes, "sent_events": self.sent_events,
-                "shed_events": self.shed_events, "last_error": self.last_error}
+                "shed_events": self.shed_events, "sent_audit": self.sent_audit,
+                "last_error": self.last_error}
 
     def _link_failed(self, what: str, why: str) -> None:
         """Count a failure of the link to ``what`` (described by ``why``) and log it:

@@ -46,6 +46,7 @@ from trio_websocket import (
 
 from edge.journal.db import JournalError
 from edge.journal.service import JournalService
+from edge.protocols.audit import AuditBatch, AuditRecord
 from edge.protocols.relay import (
     CLOSE_TOO_BIG,
     RelayBatch,
@@ -87,6 +88,7 @@ class Relay(OutboxRelay):
         self._settings = settings
         self._batch = 0
         self._batch_bytes = settings.batch_bytes  # halved if the upstream finds it too big
+        self._next_audit_look = 0.0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -122,22 +124,43 @@ class Relay(OutboxRelay):
             limit = self._settings.batch_events
             if hello.max_batch_events is not None:
                 limit = min(limit, hello.max_batch_events)
-            await self._pump(ws, limit)
+            await self._pump(ws, limit, audit=hello.audit)
 
-    async def _pump(self, ws: WebSocketConnection, limit: int) -> None:
+    async def _pump(self, ws: WebSocketConnection, limit: int, *, audit: bool) -> None:
+        """Send events, and (to an upstream that takes them) audit records, as they
+        come; during a long drain of events the trail is looked at once a second, so
+        it is not held back and costs the drain little."""
         journal = self._journal
         while True:
             await self._shed_if_due()
             changed = journal.changed
             events = await journal.call(journal.journal.pending, limit, self._batch_bytes)
-            if not events:
+            records = []
+            # Between event batches of a drain, a look at the trail once a second.
+            if audit and (not events or trio.current_time() >= self._next_audit_look):
+                self._next_audit_look = trio.current_time() + IDLE_POLL
+                records = await journal.call(journal.journal.audit_pending, limit)
+            if not events and not records:
                 self._link_works()
                 self.state = "idle"
                 with trio.move_on_after(IDLE_POLL):
                     await changed.wait()
                 continue
             self.state = "sending"
-            await self._send_batch(ws, events)
+            if events:
+                await self._send_batch(ws, events)
+            if records:
+                await self._send_audit(ws, records)
+
+    async def _send_audit(self, ws: WebSocketConnection, records: list[AuditRecord]) -> None:
+        self._batch += 1
+        batch = AuditBatch(self._batch, self._journal.journal.device_id, tuple(records))
+        with trio.fail_after(self._settings.ack_timeout):
+            await ws.send_message(encode(batch))
+            expect_ack(await _receive(ws), batch)
+        self._link_works()
+        await self._journal.call(self._journal.journal.audit_mark_relayed, batch.up_to)
+        self.sent_audit += len(records)
 
     async def _send_batch(self, ws: WebSocketConnection, events: list[RelayEvent]) -> None:
         self._batch += 1

@@ -1,0 +1,96 @@
+"""The memory budget's policy: when to recycle, how many, and when to refuse a session.
+
+Pure arithmetic on what :class:`edge.asr.memory.MemoryBudget` measured (no trio, no
+vosk, no clock). A recogniser marked for recycling is replaced only at its stream's next
+pause, and it keeps growing until then; so recycling starts at a *high-water mark*
+below the budget, with headroom for what the recognisers grow while the marked ones wait
+for their pauses:
+
+    headroom = growth (bytes/s, measured) x wait (mark to swap, s, measured)
+               + a replacement being warmed (when replacements are pre-warmed)
+
+clamped to between a tenth and half of the budget. Above the mark, as many live
+recognisers are marked (most audio decoded first) as it takes to bring the recognisers
+back below the mark by half the headroom (the *low-water mark*),
+counting what the ones already marked will give back. A live session is refused at the
+handshake while the recognisers are above the mark (one more growing stream is what the
+headroom has no room for), unless none is running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+#: Headroom below the budget, as fractions of it (floor and ceiling).
+MIN_HEADROOM = 0.10
+MAX_HEADROOM = 0.50
+#: Mark-to-swap wait assumed before one was measured (seconds): a turn or two.
+DEFAULT_WAIT = 8.0
+#: Over the budget itself, recognisers this fraction of ``min_audio`` old may be
+#: recycled too (a fresh one costs CPU; a budget exceeded costs more).
+OVER_BUDGET_AGE = 1 / 6
+#: Weight of a new measurement in the running averages of growth and wait.
+SMOOTHING = 0.3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A live recogniser as the policy sees it."""
+
+    key: Hashable
+    audio_seconds: float  # decoded over its life
+    marked: bool  # already waiting for its pause
+
+
+@dataclass(frozen=True)
+class Plan:
+    high_water: int  # bytes: recycling starts above this
+    low_water: int  # bytes: marking stops once the marked ones bring the total here
+    mark: tuple[Hashable, ...]  # recognisers to mark now
+    held: bool  # False: over the budget and what is marked cannot bring it back
+    near: bool  # above the high-water mark: no room for another growing stream
+
+
+def headroom(budget: int, growth: float, wait: float, replacement: int) -> int:
+    """Bytes below ``budget`` at which recycling starts (see the module's docstring)."""
+    want = growth * wait + replacement
+    return int(min(MAX_HEADROOM * budget, max(MIN_HEADROOM * budget, want)))
+
+
+def plan(*, used: int, budget: int, growth: float, wait: float, replacement: int,
+         live: Sequence[Candidate], min_audio: float) -> Plan:
+    """What to do with ``used`` bytes held by recognisers (idle ones already dropped).
+
+    ``replacement`` is what the recogniser replacing a recycled one holds (a warm one's
+    size); each live recogniser is taken to hold an equal share of ``used``, so
+    recycling one gives back its share less its replacement; when that is nothing,
+    recycling would only cost CPU and nothing is marked.
+    """
+    high = budget - headroom(budget, growth, wait, replacement)
+    low = max(0, high - (budget - high) // 2)
+    if used <= high:
+        return Plan(high, low, (), held=True, near=False)
+    over = used > budget
+    if not live:
+        # Nothing live holds anything: what is above the model is not the recognisers'
+        # to give back (the heap's fragments, buffers).
+        return Plan(high, low, (), held=True, near=True)
+    gain = max(0, used // len(live) - replacement)
+    pending = gain * sum(1 for c in live if c.marked)
+    floor = min_audio * OVER_BUDGET_AGE if over else min_audio
+    eligible = sorted((c for c in live if not c.marked and c.audio_seconds >= floor),
+                      key=lambda c: c.audio_seconds, reverse=True)
+    mark: list[Hashable] = []
+    for candidate in eligible:
+        if gain <= 0 or used - pending <= low:
+            break
+        mark.append(candidate.key)
+        pending += gain
+    held = not over or used - pending <= budget
+    return Plan(high, low, tuple(mark), held=held, near=True)
+
+
+def smooth(average: float | None, value: float) -> float:
+    """A running average (exponential, :data:`SMOOTHING`)."""
+    return value if average is None else average + SMOOTHING * (value - average)
