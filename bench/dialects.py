@@ -93,7 +93,7 @@ async def websocket_stream(url: str, headers: list[tuple[bytes, bytes]],
 async def wyoming_stream(port: int, chunks: list[bytes], counter: list[int]) -> None:
     import trio
 
-    from edge.protocols.wyoming import encode_event
+    from edge.protocols.wyoming_wire import encode_event
 
     audio = {"rate": 16000, "width": 2, "channels": 1}
     stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -31,11 +31,13 @@ from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.asr.warmup import Warmup, pool_target
 from edge.audio.source import Source
 from edge.core.admission import Admission, Admissions
-from edge.core.auth import AuthSettings, RevocationFile
+from edge.core.audit import discard
+from edge.core.auth import AuthSettings
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import ConfigError
 from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
 from edge.core.keys import auth_settings, device_id
+from edge.core.revocations import RevocationFile
 from edge.core.stats import Stats
 from edge.core.terms import FixedTerms, TermAnnotator, TermFile
 from edge.crypto.datakey import DataKey, DataKeyError
@@ -43,6 +45,8 @@ from edge.crypto.rotation import open_key
 from edge.journal.auditor import Auditor
 from edge.journal.db import Journal, JournalError, JournalKeyError
 from edge.journal.service import JournalService
+from edge.net.boundary import Engine, Services
+from edge.net.gate import Gate
 from edge.net.hub import Hub
 from edge.net.jwks import JwksRefresher
 from edge.net.peers import PeerContext, main_port_routes, start_listeners
@@ -117,22 +121,15 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         revocations = RevocationFile(config.auth.revocation_file)
         await trio.to_thread.run_sync(revocations.reload_if_changed)
     terms = await open_terms(config)
-    model = parts.model
-    if model is None:
-        logger.info("loading model %s", config.recognizer.model or "(default package)")
-        model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
-        logger.info("model %s loaded from %s", model.name, model.path)
-    model, speakers = await open_speakers(config, model, key)
-    model_rss = await trio.to_thread.run_sync(read_rss)  # before any recogniser
-    if terms is not None:
-        model = model.with_terms(TermAnnotator(terms, model_language(model.name)))
+    model, speakers, model_rss = await open_model(config, parts.model, key, terms)
     journal = parts.journal
     if journal is None and config.journal.enabled:
         assert key is not None  # opened above when the journal is on
         journal = await open_journal(config, model.name, key)
     stats = Stats()
     limiter = trio.CapacityLimiter(config.recognizer.threads or os.cpu_count() or 1)
-    recognizers, memory, warmup = recognizer_parts(config, parts, model, model_rss, limiter)
+    recognizers, memory, warmup = recognizer_parts(config, parts, model, model_rss,
+                                                   limiter)
     s = config.server
     admissions = Admissions(
         sessions=Admission(s.max_sessions, s.retry_after),
@@ -146,8 +143,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                     speakers=speakers)
     relay, ingest = relay_parts(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
-    # The audit trail's sink: the front door hands it every access once the server
-    # takes it (``audit=``); until then it records what the daemon itself does.
+    # The audit trail: the front door tells it every access to patient data.
     auditor = (Auditor(journal, retention_days=config.audit.retention_days,
                        purge_interval=config.journal.purge_interval,
                        keep_unrelayed=config.relay.enabled)
@@ -155,17 +151,16 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     supervisor = Supervisor()
     peer_context = PeerContext(auth=auth, model_name=model.name,
                                model_sample_rate=model.sample_rate)
-    routes, http_routes = main_port_routes(config, peer_context)
-    server = Server(config, auth, model_name=model.name, stats=stats, limiter=limiter,
-                    recognizer_factory=recognizers, admissions=admissions,
-                    revocations=revocations, journal=journal, speakers=speakers, room=room,
-                    relay=relay, supervisor=supervisor, routes=routes,
-                    http_routes=http_routes, ingest=ingest, memory=memory, jwks=jwks)
+    server = Server(
+        config, Gate(auth, revocations),
+        Engine(model.name, stats, limiter, recognizers, admissions, memory),
+        Services(journal=journal, speakers=speakers, room=room, relay=relay, ingest=ingest,
+                 supervisor=supervisor, jwks=jwks, auditor=auditor),
+        peers=main_port_routes(config, peer_context),
+        audit=auditor if auditor is not None else discard)
     async with trio.open_nursery() as nursery:
-        await start_services(nursery, supervisor, config, jwks=jwks, journal=journal,
-                             auditor=auditor, memory=memory, revocations=revocations,
-                             admissions=admissions, terms=terms, relay=relay, ingest=ingest,
-                             room=room)
+        await start_services(nursery, supervisor, server, revocations, terms, memory,
+                             auditor)
         await nursery.start(server.run)
         await start_listeners(nursery, supervisor, server, config, peer_context)
         notify("READY=1")
@@ -216,40 +211,52 @@ def relay_parts(config: Config, journal: JournalService | None
     return relay, ingest
 
 
-async def start_services(
-    nursery: trio.Nursery, supervisor: Supervisor, config: Config, *,
-    jwks: JwksRefresher | None, journal: JournalService | None, auditor: Auditor | None,
-    memory: MemoryBudget,
-    revocations: RevocationFile | None, admissions: Admissions,
-    terms: FixedTerms | TermFile | None, relay: OutboxRelay | None,
-    ingest: MqttIngest | None, room: Room | None,
-) -> None:
-    """Start the background services of the parts present under ``supervisor``, in
-    order, each once it is ready (before the socket accepts)."""
-    if jwks is not None:
-        await supervisor.start(nursery, "jwks", jwks.run)
-    if journal is not None:
-        await supervisor.start(nursery, "retention", journal.run)
+async def open_model(config: Config, model: LoadedModel | None, key: DataKey | None,
+                     terms: FixedTerms | TermFile | None
+                     ) -> tuple[LoadedModel, SpeakerIdentification | None, int]:
+    """The model (loaded in a worker thread unless given), speaker identification, the
+    process's RSS once they are loaded (before any recogniser), with ``terms`` marked."""
+    if model is None:
+        logger.info("loading model %s", config.recognizer.model or "(default package)")
+        model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
+        logger.info("model %s loaded from %s", model.name, model.path)
+    model, speakers = await open_speakers(config, model, key)
+    model_rss = await trio.to_thread.run_sync(read_rss)
+    if terms is not None:
+        model = model.with_terms(TermAnnotator(terms, model_language(model.name)))
+    return model, speakers, model_rss
+
+
+async def start_services(nursery: trio.Nursery, supervisor: Supervisor, server: Server,
+                         revocations: RevocationFile | None,
+                         terms: FixedTerms | TermFile | None, memory: MemoryBudget,
+                         auditor: Auditor | None = None) -> None:
+    """The daemon's background services, each under ``supervisor``, before it serves."""
+    config, v = server.config, server.services
+    if v.jwks is not None:
+        await supervisor.start(nursery, "jwks", v.jwks.run)
+    if v.journal is not None:
+        await supervisor.start(nursery, "retention", v.journal.run)
     if auditor is not None:
         await supervisor.start(nursery, "audit", auditor.run)
     await supervisor.start(nursery, "memory", memory.run)
     if revocations is not None:
         await supervisor.start(nursery, "revocations",
-                               RevocationWatcher(revocations, admissions).run)
+                               RevocationWatcher(revocations, server.engine.admissions).run)
     if isinstance(terms, TermFile):
         await supervisor.start(nursery, "terms", TermWatcher(terms).run)
-    if relay is not None:
-        await supervisor.start(nursery, "relay", relay.run)
+    if v.relay is not None:
+        await supervisor.start(nursery, "relay", v.relay.run)
         logger.info("relaying the journal to %s as %s", relay_target(config),
                     device_id(config))
-    if ingest is not None:
-        await supervisor.start(nursery, "mqtt_ingest", ingest.run)
+    if v.ingest is not None:
+        await supervisor.start(nursery, "mqtt_ingest", v.ingest.run)
         logger.info("consuming relayed journals from %s (%s)",
                     MqttClientSettings(config.ingest.mqtt.url, "").where,
                     config.ingest.mqtt.subscription)
-    if room is not None:
-        await supervisor.start(nursery, "room", room.run)
-        logger.info("room microphone %r: %s", config.microphone.device, room.state)
+    if v.room is not None:
+        await supervisor.start(nursery, "room", v.room.run)
+        logger.info("room microphone %r: %s", config.microphone.device, v.room.state)
     else:
         logger.info("no room microphone configured (microphone.enabled = false): serving "
                     "client-streamed sessions only")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from edge.core.admission import Admission, Ticket
-from edge.core.auth import Claims, Revocations
+from edge.core.auth import Claims
 from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER
-from edge.core.errors import AuthError
+from edge.core.errors import Refusal
+from edge.core.revocations import Revocations
 
 
 def claims(sub: str = "user-1", *, jti: str | None = None,
@@ -49,7 +50,7 @@ def test_global_cap() -> None:
     a = Admission(max_sessions=2, retry_after=17)
     a.admit("s1", claims("a"), nothing)
     a.admit("s2", claims("b"), nothing)
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(Refusal) as info:
         a.admit("s3", claims("c"), nothing)
     exc = info.value
     assert exc.status == 429
@@ -64,7 +65,7 @@ def test_session_limit_per_subject() -> None:
     a = Admission(max_sessions=10, retry_after=5)
     a.admit("s1", claims("alice", session_limit=2), nothing)
     a.admit("s2", claims("alice", session_limit=2), nothing)
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(Refusal) as info:
         a.admit("s3", claims("alice", session_limit=2), nothing)
     exc = info.value
     assert exc.status == 429
@@ -82,14 +83,14 @@ def test_session_limit_per_subject() -> None:
 def test_session_limit_counts_every_token_of_the_subject() -> None:
     a = Admission(max_sessions=10, retry_after=5)
     a.admit("s1", claims("alice"), nothing)
-    with pytest.raises(AuthError):
+    with pytest.raises(Refusal):
         a.admit("s2", claims("alice", session_limit=1), nothing)
 
 
 def test_global_cap_is_checked_before_session_limit() -> None:
     a = Admission(max_sessions=1, retry_after=5)
     a.admit("s1", claims("alice", session_limit=1), nothing)
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(Refusal) as info:
         a.admit("s2", claims("alice", session_limit=1), nothing)
     assert info.value.code == "server_busy"
 
@@ -99,7 +100,7 @@ def test_release_on_ticket_exit() -> None:
     with a.admit("s1", claims("alice", session_limit=1), nothing) as ticket:
         assert isinstance(ticket, Ticket)
         assert a.current == 1
-        with pytest.raises(AuthError):
+        with pytest.raises(Refusal):
             a.admit("s2", claims("bob"), nothing)
     assert a.current == 0
     assert a.sessions_of("alice") == 0
@@ -178,7 +179,7 @@ def test_revoke_matching_nothing() -> None:
 
 def test_a_revocation_during_the_handshake_reaches_the_connection_once_it_exists() -> None:
     from edge.net.connection import Connection, Stop
-    from edge.net.server import _Handle
+    from edge.net.door import Handle as _Handle
 
     class Recorded(Connection):
         def __init__(self) -> None:  # no socket: only stop() is called

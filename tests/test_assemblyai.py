@@ -26,6 +26,7 @@ from edge.protocols.events import (
     Progress,
     Reply,
     Result,
+    SessionDescription,
     Speaker,
     Started,
     Utterance,
@@ -155,7 +156,7 @@ def test_a_session_in_messages() -> None:
     d = aai.AssemblyAIDialect(aai.ConnectParams(format_turns=True, keyterms=("a",),
                                                 ignored=("keyterms_prompt", "prompt")),
                               expires_at=1_900_000_000)
-    out = messages(d.encode(Started("s1", {"speaker_identification": False})))
+    out = messages(d.encode(Started("s1", SessionDescription("m", 16000, True, 0, 3600))))
     assert out[0] == {"type": "Begin", "id": "s1", "expires_at": 1_900_000_000}
     assert [m["type"] for m in out[1:]] == ["Warning", "Warning"]
     assert "keyterms_prompt" in out[1]["warning"] and "prompt" in out[2]["warning"]
@@ -194,7 +195,7 @@ def test_speaker_labels_when_asked() -> None:
     (turn,) = messages(d.encode(Result("s1", 1, FINAL)))
     assert turn["speaker_label"] == "Speaker 1"
     assert {w["speaker"] for w in turn["words"]} == {"Speaker 1"}
-    out = messages(d.encode(Started("s1", {"speaker_identification": False})))
+    out = messages(d.encode(Started("s1", SessionDescription("m", 16000, True, 0, 3600))))
     assert out[1]["type"] == "Warning" and "speaker_labels" in out[1]["warning"]
 
 

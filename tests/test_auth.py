@@ -25,14 +25,13 @@ from edge.core.auth import (
     SCOPE_WRITE,
     AuthSettings,
     Claims,
-    RevocationFile,
-    Revocations,
-    extract_token,
     mint,
     require_scope,
     verify,
 )
 from edge.core.errors import AuthError
+from edge.core.revocations import RevocationFile, Revocations
+from edge.core.tokens import extract_token
 
 SECRET = "unit-test-shared-secret-0123456789abcdef"
 OTHER_SECRET = "another-shared-secret-0123456789abcdefgh"

@@ -82,7 +82,7 @@ async def test_an_upstream_answering_nonsense_never_stops_the_daemon(
     server = await start_server(relay={
         "enabled": True, "url": f"ws://127.0.0.1:{port}/ws/relay", "token": "t" * 40,
         "device_id": "room-a", "backoff_max": 0.2, "ack_timeout": 5.0})
-    assert server.relay is not None
+    assert server.services.relay is not None
     # The session journals finals, so the relay has batches to send to the bad upstream.
     await session_ends_normally(server, phrases)
     await wait_for(lambda: len(served) >= len(BAD_REPLIES) + 1)
@@ -118,7 +118,7 @@ async def test_a_purge_that_hits_a_sqlite_error_is_restarted(
     start_server: Any, phrases: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await start_server(journal={"purge_interval": 0.2})
-    assert server.journal is not None and server.supervisor is not None
+    assert server.journal is not None and server.services.supervisor is not None
     journal = server.journal.journal
     purge = journal.purge
     failures: list[int] = []
@@ -130,7 +130,7 @@ async def test_a_purge_that_hits_a_sqlite_error_is_restarted(
         return purge(*args, **kwargs)
 
     journal.purge = failing_purge
-    retention = server.supervisor.services["retention"]
+    retention = server.services.supervisor.services["retention"]
     await wait_for(lambda: retention.restarts >= 1)
     body = await health(server)
     assert body["services"]["retention"]["restarts"] >= 1

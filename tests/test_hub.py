@@ -10,25 +10,33 @@ import pytest
 import trio
 import trio.testing
 
-from edge.net.hub import HUB_CLOSED, SLOW_LISTENER, UNSUBSCRIBED, Hub, Listener
+from edge.net.hub import HUB_CLOSED, SLOW_LISTENER, UNSUBSCRIBED, Hub, Listener, Published
+from edge.protocols.events import Notice, RoomState, Utterance
+from edge.protocols.live import room_message
 
 
-def final(text: str = "x") -> dict[str, Any]:
-    return {"type": "transcription", "is_final": True, "text": text}
+def final(text: str = "x") -> Utterance:
+    return Utterance(True, text, 0, 10)
 
 
-def partial(text: str = "x") -> dict[str, Any]:
-    return {"type": "transcription", "is_final": False, "text": text}
+def partial(text: str = "x") -> Utterance:
+    return Utterance(False, text, 0, 10)
 
 
-def warning(code: str = "clipping") -> dict[str, Any]:
-    return {"type": "warning", "code": code, "message": "..."}
+def warning(code: str = "clipping") -> Notice:
+    return Notice("room", code, "...")
+
+
+def wire(published: Published) -> dict[str, Any]:
+    """What a Live API listener ``L`` of room ``R`` is sent for ``published``."""
+    return room_message("L", "R", published.seq, published.event)
 
 
 async def drain(listener: Listener, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` messages (fails if they do not come)."""
+    """The next ``count`` messages, as a Live API listener gets them (fails if they do
+    not come)."""
     with trio.fail_after(5):
-        return [await listener.receive() for _ in range(count)]
+        return [wire(await listener.receive()) for _ in range(count)]
 
 
 def nothing_queued(listener: Listener) -> bool:
@@ -45,7 +53,6 @@ async def test_publish_numbers_messages_and_never_awaits() -> None:
     assert not inspect.iscoroutinefunction(hub.publish)
     messages = [final("a"), partial("b"), warning()]
     assert [hub.publish(m) for m in messages] == [1, 2, 3]
-    assert [m["seq"] for m in messages] == [1, 2, 3]
     stats = hub.statistics()
     assert (stats.published, stats.last_seq, stats.listeners) == (3, 3, 0)
     assert stats.buffer_len == 2  # the partial is not kept for replay
@@ -58,10 +65,10 @@ async def test_fan_out_to_several_listeners_in_order() -> None:
     for message in published:
         hub.publish(message)
     for listener in listeners:
-        got = await drain(listener, 50)
-        assert [m["seq"] for m in got] == list(range(1, 51))
-        # One dict per message, shared by every listener (encode once, send many).
-        assert all(a is b for a, b in zip(got, published, strict=True))
+        got = [await listener.receive() for _ in range(50)]
+        assert [m.seq for m in got] == list(range(1, 51))
+        # The events themselves, shared by every listener; each encodes them its way.
+        assert all(a.event is b for a, b in zip(got, published, strict=True))
         assert nothing_queued(listener)
     assert hub.statistics().listeners == 5
 
@@ -75,7 +82,7 @@ async def test_slow_listener_is_dropped_and_does_not_delay_others(
 
     async def fast_reader(listener: Listener) -> None:
         async for message in listener:
-            received.append((message["seq"], trio.current_time()))
+            received.append((message.seq or 0, trio.current_time()))
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -93,7 +100,7 @@ async def test_slow_listener_is_dropped_and_does_not_delay_others(
     assert fast.dropped_reason == HUB_CLOSED
     # The stuck one was dropped on the 5th message; what it had queued is still readable.
     assert stuck.dropped_reason == SLOW_LISTENER
-    assert [m["seq"] for m in [m async for m in stuck]] == [1, 2, 3, 4]
+    assert [m.seq async for m in stuck] == [1, 2, 3, 4]
     assert hub.statistics().dropped_slow == 1
 
 
@@ -166,7 +173,7 @@ async def test_partials_are_not_replayed_nor_counted_as_lost() -> None:
 
 async def test_replay_can_be_overridden_per_message() -> None:
     hub = Hub()
-    hub.publish({"type": "level", "dbfs": -30.0}, replay=False)
+    hub.publish(RoomState("listening"), replay=False)
     hub.publish(partial("kept"), replay=True)
     got = await drain(hub.subscribe(since_seq=0), 1)
     assert [(m["seq"], m["text"]) for m in got] == [(2, "kept")]
@@ -197,7 +204,7 @@ async def test_no_gap_or_duplicate_across_the_replay_live_boundary() -> None:
         with hub.subscribe(since_seq=since, queue_size=total) as listener:
             got = []
             async for message in listener:
-                got.append(message)
+                got.append(wire(message))
         results.append((since, last, got))
 
     with trio.fail_after(30):
@@ -208,7 +215,7 @@ async def test_no_gap_or_duplicate_across_the_replay_live_boundary() -> None:
             for _ in range(total):
                 message = partial() if rng.random() < 0.5 else final()
                 seq = hub.publish(message)
-                if message["is_final"]:
+                if message.is_final:
                     replayable.add(seq)
                 await trio.lowlevel.checkpoint()
             hub.close()
@@ -243,7 +250,7 @@ async def test_a_hundred_listeners() -> None:
     counts: list[int] = []
 
     async def listen(listener: Listener) -> None:
-        seqs = [m["seq"] async for m in listener]
+        seqs = [m.seq async for m in listener]
         assert seqs == list(range(1, 201))
         counts.append(len(seqs))
 
@@ -268,7 +275,7 @@ async def test_close_ends_every_listener_and_refuses_more() -> None:
     hub.publish(final("before close"))
     hub.close()
     hub.close()  # idempotent
-    assert [m["text"] async for m in listener] == ["before close"]
+    assert [wire(m)["text"] async for m in listener] == ["before close"]
     assert listener.dropped_reason == HUB_CLOSED
     with pytest.raises(trio.ClosedResourceError):
         hub.publish(final())
@@ -304,3 +311,15 @@ async def test_lost_count_stays_exact_over_many_evictions() -> None:
     # Older than the eviction log (the last 512..1024 evictions): every eviction counts,
     # an upper bound (documented in Hub._lost_after).
     assert await lost(100) == 2999
+
+
+def test_each_listener_encodes_the_events_for_itself() -> None:
+    said = wire(Published(3, final("안녕")))
+    assert {k: said[k] for k in ("type", "session_id", "room_id", "seq", "text", "is_final")} \
+        == {"type": "transcription", "session_id": "L", "room_id": "R", "seq": 3,
+            "text": "안녕", "is_final": True}
+    assert wire(Published(4, RoomState("paused"))) == {
+        "type": "room_state", "session_id": "L", "state": "paused", "seq": 4, "room_id": "R"}
+    assert wire(Published(None, Notice("", "missed_messages", "m", {"lost": 2}))) == {
+        "type": "warning", "session_id": "L", "code": "missed_messages", "message": "m",
+        "lost": 2, "room_id": "R"}

@@ -29,8 +29,8 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 from edge.asr.recognizer import Recognizer, RecognizerFactory
 from edge.asr.vosk import LoadedModel
 from edge.net import session as session_module
+from edge.net.pacing import MessageRate, RecognitionLag
 from edge.net.server import Server
-from edge.net.session import RecognitionLag
 from edge.protocols.events import Utterance
 from helpers import FIXTURES, connect, make_token, receive_json, receive_until_closed
 
@@ -177,7 +177,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None
 def session_ends_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The server's "session ... ended: <reason> (close <code>)" lines."""
     return [r.getMessage() for r in caplog.records
-            if r.name == "edge.net.server" and " ended: " in r.getMessage()]
+            if r.name == "edge.net.boundary" and " ended: " in r.getMessage()]
 
 
 def speech_session(grammar: Sequence[str], speech: bytes) -> list[Outgoing]:
@@ -340,7 +340,7 @@ async def test_oversized_frame_closes_1009_and_server_keeps_serving(start_server
 async def test_oversized_frame_is_not_counted_as_client_closed(
     start_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.net.server")
+    caplog.set_level(logging.INFO, logger="edge.net.boundary")
     server = await start_server(server={"max_frame_bytes": 65536})
     await oversized_frame_session(server)
     await wait_until(lambda: server.admission.current == 0)
@@ -455,7 +455,7 @@ async def test_config_after_audio_is_warned_and_ignored(start_server: Any) -> No
 async def test_client_closing_mid_stream_is_logged_and_released(
     start_server: Any, speech: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.net.server")
+    caplog.set_level(logging.INFO, logger="edge.net.boundary")
     server = await start_server()
     async with connect(server, make_token()) as ws:
         assert (await receive_json(ws))["type"] == "session_init"
@@ -471,7 +471,7 @@ async def test_client_closing_mid_stream_is_logged_and_released(
 async def test_client_dropping_tcp_mid_stream_is_logged_and_released(
     start_server: Any, speech: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge.net.server")
+    caplog.set_level(logging.INFO, logger="edge.net.boundary")
     server = await start_server()
     async with raw_client(server, make_token()) as client:
         for piece in chunks(speech)[:10]:
@@ -638,6 +638,14 @@ def test_recognition_lag_arithmetic() -> None:
     assert values[0] == pytest.approx(0.05) and values[-1] == pytest.approx(2.0)
     lag.caught_up()  # the queue ran dry: the clock restarts at the next chunk's arrival
     assert lag.decoded(0.1, 30.0, 30.02) == pytest.approx(-0.08)
+
+
+def test_message_rate_counts_the_last_minute() -> None:
+    rate = MessageRate(3)
+    assert [rate.allows(t) for t in (0.0, 1.0, 2.0, 3.0, 59.9)] == [True] * 3 + [False] * 2
+    assert rate.allows(60.0)  # the message at 0.0 has left the window
+    assert not rate.allows(60.5)
+    assert all(MessageRate(None).allows(float(t)) for t in range(1000))
 
 
 class RecordingRecognizer:

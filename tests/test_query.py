@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from edge.core.close_codes import CLOSE_POLICY
-from edge.core.errors import AuthError, ProtocolError
+from edge.core.errors import ProtocolError, Refusal
 from edge.protocols.query import bad_request, optional, single
 
 QUERY = {"a": ["1"], "blank": [""], "twice": ["1", "2"]}
@@ -35,7 +35,7 @@ def test_a_repeated_parameter_is_refused_by_name(read: Callable[..., str | None]
 
 
 def test_bad_request_refuses_the_handshake_with_400() -> None:
-    with pytest.raises(AuthError) as info, bad_request(3006):
+    with pytest.raises(Refusal) as info, bad_request(3006):
         raise ProtocolError("invalid_parameter", "sample_rate must be ...")
     error = info.value
     assert (error.status, error.close_code, error.code) == (400, 3006, "invalid_parameter")

@@ -185,7 +185,7 @@ def test_a_reused_vosk_recogniser_times_the_new_stream_from_zero(model: LoadedMo
 
 async def test_the_next_session_gets_the_warm_recogniser(start_server: Any) -> None:
     server = await start_server()
-    pool = server.recognizer_factory
+    pool = server.engine.recognizers
     assert isinstance(pool, RecognizerPool)
     results = []
     for _ in range(2):

@@ -3,6 +3,7 @@ journal: A (a room device) relays to B (the clinic server's ingest endpoint)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,7 +124,7 @@ async def test_b_down_a_keeps_serving_then_drains_in_order(
     server_a = await start_server(journal_service=a.service)
     relay = relay_to(port_b, a)
     await nursery.start(relay.run)
-    server_a.relay = relay
+    server_a.services = dataclasses.replace(server_a.services, relay=relay)
 
     _, received = await run_session(server_a, grammar_of(phrases))
     assert [m["text"] for m in received] == phrases["utterances"]  # A unaffected
@@ -152,7 +153,7 @@ async def test_a_full_outbox_sheds_visibly_and_keeps_everything_locally(
     server_a = await start_server(journal_service=a.service)
     relay = relay_to(port_b, a, max_backlog_bytes=1500)
     await nursery.start(relay.run)
-    server_a.relay = relay
+    server_a.services = dataclasses.replace(server_a.services, relay=relay)
 
     first, received = await run_session(server_a, grammar_of(phrases))
     second, _ = await run_session(server_a, grammar_of(phrases))

@@ -20,6 +20,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 
 from edge.audio.source import Chunk, MicEvent, MicStatistics
 from edge.core.auth import SCOPE_READ
+from edge.protocols.events import Notice
 from helpers import FIXTURES, connect, make_token, receive_json
 
 SPEECH = (FIXTURES / "speech_ko.raw").read_bytes()
@@ -161,8 +162,7 @@ async def test_a_listener_that_never_reads_does_not_delay_another(
 
         async def publish() -> None:
             for n in range(200):
-                server.room.hub.publish({"type": "warning", "code": "test_bulk", "n": n,
-                                         "message": bulk})
+                server.room.hub.publish(Notice(server.room.id, "test_bulk", bulk, {"n": n}))
                 await trio.sleep(0.01)
 
         nursery.start_soon(publish)

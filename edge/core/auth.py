@@ -1,34 +1,30 @@
-"""JWT authentication for the Live API: token extraction, verification, scopes, revocation.
+"""JWT authentication: settings, verification, scopes, minting. Where a token is found
+in a request is :mod:`edge.core.tokens`; the revocation list :mod:`edge.core.revocations`.
 
-Pure: no trio, no vosk. Every refusal is an :class:`~edge.core.errors.AuthError` carrying the
-HTTP status for a refused handshake and the WebSocket close code for in-band errors.
-Messages never contain the token or claim values; claim *names* are fine.
-
-Only :meth:`RevocationFile.reload_if_changed` (and the constructor that calls it) touches
-the file system; everything else is computation on its arguments.
+Pure: no trio, no vosk, no I/O. Every refusal is an :class:`~edge.core.errors.AuthError`
+carrying the HTTP status for a refused handshake and the WebSocket close code for
+in-band errors. Messages never contain the token or claim values; claim *names* are fine.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
-from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
+from edge.core.close_codes import CLOSE_POLICY
 from edge.core.errors import AuthError
 from edge.core.jwks import KeyStore
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from edge.core.revocations import Revocations
 
 SCOPE_READ = "transcription:read"
 SCOPE_WRITE = "transcription:write"
@@ -148,222 +144,6 @@ class Claims:
         return scope in self.scopes
 
 
-@dataclass(frozen=True)
-class Revocations:
-    """A set of revoked token ids (``jti``) and subjects (``sub``)."""
-
-    jtis: frozenset[str] = frozenset()
-    subs: frozenset[str] = frozenset()
-
-    @classmethod
-    def parse(cls, text: str) -> Revocations:
-        """Parse a revocation list: one entry per line.
-
-        ``jti:<value>`` revokes a token id, ``sub:<value>`` every token of a subject, and a
-        bare value is a token id. Blank lines and lines starting with ``#`` are ignored, as
-        are prefixed entries with an empty value.
-        """
-        jtis: set[str] = set()
-        subs: set[str] = set()
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("sub:"):
-                value = line[4:].strip()
-                if value:
-                    subs.add(value)
-            else:
-                value = line[4:].strip() if line.startswith("jti:") else line
-                if value:
-                    jtis.add(value)
-        return cls(jtis=frozenset(jtis), subs=frozenset(subs))
-
-    def is_revoked(self, claims: Claims) -> bool:
-        """True when the token's ``jti`` or its subject is revoked."""
-        return claims.sub in self.subs or (claims.jti is not None and claims.jti in self.jtis)
-
-
-class RevocationFile:
-    """A revocation list file reloaded when it changes (stat: mtime_ns, size, inode).
-
-    A missing file means nothing is revoked (a warning is logged once each time it goes
-    missing). A file that cannot be read or decoded as UTF-8 leaves the previous list in
-    force, with a warning.
-
-    The constructor reads the file once, so it blocks like :meth:`reload_if_changed`.
-    :attr:`current` never blocks; replacing the list is a single reference assignment, so
-    reading it from one thread while another reloads is safe.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = os.fspath(path)
-        self._current = Revocations()
-        # (mtime_ns, size, inode) of the content in force; None = missing / never read.
-        self._stamp: tuple[int, int, int] | None = None
-        self._missing = False
-        self._last_problem: str | None = None
-        self.reload_if_changed()
-
-    @property
-    def path(self) -> str:
-        """The path of the revocation list."""
-        return self._path
-
-    @property
-    def current(self) -> Revocations:
-        """The revocation list in force."""
-        return self._current
-
-    def reload_if_changed(self) -> bool:
-        """Re-read the file if its stat changed; True when the list in force changed.
-
-        Blocks on file I/O: call it from a worker thread in async code.
-        """
-        try:
-            st = os.stat(self._path)
-        except FileNotFoundError:
-            if not self._missing:
-                logger.warning("revocation list %s is missing; nothing is revoked", self._path)
-                self._missing = True
-            self._stamp = None
-            self._last_problem = None
-            return self._replace(Revocations())
-        except OSError as exc:
-            self._warn_once(f"cannot stat revocation list {self._path}: {exc.strerror}")
-            return False
-        self._missing = False
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
-            return False
-        try:
-            with open(self._path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            # Not recording the stamp: the same file may become readable without changing.
-            self._warn_once(f"cannot read revocation list {self._path}: {exc.strerror}")
-            return False
-        # The content will not change without the stamp changing, so remember it either way.
-        self._stamp = stamp
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is None or "\x00" in text:
-            self._warn_once(
-                f"revocation list {self._path} is not UTF-8 text; keeping the previous list"
-            )
-            return False
-        self._last_problem = None
-        return self._replace(Revocations.parse(text))
-
-    def _replace(self, revocations: Revocations) -> bool:
-        if revocations == self._current:
-            return False
-        self._current = revocations
-        logger.info(
-            "revocation list: %d token ids, %d subjects",
-            len(revocations.jtis),
-            len(revocations.subs),
-        )
-        return True
-
-    def _warn_once(self, problem: str) -> None:
-        # Called on every poll while the problem lasts; say it once.
-        if problem != self._last_problem:
-            logger.warning("%s", problem)
-            self._last_problem = problem
-
-
-@dataclass(frozen=True)
-class TokenPlaces:
-    """Where a protocol's clients may put their token. Every client may use ``?token=``
-    and ``Authorization: Bearer <token>``; ``headers`` are more headers that carry the
-    bare token (Scriptix's ``x-api-key``, ...); with ``bare_authorization``,
-    ``Authorization: <token>`` without the Bearer word is read too (AssemblyAI's SDKs
-    send their key so).
-
-    A token in two places is refused (400), unless ``repeats_agree``: then the same
-    token in several places is one token and only different ones are refused
-    (Scriptix's clients may send it in a header and in the URL). ``close_code`` goes
-    with every refusal, for clients that take their errors in-band.
-    """
-
-    headers: tuple[bytes, ...] = ()
-    bare_authorization: bool = False
-    repeats_agree: bool = False
-    close_code: int = CLOSE_AUTH
-
-    def describe(self) -> str:
-        """Where a token may be, in words, for the refusal of a request without one."""
-        names = ["?token=", "the Authorization header" if self.bare_authorization
-                 else "Authorization: Bearer", *(f"the {h.decode()} header" for h in self.headers)]
-        return f"{', '.join(names[:-1])} or {names[-1]}"
-
-
-#: The Live API's places, and those of every endpoint that is not a peer's.
-BEARER = TokenPlaces()
-
-_AUTHORIZATION = "the Authorization header"
-
-
-def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]],
-                  places: TokenPlaces = BEARER) -> str:
-    """Return the token of a handshake request.
-
-    ``target`` is the request target including the query string; ``headers`` are
-    ``(name, value)`` byte pairs. The token comes from ``?token=``, ``Authorization``
-    (scheme case-insensitive) or another of ``places``'s headers.
-
-    Raises ``AuthError`` with ``places.close_code``: ``invalid_request`` (400) when the
-    token is given in more than one place (or, where ``places.repeats_agree``, when
-    they differ), ``missing_token`` (401) when it is given nowhere, ``invalid_token``
-    (401) for another authorization scheme or an empty or malformed token. Messages
-    never quote a token.
-    """
-    found: list[tuple[str, str]] = []  # (where, the value as sent)
-    for key, value in parse_qsl(urlsplit(target).query, keep_blank_values=True):
-        if key == "token":
-            found.append(("?token=", value))
-    for name, raw in headers:
-        lname = name.lower()
-        if lname == b"authorization":
-            found.append((_AUTHORIZATION, raw.decode("latin-1")))
-        elif lname in places.headers:
-            found.append((f"the {lname.decode('latin-1')} header", raw.decode("latin-1")))
-    if not found:
-        raise AuthError("missing_token", f"a token is required: {places.describe()}",
-                        status=401, close_code=places.close_code)
-    places_used = ", ".join(sorted({where for where, _ in found}))
-    if len(found) > 1 and not places.repeats_agree:
-        raise AuthError("invalid_request", f"the token is given more than once "
-                        f"({places_used}); give it once", status=400,
-                        close_code=places.close_code)
-    tokens = {_token_in(where, value, places) for where, value in found}
-    if len(tokens) > 1:
-        raise AuthError("invalid_request", f"different tokens ({places_used}); give one",
-                        status=400, close_code=places.close_code)
-    return tokens.pop()
-
-
-def _token_in(where: str, value: str, places: TokenPlaces) -> str:
-    token = value.strip()
-    if where == _AUTHORIZATION:
-        scheme, _, credentials = token.partition(" ")
-        if scheme.lower() == "bearer":
-            token = credentials.strip()
-        elif not places.bare_authorization:
-            raise AuthError("invalid_token", "the Authorization header must be "
-                            "\"Bearer <token>\"", status=401, close_code=places.close_code)
-    if not token:
-        raise AuthError("invalid_token", f"empty token in {where}", status=401,
-                        close_code=places.close_code)
-    if any(c.isspace() for c in token):
-        raise AuthError("invalid_token", f"malformed token in {where}", status=401,
-                        close_code=places.close_code)
-    return token
-
-
 def _translate(exc: Exception) -> AuthError:
     """Map a PyJWT (or key handling) exception to a refusal with a safe message.
 
@@ -464,6 +244,16 @@ def verify(
     Raises ``AuthError`` (401, close code 1002) with code ``invalid_token``,
     ``token_expired``, ``token_not_yet_valid`` or ``token_revoked``.
     """
+    payload = _decode(token, settings)
+    claims, nbf = _claims(payload)
+    _check_times(claims, nbf, settings, now)
+    if revoked is not None and revoked.is_revoked(claims):
+        raise AuthError("token_revoked", "token has been revoked", status=401)
+    return claims
+
+
+def _decode(token: str, settings: AuthSettings) -> dict[str, Any]:
+    """The payload of ``token`` once its form and signature are checked."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise _invalid(f"token is longer than {MAX_TOKEN_LENGTH} characters")
     if not token.isascii() or _COMPACT_JWS.fullmatch(token) is None:
@@ -495,7 +285,11 @@ def verify(
         )
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise _translate(exc) from exc
+    return payload
 
+
+def _claims(payload: dict[str, Any]) -> tuple[Claims, float | None]:
+    """The claims of a verified payload, each of its type, and its ``nbf``."""
     sub = _required_text(payload, "sub")
     user_type = _required_text(payload, "user_type")
     scopes = _scopes(payload)
@@ -510,7 +304,24 @@ def verify(
     department = _optional_text(payload, "department")
     session_limit = _positive_int(payload, "session_limit")
     rate_limit = _positive_int(payload, "rate_limit")
+    return Claims(
+        sub=sub,
+        scopes=scopes,
+        user_type=user_type,
+        issued_at=iat,
+        expires_at=exp,
+        jti=jti,
+        organization=organization,
+        department=department,
+        session_limit=session_limit,
+        rate_limit=rate_limit,
+    ), nbf
 
+
+def _check_times(claims: Claims, nbf: float | None, settings: AuthSettings,
+                 now: float) -> None:
+    """Refuse a token expired, not yet valid, issued in the future or too long-lived."""
+    iat, exp = claims.issued_at, claims.expires_at
     leeway = settings.leeway
     if exp <= now - leeway:
         raise AuthError("token_expired", "token has expired", status=401)
@@ -526,22 +337,6 @@ def verify(
         raise _invalid("claim 'exp' must be later than 'iat'")
     if exp - iat > settings.max_lifetime:
         raise _invalid(f"token lifetime exceeds {settings.max_lifetime:g} seconds")
-
-    claims = Claims(
-        sub=sub,
-        scopes=scopes,
-        user_type=user_type,
-        issued_at=iat,
-        expires_at=exp,
-        jti=jti,
-        organization=organization,
-        department=department,
-        session_limit=session_limit,
-        rate_limit=rate_limit,
-    )
-    if revoked is not None and revoked.is_revoked(claims):
-        raise AuthError("token_revoked", "token has been revoked", status=401)
-    return claims
 
 
 def _key_for(token: str, settings: AuthSettings) -> tuple[Any, list[str]]:

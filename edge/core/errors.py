@@ -21,13 +21,38 @@ class ConfigError(EdgeError):
         self.key = key
 
 
-class AuthError(EdgeError):
-    """A token was refused.
+class Refusal(EdgeError):
+    """A request or handshake the server will not serve (no such endpoint, full,
+    stopping, bad parameters, a network not trusted...).
 
-    ``status`` is the HTTP status for a refused handshake, ``close_code`` the
-    WebSocket close code for clients that asked for errors in-band, ``code`` the
-    machine-readable ``error.code`` sent in the JSON body.
+    ``status`` is the HTTP status for a refused handshake or request, ``close_code``
+    the WebSocket close code for clients that asked for errors in-band, ``code`` the
+    machine-readable ``error.code`` sent in the JSON body. ``in_band`` says the client
+    asked for its errors in-band (the Live API's ``?errors=in_band``).
     """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 400,
+        close_code: int = CLOSE_POLICY,
+        retry_after: int | None = None,
+        scope: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.close_code = close_code
+        self.retry_after = retry_after
+        self.scope = scope  # the scope that was missing (403)
+        self.in_band = False
+
+
+class AuthError(Refusal):
+    """A token was refused: 401 (close 1002) unless told otherwise, 403 for a scope."""
 
     def __init__(
         self,
@@ -39,13 +64,8 @@ class AuthError(EdgeError):
         retry_after: int | None = None,
         scope: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.close_code = close_code
-        self.retry_after = retry_after
-        self.scope = scope  # the scope that was missing (403)
+        super().__init__(code, message, status=status, close_code=close_code,
+                         retry_after=retry_after, scope=scope)
 
 
 class ProtocolError(EdgeError):

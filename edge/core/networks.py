@@ -14,7 +14,7 @@ import ipaddress
 from edge.core.auth import SCOPE_READ, SCOPE_WRITE, Claims
 from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import parse_networks
-from edge.core.errors import AuthError
+from edge.core.errors import Refusal
 
 
 class TrustedNetworks:
@@ -34,9 +34,9 @@ class TrustedNetworks:
         return any(address in network for network in self.networks)
 
     def check(self, dialect: str, host: str) -> None:
-        """Raise AuthError (403) unless ``host`` is trusted."""
+        """Raise Refusal (403) unless ``host`` is trusted."""
         if not self.admits(host):
-            raise AuthError("untrusted_network", f"{dialect} clients are admitted only from "
+            raise Refusal("untrusted_network", f"{dialect} clients are admitted only from "
                             f"{self.key}; this address is not in it", status=403,
                             close_code=CLOSE_POLICY)
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -67,7 +67,6 @@ class SessionInfo:
     declared_rate: int | None = None
     speaker_identification: bool = False
     speaker_reason: str | None = None  # why speaker labels (or names) are off
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Connection:

@@ -1,26 +1,28 @@
-"""Fan-out of one message stream (the room microphone's transcripts) to many listeners.
+"""Fan-out of one event stream (the room microphone's results, warnings and state) to
+many listeners.
 
-One producer calls :meth:`Hub.publish`; any number of consumers hold a
-:class:`Listener` from :meth:`Hub.subscribe` and iterate over it. The rules:
+One producer calls :meth:`Hub.publish` with core events (:data:`RoomEvent`: typed
+values, no wire format); any number of consumers hold a :class:`Listener` from
+:meth:`Hub.subscribe` and iterate over :class:`Published` items, each encoding them in
+its own dialect. The rules:
 
-* ``publish`` is synchronous and never blocks: it numbers the message, keeps it for
+* ``publish`` is synchronous and never blocks: it numbers the event, keeps it for
   replay if it is worth replaying, and offers it to every listener with
   ``send_nowait``. A listener whose queue is full is dropped on the spot (its stream
   ends, ``dropped_reason == "slow_listener"``); the publisher and the other listeners
   never wait for anyone.
-* Every published message gets ``seq`` 1, 2, 3, ... (the message dict itself is
-  updated, and the same dict object goes to every listener: treat it as read-only).
-* The replay buffer keeps the last ``replay_size`` *replayable* messages: everything
-  except partial transcriptions (``type == "transcription"`` with ``is_final`` not
-  true). Partials are superseded by the final that follows them, so replaying them
-  would only show a reconnecting client stale text; keeping them out also makes the
-  buffer cover minutes of conversation rather than seconds. ``publish(...,
-  replay=...)`` overrides the rule for one message.
+* Every published event gets ``seq`` 1, 2, 3, ... (the same frozen :class:`Published`
+  goes to every listener).
+* The replay buffer keeps the last ``replay_size`` *replayable* events: everything
+  except partial results. Partials are superseded by the final that follows them, so
+  replaying them would only show a reconnecting client stale text; keeping them out
+  also makes the buffer cover minutes of conversation rather than seconds.
+  ``publish(..., replay=...)`` overrides the rule for one event.
 * ``subscribe(since_seq=N)`` first yields the buffered messages with ``seq > N``, then
   the live stream, with no gap and no duplicate at the boundary (the snapshot and the
   registration happen in one synchronous step). If replayable messages after ``N``
   were already evicted, a ``missed_messages`` warning with the number ``lost`` comes
-  first. Messages the hub makes up for one listener (these warnings) carry no ``seq``.
+  first. Events the hub makes up for one listener (these warnings) carry no ``seq``.
 
 Pure trio, no I/O: the WebSocket side (encoding, send timeouts) belongs to the caller.
 """
@@ -32,23 +34,36 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import trio
 
-from edge.protocols.live import warning
+from edge.protocols.events import Notice, RoomEvent, Utterance
 
 #: Why a listener's stream ended (``Listener.dropped_reason``).
 SLOW_LISTENER = "slow_listener"
 HUB_CLOSED = "hub_closed"
 UNSUBSCRIBED = "unsubscribed"
 
-Message = dict[str, Any]
 
 
-def is_replayable(message: Message) -> bool:
-    """The default replay rule: everything but partial transcriptions."""
-    return not (message.get("type") == "transcription" and message.get("is_final") is not True)
+@dataclass(frozen=True)
+class Published:
+    """An event as a listener gets it: ``seq`` is its number in the stream (None for a
+    warning the hub made up for this one listener)."""
+
+    seq: int | None
+    event: RoomEvent
+
+
+
+
+def is_replayable(event: RoomEvent) -> bool:
+    """The default replay rule: everything but partial results."""
+    return not (isinstance(event, Utterance) and not event.is_final)
+
+
+def _warning(code: str, message: str, lost: int) -> Published:
+    return Published(None, Notice("", code, message, {"lost": lost}))
 
 
 @dataclass(frozen=True)
@@ -63,7 +78,7 @@ class HubStatistics:
 
 
 class Listener:
-    """One consumer's view of the stream: an async iterator of message dicts.
+    """One consumer's view of the stream: an async iterator of :class:`Published`.
 
     Use it as ``with hub.subscribe() as listener: async for message in listener:``.
     Leaving the ``with`` block (or :meth:`close`) unsubscribes at once. Iteration ends
@@ -72,15 +87,15 @@ class Listener:
     listener is dropped, so a consumer may also stop early).
     """
 
-    def __init__(self, hub: Hub, replay: Iterable[Message], queue_size: int) -> None:
+    def __init__(self, hub: Hub, replay: Iterable[Published], queue_size: int) -> None:
         self._hub = hub
-        self._replay: deque[Message] = deque(replay)
-        self._send, self._receive = trio.open_memory_channel[Message](queue_size)
+        self._replay: deque[Published] = deque(replay)
+        self._send, self._receive = trio.open_memory_channel[Published](queue_size)
         self.dropped_reason: str | None = None
 
     # --- consumer side -------------------------------------------------------------
 
-    async def receive(self) -> Message:
+    async def receive(self) -> Published:
         """The next message; raises :exc:`trio.EndOfChannel` when the stream has ended
         (dropped or hub closed, after what was queued), :exc:`trio.ClosedResourceError`
         after :meth:`close`. Blocks until a message is published; cancelling it loses
@@ -95,7 +110,7 @@ class Listener:
     def __aiter__(self) -> Listener:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> Published:
         try:
             return await self.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -125,7 +140,7 @@ class Listener:
 
     # --- hub side ------------------------------------------------------------------
 
-    def _offer(self, message: Message) -> bool:
+    def _offer(self, message: Published) -> bool:
         """Queue ``message`` without blocking; False if the listener had to be dropped."""
         try:
             self._send.send_nowait(message)
@@ -156,7 +171,7 @@ class Hub:
         if replay_size < 0:
             raise ValueError("replay_size must be >= 0")
         self._replay_size = replay_size
-        self._buffer: deque[Message] = deque()
+        self._buffer: deque[Published] = deque()
         self._listeners: set[Listener] = set()
         self._seq = 0
         self._dropped_slow = 0
@@ -167,19 +182,18 @@ class Hub:
         self._evicted_log_max = max(1024, 8 * replay_size)
         self._evicted_total = 0
 
-    def publish(self, message: Message, *, replay: bool | None = None) -> int:
-        """Number ``message`` (sets ``message["seq"]``), buffer it, offer it to everyone.
+    def publish(self, event: RoomEvent, *, replay: bool | None = None) -> int:
+        """Number ``event``, buffer it, offer it to everyone.
 
         Never blocks and never awaits. ``replay`` overrides :func:`is_replayable`.
         Listeners whose queue is full are dropped (``slow_listener``). Returns the seq.
-        Publish a fresh dict each time: the hub keeps it and listeners share it.
         Raises :exc:`trio.ClosedResourceError` after :meth:`close`.
         """
         if self._closed:
             raise trio.ClosedResourceError("the hub is closed")
         self._seq += 1
-        message["seq"] = self._seq
-        if replay if replay is not None else is_replayable(message):
+        message = Published(self._seq, event)
+        if replay if replay is not None else is_replayable(event):
             self._remember(message)
         for listener in list(self._listeners):
             if not listener._offer(message) and listener.dropped_reason == SLOW_LISTENER:
@@ -200,20 +214,19 @@ class Hub:
             raise trio.ClosedResourceError("the hub is closed")
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
-        replay: list[Message] = []
+        replay: list[Published] = []
         if since_seq is not None:
             if since_seq > self._seq:
-                replay.append(warning(
-                    None, "stream_reset",
+                replay.append(_warning(
+                    "stream_reset",
                     f"since_seq {since_seq} is ahead of this stream (last seq {self._seq}): "
                     "the stream was restarted; replaying what is buffered",
-                    lost=self._evicted_total))
+                    self._evicted_total))
                 since_seq = 0
             elif lost := self._lost_after(since_seq):
-                replay.append(warning(
-                    None, "missed_messages",
-                    f"{lost} message(s) after seq {since_seq} are no longer buffered",
-                    lost=lost))
+                replay.append(_warning(
+                    "missed_messages",
+                    f"{lost} message(s) after seq {since_seq} are no longer buffered", lost))
             start = bisect.bisect_right(self._buffer, since_seq, key=_seq_of)
             replay.extend(list(self._buffer)[start:])
         listener = Listener(self, replay, queue_size)
@@ -242,12 +255,12 @@ class Hub:
 
     # --- replay buffer -------------------------------------------------------------
 
-    def _remember(self, message: Message) -> None:
+    def _remember(self, message: Published) -> None:
         self._buffer.append(message)
         while len(self._buffer) > self._replay_size:
             evicted = self._buffer.popleft()
             self._evicted_total += 1
-            self._evicted_seqs.append(evicted["seq"])
+            self._evicted_seqs.append(_seq_of(evicted))
             if len(self._evicted_seqs) > self._evicted_log_max:
                 # Amortised O(1): forget the older half of the log at once.
                 del self._evicted_seqs[: self._evicted_log_max // 2]
@@ -268,7 +281,6 @@ class Hub:
         return len(log) - bisect.bisect_right(log, since_seq)
 
 
-def _seq_of(message: Message) -> int:
-    seq: int = message["seq"]
-    return seq
+def _seq_of(message: Published) -> int:
+    return message.seq or 0  # buffered events are all numbered
 

@@ -24,7 +24,7 @@ from edge.net.connection import Connection, SessionInfo, Stop, shutdown_stop
 from edge.net.hub import SLOW_LISTENER
 from edge.net.room import Room
 from edge.protocols import live as protocol
-from edge.protocols.events import Audio, End, KeepAlive, Pause, Resume, Started
+from edge.protocols.events import Audio, End, KeepAlive, Pause, Resume, RoomDescription, Started
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +51,10 @@ class RoomListener(Connection):
                     inner.start_soon(self._token_expiry)
                     inner.start_soon(self._keepalive)
                     inner.start_soon(self._max_length)
-                    async for message in listener:
+                    async for published in listener:
                         self._forwarded += 1
-                        # The room speaks the Live API: its messages are forwarded as
-                        # they are, re-addressed to this listener.
-                        await self._put_wait(protocol.encode(
-                            {**message, "session_id": self.id, "room_id": self._room.id}))
+                        await self._put_wait(protocol.encode(protocol.room_message(
+                            self.id, self._room.id, published.seq, published.event)))
                     self._ended(listener.dropped_reason)
                     inner.cancel_scope.cancel()
             self._finish()
@@ -124,21 +122,15 @@ class RoomListener(Connection):
             "session_too_long", f"sessions are limited to {limit:g} seconds; reconnect with "
             "since_seq to continue")))
 
-    def _description(self) -> dict[str, Any]:
+    def _description(self) -> RoomDescription:
         claims = self.info.claims
         hub = self._room.hub.statistics()
-        return {
-            "source": "room",
-            "room_id": self._room.id,
-            "state": self._room.state,
-            "last_seq": hub.last_seq,
-            "replay_size": hub.replay_size,
-            "model": self.info.model_name,
-            "can_pause": claims.has_scope(SCOPE_WRITE),
-            "speaker_identification": self.info.speaker_identification,
-            "speaker_identification_reason": self.info.speaker_reason,
-            "expires_at": int(claims.expires_at),
-        }
+        return RoomDescription(
+            room_id=self._room.id, state=self._room.state, last_seq=hub.last_seq,
+            replay_size=hub.replay_size, model=self.info.model_name,
+            can_pause=claims.has_scope(SCOPE_WRITE), expires_at=int(claims.expires_at),
+            speaker_identification=self.info.speaker_identification,
+            speaker_identification_reason=self.info.speaker_reason)
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {**super()._summary(stop), "room_id": self._room.id,

@@ -1,7 +1,7 @@
 """The revocation watcher: reloads the revocation file and closes what it revokes.
 
 A background service (run under the daemon's supervisor). A file that cannot be read
-or parsed keeps the last good list (:class:`~edge.core.auth.RevocationFile` says so
+or parsed keeps the last good list (:class:`~edge.core.revocations.RevocationFile` says so
 once); a file that becomes readable again is picked up at the next poll.
 """
 
@@ -12,7 +12,7 @@ import logging
 import trio
 
 from edge.core.admission import Admissions
-from edge.core.auth import RevocationFile
+from edge.core.revocations import RevocationFile
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 """The room stream: one microphone, one recogniser, every listener.
 
 :class:`Room` consumes the :class:`~edge.audio.capture.MicSource`'s chunks and events,
-decodes the audio in a worker thread (one recogniser for the room) and publishes
-``transcription``, ``warning`` and ``room_state`` messages to a :class:`~edge.net.hub.Hub`
-that fans them out to listeners. The microphone never waits for recognition: the
-source drops chunks (and says ``mic_overrun``) when the room falls behind.
+decodes the audio in a worker thread (one recogniser for the room) and publishes core
+events (results, warnings, its state) to a :class:`~edge.net.hub.Hub` that fans them out
+to listeners, each of which encodes them in its dialect. The microphone never waits
+for recognition: the source drops chunks (and says ``mic_overrun``) when the room falls
+behind.
 
 The room's stream is cut into *segments*: a capture run (until the microphone is lost
 or paused), cut again every ``journal.room_segment_seconds``. Each segment is a journal
@@ -38,7 +39,7 @@ from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
 from edge.net.hub import Hub
 from edge.protocols import live as protocol
-from edge.protocols.events import Utterance
+from edge.protocols.events import Notice, RoomState, Utterance
 from edge.speakers import SpeakerIdentification
 
 logger = logging.getLogger(__name__)
@@ -174,8 +175,7 @@ class Room:
             await self._end_segment(event.code.removeprefix("mic_"))
         if event.code in _MIC_WARNINGS:
             self._stats.count_warning(event.code)
-            self.hub.publish(protocol.warning(self.id, event.code, event.message,
-                                              **event.details))
+            self.hub.publish(Notice(self.id, event.code, event.message, event.details))
         if event.code in _MIC_STATES:
             self._set_state(_MIC_STATES[event.code])
 
@@ -184,7 +184,7 @@ class Room:
             return
         self.state = state
         logger.info("room %s: %s", self.id, state)
-        self.hub.publish(protocol.room_state(self.id, state))
+        self.hub.publish(RoomState(state))
 
     async def _on_chunk(self, chunk: Chunk) -> None:
         if self.state == "starting":
@@ -205,7 +205,7 @@ class Room:
             self._turn = TurnEnd(self._turn.silence_ms)  # on the new recogniser's clock
         for code in self._meter.feed(chunk.pcm, chunk.sample_rate):
             self._stats.count_warning(code)
-            self.hub.publish(protocol.warning(self.id, code, _LEVEL_TEXT[code]))
+            self.hub.publish(Notice(self.id, code, _LEVEL_TEXT[code]))
         started = trio.current_time()
         results = await trio.to_thread.run_sync(
             accept_each, self._recognizer, [chunk.pcm], self._turn, chunk.sample_rate,
@@ -234,13 +234,14 @@ class Room:
         latency = None if received is None else trio.current_time() - received
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
-        message = protocol.transcription(self.id, 0, _shift(utterance, self._offset_ms))
+        shifted = _shift(utterance, self._offset_ms)
         if utterance.is_final:
             if self._segment is None:
                 await self._start_segment()
             if self._journal is not None:
-                await self._journal_final(message)
-        self.hub.publish(message)
+                # The journal keeps every final as the Live API's transcription message.
+                await self._journal_final(protocol.transcription(self.id, 0, shifted))
+        self.hub.publish(shifted)
 
     async def _start_segment(self) -> None:
         """A segment starts with its first final (a journal session per segment, so that
@@ -262,8 +263,8 @@ class Room:
         if not (self._segment_journaled
                 and await self._journal.append_final(self._segment, message)):
             self._stats.count_warning("journal_error")
-            self.hub.publish(protocol.warning(self.id, "journal_error", "a room final could "
-                                              "not be saved on the device"))
+            self.hub.publish(Notice(self.id, "journal_error",
+                                    "a room final could not be saved on the device"))
 
     async def _end_segment(self, reason: str) -> None:
         segment, self._segment = self._segment, None

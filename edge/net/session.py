@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from typing import Any
 
 import trio
@@ -56,6 +55,7 @@ from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
 from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
+from edge.net.pacing import MessageRate, RecognitionLag
 from edge.protocols import live as protocol
 from edge.protocols.events import (
     Audio,
@@ -69,6 +69,7 @@ from edge.protocols.events import (
     Progress,
     Reply,
     Result,
+    SessionDescription,
     Started,
     Utterance,
 )
@@ -84,35 +85,6 @@ _WARNING_TEXT = {
     "clipping": "the audio is clipping (samples at full scale); lower the input gain",
     "silence": "no sound above the silence level; check the microphone",
 }
-
-
-class RecognitionLag:
-    """How far recognition is behind real time, while audio waits to be decoded.
-
-    The clock starts with the first chunk decoded after the recogniser caught up (found
-    no audio waiting): from then on, audio arriving at real-time pace is decoded in time
-    while the seconds elapsed stay under the seconds decoded. A client sending slower
-    than real time lets the recogniser catch up, which restarts the clock; one sending
-    faster only makes the lag negative. Unlike counting the audio queued inside the
-    server (bounded: a full queue pushes back through TCP, and the rest waits in socket
-    buffers and the client), this keeps growing for as long as recognition is slower
-    than the audio.
-    """
-
-    def __init__(self) -> None:
-        self._start: float | None = None
-        self._decoded = 0.0
-
-    def caught_up(self) -> None:
-        self._start = None
-
-    def decoded(self, seconds: float, received: float, now: float) -> float:
-        """Record ``seconds`` of audio decoded (its chunk arrived at ``received``);
-        returns the lag in seconds at ``now``."""
-        if self._start is None:
-            self._start, self._decoded = received, 0.0
-        self._decoded += seconds
-        return now - self._start - self._decoded
 
 
 class Session(Connection):
@@ -174,7 +146,7 @@ class Session(Connection):
         self._lag = RecognitionLag()
         self._last_lag_warning = -math.inf
         self._last_audio = self._started
-        self._message_times: deque[float] = deque()
+        self._messages = MessageRate(info.claims.rate_limit)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -250,7 +222,7 @@ class Session(Connection):
             self._last_client_message = now
             if self._stop is not None:
                 return  # stopped while this message was on its way
-            if not self._rate_ok(now):
+            if not self._messages.allows(now):
                 limit = self.info.claims.rate_limit
                 self.stop(Stop(CLOSE_TRY_AGAIN_LATER, "rate_limited", (
                     "rate_limited", f"more than {limit} messages per minute")))
@@ -279,18 +251,6 @@ class Session(Connection):
                 return
             except trio.ClosedResourceError:
                 return  # stopped while waiting for room in the audio queue
-
-    def _rate_ok(self, now: float) -> bool:
-        limit = self.info.claims.rate_limit
-        if limit is None:
-            return True
-        times = self._message_times
-        while times and now - times[0] >= 60.0:
-            times.popleft()
-        if len(times) >= limit:
-            return False
-        times.append(now)
-        return True
 
     async def _on_audio(self, frame: bytes) -> None:
         pcm, notices = self._decoder.feed(frame)
@@ -412,6 +372,11 @@ class Session(Connection):
         return await self._audio_recv.receive()
 
     @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio received so far (at the rate it was decoded at)."""
+        return self._audio_bytes / (2 * self._rate)
+
+    @property
     def _rate(self) -> int:
         fmt = self._decoder.format
         return fmt.sample_rate if fmt else self._cfg.recognizer.sample_rate
@@ -505,30 +470,22 @@ class Session(Connection):
 
     # --- messages ------------------------------------------------------------------
 
-    def _description(self) -> dict[str, Any]:
+    def _description(self) -> SessionDescription:
         info, claims, cfg = self.info, self.info.claims, self._cfg
-        return {
-            "model": info.model_name,
-            "sample_rate": info.declared_rate or info.default_rate,
-            "audio_formats": ["wav", "pcm_s16le"],
-            "max_frame_bytes": cfg.server.max_frame_bytes,
-            "partial_results": self._results.partials,
-            "transcripts": self._send_transcripts,
-            "speaker_identification": info.speaker_identification,
-            "speaker_identification_reason": info.speaker_reason,
-            **({"enroll": {"name": self._enroll[0], "role": self._enroll[1]}}
-               if self._enroll is not None else {}),
-            "expires_at": int(claims.expires_at),
-            "idle_timeout": cfg.server.idle_timeout,
-            "max_session_seconds": cfg.server.max_session_seconds,
-            "rate_limit": claims.rate_limit,
-            **info.extra,
-        }
+        return SessionDescription(
+            model=info.model_name, sample_rate=info.declared_rate or info.default_rate,
+            transcripts=self._send_transcripts, expires_at=int(claims.expires_at),
+            max_session_seconds=cfg.server.max_session_seconds,
+            idle_timeout=cfg.server.idle_timeout, max_frame_bytes=cfg.server.max_frame_bytes,
+            partial_results=self._results.partials,
+            speaker_identification=info.speaker_identification,
+            speaker_identification_reason=info.speaker_reason,
+            rate_limit=claims.rate_limit, enroll=self._enroll)
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {
             **super()._summary(stop),
-            "audio_ms": round(1000 * self._audio_bytes / (2 * self._rate)),
+            "audio_ms": round(1000 * self.audio_seconds),
             "finals": self._finals,
             "last_seq": self._seq,
         }

@@ -23,16 +23,16 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 
-from edge.core.auth import SCOPE_READ, SCOPE_TRANSCRIPTS, Claims, extract_token, require_scope
-from edge.core.errors import AuthError, ProtocolError
-from edge.core.stats import Stats
+from edge.core.auth import SCOPE_READ, SCOPE_TRANSCRIPTS
+from edge.core.errors import ProtocolError
 from edge.journal.service import JournalService
 from edge.net import http
+from edge.net.routes import Answer, HttpRequest, HttpResponse, Need
 from edge.protocols import live as protocol
 from edge.protocols.query import single
 
@@ -73,7 +73,9 @@ _TYPES = {
     ".png": "image/png",
 }
 
-Verify = Callable[[str], Claims]
+#: Who may read transcripts (one's own with ``transcription:read``, any with
+#: ``transcripts:read``): the listing's and ``/transcripts/<id>``'s rows.
+NEED = Need(SCOPE_READ, instead=SCOPE_TRANSCRIPTS)
 
 
 @dataclass(frozen=True)
@@ -99,37 +101,44 @@ def load_files(package: str = "edge.web") -> dict[str, StaticFile]:
 FILES = load_files()
 
 
-def serves(path: str) -> bool:
-    """Whether ``path`` is this module's to answer (a page, a static file, the listing)."""
-    return path in PAGES or path == LISTING_PATH or path.startswith(STATIC_PREFIX)
+@dataclass(frozen=True)
+class StaticAnswer:
+    """A page or static file: cached, revalidated on every load (its ETag)."""
+
+    status: int
+    file: StaticFile
+
+    def render(self, *, head_only: bool = False) -> bytes:
+        if self.status == 304:
+            return static_response(304, b"", None, etag=self.file.etag, head_only=True)
+        return static_response(self.status, self.file.body, self.file.content_type,
+                               etag=self.file.etag, head_only=head_only)
 
 
-async def answer(head: http.RequestHead, *, verify: Verify, journal: JournalService | None,
-                 stats: Stats) -> bytes:
-    """The complete response to a GET or HEAD of a path :func:`serves`.
+async def page(request: HttpRequest) -> Answer:
+    """A page (``/``, ``/mic``, ``/transcripts``)."""
+    return _file(request.head, PAGES[request.head.path])
 
-    Only the listing awaits (a journal read in the bulk lane's worker thread)."""
-    head_only = head.method == "HEAD"
-    if head.path == LISTING_PATH:
-        status, body, headers = await listing(head, verify=verify, journal=journal,
-                                              stats=stats)
-        return http.response(status, body, headers=[*headers, *SECURITY_HEADERS],
-                             head_only=head_only)
-    name = PAGES.get(head.path)
-    if name is None:
-        name = head.path[len(STATIC_PREFIX):]
+
+async def static(request: HttpRequest) -> Answer:
+    """``/static/<name>``: a file of the package, never an HTML page."""
+    name = request.head.path[len(STATIC_PREFIX):]
+    if name.endswith(".html"):
+        return NOT_FOUND
+    return _file(request.head, name)
+
+
+def _file(head: http.RequestHead, name: str) -> Answer:
     file = FILES.get(name)
-    if file is None or (name.endswith(".html") and head.path.startswith(STATIC_PREFIX)):
-        return not_found(head_only=head_only)
+    if file is None:
+        return NOT_FOUND
     if _matches(head.header(b"if-none-match"), file.etag):
-        return static_response(304, b"", None, etag=file.etag, head_only=True)
-    return static_response(200, file.body, file.content_type, etag=file.etag,
-                           head_only=head_only)
+        return StaticAnswer(304, file)
+    return StaticAnswer(200, file)
 
 
-def not_found(*, head_only: bool = False) -> bytes:
-    return http.response(404, protocol.error("not_found", "no such page"),
-                         headers=SECURITY_HEADERS, head_only=head_only)
+NOT_FOUND = HttpResponse(404, protocol.error("not_found", "no such page"),
+                         headers=SECURITY_HEADERS)
 
 
 def static_response(status: int, body: bytes, content_type: str | None, *, etag: str,
@@ -153,38 +162,38 @@ def _matches(if_none_match: bytes | None, etag: str) -> bool:
     return b"*" in tags or etag.encode() in tags
 
 
-async def listing(head: http.RequestHead, *, verify: Verify,
-                  journal: JournalService | None, stats: Stats
-                  ) -> tuple[int, Mapping[str, object], Sequence[tuple[str, str]]]:
+class Listing:
     """``GET /api/transcripts[?since=UNIX_SECONDS][&limit=N]``: the finished sessions
     the token may read, newest first, as ``{"sessions": [...]}`` (the fields of
     ``/transcripts/<id>``'s ``session``).
 
-    The scopes are ``/transcripts/<id>``'s: ``transcripts:read`` lists every session,
-    ``transcription:read`` only the token's own (same ``sub``). The token comes in the
-    ``Authorization`` header or ``?token=``. Of the most recent :data:`MAX_LISTING`
-    sessions, at most ``limit`` (default :data:`DEFAULT_LISTING`) are listed.
+    The scopes are ``/transcripts/<id>``'s (the row's :data:`NEED`, checked by the
+    server): ``transcripts:read`` lists every session, ``transcription:read`` only the
+    token's own (same ``sub``). Of the most recent :data:`MAX_LISTING` sessions, at most
+    ``limit`` (default :data:`DEFAULT_LISTING`) are listed. Only the journal read
+    awaits (in the bulk lane's worker thread).
     """
-    try:
-        claims = verify(extract_token(head.target, head.headers))
-        if not claims.has_scope(SCOPE_TRANSCRIPTS):
-            require_scope(claims, SCOPE_READ)
-    except AuthError as exc:
-        stats.refused[exc.code] += 1
-        headers = ([("WWW-Authenticate", 'Bearer realm="edge", error="invalid_token"')]
-                   if exc.status == 401 else [])
-        return exc.status, protocol.error(exc.code, exc.message), headers
-    try:
-        since, limit = _listing_params(head.query)
-    except (ValueError, ProtocolError) as exc:
-        return 400, protocol.error("invalid_parameter", str(exc)), []
-    if journal is None:
-        return 404, protocol.error("no_journal", "this device keeps no journal"), []
-    rows = await journal.call(journal.journal.sessions, since, limit=MAX_LISTING)
-    everyone = claims.has_scope(SCOPE_TRANSCRIPTS)
-    mine = [row for row in reversed(rows)
-            if row.ended_at is not None and (everyone or row.sub == claims.sub)]
-    return 200, {"sessions": [dataclasses.asdict(row) for row in mine[:limit]]}, []
+
+    def __init__(self, journal: JournalService | None) -> None:
+        self.journal = journal
+
+    async def __call__(self, request: HttpRequest) -> Answer:
+        claims = request.claims
+        assert claims is not None  # the row's need, checked by the server
+        try:
+            since, limit = _listing_params(request.head.query)
+        except (ValueError, ProtocolError) as exc:
+            return HttpResponse(400, protocol.error("invalid_parameter", str(exc)))
+        journal = self.journal
+        if journal is None:
+            return HttpResponse(404, protocol.error("no_journal",
+                                                    "this device keeps no journal"))
+        rows = await journal.call(journal.journal.sessions, since, limit=MAX_LISTING)
+        everyone = claims.has_scope(SCOPE_TRANSCRIPTS)
+        mine = [row for row in reversed(rows)
+                if row.ended_at is not None and (everyone or row.sub == claims.sub)]
+        return HttpResponse(200, {"sessions": [dataclasses.asdict(row)
+                                               for row in mine[:limit]]})
 
 
 def _listing_params(query: Mapping[str, Sequence[str]]) -> tuple[float | None, int]:

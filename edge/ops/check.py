@@ -19,11 +19,11 @@ from pathlib import Path
 from edge.asr.memory import mem_total, read_rss
 from edge.asr.modeldir import check_model_dir, check_speaker_model_dir, default_model_path
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
-from edge.core.auth import RevocationFile
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
 from edge.core.keys import auth_settings
 from edge.core.networks import TrustedNetworks
+from edge.core.revocations import RevocationFile
 from edge.core.terms import TermFile, TermListError, TermMatcher, builtin_terms
 from edge.crypto.rotation import open_key
 from edge.ops import memory

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from edge.core.auth import TokenPlaces
 from edge.core.close_codes import (
     CLOSE_AUTH,
     CLOSE_INTERNAL_ERROR,
@@ -41,6 +40,7 @@ from edge.core.close_codes import (
 )
 from edge.core.errors import ProtocolError
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from edge.core.tokens import TokenPlaces
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -53,6 +53,8 @@ from edge.protocols.events import (
     Notice,
     Reply,
     Result,
+    RoomDescription,
+    SessionDescription,
     Started,
     Utterance,
     Word,
@@ -283,7 +285,8 @@ class AssemblyAIDialect:
             return ended.close_code  # this dialect's own ProtocolErrors
         return _CLOSE_FOR_CODE.get(ended.close_code, ended.close_code)
 
-    def _start_warnings(self, description: Mapping[str, Any]) -> list[str | bytes]:
+    def _start_warnings(self, description: SessionDescription | RoomDescription
+                        ) -> list[str | bytes]:
         out: list[str | bytes] = []
         if self.params.keyterms:
             out.append(_text(warning("ignored_parameter", "keyterms_prompt is ignored: "
@@ -292,7 +295,7 @@ class AssemblyAIDialect:
         if rest:
             out.append(_text(warning("ignored_parameter", "parameters accepted without "
                                      "effect on this device: " + ", ".join(rest)[:300])))
-        if self.params.speaker_labels and not description.get("speaker_identification"):
+        if self.params.speaker_labels and not description.speaker_identification:
             out.append(_text(warning("ignored_parameter", "speaker_labels: this device "
                                      "has no speaker model; turns carry no speaker label")))
         return out

@@ -136,12 +136,51 @@ ClientEvent = Audio | End | KeepAlive | Configure | ForceEndpoint | Reply | Paus
 
 
 @dataclass(frozen=True)
+class SessionDescription:
+    """What a client session is, for the dialect to tell its client: the model, the
+    audio it takes, whether it may read the results (``transcripts``), its limits, and
+    speaker labelling (``speaker_identification_reason``: why it is off). ``enroll`` is
+    the (name, role) the session's voice will be enrolled as."""
+
+    model: str
+    sample_rate: int
+    transcripts: bool
+    expires_at: int
+    max_session_seconds: float
+    idle_timeout: float = 0.0
+    max_frame_bytes: int = 0
+    partial_results: bool = True
+    speaker_identification: bool = False
+    speaker_identification_reason: str | None = None
+    rate_limit: int | None = None
+    enroll: tuple[str, str | None] | None = None
+    audio_formats: tuple[str, ...] = ("wav", "pcm_s16le")
+
+
+@dataclass(frozen=True)
+class RoomDescription:
+    """What a listener to the room microphone is told when it joins: the room, its
+    state, the last result's ``seq`` and how many the replay holds, whether the token
+    may pause the room (``can_pause``)."""
+
+    room_id: str
+    state: str
+    last_seq: int
+    replay_size: int
+    model: str
+    can_pause: bool
+    expires_at: int
+    speaker_identification: bool = False
+    speaker_identification_reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Started:
-    """The session is open; ``description`` is what the dialect tells the client about it
-    (limits, model, formats), as plain values."""
+    """The session (or room listener) is open; ``description`` is what the dialect may
+    tell the client about it."""
 
     session_id: str
-    description: Mapping[str, Any]
+    description: SessionDescription | RoomDescription
 
 
 @dataclass(frozen=True)
@@ -161,6 +200,17 @@ class Notice:
     code: str
     message: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoomState:
+    """The room microphone's state changed (``listening``, ``paused``, ``mic_lost``...)."""
+
+    state: str
+
+
+#: What the room publishes to its listeners: results, warnings and its state.
+RoomEvent = Utterance | Notice | RoomState
 
 
 @dataclass(frozen=True)

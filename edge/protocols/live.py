@@ -43,6 +43,10 @@ from edge.protocols.events import (
     Progress,
     Result,
     Resume,
+    RoomDescription,
+    RoomEvent,
+    RoomState,
+    SessionDescription,
     Speaker,
     Started,
     Utterance,
@@ -107,11 +111,32 @@ def encode(message: Mapping[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
-def session_init(session_id: str, description: Mapping[str, Any]) -> dict[str, Any]:
+def session_init(session_id: str, description: SessionDescription | RoomDescription
+                 ) -> dict[str, Any]:
     """``session_init``: the first message of every session and room listener."""
     return {"type": "session_init", "session_id": session_id,
             "protocol_version": PROTOCOL_VERSION, "server": "edge", "version": __version__,
-            **description}
+            **_described(description)}
+
+
+def _described(d: SessionDescription | RoomDescription) -> dict[str, Any]:
+    """The Live API's keys for a session's or a room listener's description."""
+    if isinstance(d, RoomDescription):
+        return {"source": "room", "room_id": d.room_id, "state": d.state,
+                "last_seq": d.last_seq, "replay_size": d.replay_size, "model": d.model,
+                "can_pause": d.can_pause, "speaker_identification": d.speaker_identification,
+                "speaker_identification_reason": d.speaker_identification_reason,
+                "expires_at": d.expires_at}
+    return {
+        "model": d.model, "sample_rate": d.sample_rate,
+        "audio_formats": list(d.audio_formats), "max_frame_bytes": d.max_frame_bytes,
+        "partial_results": d.partial_results, "transcripts": d.transcripts,
+        "speaker_identification": d.speaker_identification,
+        "speaker_identification_reason": d.speaker_identification_reason,
+        **({"enroll": {"name": d.enroll[0], "role": d.enroll[1]}} if d.enroll else {}),
+        "expires_at": d.expires_at, "idle_timeout": d.idle_timeout,
+        "max_session_seconds": d.max_session_seconds, "rate_limit": d.rate_limit,
+    }
 
 
 def session_end(session_id: str, reason: str, summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,6 +152,23 @@ def enrolled(session_id: str, name: str, role: str | None, utterances: int
 
 def room_state(session_id: str, state: str) -> dict[str, Any]:
     return {"type": "room_state", "session_id": session_id, "state": state}
+
+
+def room_message(session_id: str, room_id: str, seq: int | None, event: RoomEvent
+                 ) -> dict[str, Any]:
+    """A room event as one listener (``session_id``) gets it: ``transcription``,
+    ``warning`` or ``room_state``, with the stream's ``seq`` (none for a warning the
+    hub made up for this listener) and the ``room_id``."""
+    if isinstance(event, Utterance):
+        body = transcription(session_id, seq or 0, event)
+    elif isinstance(event, RoomState):
+        body = room_state(session_id, event.state)
+    else:
+        body = warning(session_id, event.code, event.message, **event.details)
+    if seq is not None:
+        body["seq"] = seq
+    body["room_id"] = room_id
+    return body
 
 
 def message(event: Started | Result | Notice | Enrolled | Ended) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 from edge.core.close_codes import CLOSE_POLICY
-from edge.core.errors import AuthError, ProtocolError
+from edge.core.errors import ProtocolError, Refusal
 
 Query = Mapping[str, Sequence[str]]
 
@@ -38,9 +38,9 @@ def single(query: Query, name: str, *, close_code: int = CLOSE_POLICY) -> str:
 @contextlib.contextmanager
 def bad_request(close_code: int) -> Iterator[None]:
     """Refuse the handshake whose parameters the block reads: a :class:`ProtocolError`
-    raised inside becomes an :class:`AuthError` with HTTP status 400 (and
+    raised inside becomes a :class:`Refusal` with HTTP status 400 (and
     ``close_code`` for a client that takes its errors in-band), same code and message."""
     try:
         yield
     except ProtocolError as exc:
-        raise AuthError(exc.code, exc.message, status=400, close_code=close_code) from None
+        raise Refusal(exc.code, exc.message, status=400, close_code=close_code) from None

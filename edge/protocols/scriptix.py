@@ -29,11 +29,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.core import auth, languages
-from edge.core.auth import TokenPlaces
+from edge.core import languages, tokens
 from edge.core.close_codes import CLOSE_AUTH, CLOSE_POLICY
 from edge.core.errors import ProtocolError
 from edge.core.languages import MAX_TAG_CHARS, primary_language
+from edge.core.tokens import TokenPlaces
 from edge.protocols.events import (
     Audio,
     ClientEvent,
@@ -43,6 +43,7 @@ from edge.protocols.events import (
     Notice,
     Reply,
     Result,
+    SessionDescription,
     Started,
     Utterance,
 )
@@ -115,7 +116,7 @@ def extract_token(target: str, headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The token of a handshake: ``?token=``, one of :data:`TOKEN_HEADERS`, or
     ``Authorization: Bearer``. The same token in several places is fine; different
     ones are refused (400), none is 401. Never echoes a token in a message."""
-    return auth.extract_token(target, headers, TOKEN_PLACES)
+    return tokens.extract_token(target, headers, TOKEN_PLACES)
 
 
 # --- messages ------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class ScriptixDialect:
         self.params = params
         self.device_language = device_language
         self.started = False
-        self._description: dict[str, Any] = {}
+        self._session: Started | None = None  # what the core said (before any start)
         self._held: list[str] = []  # warnings raised before ``listening`` went out
         if device_language is None and params.language is not None:
             self._held.append(encode(warning(
@@ -196,20 +197,22 @@ class ScriptixDialect:
         raise _bad(f'unknown action {action[:40]!r}; expected "start" or "stop"; ignored')
 
     def _listening(self) -> str:
-        d = self._description
         language = self.params.language or self.device_language
         body: dict[str, Any] = {
-            "state": "listening", "session_id": d.get("session_id"),
-            "language": language, "type": self.params.model_type,
-            "model": d.get("model"), "sample_rate": d.get("sample_rate", SAMPLE_RATE),
-            "transcripts": d.get("transcripts"), "expires_at": d.get("expires_at"),
-            "max_session_seconds": d.get("max_session_seconds"),
+            "state": "listening", "session_id": None, "language": language,
+            "type": self.params.model_type, "model": None, "sample_rate": SAMPLE_RATE,
+            "transcripts": None, "expires_at": None, "max_session_seconds": None,
         }
+        if self._session is not None and isinstance(d := self._session.description,
+                                                    SessionDescription):
+            body.update(session_id=self._session.session_id, model=d.model,
+                        sample_rate=d.sample_rate, transcripts=d.transcripts,
+                        expires_at=d.expires_at, max_session_seconds=d.max_session_seconds)
         return encode(body)
 
     def encode(self, event: CoreEvent) -> list[str | bytes]:
         if isinstance(event, Started):
-            self._description = {"session_id": event.session_id, **event.description}
+            self._session = event
             return []
         if isinstance(event, Result):
             return [encode(result(event.utterance))]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from edge.core.auth import AuthSettings
+from edge.core.auth import SCOPE_WRITE, AuthSettings
 from edge.core.config import Config
 from edge.net.routes import HttpRoute, Route
 from edge.net.server import Server
@@ -31,24 +31,18 @@ class PeerContext:
     model_sample_rate: int
 
 
-def main_port_routes(config: Config, context: PeerContext
-                     ) -> tuple[dict[str, Route], dict[str, HttpRoute]]:
-    """The peer protocols' WebSocket paths and HTTP paths on the main port."""
-    routes: dict[str, Route] = {}
-    http_routes: dict[str, HttpRoute] = {}
+def main_port_routes(config: Config, context: PeerContext) -> list[Route | HttpRoute]:
+    """The peer protocols' rows of the main port's table."""
+    rows: list[Route | HttpRoute] = []
     if config.assemblyai.enabled:
         import edge.net.peers.assemblyai as assemblyai
 
-        ws, plain = assemblyai.routes(config, context)
-        routes.update(ws)
-        http_routes.update(plain)
+        rows += assemblyai.routes(config, context)
     if config.scriptix.enabled:
         import edge.net.peers.scriptix as scriptix
 
-        ws, plain = scriptix.routes(config, context)
-        routes.update(ws)
-        http_routes.update(plain)
-    return routes, http_routes
+        rows += scriptix.routes(config, context)
+    return rows
 
 
 async def start_listeners(nursery: trio.Nursery, supervisor: Supervisor, server: Server,
@@ -61,7 +55,8 @@ async def start_listeners(nursery: trio.Nursery, supervisor: Supervisor, server:
         v = config.vosk_server
         await supervisor.start(nursery, "vosk_server", functools.partial(
             _serve_port, server, "vosk_server", v.host, v.port,
-            vosk_server.route(config, context)))
+            Route("/", vosk_server.route(config, context), action="session.start",
+                  scope=SCOPE_WRITE, prefix=True)))
     if config.wyoming.enabled:
         import edge.net.peers.wyoming as wyoming
 

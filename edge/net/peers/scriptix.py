@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 
+from edge.core.auth import SCOPE_WRITE
 from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import Config
-from edge.core.errors import AuthError
+from edge.core.errors import Refusal
 from edge.core.languages import primary_language
 from edge.core.phrases import read_phrases_file
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
-from edge.net.routes import Admitted, HttpResponse, HttpRoute, Route, Verify
+from edge.net.routes import Admitted, Answer, HttpRequest, HttpResponse, HttpRoute, Route, Verify
 from edge.protocols import scriptix
 from edge.protocols.query import bad_request
 from edge.protocols.scriptix import ScriptixDialect
@@ -29,7 +30,7 @@ DIALECT = "scriptix"
 _STREAM_STATUS = 400
 
 
-class RealtimeRoute:
+class RealtimeAdmitter:
     """``/v2/realtime?language=&type=&token=``: the token is verified first, so that a
     client without one learns nothing about the device (not even its language)."""
 
@@ -46,15 +47,15 @@ class RealtimeRoute:
                         declared_rate=scriptix.SAMPLE_RATE, phrases=self.phrases)
 
 
-class StreamModeRoute:
+class StreamModeAdmitter:
     """``/v2/client/{token}?url=`` as a WebSocket: refused before any token is read."""
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
-        raise AuthError("stream_mode_refused", scriptix.STREAM_MODE_REFUSED,
+        raise Refusal("stream_mode_refused", scriptix.STREAM_MODE_REFUSED,
                         status=_STREAM_STATUS, close_code=CLOSE_POLICY)
 
 
-async def stream_mode_http(head: RequestHead, verify: Verify) -> HttpResponse:
+async def stream_mode_http(request: HttpRequest) -> Answer:
     """``/v2/client/...`` as a plain request: the same refusal, in Scriptix's shape."""
     return HttpResponse(_STREAM_STATUS, scriptix.error("stream_mode_refused",
                                                        scriptix.STREAM_MODE_REFUSED))
@@ -67,10 +68,8 @@ def device_language(config: Config, context: PeerContext) -> str | None:
     return scriptix.model_language(context.model_name)
 
 
-def routes(config: Config, context: PeerContext
-           ) -> tuple[dict[str, Route], dict[str, HttpRoute]]:
-    """The WebSocket and HTTP paths of Scriptix realtime on the main port (a path
-    ending in ``/`` covers every path under it). Reads ``scriptix.phrases_file``."""
+def routes(config: Config, context: PeerContext) -> list[Route | HttpRoute]:
+    """The rows of Scriptix realtime on the main port. Reads ``scriptix.phrases_file``."""
     language = device_language(config, context)
     path = config.scriptix.phrases_file
     phrases = (read_phrases_file("scriptix.phrases_file", path, config.recognizer.max_phrases)
@@ -79,7 +78,7 @@ def routes(config: Config, context: PeerContext
         logger.warning("scriptix: the model's language is not in its name (%s) and "
                        "scriptix.language is not set: any language is accepted",
                        context.model_name)
-    ws: dict[str, Route] = {scriptix.PATH: RealtimeRoute(language, phrases),
-                            scriptix.STREAM_PREFIX: StreamModeRoute()}
-    plain: dict[str, HttpRoute] = {scriptix.STREAM_PREFIX: stream_mode_http}
-    return ws, plain
+    return [Route(scriptix.PATH, RealtimeAdmitter(language, phrases), action="session.start",
+                  scope=SCOPE_WRITE),
+            Route(scriptix.STREAM_PREFIX, StreamModeAdmitter(), action=None, prefix=True),
+            HttpRoute(scriptix.STREAM_PREFIX, stream_mode_http, prefix=True)]

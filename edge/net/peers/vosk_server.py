@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 
-from edge.core.auth import SCOPE_READ, Claims, extract_token, require_scope
+from edge.core.auth import SCOPE_READ, Claims
 from edge.core.config import Config
 from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
+from edge.core.tokens import extract_token
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
-from edge.net.routes import Admitted, Route, Verify
+from edge.net.routes import Admitted, Admitter, Verify
 from edge.protocols.text import Limits
 from edge.protocols.vosk_server import VoskServerDialect
 
@@ -27,8 +28,8 @@ logger = logging.getLogger(__name__)
 DIALECT = "vosk_server"
 
 
-class VoskServerRoute:
-    """A :class:`~edge.net.routes.Route` for vosk-server's clients (any path)."""
+class VoskServerAdmitter:
+    """An :class:`~edge.net.routes.Admitter` for vosk-server's clients (any path)."""
 
     def __init__(self, config: Config) -> None:
         v = config.vosk_server
@@ -44,16 +45,15 @@ class VoskServerRoute:
 
     def _claims(self, head: RequestHead, verify: Verify, peer: str) -> Claims:
         if "token" in head.query or head.header(b"authorization") is not None:
-            claims = verify(extract_token(head.target, head.headers))
-            require_scope(claims, SCOPE_READ)  # the server requires the write scope
-            return claims
+            # The route requires the write scope too: the replies are the transcript.
+            return verify(extract_token(head.target, head.headers), SCOPE_READ)
         self.networks.check(DIALECT, peer)
         return network_claims(DIALECT, peer, now=time.time(), lifetime=self.lifetime)
 
 
-def route(config: Config, context: PeerContext) -> Route:
+def route(config: Config, context: PeerContext) -> Admitter:
     """The route :func:`edge.net.peers.start_listeners` serves on ``vosk_server.port``."""
-    r = VoskServerRoute(config)
+    r = VoskServerAdmitter(config)
     v = config.vosk_server
     logger.info("vosk-server protocol on %s:%d admits %s (vosk_server.trusted_networks) "
                 "and clients with a device token; audio at %d Hz unless a client's config says "

@@ -20,7 +20,7 @@ import time
 import trio
 
 from edge.core.config import Config
-from edge.core.errors import AuthError
+from edge.core.errors import Refusal
 from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
 from edge.core.phrases import read_phrases_file
 from edge.net.channel import ChannelClosed
@@ -30,17 +30,13 @@ from edge.net.server import Server
 from edge.protocols.wyoming import (
     Answer,
     Begin,
-    EventReader,
-    Limits,
-    Malformed,
     Opening,
     Refuse,
     Service,
     WyomingDialect,
-    WyomingEvent,
-    error_event,
     model_languages,
 )
+from edge.protocols.wyoming_wire import EventReader, Limits, Malformed, WyomingEvent, error_event
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +146,8 @@ class WyomingListener:
         channel = WyomingChannel(stream, EventReader(self.limits))
         try:
             self.trusted.check("wyoming", host)
-        except AuthError as exc:
+        except Refusal as exc:
+            self.server.boundary.refused(exc, "session.start", host)
             await self._refuse(channel, host, Refuse(exc.code, exc.message))
             return
         begin = await self._opening(channel, host)
@@ -166,8 +163,8 @@ class WyomingListener:
             dialect=WyomingDialect(self.service, begin.request), dialect_name="wyoming",
             declared_rate=begin.request.rate, phrases=self.phrases)
         try:
-            await self.server.serve_channel(channel, admitted)
-        except AuthError as exc:  # stopping, or at capacity
+            await self.server.serve_channel(channel, admitted, host)
+        except Refusal as exc:  # stopping, or at capacity
             await self._refuse(channel, host, Refuse(exc.code, exc.message))
 
     async def _opening(self, channel: WyomingChannel, host: str) -> Begin | None:
