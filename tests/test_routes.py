@@ -190,3 +190,30 @@ async def test_no_token_or_text_reaches_the_audit_trail(start_server: Any) -> No
                                                   "transcript.read"}
     assert FAILED not in {a.outcome for a in seen}
     no_secrets(seen, owner, *texts)
+
+
+async def test_the_daemons_accesses_land_in_its_audit_trail(start_server: Any,
+                                                             tmp_path: Any) -> None:
+    """As built by edge serve, the server's sink is the journal's Auditor: a session, a
+    listing and a refusal end up as records in the encrypted journal, chained."""
+    server: Server = await start_server()
+    auditor = server.services.auditor
+    assert auditor is not None and server.audit is auditor
+    owner = make_token(sub="dr-trail", scope=f"{SCOPE_READ} {SCOPE_WRITE}")
+    session_id, _ = await transcribe(server, owner)
+    assert (await http_get(server.port, "/api/transcripts", owner))[0] == 200
+    with trio.fail_after(30):
+        while auditor.records < 3:
+            await trio.sleep(0.05)
+    from edge.journal.db import Journal
+    from helpers import TEST_KEY
+
+    with Journal.open(tmp_path / "state" / "journal.db", key=TEST_KEY, device_id="reader",
+                      readonly=True) as journal:
+        records = journal.audit_records()
+        assert journal.audit_verify() == (len(records), None)
+    # (the session's end may be told after the listing: it is told once the
+    # connection has closed)
+    assert {(r.action, r.sub, r.object) for r in records} == {
+        ("session.start", "dr-trail", session_id), ("session.end", "dr-trail", session_id),
+        ("transcript.list", "dr-trail", None)}
