@@ -28,6 +28,7 @@ from trio_websocket import ConnectionRejected
 
 from edge import cli
 from edge.cli import main
+from edge.core.audit import OK, Access
 from edge.core.auth import SCOPE_ENROLL
 from edge.crypto.sealed import open_sealed
 from edge.net.server import Server
@@ -130,10 +131,17 @@ async def test_enrolled_voice_is_named_until_removed(
     monkeypatch.setattr(cli, "setup_logging", lambda level: None)
     state = tmp_path / "state"
     server = await start_speaker_server(start_server, state)
+    seen: list[Access] = []
+    server.audit = seen.append
 
     messages = await enroll_by_socket(server, "kim", "kim", role="nurse")
     kinds = [m["type"] for m in messages]
     assert kinds[-2:] == ["enrolled", "session_end"], kinds
+    with trio.fail_after(10):
+        while not any(a.action == "voiceprint.enrol" for a in seen):
+            await trio.sleep(0.02)
+    enrol = next(a for a in seen if a.action == "voiceprint.enrol")
+    assert (enrol.outcome, enrol.object, enrol.sub) == (OK, "kim", seen[0].sub)
     enrolled = messages[-2]
     assert enrolled == {"type": "enrolled", "session_id": enrolled["session_id"],
                         "name": "kim", "role": "nurse", "utterances": 2}

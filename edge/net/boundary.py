@@ -152,6 +152,10 @@ class Boundary:
                 self.audit(Access.by(entry.claims, "session.end", outcome=outcome,
                                      object=ticket.session_id, peer=peer, detail={
                                          "audio_seconds": round(connection.audio_seconds)}))
+                if connection.enrolment is not None:
+                    name, outcome, reason = connection.enrolment
+                    self.audit(Access.by(entry.claims, "voiceprint.enrol", outcome=outcome,
+                                         reason=reason, object=name, peer=peer))
 
     def _book(self, entry: Entry) -> Admission:
         books = self.engine.admissions

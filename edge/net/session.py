@@ -41,6 +41,7 @@ from edge.asr.decode import accept_each, flush_turn
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
 from edge.audio.pauses import TurnEnd
+from edge.core.audit import FAILED, OK
 from edge.core.auth import SCOPE_READ
 from edge.core.close_codes import (
     CLOSE_GOING_AWAY,
@@ -121,6 +122,7 @@ class Session(Connection):
         self._speakers = speakers
         self._enroll = enroll if speakers is not None else None  # (name, role)
         self._enroll_vectors: list[tuple[float, ...]] = []
+        self.enrolment: tuple[str, str, str | None] | None = None  # name, outcome, reason
         self._factory = recognizer_factory
         self._limiter = limiter
         self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
@@ -397,6 +399,7 @@ class Session(Connection):
         """
         assert self._speakers is not None
         vectors, self._enroll_vectors = self._enroll_vectors, []
+        self.enrolment = (name, FAILED, "enrollment_failed")  # until it succeeds
         if not vectors:
             self._warn("enrollment_failed", "no utterance was long enough for a speaker "
                        "vector (at least half a second of speech each); nothing enrolled")
@@ -412,6 +415,7 @@ class Session(Connection):
             return
         logger.info("session %s: enrolled a voiceprint for %r from %d utterance(s)",
                     self.id, voiceprint.name, voiceprint.count)
+        self.enrolment = (voiceprint.name, OK, None)
         self._send(Enrolled(self.id, voiceprint.name, voiceprint.role, voiceprint.count))
 
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
