@@ -50,13 +50,6 @@ def test_check_does_not_import_the_composition_root() -> None:
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
-#: Modules being split on other branches right now; emptied as those branches merge.
-PENDING = {
-    "edge/net/server.py",
-    "edge/net/session.py",
-    "edge/core/auth.py",
-    "edge/protocols/wyoming.py",
-}
 
 #: Functions allowed past MAX_FUNCTION_LINES because they are a literal table (a
 #: dispatch dict, a schema) that reads best whole: "path::function" -> why. Nothing
@@ -88,12 +81,11 @@ def long_functions(path: Path) -> list[tuple[str, int]]:
 def test_no_module_is_over_500_lines() -> None:
     over = {relative(p): n for p in modules()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
-    assert set(over) <= PENDING, {k: v for k, v in over.items() if k not in PENDING}
+    assert not over, over
 
 
 def test_no_function_is_over_80_lines() -> None:
-    over = {f"{relative(p)}::{name}": n for p in modules() if relative(p) not in PENDING
-            for name, n in long_functions(p)}
+    over = {f"{relative(p)}::{name}": n for p in modules() for name, n in long_functions(p)}
     assert set(over) <= set(LITERAL_TABLES), over
 
 
@@ -102,10 +94,6 @@ def test_the_size_rules_find_what_they_look_for(tmp_path: Path) -> None:
     path = tmp_path / "long.py"
     path.write_text(f"def short():\n    pass\n\n\nasync def long():\n{body}\n")
     assert long_functions(path) == [("long", MAX_FUNCTION_LINES + 1)]
-
-
-def test_pending_names_modules_that_exist() -> None:
-    assert {p for p in PENDING if not (EDGE.parent / p).is_file()} == set()
 
 
 def test_literal_tables_name_long_functions() -> None:
