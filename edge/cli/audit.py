@@ -16,13 +16,11 @@ import sys
 import time
 from typing import Any
 
-from edge.cli.common import EXIT_FAIL, EXIT_OK, load
+from edge.cli.common import EXIT_FAIL, EXIT_OK, load, since_option
 from edge.cli.keys import tool_key
 from edge.core.audit import OK, Access
 from edge.core.config import Config, journal_path
-from edge.core.errors import ConfigError
 from edge.core.keys import device_id
-from edge.journal import transcripts
 from edge.journal.audit import Filter
 from edge.journal.db import Journal, JournalError, audit_into
 from edge.protocols.audit import AuditRecord
@@ -84,12 +82,7 @@ def _line(r: AuditRecord) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    since = None
-    if args.since:
-        try:
-            since = transcripts.parse_since(args.since)
-        except ValueError as exc:
-            raise ConfigError("--since", str(exc)) from None
+    since = since_option(args)
     journal = _open(load(args))
     if journal is None:
         return EXIT_FAIL

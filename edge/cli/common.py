@@ -38,3 +38,15 @@ def read_phrases(path: Path | None) -> list[str] | None:
     if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
         raise ConfigError("--phrases", f"{path} must hold a JSON list of strings")
     return [p for p in phrases if p != "[unk]"]
+
+
+def since_option(args: argparse.Namespace) -> float | None:
+    """``--since`` as a Unix time (None: not given); a bad value names the option."""
+    from edge.journal.transcripts import parse_since
+
+    if not args.since:
+        return None
+    try:
+        return parse_since(args.since)
+    except ValueError as exc:
+        raise ConfigError("--since", str(exc)) from None

@@ -11,10 +11,9 @@ import argparse
 import sys
 
 from edge.cli.audit import record
-from edge.cli.common import EXIT_FAIL, EXIT_OK, load
+from edge.cli.common import EXIT_FAIL, EXIT_OK, load, since_option
 from edge.cli.keys import tool_key
 from edge.core.config import journal_path
-from edge.core.errors import ConfigError
 from edge.core.keys import device_id
 from edge.journal import transcripts
 from edge.journal.db import Journal, JournalError
@@ -34,12 +33,7 @@ def _open_journal_readonly(args: argparse.Namespace, action: str,
 
 
 def run_list(args: argparse.Namespace) -> int:
-    since = None
-    if args.since:
-        try:
-            since = transcripts.parse_since(args.since)
-        except ValueError as exc:
-            raise ConfigError("--since", str(exc)) from None
+    since = since_option(args)
     journal = _open_journal_readonly(args, "transcript.list")
     if journal is None:
         return EXIT_FAIL
