@@ -4,12 +4,18 @@ recogniser with its own clock stands for Vosk (the real model: tests/test_silenc
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import numpy as np
 import pytest
 
 from edge.asr.decode import accept_each, decode_pcm, flush_turn
 from edge.audio.pauses import GATE_HOLD_MS, PREROLL_MS, SilenceGate, TurnEnd
-from edge.protocols.events import Utterance, Word
+from edge.core.errors import ConfigError, ProtocolError
+from edge.protocols.events import Configure, Utterance, Word
+from edge.protocols.live import parse_client_text
+from helpers import make_config
 
 RATE = 16000
 MS = 2 * RATE // 1000  # bytes per ms
@@ -186,3 +192,25 @@ def test_a_file_decoded_with_skipping_has_the_same_turns() -> None:
     off = [u for u in decode_pcm(Clocked(), audio, RATE, turn_silence_ms=400)
            if u.is_final]
     assert spans(on) == spans(off) == [(1500, 2100), (3600, 4200)]
+
+
+# --- switched per session -----------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [True, False])
+def test_the_live_config_message_switches_it(value: bool) -> None:
+    parsed = parse_client_text(json.dumps({"type": "config", "skip_silence": value}))
+    assert parsed == Configure(skip_silence=value)
+
+
+@pytest.mark.parametrize("value", [0, 1, "false", [], {}])
+def test_a_bad_skip_silence_is_a_bad_message(value: Any) -> None:
+    with pytest.raises(ProtocolError, match="skip_silence") as caught:
+        parse_client_text(json.dumps({"type": "config", "skip_silence": value}))
+    assert caught.value.code == "bad_message"
+
+
+def test_the_device_default_is_on_and_validated() -> None:
+    assert make_config().recognizer.skip_silence is True
+    assert make_config(recognizer={"skip_silence": False}).recognizer.skip_silence is False
+    with pytest.raises(ConfigError, match=r"recognizer\.skip_silence"):
+        make_config(recognizer={"skip_silence": "sometimes"})

@@ -90,7 +90,8 @@ class Room:
         self._segment_journaled = False  # its start is in the journal
         self._segment_seconds = config.journal.room_segment_seconds
         self._speakers = speakers.track() if speakers is not None else None
-        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms)
+        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms,
+                             config.recognizer.skip_silence)
 
     async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -202,7 +203,8 @@ class Room:
             if self._speakers is not None:
                 recognizer = LabelingRecognizer(recognizer, self._speakers)
             self._recognizer = recognizer
-            self._turn = TurnEnd(self._turn.silence_ms)  # on the new recogniser's clock
+            # on the new recogniser's clock
+            self._turn = TurnEnd(self._turn.silence_ms, self._turn.gate.enabled)
         for code in self._meter.feed(chunk.pcm, chunk.sample_rate):
             self._stats.count_warning(code)
             self.hub.publish(protocol.warning(self.id, code, _LEVEL_TEXT[code]))

@@ -94,7 +94,9 @@ class Configure:
     """Per-session settings. ``phrases`` and ``sample_rate`` only before the first audio
     frame; ``max_turn_silence_ms`` at any time: an utterance with words, followed by that
     much audio without speech (:mod:`edge.audio.pauses`), is finalised without waiting
-    for Vosk's endpointer; 0: Vosk's endpointer only.
+    for Vosk's endpointer; 0: Vosk's endpointer only. ``skip_silence`` (at any time):
+    whether audio between turns without speech is left undecoded
+    (``recognizer.skip_silence``).
     ``idle_timeout_s`` (at any time, from the next check on) replaces
     ``server.idle_timeout`` for this session."""
 
@@ -103,6 +105,7 @@ class Configure:
     partial_results: bool | None = None
     max_turn_silence_ms: int | None = None
     idle_timeout_s: float | None = None
+    skip_silence: bool | None = None
 
 
 @dataclass(frozen=True)
