@@ -255,8 +255,8 @@ class SilenceGate:
     Disabled, it stays open and leaves nothing out. Pure bookkeeping on bytes.
     """
 
-    def __init__(self, enabled: bool, preroll_ms: int = PREROLL_MS) -> None:
-        self.preroll_ms = preroll_ms
+    def __init__(self, enabled: bool, preroll_ms: int | None = None) -> None:
+        self.preroll_ms = PREROLL_MS if preroll_ms is None else preroll_ms
         self.is_open = not enabled
         self.pending = False  # audio given since the recogniser last finalised
         #: Off: the gate opens at the next audio (with the pre-roll it kept) and stays open.
