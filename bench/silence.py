@@ -184,7 +184,11 @@ def cost(args: argparse.Namespace) -> int:
     with EdgeServer("silence-server", config_extra=(
             f"[recognizer]\nwarm_at_start = true\nwarm_recognizers = {args.streams}\n")
             ) as server:
-        while server.health().get("recognizers", {}).get("state") != "warm":
+        deadline = time.monotonic() + 180
+        while (pool := server.health().get("recognizers", {})).get("state") != "warm":
+            if time.monotonic() > deadline:
+                print(f"pool not warm after 180 s: {pool}", flush=True)
+                break
             time.sleep(0.5)
         for name, (pcm, rate, turns) in audio.items():
             seconds = args.streams * len(pcm) / 2 / rate

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from edge.asr.decode import accept_each, decode_pcm, flush_turn
-from edge.audio.pauses import GATE_HOLD_MS, PREROLL_MS, SilenceGate, TurnEnd
+from edge.audio.pauses import (
+    GATE_HOLD_MS,
+    NOISY_FLOOR_DBFS,
+    PREROLL_MS,
+    SilenceGate,
+    TurnEnd,
+)
 from edge.core.errors import ConfigError, ProtocolError
 from edge.protocols.events import Configure, Utterance, Word
 from edge.protocols.live import parse_client_text
@@ -169,9 +175,18 @@ def test_the_first_sample_of_speech_after_a_skip_is_at_its_stream_time() -> None
     assert [(u.is_final, u.start_ms, u.end_ms) for u in got] == [(False, 2040, 2100)]
 
 
-def test_a_room_too_loud_to_tell_is_decoded_all_along() -> None:
-    rec, _ = run(room(5000, dbfs=-25.0), skip=True)
+@pytest.mark.parametrize("dbfs", [-25.0, NOISY_FLOOR_DBFS + 3])
+def test_a_noisy_room_is_decoded_all_along(dbfs: float) -> None:
+    rec, _ = run(room(5000, dbfs=dbfs), skip=True)
     assert rec.fed_ms == 5000
+
+
+def test_a_room_turning_noisy_opens_the_gate() -> None:
+    rec, turn = Clocked(), TurnEnd(400, True)
+    accept_each(rec, chunks(room(3000)), turn, RATE)
+    assert not turn.gate.is_open
+    accept_each(rec, chunks(room(6000, dbfs=NOISY_FLOOR_DBFS + 6, seed=1)), turn, RATE)
+    assert turn.gate.is_open  # the fan's noise became the floor
 
 
 def test_turning_it_off_mid_stream_keeps_the_times() -> None:

@@ -20,6 +20,7 @@ speech frame. Pure arithmetic on samples, no trio; one per stream.
 heard, the audio is not decoded (only its last :data:`PREROLL_MS` is kept); at the next
 speech onset the recogniser is given that pre-roll and everything after it, until the
 turn is over again. Results are put back on the stream's clock by the audio left out.
+A noisy room (floor over :data:`NOISY_FLOOR_DBFS`) is decoded all along.
 """
 
 from __future__ import annotations
@@ -47,9 +48,13 @@ _SPEECH_RUNS = 2000  # minutes of speech: far more than one utterance spans
 #: Vosk's word times and the level's edges differ by up to this much.
 TIME_SLACK_MS = 200
 #: Audio before a speech onset that is decoded with it, so that a soft first phoneme
-#: (under the level rule) is not lost: the shortest with no first word lost on the
-#: generated rooms (``bench/silence.py --sweep``, docs/performance.md).
-PREROLL_MS = 300
+#: (under the level rule) is not lost: the shortest with no word differing on the
+#: generated quiet rooms (``bench/silence.py words``, docs/performance.md).
+PREROLL_MS = 500
+#: A room whose floor is this loud is decoded all along (the gate stays open): with noise
+#: this close to speech (20 dB under a talker at -24 dBFS), what the recogniser makes of
+#: a turn depends on the noise it heard before it, and 15-50% of the words differed.
+NOISY_FLOOR_DBFS = -47.0
 #: A turn in which no words were heard is given up after this much audio without speech.
 GATE_HOLD_MS = 400
 
@@ -143,6 +148,11 @@ class PauseDetector:
         """The room's floor is too loud to tell speech from it."""
         return self._floor_dbfs() > LOUD_FLOOR_DBFS
 
+    @property
+    def noisy(self) -> bool:
+        """The room's floor is over :data:`NOISY_FLOOR_DBFS`."""
+        return self._floor_dbfs() > NOISY_FLOOR_DBFS
+
     def speech_from(self, start_ms: int) -> int | None:
         """Where the first speech at or after ``start_ms`` (stream time) began; None:
         none heard since."""
@@ -193,10 +203,10 @@ class TurnEnd:
 
     def onset(self, pcm: bytes, sample_rate: int) -> int | None:
         """Hear ``pcm`` (as :meth:`heard`) and say where in it (bytes) speech starts:
-        None when it has none; 0 in a room too loud to tell."""
+        None when it has none; 0 in a noisy room (:data:`NOISY_FLOOR_DBFS`)."""
         start = self._pauses.clock_ms
         self._pauses.feed(pcm, sample_rate)
-        if self._pauses.too_loud:
+        if self._pauses.noisy:
             return 0
         at = self._pauses.speech_from(start)
         if at is None:
@@ -205,8 +215,10 @@ class TurnEnd:
 
     @property
     def idle(self) -> bool:
-        """No words in the turn in progress, and :data:`GATE_HOLD_MS` without speech."""
-        return not self._words and self._pauses.paused_ms >= GATE_HOLD_MS
+        """No words in the turn in progress, and :data:`GATE_HOLD_MS` without speech, in
+        a room that is not noisy."""
+        return (not self._words and self._pauses.paused_ms >= GATE_HOLD_MS
+                and not self._pauses.noisy)
 
     def cut(self, pcm: bytes, sample_rate: int) -> int:
         """Where in ``pcm`` (bytes) the turn in progress would be over, so that the
