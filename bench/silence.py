@@ -75,8 +75,9 @@ def words(args: argparse.Namespace) -> int:
         off = finals(model, r.pcm, r.rate, skip=False)
         out = {"off again": compare(off, finals(model, r.pcm, r.rate, skip=False), r)}
         for p in sweep:
-            out[f"on, pre-roll {p} ms"] = compare(
-                off, finals(model, r.pcm, r.rate, skip=True, preroll_ms=p), r)
+            skipped: list[int] = []
+            on = finals(model, r.pcm, r.rate, skip=True, preroll_ms=p, skipped=skipped)
+            out[f"on, pre-roll {p} ms"] = compare(off, on, r, skipped[0])
         print(f"  {path.stem}: " + ", ".join(
             f"{k} {v.turn_differ}/{v.turn_words}" for k, v in out.items()), flush=True)
         return out
@@ -88,11 +89,12 @@ def words(args: argparse.Namespace) -> int:
     rows = [[k, f"{100 * c.differ_share:.1f}% ({c.differ}/{c.words})",
              f"{100 * c.turn_differ_share:.1f}% ({c.turn_differ}/{c.turn_words})",
              f"{c.found[0]} / {c.found[1]} of {said}", c.missing,
-             f"{c.splits[0]} / {c.splits[1]}", f"{c.merges[0]} / {c.merges[1]}"]
+             f"{c.splits[0]} / {c.splits[1]}", f"{c.merges[0]} / {c.merges[1]}",
+             f"{100 * c.skipped_ms / max(1, c.audio_ms):.0f}%"]
             for k, c in totals.items()]
     print_table(["against off", "all finals' words differ", "turns' finals' words differ",
                  "turn words found off / this", "turns lost", "splits off / this",
-                 "run together off / this"], rows,
+                 "run together off / this", "audio left out"], rows,
                 title=f"Skipping silence, words: {len(paths)} recordings "
                       f"({', '.join(p.stem for p in paths)}), grammar of the set's phrases, "
                       "400 ms turn rule")

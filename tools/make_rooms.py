@@ -10,7 +10,7 @@ tool versions give the same files.
 Sets (``--set``):
 
 * ``test``: three short recordings for the suite (pauses in room tone, a far talker,
-  babble at 10 dB SNR);
+  HVAC noise at 20 dB SNR);
 * ``full``: pauses, a far talker 12 dB under the near one, and HVAC, pink and babble
   noise at 30, 20, 10 and 5 dB SNR;
 * ``cost``: 60 s each of room tone only (pink noise at -54 dBFS), a two-voice
@@ -187,7 +187,7 @@ def make(kind: str, out_dir: Path) -> None:
     if kind == "test":
         recording(out_dir, "pauses", 16, 1)
         recording(out_dir, "far", 16, 2, far=True)
-        recording(out_dir, "babble-10", 16, 3, noise_kind="babble", snr_db=10)
+        recording(out_dir, "brown-20", 16, 3, noise_kind="brown", snr_db=20)
     elif kind == "full":
         recording(out_dir, "pauses", 60, 11)
         recording(out_dir, "far", 60, 12, far=True)

@@ -45,9 +45,11 @@ def read_recording(path: Path) -> Recording:
 
 
 def finals(model: Any, pcm: bytes, rate: int, *, skip: bool,
-           preroll_ms: int | None = None) -> list[Utterance]:
+           preroll_ms: int | None = None, skipped: list[int] | None = None
+           ) -> list[Utterance]:
     """The finals of ``pcm`` decoded by a new recogniser of ``model`` with the set's
-    grammar, as ``decode_pcm`` does (blocking); ``preroll_ms`` replaces the gate's."""
+    grammar, as ``decode_pcm`` does (blocking); ``preroll_ms`` replaces the gate's; the
+    ms of audio the gate left out are appended to ``skipped``."""
     turn = TurnEnd(TURN_SILENCE_MS, skip)
     if preroll_ms is not None:
         turn.gate.preroll_ms = preroll_ms
@@ -59,6 +61,8 @@ def finals(model: Any, pcm: bytes, rate: int, *, skip: bool,
         last = flush_turn(recognizer, turn)
     finally:
         recognizer.close()
+    if skipped is not None:
+        skipped.append(turn.gate.offset_ms)
     return [u for u in [*results, *([last] if last else [])] if u.is_final and u.text]
 
 
@@ -76,6 +80,8 @@ class Comparison:
     splits: tuple[int, int] = (0, 0)  # finals beyond one per turn (off, on)
     merges: tuple[int, int] = (0, 0)  # finals spanning more than one turn (off, on)
     names: list[str] = field(default_factory=list)
+    audio_ms: int = 0  # of the recordings
+    skipped_ms: int = 0  # of it, left out by the gate
 
     @property
     def differ_share(self) -> float:
@@ -94,11 +100,12 @@ class Comparison:
                           self.turn_differ + other.turn_differ, self.said + other.said,
                           pair(self.found, other.found), self.missing + other.missing,
                           pair(self.splits, other.splits), pair(self.merges, other.merges),
-                          self.names + other.names)
+                          self.names + other.names, self.audio_ms + other.audio_ms,
+                          self.skipped_ms + other.skipped_ms)
 
 
-def compare(off: Sequence[Utterance], on: Sequence[Utterance], recording: Recording
-            ) -> Comparison:
+def compare(off: Sequence[Utterance], on: Sequence[Utterance], recording: Recording,
+            skipped_ms: int = 0) -> Comparison:
     turns = recording.turns
     words_off = [w for u in off for w in u.text.split()]
     words_on = [w for u in on for w in u.text.split()]
@@ -111,7 +118,8 @@ def compare(off: Sequence[Utterance], on: Sequence[Utterance], recording: Record
                       sum(len(t.split()) for t in recording.texts),
                       (_found(off, recording), _found(on, recording)), missing,
                       (_splits(hits_off), _splits(hits_on)),
-                      (_merges(off, turns), _merges(on, turns)), [recording.name])
+                      (_merges(off, turns), _merges(on, turns)), [recording.name],
+                      len(recording.pcm) * 500 // recording.rate, skipped_ms)
 
 
 def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
@@ -159,5 +167,6 @@ def _merges(finals: Sequence[Utterance], turns: Sequence[tuple[int, int]]) -> in
 def check_recording(model: Any, path: Path, preroll_ms: int | None = None) -> Comparison:
     r = read_recording(path)
     off = finals(model, r.pcm, r.rate, skip=False)
-    on = finals(model, r.pcm, r.rate, skip=True, preroll_ms=preroll_ms)
-    return compare(off, on, r)
+    skipped: list[int] = []
+    on = finals(model, r.pcm, r.rate, skip=True, preroll_ms=preroll_ms, skipped=skipped)
+    return compare(off, on, r, skipped[0])
