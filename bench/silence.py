@@ -108,10 +108,10 @@ def words(args: argparse.Namespace) -> int:
 
 # --- cost --------------------------------------------------------------------------------
 
-def bare_paced(pcm: bytes, rate: int, streams: int) -> float:
+def bare_paced(pcm: bytes, rate: int, streams: int, warm: bool = True) -> float:
     """CPU-s per audio second of bare Vosk: ``streams`` threads, each recogniser warmed
-    on the warm-up speech (untimed), then fed ``pcm`` in 100 ms chunks at real-time pace
-    with a partial after each."""
+    on the warm-up speech (untimed; ``warm`` False: fresh), then fed ``pcm`` in 100 ms
+    chunks at real-time pace with a partial after each."""
     import vosk
 
     model = load_vosk_model()
@@ -124,7 +124,7 @@ def bare_paced(pcm: bytes, rate: int, streams: int) -> float:
     def work(i: int) -> None:
         rec = vosk.KaldiRecognizer(model, float(rate))
         rec.SetWords(True)
-        if warm_rate == rate:
+        if warm and warm_rate == rate:
             for j in range(0, len(warm), size):
                 rec.AcceptWaveform(warm[j:j + size])
             rec.FinalResult()
@@ -183,18 +183,24 @@ def cost(args: argparse.Namespace) -> int:
                  if t["end_ms"] <= 1000 * args.seconds]
         audio[name] = (pcm, rate, turns)
     results: dict[str, dict[str, Any]] = {name: {} for name in audio}
+    # A warm pool, when the machine lets it warm in --warm-wait seconds (the warm-up
+    # yields to other work: on a busy machine it may not finish, and its CPU would be
+    # counted as the sessions'); otherwise fresh recognisers, next to a fresh anchor too.
+    warm = args.warm_wait > 0
     with EdgeServer("silence-server", config_extra=(
-            f"[recognizer]\nwarm_at_start = true\nwarm_recognizers = {args.streams}\n")
-            ) as server:
-        deadline = time.monotonic() + 180
-        while (pool := server.health().get("recognizers", {})).get("state") != "warm":
+            f"[recognizer]\nwarm_at_start = {str(warm).lower()}\n"
+            f"warm_recognizers = {args.streams if warm else 0}\n")) as server:
+        deadline = time.monotonic() + args.warm_wait
+        while warm and (pool := server.health().get("recognizers", {})).get("state") != "warm":
             if time.monotonic() > deadline:
-                print(f"pool not warm after 180 s: {pool}", flush=True)
-                break
+                raise SystemExit(f"pool not warm after {args.warm_wait} s: {pool}; "
+                                 "run with --warm-wait 0 (fresh recognisers)")
             time.sleep(0.5)
         for name, (pcm, rate, turns) in audio.items():
             seconds = args.streams * len(pcm) / 2 / rate
             results[name]["bare"] = bare_paced(pcm, rate, args.streams)
+            if not warm:
+                results[name]["bare_fresh"] = bare_paced(pcm, rate, args.streams, warm=False)
             for skip in (True, False):
                 server.wait_idle()
                 before = cpu_seconds(server.pid)
@@ -208,14 +214,17 @@ def cost(args: argparse.Namespace) -> int:
     rows = []
     for name, r in results.items():
         p50 = {k: percentile(r[f"latency_{k}"], 50) for k in ("on", "off")}
-        rows.append([name, fmt(r["bare"], ".4f"), fmt(r["off"], ".4f"), fmt(r["on"], ".4f"),
+        rows.append([name, fmt(r["bare"], ".4f"), fmt(r.get("bare_fresh"), ".4f"),
+                     fmt(r["off"], ".4f"), fmt(r["on"], ".4f"),
                      fmt(r["on"] / r["bare"], ".2f") + "x", ms(p50["off"]), ms(p50["on"])])
-    print_table(["audio", "bare Vosk (anchor)", "edge, skip off", "edge, skip on",
-                 "on / anchor", "turn end to final p50 ms, off", "on"], rows,
+    print_table(["audio", "bare Vosk (anchor)", "bare Vosk, fresh", "edge, skip off",
+                 "edge, skip on", "on / anchor", "turn end to final p50 ms, off", "on"], rows,
                 title=f"CPU-s per audio second, {args.streams} streams of {args.seconds} s "
-                      "paced in real time, one run")
+                      f"paced in real time, one run, edge's pool "
+                      f"{'warm' if warm else 'off (fresh recognisers)'}")
     path = write_json("silence-cost", {
         "machine": machine_info(), "streams": args.streams, "seconds": args.seconds,
+        "warm_pool": warm,
         "results": {k: {x: v for x, v in r.items()} for k, r in results.items()},
         "latency_p50": {k: {x: statistics.median(r[f"latency_{x}"])
                             if r[f"latency_{x}"] else None for x in ("on", "off")}
@@ -233,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cost")
     c.add_argument("--seconds", type=int, default=30)
     c.add_argument("--streams", type=int, default=4)
+    c.add_argument("--warm-wait", type=float, default=300,
+                   help="seconds to wait for the warm pool; 0: no pool (fresh recognisers)")
     args = p.parse_args(argv)
     return words(args) if args.what == "words" else cost(args)
 
