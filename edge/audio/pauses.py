@@ -144,11 +144,6 @@ class PauseDetector:
         return self._clock_ms
 
     @property
-    def too_loud(self) -> bool:
-        """The room's floor is too loud to tell speech from it."""
-        return self._floor_dbfs() > LOUD_FLOOR_DBFS
-
-    @property
     def noisy(self) -> bool:
         """The room's floor is over :data:`NOISY_FLOOR_DBFS`."""
         return self._floor_dbfs() > NOISY_FLOOR_DBFS
