@@ -115,7 +115,7 @@ def bare_paced(pcm: bytes, rate: int, streams: int, warm: bool = True) -> float:
     import vosk
 
     model = load_vosk_model()
-    warm, warm_rate = read_wav(WARMUP)
+    warmup, warm_rate = read_wav(WARMUP)
     size = 2 * rate * CHUNK_MS // 1000
     chunks = [pcm[i:i + size] for i in range(0, len(pcm), size)]
     barrier = threading.Barrier(streams + 1)
@@ -125,8 +125,8 @@ def bare_paced(pcm: bytes, rate: int, streams: int, warm: bool = True) -> float:
         rec = vosk.KaldiRecognizer(model, float(rate))
         rec.SetWords(True)
         if warm and warm_rate == rate:
-            for j in range(0, len(warm), size):
-                rec.AcceptWaveform(warm[j:j + size])
+            for j in range(0, len(warmup), size):
+                rec.AcceptWaveform(warmup[j:j + size])
             rec.FinalResult()
         barrier.wait()
         t0, c0 = time.monotonic() + 0.1 * i / streams, time.thread_time()
