@@ -15,6 +15,7 @@ speech, a partial asked for after every chunk, paced in real time. Server CPU fr
 
     .venv/bin/python bench/silence.py words [--sweep 200,300,400,500,600]   # ~10 min
     .venv/bin/python bench/silence.py cost [--seconds 30 --streams 4]         # ~6 min
+    .venv/bin/python bench/silence.py path                                    # ~1 min
 """
 
 from __future__ import annotations
@@ -233,6 +234,66 @@ def cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def decode_path(args: argparse.Namespace) -> int:
+    """CPU-s per audio second of the decode path alone (``accept_each`` with the 400 ms
+    turn rule, in this thread, no server), gate on and off, next to bare Vosk fed the
+    same chunks with a partial after each; every recogniser warmed on the warm-up speech
+    first. Unpaced: thread CPU time is what is compared."""
+    import vosk
+
+    from edge.asr.decode import accept_each, flush_turn
+    from edge.asr.vosk import load_model
+    from edge.audio.pauses import TurnEnd
+
+    model = load_model(None)
+    out = rooms("cost")
+    warmup, _ = read_wav(WARMUP)
+    rows, data = [], {}
+    for name in ("room-tone", "consultation", "continuous"):
+        pcm, rate = read_wav(out / f"{name}.wav")
+        size = 2 * rate * CHUNK_MS // 1000
+        chunks = [pcm[i:i + size] for i in range(0, len(pcm), size)]
+        seconds = len(pcm) / 2 / rate
+        cpu = {}
+        for mode in ("bare", "off", "on"):
+            if mode == "bare":
+                rec = vosk.KaldiRecognizer(model.model, float(rate))
+                rec.SetWords(True)
+                for c in (warmup[i:i + size] for i in range(0, len(warmup), size)):
+                    rec.AcceptWaveform(c)
+                rec.FinalResult()
+                c0 = time.thread_time()
+                for c in chunks:
+                    if rec.AcceptWaveform(c):
+                        rec.Result()
+                    else:
+                        rec.PartialResult()
+                rec.FinalResult()
+            else:
+                recognizer = model.recognizer(rate, None)
+                for c in (warmup[i:i + size] for i in range(0, len(warmup), size)):
+                    recognizer.accept(c)
+                recognizer.flush()
+                turn = TurnEnd(400, mode == "on")
+                c0 = time.thread_time()
+                for c in chunks:
+                    accept_each(recognizer, [c], turn, rate)
+                flush_turn(recognizer, turn)
+                recognizer.close()
+            cpu[mode] = (time.thread_time() - c0) / seconds
+        data[name] = cpu
+        rows.append([name, fmt(cpu["bare"], ".4f"), fmt(cpu["off"], ".4f"),
+                     fmt(cpu["on"], ".4f"), fmt(cpu["on"] / cpu["bare"], ".2f") + "x",
+                     fmt(cpu["on"] / cpu["off"], ".2f") + "x"])
+        print(f"  {name}: {cpu}", flush=True)
+    print_table(["audio (60 s)", "bare Vosk, warm", "decode path, skip off",
+                 "decode path, skip on", "on / bare", "on / off"], rows,
+                title="CPU-s per audio second of decoding alone (one thread, unpaced)")
+    path = write_json("silence-path", {"machine": machine_info(), "results": data})
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -244,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--streams", type=int, default=4)
     c.add_argument("--warm-wait", type=float, default=300,
                    help="seconds to wait for the warm pool; 0: no pool (fresh recognisers)")
+    sub.add_parser("path")
     args = p.parse_args(argv)
-    return words(args) if args.what == "words" else cost(args)
+    return {"words": words, "cost": cost, "path": decode_path}[args.what](args)
 
 
 if __name__ == "__main__":
