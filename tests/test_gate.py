@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.asr.decode import accept_each, decode_pcm, flush_turn
+from edge.asr.decode import accept_each, decode_pcm, flush_turn, on_stream_clock
 from edge.audio.pauses import (
     GATE_HOLD_MS,
     NOISY_FLOOR_DBFS,
@@ -19,7 +19,7 @@ from edge.audio.pauses import (
     TurnEnd,
 )
 from edge.core.errors import ConfigError, ProtocolError
-from edge.protocols.events import Configure, Utterance, Word
+from edge.protocols.events import Configure, TermMatch, Utterance, Word
 from edge.protocols.live import parse_client_text
 from helpers import make_config
 
@@ -229,3 +229,12 @@ def test_the_device_default_is_on_and_validated() -> None:
     assert make_config(recognizer={"skip_silence": False}).recognizer.skip_silence is False
     with pytest.raises(ConfigError, match=r"recognizer\.skip_silence"):
         make_config(recognizer={"skip_silence": "sometimes"})
+
+
+def test_a_results_words_and_terms_move_to_the_stream_clock() -> None:
+    u = Utterance(True, "머리가 아파", 100, 900, words=(Word("머리가", 100, 500, 1.0),),
+                  terms=(TermMatch("머리가", "머리", 100, 500, "anatomy"),))
+    moved = on_stream_clock(u, 2000)
+    assert (moved.start_ms, moved.end_ms) == (2100, 2900)
+    assert [(w.start_ms, w.end_ms) for w in moved.words] == [(2100, 2500)]
+    assert [(t.start_ms, t.end_ms) for t in moved.terms] == [(2100, 2500)]

@@ -7,6 +7,7 @@ sends it, so that a file decodes as it would in a live session.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _feed(recognizer: Recognizer, turn: TurnEnd, piece: bytes, sample_rate: int
         if not piece:
             return []
         got = recognizer.accept(piece)
-    out = [u for u in (_shift(u, gate.offset_ms) for u in got) if turn.admit(u)]
+    out = [u for u in (on_stream_clock(u, gate.offset_ms) for u in got) if turn.admit(u)]
     if turn.due or (gate.enabled and turn.idle):
         # The turn is over (the pause rule), or nothing was said in it: finalise what
         # the recogniser holds, then, with the gate on, leave the room out until speech.
@@ -77,12 +78,22 @@ def flush_turn(recognizer: Recognizer, turn: TurnEnd | None) -> Utterance | None
     final = recognizer.flush()
     if turn is not None:
         if final is not None:
-            final = _shift(final, turn.gate.offset_ms)
+            final = on_stream_clock(final, turn.gate.offset_ms)
             if not turn.admit(final):
                 final = None
         turn.closed()
         turn.gate.pending = False
     return final
+
+
+def on_stream_clock(utterance: Utterance, offset_ms: int) -> Utterance:
+    """``utterance`` (its words and its terms) moved ``offset_ms`` later."""
+    shifted = _shift(utterance, offset_ms)
+    if not offset_ms or not shifted.terms:
+        return shifted
+    return dataclasses.replace(shifted, terms=tuple(
+        dataclasses.replace(t, start_ms=t.start_ms + offset_ms, end_ms=t.end_ms + offset_ms)
+        for t in shifted.terms))
 
 
 def decode_pcm(recognizer: Recognizer, pcm: bytes, sample_rate: int, *,
