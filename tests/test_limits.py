@@ -303,8 +303,9 @@ async def test_recognizer_failure_ends_only_its_session(
         outcomes["good"] = await run_session(server, items)
 
     async def bad() -> None:
-        items: list[Outgoing] = [{"type": "config", "phrases": ["boom"]},
-                                 *chunks(silence(0.5)), END]
+        # skip_silence false: the silence is given to the recogniser, to fail on
+        items: list[Outgoing] = [{"type": "config", "phrases": ["boom"],
+                                  "skip_silence": False}, *chunks(silence(0.5)), END]
         outcomes["bad"] = await run_session(server, items)
         bad_done.set()
 
@@ -501,9 +502,10 @@ async def test_client_that_never_reads_is_dropped(
         # 20 large partials a second: the send blocks long before the outbox (64) is full.
         async with raw_client(server, make_token(sub="stalled"), receive_buffer=4096) as client:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                # no pause rule: its gate would drop what the stand-in "hears" in silence
+                # no pause rule: its gate would drop what the stand-in "hears" in silence;
+                # and the silence is given to the stand-in (not skipped)
                 await client.send({"type": "config", "phrases": ["flood"],
-                                   "max_turn_silence_ms": 0})
+                                   "max_turn_silence_ms": 0, "skip_silence": False})
                 for piece in itertools.cycle(chunks(silence(1.0))):
                     await client.send(piece)
                     await trio.sleep(0.05)
@@ -595,8 +597,9 @@ class SlowRecognizer:
 async def test_recognition_falling_behind_is_warned_and_nothing_is_dropped(
     start_server: Any,
 ) -> None:
+    # skip_silence off: the slow stand-in is given the silence it is sent
     server = await start_server(recognizer_factory=lambda rate, phrases: SlowRecognizer(),
-                                recognizer={"lag_warning": 0.5})
+                                recognizer={"lag_warning": 0.5, "skip_silence": False})
     audio = silence(2.0)
     outcome = await run_session(server, [*chunks(audio), END])
     assert_ended_normally(outcome)
@@ -613,7 +616,7 @@ async def test_lag_beyond_the_servers_queue_is_warned_for_a_real_time_client(
     rest waits in socket buffers), so counting queued audio would never reach 2 s."""
     server = await start_server(
         recognizer_factory=lambda rate, phrases: SlowRecognizer(1.5),
-        recognizer={"lag_warning": 2.0})
+        recognizer={"lag_warning": 2.0, "skip_silence": False})
     outcome = await run_session(server, [*chunks(silence(5.0)), END], pace=0.1)
     assert_ended_normally(outcome)
     lags = [m for m in outcome.of_type("warning") if m["code"] == "realtime_lag"]
@@ -625,7 +628,7 @@ async def test_a_client_slower_than_real_time_is_not_a_lag(start_server: Any) ->
     although the transcript falls behind the wall clock (the client's doing)."""
     server = await start_server(
         recognizer_factory=lambda rate, phrases: SlowRecognizer(1.5),
-        recognizer={"lag_warning": 1.0})
+        recognizer={"lag_warning": 1.0, "skip_silence": False})
     outcome = await run_session(server, [*chunks(silence(3.0)), END], pace=0.25)
     assert_ended_normally(outcome)
     assert [m for m in outcome.of_type("warning") if m["code"] == "realtime_lag"] == []

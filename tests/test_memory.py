@@ -428,7 +428,7 @@ async def test_a_swap_takes_the_replacement_prewarmed_while_the_utterance_went_o
         lambda: decode_pcm(model.recognizer(16000, grammar), RAW, 16000,
                            turn_silence_ms=400)) if u.is_final]
     seen = []
-    prewarmer = server.memory.prewarmer
+    prewarmer = server.engine.memory.prewarmer
     async with connect(server, make_token()) as ws:
         await receive_json(ws)
         await ws.send_message(json.dumps({"type": "config", "phrases": grammar}))

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from edge.audio.pauses import TurnEnd
     from edge.protocols.live import Utterance
 
+
 #: What a streaming client sends per message (``edge client`` and the web page).
 CLIENT_CHUNK_MS = 100
 
@@ -29,7 +30,8 @@ def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None
     completes (the part is cut there, the one place a cut moves), before the rest is
     fed, and what the turn's gate refuses is left out: a batch decoded late ends its
     turns where they would have ended live, and a turn does not wait for the rest of
-    the client's chunk.
+    the client's chunk. With its :class:`~edge.audio.pauses.SilenceGate` enabled, audio
+    between turns without speech is not fed at all; results keep the stream's times.
     """
     out: list[Utterance] = []
     for part in parts:
@@ -39,13 +41,32 @@ def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None
             continue
         at = turn.cut(part, sample_rate)
         for piece in (part[:at], part[at:]) if 0 < at < len(part) else (part,):
-            got = recognizer.accept(piece)
-            turn.heard(piece, sample_rate)
-            out += [u for u in got if turn.admit(u)]
-            if turn.due:
-                final = flush_turn(recognizer, turn)
-                if final is not None:
-                    out.append(final)
+            out += _feed(recognizer, turn, piece, sample_rate)
+    return out
+
+
+def _feed(recognizer: Recognizer, turn: TurnEnd, piece: bytes, sample_rate: int
+          ) -> list[Utterance]:
+    """One piece of a part through the gate, the recogniser and the turn's rules."""
+    gate = turn.gate
+    if gate.is_open:
+        got = recognizer.accept(piece)
+        gate.pending = True
+        turn.heard(piece, sample_rate)
+    else:
+        piece = gate.take(piece, turn.onset(piece, sample_rate), sample_rate)
+        if not piece:
+            return []
+        got = recognizer.accept(piece)
+    out = [u for u in (u.later(gate.offset_ms) for u in got) if turn.admit(u)]
+    if turn.due or (gate.enabled and turn.idle):
+        # The turn is over (the pause rule), or nothing was said in it: finalise what
+        # the recogniser holds, then, with the gate on, leave the room out until speech.
+        final = flush_turn(recognizer, turn) if gate.pending else None
+        if final is not None:
+            out.append(final)
+        if gate.enabled and turn.idle:
+            gate.close()
     return out
 
 
@@ -54,27 +75,32 @@ def flush_turn(recognizer: Recognizer, turn: TurnEnd | None) -> Utterance | None
     refuses); the recogniser goes on with a new one."""
     final = recognizer.flush()
     if turn is not None:
-        if final is not None and not turn.admit(final):
-            final = None
+        if final is not None:
+            final = final.later(turn.gate.offset_ms)
+            if not turn.admit(final):
+                final = None
         turn.closed()
+        turn.gate.pending = False
     return final
 
 
 def decode_pcm(recognizer: Recognizer, pcm: bytes, sample_rate: int, *,
                chunk_ms: int = CLIENT_CHUNK_MS,
-               turn_silence_ms: int | None = None) -> list[Utterance]:
+               turn_silence_ms: int | None = None,
+               skip_silence: bool = False) -> list[Utterance]:
     """Feed mono s16le ``pcm`` to ``recognizer`` in ``chunk_ms`` chunks, then flush.
 
     Returns every utterance in order: partials and finals as ``accept`` gave them, and
     the final that ``flush`` gives last. ``turn_silence_ms`` closes turns at pauses as a
     live session does (``recognizer.endpoint_silence_ms``; None or 0: Vosk's endpointer
-    only). The caller owns the recogniser and closes it.
+    only). ``skip_silence``: audio between turns without speech is not decoded (see
+    :func:`accept_each`). The caller owns the recogniser and closes it.
     """
     turn = None
-    if turn_silence_ms:
+    if turn_silence_ms or skip_silence:
         from edge.audio.pauses import TurnEnd  # numpy: only when asked for
 
-        turn = TurnEnd(turn_silence_ms)
+        turn = TurnEnd(turn_silence_ms, skip_silence)
     step = max(1, sample_rate * chunk_ms // 1000) * 2  # whole samples
     results: list[Utterance] = []
     for i in range(0, len(pcm), step):

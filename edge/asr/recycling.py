@@ -14,7 +14,6 @@ No trio here: everything is called from worker threads (and ``close`` from the l
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -210,7 +209,7 @@ class RecyclingRecognizer:
             inner = self._start(self._factory(self.sample_rate, self._phrases))
         offset = self._offset_ms()
         self._fed += len(pcm) // 2
-        out = [_shift(u, offset) for u in inner.accept(pcm)]
+        out = [u.later(offset) for u in inner.accept(pcm)]
         self._maybe_retire()
         return out
 
@@ -218,7 +217,7 @@ class RecyclingRecognizer:
         if self._inner is None:
             return None
         final = self._inner.flush()
-        out = None if final is None else _shift(final, self._offset_ms())
+        out = None if final is None else final.later(self._offset_ms())
         self._maybe_retire()
         return out
 
@@ -295,14 +294,3 @@ def _retire(recognizer: Recognizer) -> None:
         retire()
     else:
         recognizer.close()
-
-
-def _shift(utterance: Utterance, offset_ms: int) -> Utterance:
-    """``utterance`` on the stream's clock (its recogniser started ``offset_ms`` in)."""
-    if not offset_ms:
-        return utterance
-    words = tuple(dataclasses.replace(w, start_ms=w.start_ms + offset_ms,
-                                      end_ms=w.end_ms + offset_ms) for w in utterance.words)
-    return dataclasses.replace(utterance, start_ms=utterance.start_ms + offset_ms,
-                               end_ms=utterance.end_ms + offset_ms, words=words)
-

@@ -15,6 +15,12 @@ per-recogniser endpointer settings. So edge measures pauses itself, on the sampl
 :class:`TurnEnd` puts that together with the recogniser's partial text: a turn is over
 when words have been heard in it and ``silence_ms`` of audio has passed since the last
 speech frame. Pure arithmetic on samples, no trio; one per stream.
+
+:class:`SilenceGate` spares the recogniser the room: once a turn is over and no speech is
+heard, the audio is not decoded (only its last :data:`PREROLL_MS` is kept); at the next
+speech onset the recogniser is given that pre-roll and everything after it, until the
+turn is over again. Results are put back on the stream's clock by the audio left out.
+A noisy room (floor over :data:`NOISY_FLOOR_DBFS`) is decoded all along.
 """
 
 from __future__ import annotations
@@ -41,6 +47,16 @@ _FULL_SCALE_POWER = 32768.0 ** 2
 _SPEECH_RUNS = 2000  # minutes of speech: far more than one utterance spans
 #: Vosk's word times and the level's edges differ by up to this much.
 TIME_SLACK_MS = 200
+#: Audio before a speech onset that is decoded with it, so that a soft first phoneme
+#: (under the level rule) is not lost: the shortest with no word differing on the
+#: generated quiet rooms (``bench/silence.py words``, docs/performance.md).
+PREROLL_MS = 500
+#: A room whose floor is this loud is decoded all along (the gate stays open): with noise
+#: this close to speech (20 dB under a talker at -24 dBFS), what the recogniser makes of
+#: a turn depends on the noise it heard before it, and 15-50% of the words differed.
+NOISY_FLOOR_DBFS = -47.0
+#: A turn in which no words were heard is given up after this much audio without speech.
+GATE_HOLD_MS = 400
 
 
 class PauseDetector:
@@ -122,6 +138,26 @@ class PauseDetector:
         else:
             self._since_speech_ms += FRAME_MS
 
+    @property
+    def clock_ms(self) -> int:
+        """Audio fed so far, in whole frames (ms)."""
+        return self._clock_ms
+
+    @property
+    def noisy(self) -> bool:
+        """The room's floor is over :data:`NOISY_FLOOR_DBFS`."""
+        return self._floor_dbfs() > NOISY_FLOOR_DBFS
+
+    def speech_from(self, start_ms: int) -> int | None:
+        """Where the first speech at or after ``start_ms`` (stream time) began; None:
+        none heard since."""
+        first = None
+        for s, e in reversed(self.speech):
+            if e <= start_ms:
+                break
+            first = max(s, start_ms)
+        return first
+
     def spoke_between(self, start_ms: int, end_ms: int) -> bool:
         """Whether speech was heard between these stream times (ms since the first
         sample fed)."""
@@ -150,14 +186,34 @@ class TurnEnd:
     heard after the last final.
     """
 
-    def __init__(self, silence_ms: int | None) -> None:
+    def __init__(self, silence_ms: int | None, skip_silence: bool = False) -> None:
         self.silence_ms = silence_ms
         self._pauses = PauseDetector()
+        self.gate = SilenceGate(skip_silence)
         self._words = False  # the utterance in progress has words
         self._last_end_ms = -TIME_SLACK_MS  # where the last final ended
 
     def heard(self, pcm: bytes, sample_rate: int) -> None:
         self._pauses.feed(pcm, sample_rate)
+
+    def onset(self, pcm: bytes, sample_rate: int) -> int | None:
+        """Hear ``pcm`` (as :meth:`heard`) and say where in it (bytes) speech starts:
+        None when it has none; 0 in a noisy room (:data:`NOISY_FLOOR_DBFS`)."""
+        start = self._pauses.clock_ms
+        self._pauses.feed(pcm, sample_rate)
+        if self._pauses.noisy:
+            return 0
+        at = self._pauses.speech_from(start)
+        if at is None:
+            return None
+        return min(len(pcm), 2 * ((at - start) * sample_rate // 1000))
+
+    @property
+    def idle(self) -> bool:
+        """No words in the turn in progress, and :data:`GATE_HOLD_MS` without speech, in
+        a room that is not noisy."""
+        return (not self._words and self._pauses.paused_ms >= GATE_HOLD_MS
+                and not self._pauses.noisy)
 
     def cut(self, pcm: bytes, sample_rate: int) -> int:
         """Where in ``pcm`` (bytes) the turn in progress would be over, so that the
@@ -194,6 +250,53 @@ class TurnEnd:
     def due(self) -> bool:
         return (bool(self.silence_ms) and self._words
                 and self._pauses.paused_ms >= (self.silence_ms or 0))
+
+
+class SilenceGate:
+    """Which audio of a stream its recogniser is given (see the module's doc).
+
+    Closed, it keeps the last ``preroll_ms`` of what it is offered and gives nothing;
+    :meth:`take` with an onset opens it and gives the pre-roll and the audio from there.
+    The caller closes it (:meth:`close`) when its turn is idle and the recogniser holds
+    nothing. ``offset_ms``: audio left out so far, to add to the recogniser's times.
+    Disabled, it stays open and leaves nothing out. Pure bookkeeping on bytes.
+    """
+
+    def __init__(self, enabled: bool, preroll_ms: int | None = None) -> None:
+        self.preroll_ms = PREROLL_MS if preroll_ms is None else preroll_ms
+        self.is_open = not enabled
+        self.pending = False  # audio given since the recogniser last finalised
+        #: Off: the gate opens at the next audio (with the pre-roll it kept) and stays open.
+        self.enabled = enabled
+        self._ring = bytearray()  # the end of the audio not given, up to preroll_ms
+        self._skipped_ms = 0.0
+
+    @property
+    def offset_ms(self) -> int:
+        return round(self._skipped_ms)
+
+    def take(self, pcm: bytes, onset: int | None, sample_rate: int) -> bytes:
+        """What of ``pcm`` to decode while the gate is closed: ``b""`` (kept for the
+        pre-roll) when ``onset`` is None, else the pre-roll before ``onset`` (bytes into
+        ``pcm``) and ``pcm`` from there; the gate is then open."""
+        if not self.enabled:
+            onset = 0
+        ring = self._ring + pcm
+        keep = 2 * (sample_rate * self.preroll_ms // 1000)
+        end = len(ring) if onset is None else len(self._ring) + onset
+        start = max(0, end - keep)
+        start -= start % 2
+        self._skipped_ms += 1000 * start / 2 / sample_rate
+        if onset is None:
+            del ring[:start]
+            self._ring = ring
+            return b""
+        self._ring = bytearray()
+        self.is_open = self.pending = True
+        return bytes(ring[start:])
+
+    def close(self) -> None:
+        self.is_open = False
 
 
 def _dbfs(power: float) -> float:

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("%s", notice.message)
     model = load_model(config.recognizer.model or None)
     results = decode_pcm(model.recognizer(rate, phrases), pcm, rate,
-                         turn_silence_ms=config.recognizer.endpoint_silence_ms)
+                         turn_silence_ms=config.recognizer.endpoint_silence_ms,
+                         skip_silence=config.recognizer.skip_silence)
     session_id = str(uuid.uuid4())
     seq = 0
     for utterance in results:

@@ -81,6 +81,7 @@ class RecognizerConfig:
     memory_budget_mb: int = 1024
     recognizer_memory_mb: int = 90
     endpoint_silence_ms: int = 400
+    skip_silence: bool = True
     partial_results: bool = True
     lag_warning: float = 2.0
     max_phrases: int = 1000

@@ -21,7 +21,6 @@ the speech in progress.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -91,7 +90,8 @@ class Room:
         self._segment_journaled = False  # its start is in the journal
         self._segment_seconds = config.journal.room_segment_seconds
         self._speakers = speakers.track() if speakers is not None else None
-        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms)
+        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms,
+                             config.recognizer.skip_silence)
 
     async def run(self, *, task_status: trio.TaskStatus[Room] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -202,7 +202,8 @@ class Room:
             if self._speakers is not None:
                 recognizer = LabelingRecognizer(recognizer, self._speakers)
             self._recognizer = recognizer
-            self._turn = TurnEnd(self._turn.silence_ms)  # on the new recogniser's clock
+            # on the new recogniser's clock
+            self._turn = TurnEnd(self._turn.silence_ms, self._turn.gate.enabled)
         for code in self._meter.feed(chunk.pcm, chunk.sample_rate):
             self._stats.count_warning(code)
             self.hub.publish(Notice(self.id, code, _LEVEL_TEXT[code]))
@@ -234,7 +235,7 @@ class Room:
         latency = None if received is None else trio.current_time() - received
         if not self._results.admit(utterance.is_final, utterance.text, latency):
             return
-        shifted = _shift(utterance, self._offset_ms)
+        shifted = utterance.later(self._offset_ms)
         if utterance.is_final:
             if self._segment is None:
                 await self._start_segment()
@@ -278,15 +279,3 @@ class Room:
 def _initial_state(mic_state: str) -> str:
     return {"running": "listening", "paused": "paused", "lost": "mic_lost"}.get(mic_state,
                                                                                mic_state)
-
-
-def _shift(utterance: Utterance, offset_ms: int) -> Utterance:
-    """Times on the room's clock: recognisers restart at 0 after a loss or a pause."""
-    if not offset_ms:
-        return utterance
-    words = tuple(dataclasses.replace(w, start_ms=w.start_ms + offset_ms,
-                                      end_ms=w.end_ms + offset_ms) for w in utterance.words)
-    terms = tuple(dataclasses.replace(t, start_ms=t.start_ms + offset_ms,
-                                      end_ms=t.end_ms + offset_ms) for t in utterance.terms)
-    return dataclasses.replace(utterance, start_ms=utterance.start_ms + offset_ms,
-                               end_ms=utterance.end_ms + offset_ms, words=words, terms=terms)

@@ -133,7 +133,8 @@ class Session(Connection):
         self._every_frame = self.dialect.answers_every_frame
         self._partial = ""  # the text of the utterance in progress
         # recognizer.endpoint_silence_ms, until the client sets its own; 0: off
-        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms)
+        self._turn = TurnEnd(config.recognizer.endpoint_silence_ms,
+                             config.recognizer.skip_silence)
         self._idle_timeout = config.server.idle_timeout
         self._initial = configure  # applied once Started is queued
         self._held: tuple[bytes | None, float] | None = None  # taken out of turn
@@ -274,8 +275,11 @@ class Session(Connection):
             self._idle_timeout = message.idle_timeout_s
         if message.max_turn_silence_ms is not None:
             self._turn.silence_ms = message.max_turn_silence_ms
+        if message.skip_silence is not None:
+            self._turn.gate.enabled = message.skip_silence
         anytime = Configure(max_turn_silence_ms=message.max_turn_silence_ms,
-                            idle_timeout_s=message.idle_timeout_s)
+                            idle_timeout_s=message.idle_timeout_s,
+                            skip_silence=message.skip_silence)
         if message == anytime and anytime != Configure():
             return  # endpointing and the idle timeout may change at any time
         if self._decoder.format is not None:

@@ -10,7 +10,7 @@ a new module implementing :class:`Dialect`, a route, and a config section.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 # --- recognition results -----------------------------------------------------------
@@ -68,6 +68,18 @@ class Utterance:
     speaker: Speaker | None = None
     terms: tuple[TermMatch, ...] = ()
 
+    def later(self, offset_ms: int) -> Utterance:
+        """This result ``offset_ms`` later, its words and terms too: a recogniser's
+        times moved onto the stream's clock (it started, or was fed again, that far in)."""
+        if not offset_ms:
+            return self
+        return replace(self, start_ms=self.start_ms + offset_ms,
+                       end_ms=self.end_ms + offset_ms,
+                       words=tuple(replace(w, start_ms=w.start_ms + offset_ms,
+                                           end_ms=w.end_ms + offset_ms) for w in self.words),
+                       terms=tuple(replace(t, start_ms=t.start_ms + offset_ms,
+                                           end_ms=t.end_ms + offset_ms) for t in self.terms))
+
 
 # --- what the client asks for ------------------------------------------------------------
 
@@ -94,7 +106,9 @@ class Configure:
     """Per-session settings. ``phrases`` and ``sample_rate`` only before the first audio
     frame; ``max_turn_silence_ms`` at any time: an utterance with words, followed by that
     much audio without speech (:mod:`edge.audio.pauses`), is finalised without waiting
-    for Vosk's endpointer; 0: Vosk's endpointer only.
+    for Vosk's endpointer; 0: Vosk's endpointer only. ``skip_silence`` (at any time):
+    whether audio between turns without speech is left undecoded
+    (``recognizer.skip_silence``).
     ``idle_timeout_s`` (at any time, from the next check on) replaces
     ``server.idle_timeout`` for this session."""
 
@@ -103,6 +117,7 @@ class Configure:
     partial_results: bool | None = None
     max_turn_silence_ms: int | None = None
     idle_timeout_s: float | None = None
+    skip_silence: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,7 @@ class LiveDialect:
 ClientMessage = End | KeepAlive | Configure | Pause | Resume
 
 _CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results",
-                          "max_turn_silence_ms"})
+                          "max_turn_silence_ms", "skip_silence"})
 MAX_TURN_SILENCE_MS = 60_000
 
 
@@ -275,8 +275,11 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
     ):
         raise _bad(f"config.max_turn_silence_ms must be an integer between 0 (off) and "
                    f"{MAX_TURN_SILENCE_MS}")
+    skip = data.get("skip_silence")  # any time too
+    if skip is not None and not isinstance(skip, bool):
+        raise _bad("config.skip_silence must be true or false")
     return Configure(phrases=phrases, sample_rate=rate, partial_results=partials,
-                     max_turn_silence_ms=silence)
+                     max_turn_silence_ms=silence, skip_silence=skip)
 
 
 def _parse_phrases(value: Any, limits: Limits) -> tuple[str, ...]:
