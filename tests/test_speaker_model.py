@@ -19,6 +19,7 @@ from edge.core.stats import Stats
 from edge.net.hub import Hub
 from edge.net.room import Room
 from edge.ops.check import check_speaker_model, check_voiceprints
+from edge.protocols.events import RoomState, Utterance
 from edge.speakers import SpeakerIdentification, VoiceprintStore
 from helpers import FIXTURES, TEST_KEY, make_config
 
@@ -154,24 +155,26 @@ async def test_the_room_diarizes_each_segment(model: LoadedModel, tmp_path: Path
     assert (turns[0].speaker, turns[1].speaker) == ("kim", "park")
     room = Room(config, FastSource(audio, audio[cut_ms * 32:]), Hub(), recognizer,
                 trio.CapacityLimiter(2), Stats(), speakers=ident)
-    rounds: list[list[dict[str, Any]]] = [[]]
+    rounds: list[list[Utterance]] = [[]]
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             await nursery.start(room.run)
             with room.hub.subscribe(None, queue_size=10_000) as listener:
-                async for m in listener:
-                    if m.get("type") == "room_state" and m["state"] == "paused":
+                async for published in listener:
+                    event = published.event
+                    if isinstance(event, RoomState) and event.state == "paused":
                         if len(rounds) == 2:
                             break
                         rounds.append([])
-                    elif m.get("type") == "transcription" and m["is_final"]:
-                        rounds[-1].append(m)
+                    elif isinstance(event, Utterance) and event.is_final:
+                        rounds[-1].append(event)
             nursery.cancel_scope.cancel()
     # Room times run on across segments: the second round starts at the first's end.
     for finals, shift, first in [(rounds[0], 0, "kim"),
                                  (rounds[1], len(audio) // 32 - cut_ms, "park")]:
-        labelled = [(turn_of(turns, f["start_ms"] - shift, f["end_ms"] - shift).speaker,
-                     f["speaker"]) for f in finals if f["speaker"] is not None]
+        labelled = [(turn_of(turns, f.start_ms - shift, f.end_ms - shift).speaker,
+                     f.speaker.label) for f in finals
+                    if f.speaker is not None and f.speaker.label is not None]
         assert len(labelled) >= len(turns) - 1
         # Each segment starts again at Speaker 1, with the segment's first voice.
         assert all(label == ("Speaker 1" if who == first else "Speaker 2")
