@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+import test_relay
 import trio
 from test_relay import Node, relay_to
 
@@ -28,14 +27,7 @@ from edge.protocols.relay import (
 )
 from helpers import TEST_KEY
 
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    a = Node(tmp_path / "a" / "journal.db", "room-a", keep_unrelayed=True)
-    b = Node(tmp_path / "b" / "journal.db", "clinic", keep_unrelayed=False)
-    yield a, b
-    a.journal.close()
-    b.journal.close()
+pair = test_relay.pair  # the fixture: a relaying device and its upstream
 
 
 async def relayed(a: Node, up_to: int, timeout: float = 20) -> None:

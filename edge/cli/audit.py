@@ -64,7 +64,8 @@ def record(config: Config, action: str, *, object: str | None = None,
     return True
 
 
-def _open(config: Config) -> Journal | None:
+def open_readonly(config: Config) -> Journal | None:
+    """The journal, read-only, for a command; None (said on stderr) when it cannot open."""
     try:
         return Journal.open(journal_path(config), device_id=device_id(config),
                             key=tool_key(config), readonly=True)
@@ -83,7 +84,7 @@ def _line(r: AuditRecord) -> dict[str, Any]:
 
 def run_list(args: argparse.Namespace) -> int:
     since = since_option(args)
-    journal = _open(load(args))
+    journal = open_readonly(load(args))
     if journal is None:
         return EXIT_FAIL
     which = Filter(since=since, sub=args.sub, object=args.session, device_id=args.device,
@@ -107,7 +108,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the chain holds, 1 naming the first broken or missing record."""
-    journal = _open(load(args))
+    journal = open_readonly(load(args))
     if journal is None:
         return EXIT_FAIL
     with journal:

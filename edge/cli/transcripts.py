@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli.audit import record
+from edge.cli.audit import open_readonly, record
 from edge.cli.common import EXIT_FAIL, EXIT_OK, load, since_option
-from edge.cli.keys import tool_key
 from edge.core.config import journal_path
-from edge.core.keys import device_id
 from edge.journal import transcripts
-from edge.journal.db import Journal, JournalError
+from edge.journal.db import Journal
 
 
 def _open_journal_readonly(args: argparse.Namespace, action: str,
@@ -24,12 +22,7 @@ def _open_journal_readonly(args: argparse.Namespace, action: str,
     config = load(args)
     if journal_path(config).is_file() and not record(config, action, object=object_):
         return None
-    try:
-        return Journal.open(journal_path(config), device_id=device_id(config),
-                            key=tool_key(config), readonly=True)
-    except JournalError as exc:
-        print(f"edge: {exc}", file=sys.stderr)
-        return None
+    return open_readonly(config)
 
 
 def run_list(args: argparse.Namespace) -> int:
