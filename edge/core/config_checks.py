@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edge.core.errors import ConfigError
-from edge.core.languages import primary_language
+from edge.core.languages import is_language_tag, normal_tag, primary_language
 from edge.core.mqtt_topics import check_template
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 
@@ -181,6 +181,32 @@ def check_recognizer(c: Config) -> None:
                           f"{r.endpoint_silence_ms}")
     positive("recognizer.lag_warning", r.lag_warning)
     positive("recognizer.max_phrases", r.max_phrases)
+    check_models(r.model, r.models, r.language)
+
+
+def check_models(model: str, models: dict[str, str], language: str) -> None:
+    """``[recognizer.models]``: language tags to non-empty names, no tag twice, and
+    ``recognizer.language`` among them; ``recognizer.model`` is the one-model form."""
+    if models and model:
+        raise ConfigError("recognizer.model", "set either recognizer.model (one model) or "
+                          "[recognizer.models] (one a language), not both")
+    seen: dict[str, str] = {}
+    for tag, source in models.items():
+        key = f"recognizer.models.{tag}"
+        if not is_language_tag(tag):
+            raise ConfigError(key, f"must be a language tag such as ko or en-US, got {tag!r}")
+        if not source.strip():
+            raise ConfigError(key, "must name a model directory or package, got \"\"")
+        if normal_tag(tag) in seen:
+            raise ConfigError(key, f"the same language as recognizer.models."
+                              f"{seen[normal_tag(tag)]}")
+        seen[normal_tag(tag)] = tag
+    if language and not is_language_tag(language):
+        raise ConfigError("recognizer.language", f"must be a language tag such as ko or "
+                          f"en-US, or empty, got {language!r}")
+    if language and models and normal_tag(language) not in seen:
+        raise ConfigError("recognizer.language", f"{language!r} has no model in "
+                          f"[recognizer.models] (installed: {', '.join(models)})")
 
 
 def check_speakers(c: Config) -> None:
