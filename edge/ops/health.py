@@ -11,7 +11,7 @@ import ctypes
 import ctypes.util
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,7 @@ def health(
     memory: Mapping[str, Any] | None = None,
     jwks: Mapping[str, Any] | None = None,
     audit: Mapping[str, Any] | None = None,
+    models: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -106,6 +107,11 @@ def health(
     if recognizers is not None:
         # The pool: state (off, waiting, warming, warm), warm (idle) and target.
         body["recognizers"] = dict(recognizers)
+    if models is not None:
+        # Every installed model (edge.asr.models.ModelRegistry.status): one a language.
+        body["models"] = [dict(m) for m in models]
+        notes.extend(f"the model for {m['language']} cannot be loaded: {m['error']}"
+                     for m in models if m.get("error"))
     if ingest is not None:
         body["ingest"] = dict(ingest)  # the MQTT ingest (edge.relay.mqtt_ingest)
     body["journal"] = ({**journal, "min_free_bytes": min_free_bytes,
