@@ -126,3 +126,21 @@ async def test_scriptix_language_chooses_among_several_models(start_server: Any,
         with trio.fail_after(60):
             assert "listening" in await ws.get_message()
         assert models.slots["xx"].sessions == 1 and models.slots["ko"].sessions == 0
+
+
+async def test_wyoming_describe_lists_every_language_and_transcribe_chooses(
+        start_server: Any, tmp_path: Path) -> None:
+    from test_wyoming_e2e import WAV, run_client  # the wyoming package's own client
+
+    server = await start_server(recognizer={"models": installed(tmp_path)},
+                                wyoming={"enabled": True, "port": 0, "host": "127.0.0.1"})
+    port = server.peer_ports["wyoming"]
+    info = await run_client(port, "describe")
+    assert info["models"][0]["languages"] == ["ko", "xx"]
+    [result] = await run_client(port, "transcribe", "--language", "xx", "--wav", str(WAV))
+    assert "엄마" in result["text"].split()
+    models = server.boundary.engine.models
+    assert models.slots["xx"].loads == 1 and models.slots["ko"].loads == 1
+    [refused_run] = await run_client(port, "transcribe", "--language", "fr", "--wav", str(WAV))
+    error = refused_run["events"][0]
+    assert (error["type"], error["data"]["code"]) == ("error", "unsupported_language")
