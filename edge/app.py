@@ -36,7 +36,7 @@ from edge.core.admission import Admission, Admissions
 from edge.core.audit import discard
 from edge.core.auth import AuthSettings
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
-from edge.core.errors import ConfigError
+from edge.core.errors import ConfigError, RecognizerError, Refusal
 from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
 from edge.core.keys import auth_settings, device_id
 from edge.core.model_table import installed_models
@@ -143,7 +143,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     if config.microphone.enabled:
         room = Room(config, parts.microphone or microphone(config),
                     Hub(replay_size=config.microphone.replay_size),
-                    memory.factory(recognizers), limiter, stats, journal=journal,
+                    memory.factory(await room_recognizers(config, models, recognizers)),
+                    limiter, stats, journal=journal,
                     speakers=speakers)
     relay, ingest = relay_parts(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
@@ -196,6 +197,21 @@ def recognizer_parts(config: Config, parts: Parts, model: LoadedModel, model_rss
     warmup = (Warmup(recognizers, limiter, pool_size)
               if warm_up and isinstance(recognizers, RecognizerPool) else None)
     return recognizers, memory, warmup
+
+
+async def room_recognizers(config: Config, models: ModelRegistry,
+                           recognizers: RecognizerFactory) -> RecognizerFactory:
+    """The room's recognisers: ``microphone.language``'s model's (loaded now and held
+    while the daemon runs), or the default model's."""
+    language = models.table.choose(config.microphone.language or None)
+    if not config.microphone.language or language == models.table.default:
+        return recognizers
+    assert language is not None  # checked with the config
+    try:
+        lease = await models.acquire(language)  # never released: the room never ends
+    except Refusal as exc:
+        raise RecognizerError(f"microphone.language: {exc.message}") from exc
+    return lease.recognizers
 
 
 def model_registry(config: Config, model: LoadedModel, recognizers: RecognizerFactory,

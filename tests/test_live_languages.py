@@ -144,3 +144,32 @@ async def test_wyoming_describe_lists_every_language_and_transcribe_chooses(
     [refused_run] = await run_client(port, "transcribe", "--language", "fr", "--wav", str(WAV))
     error = refused_run["events"][0]
     assert (error["type"], error["data"]["code"]) == ("error", "unsupported_language")
+
+
+async def test_the_room_is_transcribed_in_its_own_language(start_server: Any,
+                                                          tmp_path: Path) -> None:
+    from test_room import PlayedSource
+
+    server = await start_server(recognizer={"models": installed(tmp_path)},
+                                microphone={"enabled": True, "language": "xx"},
+                                mic=PlayedSource())
+    models = server.boundary.engine.models
+    assert models.slots["xx"].model is not None  # loaded at start, held by the room
+    assert models.slots["xx"].sessions == 1
+    async with connect(server, make_token(), "?source=room") as ws:
+        assert (await receive_json(ws))["type"] == "session_init"
+        with trio.fail_after(60):
+            while (message := await receive_json(ws))["type"] != "transcription" or \
+                    not message["is_final"]:
+                pass
+    assert message["text"]  # the room's speech, through the xx model
+
+
+def test_the_room_language_must_be_installed(tmp_path: Path) -> None:
+    from edge.core.errors import ConfigError
+    from helpers import make_config
+
+    with pytest.raises(ConfigError) as err:
+        make_config(recognizer={"models": installed(tmp_path)},
+                    microphone={"language": "fr"})
+    assert err.value.key == "microphone.language" and "ko, xx" in str(err.value)

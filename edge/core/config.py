@@ -120,6 +120,7 @@ class MicrophoneConfig:
     listener_queue: int = 256
     replay_size: int = 512
     retry_max: float = 30.0
+    language: str = ""  # the room's language (recognizer.models); empty: the default
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from edge.core.errors import ConfigError
 from edge.core.languages import is_language_tag, normal_tag, primary_language
+from edge.core.model_table import installed_models
 from edge.core.mqtt_topics import check_template
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 
@@ -240,6 +241,10 @@ def check_microphone(c: Config) -> None:
         raise ConfigError("microphone.chunk_ms", f"must be between 10 and 1000, got {m.chunk_ms}")
     for name in ("max_listeners", "listener_queue", "replay_size", "retry_max"):
         positive(f"microphone.{name}", getattr(m, name))
+    installed = installed_models(c)
+    if m.language and installed.choose(m.language) is None:
+        raise ConfigError("microphone.language", f"{m.language!r} has no model (installed: "
+                          f"{', '.join(installed.languages)}; see [recognizer.models])")
 
 
 def check_journal(c: Config) -> None:
