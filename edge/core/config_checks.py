@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edge.core.errors import ConfigError
-from edge.core.languages import primary_language
+from edge.core.languages import is_language_tag, normal_tag, primary_language
+from edge.core.model_table import installed_models
 from edge.core.mqtt_topics import check_template
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 
@@ -181,6 +182,32 @@ def check_recognizer(c: Config) -> None:
                           f"{r.endpoint_silence_ms}")
     positive("recognizer.lag_warning", r.lag_warning)
     positive("recognizer.max_phrases", r.max_phrases)
+    check_models(r.model, r.models, r.language)
+
+
+def check_models(model: str, models: dict[str, str], language: str) -> None:
+    """``[recognizer.models]``: language tags to non-empty names, no tag twice, and
+    ``recognizer.language`` among them; ``recognizer.model`` is the one-model form."""
+    if models and model:
+        raise ConfigError("recognizer.model", "set either recognizer.model (one model) or "
+                          "[recognizer.models] (one a language), not both")
+    seen: dict[str, str] = {}
+    for tag, source in models.items():
+        key = f"recognizer.models.{tag}"
+        if not is_language_tag(tag):
+            raise ConfigError(key, f"must be a language tag such as ko or en-US, got {tag!r}")
+        if not source.strip():
+            raise ConfigError(key, "must name a model directory or package, got \"\"")
+        if normal_tag(tag) in seen:
+            raise ConfigError(key, f"the same language as recognizer.models."
+                              f"{seen[normal_tag(tag)]}")
+        seen[normal_tag(tag)] = tag
+    if language and not is_language_tag(language):
+        raise ConfigError("recognizer.language", f"must be a language tag such as ko or "
+                          f"en-US, or empty, got {language!r}")
+    if language and models and normal_tag(language) not in seen:
+        raise ConfigError("recognizer.language", f"{language!r} has no model in "
+                          f"[recognizer.models] (installed: {', '.join(models)})")
 
 
 def check_speakers(c: Config) -> None:
@@ -214,6 +241,10 @@ def check_microphone(c: Config) -> None:
         raise ConfigError("microphone.chunk_ms", f"must be between 10 and 1000, got {m.chunk_ms}")
     for name in ("max_listeners", "listener_queue", "replay_size", "retry_max"):
         positive(f"microphone.{name}", getattr(m, name))
+    installed = installed_models(c)
+    if m.language and installed.choose(m.language) is None:
+        raise ConfigError("microphone.language", f"{m.language!r} has no model (installed: "
+                          f"{', '.join(installed.languages)}; see [recognizer.models])")
 
 
 def check_journal(c: Config) -> None:

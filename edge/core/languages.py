@@ -49,3 +49,18 @@ def primary_language(tag: str) -> str:
     """The primary subtag, lower case: ``nl-NL``, ``nl_nl``, `` NL `` -> ``nl``."""
     return tag.strip().replace("_", "-").split("-", 1)[0].lower()
 
+
+
+def is_language_tag(tag: str) -> bool:
+    """Whether ``tag`` is a language tag this device can name a model by: a 2- or
+    3-letter primary subtag and alphanumeric subtags of 1 to 8 (``ko``, ``en-US``)."""
+    parts = tag.replace("_", "-").split("-")
+    return (len(tag) <= MAX_TAG_CHARS and bool(_LANGUAGE.fullmatch(parts[0].lower()))
+            and all(p.isascii() and p.isalnum() and 1 <= len(p) <= 8 for p in parts[1:]))
+
+
+def normal_tag(tag: str) -> str:
+    """A tag in its usual case: ``EN_us`` -> ``en-US``, ``ko`` -> ``ko``."""
+    parts = tag.strip().replace("_", "-").split("-")
+    rest = [p.upper() if len(p) == 2 else p.lower() for p in parts[1:]]
+    return "-".join([parts[0].lower(), *rest])

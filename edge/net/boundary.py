@@ -14,6 +14,7 @@ refusals.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from edge.asr.memory import MemoryBudget
+from edge.asr.models import ModelLease, ModelRegistry
 from edge.asr.recognizer import RecognizerFactory
-from edge.core.admission import Admission, Admissions
+from edge.core.admission import Admission, Admissions, Ticket
 from edge.core.audit import FAILED, OK, REFUSED, Access, AccessSink, discard
 from edge.core.auth import Claims
 from edge.core.close_codes import CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER
@@ -58,7 +60,8 @@ _INTERNAL_CLOSE_TIMEOUT = 2.0
 class Engine:
     """What every session runs on: the model's name, the counters, the limiter every
     Vosk call takes, the recognisers (the pool, or a stand-in), the admission books and
-    the memory budget recognisers are counted against (None: not counted)."""
+    the memory budget recognisers are counted against (None: not counted), and the
+    installed models (edge.asr.models), whose start model's recognisers are these."""
 
     model_name: str
     stats: Stats
@@ -66,6 +69,7 @@ class Engine:
     recognizers: RecognizerFactory
     admissions: Admissions
     memory: MemoryBudget | None = None
+    models: ModelRegistry | None = None  # one model a language (None: ``recognizers`` only)
 
 
 @dataclass(frozen=True)
@@ -125,27 +129,48 @@ class Boundary:
         in the boundary until it ends; every step told to the audit trail."""
         handle = Handle()
         action = _action(entry)
+        lease: ModelLease | None = None
         try:
             self._check_running()
             if isinstance(entry, Admitted):
                 self._check_memory()
+                lease = await self._model_for(entry)
             ticket = self._book(entry).admit(str(uuid.uuid4()), entry.claims,
                                              handle.revoke)
         except Refusal as exc:
+            if lease is not None:
+                lease.release()
             exc.in_band = entry.in_band
             self.refused(exc, action, peer, entry.claims)
             await door.refuse(exc)
             return
+        try:
+            await self._run(door, entry, route, peer, handle, ticket, lease)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    async def _model_for(self, entry: Admitted) -> ModelLease | None:
+        """The session's language's model, loaded if it is not (503 if it cannot be)."""
+        models = self.engine.models
+        if models is None:
+            return None
+        return await models.acquire(entry.language or models.table.default)
+
+    async def _run(self, door: Door, entry: Entry, route: Route | None, peer: str,
+                   handle: Handle, ticket: Ticket, lease: ModelLease | None) -> None:
         with ticket, self._live_while(handle):
             channel = await door.open()
             if channel is None:
                 return
-            connection = await self._connect(entry, channel, ticket.session_id)
+            connection = await self._connect(entry, channel, ticket.session_id, lease)
             handle.attach(connection)
             detail: dict[str, str | int] = {"dialect": _dialect(entry)}
             if route is not None:
                 detail["route"] = route.path
-            self.audit(Access.by(entry.claims, action, object=ticket.session_id, peer=peer,
+            if lease is not None:
+                detail["language"] = lease.language
+            self.audit(Access.by(entry.claims, _action(entry), object=ticket.session_id, peer=peer,
                                  detail=detail))
             outcome = await self._run_session(connection, entry)
             if isinstance(connection, Session):
@@ -162,7 +187,8 @@ class Boundary:
         return (books.sessions if isinstance(entry, Admitted)
                 else books.listeners if isinstance(entry, Listen) else books.relays)
 
-    async def _connect(self, entry: Entry, channel: Channel, session_id: str) -> Connection:
+    async def _connect(self, entry: Entry, channel: Channel, session_id: str,
+                       lease: ModelLease | None = None) -> Connection:
         """The connection ``entry`` runs as, on ``channel``."""
         if isinstance(entry, Relayed):
             assert self.services.journal is not None  # RelayAdmitter admits none without one
@@ -176,7 +202,15 @@ class Boundary:
             return RoomListener(channel, info, self.config, self.engine.stats, self.services.room,
                                 entry.since_seq)
         info = await self._session_info(session_id, entry.claims, entry.declared_rate)
-        return Session(channel, info, self.config, self._session_recognizers,
+        recognizers = self._session_recognizers
+        if lease is not None:
+            info = dataclasses.replace(info, model_name=lease.model.name,
+                                       language=lease.language)
+            if lease.recognizers is not self.engine.recognizers:  # another language's
+                memory = self.engine.memory
+                recognizers = (memory.factory(lease.recognizers) if memory
+                               else lease.recognizers)
+        return Session(channel, info, self.config, recognizers,
                        self.engine.limiter, self.engine.stats, self.services.journal,
                        speakers=self.services.speakers,
                        enroll=entry.enroll, dialect=entry.dialect,

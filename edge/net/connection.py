@@ -67,6 +67,7 @@ class SessionInfo:
     declared_rate: int | None = None
     speaker_identification: bool = False
     speaker_reason: str | None = None  # why speaker labels (or names) are off
+    language: str = ""  # the installed language the session's model serves
 
 
 class Connection:

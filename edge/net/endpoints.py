@@ -11,6 +11,7 @@ from edge.core.auth import SCOPE_ENROLL, SCOPE_READ, SCOPE_RELAY, SCOPE_TRANSCRI
 from edge.core.close_codes import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
 from edge.core.config import Config
 from edge.core.errors import Refusal
+from edge.core.model_table import ModelTable, installed_models
 from edge.core.tokens import extract_token
 from edge.journal import transcripts
 from edge.journal.service import JournalService
@@ -70,6 +71,7 @@ class LiveAdmitter:
     def __init__(self, config: Config, server: Server) -> None:
         self.limits = Limits(max_phrases=config.recognizer.max_phrases)
         self.server = server
+        self.models = installed_models(config)
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Entry:
         with bad_request(CLOSE_POLICY):
@@ -91,13 +93,24 @@ class LiveAdmitter:
                               "(microphone.enabled is false)", status=404)
             return Listen(claims, params.since_seq, in_band=in_band)
         if params.enroll is None:
-            return Admitted(verify(token, SCOPE_WRITE), LiveDialect(self.limits), "live",
-                            declared_rate=params.sample_rate, in_band=in_band)
-        claims = verify(token, SCOPE_WRITE, SCOPE_ENROLL)
-        check_enrollment(self.server.speakers)
+            claims = verify(token, SCOPE_WRITE)
+        else:
+            claims = verify(token, SCOPE_WRITE, SCOPE_ENROLL)
+            check_enrollment(self.server.speakers)
         return Admitted(claims, LiveDialect(self.limits), "live",
                         declared_rate=params.sample_rate, in_band=in_band,
-                        enroll=(params.enroll, params.role))
+                        enroll=None if params.enroll is None else (params.enroll, params.role),
+                        language=choose_language(self.models, params.language))
+
+
+def choose_language(models: ModelTable, asked: str | None) -> str:
+    """The installed language for a client's tag; 400 ``unsupported_language`` when this
+    device has no model for it."""
+    language = models.choose(asked)
+    if language is None:
+        raise Refusal("unsupported_language", f"this device has no model for {asked!r} "
+                      f"(installed: {', '.join(models.languages)})")
+    return language
 
 
 def check_enrollment(speakers: SpeakerIdentification | None) -> None:

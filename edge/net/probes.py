@@ -29,7 +29,8 @@ def health(server: Server) -> tuple[int, dict[str, Any]]:
         min_free_bytes=_min_free_bytes(server),
         memory=memory.snapshot().status() if memory else None,
         jwks=v.jwks.store.status() if v.jwks else None,
-        audit=v.auditor.status() if v.auditor else None)
+        audit=v.auditor.status() if v.auditor else None,
+        models=server.engine.models.status() if server.engine.models else None)
 
 
 def metrics(server: Server) -> str:

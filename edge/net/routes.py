@@ -63,6 +63,7 @@ class Admitted:
     configure: Configure | None = None
     enroll: tuple[str, str | None] | None = None
     in_band: bool = False
+    language: str | None = None  # the installed language chosen (None: the default)
 
 
 @dataclass(frozen=True)

@@ -488,7 +488,7 @@ class Session(Connection):
             partial_results=self._results.partials,
             speaker_identification=info.speaker_identification,
             speaker_identification_reason=info.speaker_reason,
-            rate_limit=claims.rate_limit, enroll=self._enroll)
+            rate_limit=claims.rate_limit, enroll=self._enroll, language=info.language)
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {

@@ -17,11 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.asr.memory import mem_total, read_rss
-from edge.asr.modeldir import check_model_dir, check_speaker_model_dir, default_model_path
+from edge.asr.modeldir import (
+    check_model_dir,
+    check_speaker_model_dir,
+    default_model_path,
+    model_path,
+)
+from edge.asr.models import estimate_bytes
 from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
 from edge.core.keys import auth_settings
+from edge.core.model_table import installed_models
 from edge.core.networks import TrustedNetworks
 from edge.core.revocations import RevocationFile
 from edge.core.terms import TermFile, TermListError, TermMatcher, builtin_terms
@@ -45,12 +52,44 @@ class Finding:
 def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
     """All checks, in the order an operator would fix them."""
     checks: list[Callable[[Config], Finding]] = [
-        check_keys, check_data_key, lambda c: check_model(c, load=load),
         lambda c: check_speaker_model(c, load=load), check_voiceprints, check_clock,
         check_state_dir, check_tls, check_revocations, check_terms, check_port,
         check_microphone, lambda c: check_memory(c, load=load),
     ]
-    return [check(config) for check in checks] + check_peers(config)
+    return ([check_keys(config), check_data_key(config), *check_models(config, load=load),
+             *(check(config) for check in checks), *check_peers(config)])
+
+
+def check_models(config: Config, *, load: bool = True) -> list[Finding]:
+    """The one model (:func:`check_model`), or each of ``[recognizer.models]``: the
+    default one loaded as the daemon loads it at start, the others (loaded on first use)
+    checked on disk, with the memory they are taken to need before they load."""
+    r = config.recognizer
+    if not r.models:
+        return [check_model(config, load=load)]
+    table = installed_models(config)
+    findings = []
+    for language, source in table.models.items():
+        topic = f"model {language}"
+        try:
+            path = model_path(source)
+            check_model_dir(path)
+            if load and language == table.default:
+                model, share = measured_model(path)
+                findings.append(Finding(OK, topic, f"{model.name} loads ({path}; "
+                                        f"{share // memory.MB} MB resident; the default)"))
+                continue
+            guess = estimate_bytes(source) // memory.MB
+        except EdgeError as exc:
+            findings.append(Finding(FAIL, topic, f"{exc}; fix recognizer.models.{language}"))
+            continue
+        fits = "" if guess <= r.memory_budget_mb else (
+            f"; more than recognizer.memory_budget_mb ({r.memory_budget_mb} MB): its "
+            "sessions will be refused")
+        findings.append(Finding(OK if not fits else WARN, topic,
+                                f"{path} looks like a Vosk model (loads on first use, "
+                                f"about {guess} MB){fits}"))
+    return findings
 
 
 def check_keys(config: Config) -> Finding:

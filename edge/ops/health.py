@@ -11,7 +11,7 @@ import ctypes
 import ctypes.util
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,17 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+def models_part(models: Sequence[Mapping[str, Any]] | None, notes: list[str]
+                ) -> dict[str, Any]:
+    """``/healthz``'s ``models``: every installed model (edge.asr.models'
+    ``ModelRegistry.status``), one a language; a failed load is a note."""
+    if models is None:
+        return {}
+    notes.extend(f"the model for {m['language']} cannot be loaded: {m['error']}"
+                 for m in models if m.get("error"))
+    return {"models": [dict(m) for m in models]}
+
+
 def health(
     *, version: str, model: str, sessions: int, max_sessions: int, clock: ClockStatus,
     microphone: Mapping[str, Any] | None = None, relay: Mapping[str, Any] | None = None,
@@ -70,6 +81,7 @@ def health(
     memory: Mapping[str, Any] | None = None,
     jwks: Mapping[str, Any] | None = None,
     audit: Mapping[str, Any] | None = None,
+    models: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The ``/healthz`` status code and body: 200 serving, 503 degraded (with reasons)
     or stopping.
@@ -106,6 +118,7 @@ def health(
     if recognizers is not None:
         # The pool: state (off, waiting, warming, warm), warm (idle) and target.
         body["recognizers"] = dict(recognizers)
+    body.update(models_part(models, notes))
     if ingest is not None:
         body["ingest"] = dict(ingest)  # the MQTT ingest (edge.relay.mqtt_ingest)
     body["journal"] = ({**journal, "min_free_bytes": min_free_bytes,

@@ -170,6 +170,7 @@ class SessionDescription:
     rate_limit: int | None = None
     enroll: tuple[str, str | None] | None = None
     audio_formats: tuple[str, ...] = ("wav", "pcm_s16le")
+    language: str = ""  # the installed language the session got (recognizer.models)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from edge.core.close_codes import CLOSE_TOO_BIG as CLOSE_TOO_BIG
 from edge.core.close_codes import CLOSE_TRY_AGAIN_LATER as CLOSE_TRY_AGAIN_LATER
 from edge.core.close_codes import CLOSE_UNSUPPORTED_DATA as CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
+from edge.core.languages import is_language_tag
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_sample_rate
 from edge.protocols.events import (
     Audio,
@@ -128,7 +129,7 @@ def _described(d: SessionDescription | RoomDescription) -> dict[str, Any]:
                 "speaker_identification_reason": d.speaker_identification_reason,
                 "expires_at": d.expires_at}
     return {
-        "model": d.model, "sample_rate": d.sample_rate,
+        "model": d.model, "language": d.language, "sample_rate": d.sample_rate,
         "audio_formats": list(d.audio_formats), "max_frame_bytes": d.max_frame_bytes,
         "partial_results": d.partial_results, "transcripts": d.transcripts,
         "speaker_identification": d.speaker_identification,
@@ -305,6 +306,7 @@ class ConnectParams:
     since_seq: int | None = None  # room listeners: resume after this seq
     enroll: str | None = None  # enrol this session's voice under this name at ``end``
     role: str | None = None  # the enrolled speaker's role (with ``enroll`` only)
+    language: str | None = None  # the language tag asked for (None: the default)
 
 
 def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
@@ -345,8 +347,12 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
                             "source=room")
     if role is not None and enroll is None:
         raise ProtocolError("invalid_parameter", "role applies only with enroll")
+    language = single(query, "language") if "language" in query else None
+    if language is not None and not is_language_tag(language):
+        raise ProtocolError("invalid_parameter", "language must be a language tag such as "
+                            "ko or en-US")
     return ConnectParams(sample_rate=rate, errors_in_band=in_band, source=source,
-                         since_seq=since, enroll=enroll, role=role)
+                         since_seq=since, enroll=enroll, role=role, language=language)
 
 
 MAX_NAME_CHARS = 200  # enrolled names and roles (as edge.speakers.voiceprints.MAX_NAME_CHARS)

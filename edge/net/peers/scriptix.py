@@ -14,8 +14,9 @@ import logging
 from edge.core.auth import SCOPE_WRITE
 from edge.core.close_codes import CLOSE_POLICY
 from edge.core.config import Config
-from edge.core.errors import Refusal
+from edge.core.errors import ProtocolError, Refusal
 from edge.core.languages import primary_language
+from edge.core.model_table import ModelTable, installed_models
 from edge.core.phrases import read_phrases_file
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
@@ -35,16 +36,34 @@ class RealtimeAdmitter:
     client without one learns nothing about the device (not even its language)."""
 
     def __init__(self, device_language: str | None,
-                 phrases: tuple[str, ...] | None = None) -> None:
+                 phrases: tuple[str, ...] | None = None,
+                 models: ModelTable | None = None) -> None:
         self.device_language = device_language
         self.phrases = phrases
+        # Several models (recognizer.models): ``language`` chooses one of them.
+        self.models = models if models is not None and len(models.languages) > 1 else None
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         claims = verify(scriptix.extract_token(head.target, head.headers))
+        language = None
         with bad_request(CLOSE_POLICY):
-            params = scriptix.parse_connect_params(head.query, self.device_language)
-        return Admitted(claims, ScriptixDialect(params, self.device_language), DIALECT,
-                        declared_rate=scriptix.SAMPLE_RATE, phrases=self.phrases)
+            if self.models is None:
+                params = scriptix.parse_connect_params(head.query, self.device_language)
+            else:
+                params = scriptix.parse_connect_params(head.query, None)
+                language = self._choose(self.models, params.language)
+        told = primary_language(language) if language else self.device_language
+        return Admitted(claims, ScriptixDialect(params, told), DIALECT,
+                        declared_rate=scriptix.SAMPLE_RATE, phrases=self.phrases,
+                        language=language)
+
+    @staticmethod
+    def _choose(models: ModelTable, asked: str | None) -> str:
+        language = models.choose(asked)
+        if language is None:
+            raise ProtocolError("unsupported_language", f"this device has no model for "
+                                f"{asked!r} (installed: {', '.join(models.languages)})")
+        return language
 
 
 class StreamModeAdmitter:
@@ -78,7 +97,8 @@ def routes(config: Config, context: PeerContext) -> list[Route | HttpRoute]:
         logger.warning("scriptix: the model's language is not in its name (%s) and "
                        "scriptix.language is not set: any language is accepted",
                        context.model_name)
-    return [Route(scriptix.PATH, RealtimeAdmitter(language, phrases), action="session.start",
+    admitter = RealtimeAdmitter(language, phrases, installed_models(config))
+    return [Route(scriptix.PATH, admitter, action="session.start",
                   scope=SCOPE_WRITE),
             Route(scriptix.STREAM_PREFIX, StreamModeAdmitter(), action=None, prefix=True),
             HttpRoute(scriptix.STREAM_PREFIX, stream_mode_http, prefix=True)]

