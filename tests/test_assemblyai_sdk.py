@@ -438,8 +438,9 @@ async def test_force_endpoint_ends_the_turn_in_progress(start_server: StartServe
         for chunk in chunks[:12]:  # 1.2 s: inside the first phrase (0.45 s to 1.65 s)
             await ws.send_message(chunk)
         await ws.send_message('{"type":"ForceEndpoint"}')
-        while not (message := await next_message(ws))["end_of_turn"]:
-            assert message["type"] == "Turn"
+        # (a Warning may come between Turns: realtime_lag on a busy machine)
+        while not (message := await next_message(ws)).get("end_of_turn"):
+            assert message["type"] in ("Turn", "Warning"), message
         assert message["turn_order"] == 0 and message["words"]
         assert message["words"][-1]["end"] <= 1200
         for chunk in chunks[12:]:

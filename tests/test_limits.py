@@ -573,7 +573,9 @@ async def test_level_warnings(start_server: Any, pcm: bytes, audio: dict[str, An
                               expected: list[str]) -> None:
     server = await start_server(audio=audio)
     outcome = await run_session(server, [*chunks(pcm), END])
-    assert outcome.codes("warning") == expected
+    # (the audio is sent as fast as the socket takes it: on a busy machine the server
+    # may also say, rightly, that it lags behind; that is not what this test is about)
+    assert [c for c in outcome.codes("warning") if c != "realtime_lag"] == expected
     assert_ended_normally(outcome)
 
 
