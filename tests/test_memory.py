@@ -277,7 +277,9 @@ def wait_for(condition: Any) -> None:
         time.sleep(0.01)
 
 
-def test_a_marked_recogniser_is_swapped_for_its_prewarmed_replacement_when_ready() -> None:
+def prewarming_stream() -> tuple[Supplier, MemoryBudget, list[Stub], RecyclingRecognizer]:
+    """A stream whose replacements are pre-warmed on one second of speech; the stubs
+    its factory made (fresh ones) are listed."""
     supplier = Supplier()
     b = budget(Readings(700), prewarm=supplier)
     assert b.prewarmer is not None
@@ -288,7 +290,12 @@ def test_a_marked_recogniser_is_swapped_for_its_prewarmed_replacement_when_ready
         made.append(Stub(rate))
         return made[-1]
 
-    r = RecyclingRecognizer(factory, 16000, None, b)
+    return supplier, b, made, RecyclingRecognizer(factory, 16000, None, b)
+
+
+def test_a_marked_recogniser_is_swapped_for_its_prewarmed_replacement_when_ready() -> None:
+    supplier, b, made, r = prewarming_stream()
+    assert b.prewarmer is not None
     r.accept(b"\0" * 32000)
     r.request_recycle()
     supplier.gate.set()
@@ -305,17 +312,8 @@ def test_a_marked_recogniser_is_swapped_for_its_prewarmed_replacement_when_ready
 
 
 def test_a_swap_never_waits_for_a_replacement_still_warming() -> None:
-    supplier = Supplier()
-    b = budget(Readings(700), prewarm=supplier)
+    supplier, b, made, r = prewarming_stream()
     assert b.prewarmer is not None
-    b.prewarmer._speech = (b"\0" * 32000, 16000)
-    made: list[Stub] = []
-
-    def factory(rate: int, phrases: Any = None) -> Stub:
-        made.append(Stub(rate))
-        return made[-1]
-
-    r = RecyclingRecognizer(factory, 16000, None, b)
     r.accept(b"\0" * 32000)
     r.request_recycle()  # the supplier is held back: nothing is ready at the pause
     r.flush()
