@@ -169,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     del model
 
     print("\n(b) server", flush=True)
-    trials: list[dict[str, Any]] = []
     pool = 0 if args.cold else math.ceil(bare_streams * 1.3)
     extra = "[recognizer]\n" + (f"threads = {args.threads}\n" if args.threads else "") + \
         f"warm_recognizers = {pool}\n" + (
@@ -182,32 +181,17 @@ def main(argv: list[str] | None = None) -> int:
             common.run_clients(server.url, [common.ClientSpec(pool, args.lib)],
                                seconds=speech.seconds, fast=True, grammar=args.grammar)
             server.wait_idle()
-        lo, hi = 0, None  # largest passing, smallest failing
-        n = args.start or max(1, math.floor(bare_streams * 0.8))
-        while len(trials) < args.max_trials and time.monotonic() < budget:
-            trial = run_trial(server, n, args, spans)
-            trials.append(trial)
-            if not trial["passed"] and trial["cpu_cores"]["others"] > DISTURBED \
-                    and len(trials) < args.max_trials and time.monotonic() < budget:
+
+        def trial(n: int) -> list[dict[str, Any]]:
+            runs = [run_trial(server, n, args, spans)]
+            if not runs[0]["passed"] and runs[0]["cpu_cores"]["others"] > DISTURBED:
                 print("    (other work on the machine during the trial: repeating)")
-                trial = run_trial(server, n, args, spans)
-                trials.append(trial)
-            if trial["passed"]:
-                lo = max(lo, n)
-            else:
-                hi = n if hi is None else min(hi, n)
-            if hi is not None and hi - lo <= 1:
-                break
-            if hi is None:
-                n = n + max(1, round(n * 0.2))
-            elif lo == 0:
-                n = max(1, round(n * 0.6))
-                if n >= hi:
-                    n = hi - 1
-            else:
-                n = (lo + hi) // 2
-            if n <= 0:
-                break
+                runs.append(run_trial(server, n, args, spans))
+            return runs
+
+        lo, hi, trials = common.search_capacity(
+            trial, args.start or max(1, math.floor(bare_streams * 0.8)), args.max_trials,
+            budget)
         server_rss = server.rss_mb()
 
     capacity = lo

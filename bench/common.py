@@ -143,6 +143,36 @@ def load_speech(path: Path = FIXTURE) -> Speech:
     return Speech(pcm=pcm, rate=rate, phrases=tuple(spans))
 
 
+#: Recordings the benchmarks can stream besides the fixture: ``tools/make_rooms.py --set
+#: cost`` (60 s each), generated into bench/results on first use.
+ROOMS = ("consultation", "continuous", "room-tone")
+
+
+def load_audio(name: str = "fixture") -> Speech:
+    """The fixture, or one of :data:`ROOMS` with its turns as the phrases."""
+    if name == "fixture":
+        return load_speech()
+    if name not in ROOMS:
+        raise SystemExit(f"--audio: {name!r} is not one of fixture, {', '.join(ROOMS)}")
+    path = rooms_cost_dir() / f"{name}.wav"
+    with wave.open(str(path), "rb") as w:
+        rate, pcm = w.getframerate(), w.readframes(w.getnframes())
+    turns = json.loads(path.with_suffix(".json").read_text())["turns"]
+    return Speech(pcm=pcm, rate=rate,
+                  phrases=tuple((t["start_ms"] / 1000, t["end_ms"] / 1000) for t in turns))
+
+
+def rooms_cost_dir() -> Path:
+    """Where the ``cost`` set of generated rooms is (generated here when missing)."""
+    out = RESULTS / "rooms-cost"
+    if not any(out.glob("*.wav")):
+        from tools.make_rooms import make
+
+        print(f"generating the cost set of rooms in {out}", flush=True)
+        make("cost", out)
+    return out
+
+
 def phrase_spans(pcm: bytes, rate: int, *, frame_ms: int = 10, floor_db: float = -45.0,
                  min_gap_s: float = 0.5) -> list[tuple[float, float]]:
     """Spans of sound above ``floor_db`` (relative to the peak), gaps under ``min_gap_s`` merged.
@@ -562,7 +592,8 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
                 start_delay: float = 3.0, server_pid: int | None = None,
                 rss_samples: list[tuple[float, float]] | None = None,
                 sample_every: float = 1.0, timeout: float | None = None,
-                tag: str = "clients", protocol: str = "live") -> dict[str, Any]:
+                tag: str = "clients", protocol: str = "live",
+                audio: str = "fixture") -> dict[str, Any]:
     """Run load-client processes at once and collect what they recorded.
 
     Every client connects its streams, then starts sending at the same moment
@@ -592,6 +623,8 @@ def run_clients(url: str, specs: Sequence[ClientSpec], *, seconds: float,
             cmd.append("--reconnect")
         if protocol != "live":
             cmd += ["--protocol", protocol]
+        if audio != "fixture":
+            cmd += ["--audio", audio]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
                                       preexec_fn=sigterm_on_parent_death))
         outs.append(out)
@@ -766,10 +799,13 @@ def grammar_json() -> str:
 
 def bare_decode(model: Any, chunks: Sequence[bytes], threads: int, *, rate: int = 16000,
                 grammar: bool = False, loop_bytes: int | None = None,
-                per_thread: int = 1, warm: bool = False) -> dict[str, Any]:
+                per_thread: int = 1, warm: bool = False,
+                warm_on: Sequence[bytes] | None = None) -> dict[str, Any]:
     """Decode ``chunks`` in ``threads`` threads at once, each with fresh recognisers
-    (``warm``: recognisers that have decoded ``chunks`` once and been reset, untimed,
-    as the server's pool hands them out).
+    (``warm``: recognisers that have decoded ``warm_on``, by default ``chunks`` itself,
+    once and been reset, untimed, as the server's pool hands them out; a recogniser
+    warmed on the audio it then decodes is flattered, since it expanded its graph for
+    those very words: pass other speech to compare with a pool warmed on its warm-up).
 
     Each thread does what a session's recogniser does per chunk: ``AcceptWaveform``,
     then ``Result`` at an endpoint or ``PartialResult`` otherwise, and ``FinalResult``
@@ -798,7 +834,7 @@ def bare_decode(model: Any, chunks: Sequence[bytes], threads: int, *, rate: int 
         if warm:
             recs = [fresh() for _ in range(per_thread)]
             for rec in recs:
-                for chunk in chunks:
+                for chunk in (chunks if warm_on is None else warm_on):
                     rec.AcceptWaveform(chunk)
                 rec.FinalResult()
                 rec.Reset()
@@ -870,3 +906,31 @@ def endpoint_delays(model: Any, chunks: Sequence[bytes], spans: Sequence[tuple[f
             sent = math.ceil(round(1000 * end) / chunk_ms) * chunk_ms / 1000
             delays.append(max(f[0] for f in covering) - sent)
     return delays
+
+
+def search_capacity(trial: Callable[[int], list[dict[str, Any]]], start: int,
+                    max_trials: int, deadline: float = math.inf
+                    ) -> tuple[int, int | None, list[dict[str, Any]]]:
+    """The largest number of streams that passes (and the smallest that failed): from
+    ``start``, grow by 20% a step until one fails, then bisect. ``trial(n)`` returns the
+    runs it made at ``n`` (a disturbed run may be repeated), the last one deciding
+    (``passed``); at most ``max_trials`` runs, none started after ``deadline``
+    (``time.monotonic()``)."""
+    lo, hi, n = 0, None, max(1, start)
+    trials: list[dict[str, Any]] = []
+    while len(trials) < max_trials and time.monotonic() < deadline:
+        runs = trial(n)
+        trials += runs
+        if runs[-1]["passed"]:
+            lo = max(lo, n)
+        else:
+            hi = n if hi is None else min(hi, n)
+        if hi is not None and hi - lo <= 1:
+            break
+        if hi is None:
+            n += max(1, round(n * 0.2))
+        elif lo == 0:
+            n = max(1, min(hi - 1, round(n * 0.6)))
+        else:
+            n = (lo + hi) // 2
+    return lo, hi, trials

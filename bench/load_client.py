@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CHUNK_MS, PHRASES_JSON, load_speech
+from common import CHUNK_MS, PHRASES_JSON, load_audio
 
 CONNECT_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 120.0  # after `end`: the server may still be decoding a backlog
@@ -296,11 +296,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="each stream sends the fixture once, ends, reconnects, until "
                         "--seconds have passed; records a summary per session")
     p.add_argument("--protocol", choices=["live", "vosk-server"], default="live")
+    p.add_argument("--audio", default="fixture",
+                   help="what to send: the fixture, or a generated room (common.ROOMS)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.start_at is None:
         args.start_at = time.monotonic() + 2.0
-    speech = load_speech()
+    speech = load_audio(args.audio)
     pcm = speech.pcm if args.reconnect else speech.looped(args.seconds)[0]
     chunks = speech.chunks(pcm, args.chunk_ms)
     cpu0 = time.process_time()

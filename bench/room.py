@@ -228,6 +228,9 @@ class StandInRecognizer:
     def flush(self) -> Any:
         return None
 
+    def drop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -173,6 +173,26 @@ def turn_latencies(traces: list[Trace], turns: list[tuple[int, int]]) -> list[fl
     return out
 
 
+def edge_cost(args: argparse.Namespace, pcm: bytes, rate: int, turns: list[tuple[int, int]],
+              skip: bool, warm: bool) -> tuple[float, list[float]]:
+    """Server CPU-s per audio second and turn latencies of ``args.streams`` paced
+    sessions on a fresh ``edge serve`` (its pool warmed on the warm-up speech only)."""
+    with EdgeServer("silence-server", config_extra=(
+            f"[recognizer]\nwarm_at_start = {str(warm).lower()}\n"
+            f"warm_recognizers = {args.streams if warm else 0}\n")) as server:
+        deadline = time.monotonic() + args.warm_wait
+        while warm and (pool := server.health().get("recognizers", {})).get("state") != "warm":
+            if time.monotonic() > deadline:
+                raise SystemExit(f"pool not warm after {args.warm_wait} s: {pool}; "
+                                 "run with --warm-wait 0 (fresh recognisers)")
+            time.sleep(0.5)
+        before = cpu_seconds(server.pid)
+        traces = asyncio.run(edge_paced(server, pcm, rate, args.streams, skip))
+        server.wait_idle()
+        cpu = (cpu_seconds(server.pid) - before) / (args.streams * len(pcm) / 2 / rate)
+    return cpu, turn_latencies(traces, turns)
+
+
 def cost(args: argparse.Namespace) -> int:
     out = rooms("cost")
     audio = {}
@@ -184,34 +204,23 @@ def cost(args: argparse.Namespace) -> int:
                  if t["end_ms"] <= 1000 * args.seconds]
         audio[name] = (pcm, rate, turns)
     results: dict[str, dict[str, Any]] = {name: {} for name in audio}
-    # A warm pool, when the machine lets it warm in --warm-wait seconds (the warm-up
-    # yields to other work: on a busy machine it may not finish, and its CPU would be
-    # counted as the sessions'); otherwise fresh recognisers, next to a fresh anchor too.
+    # Each (audio, mode) on a server of its own, its pool warmed on the warm-up speech
+    # only: a pooled recogniser keeps the graph it expanded for the last session's words,
+    # so a second mode on the same pool would decode speech its recognisers have heard
+    # (about half the cost) and flatter whichever mode runs second. A warm pool when the
+    # machine lets it warm in --warm-wait seconds (the warm-up yields to other work);
+    # otherwise fresh recognisers, next to a fresh anchor too.
     warm = args.warm_wait > 0
-    with EdgeServer("silence-server", config_extra=(
-            f"[recognizer]\nwarm_at_start = {str(warm).lower()}\n"
-            f"warm_recognizers = {args.streams if warm else 0}\n")) as server:
-        deadline = time.monotonic() + args.warm_wait
-        while warm and (pool := server.health().get("recognizers", {})).get("state") != "warm":
-            if time.monotonic() > deadline:
-                raise SystemExit(f"pool not warm after {args.warm_wait} s: {pool}; "
-                                 "run with --warm-wait 0 (fresh recognisers)")
-            time.sleep(0.5)
-        for name, (pcm, rate, turns) in audio.items():
-            seconds = args.streams * len(pcm) / 2 / rate
-            results[name]["bare"] = bare_paced(pcm, rate, args.streams)
-            if not warm:
-                results[name]["bare_fresh"] = bare_paced(pcm, rate, args.streams, warm=False)
-            for skip in (True, False):
-                server.wait_idle()
-                before = cpu_seconds(server.pid)
-                traces = asyncio.run(edge_paced(server, pcm, rate, args.streams, skip))
-                server.wait_idle()
-                key = "on" if skip else "off"
-                results[name][key] = (cpu_seconds(server.pid) - before) / seconds
-                results[name][f"latency_{key}"] = turn_latencies(traces, turns)
-                print(f"  {name} skip {key}: {results[name][key]:.4f} CPU-s/audio s",
-                      flush=True)
+    for name, (pcm, rate, turns) in audio.items():
+        results[name]["bare"] = bare_paced(pcm, rate, args.streams)
+        if not warm:
+            results[name]["bare_fresh"] = bare_paced(pcm, rate, args.streams, warm=False)
+        for skip in (True, False):
+            key = "on" if skip else "off"
+            results[name][key], results[name][f"latency_{key}"] = edge_cost(
+                args, pcm, rate, turns, skip, warm)
+            print(f"  {name} skip {key}: {results[name][key]:.4f} CPU-s/audio s "
+                  f"(anchor {results[name]['bare']:.4f})", flush=True)
     rows = []
     for name, r in results.items():
         p50 = {k: percentile(r[f"latency_{k}"], 50) for k in ("on", "off")}
