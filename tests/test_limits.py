@@ -203,6 +203,9 @@ class FaultyRecognizer:
             raise RuntimeError("injected fault in flush")
         return None
 
+    def drop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -220,6 +223,9 @@ class FloodRecognizer:
 
     def flush(self) -> Utterance | None:
         return None
+
+    def drop(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -592,6 +598,9 @@ class SlowRecognizer:
     def flush(self) -> Utterance | None:
         return None
 
+    def drop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -667,6 +676,9 @@ class RecordingRecognizer:
     def flush(self) -> Utterance | None:
         return None
 
+    def drop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -709,6 +721,9 @@ def test_accept_each_keeps_the_finals_and_the_last_partial() -> None:
 
         def flush(self) -> Utterance | None:
             return None
+
+        def drop(self) -> None:
+            pass
 
         def close(self) -> None:
             pass

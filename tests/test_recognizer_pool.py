@@ -41,6 +41,9 @@ class StandIn:
     def flush(self) -> Utterance | None:
         return None
 
+    def drop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -56,6 +59,9 @@ class Plain:
 
     def flush(self) -> Utterance | None:
         return None
+
+    def drop(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

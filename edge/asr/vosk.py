@@ -178,25 +178,31 @@ class VoskRecognizer:
 
     def accept(self, pcm: bytes) -> list[Utterance]:
         out: list[Utterance] = []
-        partial: str | None = None
+        ended = True  # the last slice ended an utterance: no partial to give
         for i in range(0, len(pcm), self._slice):
             piece = pcm[i:i + self._slice]
             self._samples += len(piece) // 2
-            if self._rec.AcceptWaveform(piece):
+            ended = self._rec.AcceptWaveform(piece)
+            if ended:
                 final = self._final(self._rec.Result())
-                partial = None
                 if final is not None:
                     out.append(final)
-            else:
-                partial = self._rec.PartialResult()
-        if partial is not None:
-            utterance = self._partial(partial)
+        # One partial, of the last slice (a traceback of the whole utterance so far:
+        # asking after every slice would cost as much and be superseded at once).
+        if pcm and not ended:
+            utterance = self._partial(self._rec.PartialResult())
             if utterance is not None:
                 out.append(utterance)
         return out
 
     def flush(self) -> Utterance | None:
         return self._final(self._rec.FinalResult())
+
+    def drop(self) -> None:
+        # Reset() ends the utterance without a lattice; Vosk's clock goes on (its word
+        # times count every sample fed), so ours does too.
+        self._rec.Reset()
+        self._utterance_start = self._samples
 
     def _ms(self, samples: int) -> int:
         return round(1000 * samples / self.sample_rate)
