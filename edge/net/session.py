@@ -41,7 +41,6 @@ from edge.asr.decode import accept_each, flush_turn
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
 from edge.audio.pauses import TurnEnd
-from edge.core.audit import FAILED, OK
 from edge.core.auth import SCOPE_READ
 from edge.core.close_codes import (
     CLOSE_GOING_AWAY,
@@ -54,8 +53,10 @@ from edge.core.config import Config
 from edge.core.errors import ProtocolError
 from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
+from edge.net.audio_queue import FORCE_ENDPOINT, AudioQueue
 from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
+from edge.net.enrolment import Enrolment
 from edge.net.pacing import MessageRate, RecognitionLag
 from edge.protocols import live as protocol
 from edge.protocols.events import (
@@ -74,12 +75,10 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
-from edge.speakers import SpeakerIdentification, VoiceprintStoreError
+from edge.speakers import SpeakerIdentification
 
 logger = logging.getLogger(__name__)
 
-_AUDIO_QUEUE_FRAMES = 16
-_FORCE_ENDPOINT = None  # in the audio queue: finalise what came before it
 _BATCH_SECONDS = 1  # most audio handed to the recogniser in one call
 
 _WARNING_TEXT = {
@@ -121,8 +120,8 @@ class Session(Connection):
         self._wall_started = time.time()
         self._speakers = speakers
         self._enroll = enroll if speakers is not None else None  # (name, role)
-        self._enroll_vectors: list[tuple[float, ...]] = []
-        self.enrolment: tuple[str, str, str | None] | None = None  # name, outcome, reason
+        self._enrolment = (Enrolment(speakers, *enroll)
+                           if speakers is not None and enroll is not None else None)
         self._factory = recognizer_factory
         self._limiter = limiter
         self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
@@ -137,12 +136,9 @@ class Session(Connection):
                              config.recognizer.skip_silence)
         self._idle_timeout = config.server.idle_timeout
         self._initial = configure  # applied once Started is queued
-        self._held: tuple[bytes | None, float] | None = None  # taken out of turn
         self._results = ResultFilter(stats, config.recognizer.partial_results)
         self._send_transcripts = info.claims.has_scope(SCOPE_READ)
-        # Items are (pcm, time received): latency is measured from the moment audio arrives.
-        self._audio_send, self._audio_recv = trio.open_memory_channel[
-            tuple[bytes | None, float]](_AUDIO_QUEUE_FRAMES)
+        self._audio = AudioQueue()
         self._seq = 0
         self._finals = 0
         self._audio_bytes = 0  # mono s16 bytes received
@@ -174,9 +170,9 @@ class Session(Connection):
                     inner.start_soon(self._watchdogs)
                     await self._recognize()
                     inner.cancel_scope.cancel()
-                if self._enroll is not None and self._stop is not None \
+                if self._enrolment is not None and self._stop is not None \
                         and self._stop.reason == "end":
-                    await self._enroll_voice(*self._enroll)
+                    await self._enroll_voice(self._enrolment)
                 self._finish()  # the audio queue only closes through stop(): _stop is set
         finally:
             if self._journal is not None and self._journaled:
@@ -187,7 +183,7 @@ class Session(Connection):
         return self._stop
 
     def _on_stop(self, stop: Stop) -> None:
-        self._audio_send.close()
+        self._audio.close()
 
     async def _journal_start(self) -> bool:
         """Journal the session's start; tried again at each final until it is in (a
@@ -242,7 +238,7 @@ class Session(Connection):
                     self._last_audio = trio.current_time()  # a deliberate pause is not idle
                 elif isinstance(event, ForceEndpoint):
                     # In order with the audio before it: the recogniser loop finalises.
-                    await self._audio_send.send((_FORCE_ENDPOINT, now))
+                    await self._audio.put(FORCE_ENDPOINT, now)
                 elif isinstance(event, Reply):
                     for frame in event.frames:
                         self._put(frame)
@@ -262,13 +258,13 @@ class Session(Connection):
         fmt = self._decoder.format
         if not pcm or fmt is None:
             if self._every_frame:  # a frame with no samples (a header) is answered too
-                await self._audio_send.send((b"", trio.current_time()))
+                await self._audio.put(b"", trio.current_time())
             return
         self._last_audio = trio.current_time()
         for code in self._meter.feed(pcm, fmt.sample_rate):
             self._warn(code, _WARNING_TEXT[code])
         self._audio_bytes += len(pcm)
-        await self._audio_send.send((pcm, self._last_audio))
+        await self._audio.put(pcm, self._last_audio)
 
     def _configure(self, message: Configure) -> None:
         if message.idle_timeout_s is not None:
@@ -298,15 +294,15 @@ class Session(Connection):
     async def _recognize(self) -> None:
         recognizer: Recognizer | None = None
         try:
-            async with self._audio_recv:
+            async with self._audio:
                 while True:
                     try:
-                        pcm, received = await self._next_audio()
+                        pcm, received = await self._audio.get()
                     except trio.EndOfChannel:
                         break
                     if self._stop is not None and not self._stop.flush:
                         break
-                    if pcm is _FORCE_ENDPOINT:
+                    if pcm is FORCE_ENDPOINT:
                         if recognizer is not None:
                             await self._endpoint(recognizer)
                         self._send(Flushed(self.id))
@@ -316,7 +312,9 @@ class Session(Connection):
                         continue
                     if recognizer is None:
                         recognizer = await self._open_recognizer()
-                    parts = [pcm] if self._every_frame else self._take_queued(pcm)
+                    # Behind: the chunks already queued go in one worker-thread hop.
+                    parts = [pcm] if self._every_frame else self._audio.take_more(
+                        pcm, 2 * self._rate * _BATCH_SECONDS)
                     started = trio.current_time()
                     results = await trio.to_thread.run_sync(
                         accept_each, recognizer, parts, self._turn, self._rate,
@@ -329,8 +327,7 @@ class Session(Connection):
                         await self._emit(utterance, received)
                     if self._every_frame:
                         self._send(Progress(self.id, self._partial))
-                    if (self._audio_recv.statistics().current_buffer_used == 0
-                            and self._held is None):
+                    if self._audio.drained:
                         self._lag.caught_up()
             if recognizer is not None and (self._stop is None or self._stop.flush):
                 final = await trio.to_thread.run_sync(flush_turn, recognizer, self._turn,
@@ -350,33 +347,6 @@ class Session(Connection):
             await self._emit(final, None)
         self._partial = ""
 
-    def _take_queued(self, pcm: bytes) -> list[bytes]:
-        """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:
-        when recognition is behind, one worker-thread hop per batch instead of per
-        chunk (latency is still measured from the first chunk's arrival)."""
-        limit = 2 * self._rate * _BATCH_SECONDS
-        parts = [pcm]
-        size = len(pcm)
-        while size < limit:
-            try:
-                item = self._audio_recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            more = item[0]
-            if not more:  # a marker or an empty frame: handled in its own turn
-                self._held = item
-                break
-            parts.append(more)
-            size += len(more)
-        return parts
-
-    async def _next_audio(self) -> tuple[bytes | None, float]:
-        """The next item of the audio queue (raises EndOfChannel when it is closed)."""
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        return await self._audio_recv.receive()
-
     @property
     def audio_seconds(self) -> float:
         """Seconds of audio received so far (at the rate it was decoded at)."""
@@ -395,32 +365,18 @@ class Session(Connection):
             recognizer = LabelingRecognizer(recognizer, self._speakers.track())
         return recognizer
 
-    async def _enroll_voice(self, name: str, role: str | None) -> None:
-        """Enrol the session's speaker vectors under ``name`` (a worker thread: file I/O).
+    async def _enroll_voice(self, enrolment: Enrolment) -> None:
+        """Enrol the session's speaker (:class:`~edge.net.enrolment.Enrolment`): the
+        client gets ``enrolled`` before ``session_end``, or an ``enrollment_failed``
+        warning saying why not; either way the session ends normally."""
+        enrolled = await enrolment.enrol(self.id, self._warn)
+        if enrolled is not None:
+            self._send(Enrolled(self.id, *enrolled))
 
-        The client gets ``enrolled`` before ``session_end``, or an ``enrollment_failed``
-        warning saying why not; either way the session ends normally.
-        """
-        assert self._speakers is not None
-        vectors, self._enroll_vectors = self._enroll_vectors, []
-        self.enrolment = (name, FAILED, "enrollment_failed")  # until it succeeds
-        if not vectors:
-            self._warn("enrollment_failed", "no utterance was long enough for a speaker "
-                       "vector (at least half a second of speech each); nothing enrolled")
-            return
-        try:
-            voiceprint = await trio.to_thread.run_sync(self._speakers.enroll, name, role,
-                                                       vectors)
-        except (ValueError, VoiceprintStoreError) as exc:
-            logger.error("session %s: enrolment failed: %s", self.id, exc)
-            message = (str(exc) if isinstance(exc, ValueError) else
-                       "the voiceprint store cannot be written; ask an administrator")
-            self._warn("enrollment_failed", f"nothing enrolled: {message}")
-            return
-        logger.info("session %s: enrolled a voiceprint for %r from %d utterance(s)",
-                    self.id, voiceprint.name, voiceprint.count)
-        self.enrolment = (voiceprint.name, OK, None)
-        self._send(Enrolled(self.id, voiceprint.name, voiceprint.role, voiceprint.count))
+    @property
+    def enrolment(self) -> tuple[str, str, str | None] | None:
+        """(name, audit outcome, reason) of the enrolment tried at the end, if any."""
+        return self._enrolment.outcome if self._enrolment is not None else None
 
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
@@ -430,8 +386,8 @@ class Session(Connection):
             return
         if utterance.is_final:
             self._finals += 1
-            if self._enroll is not None and utterance.speaker_vector is not None:
-                self._enroll_vectors.append(utterance.speaker_vector)
+            if self._enrolment is not None:
+                self._enrolment.keep(utterance)
         self._seq += 1
         if (utterance.is_final and self._journal is not None
                 and not await self._journal_final(utterance)):
