@@ -265,3 +265,36 @@ async def test_config_language_after_the_audio_is_refused_with_a_warning(
     assert messages[-1]["type"] == "session_end"
     assert not any(m.get("code") == "bad_message" for m in messages), messages
     assert server.boundary.engine.models.slots["xx"].loads == 0
+
+
+# --- AssemblyAI's language parameters, as its Python SDK sends them ----------------------
+
+
+async def test_assemblyai_sdk_language_codes_choose_the_model(start_server: Any,
+                                                              tmp_path: Path) -> None:
+    from assemblyai.streaming.v3 import SpeechModel, TurnEvent, WarningEvent
+    from test_assemblyai_sdk import pcm_chunks, python_client, stream_params
+
+    server = await start_server(recognizer={"models": installed(tmp_path)},
+                                assemblyai={"enabled": True})
+    host, models = f"ws://127.0.0.1:{server.port}", server.boundary.engine.models
+    rate, chunks = pcm_chunks()
+    params = stream_params(sample_rate=rate, language_codes=["xx"],
+                           speech_model=SpeechModel.universal_streaming_multilingual)
+    seen = await trio.to_thread.run_sync(python_client, host, make_token(), params, chunks)
+    assert not seen.errors, seen.errors
+    finals = [t.transcript for t in seen.of(TurnEvent) if t.end_of_turn]
+    assert any("엄마" in final for final in finals), finals
+    assert models.slots["xx"].loads == 1  # the session ran on the xx model
+    [note] = [w.warning for w in seen.of(WarningEvent) if w.warning_code == 100]
+    assert "speech_model universal-streaming-multilingual" in note
+    assert "transcribed in xx by vosk-model-xx" in note
+    # Only languages without a model, or the English-only model: HTTP 400 at the
+    # handshake, which the SDK reports as an error carrying the status.
+    for refused_params in (
+            stream_params(sample_rate=rate, language_codes=["fr", "de"]),
+            stream_params(sample_rate=rate,
+                          speech_model=SpeechModel.universal_streaming_english)):
+        seen = await trio.to_thread.run_sync(python_client, host, make_token(),
+                                             refused_params, [])
+        assert [e.code for e in seen.errors] == [400] and not seen.events

@@ -220,6 +220,9 @@ class AssemblyAIDialect:
         if self.params.speaker_labels and not description.speaker_identification:
             out.append(_text(warning("ignored_parameter", "speaker_labels: this device "
                                      "has no speaker model; turns carry no speaker label")))
+        if isinstance(description, SessionDescription):
+            out.extend(_text(warning("ignored_parameter", text))
+                       for text in language_notes(self.params, description))
         return out
 
     def _turns(self, utterance: Utterance) -> list[dict[str, Any]]:
@@ -236,6 +239,22 @@ class AssemblyAIDialect:
                               with_speaker=self.params.speaker_labels))
         self.turn_order += 1
         return turns
+
+
+def language_notes(params: ConnectParams, description: SessionDescription) -> list[str]:
+    """What the client is told of the language parameters it gave that this device
+    cannot honour as AssemblyAI would: it detects no language and has one model a
+    language, so a session is transcribed in one language, by a model of its own."""
+    where = f"this session is transcribed in {description.language} by {description.model}"
+    notes = []
+    if len(params.asked_languages) > 1:
+        notes.append(f"language_codes: this device detects no language, so one model "
+                     f"transcribes the whole session: {where}")
+    if params.language_detection:
+        notes.append(f"language_detection: this device detects no language; {where}")
+    if params.speech_model is not None:
+        notes.append(f"speech_model {params.speech_model}: {where}")
+    return notes
 
 
 # --- messages --------------------------------------------------------------------------

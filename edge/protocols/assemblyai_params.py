@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.core.errors import ProtocolError
+from edge.core.languages import is_language_tag, primary_language
+from edge.core.model_table import ModelTable
 from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from edge.protocols.query import optional
 
@@ -27,7 +29,8 @@ ENCODINGS = ("pcm_s16le", "pcm_mulaw")
 _HANDLED = frozenset({
     "sample_rate", "encoding", "format_turns", "formatted_finals", "max_turn_silence",
     "min_turn_silence", "min_end_of_turn_silence_when_confident", "inactivity_timeout",
-    "speaker_labels", "token",
+    "speaker_labels", "token", "language_code", "language_codes", "speech_model",
+    "language_detection",
 })
 #: Read and validated, but they change nothing here (docs/peers.md says why).
 _WITHOUT_EFFECT = ("end_of_turn_confidence_threshold", "keyterms_prompt")
@@ -35,6 +38,10 @@ _WITHOUT_EFFECT = ("end_of_turn_confidence_threshold", "keyterms_prompt")
 MAX_SILENCE_MS = 60_000
 MIN_INACTIVITY_S, MAX_INACTIVITY_S = 5, 3600  # AssemblyAI's own bounds
 MAX_KEYTERMS, MAX_KEYTERM_CHARS = 1000, 100
+MAX_LANGUAGES = 20
+MAX_MODEL_CHARS = 64
+#: AssemblyAI's speech models that transcribe one language only (the SDK's SpeechModel).
+ONE_LANGUAGE_MODELS = {"universal-streaming-english": "en"}
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,40 @@ class ConnectParams:
     speaker_labels: bool = False
     keyterms: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()  # language_codes (or language_code), in order
+    speech_model: str | None = None
+    language_detection: bool = False
 
     @property
     def turn_silence_ms(self) -> int | None:
         return turn_silence(self.max_turn_silence_ms, self.min_turn_silence_ms)
+
+    @property
+    def asked_languages(self) -> tuple[str, ...]:
+        """The languages the session is to be transcribed in, in the client's order:
+        ``language_codes``, else the one a one-language ``speech_model`` transcribes."""
+        if self.languages:
+            return self.languages
+        one = ONE_LANGUAGE_MODELS.get(self.speech_model or "")
+        return (one,) if one else ()
+
+
+def session_language(params: ConnectParams, models: ModelTable) -> str:
+    """The installed language a v3 session is transcribed in: the first of the
+    languages it asks for (:attr:`ConnectParams.asked_languages`) that a model serves
+    (``en-US`` by an ``en`` model and the reverse), or the device's default when it asks
+    for none. Raises :class:`ProtocolError` ``unsupported_language`` (a 400 at the
+    handshake) when it asks only for languages without a model."""
+    asked = params.asked_languages
+    for tag in asked:
+        language = models.choose(tag)
+        if language is not None:
+            return language
+    if asked:
+        raise ProtocolError("unsupported_language", f"this device has no model for "
+                            f"{', '.join(asked)} (installed: {', '.join(models.languages)})",
+                            close_code=CLOSE_INPUT_ERROR)
+    return models.default
 
 
 def turn_silence(max_ms: int | None, min_ms: int | None) -> int | None:
@@ -94,11 +131,45 @@ def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
             raise _invalid_param("keyterms_prompt must be a JSON list of strings") from None
         keyterms = keyterm_list(value, _invalid_param)
     ignored = sorted((set(query) - _HANDLED) | (set(_WITHOUT_EFFECT) & set(query)))
+    languages, model = _languages(query)
     return ConnectParams(sample_rate=rate, encoding=encoding, format_turns=bool(fmt),
                          max_turn_silence_ms=max_silence, min_turn_silence_ms=min_silence,
                          inactivity_timeout_s=inactivity,
                          speaker_labels=bool(_bool_param(query, "speaker_labels")),
-                         keyterms=keyterms, ignored=tuple(ignored))
+                         keyterms=keyterms, ignored=tuple(ignored), languages=languages,
+                         speech_model=model,
+                         language_detection=bool(_bool_param(query, "language_detection")))
+
+
+def _languages(query: Mapping[str, Sequence[str]]) -> tuple[tuple[str, ...], str | None]:
+    """``language_codes`` (a JSON list; the Python SDK's ``language_code`` is its older
+    single form) and ``speech_model``, checked against each other."""
+    languages: tuple[str, ...] = ()
+    raw = _param(query, "language_codes")
+    if raw is not None:
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            value = None
+        if not (isinstance(value, list) and 1 <= len(value) <= MAX_LANGUAGES
+                and all(isinstance(v, str) and is_language_tag(v) for v in value)):
+            raise _invalid_param(f"language_codes must be a JSON list of 1 to "
+                                 f"{MAX_LANGUAGES} language codes such as [\"en\", \"es\"]")
+        languages = tuple(value)
+    single = _param(query, "language_code")
+    if single is not None and not is_language_tag(single):
+        raise _invalid_param("language_code must be a language code such as en or es")
+    if not languages and single is not None:
+        languages = (single,)
+    model = _param(query, "speech_model")
+    if model is not None and not (0 < len(model) <= MAX_MODEL_CHARS and model.isascii()
+                                  and model.isprintable()):
+        raise _invalid_param("speech_model must be a speech model's name")
+    one = ONE_LANGUAGE_MODELS.get(model or "")
+    if one and any(primary_language(tag) != one for tag in languages):
+        raise _invalid_param(f"speech_model {model} transcribes {one} only, and the "
+                             f"language codes ask for others")
+    return languages, model
 
 
 

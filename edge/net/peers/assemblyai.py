@@ -17,6 +17,7 @@ import time
 from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, mint
 from edge.core.config import Config
 from edge.core.errors import Refusal
+from edge.core.model_table import installed_models
 from edge.core.tokens import extract_token
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
@@ -27,6 +28,7 @@ from edge.protocols.assemblyai import (
     AssemblyAIDialect,
     parse_connect_params,
 )
+from edge.protocols.assemblyai_params import session_language
 from edge.protocols.events import Configure
 from edge.protocols.query import bad_request
 
@@ -47,16 +49,20 @@ def routes(config: Config, context: PeerContext) -> list[Route | HttpRoute]:
 
 class StreamingAdmitter:
     """``/v3/ws``: verifies the token, validates the v3 parameters, and opens the
-    session in :class:`AssemblyAIDialect` with the parameters' settings."""
+    session in :class:`AssemblyAIDialect` with the parameters' settings, on the model of
+    the language they ask for (``language_codes``; 400 ``unsupported_language`` when no
+    installed model serves it)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.models = installed_models(config)
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         query = head.query
         claims = verify(extract_token(head.target, head.headers, TOKEN_PLACES))
         with bad_request(CLOSE_INPUT_ERROR):
             params = parse_connect_params(query)
+            language = session_language(params, self.models)
         s = self.config.server
         expires_at = min(claims.expires_at, time.time() + s.max_session_seconds)
         idle = None
@@ -68,7 +74,8 @@ class StreamingAdmitter:
         configure = Configure(max_turn_silence_ms=params.turn_silence_ms,
                               idle_timeout_s=idle)
         return Admitted(claims, dialect, "assemblyai", declared_rate=params.sample_rate,
-                        configure=None if configure == Configure() else configure)
+                        configure=None if configure == Configure() else configure,
+                        language=language)
 
 
 class TokenRoute:
