@@ -18,9 +18,9 @@ A session runs four kinds of work in one nursery:
   ``server.send_timeout`` so a client that stops reading cannot hold the session.
 
 With a speaker model, finals are labelled by speaker inside the recogniser's worker
-thread (:class:`~edge.asr.recognizer.LabelingRecognizer`). A session opened with
-``?enroll=NAME`` also keeps its finals' speaker vectors and, when the client ends it
-with ``end``, enrols their mean under that name.
+thread (:class:`~edge.asr.recognizer.LabelingRecognizer`); ``?enroll=NAME`` enrols the
+speaker at the end (:mod:`edge.net.enrolment`). Before its audio, a client may choose
+another language's model (:mod:`edge.net.session_model`).
 
 Every way a session ends goes through :meth:`Session.stop`, which records why (the
 first reason wins) and closes the audio queue; the recogniser loop then flushes (or
@@ -124,11 +124,9 @@ class Session(Connection):
         self._journaled = False  # the start is in the journal (its finals can follow)
         self._wall_started = time.time()
         self._speakers = speakers
-        self._enroll = enroll if speakers is not None else None  # (name, role)
         self._enrolment = (Enrolment(speakers, *enroll)
                            if speakers is not None and enroll is not None else None)
-        # The session's model (its lease released when the session ends); a client may
-        # choose another before its audio. Without one: the recognisers given, only.
+        # Its lease is released when the session ends. Without one: these recognisers only.
         self._model = model or SessionModel(info.model_name, info.language,
                                             recognizer_factory)
         self._limiter = limiter
@@ -276,12 +274,19 @@ class Session(Connection):
         await self._audio.put(pcm, self._last_audio)
 
     async def _configure(self, message: Configure) -> None:
-        if message.language is not None:
-            if not await self._choose_model(message.language):
-                return
-            message = dataclasses.replace(message, language=None)
-            if message == Configure():
-                return
+        if message.language is None:
+            self._apply_settings(message)
+            return
+        chosen = await self._choose_model(message.language)
+        if chosen is None:
+            return
+        rest = dataclasses.replace(message, language=None)
+        if rest != Configure():
+            self._apply_settings(rest)
+        if chosen:  # after the rest of its config: the description as it now is
+            self._send(Described(self.id, self._description()))
+
+    def _apply_settings(self, message: Configure) -> None:
         if message.idle_timeout_s is not None:
             self._idle_timeout = message.idle_timeout_s
         if message.max_turn_silence_ms is not None:
@@ -304,28 +309,27 @@ class Session(Connection):
         if message.partial_results is not None:
             self._results.partials = message.partial_results
 
-    async def _choose_model(self, asked: str) -> bool:
-        """A client's choice of language (or model): before the audio, the session runs
-        on it from now on and the client is told (:class:`Described`); False when the
-        rest of its config is not to be applied: the language was refused (the session
-        ends) or came after the audio (a warning; the session keeps its model)."""
+    async def _choose_model(self, asked: str) -> bool | None:
+        """A client's choice of language (or model). Before the audio, the session runs
+        on it from now on: True (the client is to be told). After, its own language is
+        no change (False); another is refused with a warning, and a language before
+        the audio that cannot be had ends the session: None, the config is not applied."""
         model = self._model
         if self._decoder.format is not None:  # the audio is the model's it started on
             with contextlib.suppress(Refusal):
                 if model.resolve(asked) == model.language:
-                    return True
+                    return False
             self._warn("bad_message", f"the language is chosen before the first audio "
                        f"frame; this session stays in {model.language} ({model.name}); "
                        "config ignored")
-            return False
+            return None
         try:
             await model.choose(asked)
         except Refusal as exc:
             self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message), flush=False))
-            return False
+            return None
         self.info.model_name, self.info.language = model.name, model.language
         self._last_audio = trio.current_time()  # a model loading is no idle client
-        self._send(Described(self.id, self._description()))
         return True
 
     # --- recognising ---------------------------------------------------------------
@@ -483,7 +487,8 @@ class Session(Connection):
             partial_results=self._results.partials,
             speaker_identification=info.speaker_identification,
             speaker_identification_reason=info.speaker_reason,
-            rate_limit=claims.rate_limit, enroll=self._enroll, language=info.language)
+            rate_limit=claims.rate_limit, language=info.language,
+            enroll=(e.name, e.role) if (e := self._enrolment) else None)
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {

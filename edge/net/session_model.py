@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import trio
+
 from edge.asr.modeldir import model_name
 from edge.asr.models import ModelLease, ModelRegistry
 from edge.asr.recognizer import RecognizerFactory
@@ -86,12 +88,14 @@ class SessionModel:
         """Run on the model ``asked`` names (:meth:`resolve`) from now on, loaded first
         if it must be (seconds, in a worker thread). Raises :class:`Refusal`: 400
         ``unsupported_language``, or 503 ``model_unavailable`` (close 1013) when it
-        cannot be loaded or fit; the session's model is then unchanged. Cancelled while
-        a model loads, the load finishes in its thread and the session keeps its own."""
+        cannot be loaded or fit; the session's model is then unchanged. Not cancelled
+        while a model loads (a load cut short would be lost with its thread's work, and
+        the registry would go on counting its memory): the caller waits for it."""
         language = self.resolve(asked)
         if language == self.language or self._registry is None:
             return
-        lease = await self._registry.acquire(language)
+        with trio.CancelScope(shield=True):
+            lease = await self._registry.acquire(language)
         old, self._lease = self._lease, lease
         self.name, self.language = lease.model.name, lease.language
         self.recognizers = self._wrap(lease.recognizers)
