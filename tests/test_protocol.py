@@ -135,7 +135,7 @@ LIMITS = Limits(max_phrases=3, max_phrase_chars=10, max_text_chars=500)
         ('{"type": "End"}', "'End'"),
         ('{"type": "stop"}', "'stop'"),
         (msg(type="config", phrase=["a"]), "'phrase'"),
-        (msg(type="config", language="ko"), "'language'"),
+        (msg(type="config", lang="ko"), "'lang'"),
         (msg(type="config", phrases="a b"), "list of strings"),
         (msg(type="config", phrases={"a": 1}), "list of strings"),
         (msg(type="config", phrases=["a", 1]), "list of strings"),
