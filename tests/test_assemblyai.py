@@ -147,6 +147,20 @@ def test_language_parameters_it_cannot_honour_are_told() -> None:
                                                            language="xx")))) == 1
 
 
+def test_update_configuration_cannot_change_the_language() -> None:
+    d = aai.AssemblyAIDialect(aai.ConnectParams())
+    d.encode(Started("s1", SessionDescription("m", 16000, True, 0, 3600, language="ko")))
+    [frame] = d.parse(json.dumps({"type": "UpdateConfiguration",
+                                  "language_codes": ["xx"]})).frames  # type: ignore[union-attr]
+    [note] = messages([frame])
+    assert note["warning_code"] == 100 and "stays in ko" in note["warning"]
+    same = d.parse(json.dumps({"type": "UpdateConfiguration", "language_codes": ["ko-KR"]}))
+    assert same == Reply(())
+    with pytest.raises(ProtocolError) as caught:
+        d.parse(json.dumps({"type": "UpdateConfiguration", "language_codes": "xx"}))
+    assert caught.value.close_code == 3006
+
+
 def test_turn_silence_prefers_the_confident_one() -> None:
     assert aai.ConnectParams(max_turn_silence_ms=700, min_turn_silence_ms=160
                              ).turn_silence_ms == 160

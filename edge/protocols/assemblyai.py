@@ -39,6 +39,7 @@ from edge.core.close_codes import (
     CLOSE_UNSUPPORTED_DATA,
 )
 from edge.core.errors import ProtocolError
+from edge.core.languages import primary_language
 from edge.core.tokens import TokenPlaces
 from edge.protocols.assemblyai_params import CLOSE_INPUT_ERROR as CLOSE_INPUT_ERROR
 from edge.protocols.assemblyai_params import MAX_SILENCE_MS, keyterm_list, turn_silence
@@ -131,6 +132,7 @@ class AssemblyAIDialect:
         self.format_turns = self.params.format_turns
         self._max_silence = self.params.max_turn_silence_ms
         self._min_silence = self.params.min_turn_silence_ms
+        self.language = ""  # the session's, once it has started
 
     # client -> core
 
@@ -172,6 +174,10 @@ class AssemblyAIDialect:
                                "to 1")
         if data.get("keyterms_prompt") is not None:
             keyterm_list(data["keyterms_prompt"], _input_error)
+        codes = data.get("language_codes")
+        if codes is not None and not (isinstance(codes, list)
+                                      and all(isinstance(c, str) for c in codes)):
+            raise _input_error("language_codes must be a list of language codes")
         if fmt is not None:
             self.format_turns = fmt
         before = turn_silence(self._max_silence, self._min_silence)
@@ -182,12 +188,19 @@ class AssemblyAIDialect:
         after = turn_silence(self._max_silence, self._min_silence)
         if after is not None and after != before:
             return Configure(max_turn_silence_ms=after)
+        if codes and primary_language(self.language) not in map(primary_language, codes):
+            # The session's model cannot change under its recogniser.
+            return Reply((_text(warning("ignored_parameter", "language_codes: a session's "
+                                        "language is chosen when it opens; this session "
+                                        f"stays in {self.language}")),))
         return Reply(())  # nothing for the core to do
 
     # core -> client
 
     def encode(self, event: CoreEvent) -> list[str | bytes]:
         if isinstance(event, Started):
+            if isinstance(event.description, SessionDescription):
+                self.language = event.description.language
             return [_text(begin(event.session_id, self.expires_at)),
                     *self._start_warnings(event.description)]
         if isinstance(event, Result):
