@@ -191,6 +191,8 @@ async def test_config_chooses_the_language_before_the_audio(start_server: Any,
                                                             tmp_path: Path) -> None:
     server = await start_server(recognizer={"models": installed(tmp_path)})
     models = server.boundary.engine.models
+    seen: list[Any] = []
+    server.audit = seen.append
     with trio.fail_after(120):
         async with connect(server, make_token()) as ws:
             init = await receive_json(ws)
@@ -209,7 +211,12 @@ async def test_config_chooses_the_language_before_the_audio(start_server: Any,
         assert any("엄마" in final for final in finals), finals
         while models.slots["xx"].sessions:  # the server ends its side after session_end
             await trio.sleep(0.01)
+        while not any(a.action == "session.end" for a in seen):
+            await trio.sleep(0.01)
     assert models.slots["ko"].sessions == 0
+    # The audit trail: the language asked for at the handshake, and the one run in.
+    assert [(a.action, a.detail["language"]) for a in seen] == [("session.start", "ko"),
+                                                                ("session.end", "xx")]
     # The same language again is no change, and still answered.
     async with connect(server, make_token(), "?language=xx") as ws:
         await receive_json(ws)
