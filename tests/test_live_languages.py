@@ -349,3 +349,23 @@ async def test_vosk_server_config_model_chooses_for_one_session(start_server: An
             said = await recv(ws)
             assert await closed(ws) == (1008, "unsupported_language")
         assert set(said) == {"error"} and "installed: ko" in said["error"], said
+
+
+async def test_assemblyai_model_that_cannot_fit_ends_the_session_after_begin(
+        start_server: Any, tmp_path: Path) -> None:
+    from test_assemblyai_sdk import until_closed, validate
+
+    server = await start_server(recognizer={"models": installed(tmp_path),
+                                            "memory_budget_mb": 200},
+                                assemblyai={"enabled": True})
+    target = (f"ws://127.0.0.1:{server.port}/v3/ws?sample_rate=16000"
+              f"&language_codes=%5B%22xx%22%5D")
+    async with open_websocket_url(target, extra_headers=[
+            (b"authorization", make_token().encode())]) as ws:
+        with trio.fail_after(30):
+            begin = validate(await ws.get_message())  # at once, on the default model
+            messages, code = await until_closed(ws)
+    assert begin["type"] == "Begin"
+    [error] = messages
+    assert (error["type"], error["error_code"], code) == ("Error", 1013, 1013), error
+    assert "recognizer.memory_budget_mb" in error["error"]

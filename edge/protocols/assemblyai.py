@@ -50,6 +50,7 @@ from edge.protocols.events import (
     ClientEvent,
     Configure,
     CoreEvent,
+    Described,
     End,
     Ended,
     ForceEndpoint,
@@ -120,11 +121,16 @@ class AssemblyAIDialect:
 
     ``expires_at``: when the session will be ended at the latest (Unix seconds: the
     token's expiry or the maximum session length, whichever comes first), for Begin.
+    ``language``: the installed language the session is to run in, when the session
+    starts on another model and moves to it after Begin (a model loading takes longer
+    than the SDKs wait for a handshake); what is said of the language parameters waits
+    for it.
     """
 
     params: ConnectParams = field(default_factory=ConnectParams)
     expires_at: int = 0
     max_text_chars: int = 65536
+    language: str = ""
     answers_every_frame: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -132,7 +138,7 @@ class AssemblyAIDialect:
         self.format_turns = self.params.format_turns
         self._max_silence = self.params.max_turn_silence_ms
         self._min_silence = self.params.min_turn_silence_ms
-        self.language = ""  # the session's, once it has started
+        self._told_language = False
 
     # client -> core
 
@@ -199,10 +205,11 @@ class AssemblyAIDialect:
 
     def encode(self, event: CoreEvent) -> list[str | bytes]:
         if isinstance(event, Started):
-            if isinstance(event.description, SessionDescription):
-                self.language = event.description.language
             return [_text(begin(event.session_id, self.expires_at)),
-                    *self._start_warnings(event.description)]
+                    *self._start_warnings(event.description),
+                    *self._language_notes(event.description)]
+        if isinstance(event, Described):  # on the model of the language asked for
+            return self._language_notes(event.description)
         if isinstance(event, Result):
             return [_text(turn) for turn in self._turns(event.utterance)]
         if isinstance(event, Notice):
@@ -233,10 +240,17 @@ class AssemblyAIDialect:
         if self.params.speaker_labels and not description.speaker_identification:
             out.append(_text(warning("ignored_parameter", "speaker_labels: this device "
                                      "has no speaker model; turns carry no speaker label")))
-        if isinstance(description, SessionDescription):
-            out.extend(_text(warning("ignored_parameter", text))
-                       for text in language_notes(self.params, description))
         return out
+
+    def _language_notes(self, description: SessionDescription | RoomDescription
+                        ) -> list[str | bytes]:
+        """:func:`language_notes`, once the session runs in the language asked for."""
+        if not isinstance(description, SessionDescription) or self._told_language or (
+                self.language and description.language != self.language):
+            return []
+        self._told_language, self.language = True, description.language
+        return [_text(warning("ignored_parameter", text))
+                for text in language_notes(self.params, description)]
 
     def _turns(self, utterance: Utterance) -> list[dict[str, Any]]:
         if not utterance.is_final:

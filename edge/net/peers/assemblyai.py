@@ -51,7 +51,8 @@ class StreamingAdmitter:
     """``/v3/ws``: verifies the token, validates the v3 parameters, and opens the
     session in :class:`AssemblyAIDialect` with the parameters' settings, on the model of
     the language they ask for (``language_codes``; 400 ``unsupported_language`` when no
-    installed model serves it)."""
+    installed model serves it; a model that cannot load or fit ends the session after
+    Begin, with an Error and 1013)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -70,12 +71,15 @@ class StreamingAdmitter:
             # The device's idle timeout stays the longest: it frees the recogniser.
             idle = min(float(params.inactivity_timeout_s), s.idle_timeout)
         dialect = AssemblyAIDialect(params, expires_at=int(expires_at),
-                                    max_text_chars=min(65536, s.max_frame_bytes))
+                                    max_text_chars=min(65536, s.max_frame_bytes),
+                                    language=language)
+        # The SDKs give the whole handshake 1 s, less than a model takes to load: the
+        # session opens on the default model and moves to its own before any audio.
         configure = Configure(max_turn_silence_ms=params.turn_silence_ms,
-                              idle_timeout_s=idle)
+                              idle_timeout_s=idle,
+                              language=None if language == self.models.default else language)
         return Admitted(claims, dialect, "assemblyai", declared_rate=params.sample_rate,
-                        configure=None if configure == Configure() else configure,
-                        language=language)
+                        configure=None if configure == Configure() else configure)
 
 
 class TokenRoute:
