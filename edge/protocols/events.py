@@ -110,7 +110,8 @@ class Configure:
     whether audio between turns without speech is left undecoded
     (``recognizer.skip_silence``).
     ``idle_timeout_s`` (at any time, from the next check on) replaces
-    ``server.idle_timeout`` for this session."""
+    ``server.idle_timeout`` for this session. ``language``: an installed language tag
+    or model name to run on instead of the one admitted (before the first audio)."""
 
     phrases: tuple[str, ...] | None = None
     sample_rate: int | None = None
@@ -118,6 +119,7 @@ class Configure:
     max_turn_silence_ms: int | None = None
     idle_timeout_s: float | None = None
     skip_silence: bool | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,15 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Described:
+    """The session's description changed before its audio (a client chose another
+    language): what the dialect may tell the client now."""
+
+    session_id: str
+    description: SessionDescription
+
+
+@dataclass(frozen=True)
 class Result:
     """A recognition result, numbered within its session (``seq`` from 1)."""
 
@@ -267,7 +278,7 @@ class Flushed:
     session_id: str
 
 
-CoreEvent = Started | Result | Notice | Enrolled | Progress | Flushed | Ended
+CoreEvent = Started | Described | Result | Notice | Enrolled | Progress | Flushed | Ended
 
 
 class Dialect(Protocol):

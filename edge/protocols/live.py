@@ -34,6 +34,7 @@ from edge.protocols.events import (
     ClientEvent,
     Configure,
     CoreEvent,
+    Described,
     End,
     Ended,
     Enrolled,
@@ -120,6 +121,12 @@ def session_init(session_id: str, description: SessionDescription | RoomDescript
             **_described(description)}
 
 
+def session_updated(session_id: str, description: SessionDescription) -> dict[str, Any]:
+    """``session_updated``: a ``config`` chose the session's language before its audio;
+    the session as it is now, with ``session_init``'s keys."""
+    return {**session_init(session_id, description), "type": "session_updated"}
+
+
 def _described(d: SessionDescription | RoomDescription) -> dict[str, Any]:
     """The Live API's keys for a session's or a room listener's description."""
     if isinstance(d, RoomDescription):
@@ -172,10 +179,13 @@ def room_message(session_id: str, room_id: str, seq: int | None, event: RoomEven
     return body
 
 
-def message(event: Started | Result | Notice | Enrolled | Ended) -> dict[str, Any]:
+def message(event: Started | Described | Result | Notice | Enrolled | Ended
+            ) -> dict[str, Any]:
     """The Live API message for a core event."""
     if isinstance(event, Started):
         return session_init(event.session_id, event.description)
+    if isinstance(event, Described):
+        return session_updated(event.session_id, event.description)
     if isinstance(event, Result):
         return transcription(event.session_id, event.seq, event.utterance)
     if isinstance(event, Notice):
@@ -216,7 +226,7 @@ class LiveDialect:
 ClientMessage = End | KeepAlive | Configure | Pause | Resume
 
 _CONFIG_KEYS = frozenset({"type", "phrases", "sample_rate", "partial_results",
-                          "max_turn_silence_ms", "skip_silence"})
+                          "max_turn_silence_ms", "skip_silence", "language"})
 MAX_TURN_SILENCE_MS = 60_000
 
 
@@ -227,7 +237,9 @@ def parse_client_text(text: str, limits: Limits = _LIMITS) -> ClientMessage:
     """Parse one client text frame.
 
     Raises :class:`ProtocolError` with code ``bad_message``; the session answers it with
-    a ``warning`` and goes on (a malformed control message is never fatal).
+    a ``warning`` and goes on (a malformed control message is never fatal), except for
+    a ``config.language`` that is no language tag: ``unsupported_language``, which ends
+    the session (close 1008) as a language without a model does.
     """
     try:
         data = json_object(text, limits.max_text_chars)
@@ -279,8 +291,14 @@ def _parse_config(data: Mapping[str, Any], limits: Limits) -> Configure:
     skip = data.get("skip_silence")  # any time too
     if skip is not None and not isinstance(skip, bool):
         raise _bad("config.skip_silence must be true or false")
+    language = data.get("language")
+    if language is not None and not (isinstance(language, str)
+                                     and is_language_tag(language)):
+        # Not a warning: the session must not go on in a language nobody asked for.
+        raise ProtocolError("unsupported_language", "config.language must be a language "
+                            "tag such as ko or en-US")
     return Configure(phrases=phrases, sample_rate=rate, partial_results=partials,
-                     max_turn_silence_ms=silence, skip_silence=skip)
+                     max_turn_silence_ms=silence, skip_silence=skip, language=language)
 
 
 def _parse_phrases(value: Any, limits: Limits) -> tuple[str, ...]:

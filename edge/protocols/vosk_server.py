@@ -11,8 +11,10 @@ Pure (sans-IO). What its clients depend on, and what this module reproduces:
 * ``{"config": {...}}`` gets no reply. ``sample_rate``, ``phrase_list`` (a grammar),
   ``words`` and ``max_alternatives`` apply when sent before the first audio frame (as in
   vosk-server, where they take effect when the recogniser is created); other keys are
-  ignored as vosk-server ignores them, except ``model``, which is refused: one client
-  must not swap the model for everyone.
+  ignored as vosk-server ignores them. ``model`` chooses among the installed models
+  (``[recognizer.models]``: a language tag, or a model's name or directory) for this
+  session only, never for everyone as in vosk-server, and only before the first audio
+  frame; any other model, or one named after the audio, ends the session.
 * ``{"eof": 1}`` gets the final result (``{"text": ""}`` if there was nothing left), then
   close 1000. ``{"reset": 1}`` gets the final result and the stream goes on.
 * A final is ``{"result": [{"conf", "end", "start", "word"}], "spk": [...], "text"}``
@@ -92,7 +94,12 @@ class VoskServerDialect:
                 self.words = config.words
             if config.max_alternatives is not None:
                 self.max_alternatives = config.max_alternatives
-        return Configure(phrases=config.phrases, sample_rate=config.sample_rate)
+        elif config.model is not None:  # never silently on a model not asked for
+            raise ProtocolError("model_not_allowed", "the model is chosen before the first "
+                                "audio frame; this session keeps its own",
+                                close_code=CLOSE_POLICY)
+        return Configure(phrases=config.phrases, sample_rate=config.sample_rate,
+                         language=config.model)
 
     # --- core events -------------------------------------------------------------------
 
@@ -166,6 +173,7 @@ class _Config:
     sample_rate: int | None
     words: bool | None
     max_alternatives: int | None
+    model: str | None
 
 
 _COMMANDS = ("config", "eof", "reset")
@@ -193,16 +201,13 @@ def _parse_text(text: str, limits: Limits) -> Mapping[str, Any]:
 def _parse_config(value: Any, limits: Limits) -> _Config:
     if not isinstance(value, dict):
         raise _invalid('"config" must be an object')
-    if "model" in value:
-        raise ProtocolError("model_not_allowed", "this server does not let a client change "
-                            "the model (it is shared by every session); remove \"model\" "
-                            "from the config", close_code=CLOSE_POLICY)
     return _Config(
         phrases=_phrases(value["phrase_list"], limits) if "phrase_list" in value else None,
         sample_rate=_rate(value["sample_rate"]) if "sample_rate" in value else None,
         words=_flag(value["words"]) if "words" in value else None,
         max_alternatives=(_count(value["max_alternatives"]) if "max_alternatives" in value
                           else None),
+        model=_model(value["model"]) if "model" in value else None,
     )
 
 
@@ -230,6 +235,17 @@ def _flag(value: Any) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise _invalid("config.words must be true, false, 0 or 1")
+
+
+MAX_MODEL_CHARS = 200
+
+
+def _model(value: Any) -> str:
+    if not (isinstance(value, str) and 0 < len(value.strip()) <= MAX_MODEL_CHARS
+            and value.isprintable()):
+        raise _invalid(f"config.model must name an installed model or language (1 to "
+                       f"{MAX_MODEL_CHARS} characters)")
+    return value.strip()
 
 
 def _count(value: Any) -> int:

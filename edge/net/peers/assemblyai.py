@@ -17,6 +17,7 @@ import time
 from edge.core.auth import SCOPE_WRITE, AuthSettings, Claims, mint
 from edge.core.config import Config
 from edge.core.errors import Refusal
+from edge.core.model_table import installed_models
 from edge.core.tokens import extract_token
 from edge.net.http import RequestHead
 from edge.net.peers import PeerContext
@@ -27,6 +28,7 @@ from edge.protocols.assemblyai import (
     AssemblyAIDialect,
     parse_connect_params,
 )
+from edge.protocols.assemblyai_params import session_language
 from edge.protocols.events import Configure
 from edge.protocols.query import bad_request
 
@@ -47,16 +49,21 @@ def routes(config: Config, context: PeerContext) -> list[Route | HttpRoute]:
 
 class StreamingAdmitter:
     """``/v3/ws``: verifies the token, validates the v3 parameters, and opens the
-    session in :class:`AssemblyAIDialect` with the parameters' settings."""
+    session in :class:`AssemblyAIDialect` with the parameters' settings, on the model of
+    the language they ask for (``language_codes``; 400 ``unsupported_language`` when no
+    installed model serves it; a model that cannot load or fit ends the session after
+    Begin, with an Error and 1013)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.models = installed_models(config)
 
     def admit(self, head: RequestHead, verify: Verify, peer: str) -> Admitted:
         query = head.query
         claims = verify(extract_token(head.target, head.headers, TOKEN_PLACES))
         with bad_request(CLOSE_INPUT_ERROR):
             params = parse_connect_params(query)
+            language = session_language(params, self.models)
         s = self.config.server
         expires_at = min(claims.expires_at, time.time() + s.max_session_seconds)
         idle = None
@@ -64,9 +71,13 @@ class StreamingAdmitter:
             # The device's idle timeout stays the longest: it frees the recogniser.
             idle = min(float(params.inactivity_timeout_s), s.idle_timeout)
         dialect = AssemblyAIDialect(params, expires_at=int(expires_at),
-                                    max_text_chars=min(65536, s.max_frame_bytes))
+                                    max_text_chars=min(65536, s.max_frame_bytes),
+                                    language=language)
+        # The SDKs give the whole handshake 1 s, less than a model takes to load: the
+        # session opens on the default model and moves to its own before any audio.
         configure = Configure(max_turn_silence_ms=params.turn_silence_ms,
-                              idle_timeout_s=idle)
+                              idle_timeout_s=idle,
+                              language=None if language == self.models.default else language)
         return Admitted(claims, dialect, "assemblyai", declared_rate=params.sample_rate,
                         configure=None if configure == Configure() else configure)
 
