@@ -141,11 +141,12 @@ async def run(config: Config, *, dev: bool = False, parts: Parts = Parts(),
         relays=Admission(MAX_RELAYING_DEVICES, s.retry_after))
     room = None
     if config.microphone.enabled:
+        room_factory, language, name = await room_recognizers(config, models, recognizers,
+                                                              model.name)
         room = Room(config, parts.microphone or microphone(config),
                     Hub(replay_size=config.microphone.replay_size),
-                    memory.factory(await room_recognizers(config, models, recognizers)),
-                    limiter, stats, journal=journal,
-                    speakers=speakers)
+                    memory.factory(room_factory), limiter, stats, journal=journal,
+                    speakers=speakers, language=language, model_name=name)
     relay, ingest = relay_parts(config, journal)
     jwks = (jwks_refresher(config, auth.jwks, key) if auth.jwks is not None else None)
     # The audit trail: the front door tells it every access to patient data.
@@ -200,18 +201,20 @@ def recognizer_parts(config: Config, parts: Parts, model: LoadedModel, model_rss
 
 
 async def room_recognizers(config: Config, models: ModelRegistry,
-                           recognizers: RecognizerFactory) -> RecognizerFactory:
-    """The room's recognisers: ``microphone.language``'s model's (loaded now and held
-    while the daemon runs), or the default model's."""
+                           recognizers: RecognizerFactory, model_name: str
+                           ) -> tuple[RecognizerFactory, str, str]:
+    """The room's recognisers, language and model name: ``microphone.language``'s
+    model's (loaded now and held while the daemon runs), or the default model's
+    (``recognizers``, named ``model_name``)."""
     language = models.table.choose(config.microphone.language or None)
     if not config.microphone.language or language == models.table.default:
-        return recognizers
+        return recognizers, models.table.default, model_name
     assert language is not None  # checked with the config
     try:
         lease = await models.acquire(language)  # never released: the room never ends
     except Refusal as exc:
         raise RecognizerError(f"microphone.language: {exc.message}") from exc
-    return lease.recognizers
+    return lease.recognizers, lease.language, lease.model.name
 
 
 def model_registry(config: Config, model: LoadedModel, recognizers: RecognizerFactory,
@@ -364,12 +367,15 @@ async def open_data_key(config: Config, *, dev: bool = False) -> DataKey:
 
 
 async def open_journal(config: Config, model_name: str, key: DataKey) -> JournalService:
-    """Open the journal (setting a damaged one aside, encrypting a plaintext one) and
-    close what a crash left open. A journal the key does not open is exit 2."""
+    """Open the journal (setting a damaged one aside, encrypting a plaintext one,
+    migrating an older one: its sessions get the language the config gives their
+    model) and close what a crash left open. A journal the key does not open is exit 2."""
     path = journal_path(config)
+    table = installed_models(config)
     try:
-        journal = await trio.to_thread.run_sync(
-            functools.partial(Journal.open, path, device_id=device_id(config), key=key))
+        journal = await trio.to_thread.run_sync(functools.partial(
+            Journal.open, path, device_id=device_id(config), key=key,
+            model_languages=table.by_model_name()))
     except JournalKeyError as exc:
         raise DataKeyError(key.source.config_key, str(exc)) from None
     except JournalError as exc:
@@ -383,6 +389,7 @@ async def open_journal(config: Config, model_name: str, key: DataKey) -> Journal
     return JournalService(journal, retention_days=j.retention_days,
                           purge_interval=j.purge_interval,
                           keep_unrelayed=config.relay.enabled, model=model_name,
+                          language=table.default,
                           failing_seconds=j.failing_seconds, key_source=key.describe())
 
 

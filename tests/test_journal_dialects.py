@@ -5,7 +5,6 @@ than dialects."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -97,24 +96,7 @@ def test_check_payload_accepts_a_start_without_a_dialect() -> None:
     check_payload("start", START)  # an older device's
 
 
-@pytest.mark.parametrize("dialect", [SECRET_TEXT, "Live", "", "9x", "w" * 33, "a-b", 3,
-                                     True, ["live"], {"name": "live"}])
-def test_check_payload_refuses_a_wrong_dialect(dialect: Any) -> None:
-    with pytest.raises(ValueError, match=re.escape("payload.dialect")) as info:
-        check_payload("start", {**START, "dialect": dialect})
-    message = str(info.value)
-    if isinstance(dialect, str) and dialect:
-        assert dialect not in message
-    assert SECRET_TEXT not in message
-
-
-def test_from_wire_refuses_a_wrong_dialect_naming_the_field() -> None:
-    wire = {"id": 1, "device_id": DEVICE, "session_id": "s1", "seq": 0, "kind": "start",
-            "created_at": 1.0, "payload": {**START, "dialect": SECRET_TEXT}}
-    with pytest.raises(ValueError, match=re.escape("payload.dialect")) as info:
-        RelayEvent.from_wire(wire)
-    assert SECRET_TEXT not in str(info.value)
-    assert RelayEvent.from_wire({**wire, "payload": START}).payload == START
+# Malformed dialects (and languages) in a start payload: test_journal_languages.
 
 
 # --- relaying ----------------------------------------------------------------------------
@@ -181,17 +163,26 @@ def _version_1(path: Path) -> None:
     starts = {"local-c": START, "local-r": {**START, "source": "room"},
               "old-c": START, "new-w": {**START, "dialect": "wyoming"},
               "old-r": {**START, "source": "room"}}
-    for session_id, device, _source, at in sessions:
-        if session_id in starts:
-            payload = json.dumps(starts[session_id])
-            conn.execute("INSERT INTO events (device_id, session_id, seq, kind, created_at,"
-                         " payload, size) VALUES (?, ?, 0, 'start', ?, ?, ?)",
-                         (device, session_id, at, payload, len(payload)))
+    old_events(conn, [(device, session_id, at, starts[session_id])
+                      for session_id, device, _source, at in sessions
+                      if session_id in starts], "local-c", 1)
+
+
+def old_events(conn: Any, starts: list[tuple[str, str, float, dict[str, Any]]],
+               final_of: str, version: int) -> None:
+    """The events of a journal made by hand at an older schema ``version``: start events
+    (device, session, time, payload), one final of this device's session ``final_of``;
+    committed, and the connection closed."""
+    for device, session_id, at, start_payload in starts:
+        payload = json.dumps(start_payload)
+        conn.execute("INSERT INTO events (device_id, session_id, seq, kind, created_at,"
+                     " payload, size) VALUES (?, ?, 0, 'start', ?, ?, ?)",
+                     (device, session_id, at, payload, len(payload)))
     text = json.dumps(final(1, SECRET_TEXT), ensure_ascii=False)
     conn.execute("INSERT INTO events (device_id, session_id, seq, kind, created_at, payload,"
-                 " size) VALUES (?, 'local-c', 1, 'final', 1.5, ?, ?)",
-                 (DEVICE, text, len(text.encode())))
-    conn.execute("PRAGMA user_version = 1")
+                 " size) VALUES (?, ?, 1, 'final', 1.5, ?, ?)",
+                 (DEVICE, final_of, text, len(text.encode())))
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
 
@@ -230,7 +221,7 @@ def test_a_version_1_journal_opens_and_gains_the_column(tmp_path: Path) -> None:
         row = j.session("after")
         assert row is not None and row.dialect == "scriptix"
     version, columns = _columns(path)
-    assert version == SCHEMA_VERSION and columns[-1] == "dialect"
+    assert version == SCHEMA_VERSION and "dialect" in columns
 
     # Stored, not worked out on each read: the raw column says the same.
     conn = connect_journal(path, TEST_KEY)

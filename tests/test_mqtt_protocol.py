@@ -181,6 +181,7 @@ def test_journal_epoch_added_to_a_version_2_file(tmp_path: Any) -> None:
     conn.execute("DROP TABLE set_aside")  # schema 4's, after the epoch
     conn.execute("DROP TABLE audit")  # schema 5's
     conn.execute("DROP TABLE audit_ingested")
+    conn.execute("ALTER TABLE sessions DROP COLUMN language")  # schema 6's
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()

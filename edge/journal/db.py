@@ -97,7 +97,8 @@ class Journal:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, device_id: str, key: DataKey,
-             readonly: bool = False) -> Journal:
+             readonly: bool = False, model_languages: Mapping[str, str] | None = None
+             ) -> Journal:
         """Open (creating if needed) the journal at ``path``. Blocks on disk I/O,
         including an integrity check that reads the whole file.
 
@@ -112,6 +113,10 @@ class Journal:
         ``key`` encrypts the file (see the module doc). A journal that exists and does
         not open with it raises :class:`JournalKeyError`; a plaintext journal is
         encrypted in place (read-write only: read-only raises JournalError).
+
+        ``model_languages`` (a model's name -> its language tag, from the config) gives
+        the sessions of a file older than schema version 6 their language when it is
+        migrated (see :mod:`edge.journal.schema`).
         """
         check_id("device_id", device_id)
         path = Path(path)
@@ -133,7 +138,7 @@ class Journal:
                            "%s, and overwrote and removed the plaintext file", path,
                            key.describe())
         try:
-            conn = opening.connect(path, secret, key)
+            conn = opening.connect(path, secret, key, model_languages)
         except Unusable as exc:
             aside = opening.set_aside(path)
             logger.warning("journal %s is unusable (%s): moved it aside to %s and started "
@@ -178,19 +183,22 @@ class Journal:
         self, session_id: str, *, source: str, sub: str | None,
         organization: str | None = None, department: str | None = None,
         model: str | None = None, started_at: float, dialect: str | None = None,
+        language: str | None = None,
     ) -> None:
         """Journal a new local session and its ``start`` event (seq 0).
 
         ``source`` is ``client`` or ``room`` (``relay`` is for :meth:`ingest`).
         ``dialect`` is the wire protocol a client speaks (``None``: ``live``, the Live
-        API); the room speaks none and must not be given one. Raises ValueError for a
-        dialect that is not a short lower-case identifier, :class:`JournalError` if
-        this device already journaled ``session_id``.
+        API); the room speaks none and must not be given one. ``language`` is the
+        language tag of the session's model (``None`` or empty: not known). Raises
+        ValueError for a dialect that is not a short lower-case identifier or a
+        language that is not a tag, :class:`JournalError` if this device already
+        journaled ``session_id``.
         """
         local.start_session(self._writable(self._hot), self.device_id, session_id,
                             source=source, sub=sub, organization=organization,
                             department=department, model=model, started_at=started_at,
-                            dialect=dialect)
+                            dialect=dialect, language=language)
 
     def append_final(self, session_id: str, message: Mapping[str, Any], *,
                      created_at: float | None = None) -> int:
@@ -230,7 +238,8 @@ class Journal:
         session_id, seq)`` are ignored, so at-least-once delivery stores each event once.
 
         A ``start`` event fills in the session's row (its dialect too: one left out by
-        an older device is ``live`` for a client session), an ``end`` event ends it; a final
+        an older device is ``live`` for a client session; and its language, NULL when
+        left out), an ``end`` event ends it; a final
         whose ``start`` never came (shed downstream) gets a placeholder row. Ingested
         events are pending here in turn, for a relay further upstream. Raises
         ValueError (and stores nothing) for an invalid event or one claiming this

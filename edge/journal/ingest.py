@@ -1,7 +1,8 @@
 """Events relayed from a downstream device, stored in this journal.
 
-A ``start`` event's payload fills in the session's row, its dialect included; an
-older device's start event has none, and one of its client sessions spoke ``live``.
+A ``start`` event's payload fills in the session's row, its dialect and language
+included; an older device's start event has no dialect (one of its client sessions
+spoke ``live``) or no language (NULL: not known).
 
 Blocking; runs on the journal's bulk link, in one durable transaction per call (the
 upstream acknowledges a batch only after this returns, so it must be on disk). The
@@ -14,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from edge.core.languages import normal_tag
 from edge.journal.connection import Link
-from edge.protocols.relay import RelayEvent, check_event, encode_payload
+from edge.protocols.relay import RelayEvent, check_event, encode_payload, is_language
 
 
 def ingest(link: Link, own_device_id: str, events: Sequence[RelayEvent]) -> int:
@@ -43,11 +45,11 @@ def ingest(link: Link, own_device_id: str, events: Sequence[RelayEvent]) -> int:
             if e.kind == "start":
                 db.execute(
                     "UPDATE sessions SET sub = ?, organization = ?, department = ?,"
-                    " model = ?, started_at = ?, dialect = ?"
+                    " model = ?, started_at = ?, dialect = ?, language = ?"
                     " WHERE device_id = ? AND session_id = ?",
                     (p.get("sub"), p.get("organization"), p.get("department"),
-                     p.get("model"), float(p["started_at"]), _dialect(p), e.device_id,
-                     e.session_id))
+                     p.get("model"), float(p["started_at"]), _dialect(p), _language(p),
+                     e.device_id, e.session_id))
             elif e.kind == "end":
                 db.execute(
                     "UPDATE sessions SET ended_at = ?, end_reason = ?"
@@ -64,3 +66,10 @@ def _dialect(start: Mapping[str, Any]) -> str | None:
     if dialect is None and start.get("source") == "client":
         return "live"
     return None if dialect is None else str(dialect)
+
+
+def _language(start: Mapping[str, Any]) -> str | None:
+    """The language a relayed start payload (checked) says, in its usual case; None
+    when it says none (a device older than languages)."""
+    language = start.get("language")
+    return normal_tag(language) if is_language(language) else None

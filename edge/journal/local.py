@@ -16,18 +16,27 @@ from sqlcipher3 import dbapi2 as sqlite3
 
 from edge.journal.connection import Link
 from edge.journal.records import JournalError
-from edge.protocols.relay import check_dialect, check_id, check_payload, encode_payload
+from edge.protocols.relay import (
+    check_dialect,
+    check_id,
+    check_language,
+    check_payload,
+    encode_payload,
+)
 
 
 def start_session(link: Link, device_id: str, session_id: str, *, source: str,
                   sub: str | None, organization: str | None, department: str | None,
-                  model: str | None, started_at: float, dialect: str | None) -> None:
+                  model: str | None, started_at: float, dialect: str | None,
+                  language: str | None = None) -> None:
     check_id("session_id", session_id)
     if source not in ("client", "room"):
         raise ValueError(f"source: expected 'client' or 'room', got {source!r}")
+    language = check_language(language) if language else None
     payload: dict[str, Any] = {
         "source": source, "sub": sub, "organization": organization,
         "department": department, "model": model, "started_at": started_at,
+        "language": language,
     }
     if source == "room":
         # The room is the microphone, heard through the hub by listeners of whatever
@@ -42,10 +51,10 @@ def start_session(link: Link, device_id: str, session_id: str, *, source: str,
         try:
             db.execute(
                 "INSERT INTO sessions (session_id, device_id, source, sub, organization,"
-                " department, model, started_at, dialect)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " department, model, started_at, dialect, language)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session_id, device_id, source, sub, organization, department, model,
-                 started_at, dialect))
+                 started_at, dialect, language))
         except sqlite3.IntegrityError:
             raise JournalError(f"session {session_id} is already journaled") from None
         insert_event(db, device_id, session_id, 0, "start", started_at, payload)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlcipher3 import dbapi2 as sqlite3
@@ -42,8 +43,10 @@ def make_private(path: Path) -> None:
                 name.chmod(0o600)
 
 
-def connect(path: Path, secret: str, key: DataKey) -> sqlite3.Connection:
-    """Open, check, configure and migrate. Raises Unusable, JournalKeyError or
+def connect(path: Path, secret: str, key: DataKey,
+            model_languages: Mapping[str, str] | None = None) -> sqlite3.Connection:
+    """Open, check, configure and migrate (``model_languages``: see
+    :func:`~edge.journal.schema.prepare`). Raises Unusable, JournalKeyError or
     JournalError."""
     try:
         make_private(path)
@@ -55,7 +58,7 @@ def connect(path: Path, secret: str, key: DataKey) -> sqlite3.Connection:
         raise JournalError(f"cannot open the journal {path}: {exc}") from exc
     try:
         check_key(conn, path, key)
-        prepare(conn)
+        prepare(conn, model_languages)
     except sqlite3.Error as exc:
         conn.close()
         if damaged(exc):

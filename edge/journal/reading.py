@@ -33,16 +33,29 @@ LEGACY_DIALECT = """CASE sessions.source
               AND e.session_id = sessions.session_id AND e.kind = 'start'))
 END"""
 
+# The language of a relayed session in a file older than schema version 6: what its
+# start event says (a newer device may have relayed into an older upstream, which stored
+# the payload without looking), if it has the shape of a language tag; else NULL.
+LEGACY_RELAYED_LANGUAGE = """(SELECT CASE
+        WHEN typeof(l) = 'text' AND length(l) BETWEEN 2 AND 35
+             AND l GLOB '[A-Za-z][A-Za-z]*' AND l NOT GLOB '*[^A-Za-z0-9_-]*' THEN l
+    END
+    FROM (SELECT json_extract(e.payload, '$.language') AS l
+          FROM events e WHERE e.device_id = sessions.device_id
+          AND e.session_id = sessions.session_id AND e.kind = 'start'))"""
+
 _FINALS = ("(SELECT COUNT(*) FROM events e WHERE e.device_id = sessions.device_id"
            " AND e.session_id = sessions.session_id AND e.kind = 'final')")
 
 
 def _columns(schema: int) -> str:
-    # In SessionRow's field order. A version-1 file is only ever read here read-only
-    # (opening it read-write adds the column): its dialects are worked out.
+    # In SessionRow's field order. A file older than ours is only ever read here
+    # read-only (opening it read-write migrates it): what it lacks is worked out.
     dialect = "dialect" if schema >= 2 else f"({LEGACY_DIALECT})"
+    language = ("language" if schema >= 6 else
+                f"CASE source WHEN 'relay' THEN {LEGACY_RELAYED_LANGUAGE} END")
     return ("session_id, device_id, source, sub, organization, department, model,"
-            f" started_at, ended_at, end_reason, {_FINALS}, {dialect}")
+            f" started_at, ended_at, end_reason, {_FINALS}, {dialect}, {language}")
 
 
 def sessions(link: Link, since: float | None, limit: int, device_id: str | None, *,

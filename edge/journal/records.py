@@ -41,7 +41,10 @@ class Backlog:
 class SessionRow:
     """A journaled session. ``dialect`` is the wire protocol it spoke (``live``,
     ``assemblyai``, ...); ``None`` for the room and for a relayed session whose start
-    did not say (see :mod:`edge.journal.db`). Fields after ``end_reason`` have defaults
+    did not say (see :mod:`edge.journal.db`). ``language`` is the language tag of the
+    model that transcribed it (``ko``, ``en-US``); ``None`` when not known (a session
+    journaled before languages whose model the config does not map, or relayed by an
+    older device). Fields after ``end_reason`` have defaults
     and come last, so that rows built positionally keep their meaning."""
 
     session_id: str
@@ -56,3 +59,4 @@ class SessionRow:
     end_reason: str | None
     finals: int = 0
     dialect: str | None = None
+    language: str | None = None

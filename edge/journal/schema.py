@@ -9,9 +9,11 @@ seq)`` is unique, which is what lets an upstream journal drop duplicates of even
 relayed at least once. Payloads:
 
 * ``start``: ``{"source", "sub", "organization", "department", "model", "started_at",
-  "dialect"}``; ``dialect`` is the wire protocol a client session spoke (``live``,
-  ``assemblyai``, ...), left out for the room, and absent from the events of devices
-  older than schema version 2
+  "dialect", "language"}``; ``dialect`` is the wire protocol a client session spoke
+  (``live``, ``assemblyai``, ...), left out for the room, and absent from the events of
+  devices older than schema version 2; ``language`` is the language tag of the model
+  the session was transcribed by (``ko``, ``en-US``; null when not known), absent from
+  the events of devices older than schema version 6
 * ``final``: the whole ``transcription`` message (text, words, times, speaker)
 * ``end``: ``{"reason", "ended_at"}``
 
@@ -43,17 +45,27 @@ tell a deleted tail and a purge apart. ``audit_ingested`` holds records relayed 
 downstream devices, by (``device_id``, ``seq``), with what failed their check (``broken``,
 NULL when the chain holds). See :mod:`edge.journal.audit`.
 
+Languages (schema version 6): ``sessions.language`` is the language tag of the model
+that transcribed the session (``[recognizer.models]``; the room's is
+``microphone.language``'s). Opening an older file adds the column and fills it in where
+it can tell: a local session from its model's name, when the daemon's config maps that
+name to one language (:func:`prepare`'s ``model_languages``); a relayed one from its
+start event's payload (a newer device may have relayed into an older upstream); NULL
+otherwise. A read-only look at an older file reads NULL for local sessions.
+
 Plain blocking code (``sqlcipher3``); no trio.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from sqlcipher3 import dbapi2 as sqlite3
 
 from edge.journal import reading
 from edge.journal.records import JournalError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 OLDEST_READABLE = 1  # read-only opening reads files of this version and later
 
 
@@ -158,10 +170,22 @@ SCHEMA: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX audit_ingested_time ON audit_ingested (time)",
     ),
+    # Each session's language; a local session's is filled in by prepare() from the
+    # daemon's config, which this table cannot know.
+    6: (
+        "ALTER TABLE sessions ADD COLUMN language TEXT",
+        f"UPDATE sessions SET language = {reading.LEGACY_RELAYED_LANGUAGE}"
+        " WHERE source = 'relay'",
+    ),
 }
 
 
-def prepare(conn: sqlite3.Connection) -> None:
+def prepare(conn: sqlite3.Connection, model_languages: Mapping[str, str] | None = None
+            ) -> None:
+    """Check, configure and migrate a read-write connection to the journal (raises
+    :class:`Unusable` for a file to set aside). ``model_languages`` (a model's name ->
+    its language tag, as the daemon's config says) fills in the language of the local
+    sessions of a file older than version 6."""
     check = conn.execute("PRAGMA quick_check").fetchall()
     if check != [("ok",)]:
         first = str(check[0][0]) if check else "no result"
@@ -182,6 +206,11 @@ def prepare(conn: sqlite3.Connection) -> None:
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in SCHEMA[step]:
                     conn.execute(statement)
+            if version < 6:
+                conn.executemany(
+                    "UPDATE sessions SET language = ? WHERE model = ?"
+                    " AND source IN ('client', 'room') AND language IS NULL",
+                    [(tag, name) for name, tag in (model_languages or {}).items()])
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:

@@ -52,9 +52,12 @@ class JournalService:
 
     def __init__(self, journal: Journal, *, retention_days: float, purge_interval: float,
                  keep_unrelayed: bool, model: str | None = None,
+                 language: str | None = None,
                  separate_hot_path: bool = True, key_source: str | None = None,
                  failing_seconds: float = FAILING_SECONDS) -> None:
-        """``separate_hot_path=False`` runs the hot path in the bulk lane, as one worker
+        """``model`` and ``language``: what a session's start records when it does not
+        say its own (the start model's name and the default language).
+        ``separate_hot_path=False`` runs the hot path in the bulk lane, as one worker
         did before the lanes were split (for benchmarks that measure the difference).
         ``key_source`` describes where the journal's key came from (for health; None:
         not encrypted); ``failing_seconds``: how long :meth:`status` says ``failing``
@@ -65,6 +68,7 @@ class JournalService:
         self._purge_interval = purge_interval
         self._keep_unrelayed = keep_unrelayed
         self._model = model
+        self._language = language
         self._limiter = trio.CapacityLimiter(1)  # the bulk lane
         self._hot_limiter = trio.CapacityLimiter(1) if separate_hot_path else self._limiter
         self._hot_writes = 0  # since the last checkpoint
@@ -87,19 +91,23 @@ class JournalService:
 
     async def start_session(self, session_id: str, claims: Claims | None, *,
                             source: str, dialect: str = "live",
-                            started_at: float | None = None) -> bool:
+                            started_at: float | None = None, model: str | None = None,
+                            language: str | None = None) -> bool:
         """Journal a session's start in the hot lane; False if the disk refused it.
 
         ``dialect`` is the wire protocol a client session speaks (``live``,
         ``assemblyai``, ...); it is not recorded for the room (``source="room"``), which
         speaks none. ``started_at`` (wall clock) defaults to now: a start journaled late,
-        after a failure, passes the session's own. Raises ValueError for a dialect that
-        is not a short lower-case identifier."""
+        after a failure, passes the session's own. ``model`` and ``language`` are the
+        session's model's name and language tag (None or empty: the service's
+        defaults). Raises ValueError for a dialect that is not a short lower-case
+        identifier or a language that is not a tag."""
         return await self._write(
             self.journal.start_session, session_id, source=source,
             sub=claims.sub if claims else None,
             organization=claims.organization if claims else None,
-            department=claims.department if claims else None, model=self._model,
+            department=claims.department if claims else None,
+            model=model or self._model, language=language or self._language,
             started_at=time.time() if started_at is None else started_at,
             dialect=dialect if source != "room" else None)
 

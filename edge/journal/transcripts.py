@@ -70,19 +70,20 @@ def render(fmt: str, session: SessionRow, finals: Sequence[Final]) -> str:
     return formatter(session, finals)
 
 
-_COLUMNS = ("SESSION", "DEVICE", "SOURCE", "DIALECT", "STARTED (UTC)", "DURATION",
+_COLUMNS = ("SESSION", "DEVICE", "SOURCE", "DIALECT", "LANG", "STARTED (UTC)", "DURATION",
             "FINALS", "END", "SUB")
 
 
 def list_table(rows: Sequence[SessionRow]) -> str:
     """A fixed-width table, one session a line under a header; an open session's
     duration and end read ``-`` and ``open``, a session without a dialect (the room's)
-    ``-`` for it."""
+    or a known language ``-`` for it."""
     table = [_COLUMNS]
     for r in rows:
         duration = "-" if r.ended_at is None else _duration(r.ended_at - r.started_at)
         table.append((
-            r.session_id, r.device_id, r.source, r.dialect or "-", _utc(r.started_at),
+            r.session_id, r.device_id, r.source, r.dialect or "-", r.language or "-",
+            _utc(r.started_at),
             duration, str(r.finals),
             "open" if r.ended_at is None else (r.end_reason or "-"), r.sub or "-",
         ))

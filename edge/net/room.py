@@ -59,12 +59,15 @@ class Room:
 
     ``source`` is the microphone (a :class:`~edge.audio.capture.MicSource`; stand-ins
     in tests) and ``hub`` the fan-out its messages go to; the caller builds both.
+    ``language`` and ``model_name``: the room's model's (``microphone.language``'s),
+    journaled with each segment.
     """
 
     def __init__(self, config: Config, source: Source, hub: Hub,
                  recognizer_factory: RecognizerFactory, limiter: trio.CapacityLimiter,
                  stats: Stats, *, journal: JournalService | None = None,
-                 speakers: SpeakerIdentification | None = None) -> None:
+                 speakers: SpeakerIdentification | None = None,
+                 language: str | None = None, model_name: str | None = None) -> None:
         self.id = str(uuid.uuid4())
         self.hub = hub
         self.source = source
@@ -84,6 +87,8 @@ class Room:
         self._offset_ms = 0  # room audio decoded by earlier recognisers
         self._audio_ms = 0.0  # room audio decoded so far
         self._journal = journal
+        # What the room's segments are journaled with (None: the journal's defaults).
+        self._language, self._model_name = language, model_name
         self._segment: str | None = None  # the current segment (its journal session id)
         self._segment_started = 0.0
         self._segment_wall = 0.0  # its start on the wall clock, for the journal
@@ -250,8 +255,13 @@ class Room:
         self._segment, self._segment_started = str(uuid.uuid4()), trio.current_time()
         self._segment_wall, self._segment_journaled = time.time(), False
         if self._journal is not None:
-            self._segment_journaled = await self._journal.start_session(
-                self._segment, None, source="room", started_at=self._segment_wall)
+            self._segment_journaled = await self._journal_start()
+
+    async def _journal_start(self) -> bool:
+        assert self._journal is not None and self._segment is not None
+        return await self._journal.start_session(
+            self._segment, None, source="room", started_at=self._segment_wall,
+            model=self._model_name, language=self._language)
 
     async def _journal_final(self, message: dict[str, Any]) -> None:
         """Journal a final of the segment (its start first, if that failed before: once
@@ -259,8 +269,7 @@ class Room:
         ``journal_error`` when it could not be."""
         assert self._journal is not None and self._segment is not None
         if not self._segment_journaled:
-            self._segment_journaled = await self._journal.start_session(
-                self._segment, None, source="room", started_at=self._segment_wall)
+            self._segment_journaled = await self._journal_start()
         if not (self._segment_journaled
                 and await self._journal.append_final(self._segment, message)):
             self._stats.count_warning("journal_error")

@@ -193,13 +193,13 @@ class Session(Connection):
         self._audio.close()
 
     async def _journal_start(self) -> bool:
-        """Journal the session's start; tried again at each final until it is in (a
-        final cannot be journaled before its session's start: once the disk has room
-        again, the rest of the session is kept)."""
+        """Journal the session's start, its model and language; tried again at each final
+        until it is in (once the disk has room again, the rest of the session is kept)."""
         assert self._journal is not None
         self._journaled = await self._journal.start_session(
             self.id, self.info.claims, source="client", dialect=self.dialect_name,
-            started_at=self._wall_started)
+            started_at=self._wall_started, model=self.info.model_name,
+            language=self.info.language)
         return self._journaled
 
     async def _journal_final(self, utterance: Utterance) -> bool:

@@ -13,41 +13,34 @@ import ssl
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from edge.asr.memory import mem_total, read_rss
-from edge.asr.modeldir import (
-    check_model_dir,
-    check_speaker_model_dir,
-    default_model_path,
-    model_path,
-)
-from edge.asr.models import estimate_bytes
-from edge.asr.vosk import LoadedModel, load_model, load_speaker_model
+from edge.asr.modeldir import check_speaker_model_dir
+from edge.asr.vosk import load_speaker_model
 from edge.core.config import Config, journal_path, state_dir, voiceprints_path
 from edge.core.errors import EdgeError
 from edge.core.keys import auth_settings
-from edge.core.model_table import installed_models
 from edge.core.networks import TrustedNetworks
 from edge.core.revocations import RevocationFile
 from edge.core.terms import TermFile, TermListError, TermMatcher, builtin_terms
 from edge.crypto.rotation import open_key
-from edge.ops import memory
+from edge.ops.check_models import (
+    ModelSize,
+    board_summary,
+    check_memory,
+    check_model,
+    check_models,
+    measured_model,
+    memory_limits,
+    model_size,
+    model_sizes,
+)
+from edge.ops.findings import FAIL, OK, WARN, Finding
 from edge.ops.health import clock_status
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
-
-
-@dataclass(frozen=True)
-class Finding:
-    level: str  # OK, WARN or FAIL
-    topic: str
-    message: str
-
-    def line(self) -> str:
-        return f"{self.level:<4} {self.topic}: {self.message}"
-
+__all__ = ["FAIL", "OK", "WARN", "Finding", "ModelSize", "board_summary", "check_memory",
+           "check_model", "check_models", "measured_model", "memory_limits", "model_size",
+           "model_sizes", "run_checks"]
 
 def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
     """All checks, in the order an operator would fix them."""
@@ -58,38 +51,6 @@ def run_checks(config: Config, *, load: bool = True) -> list[Finding]:
     ]
     return ([check_keys(config), check_data_key(config), *check_models(config, load=load),
              *(check(config) for check in checks), *check_peers(config)])
-
-
-def check_models(config: Config, *, load: bool = True) -> list[Finding]:
-    """The one model (:func:`check_model`), or each of ``[recognizer.models]``: the
-    default one loaded as the daemon loads it at start, the others (loaded on first use)
-    checked on disk, with the memory they are taken to need before they load."""
-    r = config.recognizer
-    if not r.models:
-        return [check_model(config, load=load)]
-    table = installed_models(config)
-    findings = []
-    for language, source in table.models.items():
-        topic = f"model {language}"
-        try:
-            path = model_path(source)
-            check_model_dir(path)
-            if load and language == table.default:
-                model, share = measured_model(path)
-                findings.append(Finding(OK, topic, f"{model.name} loads ({path}; "
-                                        f"{share // memory.MB} MB resident; the default)"))
-                continue
-            guess = estimate_bytes(source) // memory.MB
-        except EdgeError as exc:
-            findings.append(Finding(FAIL, topic, f"{exc}; fix recognizer.models.{language}"))
-            continue
-        fits = "" if guess <= r.memory_budget_mb else (
-            f"; more than recognizer.memory_budget_mb ({r.memory_budget_mb} MB): its "
-            "sessions will be refused")
-        findings.append(Finding(OK if not fits else WARN, topic,
-                                f"{path} looks like a Vosk model (loads on first use, "
-                                f"about {guess} MB){fits}"))
-    return findings
 
 
 def check_keys(config: Config) -> Finding:
@@ -155,20 +116,6 @@ def check_data_key(config: Config) -> Finding:
         return Finding(WARN, "data key", f"{where}: the key itself is on this disk; seal "
                        f"it with Clevis (`edge keys init --tang URL`) for patient data{note}")
     return Finding(OK, "data key", f"{where}{note}")
-
-
-def check_model(config: Config, *, load: bool = True) -> Finding:
-    try:
-        path = Path(config.recognizer.model) if config.recognizer.model else default_model_path()
-        check_model_dir(path)
-        if load:
-            model, share = measured_model(path)
-            return Finding(OK, "model", f"{model.name} loads ({path}; "
-                           f"{share // memory.MB} MB resident)")
-    except EdgeError as exc:
-        return Finding(FAIL, "model", f"{exc}; install one with `edge models install` or "
-                       "fix recognizer.model")
-    return Finding(OK, "model", f"{path} looks like a Vosk model (not loaded)")
 
 
 def check_speaker_model(config: Config, *, load: bool = True) -> Finding:
@@ -363,86 +310,3 @@ def check_peers(config: Config) -> list[Finding]:
                                 "and read its transcript, unencrypted: list only the "
                                 "machines that need it"))
     return findings
-
-
-#: The installed unit, whose MemoryHigh/MemoryMax ``edge check`` compares (systemd/install.sh).
-UNIT_FILE = Path("/etc/systemd/system/edge.service")
-
-_measured: dict[Path, tuple[LoadedModel, int]] = {}
-
-
-def measured_model(path: Path) -> tuple[LoadedModel, int]:
-    """The model loaded once per ``edge check`` (blocking), and its resident share in
-    bytes (this process's RSS after the load, less before)."""
-    if path not in _measured:
-        before = read_rss()
-        model = load_model(path)
-        _measured[path] = model, max(0, read_rss() - before)
-    return _measured[path]
-
-
-def memory_limits(config: Config, *, load: bool = True) -> tuple[memory.Limits, str]:
-    """The unit's limits for ``config``, from the model's measured share when it loads
-    (else the small Korean model's), and where that figure came from."""
-    path = Path(config.recognizer.model) if config.recognizer.model else default_model_path()
-    share = 0
-    if load:
-        try:
-            check_model_dir(path)
-            share = measured_model(path)[1] // memory.MB
-        except EdgeError:
-            share = 0
-    source = f"measured {share} MB" if share else f"assumed {memory.MODEL_MB} MB"
-    return (memory.limits(config.recognizer.memory_budget_mb,
-                          model_mb=share or memory.MODEL_MB), source)
-
-
-def board_summary(model_mb: int = memory.MODEL_MB) -> str:
-    """What 2, 4 and 8 GB boards hold: the largest budget, and recognisers at
-    ``recognizer_memory_mb`` = 90 below its high-water mark (room and sessions, or
-    warm)."""
-    parts = []
-    for gb in memory.BOARDS_GB:
-        budget = memory.largest_budget(memory.board_mem_total_mb(gb), model_mb=model_mb)
-        parts.append(f"{gb} GB: budget <= {budget} MB "
-                     f"({memory.recognizers_held(budget)} recognisers)")
-    return "; ".join(parts)
-
-
-def check_memory(config: Config, *, load: bool = True, unit_file: Path = UNIT_FILE,
-                 total: int | None = None) -> Finding:
-    """Whether the daemon's limits (model + ``recognizer.memory_budget_mb``) fit this
-    board's RAM (``total`` bytes: MemTotal), and the installed unit's ``MemoryMax=``
-    holds them."""
-    limit, source = memory_limits(config, load=load)
-    total_mb = (mem_total() if total is None else total) // memory.MB
-    budget = config.recognizer.memory_budget_mb
-    model_mb = limit.expected_mb - budget - memory.RUNTIME_MB
-    what = (f"model {source} + recognizer.memory_budget_mb {budget} MB: "
-            f"MemoryHigh={limit.high_mb}M MemoryMax={limit.max_mb}M")
-    boards = board_summary(model_mb)
-    if total_mb and not memory.fits(limit, total_mb):
-        largest = memory.largest_budget(total_mb, model_mb=model_mb)
-        return Finding(FAIL, "memory", f"{what} do not fit this board's {total_mb} MB "
-                       f"(MemTotal, {memory.SYSTEM_MB} MB kept for the system): set "
-                       f"recognizer.memory_budget_mb to {largest} or less ({boards})")
-    installed = _unit_memory_max(unit_file)
-    if installed is not None and installed < limit.max_mb:
-        return Finding(WARN, "memory", f"{what}, but {unit_file} has MemoryMax="
-                       f"{installed}M: run systemd/install.sh again to update it")
-    fit = f" fit this board's {total_mb} MB" if total_mb else ""
-    return Finding(OK, "memory", f"{what}{fit} ({boards})")
-
-
-def _unit_memory_max(unit_file: Path) -> int | None:
-    try:
-        text = unit_file.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemoryMax=") and line.endswith("M"):
-            try:
-                return int(line.removeprefix("MemoryMax=").removesuffix("M"))
-            except ValueError:
-                return None
-    return None

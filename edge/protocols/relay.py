@@ -34,6 +34,7 @@ from edge.core.close_codes import CLOSE_NORMAL as CLOSE_NORMAL
 from edge.core.close_codes import CLOSE_POLICY as CLOSE_POLICY
 from edge.core.close_codes import CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA
 from edge.core.errors import ProtocolError
+from edge.core.languages import is_language_tag, normal_tag
 from edge.protocols.audit import AUDIT_BATCH, AuditBatch, AuditRecordError, records_from_wire
 from edge.protocols.text import JsonTextError, json_object
 
@@ -165,6 +166,11 @@ def check_payload(kind: str, p: Mapping[str, Any]) -> None:
             raise ValueError(f"start event: payload.dialect: expected null or an "
                              f"identifier matching {DIALECT_PATTERN}, got "
                              f"{_shape(p['dialect'])}")
+        # Absent from the events of devices older than schema version 6: not required.
+        if p.get("language") is not None and not is_language(p["language"]):
+            raise ValueError(f"start event: payload.language: expected null or a "
+                             f"language tag such as ko or en-US, got "
+                             f"{_shape(p['language'])}")
     elif kind == "end":
         if not isinstance(p.get("reason"), str):
             raise bad("reason", "a string")
@@ -187,6 +193,21 @@ def check_payload(kind: str, p: Mapping[str, Any]) -> None:
 def is_dialect(value: Any) -> TypeGuard[str]:
     """Whether ``value`` is a dialect's name: a short lower-case identifier."""
     return isinstance(value, str) and _DIALECT.fullmatch(value) is not None
+
+
+def is_language(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a session's language: a BCP 47 tag as the device names its
+    models (``ko``, ``en-US``; ``und`` when a model's name says none)."""
+    return isinstance(value, str) and is_language_tag(value)
+
+
+def check_language(value: Any) -> str:
+    """``value`` in its usual case (``en-US``) if it is a language tag; ValueError
+    (naming its type, not its content) otherwise."""
+    if not is_language(value):
+        raise ValueError(f"language: expected a language tag such as ko or en-US, got "
+                         f"{_shape(value)}")
+    return normal_tag(value)
 
 
 def check_dialect(value: Any) -> str:

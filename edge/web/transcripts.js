@@ -66,6 +66,18 @@ function cell(text) {
   return td;
 }
 
+/** A language tag as a reader knows it ("Korean (ko)"), the tag alone if the browser
+ * cannot name it, "" when the session's language is not known. */
+function languageName(tag) {
+  if (!tag) return "";
+  try {
+    const name = new Intl.DisplayNames([navigator.language, "en"], { type: "language" }).of(tag);
+    return name && name !== tag ? `${name} (${tag})` : tag;
+  } catch {
+    return tag; // not a tag Intl accepts
+  }
+}
+
 function row(session) {
   const tr = document.createElement("tr");
   tr.dataset.session = session.session_id;
@@ -75,7 +87,8 @@ function row(session) {
     : session.source === "relay" ? `relayed from ${session.device_id}` : "client";
   tr.append(
     cell(started.toLocaleString()), cell(streamTime(seconds * 1000)), cell(source),
-    cell(session.sub ?? ""), cell(String(session.finals ?? "")), cell(session.end_reason ?? ""),
+    cell(languageName(session.language)), cell(session.sub ?? ""),
+    cell(String(session.finals ?? "")), cell(session.end_reason ?? ""),
   );
   const actions = document.createElement("td");
   const open = document.createElement("button");
@@ -99,7 +112,11 @@ async function show(sessionId) {
   shown = sessionId;
   history.replaceState(null, "", `#session=${encodeURIComponent(sessionId)}`);
   const count = `${session.finals} line${session.finals === 1 ? "" : "s"}`;
-  title.textContent = `${new Date(session.started_at * 1000).toLocaleString()} · ${count}`;
+  const language = languageName(session.language);
+  title.textContent = [new Date(session.started_at * 1000).toLocaleString(), count, language]
+    .filter(Boolean).join(" · ");
+  // The lines are in the session's language: screen readers and fonts follow it.
+  lines.log.lang = session.language ?? "";
   lines.clear();
   for (const final of finals) lines.addFinal(final, streamTime(final.start_ms));
   section.hidden = false;
