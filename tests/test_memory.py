@@ -185,8 +185,8 @@ def test_the_high_water_mark_follows_the_measured_growth_and_wait() -> None:
         b.check()
     assert b.growth is not None and 9 * MB < b.growth <= 10 * MB
     assert b.high_water < 400 * MB - 70 * MB  # 8 s of waiting at ~10 MB/s
-    b.swapped(2.0)
-    b.swapped(2.0)
+    b.swapped(2.0, 2.0)
+    b.swapped(2.0, 2.0)
     b.check()
     assert b.wait is not None and b.wait < 8 and b.high_water > 400 * MB - 70 * MB
 

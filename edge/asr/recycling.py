@@ -183,6 +183,8 @@ class RecyclingRecognizer:
         self._inner_life = _audio_seconds(self._inner)  # its audio before this stream
         self.recycle_requested = False
         self._marked_at = 0.0
+        self._marked_fed = 0  # samples fed when it was marked
+        self._heard_at = 0.0  # when the stream last gave audio (the budget's clock)
         self._ticket: Ticket | None = None
         self.recycles = 0
         self.prewarmed = 0  # swaps to a pre-warmed replacement
@@ -195,21 +197,34 @@ class RecyclingRecognizer:
             return 0.0
         return self._inner_life + (self._fed - self._inner_start) / self.sample_rate
 
+    @property
+    def waited(self) -> float:
+        """Seconds it has waited for its pause since it was marked, up to its stream's
+        latest audio (a stream that gives none holds still, and grows no more); 0 when
+        it is not marked."""
+        if not self.recycle_requested:
+            return 0.0
+        return max(0.0, self._heard_at - self._marked_at)
+
     def request_recycle(self) -> None:
         """Mark for recycling at the next pause, and order a warm replacement."""
+        self._marked_at, self._marked_fed = self._budget.now(), self._fed
         self.recycle_requested = True
-        self._marked_at = time.monotonic()
         prewarmer = self._budget.prewarmer
         if prewarmer is not None and self._ticket is None:
             self._ticket = prewarmer.order(self.sample_rate, self._phrases)
 
     def accept(self, pcm: bytes) -> list[Utterance]:
+        self._heard_at = self._budget.now()
         inner = self._inner
         if inner is None:
             inner = self._start(self._factory(self.sample_rate, self._phrases))
         offset = self._offset_ms()
         self._fed += len(pcm) // 2
-        out = [u.later(offset) for u in inner.accept(pcm)]
+        started = time.monotonic()
+        got = inner.accept(pcm)
+        self._budget.decoded(len(pcm) / 2 / self.sample_rate, time.monotonic() - started)
+        out = [u.later(offset) for u in got]
         self._maybe_retire()
         return out
 
@@ -260,15 +275,21 @@ class RecyclingRecognizer:
 
     def _maybe_retire(self) -> None:
         inner = self._inner
-        if not self.recycle_requested or inner is None or not _at_boundary(inner):
-            return
-        self._inner = None
+        if self.recycle_requested and inner is not None and _at_boundary(inner):
+            self._swap(LIVE)
+
+    def _swap(self, reason: str) -> None:
+        """Retire the inner recogniser (it holds nothing of the stream) for the
+        pre-warmed replacement, or none yet (the next audio makes one)."""
+        inner, self._inner = self._inner, None
+        assert inner is not None
         self.recycle_requested = False
         self.recycles += 1
-        self._budget.swapped(time.monotonic() - self._marked_at)
+        self._budget.swapped((self._fed - self._marked_fed) / self.sample_rate,
+                             self._budget.now() - self._marked_at)
         _retire(inner)
         del inner
-        self._budget.recycled(LIVE)
+        self._budget.recycled(reason)
         warm = self._take_ticket()
         if warm is not None:
             prewarmer = self._budget.prewarmer
