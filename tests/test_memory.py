@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -358,6 +359,8 @@ def recycle_at_every_pause(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # The model's share as 0: the test process's RSS is always over a budget of 0 (a
     # malloc_trim can take it below what it was when the daemon started).
     monkeypatch.setattr(app, "read_rss", lambda: 0)
+    # At the pauses only: never hurried to a short gap (tests/test_budget_lag.py is).
+    monkeypatch.setattr(budget_policy, "GRACE", math.inf)
     yield
 
 

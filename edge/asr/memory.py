@@ -16,7 +16,8 @@ outside:
   *recycled*: marked, and replaced by their stream at the next moment between
   utterances (:class:`~edge.asr.recycling.RecyclingRecognizer`) by a replacement
   pre-warmed meanwhile at idle priority, so no audio is skipped or decoded twice and
-  times go on where the old recogniser stopped;
+  times go on where the old recogniser stopped; over the budget itself, one that waited
+  too long is swapped at the next short gap between words instead;
 * after a recogniser is freed, ``malloc_trim(0)`` hands glibc's free pages back to the
   kernel (without it, most of a freed recogniser stays in the process's RSS).
 
@@ -38,12 +39,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge.asr import budget_policy
-from edge.asr.recycling import LIVE, Prewarmer, RecyclingRecognizer, Supplier
+from edge.asr.recycling import GAP, LIVE, Prewarmer, RecyclingRecognizer, Supplier
 
 if TYPE_CHECKING:
     from edge.asr.recognizer import Recognizer, RecognizerFactory, RecognizerPool
 
-__all__ = ["IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget", "RecyclingRecognizer",
+__all__ = ["GAP", "IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget", "RecyclingRecognizer",
            "Snapshot", "malloc_trim", "mem_total", "read_rss"]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ CHECK_INTERVAL = 1.0
 #: recognisers that young is not held.
 MIN_AUDIO_BEFORE_RECYCLE = 30.0
 
-# Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, from edge.asr.recycling)
+# Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, GAP: edge.asr.recycling)
 IDLE = "idle"  # an idle pooled recogniser dropped for the budget
 RETIRED = "retired"  # the pool retired a recogniser after recognizer_retire_hours of audio
 
@@ -305,9 +306,18 @@ class MemoryBudget:
         with self._lock:
             live = list(self._live)
         decision = self._plan(live)
+        hurried = 0
         for victim in live:
             if victim in decision.mark:
                 victim.request_recycle()
+            hurry = victim in decision.hurry
+            hurried += hurry and not victim.hurry
+            victim.hurry = hurry
+        if hurried:
+            logger.info("memory: recognisers hold %d MB, over the budget of %d MB: %d "
+                        "marked %g s or more ago swapped at their next short gap",
+                        self.recognizer_bytes // MB, self.budget // MB, hurried,
+                        budget_policy.GRACE)
         if decision.mark:
             logger.info("memory: recognisers hold %d MB (high-water mark %d MB, budget %d "
                         "MB): recycling %d more at their next pause",
@@ -325,8 +335,8 @@ class MemoryBudget:
         return budget_policy.plan(
             used=self.recognizer_bytes, budget=self.budget, growth=self.growth or 0.0,
             wait=self.expected_wait, replacement=replacement, min_audio=self.min_audio,
-            live=[budget_policy.Candidate(r, r.audio_seconds, r.recycle_requested)
-                  for r in live])
+            live=[budget_policy.Candidate(r, r.audio_seconds, r.recycle_requested,
+                                          r.waited) for r in live])
 
     def _drop_idle(self) -> None:
         dropped = 0
