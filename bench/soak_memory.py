@@ -14,7 +14,9 @@ warm-up, peak, the peak against the model's share plus ``--budget`` and the shar
 one-second samples above that line (both runs measured against the same line), the
 slope over the second half (MB per minute), the last figure, the recycles, the swaps to
 a pre-warmed replacement, the share of ``/healthz`` samples ``degraded``, finals,
-refusals and the room's dropped chunks.
+refusals, the room's dropped chunks, the longest expected wait behind the high-water
+mark (``wait_seconds``) and the machine's load average at the start and end of the run
+(the benchmark measures a daemon competing for the CPU with whatever else runs).
 
     .venv/bin/python bench/soak_memory.py --minutes 15       # about 32 minutes
     .venv/bin/python bench/soak_memory.py --minutes 2 --only on
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -88,8 +91,6 @@ class BabbleSource:
 
 def serve(config_path: str) -> int:
     """(The subprocess.) The daemon with a babbling room microphone."""
-    import os
-
     from edge import app
     from edge.core.config import load_config
 
@@ -171,6 +172,7 @@ def soak(name: str, budget_mb: int, args: argparse.Namespace) -> dict[str, Any]:
         health: list[dict[str, Any]] = []
         totals = {"sessions": 0, "finals": 0, "audio_s": 0, "refused": 0}
         lock = threading.Lock()
+        load_start = os.getloadavg()[0]
         start = time.time()
         until = start + 60 * args.minutes
         threads = [threading.Thread(target=client, daemon=True, args=(
@@ -187,6 +189,7 @@ def soak(name: str, budget_mb: int, args: argparse.Namespace) -> dict[str, Any]:
                 next_health += 10
             time.sleep(1)
         last = server.health()
+        load_end = os.getloadavg()[0]
     times = [t for t, _ in samples]
     rss = [mb for _, mb in samples]
     half = [(t, mb) for t, mb in samples if t >= times[-1] / 2]
@@ -206,6 +209,9 @@ def soak(name: str, budget_mb: int, args: argparse.Namespace) -> dict[str, Any]:
             / max(1, len(health)),
             "recycled": memory.get("recycled"), "held": memory.get("held"),
             "room_dropped": last.get("microphone", {}).get("dropped_chunks"),
+            "max_wait_s": max((h.get("memory", {}).get("wait_seconds", 0) for h in health),
+                              default=0),
+            "load": (load_start, load_end),
             **totals, "samples": samples, "health": health}
 
 
@@ -237,11 +243,13 @@ def main() -> int:
              fmt(r["slope_mb_per_min"], ".1f"), json.dumps(r["recycled"]),
              f"{r['prewarmed']} / {r['prewarm_late']}",
              fmt(r["degraded_pct"], ".0f"), r["sessions"], r["finals"], r["audio_s"],
-             r["refused"], r["room_dropped"]] for r in runs]
+             r["refused"], r["room_dropped"], fmt(r["max_wait_s"], ".1f"),
+             "{:.1f} / {:.1f}".format(*r["load"])] for r in runs]
     common.print_table(["recycling", "budget MB", "model MB", "idle MB", "peak MB",
                         f"peak vs model+{args.budget} MB", "% samples over", "last MB",
                         "slope MB/min (2nd half)", "recycled", "prewarmed / late", "% degraded",
-                        "sessions", "finals", "session audio s", "refused", "room dropped"],
+                        "sessions", "finals", "session audio s", "refused", "room dropped",
+                        "max wait s", "load start / end"],
                        rows,
                        title=f"{args.sessions} sessions at {args.pace:g}x + the room, ever-new "
                        f"speech, {args.minutes:g} min each")

@@ -6,15 +6,20 @@ pause, and it keeps growing until then; so recycling starts at a *high-water mar
 below the budget, with headroom for what the recognisers grow while the marked ones wait
 for their pauses:
 
-    headroom = growth (bytes/s, measured) x wait (mark to swap, s, measured)
+    headroom = growth (bytes/s, measured) x wait (mark to swap, s: :func:`expected_wait`)
                + a replacement being warmed (when replacements are pre-warmed)
 
-clamped to between a tenth and half of the budget. Above the mark, as many live
-recognisers are marked (most audio decoded first) as it takes to bring the recognisers
-back below the mark by half the headroom (the *low-water mark*),
-counting what the ones already marked will give back. A live session is refused at the
-handshake while the recognisers are above the mark (one more growing stream is what the
-headroom has no room for), unless none is running.
+clamped to between a tenth and half of the budget. The wait follows the streams as they
+are now: the audio a marked stream decodes before its pause (measured) takes longer
+when decoding lags behind real time, and a marked recogniser still waiting is proof of
+a longer wait. Above the mark, as many live recognisers are marked (most audio decoded
+first) as it takes to bring the recognisers back below the mark by half the headroom
+(the *low-water mark*), counting what the ones already marked will give back; young
+ones too once the recognisers will be over the budget before a pause comes. Over the
+budget itself, a marked recogniser that has waited :data:`GRACE` is *hurried*: swapped
+at the next short gap between words rather than at its turn's end. A live session is
+refused at the handshake while the recognisers are above the mark (one more growing
+stream is what the headroom has no room for), unless none is running.
 """
 
 from __future__ import annotations
@@ -25,8 +30,15 @@ from dataclasses import dataclass
 #: Headroom below the budget, as fractions of it (floor and ceiling).
 MIN_HEADROOM = 0.10
 MAX_HEADROOM = 0.50
-#: Mark-to-swap wait assumed before one was measured (seconds): a turn or two.
+#: Mark-to-swap wait assumed before one was measured (seconds of the stream's audio): a
+#: turn or two.
 DEFAULT_WAIT = 8.0
+#: Over the budget, seconds a marked recogniser is given to reach its turn's end before
+#: it is hurried (swapped at the next short gap between words, its caption split in
+#: two). A turn that is ending anyway (last words, then the 400 ms pause rule) ends
+#: within it, and at the growth the soak measured while recognisers grew (median 9
+#: MB/s, docs/memory.md) it costs about 18 MB over the budget, inside the unit's slack.
+GRACE = 2.0
 #: Over the budget itself, recognisers this fraction of ``min_audio`` old may be
 #: recycled too (a fresh one costs CPU; a budget exceeded costs more).
 OVER_BUDGET_AGE = 1 / 6
@@ -41,6 +53,7 @@ class Candidate:
     key: Hashable
     audio_seconds: float  # decoded over its life
     marked: bool  # already waiting for its pause
+    waited: float = 0.0  # seconds since it was marked (a marked one)
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class Plan:
     mark: tuple[Hashable, ...]  # recognisers to mark now
     held: bool  # False: over the budget and what is marked cannot bring it back
     near: bool  # above the high-water mark: no room for another growing stream
+    hurry: tuple[Hashable, ...] = ()  # marked, to swap at the next short gap
 
 
 def headroom(budget: int, growth: float, wait: float, replacement: int) -> int:
@@ -58,14 +72,27 @@ def headroom(budget: int, growth: float, wait: float, replacement: int) -> int:
     return int(min(MAX_HEADROOM * budget, max(MIN_HEADROOM * budget, want)))
 
 
+def expected_wait(audio_wait: float, slowdown: float, wall_wait: float,
+                  waited: float) -> float:
+    """Seconds a recogniser marked now waits for its pause: ``audio_wait`` (seconds of
+    its stream's audio from a mark to the pause, measured) at the pace the streams
+    decode now (``slowdown``: wall seconds a second of audio takes in the recognisers;
+    a stream that keeps up is paced by its audio, so at least 1), or the waits measured
+    at past swaps (``wall_wait``, seconds: they also count the time a stream waits
+    between its decoding calls), or what a marked recogniser has waited already
+    (``waited``, seconds), whichever is longest."""
+    return max(audio_wait * max(1.0, slowdown), wall_wait, waited)
+
+
 def plan(*, used: int, budget: int, growth: float, wait: float, replacement: int,
-         live: Sequence[Candidate], min_audio: float) -> Plan:
+         live: Sequence[Candidate], min_audio: float, grace: float | None = None) -> Plan:
     """What to do with ``used`` bytes held by recognisers (idle ones already dropped).
 
     ``replacement`` is what the recogniser replacing a recycled one holds (a warm one's
     size); each live recogniser is taken to hold an equal share of ``used``, so
     recycling one gives back its share less its replacement; when that is nothing,
-    recycling would only cost CPU and nothing is marked.
+    recycling would only cost CPU and nothing is marked. ``wait`` is
+    :func:`expected_wait`'s; ``grace`` :data:`GRACE` unless given.
     """
     high = budget - headroom(budget, growth, wait, replacement)
     low = max(0, high - (budget - high) // 2)
@@ -78,7 +105,8 @@ def plan(*, used: int, budget: int, growth: float, wait: float, replacement: int
         return Plan(high, low, (), held=True, near=True)
     gain = max(0, used // len(live) - replacement)
     pending = gain * sum(1 for c in live if c.marked)
-    floor = min_audio * OVER_BUDGET_AGE if over else min_audio
+    # Over the budget by the time a pause comes is over the budget: young ones may go.
+    floor = min_audio * OVER_BUDGET_AGE if used + growth * wait > budget else min_audio
     eligible = sorted((c for c in live if not c.marked and c.audio_seconds >= floor),
                       key=lambda c: c.audio_seconds, reverse=True)
     mark: list[Hashable] = []
@@ -88,7 +116,9 @@ def plan(*, used: int, budget: int, growth: float, wait: float, replacement: int
         mark.append(candidate.key)
         pending += gain
     held = not over or used - pending <= budget
-    return Plan(high, low, tuple(mark), held=held, near=True)
+    grace = GRACE if grace is None else grace
+    hurry = tuple(c.key for c in live if over and c.marked and c.waited >= grace)
+    return Plan(high, low, tuple(mark), held=held, near=True, hurry=hurry)
 
 
 def smooth(average: float | None, value: float) -> float:

@@ -10,12 +10,14 @@ outside:
   share (:class:`MemoryBudget.baseline`);
 * when that share passes a high-water mark below ``recognizer.memory_budget_mb``
   (:mod:`edge.asr.budget_policy`: headroom for what recognisers grow until their next
-  pause, from the measured growth rate and mark-to-swap wait), idle pooled recognisers
+  pause, from the measured growth rate and mark-to-swap wait, the wait stretched by how
+  slowly the streams decode now), idle pooled recognisers
   are dropped first (most audio decoded first), then as many live ones as needed are
   *recycled*: marked, and replaced by their stream at the next moment between
   utterances (:class:`~edge.asr.recycling.RecyclingRecognizer`) by a replacement
   pre-warmed meanwhile at idle priority, so no audio is skipped or decoded twice and
-  times go on where the old recogniser stopped;
+  times go on where the old recogniser stopped; over the budget itself, one that waited
+  too long is swapped at the next short gap between words instead;
 * after a recogniser is freed, ``malloc_trim(0)`` hands glibc's free pages back to the
   kernel (without it, most of a freed recogniser stays in the process's RSS).
 
@@ -37,12 +39,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge.asr import budget_policy
-from edge.asr.recycling import LIVE, Prewarmer, RecyclingRecognizer, Supplier
+from edge.asr.recycling import GAP, LIVE, Prewarmer, RecyclingRecognizer, Supplier
 
 if TYPE_CHECKING:
     from edge.asr.recognizer import Recognizer, RecognizerFactory, RecognizerPool
 
-__all__ = ["IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget", "RecyclingRecognizer",
+__all__ = ["GAP", "IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget", "RecyclingRecognizer",
            "Snapshot", "malloc_trim", "mem_total", "read_rss"]
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ CHECK_INTERVAL = 1.0
 #: recognisers that young is not held.
 MIN_AUDIO_BEFORE_RECYCLE = 30.0
 
-# Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, from edge.asr.recycling)
+# Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, GAP: edge.asr.recycling)
 IDLE = "idle"  # an idle pooled recogniser dropped for the budget
 RETIRED = "retired"  # the pool retired a recogniser after recognizer_retire_hours of audio
 
@@ -119,6 +121,7 @@ class Snapshot:
     near: bool = False  # above the high-water mark: new live sessions are refused
     prewarmed: int = 0  # swaps that got a pre-warmed replacement
     prewarm_late: int = 0  # replacements ordered but not warm at their swap
+    wait: float = 0.0  # seconds a recogniser marked now is expected to wait for its pause
 
     def status(self) -> dict[str, Any]:
         return {"rss_bytes": self.rss, "model_bytes": self.model,
@@ -127,7 +130,7 @@ class Snapshot:
                 "high_water_bytes": self.high_water, "recycled": dict(self.recycles),
                 "recycling": self.pending, "prewarmed": self.prewarmed,
                 "prewarm_late": self.prewarm_late,
-                "held": self.held}
+                "wait_seconds": round(self.wait, 1), "held": self.held}
 
 
 class MemoryBudget:
@@ -171,7 +174,14 @@ class MemoryBudget:
         self._clock = clock
         self._last: tuple[float, int, int] | None = None  # (time, rss, frees) last check
         self.growth: float | None = None  # bytes/s the recognisers grow (measured)
-        self.wait: float | None = None  # seconds from a mark to its swap (measured)
+        # Seconds of its stream's audio a marked recogniser decodes before its pause,
+        # and wall seconds from its mark to its swap (measured at each swap at a pause).
+        self.wait: float | None = None
+        self.wall_wait: float | None = None
+        # Wall seconds a second of audio takes to decode, all streams (smoothed per check)
+        self.slowdown: float | None = None
+        self._decoding = [0.0, 0.0]  # audio, wall seconds decoded since the last check
+        self.expected_wait = budget_policy.DEFAULT_WAIT  # seconds, at the last check
         self.prewarmed = 0
         if prewarm is True:
             prewarm = pool if pool is not None and hasattr(pool, "fresh") else None
@@ -200,10 +210,21 @@ class MemoryBudget:
         with self._lock:
             self.recycles[reason] += n
 
-    def swapped(self, wait: float) -> None:
-        """A marked recogniser was replaced ``wait`` seconds after it was marked."""
+    def swapped(self, audio: float, wall: float) -> None:
+        """A marked recogniser was replaced at a pause, ``audio`` seconds of its stream
+        and ``wall`` seconds after it was marked."""
         with self._lock:
-            self.wait = budget_policy.smooth(self.wait, wait)
+            self.wait = budget_policy.smooth(self.wait, audio)
+            self.wall_wait = budget_policy.smooth(self.wall_wait, wall)
+
+    def decoded(self, audio: float, wall: float) -> None:
+        """A stream's recogniser decoded ``audio`` seconds in ``wall`` seconds."""
+        with self._lock:
+            self._decoding[0] += audio
+            self._decoding[1] += wall
+
+    def now(self) -> float:
+        return self._clock()
 
     def prewarmed_swap(self) -> None:
         with self._lock:
@@ -256,7 +277,8 @@ class MemoryBudget:
                         recycles=recycles, pending=pending, held=self.held,
                         high_water=self.high_water, near=self.near,
                         prewarmed=self.prewarmed,
-                        prewarm_late=self.prewarmer.late if self.prewarmer else 0)
+                        prewarm_late=self.prewarmer.late if self.prewarmer else 0,
+                        wait=self.expected_wait)
 
     # --- deciding (blocking: reads /proc, may trim) ----------------------------------
 
@@ -269,17 +291,33 @@ class MemoryBudget:
             self._trim()
         self.rss = self._read()
         self._measure_growth()
+        self._measure_slowdown()
         if not self.recycle:
             self.held, self.near = not self.over, False
             return
+        with self._lock:
+            live = list(self._live)
+        self.expected_wait = budget_policy.expected_wait(
+            budget_policy.DEFAULT_WAIT if self.wait is None else self.wait,
+            self.slowdown or 1.0, self.wall_wait or 0.0,
+            max((r.waited for r in live), default=0.0))
         if self._plan().near:
             self._drop_idle()
         with self._lock:
             live = list(self._live)
         decision = self._plan(live)
+        hurried = 0
         for victim in live:
             if victim in decision.mark:
                 victim.request_recycle()
+            hurry = victim in decision.hurry
+            hurried += hurry and not victim.hurry
+            victim.hurry = hurry
+        if hurried:
+            logger.info("memory: recognisers hold %d MB, over the budget of %d MB: %d "
+                        "marked %g s or more ago swapped at their next short gap",
+                        self.recognizer_bytes // MB, self.budget // MB, hurried,
+                        budget_policy.GRACE)
         if decision.mark:
             logger.info("memory: recognisers hold %d MB (high-water mark %d MB, budget %d "
                         "MB): recycling %d more at their next pause",
@@ -296,10 +334,9 @@ class MemoryBudget:
         replacement = self.recognizer_mb * MB
         return budget_policy.plan(
             used=self.recognizer_bytes, budget=self.budget, growth=self.growth or 0.0,
-            wait=budget_policy.DEFAULT_WAIT if self.wait is None else self.wait,
-            replacement=replacement, min_audio=self.min_audio,
-            live=[budget_policy.Candidate(r, r.audio_seconds, r.recycle_requested)
-                  for r in live])
+            wait=self.expected_wait, replacement=replacement, min_audio=self.min_audio,
+            live=[budget_policy.Candidate(r, r.audio_seconds, r.recycle_requested,
+                                          r.waited) for r in live])
 
     def _drop_idle(self) -> None:
         dropped = 0
@@ -326,6 +363,14 @@ class MemoryBudget:
             return
         rate = max(0.0, (self.rss - last[1]) / (now - last[0]))
         self.growth = budget_policy.smooth(self.growth, rate)
+
+    def _measure_slowdown(self) -> None:
+        """Wall seconds a second of audio took to decode since the last check (all
+        streams together), smoothed; unchanged when nothing was decoded."""
+        with self._lock:
+            (audio, wall), self._decoding = self._decoding, [0.0, 0.0]
+        if audio > 0:
+            self.slowdown = budget_policy.smooth(self.slowdown, wall / audio)
 
     async def run(self, *, task_status: Any = None) -> None:
         """Check every :data:`CHECK_INTERVAL` seconds until cancelled (a service)."""

@@ -9,6 +9,13 @@ recogniser and captions do not slow down. A swap never waits for it: if it is no
 ready at the pause, the stream takes what its factory gives (the pool, or fresh), and
 the late one goes to the pool (or is freed).
 
+Over the budget a marked recogniser may be *hurried* (after
+:data:`edge.asr.budget_policy.GRACE`): it is swapped at the next short gap between words
+(:data:`GAP_MS` without speech, by the level rule of
+:class:`edge.audio.pauses.PauseDetector`, which hears the whole stream). The audio up to
+the gap is finalised (one caption split in two), the rest goes to the replacement, on
+the same clock.
+
 No trio here: everything is called from worker threads (and ``close`` from the loop).
 """
 
@@ -31,6 +38,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LIVE = "live"  # a live stream's recogniser replaced between utterances for the budget
+GAP = "gap"  # a hurried one replaced at a short gap between words, over the budget
+#: A gap between words this long (ms without speech) is where a hurried recogniser is
+#: swapped: longer than the stops inside a word, shorter than a turn's pause.
+GAP_MS = 150
 #: Warm-up speech a replacement decodes (seconds; the packaged speech is 16 s).
 PREWARM_SECONDS = 16.0
 _SLICE = 3200  # bytes of 16 kHz audio per call (100 ms): a cancel is seen this soon
@@ -173,6 +184,8 @@ class RecyclingRecognizer:
 
     def __init__(self, factory: RecognizerFactory, sample_rate: int,
                  phrases: Sequence[str] | None, budget: MemoryBudget) -> None:
+        from edge.audio.pauses import BLOCK_FRAMES, FRAME_MS, PauseDetector  # numpy
+
         self._factory = factory
         self.sample_rate = sample_rate
         self._phrases = phrases
@@ -182,7 +195,12 @@ class RecyclingRecognizer:
         self._inner_start = 0  # samples fed before the current inner recogniser
         self._inner_life = _audio_seconds(self._inner)  # its audio before this stream
         self.recycle_requested = False
+        self.hurry = False  # set by the budget: swap at the next short gap
         self._marked_at = 0.0
+        self._marked_fed = 0  # samples fed when it was marked
+        self._heard_at = 0.0  # when the stream last gave audio (the budget's clock)
+        self._gaps = PauseDetector()  # the stream's level, for a hurried swap's gap
+        self._floor_ms = FRAME_MS * BLOCK_FRAMES  # speech before its first floor block
         self._ticket: Ticket | None = None
         self.recycles = 0
         self.prewarmed = 0  # swaps to a pre-warmed replacement
@@ -195,23 +213,62 @@ class RecyclingRecognizer:
             return 0.0
         return self._inner_life + (self._fed - self._inner_start) / self.sample_rate
 
+    @property
+    def waited(self) -> float:
+        """Seconds it has waited for its pause since it was marked, up to its stream's
+        latest audio (a stream that gives none holds still, and grows no more); 0 when
+        it is not marked."""
+        if not self.recycle_requested:
+            return 0.0
+        return max(0.0, self._heard_at - self._marked_at)
+
     def request_recycle(self) -> None:
         """Mark for recycling at the next pause, and order a warm replacement."""
+        self._marked_at, self._marked_fed = self._budget.now(), self._fed
         self.recycle_requested = True
-        self._marked_at = time.monotonic()
         prewarmer = self._budget.prewarmer
         if prewarmer is not None and self._ticket is None:
             self._ticket = prewarmer.order(self.sample_rate, self._phrases)
 
     def accept(self, pcm: bytes) -> list[Utterance]:
+        self._heard_at = self._budget.now()
+        cut = self._gap(pcm)
+        if cut is None:
+            return self._accept(pcm)
+        out = self._accept(pcm[:cut]) if cut else []
+        inner = self._inner
+        if inner is not None and self.recycle_requested:  # not swapped at a final meanwhile
+            final = inner.flush()
+            if final is not None:
+                out.append(final.later(self._offset_ms()))
+            self._swap(GAP)
+        return out + self._accept(pcm[cut:]) if cut < len(pcm) else out
+
+    def _accept(self, pcm: bytes) -> list[Utterance]:
         inner = self._inner
         if inner is None:
             inner = self._start(self._factory(self.sample_rate, self._phrases))
         offset = self._offset_ms()
         self._fed += len(pcm) // 2
-        out = [u.later(offset) for u in inner.accept(pcm)]
+        started = time.monotonic()
+        got = inner.accept(pcm)
+        self._budget.decoded(len(pcm) / 2 / self.sample_rate, time.monotonic() - started)
+        out = [u.later(offset) for u in got]
         self._maybe_retire()
         return out
+
+    def _gap(self, pcm: bytes) -> int | None:
+        """Where in ``pcm`` (bytes) a hurried recogniser reaches a short gap, or None.
+        Only after speech told from a floor: a stream that began in speech has the
+        speech's level as its floor (and its first frames as speech) until a quieter
+        moment, and no gap is trusted before it."""
+        gaps = self._gaps
+        at = None
+        if (self.hurry and self.recycle_requested and gaps.speech
+                and gaps.speech[-1][0] >= self._floor_ms):
+            at = gaps.bytes_until(GAP_MS, pcm, self.sample_rate)
+        gaps.feed(pcm, self.sample_rate)
+        return at
 
     def flush(self) -> Utterance | None:
         if self._inner is None:
@@ -265,15 +322,22 @@ class RecyclingRecognizer:
 
     def _maybe_retire(self) -> None:
         inner = self._inner
-        if not self.recycle_requested or inner is None or not _at_boundary(inner):
-            return
-        self._inner = None
-        self.recycle_requested = False
+        if self.recycle_requested and inner is not None and _at_boundary(inner):
+            self._swap(LIVE)
+
+    def _swap(self, reason: str) -> None:
+        """Retire the inner recogniser (it holds nothing of the stream) for the
+        pre-warmed replacement, or none yet (the next audio makes one)."""
+        inner, self._inner = self._inner, None
+        assert inner is not None
+        self.hurry = self.recycle_requested = False
         self.recycles += 1
-        self._budget.swapped(time.monotonic() - self._marked_at)
+        if reason == LIVE:  # a hurried swap's wait was cut short: not the pauses' measure
+            self._budget.swapped((self._fed - self._marked_fed) / self.sample_rate,
+                                 self._budget.now() - self._marked_at)
         _retire(inner)
         del inner
-        self._budget.recycled(LIVE)
+        self._budget.recycled(reason)
         warm = self._take_ticket()
         if warm is not None:
             prewarmer = self._budget.prewarmer
