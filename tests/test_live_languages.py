@@ -214,6 +214,11 @@ async def test_config_chooses_the_language_before_the_audio(start_server: Any,
         while not any(a.action == "session.end" for a in seen):
             await trio.sleep(0.01)
     assert models.slots["ko"].sessions == 0
+    # The journal records the language the session ran in, not the handshake's.
+    assert server.journal is not None
+    rows = await server.journal.call(server.journal.journal.sessions)
+    [row] = [r for r in rows if r.session_id == init["session_id"]]
+    assert (row.language, row.model) == ("xx", "vosk-model-xx")
     # The audit trail: the language asked for at the handshake, and the one run in.
     assert [(a.action, a.detail["language"]) for a in seen] == [("session.start", "ko"),
                                                                 ("session.end", "xx")]

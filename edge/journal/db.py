@@ -200,6 +200,14 @@ class Journal:
                             department=department, model=model, started_at=started_at,
                             dialect=dialect, language=language)
 
+    def describe_session(self, session_id: str, *, model: str | None,
+                         language: str | None) -> bool:
+        """Record the model and language a local session chose after its start (see
+        :func:`edge.journal.local.describe_session`); False if its start was relayed
+        before. Raises :class:`JournalError` for an unknown session."""
+        return local.describe_session(self._writable(self._hot), self.device_id,
+                                      session_id, model=model, language=language)
+
     def append_final(self, session_id: str, message: Mapping[str, Any], *,
                      created_at: float | None = None) -> int:
         """Journal one final ``transcription`` message, whole; returns its event id.

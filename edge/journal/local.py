@@ -8,6 +8,7 @@ densely by ``seq`` (0 for the start, then each final, then the end).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -58,6 +59,33 @@ def start_session(link: Link, device_id: str, session_id: str, *, source: str,
         except sqlite3.IntegrityError:
             raise JournalError(f"session {session_id} is already journaled") from None
         insert_event(db, device_id, session_id, 0, "start", started_at, payload)
+
+
+def describe_session(link: Link, device_id: str, session_id: str, *, model: str | None,
+                     language: str | None) -> bool:
+    """A local session's model and language, chosen after its start was journaled (a
+    client's config before its audio): its row, and its start event while that has not
+    been relayed. False: the start had gone upstream already, which keeps the one it
+    was given."""
+    language = check_language(language) if language else None
+    with link.write() as db:
+        row = db.execute("SELECT ended_at FROM sessions WHERE device_id = ? AND"
+                         " session_id = ? AND source != 'relay'",
+                         (device_id, session_id)).fetchone()
+        if row is None:
+            raise JournalError(f"session {session_id} is not journaled")
+        db.execute("UPDATE sessions SET model = ?, language = ? WHERE device_id = ? AND"
+                   " session_id = ?", (model, language, device_id, session_id))
+        start = db.execute("SELECT id, payload, relayed FROM events WHERE device_id = ?"
+                           " AND session_id = ? AND seq = 0 AND kind = 'start'",
+                           (device_id, session_id)).fetchone()
+        if start is None or start[2] != 0:
+            return False
+        payload = {**json.loads(start[1]), "model": model, "language": language}
+        text, size = encode_payload(payload)
+        db.execute("UPDATE events SET payload = ?, size = ? WHERE id = ?",
+                   (text, size, start[0]))
+    return True
 
 
 def append_final(link: Link, device_id: str, session_id: str, message: Mapping[str, Any],

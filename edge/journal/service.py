@@ -111,6 +111,13 @@ class JournalService:
             started_at=time.time() if started_at is None else started_at,
             dialect=dialect if source != "room" else None)
 
+    async def describe_session(self, session_id: str, *, model: str,
+                               language: str) -> bool:
+        """A session's model and language, chosen after its start (a client's config
+        before its audio); False if the disk refused it."""
+        return await self._write(self.journal.describe_session, session_id, model=model,
+                                 language=language or self._language)
+
     async def append_final(self, session_id: str, message: Mapping[str, Any]) -> bool:
         return await self._write(self.journal.append_final, session_id, message)
 

@@ -17,15 +17,13 @@ A session runs four kinds of work in one nursery:
 * the *sender* is the only task that writes to the socket, each send bounded by
   ``server.send_timeout`` so a client that stops reading cannot hold the session.
 
-With a speaker model, finals are labelled by speaker inside the recogniser's worker
-thread (:class:`~edge.asr.recognizer.LabelingRecognizer`); ``?enroll=NAME`` enrols the
-speaker at the end (:mod:`edge.net.enrolment`). Before its audio, a client may choose
-another language's model (:mod:`edge.net.session_model`).
+Finals are labelled by speaker in the recogniser's thread (:class:`~edge.asr.recognizer.
+LabelingRecognizer`); ``?enroll=NAME`` enrols at the end (:mod:`edge.net.enrolment`).
+Before its audio, a client may choose another language (:mod:`edge.net.session_model`).
 
-Every way a session ends goes through :meth:`Session.stop`, which records why (the
-first reason wins) and closes the audio queue; the recogniser loop then flushes (or
-not), the closing message is queued, and the sender closes the socket with the
-reason's close code after the last message.
+Every way a session ends goes through :meth:`Session.stop`, which records why (the first
+reason wins) and closes the audio queue; the recogniser loop then flushes (or not), the
+closing message is queued, and the sender closes the socket with its close code.
 """
 
 from __future__ import annotations
@@ -329,6 +327,8 @@ class Session(Connection):
             self.stop(Stop(exc.close_code, exc.code, (exc.code, exc.message), flush=False))
             return None
         self.info.model_name, self.info.language = model.name, model.language
+        if self._journal is not None and self._journaled:  # else journaled so when it can be
+            await self._journal.describe_session(self.id, model=model.name, language=model.language)
         self._last_audio = trio.current_time()  # a model loading is no idle client
         return True
 
