@@ -121,9 +121,6 @@ def serve_stub(config_path: str, script_path: str) -> int:
             return Utterance(is_final=True, text="stand-in", start_ms=0,
                              end_ms=1000 * self._samples // self._rate)
 
-        def drop(self) -> None:
-            pass
-
     @dataclasses.dataclass(frozen=True)
     class StandInModel(LoadedModel):
         def recognizer(self, sample_rate: int, phrases: Any = None) -> Any:

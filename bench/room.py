@@ -228,9 +228,6 @@ class StandInRecognizer:
     def flush(self) -> Any:
         return None
 
-    def drop(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 

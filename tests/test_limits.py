@@ -203,9 +203,6 @@ class FaultyRecognizer:
             raise RuntimeError("injected fault in flush")
         return None
 
-    def drop(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
@@ -223,9 +220,6 @@ class FloodRecognizer:
 
     def flush(self) -> Utterance | None:
         return None
-
-    def drop(self) -> None:
-        pass
 
     def close(self) -> None:
         pass
@@ -598,9 +592,6 @@ class SlowRecognizer:
     def flush(self) -> Utterance | None:
         return None
 
-    def drop(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
@@ -676,9 +667,6 @@ class RecordingRecognizer:
     def flush(self) -> Utterance | None:
         return None
 
-    def drop(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
@@ -721,9 +709,6 @@ def test_accept_each_keeps_the_finals_and_the_last_partial() -> None:
 
         def flush(self) -> Utterance | None:
             return None
-
-        def drop(self) -> None:
-            pass
 
         def close(self) -> None:
             pass

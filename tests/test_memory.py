@@ -91,9 +91,6 @@ class Stub:
         end = round(1000 * self.fed / self.rate)
         return Utterance(is_final=True, text="x", start_ms=end - 100, end_ms=end)
 
-    def drop(self) -> None:
-        self.pending = False
-
     def close(self) -> None:
         self.closed = True
 

@@ -214,9 +214,6 @@ def test_a_batch_decoded_late_ends_its_turn_where_the_pause_was() -> None:
             calls.append("flush")
             return final("하나", 210, 690)
 
-        def drop(self) -> None:
-            pass
-
         def close(self) -> None:
             pass
 

@@ -41,9 +41,6 @@ class StandIn:
     def flush(self) -> Utterance | None:
         return None
 
-    def drop(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
@@ -59,9 +56,6 @@ class Plain:
 
     def flush(self) -> Utterance | None:
         return None
-
-    def drop(self) -> None:
-        pass
 
     def close(self) -> None:
         pass

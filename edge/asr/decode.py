@@ -59,20 +59,14 @@ def _feed(recognizer: Recognizer, turn: TurnEnd, piece: bytes, sample_rate: int
             return []
         got = recognizer.accept(piece)
     out = [u for u in (u.later(gate.offset_ms) for u in got) if turn.admit(u)]
-    if turn.due:  # the turn is over (the pause rule): finalise what the recogniser holds
+    if turn.due or (gate.enabled and turn.idle):
+        # The turn is over (the pause rule), or nothing was said in it: finalise what
+        # the recogniser holds, then, with the gate on, leave the room out until speech.
         final = flush_turn(recognizer, turn) if gate.pending else None
         if final is not None:
             out.append(final)
-    if gate.enabled and turn.idle:
-        # Nothing (more) was said in the turn: with the gate on, leave the room out
-        # until speech. What the recogniser holds of it had no words in its partials,
-        # so it is dropped, not finalised (a final of noise costs a lattice, and the
-        # turn's rules would refuse it).
-        if gate.pending:
-            recognizer.drop()
-            turn.closed()
-            gate.pending = False
-        gate.close()
+        if gate.enabled and turn.idle:
+            gate.close()
     return out
 
 

@@ -39,12 +39,6 @@ class Recognizer(Protocol):
         """End the stream: return the last final, if any speech is pending."""
         ...
 
-    def drop(self) -> None:
-        """End the utterance in progress without a result (nothing in it was speech):
-        much cheaper than :meth:`flush`, which builds and aligns a lattice of whatever
-        the recogniser made of the noise. The stream goes on, its times continuous."""
-        ...
-
     def close(self) -> None:
         """The stream is over, nothing more is fed (a pooled recogniser goes back to its
         pool). Cheap and non-blocking: safe on the event loop."""
@@ -85,9 +79,6 @@ class LabelingRecognizer:
     def flush(self) -> Utterance | None:
         final = self.inner.flush()
         return None if final is None else self._label(final)
-
-    def drop(self) -> None:
-        self.inner.drop()
 
     def close(self) -> None:
         self.inner.close()
@@ -314,13 +305,6 @@ class _Lease:
     def flush(self) -> Utterance | None:
         try:
             return self.inner.flush()
-        except BaseException:
-            self._failed = True
-            raise
-
-    def drop(self) -> None:
-        try:
-            self.inner.drop()
         except BaseException:
             self._failed = True
             raise

@@ -278,11 +278,6 @@ class RecyclingRecognizer:
         self._maybe_retire()
         return out
 
-    def drop(self) -> None:
-        if self._inner is not None:
-            self._inner.drop()
-            self._maybe_retire()
-
     def close(self) -> None:
         """Cheap enough for the event loop: a recogniser marked for recycling is freed
         (not pooled) and the heap is trimmed at the budget's next check."""

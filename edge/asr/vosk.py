@@ -198,12 +198,6 @@ class VoskRecognizer:
     def flush(self) -> Utterance | None:
         return self._final(self._rec.FinalResult())
 
-    def drop(self) -> None:
-        # Reset() ends the utterance without a lattice; Vosk's clock goes on (its word
-        # times count every sample fed), so ours does too.
-        self._rec.Reset()
-        self._utterance_start = self._samples
-
     def _ms(self, samples: int) -> int:
         return round(1000 * samples / self.sample_rate)
 
