@@ -239,3 +239,25 @@ def test_a_results_words_and_terms_move_to_the_stream_clock() -> None:
     assert (moved.start_ms, moved.end_ms) == (2100, 2900)
     assert [(w.start_ms, w.end_ms) for w in moved.words] == [(2100, 2500)]
     assert [(t.start_ms, t.end_ms) for t in moved.terms] == [(2100, 2500)]
+
+
+def test_a_check_between_seconds_stops_a_long_frame_early() -> None:
+    # A live session passes trio.from_thread.check_cancelled: a frame of 31 s is fed a
+    # second at a time, and a stop seen between seconds leaves the rest undecoded.
+    class Stopped(Exception):
+        pass
+
+    rec, calls = Clocked(), []
+
+    def check() -> None:
+        calls.append(rec.fed_ms)
+        if len(calls) == 4:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        accept_each(rec, [room(31_000)], TurnEnd(400, False), RATE, check)
+    assert calls == [0, 1000, 2000, 3000] and rec.fed_ms == 3000
+    # Without a check, the frame goes whole, as before.
+    whole = Clocked()
+    accept_each(whole, [room(31_000)], TurnEnd(400, False), RATE)
+    assert whole.accepts == 1 and whole.fed_ms == 31_000

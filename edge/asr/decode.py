@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     # edge.asr.recognizer imports edge.speakers (numpy); decoding needs neither.
     from edge.asr.recognizer import Recognizer
     from edge.audio.pauses import TurnEnd
@@ -21,10 +23,17 @@ CLIENT_CHUNK_MS = 100
 
 
 def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None = None,
-                sample_rate: int = 0) -> list[Utterance]:
+                sample_rate: int = 0, check: Callable[[], None] | None = None
+                ) -> list[Utterance]:
     """Feed ``parts`` one by one, as they came (Vosk's results depend on where its
     input is cut, so batching must not move the cuts); the finals of all of them and
     the partial of the last, if it ended on one (earlier partials are superseded).
+
+    ``check`` (a worker thread's ``trio.from_thread.check_cancelled``) is called
+    before each part and each second of a longer one, so that a stream stopped at once
+    does not wait for minutes of audio a client sent in one frame to be decoded; a
+    part is then fed a second at a time (whole 200 ms slices: the recogniser's cuts
+    stay where they were, unless a turn ends inside the part).
 
     With ``turn`` (audio at ``sample_rate``), a turn is finalised where its pause
     completes (the part is cut there, the one place a cut moves), before the rest is
@@ -34,7 +43,12 @@ def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None
     between turns without speech is not fed at all; results keep the stream's times.
     """
     out: list[Utterance] = []
+    if check is not None and sample_rate:
+        step = 2 * sample_rate  # one second
+        parts = [p[i:i + step] for p in parts for i in range(0, len(p), step)] or parts
     for part in parts:
+        if check is not None:
+            check()
         out = [u for u in out if u.is_final]
         if turn is None:
             out += recognizer.accept(part)

@@ -361,7 +361,7 @@ class Session(Connection):
                     started = trio.current_time()
                     results = await trio.to_thread.run_sync(
                         accept_each, recognizer, parts, self._turn, self._rate,
-                        limiter=self._limiter)
+                        trio.from_thread.check_cancelled, limiter=self._limiter)
                     seconds = sum(map(len, parts)) / 2 / self._rate
                     now = trio.current_time()
                     self._stats.observe_decode(seconds, now - started)
