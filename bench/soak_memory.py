@@ -9,17 +9,22 @@ stream other ever-new speech at ``--pace`` times real time, each reconnecting ev
 the daemon is read every second; ``/healthz`` every 10 s.
 
 Two runs of ``--minutes`` each: recycling on (``recognizer.memory_budget_mb =
---budget``) and off (a budget too large to reach). Reported: idle RSS after the
-warm-up, peak, the peak against the model's share plus ``--budget`` and the share of
-one-second samples above that line (both runs measured against the same line), the
-slope over the second half (MB per minute), the last figure, the recycles, the swaps to
-a pre-warmed replacement, the share of ``/healthz`` samples ``degraded``, finals,
-refusals, the room's dropped chunks, the longest expected wait behind the high-water
-mark (``wait_seconds``) and the machine's load average at the start and end of the run
-(the benchmark measures a daemon competing for the CPU with whatever else runs).
+--budget``) and off (a budget too large to reach), one after the other, or with
+``--together`` at the same time (two daemons sharing the machine, each with its own
+clients on the same speech: side by side, but each starves the other of CPU).
+
+Reported: idle RSS after the warm-up, peak, the peak against the model's share plus
+``--budget`` and the share of one-second samples above that line (both runs measured
+against the same line), the slope over the second half (MB per minute), the last figure,
+the recycles, the swaps to a pre-warmed replacement, the share of ``/healthz`` samples
+``degraded``, finals, refusals, the room's dropped chunks, the longest expected wait
+behind the high-water mark (``wait_seconds``) and the machine's load average at the
+start and end of the run (the benchmark measures a daemon competing for the CPU with
+whatever else runs).
 
     .venv/bin/python bench/soak_memory.py --minutes 15       # about 32 minutes
     .venv/bin/python bench/soak_memory.py --minutes 2 --only on
+    .venv/bin/python bench/soak_memory.py --minutes 120 --sessions 1 --pace 1 --together
 """
 
 from __future__ import annotations
@@ -215,6 +220,27 @@ def soak(name: str, budget_mb: int, args: argparse.Namespace) -> dict[str, Any]:
             **totals, "samples": samples, "health": health}
 
 
+def together(chosen: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """:func:`soak` for each of ``chosen`` at the same time, in threads."""
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, budget: int) -> None:
+        try:
+            results[name] = soak(name, budget, args)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=pair) for pair in chosen]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [results[name] for name, _ in chosen]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0)
@@ -225,15 +251,22 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=400, help="memory_budget_mb when on")
     parser.add_argument("--warm", type=int, default=4, help="warm_recognizers (both runs)")
     parser.add_argument("--only", choices=("on", "off"))
+    parser.add_argument("--together", action="store_true",
+                        help="run both at the same time, side by side")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve(args.serve)
     babble.check_tools()
     common.exit_on_sigterm()
-    runs = []
-    for name, budget in (("on", args.budget), ("off", OFF_BUDGET_MB)):
-        if args.only in (None, name):
+    chosen = [(name, budget) for name, budget in (("on", args.budget), ("off", OFF_BUDGET_MB))
+              if args.only in (None, name)]
+    if args.together:
+        print(f"recycling on and off together: {args.minutes:g} min ...", flush=True)
+        runs = together(chosen, args)
+    else:
+        runs = []
+        for name, budget in chosen:
             print(f"recycling {name}: {args.minutes:g} min ...", flush=True)
             runs.append(soak(name, budget, args))
     rows = [[r["name"], r["budget_mb"] if r["name"] == "on" else "-", fmt(r["model_mb"], ".0f"),

@@ -15,9 +15,10 @@ when decoding lags behind real time, and a marked recogniser still waiting is pr
 a longer wait. Above the mark, as many live recognisers are marked (most audio decoded
 first) as it takes to bring the recognisers back below the mark by half the headroom
 (the *low-water mark*), counting what the ones already marked will give back; young
-ones too once the recognisers will be over the budget before a pause comes. Over the
-budget itself, a marked recogniser that has waited :data:`GRACE` is *hurried*: swapped
-at the next short gap between words rather than at its turn's end. A live session is
+ones too once the recognisers will be over the budget before a pause comes. Once the
+recognisers will pass the budget within :data:`GRACE` at the growth measured (or have
+passed it), every marked recogniser is *hurried*: swapped at the next short gap between
+words rather than at its turn's end, before the budget is passed. A live session is
 refused at the handshake while the recognisers are above the mark (one more growing
 stream is what the headroom has no room for), unless none is running.
 """
@@ -33,11 +34,13 @@ MAX_HEADROOM = 0.50
 #: Mark-to-swap wait assumed before one was measured (seconds of the stream's audio): a
 #: turn or two.
 DEFAULT_WAIT = 8.0
-#: Over the budget, seconds a marked recogniser is given to reach its turn's end before
-#: it is hurried (swapped at the next short gap between words, its caption split in
-#: two). A turn that is ending anyway (last words, then the 400 ms pause rule) ends
-#: within it, and at the growth the soak measured while recognisers grew (median 9
-#: MB/s, docs/memory.md) it costs about 18 MB over the budget, inside the unit's slack.
+#: Lead time (seconds) of the hurry: once the recognisers, growing as measured, will
+#: pass the budget within it, marked recognisers are swapped at the next short gap
+#: between words (their captions split in two) instead of at their turns' ends. It
+#: covers a gap's wait (a word, then :data:`edge.asr.recycling.GAP_MS`) and the time
+#: between two readings. Waiting for the turn's end over the budget itself (up to 2 s
+#: after the mark, until 2026-12-07) left the recognisers 51 MB over a 400 MB budget at
+#: the worst second of a 40-minute soak (docs/memory.md).
 GRACE = 2.0
 #: Over the budget itself, recognisers this fraction of ``min_audio`` old may be
 #: recycled too (a fresh one costs CPU; a budget exceeded costs more).
@@ -63,7 +66,7 @@ class Plan:
     mark: tuple[Hashable, ...]  # recognisers to mark now
     held: bool  # False: over the budget and what is marked cannot bring it back
     near: bool  # above the high-water mark: no room for another growing stream
-    hurry: tuple[Hashable, ...] = ()  # marked, to swap at the next short gap
+    hurry: tuple[Hashable, ...] = ()  # marked (now or before): swap at the next short gap
 
 
 def headroom(budget: int, growth: float, wait: float, replacement: int) -> int:
@@ -92,7 +95,8 @@ def plan(*, used: int, budget: int, growth: float, wait: float, replacement: int
     size); each live recogniser is taken to hold an equal share of ``used``, so
     recycling one gives back its share less its replacement; when that is nothing,
     recycling would only cost CPU and nothing is marked. ``wait`` is
-    :func:`expected_wait`'s; ``grace`` :data:`GRACE` unless given.
+    :func:`expected_wait`'s; ``grace`` :data:`GRACE` unless given. A recogniser marked
+    now is hurried at once when the budget is that close.
     """
     high = budget - headroom(budget, growth, wait, replacement)
     low = max(0, high - (budget - high) // 2)
@@ -117,7 +121,9 @@ def plan(*, used: int, budget: int, growth: float, wait: float, replacement: int
         pending += gain
     held = not over or used - pending <= budget
     grace = GRACE if grace is None else grace
-    hurry = tuple(c.key for c in live if over and c.marked and c.waited >= grace)
+    hurry: tuple[Hashable, ...] = ()
+    if used + growth * grace > budget:  # passed within the grace, or passed already
+        hurry = tuple(c.key for c in live if c.marked or c.key in mark)
     return Plan(high, low, tuple(mark), held=held, near=True, hurry=hurry)
 
 

@@ -16,8 +16,8 @@ outside:
   *recycled*: marked, and replaced by their stream at the next moment between
   utterances (:class:`~edge.asr.recycling.RecyclingRecognizer`) by a replacement
   pre-warmed meanwhile at idle priority, so no audio is skipped or decoded twice and
-  times go on where the old recogniser stopped; over the budget itself, one that waited
-  too long is swapped at the next short gap between words instead;
+  times go on where the old recogniser stopped; when the budget would be passed within
+  seconds, marked ones are swapped at the next short gap between words instead;
 * after a recogniser is freed, ``malloc_trim(0)`` hands glibc's free pages back to the
   kernel (without it, most of a freed recogniser stays in the process's RSS).
 
@@ -50,8 +50,10 @@ __all__ = ["GAP", "IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget", "RecyclingRec
 logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-#: How often the daemon reads its RSS (seconds).
-CHECK_INTERVAL = 1.0
+#: How often the daemon reads its RSS (seconds): a recogniser on new words grows up to
+#: about 9 MB/s (docs/memory.md), so a reading every half second keeps what grows
+#: unseen between two readings near the few MB the budget's lead time allows for.
+CHECK_INTERVAL = 0.5
 #: Audio (seconds) a live recogniser decodes before it may be recycled again: a fresh
 #: recogniser costs about twice the CPU of a warm one, so recycling is never a loop
 #: per utterance. Over the budget itself a sixth of it is enough
@@ -314,10 +316,10 @@ class MemoryBudget:
             hurried += hurry and not victim.hurry
             victim.hurry = hurry
         if hurried:
-            logger.info("memory: recognisers hold %d MB, over the budget of %d MB: %d "
-                        "marked %g s or more ago swapped at their next short gap",
-                        self.recognizer_bytes // MB, self.budget // MB, hurried,
-                        budget_policy.GRACE)
+            logger.info("memory: recognisers hold %d MB, growing %d MB/s against the "
+                        "budget of %d MB: %d marked swapped at their next short gap",
+                        self.recognizer_bytes // MB, (self.growth or 0) // MB,
+                        self.budget // MB, hurried)
         if decision.mark:
             logger.info("memory: recognisers hold %d MB (high-water mark %d MB, budget %d "
                         "MB): recycling %d more at their next pause",

@@ -9,8 +9,8 @@ recogniser and captions do not slow down. A swap never waits for it: if it is no
 ready at the pause, the stream takes what its factory gives (the pool, or fresh), and
 the late one goes to the pool (or is freed).
 
-Over the budget a marked recogniser may be *hurried* (after
-:data:`edge.asr.budget_policy.GRACE`): it is swapped at the next short gap between words
+Near the budget (to be passed within :data:`edge.asr.budget_policy.GRACE`) a marked
+recogniser is *hurried*: it is swapped at the next short gap between words
 (:data:`GAP_MS` without speech, by the level rule of
 :class:`edge.audio.pauses.PauseDetector`, which hears the whole stream). The audio up to
 the gap is finalised (one caption split in two), the rest goes to the replacement, on
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LIVE = "live"  # a live stream's recogniser replaced between utterances for the budget
-GAP = "gap"  # a hurried one replaced at a short gap between words, over the budget
+GAP = "gap"  # a hurried one replaced at a short gap between words, at the budget
 #: A gap between words this long (ms without speech) is where a hurried recogniser is
 #: swapped: longer than the stops inside a word, shorter than a turn's pause.
 GAP_MS = 150
