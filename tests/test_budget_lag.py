@@ -198,11 +198,13 @@ async def test_over_the_budget_a_live_session_swaps_at_a_short_gap_and_loses_not
     async with connect(server, make_token()) as ws:
         session_id = (await receive_json(ws))["session_id"]
         await ws.send_message(json.dumps({"type": "config", "phrases": grammar}))
-        await stream(ws, pcm[:2 * 16 * 300])  # the room before the first word
+        # the room before the first word, and the word's start: the session's
+        # recogniser is taken at the first speech, then marked and hurried
+        await stream(ws, pcm[:2 * 16 * 600])
         with trio.fail_after(30):
             while not any(r.hurry for r in list(memory._live)):
                 await trio.sleep(0.02)
-        await stream(ws, pcm[2 * 16 * 300:])
+        await stream(ws, pcm[2 * 16 * 600:])
         await ws.send_message(json.dumps({"type": "end"}))
         while (message := await receive_json(ws))["type"] != "session_end":
             if message["type"] == "transcription" and message["is_final"]:

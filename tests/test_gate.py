@@ -141,9 +141,9 @@ def test_a_disabled_gate_leaves_nothing_out() -> None:
 
 def test_room_tone_alone_is_not_decoded() -> None:
     rec, finals = run(room(10_000), skip=True)
-    # the first frames, before the floor is known, may open it briefly; no more
-    assert rec.fed_ms <= GATE_HOLD_MS + PREROLL_MS + 100
-    assert finals == []
+    # not even the first frames, before the floor is known (taken as QUIET_DBFS then);
+    # the one flush is the end of the stream's, with nothing fed
+    assert (rec.fed_ms, rec.flushes, finals) == (0, 1, [])
     off, _ = run(room(10_000), skip=False)
     assert off.fed_ms == 10_000
 
@@ -164,8 +164,28 @@ def test_a_pause_inside_a_turn_is_decoded() -> None:
     audio = room(2000) + speech(500) + room(250, seed=1) + speech(500) + room(2000, seed=2)
     on, finals = run(audio, skip=True)
     assert spans(finals) == [(2000, 3250)]  # one turn, as without skipping
-    # the stream's first frames (no floor yet), the turn's end, the end of the stream
-    assert on.flushes == 3
+    # the turn's end, the end of the stream
+    assert on.flushes == 2
+
+
+@pytest.mark.parametrize("dbfs", [-20.0, -28.0])
+def test_a_stream_that_begins_in_speech_is_decoded_from_its_first_sample(dbfs: float
+                                                                         ) -> None:
+    # No floor yet, and speech from the first sample (the fake hears words above -30)
+    audio = speech(500, dbfs) + room(2000) + speech(300) + room(2000, seed=1)
+    on, finals = run(audio, skip=True)
+    off, finals_off = run(audio, skip=False)
+    assert spans(finals) == spans(finals_off) == [(0, 500), (2500, 2800)]
+    assert on.fed_ms < off.fed_ms
+
+
+@pytest.mark.parametrize(("first", "onset"), [
+    (speech(100, -20.0), 0), (speech(100, -40.0), 0),  # near and far talkers: speech
+    (room(100, -55.0), None), (room(100, -50.0), None),  # room tone: none
+])
+def test_before_its_floor_is_known_a_stream_is_judged_against_the_quietest_room(
+        first: bytes, onset: int | None) -> None:
+    assert TurnEnd(400, True).onset(first, RATE) == onset
 
 
 def test_the_first_sample_of_speech_after_a_skip_is_at_its_stream_time() -> None:

@@ -22,6 +22,36 @@ if TYPE_CHECKING:
 CLIENT_CHUNK_MS = 100
 
 
+class Given(bytes):
+    """Audio a closed gate let through in :func:`through_gate` (its pre-roll and the
+    audio from a speech onset): the turn's level rule has heard it already."""
+
+
+def through_gate(turn: TurnEnd, parts: list[bytes], sample_rate: int) -> list[bytes]:
+    """``parts`` through ``turn``'s gate while it is closed, with the level rule alone
+    (no recogniser: cheap enough for the event loop, which then need not hand a worker
+    thread the room's audio only to leave it out): what is left to decode, the first
+    piece a :class:`Given` one if the gate opened, nothing if it stayed closed.
+    :func:`accept_each` takes the result as it takes any parts."""
+    gate = turn.gate
+    out: list[bytes] = []
+    for part in _seconds(parts, sample_rate):
+        if out or gate.is_open:
+            out.append(part)
+        elif piece := gate.take(part, turn.onset(part, sample_rate), sample_rate):
+            out.append(Given(piece))
+    return out
+
+
+def _seconds(parts: list[bytes], sample_rate: int) -> list[bytes]:
+    """``parts`` in pieces of at most a second (whole 200 ms slices of a longer one);
+    a :class:`Given` piece whole, as the gate gave it."""
+    step = 2 * sample_rate
+    return [piece for p in parts for piece in (
+        [p] if isinstance(p, Given) or len(p) <= step
+        else [p[i:i + step] for i in range(0, len(p), step)])]
+
+
 def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None = None,
                 sample_rate: int = 0, check: Callable[[], None] | None = None
                 ) -> list[Utterance]:
@@ -41,11 +71,11 @@ def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None
     turns where they would have ended live, and a turn does not wait for the rest of
     the client's chunk. With its :class:`~edge.audio.pauses.SilenceGate` enabled, audio
     between turns without speech is not fed at all; results keep the stream's times.
+    ``parts`` may have been through the closed gate already (:func:`through_gate`).
     """
     out: list[Utterance] = []
     if check is not None and sample_rate:
-        step = 2 * sample_rate  # one second
-        parts = [p[i:i + step] for p in parts for i in range(0, len(p), step)] or parts
+        parts = _seconds(parts, sample_rate)
     for part in parts:
         if check is not None:
             check()
@@ -53,7 +83,7 @@ def accept_each(recognizer: Recognizer, parts: list[bytes], turn: TurnEnd | None
         if turn is None:
             out += recognizer.accept(part)
             continue
-        at = turn.cut(part, sample_rate)
+        at = len(part) if isinstance(part, Given) else turn.cut(part, sample_rate)
         for piece in (part[:at], part[at:]) if 0 < at < len(part) else (part,):
             out += _feed(recognizer, turn, piece, sample_rate)
     return out
@@ -63,7 +93,9 @@ def _feed(recognizer: Recognizer, turn: TurnEnd, piece: bytes, sample_rate: int
           ) -> list[Utterance]:
     """One piece of a part through the gate, the recogniser and the turn's rules."""
     gate = turn.gate
-    if gate.is_open:
+    if isinstance(piece, Given):  # through the closed gate, heard, on the event loop
+        got = recognizer.accept(bytes(piece))
+    elif gate.is_open:
         got = recognizer.accept(piece)
         gate.pending = True
         turn.heard(piece, sample_rate)

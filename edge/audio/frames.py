@@ -188,8 +188,10 @@ class LevelMeter:
         seconds = len(samples) / sample_rate
         self._clock += seconds
         due = []
-        clipped = np.count_nonzero((samples >= CLIP_LEVEL) | (samples <= -CLIP_LEVEL)
-                                   ) / len(samples)
+        clipped = 0.0  # counted only when a sample reaches it (two reductions, no copies)
+        if samples.max() >= CLIP_LEVEL or samples.min() <= -CLIP_LEVEL:
+            clipped = np.count_nonzero((samples >= CLIP_LEVEL) | (samples <= -CLIP_LEVEL)
+                                       ) / len(samples)
         if (clipped > self.clipping_ratio
                 and self._clock - self._last_clip_warning >= self.warning_interval):
             self._last_clip_warning = self._clock

@@ -9,6 +9,9 @@ per-recogniser endpointer settings. So edge measures pauses itself, on the sampl
   :data:`MARGIN_DB` above the room's noise floor (and above :data:`QUIET_DBFS`);
 * the noise floor is the quietest 50 ms block of the last :data:`FLOOR_WINDOW_S`
   seconds, so it follows the room (a fan switched on, a quieter night) within seconds;
+  before a stream's first block it is taken as :data:`QUIET_DBFS`, the quietest room,
+  so that a stream opening on room tone is not taken for speech (and decoded) while
+  one opening on speech, near or far, is;
 * in a room so loud that its floor is above :data:`LOUD_FLOOR_DBFS`, speech cannot be
   told from the noise: no pause is reported and Vosk's endpointer alone ends turns.
 
@@ -44,6 +47,8 @@ QUIET_DBFS = -60.0
 #: A room whose floor is this loud is not told from speech: no pauses are reported.
 LOUD_FLOOR_DBFS = -30.0
 _FULL_SCALE_POWER = 32768.0 ** 2
+_QUIET_POWER = 10 ** (QUIET_DBFS / 10)  # QUIET_DBFS and MARGIN_DB as powers
+_MARGIN_RATIO = 10 ** (MARGIN_DB / 10)
 _SPEECH_RUNS = 2000  # minutes of speech: far more than one utterance spans
 #: Vosk's word times and the level's edges differ by up to this much.
 TIME_SLACK_MS = 200
@@ -68,6 +73,8 @@ class PauseDetector:
         self._block: list[float] = []  # powers of the frames of the block in progress
         self._blocks: deque[float] = deque(
             maxlen=int(FLOOR_WINDOW_S * 1000 / (FRAME_MS * BLOCK_FRAMES)))
+        self._floor = QUIET_DBFS  # dBFS: the quietest block of the window, once there is one
+        self._threshold = _QUIET_POWER * _MARGIN_RATIO  # power a speech frame is over
         self._since_speech_ms = 0.0
         self._clock_ms = 0  # audio fed so far
         # (start_ms, end_ms) of the runs of speech frames, the newest last
@@ -123,13 +130,18 @@ class PauseDetector:
         return None
 
     def _frame(self, power: float) -> None:
-        self._block.append(power)
-        if len(self._block) == BLOCK_FRAMES:
-            self._blocks.append(sum(self._block) / BLOCK_FRAMES)
-            self._block.clear()
-        level = _dbfs(power)
+        """One frame: the floor at its block's end, then speech or not (in the power
+        domain: ``power`` over :meth:`_threshold`, which is the level rule's dB)."""
+        block = self._block
+        block.append(power)
+        if len(block) == BLOCK_FRAMES:
+            self._blocks.append(sum(block) / BLOCK_FRAMES)
+            block.clear()
+            lowest = min(self._blocks)  # once a block, not once a frame
+            self._floor = _dbfs(lowest)
+            self._threshold = max(_QUIET_POWER, lowest * _MARGIN_RATIO)
         start, self._clock_ms = self._clock_ms, self._clock_ms + FRAME_MS
-        if level > QUIET_DBFS and level > self._floor_dbfs() + MARGIN_DB:
+        if power > self._threshold:
             if self._since_speech_ms == 0 and self.speech:  # the run goes on
                 self.speech[-1] = (self.speech[-1][0], self._clock_ms)
             else:
@@ -169,9 +181,7 @@ class PauseDetector:
         return False
 
     def _floor_dbfs(self) -> float:
-        if not self._blocks:
-            return -math.inf
-        return _dbfs(min(self._blocks))
+        return self._floor  # before the stream's first block: the quietest a room can be
 
 
 class TurnEnd:

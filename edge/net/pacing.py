@@ -4,6 +4,7 @@ against its token's ``rate_limit``. Pure bookkeeping over times the caller passe
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 
@@ -20,9 +21,12 @@ class RecognitionLag:
     than the audio.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warn_over: float = math.inf, warn_every: float = 0.0) -> None:
         self._start: float | None = None
         self._decoded = 0.0
+        self._warn_over = warn_over  # seconds of lag worth a warning
+        self._warn_every = warn_every  # seconds between two warnings, at least
+        self._warned = -math.inf
 
     def caught_up(self) -> None:
         self._start = None
@@ -34,6 +38,15 @@ class RecognitionLag:
             self._start, self._decoded = received, 0.0
         self._decoded += seconds
         return now - self._start - self._decoded
+
+    def late(self, seconds: float, received: float, now: float) -> float | None:
+        """:meth:`decoded`, and the lag if it is worth a warning now: over
+        ``warn_over`` seconds, and ``warn_every`` seconds after the last warning."""
+        lag = self.decoded(seconds, received, now)
+        if lag <= self._warn_over or now - self._warned < self._warn_every:
+            return None
+        self._warned = now
+        return lag
 
 
 class MessageRate:

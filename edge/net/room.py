@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from edge.asr.decode import accept_each, flush_turn
+from edge.asr.decode import accept_each, flush_turn, through_gate
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter
 from edge.audio.pauses import TurnEnd
@@ -213,9 +213,12 @@ class Room:
             self._stats.count_warning(code)
             self.hub.publish(Notice(self.id, code, _LEVEL_TEXT[code]))
         started = trio.current_time()
+        parts = [chunk.pcm]
+        if not self._turn.gate.is_open:  # the empty room is left out here, no hop
+            parts = through_gate(self._turn, parts, chunk.sample_rate)
         results = await trio.to_thread.run_sync(
-            accept_each, self._recognizer, [chunk.pcm], self._turn, chunk.sample_rate,
-            limiter=self._limiter)
+            accept_each, self._recognizer, parts, self._turn, chunk.sample_rate,
+            limiter=self._limiter) if parts else []
         seconds = len(chunk.pcm) / 2 / chunk.sample_rate
         self._stats.observe_decode(seconds, trio.current_time() - started)
         self._audio_ms += 1000 * seconds

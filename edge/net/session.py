@@ -18,8 +18,9 @@ A session runs four kinds of work in one nursery:
   ``server.send_timeout`` so a client that stops reading cannot hold the session.
 
 Finals are labelled by speaker in the recogniser's thread (:class:`~edge.asr.recognizer.
-LabelingRecognizer`); ``?enroll=NAME`` enrols at the end (:mod:`edge.net.enrolment`).
-Before its audio, a client may choose another language (:mod:`edge.net.session_model`).
+LabelingRecognizer`); ``?enroll=NAME`` enrols at the end (:mod:`edge.net.enrolment`);
+before its audio, a client may choose another language (:mod:`edge.net.session_model`).
+A session takes its recogniser at its first speech (the silence gate's onset).
 
 Every way a session ends goes through :meth:`Session.stop`, which records why (the first
 reason wins) and closes the audio queue; the recogniser loop then flushes (or not), the
@@ -31,13 +32,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from typing import Any
 
 import trio
 
-from edge.asr.decode import accept_each, flush_turn
+from edge.asr.decode import accept_each, flush_turn, through_gate
 from edge.asr.recognizer import LabelingRecognizer, Recognizer, RecognizerFactory
 from edge.audio.frames import LevelMeter, PcmDecoder
 from edge.audio.pauses import TurnEnd
@@ -146,8 +146,8 @@ class Session(Connection):
         self._seq = 0
         self._finals = 0
         self._audio_bytes = 0  # mono s16 bytes received
-        self._lag = RecognitionLag()
-        self._last_lag_warning = -math.inf
+        self._lag = RecognitionLag(config.recognizer.lag_warning,
+                                   config.audio.warning_interval)
         self._last_audio = self._started
         self._messages = MessageRate(info.claims.rate_limit)
 
@@ -353,19 +353,26 @@ class Session(Connection):
                     if not pcm:  # a frame without samples, answered in its turn
                         self._send(Progress(self.id, self._partial))
                         continue
-                    if recognizer is None:
-                        recognizer = await self._open_recognizer()
                     # Behind: the chunks already queued go in one worker-thread hop.
                     parts = [pcm] if self._every_frame else self._audio.take_more(
                         pcm, 2 * self._rate * _BATCH_SECONDS)
-                    started = trio.current_time()
-                    results = await trio.to_thread.run_sync(
-                        accept_each, recognizer, parts, self._turn, self._rate,
-                        trio.from_thread.check_cancelled, limiter=self._limiter)
                     seconds = sum(map(len, parts)) / 2 / self._rate
+                    started = trio.current_time()
+                    if not self._turn.gate.is_open:  # the room is left out here, no hop
+                        parts = through_gate(self._turn, parts, self._rate)
+                    results: list[Utterance] = []
+                    if parts:
+                        if recognizer is None:  # none until the first speech
+                            recognizer = await self._open_recognizer()
+                        results = await trio.to_thread.run_sync(
+                            accept_each, recognizer, parts, self._turn, self._rate,
+                            trio.from_thread.check_cancelled, limiter=self._limiter)
                     now = trio.current_time()
                     self._stats.observe_decode(seconds, now - started)
-                    self._check_lag(self._lag.decoded(seconds, received, now))
+                    if (lag := self._lag.late(seconds, received, now)) is not None:
+                        self._warn("realtime_lag", "recognition is behind the audio "
+                                   "received; results are delayed, nothing is dropped",
+                                   lag_ms=round(1000 * lag))
                     for utterance in results:
                         await self._emit(utterance, received)
                     if self._every_frame:
@@ -438,15 +445,6 @@ class Session(Connection):
                        "keep your own copy")
         if self._send_transcripts:
             self._send(Result(self.id, self._seq, utterance))
-
-    def _check_lag(self, lag: float) -> None:
-        now = trio.current_time()
-        if (lag > self._cfg.recognizer.lag_warning
-                and now - self._last_lag_warning >= self._cfg.audio.warning_interval):
-            self._last_lag_warning = now
-            self._warn("realtime_lag",
-                       "recognition is behind the audio received; results are delayed, "
-                       "nothing is dropped", lag_ms=round(1000 * lag))
 
     # --- watchdogs -----------------------------------------------------------------
 
