@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.asr.decode import accept_each, decode_pcm, flush_turn
+from edge.asr.decode import accept_each, decode_pcm, flush_turn, through_gate
 from edge.audio.pauses import (
     GATE_HOLD_MS,
     NOISY_FLOOR_DBFS,
@@ -186,6 +186,28 @@ def test_a_stream_that_begins_in_speech_is_decoded_from_its_first_sample(dbfs: f
 def test_before_its_floor_is_known_a_stream_is_judged_against_the_quietest_room(
         first: bytes, onset: int | None) -> None:
     assert TurnEnd(400, True).onset(first, RATE) == onset
+
+
+def test_the_closed_gate_on_the_event_loop_gives_what_the_worker_thread_would() -> None:
+    """A session passes a closed gate on the event loop (through_gate), then hands the
+    rest to accept_each: the same audio reaches the recogniser, on the same clock."""
+    audio = room(2000) + speech(500) + room(1500, seed=1) + speech(300) + room(1000)
+    results = {}
+    for on_loop in (False, True):
+        rec, turn, out = Clocked(), TurnEnd(400, True), []
+        for c in chunks(audio):
+            parts = [c]
+            if on_loop and not turn.gate.is_open:
+                parts = through_gate(turn, parts, RATE)
+                if not parts:
+                    continue
+            out += [u for u in accept_each(rec, parts, turn, RATE) if u.is_final]
+        results[on_loop] = (rec.fed_ms, rec.accepts, spans(out))
+    assert results[True] == results[False]
+    assert results[True][2] == [(2000, 2500), (4000, 4300)]
+    # room tone alone: nothing for a worker thread, every time
+    turn = TurnEnd(400, True)
+    assert [through_gate(turn, [c], RATE) for c in chunks(room(3000))] == [[]] * 30
 
 
 def test_the_first_sample_of_speech_after_a_skip_is_at_its_stream_time() -> None:

@@ -121,17 +121,16 @@ class PauseDetector:
             return None  # too short to complete it
         frames = np.concatenate((self._carry, samples))[:whole].reshape(-1, per_frame)
         powers = np.einsum("ij,ij->i", frames, frames) / per_frame / _FULL_SCALE_POWER
-        threshold = max(QUIET_DBFS, self._floor_dbfs() + MARGIN_DB)
         paused = self._since_speech_ms
         for i, power in enumerate(powers.tolist()):
-            paused = 0.0 if _dbfs(power) > threshold else paused + FRAME_MS
+            paused = 0.0 if power > self._threshold else paused + FRAME_MS
             if paused >= pause_ms:
                 return 2 * ((i + 1) * per_frame - carry)
         return None
 
     def _frame(self, power: float) -> None:
-        """One frame: the floor at its block's end, then speech or not (in the power
-        domain: ``power`` over :meth:`_threshold`, which is the level rule's dB)."""
+        """One frame: the floor at its block's end, then speech or not (the level rule
+        in the power domain: ``power`` over ``_threshold``)."""
         block = self._block
         block.append(power)
         if len(block) == BLOCK_FRAMES:

@@ -81,7 +81,9 @@ from edge.speakers import SpeakerIdentification
 
 logger = logging.getLogger(__name__)
 
-_BATCH_SECONDS = 1  # most audio handed to the recogniser in one call
+#: Most audio handed to the recogniser in one call, and the most a closed gate is given
+#: on the event loop (a longer client frame goes through it in the worker thread).
+_BATCH_SECONDS = 1
 
 _WARNING_TEXT = {
     "clipping": "the audio is clipping (samples at full scale); lower the input gain",
@@ -358,8 +360,8 @@ class Session(Connection):
                         pcm, 2 * self._rate * _BATCH_SECONDS)
                     seconds = sum(map(len, parts)) / 2 / self._rate
                     started = trio.current_time()
-                    if not self._turn.gate.is_open:  # the room is left out here, no hop
-                        parts = through_gate(self._turn, parts, self._rate)
+                    if not self._turn.gate.is_open and seconds <= _BATCH_SECONDS:
+                        parts = through_gate(self._turn, parts, self._rate)  # no hop
                     results: list[Utterance] = []
                     if parts:
                         if recognizer is None:  # none until the first speech
