@@ -12,16 +12,26 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_memory
 import trio
 from test_memory import Readings, Stub, budget, memory_status
 
-from edge.asr import budget_policy
+from edge import app
+from edge.asr import budget_policy, memory
 from edge.asr.decode import decode_pcm
-from edge.asr.memory import GAP, LIVE, MB, RecyclingRecognizer
+from edge.asr.memory import FORCED, GAP, LIVE, MB, RecyclingRecognizer
 from helpers import FIXTURES, connect, make_token, receive_json, stream
 
-recycle_at_every_pause = test_memory.recycle_at_every_pause  # the fixture, shared
+
+@pytest.fixture
+def hurried_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every recogniser over a budget of 0, hurried as soon as it is marked (a gap is
+    always waited for: never forced)."""
+    monkeypatch.setattr(memory, "MIN_AUDIO_BEFORE_RECYCLE", 0.0)
+    monkeypatch.setattr(memory, "CHECK_INTERVAL", 0.02)
+    monkeypatch.setattr(app, "read_rss", lambda: 0)  # the model's share as 0
+    monkeypatch.setattr(budget_policy, "GRACE", 0.0)
+    monkeypatch.setattr(budget_policy, "FORCE_AFTER", math.inf)
+
 RAW = (FIXTURES / "speech_ko.raw").read_bytes()
 P = budget_policy.Candidate
 
@@ -72,6 +82,23 @@ def test_the_policy_while_streams_lag(used: int, growth: int, wait: float,
     plan = budget_policy.plan(used=used * MB, budget=400 * MB, growth=growth * MB,
                               wait=wait, replacement=90 * MB, live=live, min_audio=30.0)
     assert (plan.mark, plan.hurry, plan.held) == (mark, hurry, held)
+
+
+@pytest.mark.parametrize(("used", "growth", "live", "force"), [
+    # over the budget: the one hurried for a second of its audio is swapped now, the one
+    # hurried for half a second may look for a gap a little longer
+    (450, 0, [P("a", 100, True, 3.0, 1.0), P("b", 50, True, 1.0, 0.5)], ("a",)),
+    # under it (growing: hurried), however long the search: a gap is still waited for
+    (390, 8, [P("a", 100, True, 30.0, 20.0)], ()),
+    # a hurried one no longer marked (swapped at a final meanwhile) is not forced
+    (450, 0, [P("a", 100, False, 0.0, 5.0)], ()),
+])
+def test_over_the_budget_a_hurried_recogniser_without_a_gap_is_forced(
+        used: int, growth: int, live: list[budget_policy.Candidate],
+        force: tuple[str, ...]) -> None:
+    plan = budget_policy.plan(used=used * MB, budget=400 * MB, growth=growth * MB,
+                              wait=8.0, replacement=90 * MB, live=live, min_audio=30.0)
+    assert plan.force == force
 
 
 class Clock:
@@ -160,8 +187,7 @@ def test_a_hurried_recogniser_waits_for_speech_before_it_trusts_a_gap() -> None:
     clock = Clock()
     b = budget(Readings(700), prewarm=None, min_audio=0, clock=clock)
     r = RecyclingRecognizer(Stub, 16000, None, b)
-    b.check()
-    clock.t += budget_policy.GRACE
+    b.check()  # hurried at once (the clock stands still: never forced)
     # a stream that begins in speech: its level is the floor, not a gap; nothing is cut
     assert r.accept(tone(100)) == []
     b.check()
@@ -177,10 +203,39 @@ def test_a_hurried_recogniser_waits_for_speech_before_it_trusts_a_gap() -> None:
     assert b.recycles[GAP] == 1
 
 
+def test_a_forced_swap_cuts_at_the_quietest_10_ms_and_loses_nothing() -> None:
+    made: list[Stub] = []
+
+    def factory(rate: int, phrases: Any = None) -> Stub:
+        made.append(Stub(rate))
+        return made[-1]
+
+    clock = Clock()
+    b = budget(Readings(700), prewarm=None, min_audio=0, clock=clock)  # 200 MB of 100
+    r = RecyclingRecognizer(factory, 16000, None, b)
+    r.accept(silence(200) + tone(300))  # the floor, then speech
+    b.check()
+    assert r.hurry and not r.force
+    for i in range(10):  # a second of speech without a gap
+        clock.t = (i + 1) / 10
+        assert r.accept(tone(100)) == []
+    b.check()
+    assert r.force and b.recycles[GAP] == 0
+    dip = bytearray(tone(100))
+    dip[2 * 16 * 60:2 * 16 * 70] = (np.frombuffer(dip[2 * 16 * 60:2 * 16 * 70], "<i2")
+                                    // 20).astype("<i2").tobytes()  # a soft 10 ms
+    [final] = r.accept(bytes(dip))
+    assert final.end_ms == 500 + 1000 + 65  # the middle of the softest 10 ms
+    assert b.recycles[FORCED] == 1 and b.recycles[GAP] == 0 and not (r.hurry or r.force)
+    last = r.flush()  # nothing skipped or decoded twice, on the stream's clock
+    assert last is not None and last.end_ms == 1600
+    assert made[0].fed + made[1].fed == 16 * 1600
+
+
 # --- with the real model -----------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("recycle_at_every_pause")
+@pytest.mark.usefixtures("hurried_at_once")
 async def test_over_the_budget_a_live_session_swaps_at_a_short_gap_and_loses_nothing(
     start_server: Any, model: Any, phrases: dict[str, Any]
 ) -> None:

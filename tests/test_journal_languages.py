@@ -17,8 +17,8 @@ from test_journal_dialects import old_events
 from edge.core.model_table import ModelTable, model_table, source_name
 from edge.journal import schema
 from edge.journal.db import Journal, RelayEvent
-from edge.journal.records import JournalError
 from edge.journal.db import connect as connect_journal
+from edge.journal.records import JournalError
 from edge.journal.service import JournalService
 from edge.journal.transcripts import list_table, to_json, to_vtt
 from edge.protocols.relay import check_payload

@@ -4,9 +4,9 @@ forced by a budget of 0 MB: every recogniser is recycled at every pause it reach
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -359,8 +359,11 @@ def recycle_at_every_pause(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # The model's share as 0: the test process's RSS is always over a budget of 0 (a
     # malloc_trim can take it below what it was when the daemon started).
     monkeypatch.setattr(app, "read_rss", lambda: 0)
-    # At the pauses only: never hurried to a short gap (tests/test_budget_lag.py is).
-    monkeypatch.setattr(budget_policy, "GRACE", math.inf)
+    # At the pauses only: never hurried to a short gap nor forced (tests/test_budget_lag.py
+    # tests those).
+    plan = budget_policy.plan
+    monkeypatch.setattr(budget_policy, "plan", lambda **kw: dataclasses.replace(
+        plan(**kw), hurry=(), force=()))
     yield
 
 

@@ -18,7 +18,9 @@ first) as it takes to bring the recognisers back below the mark by half the head
 ones too once the recognisers will be over the budget before a pause comes. Once the
 recognisers will pass the budget within :data:`GRACE` at the growth measured (or have
 passed it), every marked recogniser is *hurried*: swapped at the next short gap between
-words rather than at its turn's end, before the budget is passed. A live session is
+words rather than at its turn's end, before the budget is passed. Over the budget, one
+hurried for :data:`FORCE_AFTER` without finding a gap is *forced*: swapped at the
+quietest moment of its next audio (a word may be cut in two). A live session is
 refused at the handshake while the recognisers are above the mark (one more growing
 stream is what the headroom has no room for), unless none is running.
 """
@@ -42,6 +44,12 @@ DEFAULT_WAIT = 8.0
 #: after the mark, until 2026-12-07) left the recognisers 51 MB over a 400 MB budget at
 #: the worst second of a 40-minute soak (docs/memory.md).
 GRACE = 2.0
+#: Seconds of its stream's audio a hurried recogniser may look for a gap between words
+#: while the recognisers are over the budget; after that it is swapped at the quietest
+#: 10 ms of its next audio. Continuous speech can go 13 s without a 150 ms gap: in a
+#: soak under CPU starvation two such waits left the recognisers 83 MB over a 300 MB
+#: budget (docs/memory.md).
+FORCE_AFTER = 1.0
 #: Over the budget itself, recognisers this fraction of ``min_audio`` old may be
 #: recycled too (a fresh one costs CPU; a budget exceeded costs more).
 OVER_BUDGET_AGE = 1 / 6
@@ -57,6 +65,7 @@ class Candidate:
     audio_seconds: float  # decoded over its life
     marked: bool  # already waiting for its pause
     waited: float = 0.0  # seconds since it was marked (a marked one)
+    hurried: float = 0.0  # seconds since it was hurried (a hurried one)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class Plan:
     held: bool  # False: over the budget and what is marked cannot bring it back
     near: bool  # above the high-water mark: no room for another growing stream
     hurry: tuple[Hashable, ...] = ()  # marked (now or before): swap at the next short gap
+    force: tuple[Hashable, ...] = ()  # hurried too long over the budget: swap now
 
 
 def headroom(budget: int, growth: float, wait: float, replacement: int) -> int:
@@ -124,7 +134,9 @@ def plan(*, used: int, budget: int, growth: float, wait: float, replacement: int
     hurry: tuple[Hashable, ...] = ()
     if used + growth * grace > budget:  # passed within the grace, or passed already
         hurry = tuple(c.key for c in live if c.marked or c.key in mark)
-    return Plan(high, low, tuple(mark), held=held, near=True, hurry=hurry)
+    force = tuple(c.key for c in live
+                  if over and c.marked and c.key in hurry and c.hurried >= FORCE_AFTER)
+    return Plan(high, low, tuple(mark), held=held, near=True, hurry=hurry, force=force)
 
 
 def smooth(average: float | None, value: float) -> float:

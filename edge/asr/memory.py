@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge.asr import budget_policy
-from edge.asr.recycling import GAP, LIVE, Prewarmer, RecyclingRecognizer, Supplier
+from edge.asr.recycling import FORCED, GAP, LIVE, Prewarmer, RecyclingRecognizer, Supplier
 
 if TYPE_CHECKING:
     from edge.asr.recognizer import Recognizer, RecognizerFactory, RecognizerPool
 
-__all__ = ["GAP", "IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget", "RecyclingRecognizer",
-           "Snapshot", "malloc_trim", "mem_total", "read_rss"]
+__all__ = ["FORCED", "GAP", "IDLE", "LIVE", "MB", "RETIRED", "MemoryBudget",
+           "RecyclingRecognizer", "Snapshot", "malloc_trim", "mem_total", "read_rss"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ CHECK_INTERVAL = 0.5
 #: recognisers that young is not held.
 MIN_AUDIO_BEFORE_RECYCLE = 30.0
 
-# Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, GAP: edge.asr.recycling)
+# Reasons, in edge_recognizer_recycled_total{reason} (and LIVE, GAP, FORCED: edge.asr.recycling)
 IDLE = "idle"  # an idle pooled recogniser dropped for the budget
 RETIRED = "retired"  # the pool retired a recogniser after recognizer_retire_hours of audio
 
@@ -308,18 +308,25 @@ class MemoryBudget:
         with self._lock:
             live = list(self._live)
         decision = self._plan(live)
-        hurried = 0
+        hurried = forced = 0
         for victim in live:
             if victim in decision.mark:
                 victim.request_recycle()
             hurry = victim in decision.hurry
             hurried += hurry and not victim.hurry
             victim.hurry = hurry
+            forced += victim in decision.force and not victim.force
+            victim.force = victim in decision.force
         if hurried:
             logger.info("memory: recognisers hold %d MB, growing %d MB/s against the "
                         "budget of %d MB: %d marked swapped at their next short gap",
                         self.recognizer_bytes // MB, (self.growth or 0) // MB,
                         self.budget // MB, hurried)
+        if forced:
+            logger.warning("memory: recognisers hold %d MB, over the budget of %d MB, and "
+                           "%d hurried found no gap between words: swapped at their "
+                           "quietest moment", self.recognizer_bytes // MB,
+                           self.budget // MB, forced)
         if decision.mark:
             logger.info("memory: recognisers hold %d MB (high-water mark %d MB, budget %d "
                         "MB): recycling %d more at their next pause",
@@ -338,7 +345,7 @@ class MemoryBudget:
             used=self.recognizer_bytes, budget=self.budget, growth=self.growth or 0.0,
             wait=self.expected_wait, replacement=replacement, min_audio=self.min_audio,
             live=[budget_policy.Candidate(r, r.audio_seconds, r.recycle_requested,
-                                          r.waited) for r in live])
+                                          r.waited, r.hurried) for r in live])
 
     def _drop_idle(self) -> None:
         dropped = 0

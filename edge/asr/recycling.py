@@ -14,7 +14,9 @@ recogniser is *hurried*: it is swapped at the next short gap between words
 (:data:`GAP_MS` without speech, by the level rule of
 :class:`edge.audio.pauses.PauseDetector`, which hears the whole stream). The audio up to
 the gap is finalised (one caption split in two), the rest goes to the replacement, on
-the same clock.
+the same clock. Over the budget, one hurried for
+:data:`edge.asr.budget_policy.FORCE_AFTER` without a gap is *forced*: swapped at the
+quietest 10 ms of its next audio.
 
 No trio here: everything is called from worker threads (and ``close`` from the loop).
 """
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 LIVE = "live"  # a live stream's recogniser replaced between utterances for the budget
 GAP = "gap"  # a hurried one replaced at a short gap between words, at the budget
+FORCED = "forced"  # a hurried one with no gap, replaced at its quietest 10 ms, over it
 #: A gap between words this long (ms without speech) is where a hurried recogniser is
 #: swapped: longer than the stops inside a word, shorter than a turn's pause.
 GAP_MS = 150
@@ -195,7 +198,9 @@ class RecyclingRecognizer:
         self._inner_start = 0  # samples fed before the current inner recogniser
         self._inner_life = _audio_seconds(self._inner)  # its audio before this stream
         self.recycle_requested = False
-        self.hurry = False  # set by the budget: swap at the next short gap
+        self._hurry = False  # set by the budget: swap at the next short gap
+        self._hurried_at = 0.0
+        self.force = False  # set by the budget: swap at the quietest moment of the next audio
         self._marked_at = 0.0
         self._marked_fed = 0  # samples fed when it was marked
         self._heard_at = 0.0  # when the stream last gave audio (the budget's clock)
@@ -222,6 +227,24 @@ class RecyclingRecognizer:
             return 0.0
         return max(0.0, self._heard_at - self._marked_at)
 
+    @property
+    def hurry(self) -> bool:
+        return self._hurry
+
+    @hurry.setter
+    def hurry(self, value: bool) -> None:
+        if value and not self._hurry:
+            self._hurried_at = self._budget.now()
+        self._hurry = value
+
+    @property
+    def hurried(self) -> float:
+        """Seconds it has looked for a gap since it was hurried, up to its stream's
+        latest audio; 0 when it is not hurried."""
+        if not self._hurry:
+            return 0.0
+        return max(0.0, self._heard_at - self._hurried_at)
+
     def request_recycle(self) -> None:
         """Mark for recycling at the next pause, and order a warm replacement."""
         self._marked_at, self._marked_fed = self._budget.now(), self._fed
@@ -232,7 +255,14 @@ class RecyclingRecognizer:
 
     def accept(self, pcm: bytes) -> list[Utterance]:
         self._heard_at = self._budget.now()
-        cut = self._gap(pcm)
+        cut = None
+        if self.force and self.recycle_requested:
+            from edge.audio.pauses import quietest_cut  # numpy
+
+            cut = quietest_cut(pcm, self.sample_rate)
+        gap = self._gap(pcm)
+        if cut is None:
+            cut = gap
         if cut is None:
             return self._accept(pcm)
         out = self._accept(pcm[:cut]) if cut else []
@@ -241,7 +271,7 @@ class RecyclingRecognizer:
             final = inner.flush()
             if final is not None:
                 out.append(final.later(self._offset_ms()))
-            self._swap(GAP)
+            self._swap(GAP if gap is not None and gap <= cut else FORCED)
         return out + self._accept(pcm[cut:]) if cut < len(pcm) else out
 
     def _accept(self, pcm: bytes) -> list[Utterance]:
@@ -325,7 +355,7 @@ class RecyclingRecognizer:
         pre-warmed replacement, or none yet (the next audio makes one)."""
         inner, self._inner = self._inner, None
         assert inner is not None
-        self.hurry = self.recycle_requested = False
+        self.hurry = self.force = self.recycle_requested = False
         self.recycles += 1
         if reason == LIVE:  # a hurried swap's wait was cut short: not the pauses' measure
             self._budget.swapped((self._fed - self._marked_fed) / self.sample_rate,

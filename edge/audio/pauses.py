@@ -64,6 +64,19 @@ NOISY_FLOOR_DBFS = -47.0
 GATE_HOLD_MS = 400
 
 
+def quietest_cut(pcm: bytes, sample_rate: int) -> int:
+    """Where to cut ``pcm`` (bytes) at its quietest: the middle of its quietest 10 ms
+    frame (0 when it is shorter than a frame)."""
+    per_frame = max(1, sample_rate * FRAME_MS // 1000)
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    whole = samples.size // per_frame * per_frame
+    if not whole:
+        return 0
+    frames = samples[:whole].reshape(-1, per_frame)
+    quietest = int(np.argmin(np.einsum("ij,ij->i", frames, frames)))
+    return 2 * (quietest * per_frame + per_frame // 2)
+
+
 class PauseDetector:
     """How much audio has passed since the last speech frame (see the module's doc)."""
 

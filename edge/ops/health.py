@@ -377,10 +377,10 @@ METRICS: tuple[tuple[str | None, tuple[Family, ...]], ...] = (
         metric("edge_recognizer_recycled_total", "counter",
                "Recognisers let go for memory, by reason: idle (a pooled one dropped), "
                "live (a stream's replaced between utterances), gap (a stream's replaced "
-               "at a short gap between words, at the budget), retired (after its "
-               "hours of audio).",
+               "at a short gap between words, at the budget), forced (over the budget "
+               "with no gap, at its quietest 10 ms), retired (after its hours of audio).",
                lambda s: [({"reason": k}, s.memory["recycled"].get(k, 0))
-                          for k in ("idle", "live", "gap", "retired")]),
+                          for k in ("idle", "live", "gap", "forced", "retired")]),
     )),
     (None, (
         metric("edge_transcriptions_total", "counter", "Transcription results, by kind.",
