@@ -11,7 +11,12 @@ by ``--streams`` paced clients (100 ms chunks in real time, asyncio ``websockets
 ``edge serve`` with a warm pool, with ``skip_silence`` on and off per session, next to
 the anchor: bare Vosk in plain threads, each recogniser warmed on the packaged warm-up
 speech, a partial asked for after every chunk, paced in real time. Server CPU from
-/proc. Also the turn latency (end of speech to final, p50) on the consultation.
+/proc. Also the turn latency (end of speech to final, p50) on the consultation. Two
+rows more for the empty room: the room microphone itself (``edge serve`` capturing the
+room tone through a file-backed ALSA device, ``tests/alsa_file_device.py``, no session)
+and the transport's floor (``bench/ws_floor.py``: a bare trio-websocket server
+discarding the same paced chunks: what the sessions' figure cannot go below on this
+stack).
 
     .venv/bin/python bench/silence.py words [--sweep 200,300,400,500,600]   # ~10 min
     .venv/bin/python bench/silence.py cost [--seconds 30 --streams 4]         # ~6 min
@@ -31,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import ws_floor
 from common import (
     RESULTS,
     ROOT,
@@ -193,6 +199,39 @@ def edge_cost(args: argparse.Namespace, pcm: bytes, rate: int, turns: list[tuple
     return cpu, turn_latencies(traces, turns)
 
 
+def room_cost(pcm: bytes, seconds: int, skip: bool) -> float:
+    """CPU-s per audio second of ``edge serve`` capturing ``pcm`` (16 kHz) from its room
+    microphone, a file-backed ALSA device (paced to real time by the capture), with no
+    session; measured over ``seconds`` after the room has run for 5 s."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from alsa_file_device import FileDevice, make_home
+
+    with tempfile.TemporaryDirectory(prefix="edge-bench-room-") as tmp:
+        infile = Path(tmp) / "room.raw"
+        loops = int((seconds + 30) * 32000 // len(pcm)) + 1
+        infile.write_bytes(pcm * loops)
+        home = make_home(Path(tmp) / "home", [FileDevice("edge_bench_room", infile)])
+        with EdgeServer("silence-room", env={"HOME": str(home)}, config_extra=(
+                "[microphone]\nenabled = true\ndevice = \"edge_bench_room\"\n"
+                f"[recognizer]\nskip_silence = {str(skip).lower()}\n"
+                "warm_recognizers = 0\n")) as server:
+            deadline = time.monotonic() + 60
+            while server.health().get("microphone", {}).get("state") != "listening":
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the room microphone did not start: {server.health()}")
+                time.sleep(0.5)
+            time.sleep(5)
+            before, t0 = cpu_seconds(server.pid), time.monotonic()
+            time.sleep(seconds)
+            cpu, wall = cpu_seconds(server.pid) - before, time.monotonic() - t0
+            mic = server.health().get("microphone", {})
+    print(f"  room microphone skip {'on' if skip else 'off'}: {cpu / wall:.4f} CPU-s/audio s"
+          f" ({mic.get('dropped_chunks')} chunks dropped)", flush=True)
+    return cpu / wall
+
+
 def cost(args: argparse.Namespace) -> int:
     out = rooms("cost")
     audio = {}
@@ -221,6 +260,15 @@ def cost(args: argparse.Namespace) -> int:
                 args, pcm, rate, turns, skip, warm)
             print(f"  {name} skip {key}: {results[name][key]:.4f} CPU-s/audio s "
                   f"(anchor {results[name]['bare']:.4f})", flush=True)
+    tone = audio["room-tone"][0]
+    results["room tone, room microphone"] = {
+        "bare": results["room-tone"]["bare"], "latency_on": [], "latency_off": [],
+        **{key: room_cost(tone, args.seconds, key == "on") for key in ("on", "off")}}
+    floor = ws_floor.floor(args.streams, args.seconds, tone[:2 * 16000 * CHUNK_MS // 1000])
+    print(f"  bare trio-websocket: {floor:.4f} CPU-s/audio s", flush=True)
+    results["room tone, bare trio-websocket"] = {
+        "bare": results["room-tone"]["bare"], "on": floor, "off": floor,
+        "latency_on": [], "latency_off": []}
     rows = []
     for name, r in results.items():
         p50 = {k: percentile(r[f"latency_{k}"], 50) for k in ("on", "off")}

@@ -15,6 +15,7 @@ from edge.audio.frames import (
     FormatNotice,
     LevelMeter,
     PcmDecoder,
+    frame_energies,
     is_wav,
     level_dbfs,
     parse_wav_header,
@@ -350,6 +351,19 @@ def test_streaming_wav_passes_everything() -> None:
     assert out1 + out2 == s16([1, 2] + [3, 4] * 100)
 
 
+def test_a_chunks_frame_energies_are_read_once() -> None:
+    samples = np.arange(-1600, 1605, dtype="<i2")  # 20 frames of 160 and 5 samples more
+    chunk = samples.tobytes()
+    energies = frame_energies(chunk, 160)
+    direct = (samples[:3200].astype(np.float64).reshape(-1, 160) ** 2).sum(axis=1)
+    assert energies == pytest.approx(direct.tolist(), rel=1e-6)
+    assert frame_energies(chunk, 160) is energies  # the meter's, then the pause detector's
+    assert frame_energies(bytes(chunk), 160) == energies  # another object: read again
+    assert frame_energies(chunk, 80) == pytest.approx(  # another frame size: not mistaken
+        (samples[:3200].astype(np.float64).reshape(-1, 80) ** 2).sum(axis=1).tolist(),
+        rel=1e-6)
+
+
 # --- LevelMeter -----------------------------------------------------------------------------
 
 def meter(*, silence_seconds: float = 15.0, silence_dbfs: float = -55.0,
@@ -388,6 +402,14 @@ def test_clipping_ratio_threshold() -> None:
     samples[:5] = 32767  # 0.5 % of samples at full scale
     assert meter(clipping_ratio=0.01).feed(s16(samples), 16000) == []
     assert meter(clipping_ratio=0.001).feed(s16(samples), 16000) == ["clipping"]
+
+
+def test_a_chunks_samples_after_its_last_whole_frame_count_too() -> None:
+    samples = np.zeros(170, dtype="<i2")  # one 10 ms frame of silence, 10 samples more
+    samples[160:] = 32767
+    m = meter(silence_seconds=0.001)
+    assert m.feed(s16(samples), 16000) == ["clipping"]  # not silence: the level is heard
+    assert m.silent_for == 0.0
 
 
 def test_silence_reported_once_per_stretch() -> None:

@@ -109,6 +109,28 @@ def test_under_the_budget_nothing_is_recycled() -> None:
     assert b.snapshot().recognizer_bytes == 90 * MB
 
 
+def test_a_quiet_daemon_reads_its_memory_less_often() -> None:
+    clock = [0.0]
+    b = budget(Readings(590), clock=lambda: clock[0], prewarm=None)
+    assert b.due()  # nothing read yet
+    b.check()
+    clock[0] += memory.CHECK_INTERVAL
+    assert not b.due()  # nothing decoded, nothing marked or freed: the reading holds
+    stream = RecyclingRecognizer(Stub, 16000, None, b)
+    stream.accept(b"\0" * 3200)  # a stream decodes: it may grow
+    assert b.due()
+    b.check()
+    assert not b.due()
+    stream.request_recycle()  # one waits for its pause: watched closely
+    assert b.due()
+    stream.flush()  # swapped at its final: one freed since the last reading
+    assert b.recycles[LIVE] == 1 and b.due()
+    b.check()
+    assert not b.due()
+    clock[0] += memory.QUIET_INTERVAL
+    assert b.due()
+
+
 def test_idle_recognisers_go_first_one_at_a_time_until_under() -> None:
     readings = Readings(700, 650, 580)
     pool = IdlePool(5)

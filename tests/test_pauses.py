@@ -82,6 +82,10 @@ def test_chunks_of_any_length_give_the_same_pauses() -> None:
     for i in range(0, len(audio), 14):  # 7 samples at a time: frames straddle chunks
         pieces.feed(audio[i:i + 14], RATE)
     assert whole.paused_ms == pieces.paused_ms == 430  # whole 10 ms frames only
+    odd = PauseDetector()  # 100 ms and 3 samples: a frame straddles every other chunk
+    for i in range(0, len(audio), 3206):
+        odd.feed(audio[i:i + 3206], RATE)
+    assert odd.paused_ms == 430 and list(odd.speech) == list(whole.speech) == [(200, 600)]
 
 
 def partial(text: str, start_ms: int, end_ms: int) -> Utterance:

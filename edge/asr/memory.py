@@ -54,6 +54,10 @@ MB = 1024 * 1024
 #: about 9 MB/s (docs/memory.md), so a reading every half second keeps what grows
 #: unseen between two readings near the few MB the budget's lead time allows for.
 CHECK_INTERVAL = 0.5
+#: ...but while no stream decodes, nothing is marked and nothing was freed, the
+#: recognisers do not grow: a reading every this many seconds (an empty room's
+#: daemon reads /proc ten times less often).
+QUIET_INTERVAL = 5.0
 #: Audio (seconds) a live recogniser decodes before it may be recycled again: a fresh
 #: recogniser costs about twice the CPU of a warm one, so recycling is never a loop
 #: per utterance. Over the budget itself a sixth of it is enough
@@ -282,6 +286,17 @@ class MemoryBudget:
                         prewarm_late=self.prewarmer.late if self.prewarmer else 0,
                         wait=self.expected_wait)
 
+    def due(self) -> bool:
+        """Whether :meth:`check` is due (cheap, on the event loop): audio was decoded
+        or a recogniser freed since the last reading, one is marked, or
+        :data:`QUIET_INTERVAL` has passed."""
+        last = self._last
+        if self.trim_due or last is None or self._clock() - last[0] >= QUIET_INTERVAL:
+            return True
+        with self._lock:
+            return (self._decoding[0] > 0 or sum(self.recycles.values()) != last[2]
+                    or any(r.recycle_requested for r in self._live))
+
     # --- deciding (blocking: reads /proc, may trim) ----------------------------------
 
     def check(self) -> None:
@@ -382,14 +397,16 @@ class MemoryBudget:
             self.slowdown = budget_policy.smooth(self.slowdown, wall / audio)
 
     async def run(self, *, task_status: Any = None) -> None:
-        """Check every :data:`CHECK_INTERVAL` seconds until cancelled (a service)."""
+        """Check every :data:`CHECK_INTERVAL` seconds while :meth:`due`, until cancelled
+        (a service)."""
         import trio
 
         if task_status is not None:
             task_status.started()
         try:
             while True:
-                await trio.to_thread.run_sync(self.check)
+                if self.due():
+                    await trio.to_thread.run_sync(self.check)
                 await trio.sleep(CHECK_INTERVAL)  # read each time: the suite shortens it
         finally:
             if self.prewarmer is not None:

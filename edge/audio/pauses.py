@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge.audio.frames import frame_energies
+
 if TYPE_CHECKING:
     from edge.protocols.events import Utterance
 
@@ -83,11 +85,14 @@ class PauseDetector:
     def __init__(self) -> None:
         self._rate = 0
         self._carry = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
-        self._block: list[float] = []  # powers of the frames of the block in progress
+        self._block: list[float] = []  # energies of the frames of the block in progress
         self._blocks: deque[float] = deque(
             maxlen=int(FLOOR_WINDOW_S * 1000 / (FRAME_MS * BLOCK_FRAMES)))
         self._floor = QUIET_DBFS  # dBFS: the quietest block of the window, once there is one
         self._threshold = _QUIET_POWER * _MARGIN_RATIO  # power a speech frame is over
+        # ...as a frame's energy (sum of squared samples): frames are compared unscaled
+        self._per_frame = 0
+        self._energy_threshold = 0.0
         self._since_speech_ms = 0.0
         self._clock_ms = 0  # audio fed so far
         # (start_ms, end_ms) of the runs of speech frames, the newest last
@@ -104,19 +109,26 @@ class PauseDetector:
     def feed(self, pcm: bytes, sample_rate: int) -> None:
         """Take mono s16le samples (any length, chunks of one stream in order)."""
         if sample_rate != self._rate:
-            self._rate, self._carry = sample_rate, self._carry[:0]
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-        if self._carry.size:
-            samples = np.concatenate((self._carry, samples))
-        per_frame = max(1, sample_rate * FRAME_MS // 1000)
-        whole = samples.size // per_frame * per_frame
-        self._carry = samples[whole:]
-        if not whole:
-            return
-        frames = samples[:whole].reshape(-1, per_frame)
-        powers = np.einsum("ij,ij->i", frames, frames) / per_frame / _FULL_SCALE_POWER
-        for power in powers.tolist():
-            self._frame(power)
+            self._set_rate(sample_rate)
+        per_frame = self._per_frame
+        if not self._carry.size:  # whole frames from the chunk's start: read once
+            energies = frame_energies(pcm, per_frame)
+            if rest := len(pcm) // 2 % per_frame:
+                self._carry = np.frombuffer(pcm, dtype="<i2")[-rest:].astype(np.float32)
+        else:
+            samples = np.concatenate((self._carry,
+                                      np.frombuffer(pcm, dtype="<i2").astype(np.float32)))
+            whole = samples.size // per_frame * per_frame
+            self._carry = samples[whole:]
+            frames = samples[:whole].reshape(-1, per_frame)
+            energies = np.einsum("ij,ij->i", frames, frames).tolist()
+        for energy in energies:
+            self._frame(energy)
+
+    def _set_rate(self, sample_rate: int) -> None:
+        self._rate, self._carry = sample_rate, self._carry[:0]
+        self._per_frame = max(1, sample_rate * FRAME_MS // 1000)
+        self._energy_threshold = self._threshold * self._per_frame * _FULL_SCALE_POWER
 
     def bytes_until(self, pause_ms: float, pcm: bytes, sample_rate: int) -> int | None:
         """How much of ``pcm`` (bytes, whole frames) would bring the pause to
@@ -126,34 +138,41 @@ class PauseDetector:
             return None
         if self._since_speech_ms >= pause_ms:
             return 0
-        per_frame = max(1, sample_rate * FRAME_MS // 1000)
+        per_frame = self._per_frame
         carry = self._carry.size
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-        whole = (carry + samples.size) // per_frame * per_frame
+        whole = (carry + len(pcm) // 2) // per_frame * per_frame
         if whole * FRAME_MS // per_frame < pause_ms - self._since_speech_ms:
             return None  # too short to complete it
-        frames = np.concatenate((self._carry, samples))[:whole].reshape(-1, per_frame)
-        powers = np.einsum("ij,ij->i", frames, frames) / per_frame / _FULL_SCALE_POWER
+        if carry:
+            samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+            frames = np.concatenate((self._carry, samples))[:whole].reshape(-1, per_frame)
+            energies = np.einsum("ij,ij->i", frames, frames).tolist()
+        else:  # read once: feed takes the chunk next
+            energies = frame_energies(pcm, per_frame)
         paused = self._since_speech_ms
-        for i, power in enumerate(powers.tolist()):
-            paused = 0.0 if power > self._threshold else paused + FRAME_MS
+        threshold = self._energy_threshold
+        for i, energy in enumerate(energies):
+            paused = 0.0 if energy > threshold else paused + FRAME_MS
             if paused >= pause_ms:
                 return 2 * ((i + 1) * per_frame - carry)
         return None
 
-    def _frame(self, power: float) -> None:
-        """One frame: the floor at its block's end, then speech or not (the level rule
-        in the power domain: ``power`` over ``_threshold``)."""
+    def _frame(self, energy: float) -> None:
+        """One frame (its energy: the sum of its squared samples): the floor at its
+        block's end, then speech or not (the level rule: a frame's power over
+        ``_threshold``, compared as energies)."""
         block = self._block
-        block.append(power)
+        block.append(energy)
         if len(block) == BLOCK_FRAMES:
-            self._blocks.append(sum(block) / BLOCK_FRAMES)
+            scale = self._per_frame * _FULL_SCALE_POWER
+            self._blocks.append(sum(block) / BLOCK_FRAMES / scale)
             block.clear()
             lowest = min(self._blocks)  # once a block, not once a frame
             self._floor = _dbfs(lowest)
             self._threshold = max(_QUIET_POWER, lowest * _MARGIN_RATIO)
+            self._energy_threshold = self._threshold * scale
         start, self._clock_ms = self._clock_ms, self._clock_ms + FRAME_MS
-        if power > self._threshold:
+        if energy > self._energy_threshold:
             if self._since_speech_ms == 0 and self.speech:  # the run goes on
                 self.speech[-1] = (self.speech[-1][0], self._clock_ms)
             else:
