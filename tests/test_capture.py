@@ -18,6 +18,7 @@ import pytest
 import trio
 from alsa_file_device import Driver, FileDevice, make_home, run_devices, write_atomically
 
+from edge.audio import capture
 from edge.audio.capture import (
     MIC_LOST,
     MIC_OVERRUN,
@@ -354,6 +355,33 @@ async def test_falls_back_to_the_device_rate_and_mixes_channels_down(
     stats = mic.statistics()
     assert (stats.state, stats.sample_rate, stats.channels) == ("running", 44100, 2)
     assert events == []
+
+
+async def test_at_most_a_few_chunks_are_on_their_way_to_the_event_loop() -> None:
+    """The capture thread posts chunks without waiting for the loop to take each, but
+    no more than ``_IN_FLIGHT``: a loop that takes none (frozen) makes it wait, so the
+    memory held on the way stays bounded; once the loop takes them it goes on."""
+    mic = MicSource("fakemic", backend=FakeWorld(ramp(16000)))
+    posted: list[Any] = []
+
+    class FrozenLoop:
+        def run_sync_soon(self, fn: Any, *args: Any) -> None:
+            posted.append((fn, args))
+
+    run = capture._Run(0, FrozenLoop())  # type: ignore[arg-type]
+
+    def capture_thread() -> None:
+        while mic._post(run, b"\0\0" * 160):
+            pass
+
+    with trio.move_on_after(0.5):  # the thread sees the cancellation while it waits
+        await trio.to_thread.run_sync(capture_thread)
+    assert len(posted) == capture._IN_FLIGHT
+    for fn, args in posted[:2]:  # the loop takes two: two more may go
+        fn(*args)
+    with trio.move_on_after(0.5):
+        await trio.to_thread.run_sync(capture_thread)
+    assert len(posted) == capture._IN_FLIGHT + 2
 
 
 async def test_input_overflow_is_reported_once_and_capture_goes_on(

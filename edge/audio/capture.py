@@ -8,16 +8,19 @@ before the audio that follows it.
 Threads. A device session (initialise PortAudio, resolve the device, open the
 stream, read until told to stop, close, terminate) runs start to finish in *one*
 worker thread, ``trio.to_thread.run_sync(..., abandon_on_cancel=True)`` under the
-source's own ``CapacityLimiter(1)``. The thread hands each chunk to the event loop
-with ``trio.from_thread.run_sync``, and the loop side only does ``send_nowait``, so
-the microphone never waits for a consumer; between reads the thread polls
-``trio.from_thread.check_cancelled()``. Why this shape:
+source's own ``CapacityLimiter(1)``. The thread posts each chunk to the event loop
+(``TrioToken.run_sync_soon``: a callback, in order, without waiting for it; a
+``from_thread.run_sync`` round trip cost more CPU than the rest of an empty room's
+chunk), and the loop side only does ``send_nowait``, so the microphone never waits
+for a consumer; between reads the thread polls ``trio.from_thread.check_cancelled()``.
+Why this shape:
 
 * the event loop never blocks on PortAudio, and one thread per session costs nothing
-  per chunk beyond one hop to the loop. The thread does wait for that hop (the loop
-  takes the chunk at once, whatever the consumer does), which keeps memory bounded:
-  if the event loop itself froze for longer than the device's buffer, the device
-  would overflow and that is reported (``mic_overrun``, cause ``device``);
+  per chunk beyond one callback on the loop. At most :data:`_IN_FLIGHT` chunks are on
+  their way (the loop takes each at once, whatever the consumer does), which keeps
+  memory bounded: if the event loop itself froze, the thread waits, and once the
+  device's buffer is full it overflows and that is reported (``mic_overrun``, cause
+  ``device``);
 * the thread that opened the stream is the one that closes it, so a stream is never
   closed under a read in progress;
 * cancellation (shutdown, :meth:`MicSource.pause`) returns at once; the thread
@@ -58,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from collections import deque
 from typing import Any
 
@@ -97,6 +101,9 @@ logger = logging.getLogger(__name__)
 
 
 _MAX_PENDING_EVENTS = 64
+#: Chunks posted by the capture thread and not yet taken by the event loop, at most.
+_IN_FLIGHT = 4
+
 # --- the source ------------------------------------------------------------------------
 
 class _Run:
@@ -107,6 +114,8 @@ class _Run:
         self.token = token
         self.started = False  # written by the thread
         self.closed = trio.Event()
+        self.in_flight = threading.BoundedSemaphore(_IN_FLIGHT)  # chunks posted, not taken
+        self.error: Exception | None = None  # raised taking a posted chunk (a bug)
 
 
 class MicSource:
@@ -377,6 +386,28 @@ class MicSource:
             self._chunks += 1
         return True
 
+    def _post(self, run: _Run, pcm: bytes) -> bool:
+        """(The capture thread.) Post a chunk to the event loop, waiting only while
+        :data:`_IN_FLIGHT` are on their way; False once the consumer has gone."""
+        while not run.in_flight.acquire(timeout=0.1):
+            trio.from_thread.check_cancelled()
+        if run.error is not None:
+            raise run.error
+        try:
+            run.token.run_sync_soon(self._take_posted, run, pcm)
+        except trio.RunFinishedError:
+            return False
+        return not self._consumer_gone
+
+    def _take_posted(self, run: _Run, pcm: bytes) -> None:
+        """(The event loop.) A chunk the capture thread posted."""
+        try:
+            self._deliver(run.gen, pcm)
+        except Exception as exc:  # the thread fails its session with it
+            run.error = exc
+        finally:
+            run.in_flight.release()
+
     def _input_overflowed(self, gen: int) -> None:
         if gen == self._gen:
             self._overruns += 1
@@ -459,7 +490,7 @@ class MicSource:
                 pace.wait(len(data) // (2 * channels))
                 if channels > 1:
                     data = downmix(data, channels)
-                if not trio.from_thread.run_sync(self._deliver, run.gen, data):
+                if not self._post(run, data):
                     return
         finally:
             try:
