@@ -19,7 +19,7 @@ discarding the same paced chunks: what the sessions' figure cannot go below on t
 stack).
 
     .venv/bin/python bench/silence.py words [--sweep 200,300,400,500,600]   # ~10 min
-    .venv/bin/python bench/silence.py cost [--seconds 30 --streams 4]         # ~6 min
+    .venv/bin/python bench/silence.py cost [--seconds 30 --streams 4]         # ~12 min
     .venv/bin/python bench/silence.py path                                    # ~1 min
 """
 
