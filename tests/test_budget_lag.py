@@ -18,7 +18,7 @@ from test_memory import Readings, Stub, budget, memory_status
 from edge import app
 from edge.asr import budget_policy, memory
 from edge.asr.decode import decode_pcm
-from edge.asr.memory import FORCED, GAP, LIVE, MB, RecyclingRecognizer
+from edge.asr.memory import FORCED, GAP, LIVE, MB, MemoryBudget, RecyclingRecognizer
 from helpers import FIXTURES, connect, make_token, receive_json, stream
 
 
@@ -154,7 +154,8 @@ def silence(ms: int) -> bytes:
     return b"\0\0" * 16 * ms
 
 
-def test_over_the_budget_a_marked_recogniser_is_swapped_at_the_next_short_gap() -> None:
+def over_the_budget() -> tuple[list[Stub], Clock, MemoryBudget, RecyclingRecognizer]:
+    """A stream whose recognisers (``made``, in order) are 200 MB over a budget of 100."""
     made: list[Stub] = []
 
     def factory(rate: int, phrases: Any = None) -> Stub:
@@ -162,8 +163,12 @@ def test_over_the_budget_a_marked_recogniser_is_swapped_at_the_next_short_gap() 
         return made[-1]
 
     clock = Clock()
-    b = budget(Readings(700), prewarm=None, min_audio=0, clock=clock)  # 200 MB of 100
-    r = RecyclingRecognizer(factory, 16000, None, b)
+    b = budget(Readings(700), prewarm=None, min_audio=0, clock=clock)
+    return made, clock, b, RecyclingRecognizer(factory, 16000, None, b)
+
+
+def test_over_the_budget_a_marked_recogniser_is_swapped_at_the_next_short_gap() -> None:
+    made, _, b, r = over_the_budget()
     r.accept(tone(500))  # a word in progress, the room's floor not yet heard
     b.check()
     assert r.recycle_requested and r.hurry  # over the budget: marked and hurried at once
@@ -204,15 +209,7 @@ def test_a_hurried_recogniser_waits_for_speech_before_it_trusts_a_gap() -> None:
 
 
 def test_a_forced_swap_cuts_at_the_quietest_10_ms_and_loses_nothing() -> None:
-    made: list[Stub] = []
-
-    def factory(rate: int, phrases: Any = None) -> Stub:
-        made.append(Stub(rate))
-        return made[-1]
-
-    clock = Clock()
-    b = budget(Readings(700), prewarm=None, min_audio=0, clock=clock)  # 200 MB of 100
-    r = RecyclingRecognizer(factory, 16000, None, b)
+    made, clock, b, r = over_the_budget()
     r.accept(silence(200) + tone(300))  # the floor, then speech
     b.check()
     assert r.hurry and not r.force
