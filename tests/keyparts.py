@@ -159,6 +159,15 @@ class SoftwareTPM:
     def env(self) -> dict[str, str]:
         return {"TPM2TOOLS_TCTI": self.tcti}
 
+    def flush_transient(self) -> None:
+        """Flush the TPM's transient objects, as the kernel's resource manager
+        (``/dev/tpmrm0``) does when a process exits. Here no resource manager stands
+        between the tools and swtpm, so what a pin process loaded stays loaded when
+        Clevis ends it early (``sss``: the first pin to open the key wins, the others
+        are stopped), and swtpm's three transient slots can run out."""
+        subprocess.run(["tpm2_flushcontext", "-t"], env={**os.environ, **self.env},
+                       check=True, capture_output=True, timeout=30)
+
     def stop(self) -> None:
         _stop(self._proc)
 

@@ -9,18 +9,15 @@ Threads. A device session (initialise PortAudio, resolve the device, open the
 stream, read until told to stop, close, terminate) runs start to finish in *one*
 worker thread, ``trio.to_thread.run_sync(..., abandon_on_cancel=True)`` under the
 source's own ``CapacityLimiter(1)``. The thread posts each chunk to the event loop
-(``TrioToken.run_sync_soon``: a callback, in order, without waiting for it; a
-``from_thread.run_sync`` round trip cost more CPU than the rest of an empty room's
-chunk), and the loop side only does ``send_nowait``, so the microphone never waits
-for a consumer; between reads the thread polls ``trio.from_thread.check_cancelled()``.
-Why this shape:
+(``run_sync_soon``, not waiting: a ``from_thread.run_sync`` round trip cost more CPU
+than the rest of an empty room's chunk), the loop side only does ``send_nowait``, so
+the microphone never waits for a consumer; between reads the thread polls
+``trio.from_thread.check_cancelled()``. Why this shape:
 
-* the event loop never blocks on PortAudio, and one thread per session costs nothing
-  per chunk beyond one callback on the loop. At most :data:`_IN_FLIGHT` chunks are on
-  their way (the loop takes each at once, whatever the consumer does), which keeps
-  memory bounded: if the event loop itself froze, the thread waits, and once the
-  device's buffer is full it overflows and that is reported (``mic_overrun``, cause
-  ``device``);
+* the event loop never blocks on PortAudio, and a session's thread costs one callback
+  on the loop per chunk. At most :data:`_IN_FLIGHT` chunks are on their way, which
+  keeps memory bounded: if the loop froze, the thread waits and the device overflows,
+  reported (``mic_overrun``, cause ``device``);
 * the thread that opened the stream is the one that closes it, so a stream is never
   closed under a read in progress;
 * cancellation (shutdown, :meth:`MicSource.pause`) returns at once; the thread
@@ -99,11 +96,9 @@ __all__ = ["Chunk", "DeviceInfo", "MicEvent", "MicSource", "list_input_devices",
 
 logger = logging.getLogger(__name__)
 
-
 _MAX_PENDING_EVENTS = 64
 #: Chunks posted by the capture thread and not yet taken by the event loop, at most.
 _IN_FLIGHT = 4
-
 # --- the source ------------------------------------------------------------------------
 
 class _Run:
@@ -369,10 +364,10 @@ class MicSource:
         if self._ready is not None:
             self._ready.set()
 
-    def _deliver(self, gen: int, pcm: bytes) -> bool:
-        """Send one chunk without waiting; False when the consumer has gone away."""
+    def _deliver(self, gen: int, pcm: bytes) -> None:
+        """Send one chunk without waiting (``_consumer_gone`` once the consumer went)."""
         if gen != self._gen or self._paused or self._send is None or self._rate is None:
-            return True  # a stale session or paused: this audio must not go anywhere
+            return  # a stale session or paused: this audio must not go anywhere
         self._flush_events()
         try:
             self._send.send_nowait(Chunk(pcm, self._rate, trio.current_time()))
@@ -381,14 +376,12 @@ class MicSource:
             self._overrun("consumer")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._consumer_gone = True
-            return False
         else:
             self._chunks += 1
-        return True
 
     def _post(self, run: _Run, pcm: bytes) -> bool:
-        """(The capture thread.) Post a chunk to the event loop, waiting only while
-        :data:`_IN_FLIGHT` are on their way; False once the consumer has gone."""
+        """(Thread.) Post a chunk, waiting only while :data:`_IN_FLIGHT` are on their
+        way; False once the consumer has gone."""
         while not run.in_flight.acquire(timeout=0.1):
             trio.from_thread.check_cancelled()
         if run.error is not None:
