@@ -173,7 +173,8 @@ def frame_energies(pcm: bytes, per_frame: int) -> list[float]:
 
     The level meter and the pause detector of a stream both ask for a chunk's: the last
     chunks' (small ones) are kept, by the chunk object itself (held, so never mistaken
-    for another), so that a chunk is read once. Any thread.
+    for another), so that a chunk is read once. Any thread; the list is shared, not to
+    be changed.
     """
     key = id(pcm)
     kept = _kept.get(key)

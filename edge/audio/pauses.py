@@ -70,12 +70,10 @@ def quietest_cut(pcm: bytes, sample_rate: int) -> int:
     """Where to cut ``pcm`` (bytes) at its quietest: the middle of its quietest 10 ms
     frame (0 when it is shorter than a frame)."""
     per_frame = max(1, sample_rate * FRAME_MS // 1000)
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    whole = samples.size // per_frame * per_frame
-    if not whole:
+    energies = frame_energies(pcm, per_frame)
+    if not energies:
         return 0
-    frames = samples[:whole].reshape(-1, per_frame)
-    quietest = int(np.argmin(np.einsum("ij,ij->i", frames, frames)))
+    quietest = energies.index(min(energies))
     return 2 * (quietest * per_frame + per_frame // 2)
 
 
@@ -110,20 +108,24 @@ class PauseDetector:
         """Take mono s16le samples (any length, chunks of one stream in order)."""
         if sample_rate != self._rate:
             self._set_rate(sample_rate)
-        per_frame = self._per_frame
-        if not self._carry.size:  # whole frames from the chunk's start: read once
-            energies = frame_energies(pcm, per_frame)
-            if rest := len(pcm) // 2 % per_frame:
-                self._carry = np.frombuffer(pcm, dtype="<i2")[-rest:].astype(np.float32)
-        else:
-            samples = np.concatenate((self._carry,
-                                      np.frombuffer(pcm, dtype="<i2").astype(np.float32)))
-            whole = samples.size // per_frame * per_frame
-            self._carry = samples[whole:]
-            frames = samples[:whole].reshape(-1, per_frame)
-            energies = np.einsum("ij,ij->i", frames, frames).tolist()
+        energies, self._carry = self._energies(pcm)
         for energy in energies:
             self._frame(energy)
+
+    def _energies(self, pcm: bytes) -> tuple[list[float], np.ndarray]:
+        """The energies of the whole frames of the carry and ``pcm``, and the samples
+        left over (the next carry)."""
+        per_frame = self._per_frame
+        if not self._carry.size:  # whole frames from the chunk's start: read once
+            left = self._carry  # empty, unless the chunk ends inside a frame
+            if rest := len(pcm) // 2 % per_frame:
+                left = np.frombuffer(pcm, dtype="<i2")[-rest:].astype(np.float32)
+            return frame_energies(pcm, per_frame), left
+        samples = np.concatenate((self._carry,
+                                  np.frombuffer(pcm, dtype="<i2").astype(np.float32)))
+        whole = samples.size // per_frame * per_frame
+        frames = samples[:whole].reshape(-1, per_frame)
+        return np.einsum("ij,ij->i", frames, frames).tolist(), samples[whole:]
 
     def _set_rate(self, sample_rate: int) -> None:
         self._rate, self._carry = sample_rate, self._carry[:0]
@@ -143,12 +145,7 @@ class PauseDetector:
         whole = (carry + len(pcm) // 2) // per_frame * per_frame
         if whole * FRAME_MS // per_frame < pause_ms - self._since_speech_ms:
             return None  # too short to complete it
-        if carry:
-            samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-            frames = np.concatenate((self._carry, samples))[:whole].reshape(-1, per_frame)
-            energies = np.einsum("ij,ij->i", frames, frames).tolist()
-        else:  # read once: feed takes the chunk next
-            energies = frame_energies(pcm, per_frame)
+        energies, _ = self._energies(pcm)  # the carry is feed's to take
         paused = self._since_speech_ms
         threshold = self._energy_threshold
         for i, energy in enumerate(energies):
